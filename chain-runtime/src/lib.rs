@@ -1,0 +1,2 @@
+//! Authorized, durable AI-agent tool chains.
+#![forbid(unsafe_code)]

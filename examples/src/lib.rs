@@ -1,0 +1,1 @@
+//! Examples crate; see the `[[example]]` targets.
