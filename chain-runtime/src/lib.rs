@@ -1,2 +1,4 @@
 //! Authorized, durable AI-agent tool chains.
 #![forbid(unsafe_code)]
+
+pub mod classify;
