@@ -73,5 +73,9 @@ pub fn classify(
         (RequestKind::Api, 401) => FailureClass::AccessTokenExpired,
         (RequestKind::Api, _) => FailureClass::Forbidden,
     };
-    Classification { class, needed_scopes: Vec::new(), retry_after: None }
+    Classification {
+        class,
+        needed_scopes: Vec::new(),
+        retry_after: None,
+    }
 }

@@ -1,4 +1,105 @@
 //! Authorized, durable AI-agent tool chains.
+//!
+//! Write an agent's tools as async functions marked [`step`], compose them in a function
+//! marked [`chain`], and the compiler checks that one principal authorizes every step, that
+//! every write says how it is undone, and which scopes each connector needs. See the
+//! repository README for a tour.
 #![forbid(unsafe_code)]
 
+extern crate self as chain_runtime;
+
+pub mod chain;
 pub mod classify;
+pub mod exec;
+pub mod graph;
+pub mod manifest;
+pub mod preflight;
+pub mod principal;
+pub mod registry;
+pub mod step;
+
+pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
+pub use chain_macros::{chain, compensator, step};
+pub use manifest::ScopeManifest;
+pub use principal::Principal;
+pub use step::{CompensatorMeta, Effect, RecordRef, Step, StepCtx, StepError, StepMeta};
+
+/// Everything a module that defines steps and chains needs.
+pub mod prelude {
+    pub use crate::{
+        Chain, ChainCtx, ChainError, Principal, RecordRef, StepCtx, StepError, chain, compensator,
+        step,
+    };
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Items the macros' generated code refers to. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
+    pub use crate::exec::{BoxFuture, ErasedCompensate, StepEnv};
+    pub use crate::graph::{DecisionGraph, Edge, EdgeKind, Node, NodeKind};
+    pub use crate::registry::{ChainRegistration, CompensatorRegistration, StepRegistration};
+    pub use crate::step::{
+        Compensator, CompensatorMeta, Effect, Step, StepCall, StepCtx, StepError, StepFor,
+        StepMeta, Undoes,
+    };
+    pub use ::core::result::Result;
+    pub use ::std::boxed::Box;
+    pub use ::std::sync::Arc;
+    pub use inventory;
+    pub use serde_json;
+
+    /// The `T` of a step's `Result<T, StepError>`.
+    #[diagnostic::on_unimplemented(
+        message = "a #[step] or #[compensator] must return `Result<T, StepError>`, not `{Self}`",
+        label = "return `Result<_, chain_runtime::StepError>` here"
+    )]
+    pub trait StepReturn {
+        /// The success type.
+        type Ok;
+    }
+    impl<T> StepReturn for ::core::result::Result<T, StepError> {
+        type Ok = T;
+    }
+
+    /// The `T` of a chain's `Result<T, ChainError>`.
+    #[diagnostic::on_unimplemented(
+        message = "a #[chain] must return `Result<T, ChainError>`, not `{Self}`",
+        label = "return `Result<_, chain_runtime::ChainError>` here"
+    )]
+    pub trait ChainReturn {
+        /// The success type.
+        type Ok;
+    }
+    impl<T> ChainReturn for ::core::result::Result<T, ChainError> {
+        type Ok = T;
+    }
+
+    /// Marks the call site a chain body is about to call a step from.
+    pub fn at_site<P: crate::Principal>(ctx: &ChainCtx<P>, site: u32) -> &ChainCtx<P> {
+        ctx.__at_site(site)
+    }
+
+    /// Compile-time check that `C` undoes a step with output `O` and principal `P`.
+    pub const fn assert_undoes<C: Undoes<O, P>, O, P>() {}
+
+    /// The type-erased compensate function of compensator `C`.
+    pub fn erased_compensate<C: Compensator>(
+        env: StepEnv,
+        output: serde_json::Value,
+    ) -> BoxFuture<'static, ::core::result::Result<(), StepError>> {
+        Box::pin(async move {
+            let input: C::Input = serde_json::from_value(output).map_err(|e| {
+                StepError::Runtime(format!(
+                    "journaled output does not decode for `{}`: {e}",
+                    C::META.name
+                ))
+            })?;
+            C::run(env, input).await
+        })
+    }
+
+    /// Compile-time check that `T` is a principal.
+    pub const fn assert_principal<T: crate::Principal>() {}
+}

@@ -1,0 +1,395 @@
+//! Code generation. Everything here has been parsed and checked already; it only quotes.
+//!
+//! Generated items refer to the runtime by absolute paths under
+//! `::chain_runtime::__private`, never to the user's imports or prelude.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, ItemFn, LitStr, Type};
+
+use crate::ast::{self, FnShape, Input};
+use crate::attr::{EffectArg, Spanned as SpannedValue};
+use crate::body::{self, Analysis};
+
+/// What a `#[step]` expansion needs, with defaults standing in for values that failed to
+/// parse (their errors are reported beside the expansion).
+pub(crate) struct StepPlan<'a> {
+    pub(crate) item: &'a ItemFn,
+    pub(crate) principal: &'a Type,
+    pub(crate) inputs: &'a [Input],
+    pub(crate) output: &'a Type,
+    pub(crate) connector: Option<&'a LitStr>,
+    pub(crate) scopes: Option<&'a SpannedValue<Vec<LitStr>>>,
+    pub(crate) effect: Option<&'a EffectArg>,
+}
+
+fn mixed(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+fn arg_idents(inputs: &[Input]) -> Vec<Ident> {
+    (0..inputs.len())
+        .map(|i| format_ident!("__arg{}", i, span = Span::mixed_site()))
+        .collect()
+}
+
+fn scope_lits(scopes: Option<&SpannedValue<Vec<LitStr>>>) -> Vec<&LitStr> {
+    scopes.map(|s| s.value.iter().collect()).unwrap_or_default()
+}
+
+/// The user's function, renamed, kept verbatim otherwise (so errors in its body point at
+/// the user's code as usual).
+fn body_fn(item: &ItemFn, name: &Ident) -> TokenStream {
+    let mut body = item.clone();
+    body.sig.ident = name.clone();
+    body.vis = syn::Visibility::Inherited;
+    quote! {
+        #[allow(clippy::all, clippy::pedantic, dead_code)]
+        #body
+    }
+}
+
+fn principal_check(principal: &Type) -> TokenStream {
+    quote_spanned! {principal.span()=>
+        const _: () = ::chain_runtime::__private::assert_principal::<#principal>();
+    }
+}
+
+fn ok_type(output: &Type, trait_name: &str) -> TokenStream {
+    let trait_ident = Ident::new(trait_name, Span::call_site());
+    quote_spanned!(output.span()=> <#output as ::chain_runtime::__private::#trait_ident>::Ok)
+}
+
+fn text(tokens: &impl quote::ToTokens) -> String {
+    let ty: Result<Type, _> = syn::parse2(tokens.to_token_stream());
+    match ty {
+        Ok(ty) => ast::type_text(&ty),
+        Err(_) => tokens.to_token_stream().to_string(),
+    }
+}
+
+pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
+    let StepPlan {
+        item,
+        principal,
+        inputs,
+        output,
+        connector,
+        scopes,
+        effect,
+    } = plan;
+    let name = &item.sig.ident;
+    let vis = &item.vis;
+    let attrs = &item.attrs;
+    let name_str = name.to_string();
+    let connector = connector.map(LitStr::value).unwrap_or_default();
+    let scopes = scope_lits(scopes);
+    let args = arg_idents(inputs);
+    let tys: Vec<&Type> = inputs.iter().map(|i| &i.ty).collect();
+    let ty_texts: Vec<String> = tys.iter().map(|t| ast::type_text(t)).collect();
+    let output_ok = ok_type(output, "StepReturn");
+    let output_text = ast::result_ok_type(output)
+        .map(ast::type_text)
+        .unwrap_or_else(|| text(output));
+    let principal_text = ast::type_text(principal);
+    let body_name = mixed("__chain_step_body");
+    let body = body_fn(item, &body_name);
+    let ctx = mixed("__ctx");
+    let lt = syn::Lifetime::new("'__chain", Span::mixed_site());
+    let q = mixed("__Principal");
+
+    let (effect_tokens, compensate, compensator_check) = match effect {
+        Some(EffectArg::Compensate(path)) => {
+            let out_ty: TokenStream = match ast::result_ok_type(output) {
+                Some(t) => quote!(#t),
+                None => quote!(#output_ok),
+            };
+            (
+                quote_spanned!(path.span()=> ::chain_runtime::__private::Effect::Compensated {
+                    compensator: &<#path as ::chain_runtime::__private::Compensator>::META
+                }),
+                quote_spanned!(path.span()=> ::core::option::Option::Some(::chain_runtime::__private::erased_compensate::<#path>)),
+                quote_spanned! {path.span()=>
+                    const _: () = ::chain_runtime::__private::assert_undoes::<#path, #out_ty, #principal>();
+                },
+            )
+        }
+        Some(EffectArg::Irreversible(reason)) => (
+            quote!(::chain_runtime::__private::Effect::Irreversible { reason: #reason }),
+            quote!(::core::option::Option::None),
+            TokenStream::new(),
+        ),
+        Some(EffectArg::Read) | None => (
+            quote!(::chain_runtime::__private::Effect::Read),
+            quote!(::core::option::Option::None),
+            TokenStream::new(),
+        ),
+    };
+    let principal_check = principal_check(principal);
+
+    quote! {
+        #(#attrs)*
+        #vis fn #name<#lt, #q>(#ctx: &#lt ::chain_runtime::ChainCtx<#q>, #(#args: #tys),*)
+            -> ::chain_runtime::__private::StepCall<#lt, #name>
+        where
+            #q: ::chain_runtime::Principal,
+            #name: ::chain_runtime::__private::StepFor<#q>,
+        {
+            ::chain_runtime::__private::StepCall::__new(
+                <#name as ::chain_runtime::__private::StepFor<#q>>::narrow(#ctx),
+                (#(#args,)*),
+            )
+        }
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        const _: () = {
+            #body
+
+            impl ::chain_runtime::__private::Step for #name {
+                type Principal = #principal;
+                type Input = (#(#tys,)*);
+                type Output = #output_ok;
+                const META: ::chain_runtime::__private::StepMeta = ::chain_runtime::__private::StepMeta {
+                    name: #name_str,
+                    module: ::core::module_path!(),
+                    connector: #connector,
+                    scopes: &[#(#scopes),*],
+                    effect: #effect_tokens,
+                    principal: #principal_text,
+                    inputs: &[#(#ty_texts),*],
+                    output: #output_text,
+                    compensate: #compensate,
+                };
+
+                fn run(
+                    env: ::chain_runtime::__private::StepEnv,
+                    input: Self::Input,
+                ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
+                    ::chain_runtime::__private::Box::pin(async move {
+                        let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
+                        let (#(#args,)*) = input;
+                        #body_name(&ctx, #(#args),*).await
+                    })
+                }
+            }
+
+            impl ::chain_runtime::__private::StepFor<#principal> for #name {
+                fn narrow(ctx: &::chain_runtime::ChainCtx<#principal>) -> &::chain_runtime::ChainCtx<#principal> {
+                    ctx
+                }
+            }
+
+            ::chain_runtime::__private::inventory::submit! {
+                ::chain_runtime::__private::StepRegistration(&<#name as ::chain_runtime::__private::Step>::META)
+            }
+
+            #principal_check
+            #compensator_check
+        };
+    }
+}
+
+/// What a `#[compensator]` expansion needs.
+pub(crate) struct CompensatorPlan<'a> {
+    pub(crate) item: &'a ItemFn,
+    pub(crate) principal: &'a Type,
+    pub(crate) input: &'a Input,
+    pub(crate) output: &'a Type,
+    pub(crate) connector: Option<&'a LitStr>,
+    pub(crate) scopes: Option<&'a SpannedValue<Vec<LitStr>>>,
+}
+
+pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
+    let CompensatorPlan {
+        item,
+        principal,
+        input,
+        output,
+        connector,
+        scopes,
+    } = plan;
+    let name = &item.sig.ident;
+    let vis = &item.vis;
+    let name_str = name.to_string();
+    let connector = connector.map(LitStr::value).unwrap_or_default();
+    let scopes = scope_lits(scopes);
+    let (input_ty, by_ref) = ast::strip_ref(&input.ty);
+    let input_text = ast::type_text(input_ty);
+    let principal_text = ast::type_text(principal);
+    let body_name = mixed("__chain_compensator_body");
+    let body = body_fn(item, &body_name);
+    let arg = if by_ref {
+        quote!(&input)
+    } else {
+        quote!(input)
+    };
+    let output_ok = ok_type(output, "StepReturn");
+    let principal_check = principal_check(principal);
+
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        const _: () = {
+            #body
+
+            impl ::chain_runtime::__private::Compensator for #name {
+                type Principal = #principal;
+                type Input = #input_ty;
+                const META: ::chain_runtime::__private::CompensatorMeta = ::chain_runtime::__private::CompensatorMeta {
+                    name: #name_str,
+                    module: ::core::module_path!(),
+                    connector: #connector,
+                    scopes: &[#(#scopes),*],
+                    principal: #principal_text,
+                    input: #input_text,
+                };
+
+                fn run(
+                    env: ::chain_runtime::__private::StepEnv,
+                    input: Self::Input,
+                ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<(), ::chain_runtime::__private::StepError>> {
+                    ::chain_runtime::__private::Box::pin(async move {
+                        let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
+                        let _: #output_ok = #body_name(&ctx, #arg).await?;
+                        ::core::result::Result::Ok(())
+                    })
+                }
+            }
+
+            impl ::chain_runtime::__private::Undoes<#input_ty, #principal> for #name {}
+
+            ::chain_runtime::__private::inventory::submit! {
+                ::chain_runtime::__private::CompensatorRegistration(&<#name as ::chain_runtime::__private::Compensator>::META)
+            }
+
+            #principal_check
+        };
+    }
+}
+
+/// What a `#[chain]` expansion needs.
+pub(crate) struct ChainPlan<'a> {
+    pub(crate) item: &'a ItemFn,
+    pub(crate) principal: &'a Type,
+    pub(crate) ctx_principal: &'a Type,
+    pub(crate) shape: &'a FnShape,
+    pub(crate) output: &'a Type,
+    pub(crate) compensate_on_auth_failure: bool,
+    pub(crate) analysis: &'a Analysis,
+}
+
+pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
+    let ChainPlan {
+        item,
+        principal,
+        ctx_principal,
+        shape,
+        output,
+        compensate_on_auth_failure,
+        analysis,
+    } = plan;
+    let name = &item.sig.ident;
+    let vis = &item.vis;
+    let name_str = name.to_string();
+    let principal_text = ast::type_text(principal);
+    let args = arg_idents(&shape.inputs);
+    let tys: Vec<&Type> = shape.inputs.iter().map(|i| &i.ty).collect();
+    let output_ok = ok_type(output, "ChainReturn");
+    let policy = if compensate_on_auth_failure {
+        quote!(::chain_runtime::__private::AuthFailurePolicy::Compensate)
+    } else {
+        quote!(::chain_runtime::__private::AuthFailurePolicy::Suspend)
+    };
+
+    // The static step list: each distinct callee once, in order of first call.
+    let mut distinct: Vec<(String, &syn::Path)> = Vec::new();
+    for site in &analysis.sites {
+        let key = quote::ToTokens::to_token_stream(&site.callee).to_string();
+        if !distinct.iter().any(|(k, _)| *k == key) {
+            distinct.push((key, &site.callee));
+        }
+    }
+    let steps = distinct.iter().map(|(_, path)| {
+        quote_spanned!(path.span()=> &<#path as ::chain_runtime::__private::Step>::META)
+    });
+    let nodes = analysis.sites.iter().enumerate().map(|(i, site)| {
+        let id = 3 + i as u32;
+        let path = &site.callee;
+        let line = site.line;
+        quote_spanned! {path.span()=>
+            ::chain_runtime::__private::Node {
+                id: #id,
+                kind: ::chain_runtime::__private::NodeKind::Step {
+                    step: &<#path as ::chain_runtime::__private::Step>::META,
+                    line: #line,
+                },
+            }
+        }
+    });
+    let edges = analysis.edges.iter().map(|(from, to, kind)| {
+        let kind = body::edge_kind_tokens(kind, Span::call_site());
+        quote!(::chain_runtime::__private::Edge { from: #from, to: #to, kind: #kind })
+    });
+    let (start, end, fail) = (body::START, body::END, body::FAIL);
+    let principal_check = principal_check(principal);
+    let same_principal = quote_spanned! {ctx_principal.span()=>
+        const _: fn() = || {
+            let _: ::core::marker::PhantomData<#principal> = ::core::marker::PhantomData::<#ctx_principal>;
+        };
+    };
+
+    quote! {
+        #item
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        const _: () = {
+            impl ::chain_runtime::__private::Chain for #name {
+                type Principal = #principal;
+                type Input = (#(#tys,)*);
+                type Output = #output_ok;
+                const META: ::chain_runtime::__private::ChainMeta = ::chain_runtime::__private::ChainMeta {
+                    name: #name_str,
+                    module: ::core::module_path!(),
+                    principal: #principal_text,
+                    on_auth_failure: #policy,
+                    steps: &[#(#steps),*],
+                    graph: ::chain_runtime::__private::DecisionGraph {
+                        nodes: &[
+                            ::chain_runtime::__private::Node { id: #start, kind: ::chain_runtime::__private::NodeKind::Start },
+                            ::chain_runtime::__private::Node { id: #end, kind: ::chain_runtime::__private::NodeKind::End },
+                            ::chain_runtime::__private::Node { id: #fail, kind: ::chain_runtime::__private::NodeKind::Fail },
+                            #(#nodes,)*
+                        ],
+                        edges: &[#(#edges),*],
+                    },
+                };
+
+                fn run(
+                    ctx: ::chain_runtime::__private::Arc<::chain_runtime::ChainCtx<#principal>>,
+                    input: Self::Input,
+                ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::ChainError>> {
+                    ::chain_runtime::__private::Box::pin(async move {
+                        let (#(#args,)*) = input;
+                        #name(&ctx, #(#args),*).await
+                    })
+                }
+            }
+
+            ::chain_runtime::__private::inventory::submit! {
+                ::chain_runtime::__private::ChainRegistration(&<#name as ::chain_runtime::__private::Chain>::META)
+            }
+
+            #principal_check
+            #same_principal
+        };
+    }
+}

@@ -1,0 +1,210 @@
+//! Preflight: before the first write, compare what a chain needs with what the principal
+//! granted, per connector.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::manifest::ScopeManifest;
+
+/// The scopes a principal has granted, per connector (only connectors with an account).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Grants(BTreeMap<String, BTreeSet<String>>);
+
+impl Grants {
+    /// No connected accounts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the grant of `connector`.
+    pub fn with<I, S>(mut self, connector: &str, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.insert(connector, scopes);
+        self
+    }
+
+    /// Records (or replaces) the grant of `connector`.
+    pub fn insert<I, S>(&mut self, connector: &str, scopes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.0.insert(
+            connector.to_owned(),
+            scopes.into_iter().map(Into::into).collect(),
+        );
+    }
+
+    /// The scopes granted on `connector`, or `None` when no account is connected.
+    pub fn get(&self, connector: &str) -> Option<&BTreeSet<String>> {
+        self.0.get(connector)
+    }
+}
+
+/// A consent the principal must give before the run can start: the scope set to ask for
+/// is what is granted already plus what the chain requires, so consent never narrows a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsentNeeded {
+    /// The principal's identifier.
+    pub principal: String,
+    /// The connector to consent on.
+    pub connector: String,
+    /// The full scope set to request (granted ∪ required).
+    pub scopes: BTreeSet<String>,
+}
+
+/// The verdict for one connector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ConnectorStatus {
+    /// Every required scope is granted.
+    Ready,
+    /// The principal has no account on this connector.
+    NotConnected {
+        /// The consent to ask for.
+        consent: ConsentNeeded,
+    },
+    /// Some required scopes are not granted.
+    MissingScopes {
+        /// The required scopes that are not granted.
+        missing: BTreeSet<String>,
+        /// The consent to ask for.
+        consent: ConsentNeeded,
+    },
+}
+
+/// Preflight of one connector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectorCheck {
+    /// The scopes the chain requires here.
+    pub required: BTreeSet<String>,
+    /// The scopes granted here, if an account exists.
+    pub granted: Option<BTreeSet<String>>,
+    /// Ready or what is missing.
+    pub status: ConnectorStatus,
+    /// Granted scopes no reachable step needs: a least-privilege warning.
+    pub unused: BTreeSet<String>,
+}
+
+/// The preflight of a chain for one principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Preflight {
+    /// The chain's path.
+    pub chain: String,
+    /// The principal's identifier.
+    pub principal: String,
+    /// Per connector the chain uses.
+    pub connectors: BTreeMap<String, ConnectorCheck>,
+}
+
+impl Preflight {
+    /// True when every connector is ready: the run may start.
+    pub fn is_ready(&self) -> bool {
+        self.connectors
+            .values()
+            .all(|c| c.status == ConnectorStatus::Ready)
+    }
+
+    /// The consents to ask for before the run can start.
+    pub fn consents_needed(&self) -> Vec<&ConsentNeeded> {
+        self.connectors
+            .values()
+            .filter_map(|c| match &c.status {
+                ConnectorStatus::Ready => None,
+                ConnectorStatus::NotConnected { consent }
+                | ConnectorStatus::MissingScopes { consent, .. } => Some(consent),
+            })
+            .collect()
+    }
+
+    /// Granted-but-unused scopes per connector (least-privilege warnings).
+    pub fn unused_scopes(&self) -> BTreeMap<&str, &BTreeSet<String>> {
+        self.connectors
+            .iter()
+            .filter(|(_, c)| !c.unused.is_empty())
+            .map(|(k, c)| (k.as_str(), &c.unused))
+            .collect()
+    }
+}
+
+/// Compares `manifest` with the `grants` of `principal`, per connector.
+///
+/// ```
+/// use chain_runtime::preflight::{preflight_manifest, Grants};
+/// use chain_runtime::manifest::ScopeManifest;
+/// use std::collections::BTreeMap;
+///
+/// let mut connectors = BTreeMap::new();
+/// connectors.insert("slack".to_string(), BTreeMap::from([("chat:write".to_string(), Default::default())]));
+/// let manifest = ScopeManifest { chain: "demo".into(), principal: "UserId".into(), connectors };
+///
+/// let report = preflight_manifest(&manifest, "u-1", &Grants::new().with("slack", ["channels:read"]));
+/// assert!(!report.is_ready());
+/// let consent = report.consents_needed()[0];
+/// assert_eq!(consent.scopes.iter().collect::<Vec<_>>(), ["channels:read", "chat:write"]);
+/// ```
+pub fn preflight_manifest(manifest: &ScopeManifest, principal: &str, grants: &Grants) -> Preflight {
+    let connectors = manifest
+        .connectors
+        .keys()
+        .map(|connector| {
+            let required = manifest.scopes(connector);
+            let granted = grants.get(connector).cloned();
+            let consent = |scopes: BTreeSet<String>| ConsentNeeded {
+                principal: principal.to_owned(),
+                connector: connector.clone(),
+                scopes,
+            };
+            let (status, unused) = match &granted {
+                None => (
+                    ConnectorStatus::NotConnected {
+                        consent: consent(required.clone()),
+                    },
+                    BTreeSet::new(),
+                ),
+                Some(granted) => {
+                    let missing: BTreeSet<String> = required.difference(granted).cloned().collect();
+                    let unused = granted.difference(&required).cloned().collect();
+                    let status = if missing.is_empty() {
+                        ConnectorStatus::Ready
+                    } else {
+                        let ask = granted.union(&required).cloned().collect();
+                        ConnectorStatus::MissingScopes {
+                            missing,
+                            consent: consent(ask),
+                        }
+                    };
+                    (status, unused)
+                }
+            };
+            (
+                connector.clone(),
+                ConnectorCheck {
+                    required,
+                    granted,
+                    status,
+                    unused,
+                },
+            )
+        })
+        .collect();
+    Preflight {
+        chain: manifest.chain.clone(),
+        principal: principal.to_owned(),
+        connectors,
+    }
+}
+
+/// Preflight of chain `C` for `principal`: see [`preflight_manifest`].
+pub fn preflight<C: crate::Chain>(principal: &C::Principal, grants: &Grants) -> Preflight {
+    use crate::Principal as _;
+    preflight_manifest(
+        &ScopeManifest::for_chain(&C::META),
+        &principal.identifier(),
+        grants,
+    )
+}
