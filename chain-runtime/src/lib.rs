@@ -8,6 +8,7 @@
 
 extern crate self as chain_runtime;
 
+pub mod audit;
 pub mod chain;
 pub mod classify;
 pub mod exec;

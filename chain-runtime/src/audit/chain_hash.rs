@@ -1,0 +1,125 @@
+//! The canonical form of a record and its BLAKE3 hash.
+//!
+//! Canonical form (RFC 8785 JSON Canonicalization Scheme for the values records contain):
+//! - the record as a JSON object with the `hash` member removed (every other member, including
+//!   `prev_hash` and members an editor may have added, is kept);
+//! - no insignificant whitespace;
+//! - object members sorted by key, comparing keys as UTF-16 code units (all keys written by
+//!   this crate are ASCII, so this is plain byte order);
+//! - strings as JSON strings: `"` and `\` escaped, `\b \t \n \f \r` for those controls, other
+//!   characters below U+0020 as `\u00xx` (lowercase hex), everything else as raw UTF-8;
+//! - numbers: records only contain integers, written in decimal without exponent or sign `+`;
+//! - `null`, `true`, `false` as such; arrays in order.
+//!
+//! `hash = lowercase_hex(BLAKE3(canonical_form))`, 64 characters. The first record's
+//! `prev_hash` is [`GENESIS_HASH`] (64 zeros).
+//!
+//! Each line of a JSON Lines export is the canonical form of the full record (with `hash`), so
+//! with `jq -cS 'del(.hash)'` and `b3sum` a line can be checked without this crate.
+
+use serde_json::Value;
+
+/// The `prev_hash` of the first record: 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The canonical form of a JSON value (see the module docs), as a string.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(key, out);
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{08}' => out.push_str("\\b"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\u{0C}' => out.push_str("\\f"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The hash of a record given as a JSON object: BLAKE3 over the canonical form of the object
+/// without its `hash` member, as lowercase hex.
+pub fn record_hash(record: &Value) -> String {
+    let canonical = match record {
+        Value::Object(map) => {
+            let mut without = map.clone();
+            without.remove("hash");
+            canonical_json(&Value::Object(without))
+        }
+        other => canonical_json(other),
+    };
+    blake3::hash(canonical.as_bytes()).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_form_sorts_keys_and_escapes_like_jcs() {
+        let v =
+            json!({"b": [1, "x\n\u{1}é\"\\"], "a": null, "C": true, "aa": {"z": -3, "y": false}});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"C":true,"a":null,"aa":{"y":false,"z":-3},"b":[1,"x\n\u0001é\"\\"]}"#
+        );
+    }
+
+    #[test]
+    fn hash_ignores_only_the_hash_member() {
+        let a = json!({"seq": 1, "prev_hash": GENESIS_HASH, "hash": "whatever"});
+        let b = json!({"seq": 1, "prev_hash": GENESIS_HASH, "hash": "different"});
+        let c = json!({"seq": 2, "prev_hash": GENESIS_HASH, "hash": "whatever"});
+        assert_eq!(record_hash(&a), record_hash(&b));
+        assert_ne!(record_hash(&a), record_hash(&c));
+        assert_eq!(record_hash(&a).len(), 64);
+        let expected =
+            blake3::hash(format!(r#"{{"prev_hash":"{GENESIS_HASH}","seq":1}}"#).as_bytes());
+        assert_eq!(record_hash(&a), expected.to_hex().to_string());
+    }
+}

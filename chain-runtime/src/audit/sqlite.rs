@@ -1,0 +1,493 @@
+//! The embedded SQLite audit store.
+//!
+//! Tables (prefixed `audit_`, so other modules may share the file):
+//! - `audit_records`: one row per record, one column per top-level field of [`AuditRecord`]
+//!   (`scopes`, `records` and `event` as JSON text). Verification rebuilds each record from
+//!   exactly these columns, so an edit of any column is caught.
+//! - `audit_record_refs`: an index of touched external records for `who_authorized`;
+//!   verification checks it against each record's `records`.
+//!
+//! Every operation runs on the blocking thread pool (`spawn_blocking`), never on the async
+//! runtime's workers. Appends use `BEGIN IMMEDIATE`, so several stores (connections or
+//! processes) on one file still produce one chain; the connection waits up to
+//! [`BUSY_TIMEOUT`] for another writer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::chain_hash::GENESIS_HASH;
+use super::record::{
+    AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, NewRecord, Outcome, RecordRef,
+    WriteKind,
+};
+use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
+use super::{AuditError, AuditStore, BoxFuture};
+
+/// How long an append waits for another writer holding the database lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq              INTEGER PRIMARY KEY,
+    format           INTEGER NOT NULL,
+    time_unix_ms     INTEGER NOT NULL,
+    run_id           TEXT,
+    step_id          TEXT,
+    principal        TEXT NOT NULL,
+    connector        TEXT,
+    account_id       TEXT,
+    upstream_subject TEXT,
+    grant_id         TEXT,
+    scopes           TEXT NOT NULL,
+    records          TEXT NOT NULL,
+    outcome          TEXT NOT NULL,
+    event            TEXT NOT NULL,
+    prev_hash        TEXT NOT NULL,
+    hash             TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_records_by_run ON audit_records (run_id, seq);
+CREATE INDEX IF NOT EXISTS audit_records_by_principal_time
+    ON audit_records (principal, time_unix_ms);
+CREATE TABLE IF NOT EXISTS audit_record_refs (
+    seq       INTEGER NOT NULL,
+    connector TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    record_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_record_refs_lookup
+    ON audit_record_refs (connector, record_id, seq);
+";
+
+/// The record columns, in [`AuditRecord`] field order; their names are the field names.
+const COLUMNS: [&str; 16] = [
+    "seq",
+    "format",
+    "time_unix_ms",
+    "run_id",
+    "step_id",
+    "principal",
+    "connector",
+    "account_id",
+    "upstream_subject",
+    "grant_id",
+    "scopes",
+    "records",
+    "outcome",
+    "event",
+    "prev_hash",
+    "hash",
+];
+
+/// Columns holding JSON text.
+const JSON_COLUMNS: [&str; 3] = ["scopes", "records", "event"];
+
+fn select_columns() -> String {
+    COLUMNS.join(", ")
+}
+
+/// An audit store in a SQLite file.
+#[derive(Clone)]
+pub struct SqliteAuditStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteAuditStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteAuditStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteAuditStore {
+    /// Opens (creating if needed) the audit tables in the SQLite file at `path`, in WAL mode.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let for_open = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_connection(&for_open))
+            .await
+            .map_err(|e| AuditError::Background(e.to_string()))??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, AuditError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AuditError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a transaction open (a dropped
+            // rusqlite transaction rolls back), so a poisoned lock is safe to reuse.
+            let mut guard = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| AuditError::Background(e.to_string()))?
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode = %mode, "audit store: SQLite refused WAL journal mode");
+    }
+    conn.execute_batch(&format!("BEGIN IMMEDIATE;{SCHEMA}COMMIT;"))?;
+    Ok(conn)
+}
+
+/// Converts one SQLite value to JSON, faithfully (a tampered value stays visible as such).
+fn sql_to_json(value: ValueRef<'_>, json_column: bool) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(bytes) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            if json_column {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            } else {
+                Value::String(text)
+            }
+        }
+        ValueRef::Blob(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Value::String(format!("x'{hex}'"))
+        }
+    }
+}
+
+/// Rebuilds the record object of one `audit_records` row selected with [`select_columns`].
+fn row_to_value(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
+    let mut map = serde_json::Map::new();
+    for (i, name) in COLUMNS.iter().enumerate() {
+        let value = sql_to_json(row.get_ref(i)?, JSON_COLUMNS.contains(name));
+        map.insert((*name).to_owned(), value);
+    }
+    Ok(Value::Object(map))
+}
+
+fn value_to_record(value: Value) -> Result<AuditRecord, AuditError> {
+    let seq = value.get("seq").and_then(Value::as_i64).unwrap_or(-1);
+    serde_json::from_value(value).map_err(|e| AuditError::Corrupt {
+        seq,
+        reason: e.to_string(),
+    })
+}
+
+fn query_records(
+    conn: &Connection,
+    where_clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let sql = format!(
+        "SELECT {} FROM audit_records WHERE {where_clause} ORDER BY seq",
+        select_columns()
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let values = stmt
+        .query_map(params, row_to_value)?
+        .collect::<Result<Vec<_>, _>>()?;
+    values.into_iter().map(value_to_record).collect()
+}
+
+fn seq_to_sql(seq: u64) -> Result<i64, AuditError> {
+    i64::try_from(seq).map_err(|_| AuditError::Corrupt {
+        seq: i64::MAX,
+        reason: format!("seq {seq} does not fit SQLite's integer"),
+    })
+}
+
+fn append_blocking(conn: &mut Connection, new: NewRecord) -> Result<AuditRecord, AuditError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev_hash) = match head {
+        None => (1, GENESIS_HASH.to_owned()),
+        Some((head_seq, hash)) => {
+            let head_seq = u64::try_from(head_seq).map_err(|_| AuditError::Corrupt {
+                seq: head_seq,
+                reason: "the head record has a negative seq".to_owned(),
+            })?;
+            (head_seq + 1, hash)
+        }
+    };
+    let record = new.seal(seq, prev_hash)?;
+    let seq_sql = seq_to_sql(record.seq)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO audit_records ({}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            select_columns()
+        ),
+        params![
+            seq_sql,
+            i64::from(record.format),
+            record.time_unix_ms,
+            record.run_id,
+            record.step_id,
+            record.principal,
+            record.connector,
+            record.account_id,
+            record.upstream_subject,
+            record.grant_id,
+            serde_json::to_string(&record.scopes)?,
+            serde_json::to_string(&record.records)?,
+            record.outcome.as_str(),
+            serde_json::to_string(&record.event)?,
+            record.prev_hash,
+            record.hash,
+        ],
+    )?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO audit_record_refs (seq, connector, kind, record_id) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for r in &record.records {
+            stmt.execute(params![seq_sql, r.connector, r.kind, r.id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(record)
+}
+
+type RefKey = (String, String, String);
+
+fn refs_of(value: &Value) -> Vec<RefKey> {
+    let mut refs: Vec<RefKey> = value
+        .get("records")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| serde_json::from_value::<RecordRef>(item.clone()).ok())
+                .map(|r| (r.connector, r.kind, r.id))
+                .collect()
+        })
+        .unwrap_or_default();
+    refs.sort();
+    refs
+}
+
+fn verify_blocking(
+    conn: &mut Connection,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Verified, AuditError> {
+    // One read transaction: a consistent snapshot even while others append.
+    let tx = conn.transaction()?;
+    let mut index: BTreeMap<i64, Vec<RefKey>> = BTreeMap::new();
+    {
+        let mut stmt =
+            tx.prepare("SELECT seq, connector, kind, record_id FROM audit_record_refs")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let key = (
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            );
+            index.entry(row.get(0)?).or_default().push(key);
+        }
+    }
+    for refs in index.values_mut() {
+        refs.sort();
+    }
+    let mut verifier = ChainVerifier::new(checkpoint);
+    {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT {} FROM audit_records ORDER BY seq",
+            select_columns()
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let value = row_to_value(row)?;
+            let record = verifier.push(&value).map_err(AuditError::ChainBroken)?;
+            let seq_sql = seq_to_sql(record.seq)?;
+            let indexed = index.remove(&seq_sql).unwrap_or_default();
+            if indexed != refs_of(&value) {
+                return Err(AuditError::ChainBroken(ChainBreak {
+                    position: record.seq,
+                    seq: Some(record.seq),
+                    problem: BreakProblem::IndexMismatch {
+                        reason: format!(
+                            "audit_record_refs has {} row(s) for this record, the record lists {}",
+                            indexed.len(),
+                            record.records.len()
+                        ),
+                    },
+                }));
+            }
+        }
+    }
+    let verified = verifier.finish().map_err(AuditError::ChainBroken)?;
+    if let Some((&seq, _)) = index.iter().next() {
+        return Err(AuditError::ChainBroken(ChainBreak {
+            position: u64::try_from(seq).unwrap_or(0),
+            seq: u64::try_from(seq).ok(),
+            problem: BreakProblem::IndexMismatch {
+                reason: format!("audit_record_refs has rows for seq {seq}, which has no record"),
+            },
+        }));
+    }
+    Ok(verified)
+}
+
+fn to_authorization(record: AuditRecord, connector: &str, record_id: &str) -> Vec<Authorization> {
+    let write = match &record.event {
+        AuditEvent::StepOutcome {
+            step,
+            effect: Effect::Write,
+            ..
+        } if record.outcome == Outcome::Succeeded => WriteKind::Step { step: step.clone() },
+        AuditEvent::CompensationOutcome {
+            compensator,
+            compensates_step_id,
+            ..
+        } => WriteKind::Compensation {
+            compensator: compensator.clone(),
+            compensates_step_id: compensates_step_id.clone(),
+        },
+        _ => return Vec::new(),
+    };
+    record
+        .records
+        .iter()
+        .filter(|r| r.connector == connector && r.id == record_id)
+        .map(|r| Authorization {
+            seq: record.seq,
+            time_unix_ms: record.time_unix_ms,
+            principal: record.principal.clone(),
+            account_id: record.account_id.clone(),
+            upstream_subject: record.upstream_subject.clone(),
+            grant_id: record.grant_id.clone(),
+            scopes: record.scopes.clone(),
+            run_id: record.run_id.clone(),
+            step_id: record.step_id.clone(),
+            record: r.clone(),
+            write: write.clone(),
+            outcome: record.outcome,
+        })
+        .collect()
+}
+
+impl AuditStore for SqliteAuditStore {
+    fn append(&self, record: NewRecord) -> BoxFuture<'_, Result<AuditRecord, AuditError>> {
+        Box::pin(self.blocking(move |conn| append_blocking(conn, record)))
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<Checkpoint>, AuditError>> {
+        Box::pin(self.blocking(|conn| {
+            let head: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            head.map(|(seq, hash)| {
+                u64::try_from(seq)
+                    .map(|seq| Checkpoint { seq, hash })
+                    .map_err(|_| AuditError::Corrupt {
+                        seq,
+                        reason: "the head record has a negative seq".into(),
+                    })
+            })
+            .transpose()
+        }))
+    }
+
+    fn scan_raw(
+        &self,
+        after_seq: Option<i64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Value>, AuditError>> {
+        Box::pin(self.blocking(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM audit_records WHERE ?1 IS NULL OR seq > ?1 ORDER BY seq LIMIT ?2",
+                select_columns()
+            );
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut stmt = conn.prepare(&sql)?;
+            let values = stmt
+                .query_map(params![after_seq, limit], row_to_value)?
+                .collect::<Result<_, _>>()?;
+            Ok(values)
+        }))
+    }
+
+    fn run_history<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>, AuditError>> {
+        let run_id = run_id.to_owned();
+        Box::pin(self.blocking(move |conn| query_records(conn, "run_id = ?1", params![run_id])))
+    }
+
+    fn principal_activity<'a>(
+        &'a self,
+        principal: &'a str,
+        from_unix_ms: i64,
+        to_unix_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>, AuditError>> {
+        let principal = principal.to_owned();
+        Box::pin(self.blocking(move |conn| {
+            query_records(
+                conn,
+                "principal = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3",
+                params![principal, from_unix_ms, to_unix_ms],
+            )
+        }))
+    }
+
+    fn who_authorized<'a>(
+        &'a self,
+        connector: &'a str,
+        record_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Authorization>, AuditError>> {
+        let connector = connector.to_owned();
+        let record_id = record_id.to_owned();
+        Box::pin(self.blocking(move |conn| {
+            let records = query_records(
+                conn,
+                "seq IN (SELECT seq FROM audit_record_refs WHERE connector = ?1 AND record_id = ?2)",
+                params![connector, record_id],
+            )?;
+            Ok(records
+                .into_iter()
+                .flat_map(|r| to_authorization(r, &connector, &record_id))
+                .collect())
+        }))
+    }
+
+    fn verify(
+        &self,
+        checkpoint: Option<Checkpoint>,
+    ) -> BoxFuture<'_, Result<Verified, AuditError>> {
+        Box::pin(self.blocking(move |conn| verify_blocking(conn, checkpoint)))
+    }
+}

@@ -1,0 +1,303 @@
+//! Verification of a record sequence, shared by the store and JSON Lines exports.
+//!
+//! Records are checked in the order they are read (`seq` order for a store, line order for an
+//! export). For the record at position `n` (from 1), in this order:
+//! 1. it is a JSON object with an integer `seq`, a string `prev_hash` and a string `hash`
+//!    ([`BreakProblem::Malformed`]);
+//! 2. `seq == n` ([`BreakProblem::SeqMismatch`]: a deletion, an insertion or a reordering);
+//! 3. `prev_hash` equals the previous record's `hash`, or [`GENESIS_HASH`] for the first
+//!    ([`BreakProblem::PrevHashMismatch`]: a record before it was removed, inserted or rewritten);
+//! 4. `hash` equals the recomputed hash of its canonical form ([`BreakProblem::HashMismatch`]:
+//!    the record was edited);
+//! 5. it parses as an [`AuditRecord`] of a known format ([`BreakProblem::Malformed`]);
+//! 6. against a checkpoint: the record at the checkpoint's `seq` has the checkpoint's hash
+//!    ([`BreakProblem::CheckpointMismatch`]), and the sequence reaches that `seq`
+//!    ([`BreakProblem::Truncated`]).
+//!
+//! The first failing check ends verification and is reported as a [`ChainBreak`].
+//!
+//! What a hash chain without a key cannot do: an attacker who rewrites a record *and* recomputes
+//! every later hash produces a self-consistent chain. Checkpoints kept outside the database catch
+//! that (the record at the checkpoint's `seq` no longer has the checkpoint's hash), as they catch
+//! a truncated tail. Records appended after the newest checkpoint are only as trustworthy as the
+//! database file until the next checkpoint.
+
+use std::fmt;
+use std::io::BufRead;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AuditError;
+use super::chain_hash::{GENESIS_HASH, record_hash};
+use super::record::{AuditRecord, Checkpoint, FORMAT_VERSION};
+
+/// A verified chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// How many records were verified.
+    pub records: u64,
+    /// The last record's checkpoint (`None` for an empty chain).
+    pub head: Option<Checkpoint>,
+}
+
+/// Where and how the chain is broken: the first bad record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainBreak {
+    /// Position of the bad record in reading order, from 1 (the `seq` it should have).
+    pub position: u64,
+    /// The `seq` the bad record claims, when it has one (`None` for truncation).
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub problem: BreakProblem,
+}
+
+/// What is wrong with the first bad record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BreakProblem {
+    /// The record is not a readable audit record.
+    Malformed {
+        /// Why.
+        reason: String,
+    },
+    /// The record's `seq` is not the next one: records were deleted (found > expected), or
+    /// inserted, duplicated or reordered (found < expected, or a later record moved up).
+    SeqMismatch {
+        /// The `seq` expected at this position.
+        expected: u64,
+        /// The `seq` found.
+        found: u64,
+    },
+    /// The record's `prev_hash` is not its predecessor's `hash`.
+    PrevHashMismatch {
+        /// The predecessor's hash.
+        expected: String,
+        /// The record's `prev_hash`.
+        found: String,
+    },
+    /// The record's contents do not hash to its `hash`: it was edited.
+    HashMismatch {
+        /// The `hash` stored in the record.
+        stored: String,
+        /// The hash of its contents.
+        computed: String,
+    },
+    /// The record at the checkpoint's `seq` has another hash: history up to the checkpoint was
+    /// rewritten, or the checkpoint belongs to another chain.
+    CheckpointMismatch {
+        /// The checkpoint's hash.
+        checkpoint: String,
+        /// The record's hash.
+        found: String,
+    },
+    /// The chain ends before the checkpoint: its tail was removed.
+    Truncated {
+        /// The checkpoint's `seq`.
+        checkpoint_seq: u64,
+        /// The last `seq` present (0 when the chain is empty).
+        last_seq: u64,
+    },
+    /// (Store only) the lookup index of touched records disagrees with the record: queries
+    /// such as `who_authorized` would give wrong answers.
+    IndexMismatch {
+        /// What differs.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "audit chain broken at position {}", self.position)?;
+        if let Some(seq) = self.seq {
+            write!(f, " (record seq {seq})")?;
+        }
+        write!(f, ": ")?;
+        match &self.problem {
+            BreakProblem::Malformed { reason } => {
+                write!(f, "not a readable audit record: {reason}")
+            }
+            BreakProblem::SeqMismatch { expected, found } if found > expected => write!(
+                f,
+                "expected seq {expected} but found {found}: records {expected}..{} were deleted \
+                 or moved",
+                found - 1
+            ),
+            BreakProblem::SeqMismatch { expected, found } => write!(
+                f,
+                "expected seq {expected} but found {found}: a record was inserted, duplicated or \
+                 reordered"
+            ),
+            BreakProblem::PrevHashMismatch { expected, found } => write!(
+                f,
+                "prev_hash {found} is not the previous record's hash {expected}: a record before \
+                 it was deleted, inserted or rewritten"
+            ),
+            BreakProblem::HashMismatch { stored, computed } => write!(
+                f,
+                "contents hash to {computed} but the record says {stored}: the record was edited"
+            ),
+            BreakProblem::CheckpointMismatch { checkpoint, found } => write!(
+                f,
+                "the checkpoint says hash {checkpoint} here but the record has {found}: history \
+                 was rewritten or the checkpoint is from another chain"
+            ),
+            BreakProblem::Truncated {
+                checkpoint_seq,
+                last_seq,
+            } => write!(
+                f,
+                "the chain ends at seq {last_seq} but the checkpoint is at seq {checkpoint_seq}: \
+                 the tail was removed"
+            ),
+            BreakProblem::IndexMismatch { reason } => write!(
+                f,
+                "the touched-records index disagrees with the record ({reason}): the index table \
+                 was edited"
+            ),
+        }
+    }
+}
+
+/// Incremental verifier: feed records in order with [`ChainVerifier::push`], then call
+/// [`ChainVerifier::finish`].
+#[derive(Debug)]
+pub struct ChainVerifier {
+    checkpoint: Option<Checkpoint>,
+    position: u64,
+    prev_hash: String,
+}
+
+impl ChainVerifier {
+    /// A verifier for a chain from its first record, optionally against a checkpoint.
+    pub fn new(checkpoint: Option<Checkpoint>) -> Self {
+        Self {
+            checkpoint,
+            position: 0,
+            prev_hash: GENESIS_HASH.to_owned(),
+        }
+    }
+
+    /// Checks the next record. On success returns it parsed.
+    pub fn push(&mut self, value: &Value) -> Result<AuditRecord, ChainBreak> {
+        self.position += 1;
+        let position = self.position;
+        let claimed_seq = value.get("seq").and_then(Value::as_u64);
+        let brk = |problem| ChainBreak {
+            position,
+            seq: claimed_seq,
+            problem,
+        };
+        let malformed = |reason: &str| {
+            brk(BreakProblem::Malformed {
+                reason: reason.to_owned(),
+            })
+        };
+
+        if !value.is_object() {
+            return Err(malformed("not a JSON object"));
+        }
+        let Some(seq) = claimed_seq else {
+            return Err(malformed("`seq` is missing or not a non-negative integer"));
+        };
+        let Some(prev_hash) = value.get("prev_hash").and_then(Value::as_str) else {
+            return Err(malformed("`prev_hash` is missing or not a string"));
+        };
+        let Some(stored) = value.get("hash").and_then(Value::as_str) else {
+            return Err(malformed("`hash` is missing or not a string"));
+        };
+        if seq != position {
+            return Err(brk(BreakProblem::SeqMismatch {
+                expected: position,
+                found: seq,
+            }));
+        }
+        if prev_hash != self.prev_hash {
+            return Err(brk(BreakProblem::PrevHashMismatch {
+                expected: self.prev_hash.clone(),
+                found: prev_hash.to_owned(),
+            }));
+        }
+        let computed = record_hash(value);
+        if computed != stored {
+            return Err(brk(BreakProblem::HashMismatch {
+                stored: stored.to_owned(),
+                computed,
+            }));
+        }
+        let record: AuditRecord = serde_json::from_value(value.clone())
+            .map_err(|e| malformed(&format!("fields do not match the record format: {e}")))?;
+        if record.format != FORMAT_VERSION {
+            return Err(malformed(&format!(
+                "format {} is not supported (this build reads format {FORMAT_VERSION})",
+                record.format
+            )));
+        }
+        if let Some(cp) = &self.checkpoint
+            && cp.seq == seq
+            && cp.hash != record.hash
+        {
+            return Err(brk(BreakProblem::CheckpointMismatch {
+                checkpoint: cp.hash.clone(),
+                found: record.hash.clone(),
+            }));
+        }
+        self.prev_hash = record.hash.clone();
+        Ok(record)
+    }
+
+    /// Ends verification: checks the checkpoint was reached.
+    pub fn finish(self) -> Result<Verified, ChainBreak> {
+        let last = self.position;
+        if let Some(cp) = &self.checkpoint
+            && cp.seq > last
+        {
+            return Err(ChainBreak {
+                position: last + 1,
+                seq: None,
+                problem: BreakProblem::Truncated {
+                    checkpoint_seq: cp.seq,
+                    last_seq: last,
+                },
+            });
+        }
+        let head = (last > 0).then_some(Checkpoint {
+            seq: last,
+            hash: self.prev_hash,
+        });
+        Ok(Verified {
+            records: last,
+            head,
+        })
+    }
+}
+
+/// Verifies a JSON Lines export exactly as the store is verified. Blank lines are ignored.
+///
+/// A broken chain is [`AuditError::ChainBroken`]; a read failure is [`AuditError::Io`].
+pub fn verify_jsonl<R: BufRead>(
+    reader: R,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Verified, AuditError> {
+    let mut verifier = ChainVerifier::new(checkpoint);
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value = match serde_json::from_str::<Value>(&line) {
+            Ok(value) => value,
+            Err(e) => {
+                return Err(AuditError::ChainBroken(ChainBreak {
+                    position: verifier.position + 1,
+                    seq: None,
+                    problem: BreakProblem::Malformed {
+                        reason: format!("not JSON: {e}"),
+                    },
+                }));
+            }
+        };
+        verifier.push(&value).map_err(AuditError::ChainBroken)?;
+    }
+    verifier.finish().map_err(AuditError::ChainBroken)
+}

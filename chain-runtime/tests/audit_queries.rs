@@ -1,0 +1,312 @@
+//! who_authorized, run history, time-range activity and concurrent appends on a real SQLite
+//! audit store.
+
+mod audit_support;
+
+use std::collections::BTreeSet;
+
+use audit_support::{accounts_of, failed_write, simulate_run};
+use chain_runtime::audit::{
+    AlertSeverity, AuditEvent, AuditStore, NewRecord, Outcome, RecordRef, SqliteAuditStore,
+    WriteKind, verify_jsonl,
+};
+
+async fn store() -> (tempfile::TempDir, SqliteAuditStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteAuditStore::open(dir.path().join("runtime.db"))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn who_authorized_names_the_one_principal_and_each_connectors_grant() {
+    let (_dir, store) = store().await;
+    let touched = simulate_run(&store, "alice", "run-a", "1", 1_000).await;
+    // Noise: bob's own run on other records, and bob's forbidden attempt on alice's opportunity.
+    simulate_run(&store, "bob", "run-b", "2", 2_000).await;
+    failed_write(&store, "bob", "run-c", touched[0].clone(), 3_000).await;
+    store.verify(None).await.unwrap();
+
+    let alice = accounts_of("alice");
+    for (record, acct) in touched.iter().zip(&alice) {
+        assert_eq!(record.connector, acct.connector);
+        let writes = store
+            .who_authorized(&record.connector, &record.id)
+            .await
+            .unwrap();
+        // One write each: the read of the opportunity and bob's failed attempt are not writes.
+        assert_eq!(writes.len(), 1, "{record:?}: {writes:#?}");
+        let w = &writes[0];
+        assert_eq!(w.principal, "alice");
+        assert_eq!(w.grant_id.as_deref(), Some(acct.grant.as_str()));
+        assert_eq!(w.upstream_subject.as_deref(), Some(acct.subject.as_str()));
+        assert_eq!(w.account_id.as_deref(), Some(acct.account_id.as_str()));
+        assert_eq!(
+            w.scopes,
+            acct.scopes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(w.run_id.as_deref(), Some("run-a"));
+        assert!(w.step_id.is_some());
+        assert_eq!(&w.record, record);
+        assert_eq!(w.outcome, Outcome::Succeeded);
+        assert!(matches!(w.write, WriteKind::Step { .. }));
+    }
+    // Unknown record: nobody.
+    assert!(
+        store
+            .who_authorized("salesforce", "006NOPE")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Same id on another connector: nobody.
+    assert!(
+        store
+            .who_authorized("jira", &touched[0].id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn who_authorized_lists_compensations_too() {
+    let (_dir, store) = store().await;
+    let touched = simulate_run(&store, "alice", "run-a", "7", 1_000).await;
+    let issue = touched[1].clone();
+    let jira = &accounts_of("alice")[1];
+    for (outcome, event) in [
+        (
+            Outcome::Attempted,
+            AuditEvent::CompensationAttempt {
+                compensator: "delete_issue".into(),
+                compensates_step_id: "s2".into(),
+                attempt: 1,
+            },
+        ),
+        (
+            Outcome::Succeeded,
+            AuditEvent::CompensationOutcome {
+                compensator: "delete_issue".into(),
+                compensates_step_id: "s2".into(),
+                attempt: 1,
+                failure_class: None,
+                detail: None,
+            },
+        ),
+    ] {
+        store
+            .append(
+                NewRecord::new("alice", outcome, event)
+                    .run("run-a")
+                    .step("s2.compensate")
+                    .account("jira", &jira.account_id, &jira.subject, &jira.grant)
+                    .scopes(jira.scopes.iter().copied())
+                    .touched(issue.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    let writes = store.who_authorized("jira", &issue.id).await.unwrap();
+    assert_eq!(writes.len(), 2);
+    assert!(matches!(writes[0].write, WriteKind::Step { ref step } if step == "open_issue"));
+    assert!(matches!(
+        writes[1].write,
+        WriteKind::Compensation { ref compensator, ref compensates_step_id }
+            if compensator == "delete_issue" && compensates_step_id == "s2"
+    ));
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.principal == "alice" && w.grant_id.as_deref() == Some(jira.grant.as_str()))
+    );
+    assert!(writes[0].seq < writes[1].seq);
+}
+
+#[tokio::test]
+async fn run_history_and_principal_activity_in_a_time_range() {
+    let (_dir, store) = store().await;
+    simulate_run(&store, "alice", "run-a", "1", 10_000).await; // times 10_000..=10_050
+    simulate_run(&store, "bob", "run-b", "2", 20_000).await; // 20_000..=20_050
+    simulate_run(&store, "alice", "run-c", "3", 30_000).await; // 30_000..=30_050
+    // A handoff from alice's run to a child run of carol's, and an operator alert.
+    store
+        .append(
+            NewRecord::new(
+                "alice",
+                Outcome::Info,
+                AuditEvent::Handoff {
+                    child_run_id: "run-d".into(),
+                    child_principal: "carol".into(),
+                    child_chain: "approve_discount".into(),
+                    reason: "co-approval".into(),
+                },
+            )
+            .at(30_060)
+            .run("run-c"),
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            NewRecord::new(
+                "alice",
+                Outcome::Info,
+                AuditEvent::OperatorAlert {
+                    severity: AlertSeverity::Critical,
+                    message: "run-c blocked".into(),
+                },
+            )
+            .at(40_000),
+        )
+        .await
+        .unwrap();
+
+    let history = store.run_history("run-c").await.unwrap();
+    assert_eq!(history.len(), 12);
+    assert!(history.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(history.iter().all(|r| r.run_id.as_deref() == Some("run-c")));
+    assert!(matches!(history[0].event, AuditEvent::RunStarted { .. }));
+    assert!(matches!(history[11].event, AuditEvent::Handoff { .. }));
+
+    // [20_000, 30_060): bob's run is not alice's; alice's second run without the handoff.
+    let activity = store
+        .principal_activity("alice", 20_000, 30_060)
+        .await
+        .unwrap();
+    assert_eq!(activity.len(), 11);
+    assert!(
+        activity
+            .iter()
+            .all(|r| r.principal == "alice" && r.run_id.as_deref() == Some("run-c"))
+    );
+    assert!(
+        activity
+            .iter()
+            .all(|r| (20_000..30_060).contains(&r.time_unix_ms))
+    );
+    // Bounds: inclusive from, exclusive to.
+    let edge = store
+        .principal_activity("alice", 30_060, 40_001)
+        .await
+        .unwrap();
+    assert_eq!(edge.len(), 2);
+    assert!(
+        store
+            .principal_activity("alice", 40_001, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .principal_activity("bob", 0, i64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        11
+    );
+    assert!(store.run_history("run-zzz").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_from_many_tasks_and_connections_form_one_chain() {
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime.db");
+    // Four independent connections to the same file: appends are serialized by SQLite's
+    // BEGIN IMMEDIATE, not only by one in-process lock.
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(SqliteAuditStore::open(&path).await.unwrap());
+    }
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = stores[task % stores.len()].clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                let record = NewRecord::new(
+                    format!("user-{task}"),
+                    Outcome::Succeeded,
+                    AuditEvent::StepOutcome {
+                        step: format!("step-{i}"),
+                        attempt: 1,
+                        effect: chain_runtime::audit::Effect::Write,
+                        failure_class: None,
+                        detail: None,
+                    },
+                )
+                .run(format!("run-{task}"))
+                .step(format!("s{i}"))
+                .touched(RecordRef::new("jira", "issue", format!("T{task}-{i}")));
+                store.append(record).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let total = (TASKS * PER_TASK) as u64;
+    let verified = stores[0].verify(None).await.unwrap();
+    assert_eq!(verified.records, total);
+    assert_eq!(verified.head.as_ref().map(|h| h.seq), Some(total));
+    // Every task's records are there once, in its own order.
+    let mut seen = BTreeSet::new();
+    for task in 0..TASKS {
+        let history = stores[1].run_history(&format!("run-{task}")).await.unwrap();
+        let steps: Vec<_> = history.iter().map(|r| r.step_id.clone().unwrap()).collect();
+        let expected: Vec<_> = (0..PER_TASK).map(|i| format!("s{i}")).collect();
+        assert_eq!(steps, expected);
+        seen.extend(history.iter().map(|r| r.seq));
+    }
+    assert_eq!(seen, (1..=total).collect::<BTreeSet<_>>());
+    // And the export verifies against the head.
+    let mut out = Vec::new();
+    assert_eq!(stores[2].export_jsonl(&mut out).await.unwrap(), total);
+    verify_jsonl(out.as_slice(), verified.head).unwrap();
+}
+
+#[tokio::test]
+async fn records_have_no_field_for_secrets() {
+    let (_dir, store) = store().await;
+    simulate_run(&store, "alice", "run-a", "1", 1_000).await;
+    let mut out = Vec::new();
+    store.export_jsonl(&mut out).await.unwrap();
+    fn keys(v: &serde_json::Value, acc: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    acc.insert(k.clone());
+                    keys(v, acc);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| keys(v, acc)),
+            _ => {}
+        }
+    }
+    let mut all = BTreeSet::new();
+    for line in String::from_utf8(out).unwrap().lines() {
+        keys(&serde_json::from_str(line).unwrap(), &mut all);
+    }
+    for key in &all {
+        for banned in [
+            "token",
+            "secret",
+            "password",
+            "verifier",
+            "code",
+            "key_material",
+            "credential",
+        ] {
+            assert!(
+                !key.contains(banned),
+                "field `{key}` looks like it could carry a secret"
+            );
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! Tampering with a real SQLite audit store and with JSON Lines exports: verification must name
+//! the first bad record, the same way on the store and on its export.
+
+mod audit_support;
+
+use audit_support::simulate_run;
+use chain_runtime::audit::{
+    AuditError, AuditStore, BreakProblem, ChainBreak, Checkpoint, SqliteAuditStore, record_hash,
+    verify_jsonl,
+};
+use rusqlite::Connection;
+use serde_json::Value;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: SqliteAuditStore,
+    checkpoint: Checkpoint,
+}
+
+/// A store holding one simulated run (11 records), its head checkpoint taken after verifying.
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime.db");
+    let store = SqliteAuditStore::open(&path).await.unwrap();
+    simulate_run(&store, "alice", "run-1", "1", 1_700_000_000_000).await;
+    let verified = store.verify(None).await.unwrap();
+    assert_eq!(verified.records, 11);
+    let checkpoint = verified.head.clone().unwrap();
+    assert_eq!(store.head().await.unwrap(), Some(checkpoint.clone()));
+    Fixture {
+        _dir: dir,
+        path,
+        store,
+        checkpoint,
+    }
+}
+
+/// Runs raw SQL on the database file through a separate connection, as an attacker would.
+fn tamper(path: &std::path::Path, sql: &str) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+async fn export(store: &SqliteAuditStore) -> Vec<u8> {
+    let mut out = Vec::new();
+    store.export_jsonl(&mut out).await.unwrap();
+    out
+}
+
+/// Verifies the store (through a freshly opened store on the same file) and its export, asserts
+/// both fail the same way, and returns the break.
+async fn broken(path: &std::path::Path, checkpoint: Option<Checkpoint>) -> ChainBreak {
+    let store = SqliteAuditStore::open(path).await.unwrap();
+    let on_store = match store.verify(checkpoint.clone()).await {
+        Err(AuditError::ChainBroken(b)) => b,
+        other => panic!("store verification should fail, got {other:?}"),
+    };
+    let exported = export(&store).await;
+    let on_export = match verify_jsonl(exported.as_slice(), checkpoint) {
+        Err(AuditError::ChainBroken(b)) => b,
+        other => panic!("export verification should fail, got {other:?}"),
+    };
+    assert_eq!(
+        on_store, on_export,
+        "store and export must report the same first bad record"
+    );
+    // The message names the position and teaches what happened.
+    assert!(
+        on_store
+            .to_string()
+            .contains(&format!("position {}", on_store.position))
+    );
+    on_store
+}
+
+fn hash_of(path: &std::path::Path, seq: i64) -> String {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT hash FROM audit_records WHERE seq = ?1",
+        [seq],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn intact_store_and_export_verify_with_checkpoint() {
+    let f = fixture().await;
+    let verified = f.store.verify(Some(f.checkpoint.clone())).await.unwrap();
+    assert_eq!(verified.records, 11);
+    let exported = export(&f.store).await;
+    let from_export = verify_jsonl(exported.as_slice(), Some(f.checkpoint.clone())).unwrap();
+    assert_eq!(from_export, verified);
+    // A checkpoint in the middle of the chain is fine too.
+    let mid = Checkpoint {
+        seq: 4,
+        hash: hash_of(&f.path, 4),
+    };
+    f.store.verify(Some(mid)).await.unwrap();
+}
+
+#[tokio::test]
+async fn editing_a_column_is_caught_at_that_record() {
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        "UPDATE audit_records SET principal = 'mallory' WHERE seq = 4",
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (4, Some(4)));
+    assert!(
+        matches!(b.problem, BreakProblem::HashMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn editing_inside_the_event_json_or_scopes_is_caught() {
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        "UPDATE audit_records SET event = json_set(event, '$.step', 'harmless') WHERE seq = 7",
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (7, Some(7)));
+    assert!(
+        matches!(b.problem, BreakProblem::HashMismatch { .. }),
+        "{b}"
+    );
+
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        r#"UPDATE audit_records SET scopes = '["api"]' WHERE seq = 5"#,
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (5, Some(5)));
+    assert!(
+        matches!(b.problem, BreakProblem::HashMismatch { .. }),
+        "{b}"
+    );
+
+    // Back-dating a record by one millisecond is an edit as well.
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        "UPDATE audit_records SET time_unix_ms = time_unix_ms - 1 WHERE seq = 2",
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (2, Some(2)));
+    assert!(
+        matches!(b.problem, BreakProblem::HashMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_record_is_caught_at_its_successor() {
+    let f = fixture().await;
+    tamper(&f.path, "DELETE FROM audit_records WHERE seq = 5");
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (5, Some(6)));
+    assert_eq!(
+        b.problem,
+        BreakProblem::SeqMismatch {
+            expected: 5,
+            found: 6
+        }
+    );
+}
+
+#[tokio::test]
+async fn deleting_and_renumbering_is_caught_by_the_hash_link() {
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        "DELETE FROM audit_records WHERE seq = 5;
+         UPDATE audit_records SET seq = seq - 1 WHERE seq > 5;",
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (5, Some(5)));
+    assert!(
+        matches!(b.problem, BreakProblem::PrevHashMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn swapping_two_records_is_caught_at_the_first() {
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        "UPDATE audit_records SET seq = -1 WHERE seq = 3;
+         UPDATE audit_records SET seq = 3 WHERE seq = 8;
+         UPDATE audit_records SET seq = 8 WHERE seq = -1;",
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (3, Some(3)));
+    assert!(
+        matches!(b.problem, BreakProblem::PrevHashMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn inserting_a_forged_record_is_caught() {
+    // Naive forgery at the tail: the hash is made up.
+    let f = fixture().await;
+    let head = f.checkpoint.hash.clone();
+    tamper(
+        &f.path,
+        &format!(
+            "INSERT INTO audit_records SELECT 12, format, time_unix_ms, run_id, step_id, 'mallory',
+                connector, account_id, upstream_subject, grant_id, scopes, '[]', outcome, event,
+                '{head}', 'feedface' FROM audit_records WHERE seq = 9"
+        ),
+    );
+    let b = broken(&f.path, None).await;
+    assert_eq!((b.position, b.seq), (12, Some(12)));
+    assert!(
+        matches!(b.problem, BreakProblem::HashMismatch { .. }),
+        "{b}"
+    );
+
+    // A capable forger: makes room in the middle (renumbering records and index), links the
+    // forged record to its predecessor and computes its hash with the public algorithm.
+    let f = fixture().await;
+    let conn = Connection::open(&f.path).unwrap();
+    let store_view = SqliteAuditStore::open(&f.path).await.unwrap();
+    let mut forged: Value = store_view.scan_raw(Some(8), 1).await.unwrap().remove(0);
+    forged["seq"] = 10.into();
+    forged["principal"] = "mallory".into();
+    forged["records"] = serde_json::json!([]);
+    forged["prev_hash"] = hash_of(&f.path, 9).into();
+    forged["hash"] = record_hash(&forged).into();
+    conn.execute_batch(
+        "UPDATE audit_records SET seq = seq + 1000 WHERE seq >= 10;
+         UPDATE audit_records SET seq = seq - 999 WHERE seq >= 1000;
+         UPDATE audit_record_refs SET seq = seq + 1 WHERE seq >= 10;",
+    )
+    .unwrap();
+    let text = |k: &str| forged[k].as_str().map(str::to_owned);
+    let json = |k: &str| forged[k].to_string();
+    conn.execute(
+        "INSERT INTO audit_records VALUES (10, 1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        rusqlite::params![
+            forged["time_unix_ms"].as_i64(),
+            text("run_id"),
+            text("step_id"),
+            text("principal"),
+            text("connector"),
+            text("account_id"),
+            text("upstream_subject"),
+            text("grant_id"),
+            json("scopes"),
+            json("records"),
+            text("outcome"),
+            json("event"),
+            text("prev_hash"),
+            text("hash"),
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    let b = broken(&f.path, None).await;
+    // The forged record is self-consistent; the chain breaks at the record it displaced.
+    assert_eq!((b.position, b.seq), (11, Some(11)));
+    assert!(
+        matches!(b.problem, BreakProblem::PrevHashMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn truncating_the_tail_is_caught_against_a_checkpoint() {
+    let f = fixture().await;
+    tamper(
+        &f.path,
+        "DELETE FROM audit_records WHERE seq > 7; DELETE FROM audit_record_refs WHERE seq > 7;",
+    );
+    // Without a checkpoint a truncated chain is indistinguishable from a shorter one...
+    let shorter = SqliteAuditStore::open(&f.path)
+        .await
+        .unwrap()
+        .verify(None)
+        .await
+        .unwrap();
+    assert_eq!(shorter.records, 7);
+    // ...with one it is caught.
+    let b = broken(&f.path, Some(f.checkpoint.clone())).await;
+    assert_eq!((b.position, b.seq), (8, None));
+    assert_eq!(
+        b.problem,
+        BreakProblem::Truncated {
+            checkpoint_seq: 11,
+            last_seq: 7
+        }
+    );
+}
+
+#[tokio::test]
+async fn rewritten_history_is_caught_by_the_checkpoint() {
+    // The strongest attacker: edits record 4 and recomputes every later hash and link.
+    let f = fixture().await;
+    let mut values = f.store.scan_raw(None, 100).await.unwrap();
+    values[3]["principal"] = "mallory".into();
+    for i in 3..values.len() {
+        if i > 0 {
+            let prev = values[i - 1]["hash"].clone();
+            values[i]["prev_hash"] = prev;
+        }
+        let h = record_hash(&values[i]);
+        values[i]["hash"] = h.into();
+    }
+    let conn = Connection::open(&f.path).unwrap();
+    for v in &values[3..] {
+        conn.execute(
+            "UPDATE audit_records SET principal = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![
+                v["principal"].as_str(),
+                v["prev_hash"].as_str(),
+                v["hash"].as_str(),
+                v["seq"].as_i64()
+            ],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    // Self-consistent without a checkpoint (the documented limit of a keyless chain)...
+    SqliteAuditStore::open(&f.path)
+        .await
+        .unwrap()
+        .verify(None)
+        .await
+        .unwrap();
+    // ...but not against the checkpoint kept elsewhere.
+    let b = broken(&f.path, Some(f.checkpoint.clone())).await;
+    assert_eq!((b.position, b.seq), (11, Some(11)));
+    assert!(
+        matches!(b.problem, BreakProblem::CheckpointMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_from_another_chain_does_not_match() {
+    let f = fixture().await;
+    let wrong = Checkpoint {
+        seq: 6,
+        hash: "ab".repeat(32),
+    };
+    let b = broken(&f.path, Some(wrong)).await;
+    assert_eq!((b.position, b.seq), (6, Some(6)));
+    assert!(
+        matches!(b.problem, BreakProblem::CheckpointMismatch { .. }),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn editing_the_lookup_index_is_caught() {
+    let f = fixture().await;
+    // Hiding the Jira write from who_authorized by deleting its index row.
+    let before = f.store.who_authorized("jira", "OPS-1").await.unwrap();
+    assert_eq!(before.len(), 1);
+    let seq = before[0].seq;
+    tamper(
+        &f.path,
+        &format!("DELETE FROM audit_record_refs WHERE seq = {seq}"),
+    );
+    assert!(
+        f.store
+            .who_authorized("jira", "OPS-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let b = match f.store.verify(None).await {
+        Err(AuditError::ChainBroken(b)) => b,
+        other => panic!("expected an index mismatch, got {other:?}"),
+    };
+    assert_eq!(b.seq, Some(seq));
+    assert!(
+        matches!(b.problem, BreakProblem::IndexMismatch { .. }),
+        "{b}"
+    );
+}
+
+// ---- JSON Lines exports tampered directly ----
+
+async fn exported_lines() -> (Vec<String>, Checkpoint) {
+    let f = fixture().await;
+    let text = String::from_utf8(export(&f.store).await).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 11);
+    (lines, f.checkpoint)
+}
+
+fn verify_lines(lines: &[String], checkpoint: Option<Checkpoint>) -> Result<u64, ChainBreak> {
+    let text = lines.join("\n") + "\n";
+    match verify_jsonl(text.as_bytes(), checkpoint) {
+        Ok(v) => Ok(v.records),
+        Err(AuditError::ChainBroken(b)) => Err(b),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn export_lines_are_canonical_and_independently_checkable() {
+    let (lines, cp) = exported_lines().await;
+    assert_eq!(verify_lines(&lines, Some(cp)), Ok(11));
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        // Independent check: hash = BLAKE3(canonical JSON without `hash`); lines are canonical.
+        assert_eq!(chain_runtime::audit::canonical_json(&v), *line);
+        let mut without = v.as_object().unwrap().clone();
+        let stored = without.remove("hash").unwrap();
+        let canonical = chain_runtime::audit::canonical_json(&Value::Object(without));
+        assert_eq!(
+            stored.as_str().unwrap(),
+            blake3::hash(canonical.as_bytes()).to_hex().as_str()
+        );
+    }
+}
+
+#[tokio::test]
+async fn tampered_exports_are_caught_at_the_first_bad_line() {
+    let (lines, cp) = exported_lines().await;
+
+    // Edit a field.
+    let mut edited = lines.clone();
+    edited[3] = edited[3].replace("\"alice\"", "\"mallory\"");
+    assert_ne!(edited[3], lines[3]);
+    let b = verify_lines(&edited, None).unwrap_err();
+    assert_eq!((b.position, b.seq), (4, Some(4)));
+    assert!(matches!(b.problem, BreakProblem::HashMismatch { .. }));
+
+    // Add a field.
+    let mut added = lines.clone();
+    let mut v: Value = serde_json::from_str(&added[2]).unwrap();
+    v["note"] = "approved by the CFO".into();
+    added[2] = v.to_string();
+    let b = verify_lines(&added, None).unwrap_err();
+    assert_eq!((b.position, b.seq), (3, Some(3)));
+    assert!(matches!(b.problem, BreakProblem::HashMismatch { .. }));
+
+    // Delete a line.
+    let mut deleted = lines.clone();
+    deleted.remove(4);
+    let b = verify_lines(&deleted, None).unwrap_err();
+    assert_eq!((b.position, b.seq), (5, Some(6)));
+    assert_eq!(
+        b.problem,
+        BreakProblem::SeqMismatch {
+            expected: 5,
+            found: 6
+        }
+    );
+
+    // Swap two lines.
+    let mut swapped = lines.clone();
+    swapped.swap(2, 6);
+    let b = verify_lines(&swapped, None).unwrap_err();
+    assert_eq!((b.position, b.seq), (3, Some(7)));
+    assert_eq!(
+        b.problem,
+        BreakProblem::SeqMismatch {
+            expected: 3,
+            found: 7
+        }
+    );
+
+    // Insert a well-formed forged line (correct link and hash) in the middle.
+    let mut inserted = lines.clone();
+    let mut forged: Value = serde_json::from_str(&lines[5]).unwrap();
+    forged["principal"] = "mallory".into();
+    forged["prev_hash"] = serde_json::from_str::<Value>(&lines[4]).unwrap()["hash"].clone();
+    forged["hash"] = record_hash(&forged).into();
+    inserted.insert(5, forged.to_string());
+    let b = verify_lines(&inserted, None).unwrap_err();
+    assert_eq!((b.position, b.seq), (7, Some(6)));
+    assert_eq!(
+        b.problem,
+        BreakProblem::SeqMismatch {
+            expected: 7,
+            found: 6
+        }
+    );
+
+    // Replace a record by a forged one (correct link and hash): the next one breaks.
+    let mut replaced = lines.clone();
+    replaced[5] = forged.to_string();
+    let b = verify_lines(&replaced, None).unwrap_err();
+    assert_eq!((b.position, b.seq), (7, Some(7)));
+    assert!(matches!(b.problem, BreakProblem::PrevHashMismatch { .. }));
+
+    // Truncate the tail.
+    let truncated = lines[..8].to_vec();
+    assert_eq!(verify_lines(&truncated, None), Ok(8));
+    let b = verify_lines(&truncated, Some(cp.clone())).unwrap_err();
+    assert_eq!(
+        b.problem,
+        BreakProblem::Truncated {
+            checkpoint_seq: 11,
+            last_seq: 8
+        }
+    );
+
+    // A line that is not JSON.
+    let mut garbage = lines.clone();
+    garbage[1] = "{not json".into();
+    let b = verify_lines(&garbage, None).unwrap_err();
+    assert_eq!(b.position, 2);
+    assert!(matches!(b.problem, BreakProblem::Malformed { .. }));
+}
