@@ -53,31 +53,9 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// A reference to one record in an external system.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RecordRef {
-    /// The connector owning the record (e.g. `"salesforce"`).
-    pub connector: String,
-    /// The kind of record (e.g. `"Opportunity"`, `"issue"`, `"message"`).
-    pub kind: String,
-    /// The record's id in that system (e.g. an Opportunity id, an issue key, `channel/ts`).
-    pub id: String,
-}
-
-impl RecordRef {
-    /// Builds a reference.
-    pub fn new(
-        connector: impl Into<String>,
-        kind: impl Into<String>,
-        id: impl Into<String>,
-    ) -> Self {
-        Self {
-            connector: connector.into(),
-            kind: kind.into(),
-            id: id.into(),
-        }
-    }
-}
+/// A reference to one record in an external system (the type step code declares with
+/// [`crate::StepCtx::touch`]).
+pub use crate::step::RecordRef;
 
 /// How the recorded action ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
