@@ -57,6 +57,8 @@ pub(crate) struct FnShape {
     pub(crate) inputs: Vec<Input>,
     /// The declared return type, when there is one.
     pub(crate) output: Option<Type>,
+    /// An input borrows: no expansion can type-check, so the function is emitted as written.
+    pub(crate) borrows: bool,
 }
 
 impl FnShape {
@@ -130,7 +132,7 @@ impl FnShape {
                         format!(
                             "the first parameter of a {noun} is its context, of type `&{}<YourPrincipal>`; found `{}`",
                             role.ctx_type(),
-                            pt.ty.to_token_stream()
+                            type_text(&pt.ty)
                         ),
                     );
                     None
@@ -149,6 +151,7 @@ impl FnShape {
         }
 
         let mut inputs = Vec::new();
+        let mut borrows = false;
         for arg in args {
             match arg {
                 FnArg::Receiver(recv) => {
@@ -162,6 +165,7 @@ impl FnShape {
                         &*pt.ty
                     };
                     if let Some(problem) = borrowed_or_opaque(checked) {
+                        borrows = true;
                         cx.error_spanned_by(
                             &pt.ty,
                             format!(
@@ -193,11 +197,7 @@ impl FnShape {
                 None
             }
         };
-        FnShape {
-            ctx,
-            inputs,
-            output,
-        }
+        FnShape { ctx, inputs, output, borrows }
     }
 }
 

@@ -128,9 +128,11 @@ impl Walker<'_> {
             callee: func.path.clone(),
             line: func.path.span().start().line as u32,
         });
+        let callee = func.path.clone();
         if let Some(first) = call.args.first_mut() {
             let ctx = self.ctx;
-            *first = syn::parse_quote_spanned!(ctx.span()=> ::chain_runtime::__private::at_site(#ctx, #index));
+            // Spanned at the callee: a step for another principal is reported on its name.
+            *first = syn::parse_quote_spanned!(callee.span()=> ::chain_runtime::__private::at_site::<#callee, _>(#ctx, #index));
         }
     }
 
@@ -384,8 +386,8 @@ mod tests {
             ]
         );
         let text = block.to_token_stream().to_string();
-        assert!(text.contains("at_site (ctx , 0u32)"), "{text}");
-        assert!(text.contains("at_site (ctx , 1u32)"), "{text}");
+        assert!(text.contains("at_site :: < one , _ > (ctx , 0u32)"), "{text}");
+        assert!(text.contains("at_site :: < two , _ > (ctx , 1u32)"), "{text}");
     }
 
     #[test]

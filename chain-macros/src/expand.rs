@@ -44,16 +44,18 @@ fn body_fn(item: &ItemFn, name: &Ident) -> TokenStream {
     let mut body = item.clone();
     body.sig.ident = name.clone();
     body.vis = syn::Visibility::Inherited;
+    // A missing `async` is reported by the check phase; keeping the copy async avoids a
+    // second, confusing error about awaiting its result.
+    body.sig.asyncness.get_or_insert_with(Default::default);
     quote! {
         #[allow(clippy::all, clippy::pedantic, dead_code)]
         #body
     }
 }
 
-fn principal_check(principal: &Type) -> TokenStream {
-    quote_spanned! {principal.span()=>
-        const _: () = ::chain_runtime::__private::assert_principal::<#principal>();
-    }
+/// `type Principal = P;`, spanned at the user's `P` so that "not a principal" points there.
+fn principal_item(principal: &Type) -> TokenStream {
+    quote_spanned!(principal.span()=> type Principal = #principal;)
 }
 
 fn ok_type(output: &Type, trait_name: &str) -> TokenStream {
@@ -97,7 +99,6 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
     let body = body_fn(item, &body_name);
     let ctx = mixed("__ctx");
     let lt = syn::Lifetime::new("'__chain", Span::mixed_site());
-    let q = mixed("__Principal");
 
     let (effect_tokens, compensate, compensator_check) = match effect {
         Some(EffectArg::Compensate(path)) => {
@@ -109,9 +110,9 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                 quote_spanned!(path.span()=> ::chain_runtime::__private::Effect::Compensated {
                     compensator: &<#path as ::chain_runtime::__private::Compensator>::META
                 }),
-                quote_spanned!(path.span()=> ::core::option::Option::Some(::chain_runtime::__private::erased_compensate::<#path>)),
+                quote_spanned!(path.span()=> ::core::option::Option::Some(<#path as ::chain_runtime::__private::Compensator>::run_erased)),
                 quote_spanned! {path.span()=>
-                    const _: () = ::chain_runtime::__private::assert_undoes::<#path, #out_ty, #principal>();
+                    const _: () = <#path as ::chain_runtime::__private::Undoes<#out_ty, #principal>>::CHECKED;
                 },
             )
         }
@@ -126,20 +127,15 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             TokenStream::new(),
         ),
     };
-    let principal_check = principal_check(principal);
+    let principal_item = principal_item(principal);
+    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
 
     quote! {
         #(#attrs)*
-        #vis fn #name<#lt, #q>(#ctx: &#lt ::chain_runtime::ChainCtx<#q>, #(#args: #tys),*)
+        #vis fn #name<#lt>(#ctx: &#lt ::chain_runtime::ChainCtx<#principal>, #(#args: #tys),*)
             -> ::chain_runtime::__private::StepCall<#lt, #name>
-        where
-            #q: ::chain_runtime::Principal,
-            #name: ::chain_runtime::__private::StepFor<#q>,
         {
-            ::chain_runtime::__private::StepCall::__new(
-                <#name as ::chain_runtime::__private::StepFor<#q>>::narrow(#ctx),
-                (#(#args,)*),
-            )
+            ::chain_runtime::__private::StepCall::__new(#ctx, (#(#args,)*))
         }
 
         #[doc(hidden)]
@@ -150,7 +146,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             #body
 
             impl ::chain_runtime::__private::Step for #name {
-                type Principal = #principal;
+                #principal_item
                 type Input = (#(#tys,)*);
                 type Output = #output_ok;
                 const META: ::chain_runtime::__private::StepMeta = ::chain_runtime::__private::StepMeta {
@@ -172,7 +168,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     ::chain_runtime::__private::Box::pin(async move {
                         let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
                         let (#(#args,)*) = input;
-                        #body_name(&ctx, #(#args),*).await
+                        #call_body
                     })
                 }
             }
@@ -187,7 +183,6 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                 ::chain_runtime::__private::StepRegistration(&<#name as ::chain_runtime::__private::Step>::META)
             }
 
-            #principal_check
             #compensator_check
         };
     }
@@ -227,8 +222,8 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
     } else {
         quote!(input)
     };
-    let output_ok = ok_type(output, "StepReturn");
-    let principal_check = principal_check(principal);
+    let principal_item = principal_item(principal);
+    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #arg).await));
 
     quote! {
         #[doc(hidden)]
@@ -239,7 +234,7 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
             #body
 
             impl ::chain_runtime::__private::Compensator for #name {
-                type Principal = #principal;
+                #principal_item
                 type Input = #input_ty;
                 const META: ::chain_runtime::__private::CompensatorMeta = ::chain_runtime::__private::CompensatorMeta {
                     name: #name_str,
@@ -256,7 +251,7 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
                 ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<(), ::chain_runtime::__private::StepError>> {
                     ::chain_runtime::__private::Box::pin(async move {
                         let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
-                        let _: #output_ok = #body_name(&ctx, #arg).await?;
+                        #call_body?;
                         ::core::result::Result::Ok(())
                     })
                 }
@@ -268,7 +263,6 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
                 ::chain_runtime::__private::CompensatorRegistration(&<#name as ::chain_runtime::__private::Compensator>::META)
             }
 
-            #principal_check
         };
     }
 }
@@ -337,12 +331,11 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
         quote!(::chain_runtime::__private::Edge { from: #from, to: #to, kind: #kind })
     });
     let (start, end, fail) = (body::START, body::END, body::FAIL);
-    let principal_check = principal_check(principal);
-    let same_principal = quote_spanned! {ctx_principal.span()=>
-        const _: fn() = || {
-            let _: ::core::marker::PhantomData<#principal> = ::core::marker::PhantomData::<#ctx_principal>;
-        };
-    };
+    let principal_item = principal_item(principal);
+    // Spanned at the context's principal type: a chain whose context names another principal
+    // than `principal = ...` fails here, naming both types.
+    let ctx_arg = quote_spanned!(ctx_principal.span()=> &*ctx);
+    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::chain_result(#name(#ctx_arg, #(#args),*).await));
 
     quote! {
         #item
@@ -353,7 +346,7 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
 
         const _: () = {
             impl ::chain_runtime::__private::Chain for #name {
-                type Principal = #principal;
+                #principal_item
                 type Input = (#(#tys,)*);
                 type Output = #output_ok;
                 const META: ::chain_runtime::__private::ChainMeta = ::chain_runtime::__private::ChainMeta {
@@ -379,7 +372,7 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
                 ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::ChainError>> {
                     ::chain_runtime::__private::Box::pin(async move {
                         let (#(#args,)*) = input;
-                        #name(&ctx, #(#args),*).await
+                        #call_body
                     })
                 }
             }
@@ -388,8 +381,6 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
                 ::chain_runtime::__private::ChainRegistration(&<#name as ::chain_runtime::__private::Chain>::META)
             }
 
-            #principal_check
-            #same_principal
         };
     }
 }

@@ -114,7 +114,7 @@ fn step_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
         parsed.connector.as_ref(),
     );
     let expansion = match (&shape.ctx, &shape.output) {
-        (Some(ctx), Some(output)) => expand::step(expand::StepPlan {
+        (Some(ctx), Some(output)) if !shape.borrows => expand::step(expand::StepPlan {
             item: &item,
             principal: &ctx.principal,
             inputs: &shape.inputs,
@@ -158,7 +158,7 @@ fn compensator_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
         );
     }
     let expansion = match (&shape.ctx, &shape.output, shape.inputs.as_slice()) {
-        (Some(ctx), Some(output), [input]) => expand::compensator(expand::CompensatorPlan {
+        (Some(ctx), Some(output), [input]) if !shape.borrows => expand::compensator(expand::CompensatorPlan {
             item: &item,
             principal: &ctx.principal,
             input,

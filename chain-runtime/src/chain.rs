@@ -83,7 +83,7 @@ pub trait Chain: 'static {
 
 /// The context a chain body runs with. Only the runtime creates one; its principal is fixed
 /// for the whole run.
-pub struct ChainCtx<P: Principal> {
+pub struct ChainCtx<P> {
     principal: P,
     driver: Arc<dyn RunDriver>,
     site: AtomicU32,

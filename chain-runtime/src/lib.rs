@@ -59,9 +59,14 @@ pub mod __private {
     pub trait StepReturn {
         /// The success type.
         type Ok;
+        /// The value as a `Result`.
+        fn into_result(self) -> ::core::result::Result<Self::Ok, StepError>;
     }
     impl<T> StepReturn for ::core::result::Result<T, StepError> {
         type Ok = T;
+        fn into_result(self) -> Self {
+            self
+        }
     }
 
     /// The `T` of a chain's `Result<T, ChainError>`.
@@ -72,35 +77,33 @@ pub mod __private {
     pub trait ChainReturn {
         /// The success type.
         type Ok;
+        /// The value as a `Result`.
+        fn into_result(self) -> ::core::result::Result<Self::Ok, ChainError>;
     }
     impl<T> ChainReturn for ::core::result::Result<T, ChainError> {
         type Ok = T;
+        fn into_result(self) -> Self {
+            self
+        }
     }
 
-    /// Marks the call site a chain body is about to call a step from.
-    pub fn at_site<P: crate::Principal>(ctx: &ChainCtx<P>, site: u32) -> &ChainCtx<P> {
-        ctx.__at_site(site)
+    /// Marks the call site a chain body is about to call step `S` from, and checks that
+    /// `S` runs as the chain's principal.
+    pub fn at_site<S: StepFor<P>, P: crate::Principal>(
+        ctx: &ChainCtx<P>,
+        site: u32,
+    ) -> &ChainCtx<S::Principal> {
+        S::narrow(ctx.__at_site(site))
     }
 
-    /// Compile-time check that `C` undoes a step with output `O` and principal `P`.
-    pub const fn assert_undoes<C: Undoes<O, P>, O, P>() {}
-
-    /// The type-erased compensate function of compensator `C`.
-    pub fn erased_compensate<C: Compensator>(
-        env: StepEnv,
-        output: serde_json::Value,
-    ) -> BoxFuture<'static, ::core::result::Result<(), StepError>> {
-        Box::pin(async move {
-            let input: C::Input = serde_json::from_value(output).map_err(|e| {
-                StepError::Runtime(format!(
-                    "journaled output does not decode for `{}`: {e}",
-                    C::META.name
-                ))
-            })?;
-            C::run(env, input).await
-        })
+    /// The `Result<T, StepError>` a step body returned, seen through [`StepReturn`].
+    pub fn step_result<R: StepReturn>(r: R) -> ::core::result::Result<R::Ok, StepError> {
+        r.into_result()
     }
 
-    /// Compile-time check that `T` is a principal.
-    pub const fn assert_principal<T: crate::Principal>() {}
+    /// The `Result<T, ChainError>` a chain body returned, seen through [`ChainReturn`].
+    pub fn chain_result<R: ChainReturn>(r: R) -> ::core::result::Result<R::Ok, ChainError> {
+        r.into_result()
+    }
+
 }

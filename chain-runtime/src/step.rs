@@ -151,6 +151,17 @@ pub trait Compensator: 'static {
     /// Runs the compensator body with a fresh context built from `env`.
     #[doc(hidden)]
     fn run(env: StepEnv, input: Self::Input) -> BoxFuture<'static, Result<(), StepError>>;
+
+    /// [`Compensator::run`] with the input still as the journaled JSON.
+    #[doc(hidden)]
+    fn run_erased(env: StepEnv, output: serde_json::Value) -> BoxFuture<'static, Result<(), StepError>> {
+        Box::pin(async move {
+            let input: Self::Input = serde_json::from_value(output).map_err(|e| {
+                StepError::Runtime(format!("journaled output does not decode for `{}`: {e}", Self::META.name))
+            })?;
+            Self::run(env, input).await
+        })
+    }
 }
 
 /// Proof that a compensator can undo a step whose output is `O` and principal is `P`.
@@ -159,11 +170,15 @@ pub trait Compensator: 'static {
     label = "compensator does not match this step",
     note = "a compensator takes the step's output (`{O}` or `&{O}`) and `&StepCtx<{P}>`, and is marked #[compensator(...)]"
 )]
-pub trait Undoes<O, P>: Compensator {}
+pub trait Undoes<O, P>: Compensator {
+    /// Evaluated by `#[step]` to check the pairing at compile time.
+    #[doc(hidden)]
+    const CHECKED: () = ();
+}
 
 /// The context a step body runs with: who it acts for, its idempotency key, and the
 /// records it touched. Step code never sees a credential.
-pub struct StepCtx<P: Principal> {
+pub struct StepCtx<P> {
     principal: P,
     env: StepEnv,
 }

@@ -1,0 +1,24 @@
+use chain_runtime::prelude::*;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserId(pub String);
+impl Principal for UserId {
+    fn identifier(&self) -> String {
+        self.0.clone()
+    }
+}
+
+#[step(connector = "salesforce", scopes = ["api"], read)]
+async fn load(ctx: &StepCtx<UserId>) -> Result<(), StepError> {
+    let _ = ctx;
+    Ok(())
+}
+
+#[chain(principal = UserId)]
+async fn sneaky(ctx: &ChainCtx<UserId>) -> Result<(), ChainError> {
+    let alias = ctx;
+    load(alias).await?;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,20 @@
+use chain_runtime::prelude::*;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserId(pub String);
+impl Principal for UserId {
+    fn identifier(&self) -> String {
+        self.0.clone()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Email(pub String);
+
+#[chain(principal = Email)]
+async fn announce(ctx: &ChainCtx<Email>) -> Result<(), ChainError> {
+    let _ = ctx.principal();
+    Ok(())
+}
+
+fn main() {}

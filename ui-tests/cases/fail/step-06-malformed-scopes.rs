@@ -1,0 +1,17 @@
+use chain_runtime::prelude::*;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserId(pub String);
+impl Principal for UserId {
+    fn identifier(&self) -> String {
+        self.0.clone()
+    }
+}
+
+#[step(connector = "slack", scopes = ["", "chat write"], read)]
+async fn read_channel(ctx: &StepCtx<UserId>) -> Result<(), StepError> {
+    let _ = ctx;
+    Ok(())
+}
+
+fn main() {}
