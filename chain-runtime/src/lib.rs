@@ -14,6 +14,7 @@ pub mod classify;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
+pub mod policy;
 pub mod preflight;
 pub mod principal;
 pub mod registry;

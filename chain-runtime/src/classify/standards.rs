@@ -1,0 +1,364 @@
+//! The standards path: RFC 6749 §5.2 token errors, RFC 6750 / RFC 9470 bearer challenges,
+//! `Retry-After` (RFC 9110 §10.2.3) and generic rate-limit headers.
+
+use std::time::{Duration, SystemTime};
+
+use super::www_authenticate;
+use super::{Classification, FailureClass, Response, ScopeMode, StepUp, bounded};
+
+/// Longest `WWW-Authenticate` value parsed (longer ones are cut).
+const MAX_CHALLENGE_LEN: usize = 16 * 1024;
+/// Most `WWW-Authenticate` header values looked at.
+const MAX_CHALLENGE_HEADERS: usize = 16;
+/// Longest body read as `application/x-www-form-urlencoded`.
+const MAX_FORM_LEN: usize = 8 * 1024;
+
+/// Generic rate-limit markers: 429, `Retry-After` on a 4xx, a zero remaining quota on a 403/429,
+/// the device-flow `slow_down` error.
+pub(super) fn rate_limited(r: &Response<'_>) -> bool {
+    if r.status == 429 {
+        return true;
+    }
+    if !r.is_client_error() {
+        return false;
+    }
+    if r.headers.contains_key(http::header::RETRY_AFTER) {
+        return true;
+    }
+    if r.status == 403 {
+        let zero = |name: &str| r.header(name).is_some_and(|v| v == "0");
+        if zero("x-ratelimit-remaining") || zero("ratelimit-remaining") {
+            return true;
+        }
+    }
+    oauth_error(r).as_deref() == Some("slow_down")
+}
+
+/// `Retry-After` as a delay (delta-seconds) or an instant (IMF-fixdate HTTP-date).
+pub(super) fn retry_after(r: &Response<'_>) -> (Option<Duration>, Option<SystemTime>) {
+    let Some(v) = r.header(http::header::RETRY_AFTER.as_str()) else {
+        return (None, None);
+    };
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly large values saturate; the policy caps every wait anyway.
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return (Some(Duration::from_secs(secs)), None);
+    }
+    (None, http_date(&v))
+}
+
+/// The RFC 6749 `error` code of a token-endpoint style body: a top-level JSON string `error`, or
+/// an `error=` pair of a form-urlencoded body.
+pub(super) fn oauth_error(r: &Response<'_>) -> Option<String> {
+    if let Some(v) = r.json() {
+        return v.as_object()?.get("error")?.as_str().map(str::to_owned);
+    }
+    form_field(r, "error")
+}
+
+/// A field of a form-urlencoded body (GitHub's token endpoint without `Accept: application/json`).
+pub(super) fn form_field(r: &Response<'_>, key: &str) -> Option<String> {
+    if r.body.len() > MAX_FORM_LEN {
+        return None;
+    }
+    let text = r.text().trim();
+    if text.is_empty() || text.contains(['<', '{', '[', '\n', ' ']) {
+        return None;
+    }
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 6749 §5.2 (plus OIDC, RFC 8628, RFC 8707, RFC 9396 and RFC 9470) token error codes.
+pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
+    Some(match code {
+        "invalid_grant"
+        | "access_denied"
+        | "login_required"
+        | "expired_token"
+        | "invalid_token"
+        | "account_selection_required" => FailureClass::GrantRevoked,
+        "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_request" => {
+            FailureClass::InvalidClient
+        }
+        "invalid_scope"
+        | "invalid_target"
+        | "invalid_authorization_details"
+        | "consent_required" => FailureClass::InsufficientScope,
+        "interaction_required" | "insufficient_user_authentication" => FailureClass::StepUpRequired,
+        "slow_down" => FailureClass::RateLimited,
+        "temporarily_unavailable" | "server_error" => FailureClass::ServerError,
+        _ => return None,
+    })
+}
+
+/// The class of a token-endpoint failure with no (known) error code: a 401 or a missing endpoint
+/// means the client is misconfigured, anything else that the grant is unusable.
+pub(super) fn token_status_class(status: u16) -> FailureClass {
+    match status {
+        401 | 404 | 405 | 406 | 415 => FailureClass::InvalidClient,
+        _ => FailureClass::GrantRevoked,
+    }
+}
+
+/// The standards path for a token-endpoint failure.
+pub(super) fn token(r: &Response<'_>) -> Classification {
+    let code = oauth_error(r);
+    let class = code
+        .as_deref()
+        .and_then(token_code_class)
+        .unwrap_or_else(|| token_status_class(r.status));
+    let mut c = Classification::new(class).code_opt(code.as_deref());
+    if class == FailureClass::StepUpRequired {
+        c.step_up = Some(StepUp::default());
+    }
+    if class == FailureClass::InsufficientScope {
+        // Some servers echo the scope they would accept.
+        if let Some(scope) = r.json_str("scope") {
+            c = c.scopes([scope], ScopeMode::AllOf);
+        }
+    }
+    c
+}
+
+/// The first `Bearer` (or `DPoP`) challenge with an `error` param, across every
+/// `WWW-Authenticate` header.
+pub(super) fn error_challenge(r: &Response<'_>) -> Option<www_authenticate::Challenge> {
+    r.header_values(http::header::WWW_AUTHENTICATE.as_str())
+        .take(MAX_CHALLENGE_HEADERS)
+        .flat_map(|v| {
+            let cut = v.floor_char_boundary(MAX_CHALLENGE_LEN);
+            www_authenticate::parse(&v[..cut])
+        })
+        .find(|ch| (ch.is("bearer") || ch.is("dpop")) && ch.param("error").is_some())
+}
+
+/// Step 3: an RFC 6750 / RFC 9470 / Entra bearer challenge with a recognised `error`.
+pub(super) fn bearer_challenge(r: &Response<'_>) -> Option<Classification> {
+    let ch = error_challenge(r)?;
+    let error = ch.param("error")?;
+    let c = match error {
+        "invalid_token" => Classification::new(FailureClass::AccessTokenExpired),
+        "insufficient_scope" => Classification::new(FailureClass::InsufficientScope)
+            .scopes(ch.param("scope"), ScopeMode::AllOf),
+        "insufficient_user_authentication" => {
+            let mut c = Classification::new(FailureClass::StepUpRequired);
+            c.step_up = Some(StepUp {
+                acr_values: ch.param("acr_values").and_then(bounded),
+                max_age: ch
+                    .param("max_age")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs),
+                claims: None,
+            });
+            c
+        }
+        "insufficient_claims" => {
+            let mut c = Classification::new(FailureClass::StepUpRequired);
+            c.step_up = Some(StepUp {
+                acr_values: None,
+                max_age: None,
+                claims: ch.param("claims").and_then(bounded),
+            });
+            c
+        }
+        _ => return None,
+    };
+    Some(c.code(error))
+}
+
+/// Step 5: 401 → expired (refresh once, retry once); 408/425 → transient; any other 4xx →
+/// forbidden (a failure the credentials cannot fix).
+pub(super) fn api_fallback(r: &Response<'_>) -> Classification {
+    let class = match r.status {
+        401 => FailureClass::AccessTokenExpired,
+        408 | 425 => FailureClass::ServerError,
+        _ => FailureClass::Forbidden,
+    };
+    let code = oauth_error(r)
+        .or_else(|| error_challenge(r).and_then(|ch| ch.param("error").map(str::to_owned)));
+    Classification::new(class).code_opt(code.as_deref())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dates, without a clock: parsed to instants, turned into waits by the policy.
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn instant(
+    year: i64,
+    month: u32,
+    day: u32,
+    h: u32,
+    m: u32,
+    s: u32,
+    offset_secs: i64,
+) -> Option<SystemTime> {
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    if h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400
+        + i64::from(h) * 3_600
+        + i64::from(m) * 60
+        + i64::from(s)
+        - offset_secs;
+    let secs = u64::try_from(secs).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// An IMF-fixdate HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`). The obsolete RFC 850 and asctime
+/// forms are not accepted (a `Retry-After` in those forms is ignored).
+pub(super) fn http_date(v: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = v.split_ascii_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
+    let mut hms = time.split(':');
+    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+    if hms.next().is_some() {
+        return None;
+    }
+    instant(num(year)?, month, num(day)?, num(h)?, num(m)?, num(s)?, 0)
+}
+
+/// An ISO-8601 / RFC 3339 timestamp as Atlassian sends it (`2024-01-31T12:30Z`), with optional
+/// seconds, fraction and numeric offset.
+pub(super) fn iso8601(v: &str) -> Option<SystemTime> {
+    let v = v.trim();
+    let (date, rest) = v.split_at_checked(10)?;
+    let mut d = date.split('-');
+    let (year, month, day) = (
+        num::<i64>(d.next()?)?,
+        num::<u32>(d.next()?)?,
+        num::<u32>(d.next()?)?,
+    );
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    let zone_at = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
+    let (time, zone) = rest.split_at(zone_at);
+    let time = time.split('.').next()?;
+    let mut t = time.split(':');
+    let h = num::<u32>(t.next()?)?;
+    let m = num::<u32>(t.next()?)?;
+    let s = match t.next() {
+        Some(s) => num::<u32>(s)?,
+        None => 0,
+    };
+    if t.next().is_some() {
+        return None;
+    }
+    let offset = match zone {
+        "" | "Z" | "z" => 0,
+        z => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
+            if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let oh = num::<i64>(&digits[..2])?;
+            let om = num::<i64>(&digits[2..])?;
+            sign * (oh * 3_600 + om * 60)
+        }
+    };
+    instant(year, month, day, h, m, s, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(epoch(784_111_777))
+        );
+        assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(epoch(0)));
+        assert_eq!(
+            http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(epoch(1_835_481_599))
+        );
+        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
+        assert_eq!(http_date("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+        assert_eq!(http_date(""), None);
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601("1994-11-06T08:49Z"), Some(epoch(784_111_740)));
+        assert_eq!(
+            iso8601("1994-11-06T08:49:37.123Z"),
+            Some(epoch(784_111_777))
+        );
+        assert_eq!(
+            iso8601("1994-11-06T09:49:37+01:00"),
+            Some(epoch(784_111_777))
+        );
+        assert_eq!(
+            iso8601("1994-11-06T07:49:37-0100"),
+            Some(epoch(784_111_777))
+        );
+        assert_eq!(iso8601("1994-11-06"), None);
+        assert_eq!(iso8601("ü994-11-06T08:49Z"), None);
+        assert_eq!(iso8601("1994-13-06T08:49Z"), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a+b%2Cc%zz%"), "a b,c%zz%");
+    }
+}
