@@ -2,3 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
