@@ -32,7 +32,12 @@ fn opp_url(sf: &Salesforce) -> String {
 }
 
 async fn get_opp(sf: &Salesforce, at: &str) -> (u16, Option<String>, Value) {
-    let resp = client().get(opp_url(sf)).bearer_auth(at).send().await.unwrap();
+    let resp = client()
+        .get(opp_url(sf))
+        .bearer_auth(at)
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let limit = resp
         .headers()
@@ -51,8 +56,20 @@ async fn code_flow_token_shape_and_api() {
 
     // A wrong verifier is rejected, and the code is single-use.
     let code = authorize(&c, sf.urls(), "api refresh_token").await;
-    let (status, body) = exchange(&c, sf.urls(), &code, "not-the-verifier-not-the-verifier-not-the-verifier").await;
-    assert_eq!((status, body), (400, json!({"error":"invalid_grant","error_description":"invalid code verifier"})));
+    let (status, body) = exchange(
+        &c,
+        sf.urls(),
+        &code,
+        "not-the-verifier-not-the-verifier-not-the-verifier",
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error":"invalid_grant","error_description":"invalid code verifier"})
+        )
+    );
     let (status, body) = exchange(&c, sf.urls(), &code, VERIFIER).await;
     assert_eq!((status, &body["error"]), (400, &json!("invalid_grant")));
 
@@ -64,15 +81,24 @@ async fn code_flow_token_shape_and_api() {
     assert_eq!(s(&tok, "scope"), "api refresh_token");
     assert_eq!(s(&tok, "instance_url"), sf.base_url());
     assert_eq!(s(&tok, "token_type"), "Bearer");
-    assert!(s(&tok, "issued_at").chars().all(|c| c.is_ascii_digit()) && s(&tok, "issued_at").len() >= 13);
+    assert!(
+        s(&tok, "issued_at").chars().all(|c| c.is_ascii_digit())
+            && s(&tok, "issued_at").len() >= 13
+    );
     assert!(!s(&tok, "signature").is_empty());
-    assert!(tok.get("expires_in").is_none(), "Salesforce sends no expires_in");
+    assert!(
+        tok.get("expires_in").is_none(),
+        "Salesforce sends no expires_in"
+    );
     let at = s(&tok, "access_token");
     let rt = s(&tok, "refresh_token");
 
     // API: read, update (204), read back; every response carries Sforce-Limit-Info.
     let (status, limit, rec) = get_opp(&sf, &at).await;
-    assert_eq!((status, rec["StageName"].as_str()), (200, Some("Prospecting")));
+    assert_eq!(
+        (status, rec["StageName"].as_str()),
+        (200, Some("Prospecting"))
+    );
     assert_eq!(rec["Id"], OPP);
     assert!(limit.unwrap().starts_with("api-usage="));
     let resp = c
@@ -96,7 +122,12 @@ async fn code_flow_token_shape_and_api() {
     // Client authentication failures.
     let resp = c
         .post(&sf.urls().token)
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", &rt), ("client_id", CLIENT), ("client_secret", "wrong")])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt),
+            ("client_id", CLIENT),
+            ("client_secret", "wrong"),
+        ])
         .send()
         .await
         .unwrap();
@@ -112,7 +143,10 @@ async fn code_flow_token_shape_and_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_client_id");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "invalid_client_id"
+    );
 
     let ledger = sf.ledger();
     assert_eq!(ledger.code_exchanges(), 1);
@@ -120,7 +154,14 @@ async fn code_flow_token_shape_and_api() {
     assert_eq!(ledger.refresh_requests(), 4);
     assert_eq!(ledger.committed_writes().count(), 1);
     let w = &ledger.writes()[0];
-    assert_eq!((w.method.as_str(), w.record_id.as_deref(), w.subject.as_str()), ("PATCH", Some(OPP), alice.as_str()));
+    assert_eq!(
+        (
+            w.method.as_str(),
+            w.record_id.as_deref(),
+            w.subject.as_str()
+        ),
+        ("PATCH", Some(OPP), alice.as_str())
+    );
 }
 
 #[tokio::test]
@@ -137,14 +178,23 @@ async fn authorize_refusals() {
     ];
     // No user selected: access_denied redirect carrying the state.
     let mut q = base.to_vec();
-    q.extend([("code_challenge", challenge.as_str()), ("code_challenge_method", "S256")]);
+    q.extend([
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
     let p = location_params(&authorize_raw(&c, sf.urls(), &q).await);
-    assert_eq!((param(&p, "error"), param(&p, "state")), (Some("access_denied"), Some("xyz")));
+    assert_eq!(
+        (param(&p, "error"), param(&p, "state")),
+        (Some("access_denied"), Some("xyz"))
+    );
     let alice = sf.add_user("alice");
     sf.approve_as(&alice).unwrap();
     // Plain PKCE and missing PKCE: invalid_request.
     let mut plain = base.to_vec();
-    plain.extend([("code_challenge", VERIFIER), ("code_challenge_method", "plain")]);
+    plain.extend([
+        ("code_challenge", VERIFIER),
+        ("code_challenge_method", "plain"),
+    ]);
     let p = location_params(&authorize_raw(&c, sf.urls(), &plain).await);
     assert_eq!(param(&p, "error"), Some("invalid_request"));
     let p = location_params(&authorize_raw(&c, sf.urls(), &base).await);
@@ -154,14 +204,19 @@ async fn authorize_refusals() {
     bad[1] = ("client_id", "nobody");
     assert_eq!(authorize_raw(&c, sf.urls(), &bad).await.status(), 400);
     // approve_as refuses unknown subjects; consent() works in-process.
-    assert!(matches!(sf.approve_as("nobody"), Err(SandboxError::UnknownUser { .. })));
+    assert!(matches!(
+        sf.approve_as("nobody"),
+        Err(SandboxError::UnknownUser { .. })
+    ));
     let link = format!("{}?{}", sf.urls().authorize, serde_urlencoded(&q));
     let consent = sf.consent(&link).unwrap();
     assert!(consent.code.is_some() && consent.state.as_deref() == Some("xyz"));
 }
 
 fn serde_urlencoded(q: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish()
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(q)
+        .finish()
 }
 
 #[tokio::test]
@@ -169,7 +224,8 @@ async fn failure_shapes() {
     let (sf, alice, at, rt) = connected("api refresh_token").await;
     let rt = rt.unwrap();
     let c = client();
-    let session_expired = json!([{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]);
+    let session_expired =
+        json!([{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]);
 
     sf.expire_access_tokens(&alice);
     let (status, _, body) = get_opp(&sf, &at).await;
@@ -183,7 +239,10 @@ async fn failure_shapes() {
     let (status, _, body) = get_opp(&sf, &at).await;
     assert_eq!(
         (status, body),
-        (401, json!([{"errorCode":"INVALID_SESSION_ID","message":"This session is not valid for use with the REST API"}]))
+        (
+            401,
+            json!([{"errorCode":"INVALID_SESSION_ID","message":"This session is not valid for use with the REST API"}])
+        )
     );
 
     // Rate limit: 403 REQUEST_LIMIT_EXCEEDED without Retry-After; 5xx.
@@ -191,7 +250,10 @@ async fn failure_shapes() {
     sf.rate_limit_next(&alice, 1, Duration::from_secs(5));
     let resp = c.get(opp_url(&sf)).bearer_auth(&at).send().await.unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(resp.headers().get("retry-after").is_none() && resp.headers().contains_key("sforce-limit-info"));
+    assert!(
+        resp.headers().get("retry-after").is_none()
+            && resp.headers().contains_key("sforce-limit-info")
+    );
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
         json!([{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}])
@@ -208,7 +270,10 @@ async fn failure_shapes() {
             let resp = c
                 .post(url)
                 .basic_auth(CLIENT, Some(secret))
-                .form(&[("token", token.as_str()), ("token_type_hint", "access_token")])
+                .form(&[
+                    ("token", token.as_str()),
+                    ("token_type_hint", "access_token"),
+                ])
                 .send()
                 .await
                 .unwrap();
@@ -216,20 +281,38 @@ async fn failure_shapes() {
         }
     };
     let (status, info) = introspect(at.clone(), SECRET).await;
-    assert_eq!((status, &info["active"], &info["sub"]), (200, &json!(true), &json!(alice)));
+    assert_eq!(
+        (status, &info["active"], &info["sub"]),
+        (200, &json!(true), &json!(alice))
+    );
     assert!(info["exp"].as_u64().unwrap() > info["iat"].as_u64().unwrap());
-    assert_eq!(introspect(at.clone(), "wrong").await.1["error"], "invalid_client");
+    assert_eq!(
+        introspect(at.clone(), "wrong").await.1["error"],
+        "invalid_client"
+    );
 
     sf.revoke_grant(&alice);
     let (status, _, body) = get_opp(&sf, &at).await;
-    assert_eq!((status, body), (401, session_expired), "revocation looks like expiry on the API");
+    assert_eq!(
+        (status, body),
+        (401, session_expired),
+        "revocation looks like expiry on the API"
+    );
     assert_eq!(
         refresh(&c, sf.urls(), rt.as_deref().unwrap()).await,
-        (400, json!({"error":"invalid_grant","error_description":"expired access/refresh token"}))
+        (
+            400,
+            json!({"error":"invalid_grant","error_description":"expired access/refresh token"})
+        )
     );
     assert_eq!(introspect(at, SECRET).await.1, json!({"active": false}));
     // RFC 7009: 200 even for an unknown token.
-    let resp = c.post(&sf.urls().revoke).form(&[("token", "nonsense")]).send().await.unwrap();
+    let resp = c
+        .post(&sf.urls().revoke)
+        .form(&[("token", "nonsense")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -273,11 +356,21 @@ async fn idempotent_replay_lost_response_and_connection_faults() {
     // Commit, then lose the response: the client sees a transport error.
     sf.lose_next_write_response(&alice, 1);
     assert!(patch("run-1/step-1", "Escalated").await.is_err());
-    assert_eq!(sf.opportunity(OPP).unwrap()["StageName"], "Escalated", "the write was committed");
+    assert_eq!(
+        sf.opportunity(OPP).unwrap()["StageName"],
+        "Escalated",
+        "the write was committed"
+    );
     // The retry with the same key is a replay: original status, nothing new.
     sf.seed_opportunity(OPP, json!({"StageName": "Changed by someone else"}));
-    assert_eq!(patch("run-1/step-1", "Escalated").await.unwrap().status(), 204);
-    assert_eq!(sf.opportunity(OPP).unwrap()["StageName"], "Changed by someone else");
+    assert_eq!(
+        patch("run-1/step-1", "Escalated").await.unwrap().status(),
+        204
+    );
+    assert_eq!(
+        sf.opportunity(OPP).unwrap()["StageName"],
+        "Changed by someone else"
+    );
 
     // A reset before processing changes nothing; a delay still answers.
     sf.reset_next(&alice, 1);
@@ -289,10 +382,23 @@ async fn idempotent_replay_lost_response_and_connection_faults() {
     let once = ledger.exactly_once("run-1/step-1").unwrap();
     assert!(once.response_lost && !once.replay && once.record_id.as_deref() == Some(OPP));
     let by_key = ledger.writes_by_key();
-    assert_eq!(by_key["run-1/step-1"].iter().map(|w| w.replay).collect::<Vec<_>>(), [false, true]);
-    assert_eq!(by_key["run-1/step-2"].len(), 1, "the reset call wrote nothing");
+    assert_eq!(
+        by_key["run-1/step-1"]
+            .iter()
+            .map(|w| w.replay)
+            .collect::<Vec<_>>(),
+        [false, true]
+    );
+    assert_eq!(
+        by_key["run-1/step-2"].len(),
+        1,
+        "the reset call wrote nothing"
+    );
     ledger.exactly_once("run-1/step-2").unwrap();
-    assert_eq!(ledger.write_subjects().into_iter().collect::<Vec<_>>(), [alice]);
+    assert_eq!(
+        ledger.write_subjects().into_iter().collect::<Vec<_>>(),
+        [alice]
+    );
     let faults: Vec<_> = ledger.calls().iter().map(|c| (c.fault, c.status)).collect();
     assert_eq!(
         faults,
@@ -308,7 +414,11 @@ async fn idempotent_replay_lost_response_and_connection_faults() {
 #[tokio::test]
 async fn sandbox_starts_three_servers_and_stops_them() {
     let sb = Sandbox::start().await.unwrap();
-    let bases = [sb.salesforce.base_url().to_owned(), sb.jira.base_url().to_owned(), sb.slack.base_url().to_owned()];
+    let bases = [
+        sb.salesforce.base_url().to_owned(),
+        sb.jira.base_url().to_owned(),
+        sb.slack.base_url().to_owned(),
+    ];
     assert!(bases[0] != bases[1] && bases[1] != bases[2] && bases[0] != bases[2]);
     let c = client();
     for b in &bases {
@@ -316,7 +426,11 @@ async fn sandbox_starts_three_servers_and_stops_them() {
         c.get(format!("{b}/nothing-here")).send().await.unwrap();
     }
     let jira_base = bases[1].clone();
-    let Sandbox { salesforce, jira, slack } = sb;
+    let Sandbox {
+        salesforce,
+        jira,
+        slack,
+    } = sb;
     drop(jira);
     slack.shutdown().await;
     salesforce.shutdown().await;
@@ -325,7 +439,7 @@ async fn sandbox_starts_three_servers_and_stops_them() {
     }
     // A dropped handle stops its server (aborting the accept loop is asynchronous).
     let mut stopped = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if client().get(format!("{jira_base}/")).send().await.is_err() {
             stopped = true;
             break;

@@ -101,7 +101,10 @@ impl TokenFaults {
     pub fn take(&mut self, is_refresh: bool) -> TokenFaultPlan {
         let hang = self.hang_next.take();
         if !is_refresh {
-            return TokenFaultPlan { hang, ..TokenFaultPlan::default() };
+            return TokenFaultPlan {
+                hang,
+                ..TokenFaultPlan::default()
+            };
         }
         let timeout = take(&mut self.timeout_refresh);
         let fail = !timeout && take(&mut self.fail_refresh);

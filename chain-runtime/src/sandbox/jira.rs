@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_uuid};
 use super::server::{
-    ApiCall, ApiCtx, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx, authorize_endpoint,
-    epoch_secs, params, run_api, token_endpoint,
+    ApiCall, ApiCtx, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx,
+    authorize_endpoint, epoch_secs, params, run_api, token_endpoint,
 };
 use super::{Emulator, EmulatorConfig, Urls};
 
@@ -46,11 +46,19 @@ pub const READ: &str = "read:jira-work";
 pub const WRITE: &str = "write:jira-work";
 
 fn gateway(message: &str) -> ApiReply {
-    ApiReply::json(StatusCode::UNAUTHORIZED, json!({ "code": 401, "message": message })).err(message)
+    ApiReply::json(
+        StatusCode::UNAUTHORIZED,
+        json!({ "code": 401, "message": message }),
+    )
+    .err(message)
 }
 
 fn auth0(status: StatusCode, error: &str, description: &str) -> ApiReply {
-    ApiReply::json(status, json!({ "error": error, "error_description": description })).err(error)
+    ApiReply::json(
+        status,
+        json!({ "error": error, "error_description": description }),
+    )
+    .err(error)
 }
 
 fn issue_missing() -> ApiReply {
@@ -97,7 +105,10 @@ impl ProviderImpl for JiraApi {
     }
 
     fn token_prefixes(_tenant: &str) -> (String, String) {
-        ("eyJraWQiOiJzYW5kYm94In0.".to_owned(), "eyJraWQiOiJydCJ9.".to_owned())
+        (
+            "eyJraWQiOiJzYW5kYm94In0.".to_owned(),
+            "eyJraWQiOiJydCJ9.".to_owned(),
+        )
     }
 
     fn new_subject(_base_url: &str, _tenant: &str, _n: usize) -> String {
@@ -122,10 +133,19 @@ impl ProviderImpl for JiraApi {
             .route("/oauth/token", post(token_endpoint::<Self>))
             .route("/oauth/revoke", post(revoke))
             .route("/me", get(me))
-            .route("/oauth/token/accessible-resources", get(accessible_resources))
+            .route(
+                "/oauth/token/accessible-resources",
+                get(accessible_resources),
+            )
             .route("/rest/api/3/issue", post(create_issue))
-            .route("/rest/api/3/issue/{key}", get(get_issue).delete(delete_issue))
-            .route("/ex/jira/{cloud}/rest/api/3/issue", post(create_issue_cloud))
+            .route(
+                "/rest/api/3/issue/{key}",
+                get(get_issue).delete(delete_issue),
+            )
+            .route(
+                "/ex/jira/{cloud}/rest/api/3/issue",
+                post(create_issue_cloud),
+            )
             .route(
                 "/ex/jira/{cloud}/rest/api/3/issue/{key}",
                 get(get_issue_cloud).delete(delete_issue_cloud),
@@ -135,9 +155,10 @@ impl ProviderImpl for JiraApi {
 
     fn api_failure(failure: ApiFailure<'_>, now: SystemTime) -> ApiReply {
         match failure {
-            ApiFailure::NotAuthed | ApiFailure::InvalidToken | ApiFailure::Expired | ApiFailure::Revoked => {
-                gateway("Unauthorized")
-            }
+            ApiFailure::NotAuthed
+            | ApiFailure::InvalidToken
+            | ApiFailure::Expired
+            | ApiFailure::Revoked => gateway("Unauthorized"),
             ApiFailure::MissingScope { .. } => gateway("Unauthorized; scope does not match"),
             ApiFailure::RateLimited(after) => ApiReply::empty(StatusCode::TOO_MANY_REQUESTS)
                 .err("rate_limited")
@@ -159,23 +180,43 @@ impl ProviderImpl for JiraApi {
             TokenError::InvalidClientId | TokenError::BadClientSecret => {
                 auth0(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized")
             }
-            TokenError::DeadRefresh => auth0(StatusCode::FORBIDDEN, "invalid_grant", "Unknown or invalid refresh token."),
-            TokenError::InvalidCode => auth0(StatusCode::FORBIDDEN, "invalid_grant", "Invalid authorization code"),
-            TokenError::PkceMismatch => auth0(StatusCode::FORBIDDEN, "invalid_grant", "Failed to verify code verifier"),
+            TokenError::DeadRefresh => auth0(
+                StatusCode::FORBIDDEN,
+                "invalid_grant",
+                "Unknown or invalid refresh token.",
+            ),
+            TokenError::InvalidCode => auth0(
+                StatusCode::FORBIDDEN,
+                "invalid_grant",
+                "Invalid authorization code",
+            ),
+            TokenError::PkceMismatch => auth0(
+                StatusCode::FORBIDDEN,
+                "invalid_grant",
+                "Failed to verify code verifier",
+            ),
             TokenError::RedirectMismatch => auth0(
                 StatusCode::FORBIDDEN,
                 "invalid_grant",
                 "The redirect_uri does not match the one of the authorization request.",
             ),
-            TokenError::UnsupportedGrantType => {
-                auth0(StatusCode::FORBIDDEN, "unsupported_grant_type", "Unsupported grant type")
+            TokenError::UnsupportedGrantType => auth0(
+                StatusCode::FORBIDDEN,
+                "unsupported_grant_type",
+                "Unsupported grant type",
+            ),
+            TokenError::InvalidRequest(what) => {
+                auth0(StatusCode::BAD_REQUEST, "invalid_request", what)
             }
-            TokenError::InvalidRequest(what) => auth0(StatusCode::BAD_REQUEST, "invalid_request", what),
         }
     }
 
     fn token_server_error() -> ApiReply {
-        auth0(StatusCode::SERVICE_UNAVAILABLE, "server_error", "Service temporarily unavailable")
+        auth0(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "Service temporarily unavailable",
+        )
     }
 
     fn token_success(issued: &Issued, _ctx: &TokenCtx<'_>) -> ApiReply {
@@ -200,7 +241,11 @@ async fn revoke(State(shared): State<Sh>, headers: HeaderMap, body: Bytes) -> Re
     StatusCode::OK.into_response()
 }
 
-async fn me(State(shared): State<Sh>, Extension(kill): Extension<ConnKill>, headers: HeaderMap) -> Response {
+async fn me(
+    State(shared): State<Sh>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+) -> Response {
     let call = ApiCall::new(Method::GET, "/me".into(), &headers, false, Some("read:me"));
     run_api(&shared, &kill, call, |_, ctx| {
         OpResult::reply(ApiReply::json(
@@ -231,59 +276,117 @@ async fn accessible_resources(
 }
 
 fn self_url(ctx: &ApiCtx<'_>, id: &str) -> String {
-    format!("{}/ex/jira/{}/rest/api/3/issue/{id}", ctx.base_url, ctx.tenant)
+    format!(
+        "{}/ex/jira/{}/rest/api/3/issue/{id}",
+        ctx.base_url, ctx.tenant
+    )
 }
 
 /// Looks an issue up by key or numeric id.
 fn find<'a>(data: &'a JiraData, key: &str) -> Option<&'a Issue> {
-    data.issues.get(key).or_else(|| data.issues.values().find(|i| i.id == key))
+    data.issues
+        .get(key)
+        .or_else(|| data.issues.values().find(|i| i.id == key))
 }
 
 fn wrong_cloud(shared: &Sh, cloud: Option<&str>) -> Option<Response> {
     cloud.filter(|c| *c != shared.tenant).map(|_| {
-        ApiReply::json(StatusCode::NOT_FOUND, json!({ "code": 404, "message": "Cloud id not found" })).into_response()
+        ApiReply::json(
+            StatusCode::NOT_FOUND,
+            json!({ "code": 404, "message": "Cloud id not found" }),
+        )
+        .into_response()
     })
 }
 
-async fn create(shared: Sh, kill: ConnKill, cloud: Option<String>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+async fn create(
+    shared: Sh,
+    kill: ConnKill,
+    cloud: Option<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     if let Some(resp) = wrong_cloud(&shared, cloud.as_deref()) {
         return resp;
     }
-    let call = ApiCall::new(Method::POST, uri.path().to_owned(), &headers, true, Some(WRITE));
+    let call = ApiCall::new(
+        Method::POST,
+        uri.path().to_owned(),
+        &headers,
+        true,
+        Some(WRITE),
+    );
     run_api(&shared, &kill, call, |data, ctx| {
         let fields = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("fields").cloned())
             .unwrap_or(Value::Null);
-        let project = fields.pointer("/project/key").and_then(Value::as_str).unwrap_or_default();
-        let summary = fields.get("summary").and_then(Value::as_str).unwrap_or_default();
+        let project = fields
+            .pointer("/project/key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let summary = fields
+            .get("summary")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let mut errors = serde_json::Map::new();
         if project.is_empty() {
             errors.insert("project".into(), json!("Specify a valid project ID or key"));
         }
         if summary.is_empty() {
-            errors.insert("summary".into(), json!("You must specify a summary of the issue."));
+            errors.insert(
+                "summary".into(),
+                json!("You must specify a summary of the issue."),
+            );
         }
         if !errors.is_empty() {
             return OpResult::reply(
-                ApiReply::json(StatusCode::BAD_REQUEST, json!({ "errorMessages": [], "errors": errors })).err("invalid_issue"),
+                ApiReply::json(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "errorMessages": [], "errors": errors }),
+                )
+                .err("invalid_issue"),
             );
         }
         data.created += 1;
         let id = (10_000 + data.created).to_string();
         let key = format!("{project}-{}", data.created);
-        let reply = ApiReply::json(StatusCode::CREATED, json!({ "id": id, "key": key, "self": self_url(ctx, &id) }));
-        data.issues.insert(key.clone(), Issue { id, key: key.clone(), fields });
+        let reply = ApiReply::json(
+            StatusCode::CREATED,
+            json!({ "id": id, "key": key, "self": self_url(ctx, &id) }),
+        );
+        data.issues.insert(
+            key.clone(),
+            Issue {
+                id,
+                key: key.clone(),
+                fields,
+            },
+        );
         OpResult::committed(reply, key)
     })
     .await
 }
 
-async fn read(shared: Sh, kill: ConnKill, cloud: Option<String>, key: String, headers: HeaderMap, uri: Uri) -> Response {
+async fn read(
+    shared: Sh,
+    kill: ConnKill,
+    cloud: Option<String>,
+    key: String,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     if let Some(resp) = wrong_cloud(&shared, cloud.as_deref()) {
         return resp;
     }
-    let call = ApiCall::new(Method::GET, uri.path().to_owned(), &headers, false, Some(READ));
+    let call = ApiCall::new(
+        Method::GET,
+        uri.path().to_owned(),
+        &headers,
+        false,
+        Some(READ),
+    );
     run_api(&shared, &kill, call, |data, ctx| match find(data, &key) {
         Some(issue) => OpResult::reply(ApiReply::json(
             StatusCode::OK,
@@ -294,17 +397,32 @@ async fn read(shared: Sh, kill: ConnKill, cloud: Option<String>, key: String, he
     .await
 }
 
-async fn delete(shared: Sh, kill: ConnKill, cloud: Option<String>, key: String, headers: HeaderMap, uri: Uri) -> Response {
+async fn delete(
+    shared: Sh,
+    kill: ConnKill,
+    cloud: Option<String>,
+    key: String,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     if let Some(resp) = wrong_cloud(&shared, cloud.as_deref()) {
         return resp;
     }
-    let call = ApiCall::new(Method::DELETE, uri.path().to_owned(), &headers, true, Some(WRITE));
-    run_api(&shared, &kill, call, |data, _| match find(data, &key).map(|i| i.key.clone()) {
-        Some(k) => {
-            data.issues.remove(&k);
-            OpResult::committed(ApiReply::empty(StatusCode::NO_CONTENT), k)
+    let call = ApiCall::new(
+        Method::DELETE,
+        uri.path().to_owned(),
+        &headers,
+        true,
+        Some(WRITE),
+    );
+    run_api(&shared, &kill, call, |data, _| {
+        match find(data, &key).map(|i| i.key.clone()) {
+            Some(k) => {
+                data.issues.remove(&k);
+                OpResult::committed(ApiReply::empty(StatusCode::NO_CONTENT), k)
+            }
+            None => OpResult::reply(issue_missing()),
         }
-        None => OpResult::reply(issue_missing()),
     })
     .await
 }
@@ -373,7 +491,12 @@ async fn delete_issue_cloud(
 impl Emulator<JiraApi> {
     /// The fields of a live issue, by key (`None` once deleted).
     pub fn issue(&self, key: &str) -> Option<Value> {
-        self.shared.lock().data.issues.get(key).map(|i| i.fields.clone())
+        self.shared
+            .lock()
+            .data
+            .issues
+            .get(key)
+            .map(|i| i.fields.clone())
     }
 
     /// Keys of the live issues.

@@ -159,7 +159,10 @@ impl Ledger {
 
     /// Number of `grant_type=refresh_token` requests received (answered or not).
     pub fn refresh_requests(&self) -> usize {
-        self.tokens.iter().filter(|t| t.grant_type == "refresh_token").count()
+        self.tokens
+            .iter()
+            .filter(|t| t.grant_type == "refresh_token")
+            .count()
     }
 
     /// Number of refreshes that issued tokens.

@@ -58,12 +58,12 @@
 //! # let _ = code; Ok(()) }
 //! ```
 
-mod server;
 mod faults;
 mod jira;
 mod ledger;
 mod oauth;
 mod salesforce;
+mod server;
 mod slack;
 
 use std::collections::HashMap;
@@ -78,8 +78,8 @@ pub use oauth::{ClientConfig, Rotation, pkce_challenge};
 pub use salesforce::SalesforceApi;
 pub use slack::SlackApi;
 
-use self::server::{ProviderImpl, ServerHandle, Shared, StateInner};
 use self::oauth::{AuthorizeOutcome, OAuthState, User};
+use self::server::{ProviderImpl, ServerHandle, Shared, StateInner};
 
 /// The Salesforce emulator.
 pub type Salesforce = Emulator<SalesforceApi>;
@@ -108,7 +108,9 @@ pub enum SandboxError {
         source: std::io::Error,
     },
     /// A subject was used that no `add_user` returned.
-    #[error("{subject:?} is not a sandbox user of the {provider} emulator: create it with add_user first")]
+    #[error(
+        "{subject:?} is not a sandbox user of the {provider} emulator: create it with add_user first"
+    )]
     UnknownUser {
         /// Which emulator.
         provider: &'static str,
@@ -289,8 +291,17 @@ impl<P: Provider> Emulator<P> {
     /// Atlassian `account_id`, Slack `{team_id}:{user_id}`).
     pub fn add_user(&self, login: &str) -> String {
         let mut st = self.shared.lock();
-        let subject = P::new_subject(&self.shared.base_url, &self.shared.tenant, st.oauth.users.len() + 1);
-        st.oauth.users.insert(subject.clone(), User { login: login.to_owned() });
+        let subject = P::new_subject(
+            &self.shared.base_url,
+            &self.shared.tenant,
+            st.oauth.users.len() + 1,
+        );
+        st.oauth.users.insert(
+            subject.clone(),
+            User {
+                login: login.to_owned(),
+            },
+        );
         subject
     }
 
@@ -334,7 +345,12 @@ impl<P: Provider> Emulator<P> {
             }),
             AuthorizeOutcome::Redirect(redirect) => {
                 let parsed = url::Url::parse(&redirect)?;
-                let get = |k: &str| parsed.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+                let get = |k: &str| {
+                    parsed
+                        .query_pairs()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.into_owned())
+                };
                 Ok(Consent {
                     code: get("code"),
                     state: get("state"),
@@ -373,7 +389,12 @@ impl<P: Provider> Emulator<P> {
     }
 
     fn api_faults(&self, subject: &str, f: impl FnOnce(&mut faults::ApiFaults)) {
-        f(self.shared.lock().api_faults.entry(subject.to_owned()).or_default());
+        f(self
+            .shared
+            .lock()
+            .api_faults
+            .entry(subject.to_owned())
+            .or_default());
     }
 
     /// Fault: the subject's next `n` API calls get the provider's rate-limit answer
@@ -468,12 +489,21 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts the three emulators with their default configurations.
     pub async fn start() -> Result<Self, SandboxError> {
-        let (salesforce, jira, slack) = tokio::try_join!(Salesforce::start(), Jira::start(), Slack::start())?;
-        Ok(Self { salesforce, jira, slack })
+        let (salesforce, jira, slack) =
+            tokio::try_join!(Salesforce::start(), Jira::start(), Slack::start())?;
+        Ok(Self {
+            salesforce,
+            jira,
+            slack,
+        })
     }
 
     /// Stops the three servers.
     pub async fn shutdown(self) {
-        tokio::join!(self.salesforce.shutdown(), self.jira.shutdown(), self.slack.shutdown());
+        tokio::join!(
+            self.salesforce.shutdown(),
+            self.jira.shutdown(),
+            self.slack.shutdown()
+        );
     }
 }

@@ -85,7 +85,14 @@ pub fn random_uuid() -> String {
     let mut buf = [0u8; 16];
     rand::fill(&mut buf[..]);
     let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Random alphanumeric upper-case characters (ids like Slack's `T0123ABCD`).
@@ -152,22 +159,6 @@ pub enum TokenError {
     DeadRefresh,
     UnsupportedGrantType,
     InvalidRequest(&'static str),
-}
-
-impl TokenError {
-    /// A short code for the ledger.
-    pub fn code(&self) -> &'static str {
-        match self {
-            TokenError::InvalidClientId => "invalid_client_id",
-            TokenError::BadClientSecret => "invalid_client",
-            TokenError::InvalidCode => "invalid_code",
-            TokenError::RedirectMismatch => "redirect_uri_mismatch",
-            TokenError::PkceMismatch => "pkce_mismatch",
-            TokenError::DeadRefresh => "invalid_grant",
-            TokenError::UnsupportedGrantType => "unsupported_grant_type",
-            TokenError::InvalidRequest(_) => "invalid_request",
-        }
-    }
 }
 
 /// Tokens issued by a successful token request.
@@ -269,14 +260,22 @@ impl OAuthState {
         let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
         match get("client_id") {
             Some(id) if id == self.client.client_id => {}
-            Some(_) => return AuthorizeOutcome::BadRequest("client_id is not a registered client of this sandbox".into()),
+            Some(_) => {
+                return AuthorizeOutcome::BadRequest(
+                    "client_id is not a registered client of this sandbox".into(),
+                );
+            }
             None => return AuthorizeOutcome::BadRequest("client_id is required".into()),
         }
         let Some(redirect_uri) = get("redirect_uri") else {
             return AuthorizeOutcome::BadRequest("redirect_uri is required".into());
         };
-        if !self.client.redirect_uris.is_empty() && !self.client.redirect_uris.iter().any(|u| u == redirect_uri) {
-            return AuthorizeOutcome::BadRequest("redirect_uri is not registered for this client".into());
+        if !self.client.redirect_uris.is_empty()
+            && !self.client.redirect_uris.iter().any(|u| u == redirect_uri)
+        {
+            return AuthorizeOutcome::BadRequest(
+                "redirect_uri is not registered for this client".into(),
+            );
         }
         let Ok(mut target) = url::Url::parse(redirect_uri) else {
             return AuthorizeOutcome::BadRequest("redirect_uri is not an absolute URL".into());
@@ -285,7 +284,8 @@ impl OAuthState {
         let error = |mut target: url::Url, error: &str, description: &str| {
             {
                 let mut q = target.query_pairs_mut();
-                q.append_pair("error", error).append_pair("error_description", description);
+                q.append_pair("error", error)
+                    .append_pair("error_description", description);
                 if let Some(s) = state {
                     q.append_pair("state", s);
                 }
@@ -293,20 +293,39 @@ impl OAuthState {
             AuthorizeOutcome::Redirect(target.into())
         };
         if get("response_type") != Some("code") {
-            return error(target, "unsupported_response_type", "only response_type=code is supported");
+            return error(
+                target,
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            );
         }
         let Some(challenge) = get("code_challenge") else {
-            return error(target, "invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256");
+            return error(
+                target,
+                "invalid_request",
+                "PKCE is required: send code_challenge with code_challenge_method=S256",
+            );
         };
         if get("code_challenge_method") != Some("S256") {
-            return error(target, "invalid_request", "code_challenge_method must be S256 (plain is refused)");
+            return error(
+                target,
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is refused)",
+            );
         }
         let Some(subject) = self.approver.clone().filter(|s| self.users.contains_key(s)) else {
-            return error(target, "access_denied", "no sandbox user approves consents: call approve_as(subject) first");
+            return error(
+                target,
+                "access_denied",
+                "no sandbox user approves consents: call approve_as(subject) first",
+            );
         };
         let requested = split_scopes(get("scope").or(get("user_scope")).unwrap_or(""));
         let untick = std::mem::take(&mut self.untick_next);
-        let scopes: Vec<String> = requested.into_iter().filter(|s| !untick.contains(s)).collect();
+        let scopes: Vec<String> = requested
+            .into_iter()
+            .filter(|s| !untick.contains(s))
+            .collect();
         let code = random_string(24);
         self.codes.insert(
             code.clone(),
@@ -341,8 +360,14 @@ impl OAuthState {
     }
 
     /// `grant_type=authorization_code`: single-use code, redirect URI match, PKCE S256.
-    pub fn exchange_code(&mut self, p: &HashMap<String, String>, now: Instant) -> Result<Issued, TokenError> {
-        let code = p.get("code").ok_or(TokenError::InvalidRequest("code is required"))?;
+    pub fn exchange_code(
+        &mut self,
+        p: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Issued, TokenError> {
+        let code = p
+            .get("code")
+            .ok_or(TokenError::InvalidRequest("code is required"))?;
         // Single use: a code is consumed by its first presentation, right or wrong.
         let entry = self.codes.remove(code).ok_or(TokenError::InvalidCode)?;
         if entry.expires_at <= now || entry.client_id != self.client.client_id {
@@ -357,8 +382,11 @@ impl OAuthState {
         }
         let grant = GrantId(self.next_grant);
         self.next_grant += 1;
-        let with_refresh =
-            self.refresh_scopes.is_empty() || entry.scopes.iter().any(|s| self.refresh_scopes.contains(&s.as_str()));
+        let with_refresh = self.refresh_scopes.is_empty()
+            || entry
+                .scopes
+                .iter()
+                .any(|s| self.refresh_scopes.contains(&s.as_str()));
         self.grants.insert(
             grant,
             Grant {
@@ -372,7 +400,11 @@ impl OAuthState {
     }
 
     /// `grant_type=refresh_token` with the configured rotation rule.
-    pub fn refresh(&mut self, p: &HashMap<String, String>, now: Instant) -> Result<Issued, TokenError> {
+    pub fn refresh(
+        &mut self,
+        p: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Issued, TokenError> {
         let token = p
             .get("refresh_token")
             .ok_or(TokenError::InvalidRequest("refresh_token is required"))?;
@@ -403,7 +435,13 @@ impl OAuthState {
 
     fn mint_refresh(&mut self, grant: GrantId) -> String {
         let token = format!("{}{}", self.refresh_prefix, random_string(32));
-        self.refresh.insert(token.clone(), Refresh { grant, dies_at: None });
+        self.refresh.insert(
+            token.clone(),
+            Refresh {
+                grant,
+                dies_at: None,
+            },
+        );
         token
     }
 
@@ -443,9 +481,15 @@ impl OAuthState {
 
     /// Checks an access token presented to the API.
     pub fn check_access(&self, token: Option<&str>, now: Instant) -> AccessCheck {
-        let Some(token) = token else { return AccessCheck::Missing };
-        let Some(a) = self.access.get(token) else { return AccessCheck::Unknown };
-        let Some(g) = self.grants.get(&a.grant) else { return AccessCheck::Unknown };
+        let Some(token) = token else {
+            return AccessCheck::Missing;
+        };
+        let Some(a) = self.access.get(token) else {
+            return AccessCheck::Unknown;
+        };
+        let Some(g) = self.grants.get(&a.grant) else {
+            return AccessCheck::Unknown;
+        };
         let (subject, grant) = (g.subject.clone(), a.grant);
         if g.revoked || a.revoked {
             AccessCheck::Revoked { subject, grant }
@@ -487,7 +531,12 @@ impl OAuthState {
             if a.revoked || a.expires_at <= now {
                 return None;
             }
-            (a.grant, false, Some(a.expires_at - now), now.saturating_duration_since(a.issued_at))
+            (
+                a.grant,
+                false,
+                Some(a.expires_at - now),
+                now.saturating_duration_since(a.issued_at),
+            )
         } else {
             let r = self.refresh.get(token)?;
             if r.dies_at.is_some_and(|t| t <= now) {
@@ -498,7 +547,11 @@ impl OAuthState {
         let g = self.grants.get(&grant).filter(|g| !g.revoked)?;
         Some(Introspection {
             subject: g.subject.clone(),
-            login: self.users.get(&g.subject).map(|u| u.login.clone()).unwrap_or_default(),
+            login: self
+                .users
+                .get(&g.subject)
+                .map(|u| u.login.clone())
+                .unwrap_or_default(),
             scopes: g.scopes.clone(),
             is_refresh,
             expires_in,
@@ -509,7 +562,12 @@ impl OAuthState {
     /// Fault: every access token of the subject expires now.
     pub fn expire_access_of(&mut self, subject: &str, now: Instant) {
         for a in self.access.values_mut() {
-            if self.grants.get(&a.grant).is_some_and(|g| g.subject == subject) && a.expires_at > now {
+            if self
+                .grants
+                .get(&a.grant)
+                .is_some_and(|g| g.subject == subject)
+                && a.expires_at > now
+            {
                 a.expires_at = now;
             }
         }

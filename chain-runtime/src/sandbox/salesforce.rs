@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_upper};
 use super::server::{
-    ApiCall, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx, authorize_endpoint,
-    check_client_of, epoch_millis, epoch_secs, no_store, params, run_api, token_endpoint,
+    ApiCall, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx,
+    authorize_endpoint, check_client_of, epoch_millis, epoch_secs, no_store, params, run_api,
+    token_endpoint,
 };
 use super::{Emulator, EmulatorConfig, Urls};
 
@@ -109,12 +110,18 @@ impl ProviderImpl for SalesforceApi {
 
     fn router(shared: Arc<Shared<Self>>) -> Router {
         Router::new()
-            .route("/services/oauth2/authorize", get(authorize_endpoint::<Self>))
+            .route(
+                "/services/oauth2/authorize",
+                get(authorize_endpoint::<Self>),
+            )
             .route("/services/oauth2/token", post(token_endpoint::<Self>))
             .route("/services/oauth2/revoke", post(revoke))
             .route("/services/oauth2/introspect", post(introspect))
             .route("/id/{org}/{user}", get(identity))
-            .route("/services/data/{version}/sobjects/Opportunity", post(create_opportunity))
+            .route(
+                "/services/data/{version}/sobjects/Opportunity",
+                post(create_opportunity),
+            )
             .route(
                 "/services/data/{version}/sobjects/Opportunity/{id}",
                 get(get_opportunity).patch(update_opportunity),
@@ -124,18 +131,25 @@ impl ProviderImpl for SalesforceApi {
 
     fn api_failure(failure: ApiFailure<'_>, _now: SystemTime) -> ApiReply {
         match failure {
-            ApiFailure::NotAuthed | ApiFailure::InvalidToken | ApiFailure::Expired | ApiFailure::Revoked => {
-                sf_error(StatusCode::UNAUTHORIZED, "INVALID_SESSION_ID", "Session expired or invalid")
-            }
+            ApiFailure::NotAuthed
+            | ApiFailure::InvalidToken
+            | ApiFailure::Expired
+            | ApiFailure::Revoked => sf_error(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_SESSION_ID",
+                "Session expired or invalid",
+            ),
             ApiFailure::MissingScope { .. } => sf_error(
                 StatusCode::UNAUTHORIZED,
                 "INVALID_SESSION_ID",
                 "This session is not valid for use with the REST API",
             ),
             // Salesforce's daily limit is a rolling window: no Retry-After.
-            ApiFailure::RateLimited(_) => {
-                sf_error(StatusCode::FORBIDDEN, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
-            }
+            ApiFailure::RateLimited(_) => sf_error(
+                StatusCode::FORBIDDEN,
+                "REQUEST_LIMIT_EXCEEDED",
+                "TotalRequests Limit exceeded.",
+            ),
             ApiFailure::ServerError => sf_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SERVER_UNAVAILABLE",
@@ -150,13 +164,22 @@ impl ProviderImpl for SalesforceApi {
 
     fn token_failure(error: &TokenError) -> ApiReply {
         match error {
-            TokenError::InvalidClientId => oauth_error("invalid_client_id", "client identifier invalid"),
-            TokenError::BadClientSecret => oauth_error("invalid_client", "invalid client credentials"),
+            TokenError::InvalidClientId => {
+                oauth_error("invalid_client_id", "client identifier invalid")
+            }
+            TokenError::BadClientSecret => {
+                oauth_error("invalid_client", "invalid client credentials")
+            }
             TokenError::InvalidCode => oauth_error("invalid_grant", "expired authorization code"),
             TokenError::PkceMismatch => oauth_error("invalid_grant", "invalid code verifier"),
-            TokenError::RedirectMismatch => oauth_error("redirect_uri_mismatch", "redirect_uri must match configuration"),
+            TokenError::RedirectMismatch => oauth_error(
+                "redirect_uri_mismatch",
+                "redirect_uri must match configuration",
+            ),
             TokenError::DeadRefresh => oauth_error("invalid_grant", "expired access/refresh token"),
-            TokenError::UnsupportedGrantType => oauth_error("unsupported_grant_type", "grant type not supported"),
+            TokenError::UnsupportedGrantType => {
+                oauth_error("unsupported_grant_type", "grant type not supported")
+            }
             TokenError::InvalidRequest(what) => oauth_error("invalid_request", what),
         }
     }
@@ -244,7 +267,11 @@ async fn identity(
     let call = ApiCall::new(Method::GET, uri.path().to_owned(), &headers, false, None);
     run_api(&shared, &kill, call, |_, ctx| {
         if ctx.subject != format!("{}/id/{org}/{user}", ctx.base_url) {
-            return OpResult::reply(sf_error(StatusCode::FORBIDDEN, "INSUFFICIENT_ACCESS", "Bad_Id"));
+            return OpResult::reply(sf_error(
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_ACCESS",
+                "Bad_Id",
+            ));
         }
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
@@ -270,7 +297,11 @@ fn record_json(version: &str, id: &str, fields: &Map<String, Value>) -> Value {
 }
 
 fn not_found() -> ApiReply {
-    sf_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist")
+    sf_error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The requested resource does not exist",
+    )
 }
 
 fn parse_fields(body: &[u8]) -> Result<Map<String, Value>, ApiReply> {
@@ -291,10 +322,21 @@ async fn get_opportunity(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let call = ApiCall::new(Method::GET, uri.path().to_owned(), &headers, false, Some("api"));
-    run_api(&shared, &kill, call, |data, _| match data.opportunities.get(&id) {
-        Some(fields) => OpResult::reply(ApiReply::json(StatusCode::OK, record_json(&version, &id, fields))),
-        None => OpResult::reply(not_found()),
+    let call = ApiCall::new(
+        Method::GET,
+        uri.path().to_owned(),
+        &headers,
+        false,
+        Some("api"),
+    );
+    run_api(&shared, &kill, call, |data, _| {
+        match data.opportunities.get(&id) {
+            Some(fields) => OpResult::reply(ApiReply::json(
+                StatusCode::OK,
+                record_json(&version, &id, fields),
+            )),
+            None => OpResult::reply(not_found()),
+        }
     })
     .await
 }
@@ -307,7 +349,13 @@ async fn update_opportunity(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let call = ApiCall::new(Method::PATCH, uri.path().to_owned(), &headers, true, Some("api"));
+    let call = ApiCall::new(
+        Method::PATCH,
+        uri.path().to_owned(),
+        &headers,
+        true,
+        Some("api"),
+    );
     run_api(&shared, &kill, call, |data, _| {
         let fields = match parse_fields(&body) {
             Ok(f) => f,
@@ -331,7 +379,13 @@ async fn create_opportunity(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let call = ApiCall::new(Method::POST, uri.path().to_owned(), &headers, true, Some("api"));
+    let call = ApiCall::new(
+        Method::POST,
+        uri.path().to_owned(),
+        &headers,
+        true,
+        Some("api"),
+    );
     run_api(&shared, &kill, call, |data, _| {
         let fields = match parse_fields(&body) {
             Ok(f) => f,
@@ -341,7 +395,10 @@ async fn create_opportunity(
         let id = format!("006{:0>12}NEW", data.created);
         data.opportunities.insert(id.clone(), fields);
         OpResult::committed(
-            ApiReply::json(StatusCode::CREATED, json!({ "id": id, "success": true, "errors": [] })),
+            ApiReply::json(
+                StatusCode::CREATED,
+                json!({ "id": id, "success": true, "errors": [] }),
+            ),
             id,
         )
     })
@@ -356,7 +413,11 @@ impl Emulator<SalesforceApi> {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        self.shared.lock().data.opportunities.insert(id.to_owned(), fields);
+        self.shared
+            .lock()
+            .data
+            .opportunities
+            .insert(id.to_owned(), fields);
     }
 
     /// The current fields of an Opportunity (without `attributes`/`Id`).

@@ -74,7 +74,10 @@ pub enum ApiFailure<'a> {
     InvalidToken,
     Expired,
     Revoked,
-    MissingScope { needed: &'a str, provided: &'a [String] },
+    MissingScope {
+        needed: &'a str,
+        provided: &'a [String],
+    },
     RateLimited(Duration),
     ServerError,
 }
@@ -213,7 +216,9 @@ impl<P: ProviderImpl> Shared<P> {
     /// Locks the state. A poisoned lock (a panic elsewhere) still yields the data: every
     /// mutation is small and leaves the state consistent.
     pub fn lock(&self) -> MutexGuard<'_, StateInner<P::Data>> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -303,11 +308,12 @@ async fn serve_conn(stream: TcpStream, router: Router) {
     };
     let notify = Arc::new(Notify::new());
     let kill = ConnKill(notify.clone());
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(kill.clone());
-        let mut router = router.clone();
-        async move { tower_service::Service::call(&mut router, req).await }
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(kill.clone());
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, req).await }
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::select! {
@@ -356,12 +362,19 @@ pub fn params(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
 }
 
 /// Client credentials from HTTP Basic or from the parameters.
-fn client_credentials(headers: &HeaderMap, p: &HashMap<String, String>) -> (Option<String>, Option<String>) {
+fn client_credentials(
+    headers: &HeaderMap,
+    p: &HashMap<String, String>,
+) -> (Option<String>, Option<String>) {
     let basic = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.split_once(':').map(|(i, s)| (i.to_owned(), s.to_owned())));
     match basic {
@@ -377,7 +390,10 @@ pub fn check_client_of<P: ProviderImpl>(
     p: &HashMap<String, String>,
 ) -> Result<(), TokenError> {
     let (id, secret) = client_credentials(headers, p);
-    shared.lock().oauth.check_client(id.as_deref(), secret.as_deref())
+    shared
+        .lock()
+        .oauth
+        .check_client(id.as_deref(), secret.as_deref())
 }
 
 /// GET authorize: 302 to the redirect URI (code or error), or 400.
@@ -393,7 +409,11 @@ pub async fn authorize_endpoint<P: ProviderImpl>(
     match outcome {
         AuthorizeOutcome::Redirect(url) => match HeaderValue::from_str(&url) {
             Ok(v) => (StatusCode::FOUND, [(LOCATION, v)]).into_response(),
-            Err(_) => (StatusCode::BAD_REQUEST, "redirect URL is not valid header text").into_response(),
+            Err(_) => (
+                StatusCode::BAD_REQUEST,
+                "redirect URL is not valid header text",
+            )
+                .into_response(),
         },
         AuthorizeOutcome::BadRequest(msg) => (StatusCode::BAD_REQUEST, msg).into_response(),
     }
@@ -425,7 +445,17 @@ pub async fn token_endpoint<P: ProviderImpl>(
         {
             let mut st = shared.lock();
             let seq = st.ledger.seq();
-            record(&mut st, token_record(seq, &grant_type, None, None, None, Some(FaultKind::TokenTimeout)));
+            record(
+                &mut st,
+                token_record(
+                    seq,
+                    &grant_type,
+                    None,
+                    None,
+                    None,
+                    Some(FaultKind::TokenTimeout),
+                ),
+            );
         }
         return std::future::pending::<Response>().await;
     }
@@ -436,7 +466,14 @@ pub async fn token_endpoint<P: ProviderImpl>(
         let status = reply.status.as_u16();
         record(
             &mut st,
-            token_record(seq, &grant_type, Some(status), None, Some("server_error".into()), Some(FaultKind::ServerError)),
+            token_record(
+                seq,
+                &grant_type,
+                Some(status),
+                None,
+                Some("server_error".into()),
+                Some(FaultKind::ServerError),
+            ),
         );
         return no_store(reply);
     }
@@ -444,13 +481,14 @@ pub async fn token_endpoint<P: ProviderImpl>(
     let (reply, issued) = {
         let mut st = shared.lock();
         let now = st.now();
-        let result = st.oauth.check_client(id.as_deref(), secret.as_deref()).and_then(|()| {
-            match grant_type.as_str() {
+        let result = st
+            .oauth
+            .check_client(id.as_deref(), secret.as_deref())
+            .and_then(|()| match grant_type.as_str() {
                 "authorization_code" => st.oauth.exchange_code(&p, now),
                 "refresh_token" => st.oauth.refresh(&p, now),
                 _ => Err(TokenError::UnsupportedGrantType),
-            }
-        });
+            });
         let seq = st.ledger.seq();
         match result {
             Ok(issued) => {
@@ -463,15 +501,33 @@ pub async fn token_endpoint<P: ProviderImpl>(
                 let reply = P::token_success(&issued, &ctx);
                 let lost = plan.lose_response;
                 let status = (!lost).then_some(reply.status.as_u16());
-                let fault = if lost { Some(FaultKind::ResponseLost) } else { fault };
-                let mut rec = token_record(seq, &grant_type, status, Some(issued.subject.clone()), None, fault);
+                let fault = if lost {
+                    Some(FaultKind::ResponseLost)
+                } else {
+                    fault
+                };
+                let mut rec = token_record(
+                    seq,
+                    &grant_type,
+                    status,
+                    Some(issued.subject.clone()),
+                    None,
+                    fault,
+                );
                 rec.issued = true;
                 record(&mut st, rec);
                 (reply, true)
             }
             Err(e) => {
                 let reply = P::token_failure(&e);
-                let rec = token_record(seq, &grant_type, Some(reply.status.as_u16()), None, Some(e.code().into()), fault);
+                let rec = token_record(
+                    seq,
+                    &grant_type,
+                    Some(reply.status.as_u16()),
+                    None,
+                    reply.error.clone(),
+                    fault,
+                );
                 record(&mut st, rec);
                 (reply, false)
             }
@@ -522,7 +578,13 @@ pub struct ApiCall {
 }
 
 impl ApiCall {
-    pub fn new(method: Method, path: String, headers: &HeaderMap, write: bool, needed: Option<&'static str>) -> Self {
+    pub fn new(
+        method: Method,
+        path: String,
+        headers: &HeaderMap,
+        write: bool,
+        needed: Option<&'static str>,
+    ) -> Self {
         Self {
             method,
             path,
@@ -587,10 +649,14 @@ pub async fn run_api<P: ProviderImpl>(
             let now = st.wall_now();
             let (reply, fault) = match action {
                 ApiFaultAction::Reset => (None, FaultKind::ConnectionReset),
-                ApiFaultAction::ServerError => (Some(P::api_failure(ApiFailure::ServerError, now)), FaultKind::ServerError),
-                ApiFaultAction::RateLimited(d) => {
-                    (Some(P::api_failure(ApiFailure::RateLimited(d), now)), FaultKind::RateLimited)
-                }
+                ApiFaultAction::ServerError => (
+                    Some(P::api_failure(ApiFailure::ServerError, now)),
+                    FaultKind::ServerError,
+                ),
+                ApiFaultAction::RateLimited(d) => (
+                    Some(P::api_failure(ApiFailure::RateLimited(d), now)),
+                    FaultKind::RateLimited,
+                ),
             };
             let reply = reply.map(|mut r| {
                 P::decorate(&mut r, st.api_calls, None);
@@ -613,13 +679,21 @@ pub async fn run_api<P: ProviderImpl>(
         st.api_calls += 1;
         let (now, wall) = (st.now(), st.wall_now());
         let (subject, grant, scopes) = match st.oauth.check_access(call.token.as_deref(), now) {
-            AccessCheck::Valid { subject, grant, scopes } => (subject, grant, scopes),
+            AccessCheck::Valid {
+                subject,
+                grant,
+                scopes,
+            } => (subject, grant, scopes),
             other => {
                 let (failure, subject, grant) = match other {
                     AccessCheck::Missing => (ApiFailure::NotAuthed, None, None),
                     AccessCheck::Unknown => (ApiFailure::InvalidToken, None, None),
-                    AccessCheck::Expired { subject, grant } => (ApiFailure::Expired, Some(subject), Some(grant)),
-                    AccessCheck::Revoked { subject, grant } => (ApiFailure::Revoked, Some(subject), Some(grant)),
+                    AccessCheck::Expired { subject, grant } => {
+                        (ApiFailure::Expired, Some(subject), Some(grant))
+                    }
+                    AccessCheck::Revoked { subject, grant } => {
+                        (ApiFailure::Revoked, Some(subject), Some(grant))
+                    }
                     AccessCheck::Valid { .. } => (ApiFailure::InvalidToken, None, None),
                 };
                 let mut reply = P::api_failure(failure, wall);
@@ -631,7 +705,13 @@ pub async fn run_api<P: ProviderImpl>(
         if let Some(needed) = call.needed
             && !P::has_scope(&scopes, needed)
         {
-            let mut reply = P::api_failure(ApiFailure::MissingScope { needed, provided: &scopes }, wall);
+            let mut reply = P::api_failure(
+                ApiFailure::MissingScope {
+                    needed,
+                    provided: &scopes,
+                },
+                wall,
+            );
             P::decorate(&mut reply, st.api_calls, Some(&scopes));
             record_call(st, Some(subject), Some(grant), Some(&reply), fault);
             return reply.into_response();
@@ -679,9 +759,13 @@ pub async fn run_api<P: ProviderImpl>(
         let mut reply = result.reply;
         let mut lose = false;
         if call.write && result.committed {
-            lose = st.api_faults.get_mut(&subject).is_some_and(ApiFaults::take_lose_write);
+            lose = st
+                .api_faults
+                .get_mut(&subject)
+                .is_some_and(ApiFaults::take_lose_write);
             if let Some(key) = replay_key {
-                st.idempotency.insert(key, (reply.clone(), result.record_id.clone()));
+                st.idempotency
+                    .insert(key, (reply.clone(), result.record_id.clone()));
             }
             let seq = st.ledger.seq();
             st.ledger.writes.push(WriteRecord {
@@ -698,7 +782,11 @@ pub async fn run_api<P: ProviderImpl>(
             });
         }
         P::decorate(&mut reply, st.api_calls, Some(&scopes));
-        let fault = if lose { Some(FaultKind::ResponseLost) } else { fault };
+        let fault = if lose {
+            Some(FaultKind::ResponseLost)
+        } else {
+            fault
+        };
         record_call(st, Some(subject), Some(grant), Some(&reply), fault);
         (reply, lose)
     };
@@ -710,10 +798,14 @@ pub async fn run_api<P: ProviderImpl>(
 
 /// Seconds since the Unix epoch of a (sandbox) wall-clock time.
 pub fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn epoch_millis(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default()
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
 }

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_upper};
 use super::server::{
-    ApiCall, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx, authorize_endpoint, bearer,
-    epoch_secs, params, run_api, token_endpoint,
+    ApiCall, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx,
+    authorize_endpoint, bearer, epoch_secs, params, run_api, token_endpoint,
 };
 use super::{Emulator, EmulatorConfig, Urls};
 
@@ -137,7 +137,11 @@ impl ProviderImpl for SlackApi {
     }
 
     fn token_server_error() -> ApiReply {
-        ApiReply::json(StatusCode::INTERNAL_SERVER_ERROR, json!({ "ok": false, "error": "fatal_error" })).err("fatal_error")
+        ApiReply::json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "ok": false, "error": "fatal_error" }),
+        )
+        .err("fatal_error")
     }
 
     fn token_success(issued: &Issued, _ctx: &TokenCtx<'_>) -> ApiReply {
@@ -154,7 +158,10 @@ impl ProviderImpl for SlackApi {
             "enterprise": null, "is_enterprise_install": false,
         });
         if let Some(rt) = &issued.refresh_token {
-            for obj in [&mut body, &mut authed_user].into_iter().filter_map(Value::as_object_mut) {
+            for obj in [&mut body, &mut authed_user]
+                .into_iter()
+                .filter_map(Value::as_object_mut)
+            {
                 obj.insert("refresh_token".into(), json!(rt));
             }
         }
@@ -178,16 +185,32 @@ async fn revoke(State(shared): State<Sh>, headers: HeaderMap, body: Bytes) -> Re
     reply.into_response()
 }
 
-fn call_of(method: &'static str, headers: &HeaderMap, p: &std::collections::HashMap<String, String>, write: bool) -> ApiCall {
+fn call_of(
+    method: &'static str,
+    headers: &HeaderMap,
+    p: &std::collections::HashMap<String, String>,
+    write: bool,
+) -> ApiCall {
     let needed = write.then_some(CHAT_WRITE);
-    let mut call = ApiCall::new(Method::POST, format!("/api/{method}"), headers, write, needed);
+    let mut call = ApiCall::new(
+        Method::POST,
+        format!("/api/{method}"),
+        headers,
+        write,
+        needed,
+    );
     if call.token.is_none() {
         call.token = p.get("token").cloned();
     }
     call
 }
 
-async fn auth_test(State(shared): State<Sh>, Extension(kill): Extension<ConnKill>, headers: HeaderMap, body: Bytes) -> Response {
+async fn auth_test(
+    State(shared): State<Sh>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let p = params(&headers, &body);
     let call = call_of("auth.test", &headers, &p, false);
     run_api(&shared, &kill, call, |_, ctx| {
@@ -222,7 +245,8 @@ async fn post_message(
         data.posted += 1;
         let ts = format!("{}.{:06}", epoch_secs(SystemTime::now()), data.posted);
         let (_, user) = split_subject(ctx.subject);
-        data.messages.insert((channel.clone(), ts.clone()), text.clone());
+        data.messages
+            .insert((channel.clone(), ts.clone()), text.clone());
         let reply = ApiReply::json(
             StatusCode::OK,
             json!({ "ok": true, "channel": channel, "ts": ts,
@@ -246,7 +270,10 @@ async fn delete_message(
         let ts = p.get("ts").cloned().unwrap_or_default();
         match data.messages.remove(&(channel.clone(), ts.clone())) {
             Some(_) => OpResult::committed(
-                ApiReply::json(StatusCode::OK, json!({ "ok": true, "channel": channel, "ts": ts })),
+                ApiReply::json(
+                    StatusCode::OK,
+                    json!({ "ok": true, "channel": channel, "ts": ts }),
+                ),
                 format!("{channel}/{ts}"),
             ),
             None => OpResult::reply(not_ok("message_not_found")),

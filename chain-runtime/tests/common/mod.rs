@@ -28,12 +28,22 @@ pub async fn authorize_raw(c: &Client, urls: &Urls, query: &[(&str, &str)]) -> R
 pub fn location_params(resp: &Response) -> Vec<(String, String)> {
     assert_eq!(resp.status(), 302, "authorize must redirect");
     let loc = resp.headers()["location"].to_str().unwrap();
-    assert!(loc.starts_with(REDIRECT), "redirects to the client's redirect_uri: {loc}");
-    url::Url::parse(loc).unwrap().query_pairs().into_owned().collect()
+    assert!(
+        loc.starts_with(REDIRECT),
+        "redirects to the client's redirect_uri: {loc}"
+    );
+    url::Url::parse(loc)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
 }
 
 pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The full PKCE authorize step over HTTP; returns the code.
@@ -83,9 +93,16 @@ pub async fn exchange(c: &Client, urls: &Urls, code: &str, verifier: &str) -> (u
 }
 
 pub async fn refresh(c: &Client, urls: &Urls, rt: &str) -> (u16, Value) {
-    token_form(c, urls, &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await
+    token_form(
+        c,
+        urls,
+        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+    )
+    .await
 }
 
 pub fn s(v: &Value, k: &str) -> String {
-    v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {v}")).to_owned()
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
+        .to_owned()
 }
