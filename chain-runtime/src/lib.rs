@@ -18,6 +18,8 @@ pub mod policy;
 pub mod preflight;
 pub mod principal;
 pub mod registry;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 pub mod step;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};

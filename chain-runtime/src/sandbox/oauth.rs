@@ -1,0 +1,598 @@
+//! The provider-neutral OAuth 2.0 authorization server behind every emulator:
+//! clients, users, consent, codes with PKCE S256, grants, access and refresh tokens.
+//!
+//! Provider modules only translate its outcomes into their wire shapes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::ledger::GrantId;
+
+/// The OAuth client (connected app) an emulator accepts.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The `client_id` (Salesforce "consumer key").
+    pub client_id: String,
+    /// The `client_secret`; a token request with another secret is rejected with the
+    /// provider's invalid-client shape.
+    pub client_secret: SecretString,
+    /// Registered redirect URIs. Empty means "accept any redirect URI" (tests bind
+    /// their callback servers on ephemeral ports); the token request must still repeat
+    /// the exact URI the authorize request used.
+    pub redirect_uris: Vec<String>,
+}
+
+impl ClientConfig {
+    /// A client with this id and secret, accepting any redirect URI.
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: SecretString::from(client_secret.into()),
+            redirect_uris: Vec::new(),
+        }
+    }
+
+    /// Registers a redirect URI; once one is registered, others are refused.
+    pub fn with_redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uris.push(uri.into());
+        self
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("redirect_uris", &self.redirect_uris)
+            .finish()
+    }
+}
+
+/// What a refresh does to the refresh token it used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The refresh token is reused; refresh responses carry no new one (Salesforce default).
+    Never,
+    /// Every refresh returns a new refresh token and the used one dies at once
+    /// (Slack; Salesforce with rotation enabled).
+    Immediate,
+    /// Every refresh returns a new refresh token; the used one stays usable for this
+    /// leeway after its first use, then dies (Atlassian: 10 minutes).
+    WithLeeway(Duration),
+}
+
+/// Computes the PKCE S256 `code_challenge` of a `code_verifier`
+/// (`BASE64URL-NOPAD(SHA256(verifier))`, RFC 7636 §4.2).
+pub fn pkce_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// A fresh random URL-safe string of `bytes` random bytes.
+pub fn random_string(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A random UUID-shaped string (`8-4-4-4-12` lower-case hex).
+pub fn random_uuid() -> String {
+    let mut buf = [0u8; 16];
+    rand::fill(&mut buf[..]);
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Random alphanumeric upper-case characters (ids like Slack's `T0123ABCD`).
+pub fn random_upper(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ0123456789";
+    let mut buf = vec![0u8; len];
+    rand::fill(&mut buf[..]);
+    buf.iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+/// Splits a scope parameter on spaces and commas (Slack uses commas, the rest spaces).
+pub fn split_scopes(s: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in s.split([' ', ',', '+']).filter(|p| !p.is_empty()) {
+        if !out.iter().any(|o| o == part) {
+            out.push(part.to_owned());
+        }
+    }
+    out
+}
+
+pub struct User {
+    pub login: String,
+}
+
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scopes: Vec<String>,
+    subject: String,
+    expires_at: Instant,
+}
+
+pub struct Grant {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub revoked: bool,
+}
+
+struct Access {
+    grant: GrantId,
+    issued_at: Instant,
+    expires_at: Instant,
+    revoked: bool,
+}
+
+struct Refresh {
+    grant: GrantId,
+    /// `None` while the token is live and unused (or reusable forever, without rotation).
+    dies_at: Option<Instant>,
+}
+
+/// Why a token request failed, before the provider picks its wire shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenError {
+    InvalidClientId,
+    BadClientSecret,
+    InvalidCode,
+    RedirectMismatch,
+    PkceMismatch,
+    DeadRefresh,
+    UnsupportedGrantType,
+    InvalidRequest(&'static str),
+}
+
+/// Tokens issued by a successful token request.
+pub struct Issued {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Duration,
+    pub scopes: Vec<String>,
+    pub subject: String,
+    pub grant: GrantId,
+}
+
+/// The verdict on an access token presented to the API.
+pub enum AccessCheck {
+    Missing,
+    Unknown,
+    Expired {
+        subject: String,
+        grant: GrantId,
+    },
+    Revoked {
+        subject: String,
+        grant: GrantId,
+    },
+    Valid {
+        subject: String,
+        grant: GrantId,
+        scopes: Vec<String>,
+    },
+}
+
+/// Result of the authorize endpoint.
+pub enum AuthorizeOutcome {
+    /// 302 to this URL (carrying either `code` or `error`).
+    Redirect(String),
+    /// 400: the redirect URI or client cannot be trusted, so no redirect.
+    BadRequest(String),
+}
+
+/// What introspection reveals about a token.
+pub struct Introspection {
+    pub subject: String,
+    pub login: String,
+    pub scopes: Vec<String>,
+    pub is_refresh: bool,
+    /// Seconds until expiry (access tokens) and seconds since issue.
+    pub expires_in: Option<Duration>,
+    pub age: Duration,
+}
+
+/// The whole OAuth state of one emulator.
+pub struct OAuthState {
+    pub client: ClientConfig,
+    pub access_lifetime: Duration,
+    pub rotation: Rotation,
+    /// Scopes of which one must be granted to receive a refresh token (empty: always).
+    pub refresh_scopes: &'static [&'static str],
+    pub access_prefix: String,
+    pub refresh_prefix: String,
+    pub users: BTreeMap<String, User>,
+    pub approver: Option<String>,
+    pub untick_next: Vec<String>,
+    codes: HashMap<String, Code>,
+    pub grants: BTreeMap<GrantId, Grant>,
+    access: HashMap<String, Access>,
+    refresh: HashMap<String, Refresh>,
+    next_grant: u64,
+}
+
+impl OAuthState {
+    pub fn new(
+        client: ClientConfig,
+        access_lifetime: Duration,
+        rotation: Rotation,
+        refresh_scopes: &'static [&'static str],
+        access_prefix: String,
+        refresh_prefix: String,
+    ) -> Self {
+        Self {
+            client,
+            access_lifetime,
+            rotation,
+            refresh_scopes,
+            access_prefix,
+            refresh_prefix,
+            users: BTreeMap::new(),
+            approver: None,
+            untick_next: Vec::new(),
+            codes: HashMap::new(),
+            grants: BTreeMap::new(),
+            access: HashMap::new(),
+            refresh: HashMap::new(),
+            next_grant: 1,
+        }
+    }
+
+    /// The authorize endpoint: validates the request and auto-approves as the selected user.
+    pub fn authorize(&mut self, p: &HashMap<String, String>, now: Instant) -> AuthorizeOutcome {
+        let get = |k: &str| p.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        match get("client_id") {
+            Some(id) if id == self.client.client_id => {}
+            Some(_) => {
+                return AuthorizeOutcome::BadRequest(
+                    "client_id is not a registered client of this sandbox".into(),
+                );
+            }
+            None => return AuthorizeOutcome::BadRequest("client_id is required".into()),
+        }
+        let Some(redirect_uri) = get("redirect_uri") else {
+            return AuthorizeOutcome::BadRequest("redirect_uri is required".into());
+        };
+        if !self.client.redirect_uris.is_empty()
+            && !self.client.redirect_uris.iter().any(|u| u == redirect_uri)
+        {
+            return AuthorizeOutcome::BadRequest(
+                "redirect_uri is not registered for this client".into(),
+            );
+        }
+        let Ok(mut target) = url::Url::parse(redirect_uri) else {
+            return AuthorizeOutcome::BadRequest("redirect_uri is not an absolute URL".into());
+        };
+        let state = get("state");
+        let error = |mut target: url::Url, error: &str, description: &str| {
+            {
+                let mut q = target.query_pairs_mut();
+                q.append_pair("error", error)
+                    .append_pair("error_description", description);
+                if let Some(s) = state {
+                    q.append_pair("state", s);
+                }
+            }
+            AuthorizeOutcome::Redirect(target.into())
+        };
+        if get("response_type") != Some("code") {
+            return error(
+                target,
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            );
+        }
+        let Some(challenge) = get("code_challenge") else {
+            return error(
+                target,
+                "invalid_request",
+                "PKCE is required: send code_challenge with code_challenge_method=S256",
+            );
+        };
+        if get("code_challenge_method") != Some("S256") {
+            return error(
+                target,
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is refused)",
+            );
+        }
+        let Some(subject) = self.approver.clone().filter(|s| self.users.contains_key(s)) else {
+            return error(
+                target,
+                "access_denied",
+                "no sandbox user approves consents: call approve_as(subject) first",
+            );
+        };
+        let requested = split_scopes(get("scope").or(get("user_scope")).unwrap_or(""));
+        let untick = std::mem::take(&mut self.untick_next);
+        let scopes: Vec<String> = requested
+            .into_iter()
+            .filter(|s| !untick.contains(s))
+            .collect();
+        let code = random_string(24);
+        self.codes.insert(
+            code.clone(),
+            Code {
+                client_id: self.client.client_id.clone(),
+                redirect_uri: redirect_uri.to_owned(),
+                challenge: challenge.to_owned(),
+                scopes,
+                subject,
+                expires_at: now + Duration::from_secs(600),
+            },
+        );
+        {
+            let mut q = target.query_pairs_mut();
+            q.append_pair("code", &code);
+            if let Some(s) = state {
+                q.append_pair("state", s);
+            }
+        }
+        AuthorizeOutcome::Redirect(target.into())
+    }
+
+    /// Checks the client credentials of a token, revoke or introspection request.
+    pub fn check_client(&self, id: Option<&str>, secret: Option<&str>) -> Result<(), TokenError> {
+        if id != Some(self.client.client_id.as_str()) {
+            return Err(TokenError::InvalidClientId);
+        }
+        if secret != Some(self.client.client_secret.expose_secret()) {
+            return Err(TokenError::BadClientSecret);
+        }
+        Ok(())
+    }
+
+    /// `grant_type=authorization_code`: single-use code, redirect URI match, PKCE S256.
+    pub fn exchange_code(
+        &mut self,
+        p: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Issued, TokenError> {
+        let code = p
+            .get("code")
+            .ok_or(TokenError::InvalidRequest("code is required"))?;
+        // Single use: a code is consumed by its first presentation, right or wrong.
+        let entry = self.codes.remove(code).ok_or(TokenError::InvalidCode)?;
+        if entry.expires_at <= now || entry.client_id != self.client.client_id {
+            return Err(TokenError::InvalidCode);
+        }
+        if p.get("redirect_uri") != Some(&entry.redirect_uri) {
+            return Err(TokenError::RedirectMismatch);
+        }
+        let verifier = p.get("code_verifier").ok_or(TokenError::PkceMismatch)?;
+        if pkce_challenge(verifier) != entry.challenge {
+            return Err(TokenError::PkceMismatch);
+        }
+        let grant = GrantId(self.next_grant);
+        self.next_grant += 1;
+        let with_refresh = self.refresh_scopes.is_empty()
+            || entry
+                .scopes
+                .iter()
+                .any(|s| self.refresh_scopes.contains(&s.as_str()));
+        self.grants.insert(
+            grant,
+            Grant {
+                subject: entry.subject.clone(),
+                scopes: entry.scopes.clone(),
+                revoked: false,
+            },
+        );
+        let refresh_token = with_refresh.then(|| self.mint_refresh(grant));
+        Ok(self.mint_access(grant, entry.subject, entry.scopes, refresh_token, now))
+    }
+
+    /// `grant_type=refresh_token` with the configured rotation rule.
+    pub fn refresh(
+        &mut self,
+        p: &HashMap<String, String>,
+        now: Instant,
+    ) -> Result<Issued, TokenError> {
+        let token = p
+            .get("refresh_token")
+            .ok_or(TokenError::InvalidRequest("refresh_token is required"))?;
+        let rt = self.refresh.get_mut(token).ok_or(TokenError::DeadRefresh)?;
+        if rt.dies_at.is_some_and(|t| t <= now) {
+            return Err(TokenError::DeadRefresh);
+        }
+        let grant_id = rt.grant;
+        let rotate = match self.rotation {
+            Rotation::Never => false,
+            Rotation::Immediate => {
+                rt.dies_at = Some(now);
+                true
+            }
+            Rotation::WithLeeway(leeway) => {
+                rt.dies_at.get_or_insert(now + leeway);
+                true
+            }
+        };
+        let grant = self.grants.get(&grant_id).ok_or(TokenError::DeadRefresh)?;
+        if grant.revoked {
+            return Err(TokenError::DeadRefresh);
+        }
+        let (subject, scopes) = (grant.subject.clone(), grant.scopes.clone());
+        let refresh_token = rotate.then(|| self.mint_refresh(grant_id));
+        Ok(self.mint_access(grant_id, subject, scopes, refresh_token, now))
+    }
+
+    fn mint_refresh(&mut self, grant: GrantId) -> String {
+        let token = format!("{}{}", self.refresh_prefix, random_string(32));
+        self.refresh.insert(
+            token.clone(),
+            Refresh {
+                grant,
+                dies_at: None,
+            },
+        );
+        token
+    }
+
+    fn mint_access(
+        &mut self,
+        grant: GrantId,
+        subject: String,
+        scopes: Vec<String>,
+        refresh_token: Option<String>,
+        now: Instant,
+    ) -> Issued {
+        let token = format!("{}{}", self.access_prefix, random_string(32));
+        self.access.insert(
+            token.clone(),
+            Access {
+                grant,
+                issued_at: now,
+                expires_at: now + self.access_lifetime,
+                revoked: false,
+            },
+        );
+        Issued {
+            access_token: token,
+            refresh_token,
+            expires_in: self.access_lifetime,
+            scopes,
+            subject,
+            grant,
+        }
+    }
+
+    /// The subject an access token belongs to, valid or not (used to route faults).
+    pub fn subject_of_access(&self, token: Option<&str>) -> Option<String> {
+        let a = self.access.get(token?)?;
+        self.grants.get(&a.grant).map(|g| g.subject.clone())
+    }
+
+    /// Checks an access token presented to the API.
+    pub fn check_access(&self, token: Option<&str>, now: Instant) -> AccessCheck {
+        let Some(token) = token else {
+            return AccessCheck::Missing;
+        };
+        let Some(a) = self.access.get(token) else {
+            return AccessCheck::Unknown;
+        };
+        let Some(g) = self.grants.get(&a.grant) else {
+            return AccessCheck::Unknown;
+        };
+        let (subject, grant) = (g.subject.clone(), a.grant);
+        if g.revoked || a.revoked {
+            AccessCheck::Revoked { subject, grant }
+        } else if a.expires_at <= now {
+            AccessCheck::Expired { subject, grant }
+        } else {
+            AccessCheck::Valid {
+                subject,
+                grant,
+                scopes: g.scopes.clone(),
+            }
+        }
+    }
+
+    /// RFC 7009 semantics: an access token dies alone, a refresh token takes its grant with it.
+    /// With `whole_grant`, an access token also revokes its grant (Slack `auth.revoke`).
+    /// Returns whether the token was known.
+    pub fn revoke_token(&mut self, token: &str, whole_grant: bool) -> bool {
+        if let Some(a) = self.access.get_mut(token) {
+            a.revoked = true;
+            let grant = a.grant;
+            if whole_grant && let Some(g) = self.grants.get_mut(&grant) {
+                g.revoked = true;
+            }
+            true
+        } else if let Some(r) = self.refresh.get(token) {
+            if let Some(g) = self.grants.get_mut(&r.grant) {
+                g.revoked = true;
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    /// RFC 7662 view of a token; `None` means `active: false`.
+    pub fn introspect(&self, token: &str, now: Instant) -> Option<Introspection> {
+        let (grant, is_refresh, expires_in, age) = if let Some(a) = self.access.get(token) {
+            if a.revoked || a.expires_at <= now {
+                return None;
+            }
+            (
+                a.grant,
+                false,
+                Some(a.expires_at - now),
+                now.saturating_duration_since(a.issued_at),
+            )
+        } else {
+            let r = self.refresh.get(token)?;
+            if r.dies_at.is_some_and(|t| t <= now) {
+                return None;
+            }
+            (r.grant, true, None, Duration::ZERO)
+        };
+        let g = self.grants.get(&grant).filter(|g| !g.revoked)?;
+        Some(Introspection {
+            subject: g.subject.clone(),
+            login: self
+                .users
+                .get(&g.subject)
+                .map(|u| u.login.clone())
+                .unwrap_or_default(),
+            scopes: g.scopes.clone(),
+            is_refresh,
+            expires_in,
+            age,
+        })
+    }
+
+    /// Fault: every access token of the subject expires now.
+    pub fn expire_access_of(&mut self, subject: &str, now: Instant) {
+        for a in self.access.values_mut() {
+            if self
+                .grants
+                .get(&a.grant)
+                .is_some_and(|g| g.subject == subject)
+                && a.expires_at > now
+            {
+                a.expires_at = now;
+            }
+        }
+    }
+
+    /// Fault: every grant of the subject is revoked (access and refresh tokens die).
+    pub fn revoke_subject(&mut self, subject: &str) {
+        for g in self.grants.values_mut().filter(|g| g.subject == subject) {
+            g.revoked = true;
+        }
+    }
+
+    /// Fault: the scope disappears from the subject's live grants.
+    pub fn drop_scope(&mut self, subject: &str, scope: &str) {
+        for g in self.grants.values_mut().filter(|g| g.subject == subject) {
+            g.scopes.retain(|s| s != scope);
+        }
+    }
+
+    /// The scopes of the subject's newest live grant.
+    pub fn granted_scopes(&self, subject: &str) -> Option<Vec<String>> {
+        self.grants
+            .values()
+            .rev()
+            .find(|g| g.subject == subject && !g.revoked)
+            .map(|g| g.scopes.clone())
+    }
+}
