@@ -197,7 +197,12 @@ impl FnShape {
                 None
             }
         };
-        FnShape { ctx, inputs, output, borrows }
+        FnShape {
+            ctx,
+            inputs,
+            output,
+            borrows,
+        }
     }
 }
 

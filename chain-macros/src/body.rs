@@ -46,6 +46,7 @@ struct LoopFrame {
 struct Walker<'a> {
     cx: &'a Ctxt,
     ctx: &'a Ident,
+    principal: &'a syn::Type,
     out: Analysis,
     frontier: Vec<(u32, EdgeKind)>,
     loops: Vec<LoopFrame>,
@@ -55,10 +56,16 @@ struct Walker<'a> {
 
 /// Walks `block`, rewriting each step call to record its site, and returns the sites and
 /// the control-flow edges between them.
-pub(crate) fn analyse(cx: &Ctxt, ctx: &Ident, block: &mut Block) -> Analysis {
+pub(crate) fn analyse(
+    cx: &Ctxt,
+    ctx: &Ident,
+    principal: &syn::Type,
+    block: &mut Block,
+) -> Analysis {
     let mut walker = Walker {
         cx,
         ctx,
+        principal,
         out: Analysis::default(),
         frontier: vec![(START, EdgeKind::Next)],
         loops: Vec::new(),
@@ -130,9 +137,10 @@ impl Walker<'_> {
         });
         let callee = func.path.clone();
         if let Some(first) = call.args.first_mut() {
-            let ctx = self.ctx;
+            let (ctx, principal) = (self.ctx, self.principal);
             // Spanned at the callee: a step for another principal is reported on its name.
-            *first = syn::parse_quote_spanned!(callee.span()=> ::chain_runtime::__private::at_site::<#callee, _>(#ctx, #index));
+            *first = syn::parse_quote_spanned!(callee.span()=>
+                <#callee as ::chain_runtime::__private::StepFor<#principal>>::at_site(#ctx, #index));
         }
     }
 
@@ -353,7 +361,8 @@ mod tests {
     fn run(mut block: Block) -> (Analysis, Vec<String>, Block) {
         let cx = Ctxt::new();
         let ctx: Ident = parse_quote!(ctx);
-        let analysis = analyse(&cx, &ctx, &mut block);
+        let principal: syn::Type = parse_quote!(UserId);
+        let analysis = analyse(&cx, &ctx, &principal, &mut block);
         let errors = cx
             .check()
             .err()
@@ -386,8 +395,8 @@ mod tests {
             ]
         );
         let text = block.to_token_stream().to_string();
-        assert!(text.contains("at_site :: < one , _ > (ctx , 0u32)"), "{text}");
-        assert!(text.contains("at_site :: < two , _ > (ctx , 1u32)"), "{text}");
+        assert!(text.contains("< one as :: chain_runtime :: __private :: StepFor < UserId > > :: at_site (ctx , 0u32)"), "{text}");
+        assert!(text.contains("at_site (ctx , 1u32)"), "{text}");
     }
 
     #[test]

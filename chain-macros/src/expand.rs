@@ -331,11 +331,18 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
         quote!(::chain_runtime::__private::Edge { from: #from, to: #to, kind: #kind })
     });
     let (start, end, fail) = (body::START, body::END, body::FAIL);
+    let run_output = quote_spanned!(output.span()=> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::ChainError>>);
     let principal_item = principal_item(principal);
     // Spanned at the context's principal type: a chain whose context names another principal
     // than `principal = ...` fails here, naming both types.
     let ctx_arg = quote_spanned!(ctx_principal.span()=> &*ctx);
-    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::chain_result(#name(#ctx_arg, #(#args),*).await));
+    let returned = mixed("__returned");
+    let returned_check =
+        quote_spanned!(output.span()=> ::chain_runtime::__private::chain_result(#returned));
+    let call_body = quote! {
+        let #returned = #name(#ctx_arg, #(#args),*).await;
+        #returned_check
+    };
 
     quote! {
         #item
@@ -369,7 +376,7 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
                 fn run(
                     ctx: ::chain_runtime::__private::Arc<::chain_runtime::ChainCtx<#principal>>,
                     input: Self::Input,
-                ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::ChainError>> {
+                ) -> #run_output {
                     ::chain_runtime::__private::Box::pin(async move {
                         let (#(#args,)*) = input;
                         #call_body

@@ -158,14 +158,16 @@ fn compensator_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
         );
     }
     let expansion = match (&shape.ctx, &shape.output, shape.inputs.as_slice()) {
-        (Some(ctx), Some(output), [input]) if !shape.borrows => expand::compensator(expand::CompensatorPlan {
-            item: &item,
-            principal: &ctx.principal,
-            input,
-            output,
-            connector: parsed.connector.as_ref(),
-            scopes: parsed.scopes.as_ref(),
-        }),
+        (Some(ctx), Some(output), [input]) if !shape.borrows => {
+            expand::compensator(expand::CompensatorPlan {
+                item: &item,
+                principal: &ctx.principal,
+                input,
+                output,
+                connector: parsed.connector.as_ref(),
+                scopes: parsed.scopes.as_ref(),
+            })
+        }
         _ => quote!(#item),
     };
     errors_beside(cx, expansion)
@@ -188,9 +190,14 @@ fn chain_impl(args: TokenStream2, mut item: ItemFn) -> TokenStream2 {
         ));
     }
     let shape = FnShape::analyse(&cx, &item, Role::Chain);
-    let analysis = match shape.ctx.as_ref().and_then(|c| c.ident.clone()) {
-        Some(ctx_ident) => Some(body::analyse(&cx, &ctx_ident, &mut item.block)),
-        None => None,
+    let analysis = match (
+        shape.ctx.as_ref().and_then(|c| c.ident.clone()),
+        &parsed.principal,
+    ) {
+        (Some(ctx_ident), Some(principal)) => {
+            Some(body::analyse(&cx, &ctx_ident, principal, &mut item.block))
+        }
+        _ => None,
     };
     let expansion = match (&parsed.principal, &shape.ctx, &shape.output, &analysis) {
         (Some(principal), Some(ctx), Some(output), Some(analysis)) => {

@@ -90,15 +90,6 @@ pub mod __private {
         }
     }
 
-    /// Marks the call site a chain body is about to call step `S` from, and checks that
-    /// `S` runs as the chain's principal.
-    pub fn at_site<S: StepFor<P>, P: crate::Principal>(
-        ctx: &ChainCtx<P>,
-        site: u32,
-    ) -> &ChainCtx<S::Principal> {
-        S::narrow(ctx.__at_site(site))
-    }
-
     /// The `Result<T, StepError>` a step body returned, seen through [`StepReturn`].
     pub fn step_result<R: StepReturn>(r: R) -> ::core::result::Result<R::Ok, StepError> {
         r.into_result()
@@ -108,5 +99,4 @@ pub mod __private {
     pub fn chain_result<R: ChainReturn>(r: R) -> ::core::result::Result<R::Ok, ChainError> {
         r.into_result()
     }
-
 }

@@ -137,6 +137,13 @@ pub trait StepFor<P: Principal>: Step {
     /// Narrows the chain context to the step's own principal type (the identity function).
     #[doc(hidden)]
     fn narrow(ctx: &ChainCtx<P>) -> &ChainCtx<Self::Principal>;
+
+    /// Marks the call site a chain body calls this step from; `#[chain]` wraps every step
+    /// call's context argument in it.
+    #[doc(hidden)]
+    fn at_site(ctx: &ChainCtx<P>, site: u32) -> &ChainCtx<Self::Principal> {
+        Self::narrow(ctx.__at_site(site))
+    }
 }
 
 /// A compensator function, as seen by the runtime. Implemented by `#[compensator]`.
@@ -154,10 +161,16 @@ pub trait Compensator: 'static {
 
     /// [`Compensator::run`] with the input still as the journaled JSON.
     #[doc(hidden)]
-    fn run_erased(env: StepEnv, output: serde_json::Value) -> BoxFuture<'static, Result<(), StepError>> {
+    fn run_erased(
+        env: StepEnv,
+        output: serde_json::Value,
+    ) -> BoxFuture<'static, Result<(), StepError>> {
         Box::pin(async move {
             let input: Self::Input = serde_json::from_value(output).map_err(|e| {
-                StepError::Runtime(format!("journaled output does not decode for `{}`: {e}", Self::META.name))
+                StepError::Runtime(format!(
+                    "journaled output does not decode for `{}`: {e}",
+                    Self::META.name
+                ))
             })?;
             Self::run(env, input).await
         })
