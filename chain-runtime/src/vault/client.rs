@@ -20,7 +20,12 @@ pub struct AuthorizedClient {
 
 impl AuthorizedClient {
     pub(crate) fn new(vault: Vault, principal_id: String, connector: String) -> Self {
-        Self { vault, principal_id, connector, last_version: Arc::new(AtomicI64::new(-1)) }
+        Self {
+            vault,
+            principal_id,
+            connector,
+            last_version: Arc::new(AtomicI64::new(-1)),
+        }
     }
 
     /// The principal whose account this client uses.
@@ -35,12 +40,21 @@ impl AuthorizedClient {
 
     /// The connected account behind this client (no token inside).
     pub async fn account(&self) -> Result<AccountInfo, VaultError> {
-        self.vault.account(&self.principal_id, &self.connector).await
+        self.vault
+            .account(&self.principal_id, &self.connector)
+            .await
     }
 
     /// Starts a request.
-    pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> AuthorizedRequest {
-        AuthorizedRequest { client: self.clone(), builder: self.vault.http().request(method, url) }
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        url: impl reqwest::IntoUrl,
+    ) -> AuthorizedRequest {
+        AuthorizedRequest {
+            client: self.clone(),
+            builder: self.vault.http().request(method, url),
+        }
     }
 
     /// Starts a GET request.
@@ -72,7 +86,9 @@ impl AuthorizedClient {
     /// refreshes once (single-flight; skipped if another caller already refreshed since).
     pub async fn refresh_after_expiry(&self) -> Result<AccountInfo, VaultError> {
         let seen = self.last_version.load(Ordering::SeqCst);
-        self.vault.refresh_after_expiry(&self.principal_id, &self.connector, seen).await
+        self.vault
+            .refresh_after_expiry(&self.principal_id, &self.connector, seen)
+            .await
     }
 }
 
@@ -124,9 +140,17 @@ impl AuthorizedRequest {
     /// returned whatever its status; classify it with [`crate::classify::classify`].
     pub async fn send(self) -> Result<reqwest::Response, VaultError> {
         let client = self.client;
-        let (token, account) = client.vault.fresh_token(&client.principal_id, &client.connector, None).await?;
-        client.last_version.store(account.rt_version, Ordering::SeqCst);
-        let request = self.builder.timeout(client.vault.timeout()).bearer_auth(token.expose());
+        let (token, account) = client
+            .vault
+            .fresh_token(&client.principal_id, &client.connector, None)
+            .await?;
+        client
+            .last_version
+            .store(account.rt_version, Ordering::SeqCst);
+        let request = self
+            .builder
+            .timeout(client.vault.timeout())
+            .bearer_auth(token.expose());
         drop(token);
         request.send().await.map_err(|e| VaultError::Transport {
             connector: client.connector.clone(),

@@ -36,7 +36,9 @@ pub(crate) struct OpenError;
 impl Cipher {
     pub(crate) fn new(key: &VaultKey) -> Self {
         let key = chacha20poly1305::Key::from(*key.bytes());
-        Self { aead: XChaCha20Poly1305::new(&key) }
+        Self {
+            aead: XChaCha20Poly1305::new(&key),
+        }
     }
 
     pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Sealed {
@@ -45,7 +47,16 @@ impl Cipher {
         let nonce = XNonce::from(nonce_bytes);
         // Encryption with a valid key and nonce cannot fail for in-memory buffers of this size;
         // should it ever, an empty blob is stored, which fails to open (never plaintext).
-        let ciphertext = self.aead.encrypt(&nonce, Payload { msg: plaintext, aad }).unwrap_or_default();
+        let ciphertext = self
+            .aead
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(&nonce_bytes);
@@ -53,15 +64,26 @@ impl Cipher {
         Sealed(out)
     }
 
-    pub(crate) fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    pub(crate) fn open(
+        &self,
+        aad: &[u8],
+        sealed: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
         let blob = &sealed.0;
         if blob.len() < 1 + NONCE_LEN + 16 || blob[0] != FORMAT_V1 {
             return Err(OpenError);
         }
-        let nonce_bytes: [u8; NONCE_LEN] = blob[1..1 + NONCE_LEN].try_into().map_err(|_| OpenError)?;
+        let nonce_bytes: [u8; NONCE_LEN] =
+            blob[1..1 + NONCE_LEN].try_into().map_err(|_| OpenError)?;
         let nonce = XNonce::from(nonce_bytes);
         self.aead
-            .decrypt(&nonce, Payload { msg: &blob[1 + NONCE_LEN..], aad })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &blob[1 + NONCE_LEN..],
+                    aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| OpenError)
     }
@@ -84,7 +106,11 @@ mod tests {
         assert!(!sealed.0.windows(6).any(|w| w == b"secret"));
         assert_eq!(&cipher.open(&a, &sealed).unwrap()[..], b"secret");
         // Another row's associated data does not open it.
-        assert!(cipher.open(&aad(&["acct-2", "access_token"]), &sealed).is_err());
+        assert!(
+            cipher
+                .open(&aad(&["acct-2", "access_token"]), &sealed)
+                .is_err()
+        );
         // Nor does another key.
         let other = Cipher::new(&VaultKey::from_bytes([2; 32]));
         assert!(other.open(&a, &sealed).is_err());

@@ -19,7 +19,9 @@ pub enum VaultError {
     WrongKey,
     /// A stored secret does not decrypt under its row identity: the row was tampered with or a
     /// ciphertext was moved from another row.
-    #[error("the stored {field} of account `{account_id}` does not decrypt: the row was tampered with or copied")]
+    #[error(
+        "the stored {field} of account `{account_id}` does not decrypt: the row was tampered with or copied"
+    )]
     Tampered {
         /// The connected account.
         account_id: String,
@@ -30,7 +32,9 @@ pub enum VaultError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// No provider configuration is registered for the connector.
-    #[error("no provider is configured for connector `{connector}`; call `Vault::register_provider` first")]
+    #[error(
+        "no provider is configured for connector `{connector}`; call `Vault::register_provider` first"
+    )]
     UnknownConnector {
         /// The connector.
         connector: String,
@@ -71,7 +75,9 @@ pub enum VaultError {
         scopes: Vec<String>,
     },
     /// The account was disconnected.
-    #[error("the `{connector}` account of principal `{principal_id}` was disconnected; it needs a new consent")]
+    #[error(
+        "the `{connector}` account of principal `{principal_id}` was disconnected; it needs a new consent"
+    )]
     Revoked {
         /// The principal.
         principal_id: String,
@@ -128,7 +134,9 @@ pub enum VaultError {
         error_code: Option<String>,
     },
     /// The token endpoint answered with something that is not a token response. Stored tokens are unchanged.
-    #[error("`{connector}` returned a malformed response during {operation}: {reason}; stored tokens are unchanged")]
+    #[error(
+        "`{connector}` returned a malformed response during {operation}: {reason}; stored tokens are unchanged"
+    )]
     MalformedResponse {
         /// The connector.
         connector: String,
@@ -154,7 +162,9 @@ pub enum VaultError {
     #[error("the consent callback `state` is unknown, forged or already used; start a new consent")]
     UnknownConsentState,
     /// The consent link expired before its callback arrived.
-    #[error("the consent link of principal `{principal_id}` for `{connector}` expired; start a new consent")]
+    #[error(
+        "the consent link of principal `{principal_id}` for `{connector}` expired; start a new consent"
+    )]
     ConsentExpired {
         /// The principal.
         principal_id: String,
@@ -187,7 +197,9 @@ pub enum VaultError {
         reason: String,
     },
     /// Revocation at the provider failed; the account was left as it was so the call can be repeated.
-    #[error("`{connector}` revocation failed: HTTP {status}; the account is unchanged, retry the disconnect")]
+    #[error(
+        "`{connector}` revocation failed: HTTP {status}; the account is unchanged, retry the disconnect"
+    )]
     RevocationFailed {
         /// The connector.
         connector: String,
@@ -195,7 +207,9 @@ pub enum VaultError {
         status: u16,
     },
     /// A concurrent writer changed the account between read and write.
-    #[error("the `{connector}` account of principal `{principal_id}` was changed concurrently; retry")]
+    #[error(
+        "the `{connector}` account of principal `{principal_id}` was changed concurrently; retry"
+    )]
     Conflict {
         /// The principal.
         principal_id: String,

@@ -47,7 +47,9 @@ pub use oauth::{Introspection, TokenKind};
 pub use provider::{ClientAuth, ProviderConfig, ScopeSeparator, SubjectSource};
 pub use secret::{AccessToken, ClientSecret, KeyError, PkceVerifier, RefreshToken, VaultKey};
 pub use sqlite::SqliteStore;
-pub use store::{AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent};
+pub use store::{
+    AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
+};
 
 use crate::classify::FailureClass;
 use crypto::{Cipher, aad};
@@ -106,13 +108,19 @@ pub struct VaultOptions {
 
 impl Default for VaultOptions {
     fn default() -> Self {
-        Self { http_timeout: Duration::from_secs(10), clock: Arc::new(SystemClock), http_client: None }
+        Self {
+            http_timeout: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+            http_client: None,
+        }
     }
 }
 
 impl fmt::Debug for VaultOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VaultOptions").field("http_timeout", &self.http_timeout).finish_non_exhaustive()
+        f.debug_struct("VaultOptions")
+            .field("http_timeout", &self.http_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -198,7 +206,9 @@ struct Inner {
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Vault").field("timeout", &self.inner.timeout).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -242,17 +252,26 @@ fn default_http_client(timeout: Duration) -> Result<reqwest::Client, VaultError>
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| VaultError::Config { connector: String::new(), reason: format!("cannot build the HTTP client: {e}") })
+        .map_err(|e| VaultError::Config {
+            connector: String::new(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })
 }
 
 impl Vault {
     /// Opens a vault on `store` with `key`. A key other than the one the store was created with
     /// fails with [`VaultError::WrongKey`] before anything is read.
-    pub async fn open(store: Arc<dyn AccountStore>, key: VaultKey, options: VaultOptions) -> Result<Self, VaultError> {
+    pub async fn open(
+        store: Arc<dyn AccountStore>,
+        key: VaultKey,
+        options: VaultOptions,
+    ) -> Result<Self, VaultError> {
         let cipher = Cipher::new(&key);
         drop(key);
         let check_aad = aad(&["key-check"]);
-        let stored = store.init_key_check(cipher.seal(&check_aad, KEY_CHECK_PLAINTEXT)).await?;
+        let stored = store
+            .init_key_check(cipher.seal(&check_aad, KEY_CHECK_PLAINTEXT))
+            .await?;
         match cipher.open(&check_aad, &stored) {
             Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => {}
             _ => {
@@ -278,7 +297,11 @@ impl Vault {
     }
 
     /// Opens (or creates) a vault in a SQLite file.
-    pub async fn open_sqlite(path: impl AsRef<Path>, key: VaultKey, options: VaultOptions) -> Result<Self, VaultError> {
+    pub async fn open_sqlite(
+        path: impl AsRef<Path>,
+        key: VaultKey,
+        options: VaultOptions,
+    ) -> Result<Self, VaultError> {
         let store = SqliteStore::open(path).await?;
         Self::open(Arc::new(store), key, options).await
     }
@@ -286,25 +309,42 @@ impl Vault {
     /// Registers (or replaces) the configuration of a connector.
     pub fn register_provider(&self, config: ProviderConfig) -> Result<(), VaultError> {
         if config.connector.is_empty() {
-            return Err(VaultError::Config { connector: String::new(), reason: "the connector name is empty".into() });
-        }
-        if matches!(config.subject, SubjectSource::Introspection { .. }) && config.introspection_url.is_none() {
             return Err(VaultError::Config {
-                connector: config.connector.clone(),
-                reason: "the subject comes from introspection but no introspection_url is configured".into(),
+                connector: String::new(),
+                reason: "the connector name is empty".into(),
             });
         }
-        let mut providers = self.inner.providers.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(config.subject, SubjectSource::Introspection { .. })
+            && config.introspection_url.is_none()
+        {
+            return Err(VaultError::Config {
+                connector: config.connector.clone(),
+                reason:
+                    "the subject comes from introspection but no introspection_url is configured"
+                        .into(),
+            });
+        }
+        let mut providers = self
+            .inner
+            .providers
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         providers.insert(config.connector.clone(), Arc::new(config));
         Ok(())
     }
 
     fn provider(&self, connector: &str) -> Result<Arc<ProviderConfig>, VaultError> {
-        let providers = self.inner.providers.read().unwrap_or_else(|e| e.into_inner());
+        let providers = self
+            .inner
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         providers
             .get(connector)
             .cloned()
-            .ok_or_else(|| VaultError::UnknownConnector { connector: connector.to_owned() })
+            .ok_or_else(|| VaultError::UnknownConnector {
+                connector: connector.to_owned(),
+            })
     }
 
     fn now(&self) -> i64 {
@@ -318,16 +358,32 @@ impl Vault {
     }
 
     /// The connected account of `principal_id` on `connector` (any status), without tokens.
-    pub async fn account(&self, principal_id: &str, connector: &str) -> Result<AccountInfo, VaultError> {
-        match self.inner.store.get_account(principal_id, connector).await? {
+    pub async fn account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<AccountInfo, VaultError> {
+        match self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        {
             Some(a) => Ok(AccountInfo::from(&a)),
-            None => Err(VaultError::NotConnected { principal_id: principal_id.to_owned(), connector: connector.to_owned() }),
+            None => Err(VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            }),
         }
     }
 
     /// Makes sure the account has an access token that does not expire within the margin
     /// (refreshing if needed, single-flight) and returns the account.
-    pub async fn ensure_fresh(&self, principal_id: &str, connector: &str) -> Result<AccountInfo, VaultError> {
+    pub async fn ensure_fresh(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<AccountInfo, VaultError> {
         let (_, account) = self.fresh_token(principal_id, connector, None).await?;
         Ok(AccountInfo::from(&account))
     }
@@ -340,7 +396,9 @@ impl Vault {
         connector: &str,
         seen_version: i64,
     ) -> Result<AccountInfo, VaultError> {
-        let (_, account) = self.fresh_token(principal_id, connector, Some(seen_version)).await?;
+        let (_, account) = self
+            .fresh_token(principal_id, connector, Some(seen_version))
+            .await?;
         Ok(AccountInfo::from(&account))
     }
 
@@ -357,15 +415,19 @@ impl Vault {
     ) -> Result<ConsentRequest, VaultError> {
         let provider = self.provider(connector)?;
         let mut wanted: Vec<String> = Vec::new();
-        for s in scopes.iter().map(|s| s.as_ref().trim()).filter(|s| !s.is_empty()) {
+        for s in scopes
+            .iter()
+            .map(|s| s.as_ref().trim())
+            .filter(|s| !s.is_empty())
+        {
             if !wanted.iter().any(|w| w == s) {
                 wanted.push(s.to_owned());
             }
         }
         let state = random_b64(32);
         let verifier = PkceVerifier::new(random_b64(32));
-        let challenge =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.expose().as_bytes()));
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(verifier.expose().as_bytes()));
         let state_hash = Sha256::digest(state.as_bytes()).to_vec();
         let now = self.now();
         let expires_at = now + provider.consent_ttl.as_secs() as i64;
@@ -418,7 +480,11 @@ impl Vault {
     /// PKCE verifier, determines the upstream subject and records the account with the scopes
     /// as granted. On re-consent a different upstream subject is refused
     /// ([`VaultError::IdentityDrift`]) and the stored account stays as it was.
-    pub async fn complete_consent(&self, state: &str, code: &str) -> Result<AccountInfo, VaultError> {
+    pub async fn complete_consent(
+        &self,
+        state: &str,
+        code: &str,
+    ) -> Result<AccountInfo, VaultError> {
         let state_hash = Sha256::digest(state.as_bytes()).to_vec();
         let Some(pending) = self.inner.store.take_consent(&state_hash).await? else {
             tracing::warn!("vault consent callback with an unknown, forged or replayed state");
@@ -426,7 +492,11 @@ impl Vault {
         };
         let (principal_id, connector) = (pending.principal_id.as_str(), pending.connector.as_str());
         if pending.expires_at <= self.now() {
-            tracing::warn!(principal_id, connector, "vault consent callback after the link expired");
+            tracing::warn!(
+                principal_id,
+                connector,
+                "vault consent callback after the link expired"
+            );
             return Err(VaultError::ConsentExpired {
                 principal_id: principal_id.to_owned(),
                 connector: connector.to_owned(),
@@ -436,24 +506,56 @@ impl Vault {
         let verifier = self
             .inner
             .cipher
-            .open_string(&consent_aad(&state_hash, principal_id, connector), &pending.verifier)
-            .map_err(|_| VaultError::Tampered { account_id: format!("consent of {principal_id}"), field: "pkce_verifier" })?;
+            .open_string(
+                &consent_aad(&state_hash, principal_id, connector),
+                &pending.verifier,
+            )
+            .map_err(|_| VaultError::Tampered {
+                account_id: format!("consent of {principal_id}"),
+                field: "pkce_verifier",
+            })?;
         let verifier = Zeroizing::new(verifier);
         let form = vec![
-            ("grant_type", Zeroizing::new("authorization_code".to_owned())),
+            (
+                "grant_type",
+                Zeroizing::new("authorization_code".to_owned()),
+            ),
             ("code", Zeroizing::new(code.to_owned())),
-            ("redirect_uri", Zeroizing::new(provider.redirect_uri.clone())),
+            (
+                "redirect_uri",
+                Zeroizing::new(provider.redirect_uri.clone()),
+            ),
             ("code_verifier", verifier),
         ];
-        let outcome = oauth::token_request(&self.inner.http, &provider, "code exchange", form, self.inner.timeout).await;
+        let outcome = oauth::token_request(
+            &self.inner.http,
+            &provider,
+            "code exchange",
+            form,
+            self.inner.timeout,
+        )
+        .await;
         let tokens = match outcome {
             Ok(TokenOutcome::Tokens(t)) => t,
-            Ok(TokenOutcome::Rejected { status, class, error_code }) => {
-                tracing::warn!(principal_id, connector, status, ?class, error_code, "vault code exchange rejected");
+            Ok(TokenOutcome::Rejected {
+                status,
+                class,
+                error_code,
+            }) => {
+                tracing::warn!(
+                    principal_id,
+                    connector,
+                    status,
+                    ?class,
+                    error_code,
+                    "vault code exchange rejected"
+                );
                 return Err(match class {
-                    FailureClass::InvalidClient => {
-                        VaultError::InvalidClient { connector: connector.to_owned(), operation: "code exchange", error_code }
-                    }
+                    FailureClass::InvalidClient => VaultError::InvalidClient {
+                        connector: connector.to_owned(),
+                        operation: "code exchange",
+                        error_code,
+                    },
                     _ => VaultError::TokenEndpoint {
                         connector: connector.to_owned(),
                         operation: "code exchange",
@@ -475,28 +577,35 @@ impl Vault {
             None => pending.scopes.clone(),
         };
         let expires_at = self.compute_expiry(&provider, &tokens).await;
-        let existing = self.inner.store.get_account(principal_id, connector).await?;
-        if let Some(existing) = &existing {
-            if existing.upstream_subject != subject {
-                tracing::warn!(
-                    principal_id,
-                    connector,
-                    account_id = %existing.account_id,
-                    stored_subject = %existing.upstream_subject,
-                    new_subject = %subject,
-                    "vault re-consent refused: identity drift"
-                );
-                self.revoke_quietly(&provider, &tokens).await;
-                return Err(VaultError::IdentityDrift {
-                    principal_id: principal_id.to_owned(),
-                    connector: connector.to_owned(),
-                    stored_subject: existing.upstream_subject.clone(),
-                    new_subject: subject,
-                });
-            }
+        let existing = self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?;
+        if let Some(existing) = &existing
+            && existing.upstream_subject != subject
+        {
+            tracing::warn!(
+                principal_id,
+                connector,
+                account_id = %existing.account_id,
+                stored_subject = %existing.upstream_subject,
+                new_subject = %subject,
+                "vault re-consent refused: identity drift"
+            );
+            self.revoke_quietly(&provider, &tokens).await;
+            return Err(VaultError::IdentityDrift {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+                stored_subject: existing.upstream_subject.clone(),
+                new_subject: subject,
+            });
         }
         let now = self.now();
-        let account_id = existing.as_ref().map(|a| a.account_id.clone()).unwrap_or_else(|| random_id("acct"));
+        let account_id = existing
+            .as_ref()
+            .map(|a| a.account_id.clone())
+            .unwrap_or_else(|| random_id("acct"));
         let version = existing.as_ref().map(|a| a.rt_version + 1).unwrap_or(1);
         let account = StoredAccount {
             access_token: self.inner.cipher.seal(
@@ -504,9 +613,10 @@ impl Vault {
                 tokens.access_token.expose().as_bytes(),
             ),
             refresh_token: tokens.refresh_token.as_ref().map(|rt| {
-                self.inner
-                    .cipher
-                    .seal(&token_aad(&account_id, principal_id, connector, "refresh_token"), rt.expose().as_bytes())
+                self.inner.cipher.seal(
+                    &token_aad(&account_id, principal_id, connector, "refresh_token"),
+                    rt.expose().as_bytes(),
+                )
             }),
             account_id,
             principal_id: principal_id.to_owned(),
@@ -521,11 +631,19 @@ impl Vault {
             updated_at: now,
         };
         let written = match &existing {
-            Some(e) => self.inner.store.replace_account(account.clone(), e.rt_version).await?,
+            Some(e) => {
+                self.inner
+                    .store
+                    .replace_account(account.clone(), e.rt_version)
+                    .await?
+            }
             None => self.inner.store.insert_account(account.clone()).await?,
         };
         if !written {
-            return Err(VaultError::Conflict { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+            return Err(VaultError::Conflict {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         }
         let requested = pending.scopes.join(" ");
         tracing::info!(
@@ -542,34 +660,64 @@ impl Vault {
     }
 
     async fn revoke_quietly(&self, provider: &ProviderConfig, tokens: &TokenSet) {
-        let Some(url) = &provider.revoke_url else { return };
+        let Some(url) = &provider.revoke_url else {
+            return;
+        };
         let (token, kind) = match &tokens.refresh_token {
             Some(rt) => (rt.expose(), TokenKind::Refresh),
             None => (tokens.access_token.expose(), TokenKind::Access),
         };
-        if let Err(e) = oauth::revoke(&self.inner.http, provider, url, token, kind, self.inner.timeout).await {
+        if let Err(e) = oauth::revoke(
+            &self.inner.http,
+            provider,
+            url,
+            token,
+            kind,
+            self.inner.timeout,
+        )
+        .await
+        {
             tracing::warn!(connector = %provider.connector, error = %e, "vault could not revoke the refused grant");
         }
     }
 
-    async fn resolve_subject(&self, provider: &ProviderConfig, tokens: &TokenSet) -> Result<String, VaultError> {
-        let unavailable =
-            |reason: String| VaultError::SubjectUnavailable { connector: provider.connector.clone(), reason };
+    async fn resolve_subject(
+        &self,
+        provider: &ProviderConfig,
+        tokens: &TokenSet,
+    ) -> Result<String, VaultError> {
+        let unavailable = |reason: String| VaultError::SubjectUnavailable {
+            connector: provider.connector.clone(),
+            reason,
+        };
         match &provider.subject {
-            SubjectSource::TokenResponse { pointers } => oauth::subject_from(&tokens.body, pointers).map_err(unavailable),
+            SubjectSource::TokenResponse { pointers } => {
+                oauth::subject_from(&tokens.body, pointers).map_err(unavailable)
+            }
             SubjectSource::IdToken { pointers } => {
                 let jwt = tokens
                     .body
                     .0
                     .get("id_token")
                     .and_then(|v| v.as_str())
-                    .ok_or_else(|| unavailable("the token response has no id_token (request the openid scope)".into()))?;
-                let claims = oauth::jwt_claims(jwt).ok_or_else(|| unavailable("the id_token is not a JWT".into()))?;
+                    .ok_or_else(|| {
+                        unavailable(
+                            "the token response has no id_token (request the openid scope)".into(),
+                        )
+                    })?;
+                let claims = oauth::jwt_claims(jwt)
+                    .ok_or_else(|| unavailable("the id_token is not a JWT".into()))?;
                 oauth::subject_from(&claims, pointers).map_err(unavailable)
             }
             SubjectSource::UserInfo { url, pointers } => {
-                let json =
-                    oauth::user_info(&self.inner.http, provider, url, &tokens.access_token, self.inner.timeout).await?;
+                let json = oauth::user_info(
+                    &self.inner.http,
+                    provider,
+                    url,
+                    &tokens.access_token,
+                    self.inner.timeout,
+                )
+                .await?;
                 oauth::subject_from(&json, pointers).map_err(unavailable)
             }
             SubjectSource::Introspection { pointers } => {
@@ -582,7 +730,9 @@ impl Vault {
                 )
                 .await?;
                 if !info.active {
-                    return Err(unavailable("introspection says the new access token is not active".into()));
+                    return Err(unavailable(
+                        "introspection says the new access token is not active".into(),
+                    ));
                 }
                 oauth::subject_from(&raw, pointers).map_err(unavailable)
             }
@@ -592,7 +742,9 @@ impl Vault {
     /// The subject, when the token response itself carries it (checked after every refresh).
     fn subject_in_response(provider: &ProviderConfig, tokens: &TokenSet) -> Option<String> {
         match &provider.subject {
-            SubjectSource::TokenResponse { pointers } => oauth::subject_from(&tokens.body, pointers).ok(),
+            SubjectSource::TokenResponse { pointers } => {
+                oauth::subject_from(&tokens.body, pointers).ok()
+            }
             SubjectSource::IdToken { pointers } => {
                 let jwt = tokens.body.0.get("id_token")?.as_str()?;
                 oauth::subject_from(&oauth::jwt_claims(jwt)?, pointers).ok()
@@ -616,9 +768,15 @@ impl Vault {
             )
             .await
             {
-                Ok((info, _)) if info.active && info.expires_at.is_some() => return info.expires_at,
-                Ok(_) => tracing::warn!(connector = %provider.connector, "introspection gave no expiry; using the default lifetime"),
-                Err(e) => tracing::warn!(connector = %provider.connector, error = %e, "introspection for expiry failed; using the default lifetime"),
+                Ok((info, _)) if info.active && info.expires_at.is_some() => {
+                    return info.expires_at;
+                }
+                Ok(_) => {
+                    tracing::warn!(connector = %provider.connector, "introspection gave no expiry; using the default lifetime")
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %provider.connector, error = %e, "introspection for expiry failed; using the default lifetime")
+                }
             }
         }
         let lifetime = provider.default_token_lifetime?.as_secs() as i64;
@@ -648,15 +806,32 @@ impl Vault {
         }
     }
 
-    async fn load_active(&self, principal_id: &str, connector: &str) -> Result<StoredAccount, VaultError> {
-        let Some(account) = self.inner.store.get_account(principal_id, connector).await? else {
-            return Err(VaultError::NotConnected { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+    async fn load_active(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<StoredAccount, VaultError> {
+        let Some(account) = self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        else {
+            return Err(VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         };
         self.check_status(&account)?;
         Ok(account)
     }
 
-    fn needs_refresh(&self, account: &StoredAccount, provider: &ProviderConfig, force_at_version: Option<i64>) -> bool {
+    fn needs_refresh(
+        &self,
+        account: &StoredAccount,
+        provider: &ProviderConfig,
+        force_at_version: Option<i64>,
+    ) -> bool {
         if force_at_version == Some(account.rt_version) {
             return true;
         }
@@ -670,22 +845,42 @@ impl Vault {
         self.inner
             .cipher
             .open_string(
-                &token_aad(&account.account_id, &account.principal_id, &account.connector, "access_token"),
+                &token_aad(
+                    &account.account_id,
+                    &account.principal_id,
+                    &account.connector,
+                    "access_token",
+                ),
                 &account.access_token,
             )
             .map(AccessToken::new)
-            .map_err(|_| VaultError::Tampered { account_id: account.account_id.clone(), field: "access_token" })
+            .map_err(|_| VaultError::Tampered {
+                account_id: account.account_id.clone(),
+                field: "access_token",
+            })
     }
 
-    fn open_refresh(&self, account: &StoredAccount, sealed: &Sealed) -> Result<RefreshToken, VaultError> {
+    fn open_refresh(
+        &self,
+        account: &StoredAccount,
+        sealed: &Sealed,
+    ) -> Result<RefreshToken, VaultError> {
         self.inner
             .cipher
             .open_string(
-                &token_aad(&account.account_id, &account.principal_id, &account.connector, "refresh_token"),
+                &token_aad(
+                    &account.account_id,
+                    &account.principal_id,
+                    &account.connector,
+                    "refresh_token",
+                ),
                 sealed,
             )
             .map(RefreshToken::new)
-            .map_err(|_| VaultError::Tampered { account_id: account.account_id.clone(), field: "refresh_token" })
+            .map_err(|_| VaultError::Tampered {
+                account_id: account.account_id.clone(),
+                field: "refresh_token",
+            })
     }
 
     fn account_lock(&self, account_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -720,7 +915,10 @@ impl Vault {
         let mut updated = account.clone();
         updated.status = AccountStatus::NeedsReauthorization;
         updated.updated_at = self.now();
-        self.inner.store.replace_account(updated, account.rt_version).await?;
+        self.inner
+            .store
+            .replace_account(updated, account.rt_version)
+            .await?;
         Ok(())
     }
 
@@ -729,10 +927,18 @@ impl Vault {
         provider: &ProviderConfig,
         account: StoredAccount,
     ) -> Result<(AccessToken, StoredAccount), VaultError> {
-        let (principal_id, connector, account_id) =
-            (account.principal_id.as_str(), account.connector.as_str(), account.account_id.as_str());
+        let (principal_id, connector, account_id) = (
+            account.principal_id.as_str(),
+            account.connector.as_str(),
+            account.account_id.as_str(),
+        );
         let Some(sealed_rt) = &account.refresh_token else {
-            tracing::warn!(principal_id, connector, account_id, "vault token expired and no refresh token is stored");
+            tracing::warn!(
+                principal_id,
+                connector,
+                account_id,
+                "vault token expired and no refresh token is stored"
+            );
             self.mark_needs_reauthorization(&account).await?;
             return Err(VaultError::NeedsReauthorization {
                 principal_id: principal_id.to_owned(),
@@ -741,27 +947,52 @@ impl Vault {
             });
         };
         let refresh_token = self.open_refresh(&account, sealed_rt)?;
-        tracing::debug!(principal_id, connector, account_id, version = account.rt_version, "vault refreshing access token");
+        tracing::debug!(
+            principal_id,
+            connector,
+            account_id,
+            version = account.rt_version,
+            "vault refreshing access token"
+        );
         let form = vec![
             ("grant_type", Zeroizing::new("refresh_token".to_owned())),
-            ("refresh_token", Zeroizing::new(refresh_token.expose().to_owned())),
+            (
+                "refresh_token",
+                Zeroizing::new(refresh_token.expose().to_owned()),
+            ),
         ];
-        let outcome = oauth::token_request(&self.inner.http, provider, "refresh", form, self.inner.timeout).await;
+        let outcome = oauth::token_request(
+            &self.inner.http,
+            provider,
+            "refresh",
+            form,
+            self.inner.timeout,
+        )
+        .await;
         let tokens = match outcome {
             Ok(TokenOutcome::Tokens(tokens)) => tokens,
-            Ok(TokenOutcome::Rejected { status, class: FailureClass::GrantRevoked, error_code }) => {
+            Ok(TokenOutcome::Rejected {
+                status,
+                class: FailureClass::GrantRevoked,
+                error_code,
+            }) => {
                 // A lost race (another process rotated first) is not a revocation.
-                if let Some(current) = self.inner.store.get_account(principal_id, connector).await? {
-                    if current.rt_version > account.rt_version && current.status == AccountStatus::Active {
-                        tracing::info!(
-                            principal_id,
-                            connector,
-                            account_id,
-                            status,
-                            "vault refresh lost a race with a newer refresh token; using the stored one"
-                        );
-                        return Ok((self.open_access(&current)?, current));
-                    }
+                if let Some(current) = self
+                    .inner
+                    .store
+                    .get_account(principal_id, connector)
+                    .await?
+                    && current.rt_version > account.rt_version
+                    && current.status == AccountStatus::Active
+                {
+                    tracing::info!(
+                        principal_id,
+                        connector,
+                        account_id,
+                        status,
+                        "vault refresh lost a race with a newer refresh token; using the stored one"
+                    );
+                    return Ok((self.open_access(&current)?, current));
                 }
                 self.mark_needs_reauthorization(&account).await?;
                 tracing::warn!(
@@ -778,12 +1009,39 @@ impl Vault {
                     error_code,
                 });
             }
-            Ok(TokenOutcome::Rejected { status, class: FailureClass::InvalidClient, error_code }) => {
-                tracing::error!(principal_id, connector, account_id, status, error_code, "vault refresh: invalid client");
-                return Err(VaultError::InvalidClient { connector: connector.to_owned(), operation: "refresh", error_code });
+            Ok(TokenOutcome::Rejected {
+                status,
+                class: FailureClass::InvalidClient,
+                error_code,
+            }) => {
+                tracing::error!(
+                    principal_id,
+                    connector,
+                    account_id,
+                    status,
+                    error_code,
+                    "vault refresh: invalid client"
+                );
+                return Err(VaultError::InvalidClient {
+                    connector: connector.to_owned(),
+                    operation: "refresh",
+                    error_code,
+                });
             }
-            Ok(TokenOutcome::Rejected { status, class, error_code }) => {
-                tracing::warn!(principal_id, connector, account_id, status, ?class, error_code, "vault refresh failed; grant kept");
+            Ok(TokenOutcome::Rejected {
+                status,
+                class,
+                error_code,
+            }) => {
+                tracing::warn!(
+                    principal_id,
+                    connector,
+                    account_id,
+                    status,
+                    ?class,
+                    error_code,
+                    "vault refresh failed; grant kept"
+                );
                 return Err(VaultError::TokenEndpoint {
                     connector: connector.to_owned(),
                     operation: "refresh",
@@ -798,17 +1056,22 @@ impl Vault {
             }
         };
 
-        if let Some(subject) = Self::subject_in_response(provider, &tokens) {
-            if subject != account.upstream_subject {
-                tracing::warn!(principal_id, connector, account_id, "vault refresh returned another upstream subject");
-                self.mark_needs_reauthorization(&account).await?;
-                return Err(VaultError::IdentityDrift {
-                    principal_id: principal_id.to_owned(),
-                    connector: connector.to_owned(),
-                    stored_subject: account.upstream_subject.clone(),
-                    new_subject: subject,
-                });
-            }
+        if let Some(subject) = Self::subject_in_response(provider, &tokens)
+            && subject != account.upstream_subject
+        {
+            tracing::warn!(
+                principal_id,
+                connector,
+                account_id,
+                "vault refresh returned another upstream subject"
+            );
+            self.mark_needs_reauthorization(&account).await?;
+            return Err(VaultError::IdentityDrift {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+                stored_subject: account.upstream_subject.clone(),
+                new_subject: subject,
+            });
         }
 
         let expires_at = self.compute_expiry(provider, &tokens).await;
@@ -820,11 +1083,10 @@ impl Vault {
         );
         if let Some(rt) = &tokens.refresh_token {
             // Persisted before the new access token is handed out (below).
-            updated.refresh_token = Some(
-                self.inner
-                    .cipher
-                    .seal(&token_aad(account_id, principal_id, connector, "refresh_token"), rt.expose().as_bytes()),
-            );
+            updated.refresh_token = Some(self.inner.cipher.seal(
+                &token_aad(account_id, principal_id, connector, "refresh_token"),
+                rt.expose().as_bytes(),
+            ));
         }
         if let Some(scope) = &tokens.scope {
             updated.granted_scopes = provider.scope_separator.split(scope);
@@ -832,9 +1094,19 @@ impl Vault {
         updated.expires_at = expires_at;
         updated.rt_version = account.rt_version + 1;
         updated.updated_at = self.now();
-        if !self.inner.store.replace_account(updated.clone(), account.rt_version).await? {
+        if !self
+            .inner
+            .store
+            .replace_account(updated.clone(), account.rt_version)
+            .await?
+        {
             // Another process wrote first (possible only without a shared lock): use its tokens.
-            tracing::warn!(principal_id, connector, account_id, "vault refresh result superseded by a concurrent write");
+            tracing::warn!(
+                principal_id,
+                connector,
+                account_id,
+                "vault refresh result superseded by a concurrent write"
+            );
             let current = self.load_active(principal_id, connector).await?;
             return Ok((self.open_access(&current)?, current));
         }
@@ -855,15 +1127,35 @@ impl Vault {
     /// Disconnects: revokes the grant at the provider (RFC 7009, the refresh token if there is
     /// one) and marks the account revoked, erasing its tokens. If revocation fails the account is
     /// left unchanged and the error says so (retry the disconnect).
-    pub async fn disconnect(&self, principal_id: &str, connector: &str) -> Result<AccountInfo, VaultError> {
+    pub async fn disconnect(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<AccountInfo, VaultError> {
         let provider = self.provider(connector)?;
-        let Some(account) = self.inner.store.get_account(principal_id, connector).await? else {
-            return Err(VaultError::NotConnected { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+        let Some(account) = self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        else {
+            return Err(VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         };
         let lock = self.account_lock(&account.account_id);
         let _guard = lock.lock().await;
-        let Some(account) = self.inner.store.get_account(principal_id, connector).await? else {
-            return Err(VaultError::NotConnected { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+        let Some(account) = self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        else {
+            return Err(VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         };
         if account.status == AccountStatus::Revoked {
             return Ok(AccountInfo::from(&account));
@@ -871,10 +1163,25 @@ impl Vault {
         match &provider.revoke_url {
             Some(url) => {
                 let (token, kind) = match &account.refresh_token {
-                    Some(sealed) => (Zeroizing::new(self.open_refresh(&account, sealed)?.expose().to_owned()), TokenKind::Refresh),
-                    None => (Zeroizing::new(self.open_access(&account)?.expose().to_owned()), TokenKind::Access),
+                    Some(sealed) => (
+                        Zeroizing::new(self.open_refresh(&account, sealed)?.expose().to_owned()),
+                        TokenKind::Refresh,
+                    ),
+                    None => (
+                        Zeroizing::new(self.open_access(&account)?.expose().to_owned()),
+                        TokenKind::Access,
+                    ),
                 };
-                if let Err(e) = oauth::revoke(&self.inner.http, &provider, url, &token, kind, self.inner.timeout).await {
+                if let Err(e) = oauth::revoke(
+                    &self.inner.http,
+                    &provider,
+                    url,
+                    &token,
+                    kind,
+                    self.inner.timeout,
+                )
+                .await
+                {
                     tracing::warn!(principal_id, connector, account_id = %account.account_id, error = %e, "vault revocation failed");
                     return Err(e);
                 }
@@ -896,8 +1203,16 @@ impl Vault {
         updated.expires_at = None;
         updated.rt_version = account.rt_version + 1;
         updated.updated_at = self.now();
-        if !self.inner.store.replace_account(updated.clone(), account.rt_version).await? {
-            return Err(VaultError::Conflict { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+        if !self
+            .inner
+            .store
+            .replace_account(updated.clone(), account.rt_version)
+            .await?
+        {
+            return Err(VaultError::Conflict {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         }
         tracing::info!(principal_id, connector, account_id = %account.account_id, "vault account disconnected and revoked");
         Ok(AccountInfo::from(&updated))
@@ -911,20 +1226,48 @@ impl Vault {
         kind: TokenKind,
     ) -> Result<Introspection, VaultError> {
         let provider = self.provider(connector)?;
-        let Some(account) = self.inner.store.get_account(principal_id, connector).await? else {
-            return Err(VaultError::NotConnected { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+        let Some(account) = self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        else {
+            return Err(VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         };
         if account.status == AccountStatus::Revoked {
-            return Err(VaultError::Revoked { principal_id: principal_id.to_owned(), connector: connector.to_owned() });
+            return Err(VaultError::Revoked {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
         }
         let token = match kind {
             TokenKind::Access => Zeroizing::new(self.open_access(&account)?.expose().to_owned()),
             TokenKind::Refresh => match &account.refresh_token {
-                Some(sealed) => Zeroizing::new(self.open_refresh(&account, sealed)?.expose().to_owned()),
-                None => return Ok(Introspection { active: false, expires_at: None, scopes: vec![], subject: None, client_id: None }),
+                Some(sealed) => {
+                    Zeroizing::new(self.open_refresh(&account, sealed)?.expose().to_owned())
+                }
+                None => {
+                    return Ok(Introspection {
+                        active: false,
+                        expires_at: None,
+                        scopes: vec![],
+                        subject: None,
+                        client_id: None,
+                    });
+                }
             },
         };
-        let (info, _) = oauth::introspect(&self.inner.http, &provider, &token, kind, self.inner.timeout).await?;
+        let (info, _) = oauth::introspect(
+            &self.inner.http,
+            &provider,
+            &token,
+            kind,
+            self.inner.timeout,
+        )
+        .await?;
         Ok(info)
     }
 

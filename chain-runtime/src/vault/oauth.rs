@@ -44,7 +44,11 @@ pub(crate) enum TokenOutcome {
     /// New tokens.
     Tokens(TokenSet),
     /// An error response, classified.
-    Rejected { status: u16, class: FailureClass, error_code: Option<String> },
+    Rejected {
+        status: u16,
+        class: FailureClass,
+        error_code: Option<String>,
+    },
 }
 
 /// The result of RFC 7662 introspection (no token inside).
@@ -85,8 +89,14 @@ fn sane_error_code(value: Option<&serde_json::Value>) -> Option<String> {
     let code = value?.as_str()?;
     let ok = !code.is_empty()
         && code.len() <= 64
-        && code.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-    Some(if ok { code.to_owned() } else { "unrecognized_error_code".to_owned() })
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    Some(if ok {
+        code.to_owned()
+    } else {
+        "unrecognized_error_code".to_owned()
+    })
 }
 
 /// Classification of token-endpoint error codes, used when `classify` sees a success status
@@ -94,11 +104,19 @@ fn sane_error_code(value: Option<&serde_json::Value>) -> Option<String> {
 fn fallback_class(code: Option<&str>) -> FailureClass {
     match code {
         Some(
-            "invalid_grant" | "invalid_refresh_token" | "bad_refresh_token" | "bad_verification_code" | "token_revoked"
-            | "token_expired" | "expired_token",
+            "invalid_grant"
+            | "invalid_refresh_token"
+            | "bad_refresh_token"
+            | "bad_verification_code"
+            | "token_revoked"
+            | "token_expired"
+            | "expired_token",
         ) => FailureClass::GrantRevoked,
         Some(
-            "invalid_client" | "invalid_client_id" | "bad_client_secret" | "incorrect_client_credentials"
+            "invalid_client"
+            | "invalid_client_id"
+            | "bad_client_secret"
+            | "incorrect_client_credentials"
             | "unauthorized_client",
         ) => FailureClass::InvalidClient,
         Some("ratelimited" | "slow_down") => FailureClass::RateLimited,
@@ -136,7 +154,10 @@ pub(crate) async fn send(
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
             return Err(VaultError::MalformedResponse {
                 connector: connector.to_owned(),
                 operation,
@@ -151,12 +172,20 @@ pub(crate) async fn send(
                 reason: format!("the response body is larger than {MAX_BODY} bytes"),
             });
         }
-        Ok(HttpReply { status, headers, body })
+        Ok(HttpReply {
+            status,
+            headers,
+            body,
+        })
     };
     // reqwest's per-request timeout covers the body too; this outer bound is belt and braces.
     match tokio::time::timeout(timeout + Duration::from_millis(250), exchange).await {
         Ok(result) => result,
-        Err(_) => Err(VaultError::Transport { connector: connector.to_owned(), operation, timed_out: true }),
+        Err(_) => Err(VaultError::Transport {
+            connector: connector.to_owned(),
+            operation,
+            timed_out: true,
+        }),
     }
 }
 
@@ -168,13 +197,18 @@ fn with_client_auth(
     match provider.client_auth {
         ClientAuth::Post => {
             form.push(("client_id", Zeroizing::new(provider.client_id.clone())));
-            form.push(("client_secret", Zeroizing::new(provider.client_secret.expose().to_owned())));
+            form.push((
+                "client_secret",
+                Zeroizing::new(provider.client_secret.expose().to_owned()),
+            ));
             request
         }
         ClientAuth::Basic => {
-            let id: String = url::form_urlencoded::byte_serialize(provider.client_id.as_bytes()).collect();
+            let id: String =
+                url::form_urlencoded::byte_serialize(provider.client_id.as_bytes()).collect();
             let secret: Zeroizing<String> = Zeroizing::new(
-                url::form_urlencoded::byte_serialize(provider.client_secret.expose().as_bytes()).collect(),
+                url::form_urlencoded::byte_serialize(provider.client_secret.expose().as_bytes())
+                    .collect(),
             );
             request.basic_auth(id, Some(secret.as_str()))
         }
@@ -188,7 +222,10 @@ fn form_request(
     mut form: Vec<(&'static str, Zeroizing<String>)>,
     timeout: Duration,
 ) -> reqwest::RequestBuilder {
-    let request = http.post(url.clone()).timeout(timeout).header(http::header::ACCEPT, "application/json");
+    let request = http
+        .post(url.clone())
+        .timeout(timeout)
+        .header(http::header::ACCEPT, "application/json");
     let request = with_client_auth(request, provider, &mut form);
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     request.form(&pairs)
@@ -220,15 +257,30 @@ fn parse_token_reply(
     let json: Option<serde_json::Value> = serde_json::from_slice(&reply.body).ok();
     let success_status = (200..300).contains(&reply.status);
     let is_error_body = json.as_ref().is_some_and(|v| {
-        v.get("error").is_some_and(|e| !e.is_null()) || v.get("ok") == Some(&serde_json::Value::Bool(false))
+        v.get("error").is_some_and(|e| !e.is_null())
+            || v.get("ok") == Some(&serde_json::Value::Bool(false))
     });
 
     if !success_status || is_error_body {
         let error_code = json.as_ref().and_then(|v| sane_error_code(v.get("error")));
-        let verdict =
-            classify(&provider.provider, RequestKind::TokenRefresh, reply.status, &reply.headers, &reply.body).class;
-        let class = if verdict == FailureClass::Ok { fallback_class(error_code.as_deref()) } else { verdict };
-        return Ok(TokenOutcome::Rejected { status: reply.status, class, error_code });
+        let verdict = classify(
+            &provider.provider,
+            RequestKind::TokenRefresh,
+            reply.status,
+            &reply.headers,
+            &reply.body,
+        )
+        .class;
+        let class = if verdict == FailureClass::Ok {
+            fallback_class(error_code.as_deref())
+        } else {
+            verdict
+        };
+        return Ok(TokenOutcome::Rejected {
+            status: reply.status,
+            class,
+            error_code,
+        });
     }
 
     let Some(json) = json else {
@@ -252,16 +304,24 @@ fn parse_token_reply(
         None | Some(serde_json::Value::Null) => None,
         Some(v) => match number(v) {
             Some(n) if (0..=10 * 365 * 24 * 3600).contains(&n) => Some(n),
-            _ => return Err(malformed("`expires_in` is not a plausible number of seconds")),
+            _ => {
+                return Err(malformed(
+                    "`expires_in` is not a plausible number of seconds",
+                ));
+            }
         },
     };
     let issued_at_ms = json.get("issued_at").and_then(number);
     let scope = match json.get("scope") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Array(items)) => {
-            Some(items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(provider.scope_separator.as_str()))
-        }
+        Some(serde_json::Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(provider.scope_separator.as_str()),
+        ),
         Some(_) => return Err(malformed("`scope` is not a string")),
     };
     Ok(TokenOutcome::Tokens(TokenSet {
@@ -300,7 +360,14 @@ pub(crate) async fn introspect(
         let class = if reply.status == 401 || error_code.as_deref() == Some("invalid_client") {
             FailureClass::InvalidClient
         } else {
-            classify(&provider.provider, RequestKind::TokenRefresh, reply.status, &reply.headers, &reply.body).class
+            classify(
+                &provider.provider,
+                RequestKind::TokenRefresh,
+                reply.status,
+                &reply.headers,
+                &reply.body,
+            )
+            .class
         };
         if class == FailureClass::InvalidClient {
             return Err(VaultError::InvalidClient {
@@ -325,11 +392,21 @@ pub(crate) async fn introspect(
         });
     };
     let info = Introspection {
-        active: json.get("active").and_then(|a| a.as_bool()).unwrap_or(false),
+        active: json
+            .get("active")
+            .and_then(|a| a.as_bool())
+            .unwrap_or(false),
         expires_at: json.get("exp").and_then(number),
-        scopes: json.get("scope").and_then(|s| s.as_str()).map(|s| provider.scope_separator.split(s)).unwrap_or_default(),
+        scopes: json
+            .get("scope")
+            .and_then(|s| s.as_str())
+            .map(|s| provider.scope_separator.split(s))
+            .unwrap_or_default(),
         subject: json.get("sub").and_then(|s| s.as_str()).map(str::to_owned),
-        client_id: json.get("client_id").and_then(|s| s.as_str()).map(str::to_owned),
+        client_id: json
+            .get("client_id")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
     };
     Ok((info, RawJson(json)))
 }
@@ -355,9 +432,16 @@ pub(crate) async fn revoke(
     let json: Option<serde_json::Value> = serde_json::from_slice(&reply.body).ok();
     let error_code = json.as_ref().and_then(|v| sane_error_code(v.get("error")));
     if reply.status == 401 || error_code.as_deref() == Some("invalid_client") {
-        return Err(VaultError::InvalidClient { connector: provider.connector.clone(), operation: "revocation", error_code });
+        return Err(VaultError::InvalidClient {
+            connector: provider.connector.clone(),
+            operation: "revocation",
+            error_code,
+        });
     }
-    Err(VaultError::RevocationFailed { connector: provider.connector.clone(), status: reply.status })
+    Err(VaultError::RevocationFailed {
+        connector: provider.connector.clone(),
+        status: reply.status,
+    })
 }
 
 /// A GET of a user-info URL with a bearer token; returns its JSON.
@@ -374,9 +458,15 @@ pub(crate) async fn user_info(
         .header(http::header::ACCEPT, "application/json")
         .bearer_auth(token.expose());
     let reply = send(request, timeout, &provider.connector, "user info").await?;
-    let unavailable = |reason: String| VaultError::SubjectUnavailable { connector: provider.connector.clone(), reason };
+    let unavailable = |reason: String| VaultError::SubjectUnavailable {
+        connector: provider.connector.clone(),
+        reason,
+    };
     if !(200..300).contains(&reply.status) {
-        return Err(unavailable(format!("the user-info URL answered HTTP {}", reply.status)));
+        return Err(unavailable(format!(
+            "the user-info URL answered HTTP {}",
+            reply.status
+        )));
     }
     serde_json::from_slice(&reply.body)
         .map(RawJson)
@@ -387,7 +477,9 @@ pub(crate) async fn user_info(
 pub(crate) fn jwt_claims(jwt: &str) -> Option<RawJson> {
     use base64::Engine as _;
     let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
     serde_json::from_slice(&bytes).ok().map(RawJson)
 }
 
@@ -401,7 +493,11 @@ pub(crate) fn subject_from(json: &RawJson, pointers: &[String]) -> Result<String
         match json.0.pointer(pointer) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => parts.push(s.clone()),
             Some(serde_json::Value::Number(n)) => parts.push(n.to_string()),
-            Some(_) => return Err(format!("the value at `{pointer}` is not a non-empty string or number")),
+            Some(_) => {
+                return Err(format!(
+                    "the value at `{pointer}` is not a non-empty string or number"
+                ));
+            }
             None => return Err(format!("the response has no value at `{pointer}`")),
         }
     }
@@ -414,33 +510,79 @@ mod tests {
     use crate::vault::secret::ClientSecret;
 
     fn provider() -> ProviderConfig {
-        ProviderConfig::new("p", "https://a.test/auth", "https://a.test/token", "id", ClientSecret::new("s"), "https://cb")
-            .unwrap()
+        ProviderConfig::new(
+            "p",
+            "https://a.test/auth",
+            "https://a.test/token",
+            "id",
+            ClientSecret::new("s"),
+            "https://cb",
+        )
+        .unwrap()
     }
 
     fn reply(status: u16, body: &str) -> HttpReply {
-        HttpReply { status, headers: http::HeaderMap::new(), body: Zeroizing::new(body.as_bytes().to_vec()) }
+        HttpReply {
+            status,
+            headers: http::HeaderMap::new(),
+            body: Zeroizing::new(body.as_bytes().to_vec()),
+        }
     }
 
     #[test]
     fn ok_false_with_200_is_a_rejection() {
-        let out = parse_token_reply(&provider(), "refresh", reply(200, r#"{"ok":false,"error":"invalid_refresh_token"}"#))
-            .unwrap();
-        assert!(matches!(out, TokenOutcome::Rejected { class: FailureClass::GrantRevoked, .. }), "{out:?}");
-        let out =
-            parse_token_reply(&provider(), "refresh", reply(200, r#"{"error":"incorrect_client_credentials"}"#)).unwrap();
-        assert!(matches!(out, TokenOutcome::Rejected { class: FailureClass::InvalidClient, .. }), "{out:?}");
+        let out = parse_token_reply(
+            &provider(),
+            "refresh",
+            reply(200, r#"{"ok":false,"error":"invalid_refresh_token"}"#),
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                out,
+                TokenOutcome::Rejected {
+                    class: FailureClass::GrantRevoked,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        let out = parse_token_reply(
+            &provider(),
+            "refresh",
+            reply(200, r#"{"error":"incorrect_client_credentials"}"#),
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                out,
+                TokenOutcome::Rejected {
+                    class: FailureClass::InvalidClient,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]
     fn malformed_bodies_name_no_content() {
-        for body in ["<html>secret-xyz</html>", r#"{"access_token": 5}"#, r#"{"token":"secret-xyz"}"#, "[]"] {
+        for body in [
+            "<html>secret-xyz</html>",
+            r#"{"access_token": 5}"#,
+            r#"{"token":"secret-xyz"}"#,
+            "[]",
+        ] {
             let err = parse_token_reply(&provider(), "refresh", reply(200, body)).unwrap_err();
             assert!(matches!(err, VaultError::MalformedResponse { .. }));
             assert!(!err.to_string().contains("secret-xyz"));
         }
-        let err = parse_token_reply(&provider(), "refresh", reply(200, r#"{"access_token":"a","expires_in":"soon"}"#))
-            .unwrap_err();
+        let err = parse_token_reply(
+            &provider(),
+            "refresh",
+            reply(200, r#"{"access_token":"a","expires_in":"soon"}"#),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("expires_in"));
     }
 
@@ -449,10 +591,15 @@ mod tests {
         let out = parse_token_reply(
             &provider(),
             "refresh",
-            reply(200, r#"{"access_token":"a","expires_in":"3600","issued_at":"1700000000000"}"#),
+            reply(
+                200,
+                r#"{"access_token":"a","expires_in":"3600","issued_at":"1700000000000"}"#,
+            ),
         )
         .unwrap();
-        let TokenOutcome::Tokens(t) = out else { panic!() };
+        let TokenOutcome::Tokens(t) = out else {
+            panic!()
+        };
         assert_eq!(t.expires_in, Some(3600));
         assert_eq!(t.issued_at_ms, Some(1_700_000_000_000));
         let code = sane_error_code(Some(&serde_json::json!("leaked token abc def")));

@@ -145,7 +145,9 @@ impl ProviderConfig {
             client_auth: ClientAuth::Post,
             redirect_uri: redirect_uri.into(),
             scope_separator: ScopeSeparator::Space,
-            subject: SubjectSource::Introspection { pointers: vec!["/sub".into()] },
+            subject: SubjectSource::Introspection {
+                pointers: vec!["/sub".into()],
+            },
             default_token_lifetime: None,
             refresh_margin: Duration::from_secs(5 * 60),
             consent_ttl: Duration::from_secs(10 * 60),
@@ -208,8 +210,13 @@ impl ProviderConfig {
     }
 
     /// Adds an authorization parameter.
-    pub fn with_authorize_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.extra_authorize_params.push((name.into(), value.into()));
+    pub fn with_authorize_param(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.extra_authorize_params
+            .push((name.into(), value.into()));
         self
     }
 }
@@ -227,7 +234,13 @@ mod tests {
 
     #[test]
     fn scope_splitting() {
-        assert_eq!(ScopeSeparator::Comma.split("chat:write, users:read,,chat:write"), ["chat:write", "users:read"]);
-        assert_eq!(ScopeSeparator::Space.split(" api  refresh_token "), ["api", "refresh_token"]);
+        assert_eq!(
+            ScopeSeparator::Comma.split("chat:write, users:read,,chat:write"),
+            ["chat:write", "users:read"]
+        );
+        assert_eq!(
+            ScopeSeparator::Space.split(" api  refresh_token "),
+            ["api", "refresh_token"]
+        );
     }
 }

@@ -77,7 +77,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The key material is not base64 of exactly 32 bytes. The value itself is never echoed.
-    #[error("the vault key from {origin} is not valid: {reason} (expected base64 of exactly 32 bytes)")]
+    #[error(
+        "the vault key from {origin} is not valid: {reason} (expected base64 of exactly 32 bytes)"
+    )]
     Malformed {
         /// Where the key came from (variable or file name).
         origin: String,
@@ -104,15 +106,19 @@ impl VaultKey {
 
     /// Reads a base64 (standard or URL-safe, padding optional) key from the environment variable `var`.
     pub fn from_env(var: &str) -> Result<Self, KeyError> {
-        let value = std::env::var(var).map_err(|_| KeyError::MissingEnv { var: var.to_owned() })?;
+        let value = std::env::var(var).map_err(|_| KeyError::MissingEnv {
+            var: var.to_owned(),
+        })?;
         Self::from_base64(value.trim(), &format!("environment variable `{var}`"))
     }
 
     /// Reads a base64 key (as written by [`VaultKey::write_to_file`]) from a file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KeyError::File { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::File {
+            path: path.to_owned(),
+            source,
+        })?;
         let text = secrecy::zeroize::Zeroizing::new(text);
         Self::from_base64(text.trim(), &format!("file `{}`", path.display()))
     }
@@ -141,12 +147,18 @@ impl VaultKey {
         let decoded = STANDARD_PAD_INDIFFERENT
             .decode(text)
             .or_else(|_| URL_SAFE_PAD_INDIFFERENT.decode(text))
-            .map_err(|_| KeyError::Malformed { origin: origin.to_owned(), reason: "not base64" })?;
+            .map_err(|_| KeyError::Malformed {
+                origin: origin.to_owned(),
+                reason: "not base64",
+            })?;
         let decoded = secrecy::zeroize::Zeroizing::new(decoded);
-        let bytes: [u8; 32] = decoded.as_slice().try_into().map_err(|_| KeyError::Malformed {
-            origin: origin.to_owned(),
-            reason: "wrong length",
-        })?;
+        let bytes: [u8; 32] = decoded
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::Malformed {
+                origin: origin.to_owned(),
+                reason: "wrong length",
+            })?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -183,6 +195,12 @@ mod tests {
         assert_eq!(key.bytes(), back.bytes());
         std::fs::remove_file(&dir).unwrap();
         let err = VaultKey::from_base64("AAAA", "test").unwrap_err();
-        assert!(matches!(err, KeyError::Malformed { reason: "wrong length", .. }));
+        assert!(matches!(
+            err,
+            KeyError::Malformed {
+                reason: "wrong length",
+                ..
+            }
+        ));
     }
 }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::store::{AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent};
+use super::store::{
+    AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS vault_meta (
@@ -67,17 +69,23 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            let conn = Connection::open(&path)
-                .map_err(|e| StoreError::Backend(format!("cannot open `{}`: {e}", path.display())))?;
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-            conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+            let conn = Connection::open(&path).map_err(|e| {
+                StoreError::Backend(format!("cannot open `{}`: {e}", path.display()))
+            })?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(backend)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(backend)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(backend)?;
             conn.execute_batch(SCHEMA).map_err(backend)?;
             Ok(conn)
         })
         .await
         .map_err(backend)??;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn run<T, F>(&self, f: F) -> StoreFuture<'static, T>
@@ -88,8 +96,9 @@ impl SqliteStore {
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let mut guard =
-                    conn.lock().map_err(|_| StoreError::Backend("the SQLite connection mutex is poisoned".into()))?;
+                let mut guard = conn.lock().map_err(|_| {
+                    StoreError::Backend("the SQLite connection mutex is poisoned".into())
+                })?;
                 f(&mut guard)
             })
             .await
@@ -137,13 +146,21 @@ impl AccountStore for SqliteStore {
             )
             .map_err(backend)?;
             let value: Vec<u8> = conn
-                .query_row("SELECT value FROM vault_meta WHERE key = 'key_check'", [], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM vault_meta WHERE key = 'key_check'",
+                    [],
+                    |r| r.get(0),
+                )
                 .map_err(backend)?;
             Ok(Sealed(value))
         })
     }
 
-    fn get_account(&self, principal_id: &str, connector: &str) -> StoreFuture<'_, Option<StoredAccount>> {
+    fn get_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> StoreFuture<'_, Option<StoredAccount>> {
         let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
         self.run(move |conn| {
             let found = conn
@@ -260,10 +277,15 @@ impl AccountStore for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            let Some((principal_id, connector, scopes, verifier, created_at, expires_at)) = found else {
+            let Some((principal_id, connector, scopes, verifier, created_at, expires_at)) = found
+            else {
                 return Ok(None);
             };
-            tx.execute("DELETE FROM vault_consents WHERE state_hash = ?1", params![state_hash]).map_err(backend)?;
+            tx.execute(
+                "DELETE FROM vault_consents WHERE state_hash = ?1",
+                params![state_hash],
+            )
+            .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(Some(StoredConsent {
                 state_hash,
@@ -279,7 +301,12 @@ impl AccountStore for SqliteStore {
 
     fn purge_expired_consents(&self, now: i64) -> StoreFuture<'_, u64> {
         self.run(move |conn| {
-            let n = conn.execute("DELETE FROM vault_consents WHERE expires_at < ?1", params![now]).map_err(backend)?;
+            let n = conn
+                .execute(
+                    "DELETE FROM vault_consents WHERE expires_at < ?1",
+                    params![now],
+                )
+                .map_err(backend)?;
             Ok(n as u64)
         })
     }

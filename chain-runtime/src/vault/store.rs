@@ -125,14 +125,22 @@ pub trait AccountStore: Send + Sync + 'static {
     fn init_key_check(&self, candidate: Sealed) -> StoreFuture<'_, Sealed>;
 
     /// The account of `principal_id` on `connector`, if any.
-    fn get_account(&self, principal_id: &str, connector: &str) -> StoreFuture<'_, Option<StoredAccount>>;
+    fn get_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> StoreFuture<'_, Option<StoredAccount>>;
 
     /// Inserts a new account; returns `false` if one already exists for (principal, connector).
     fn insert_account(&self, account: StoredAccount) -> StoreFuture<'_, bool>;
 
     /// Replaces the account with the same (principal, connector) if its stored `rt_version` equals
     /// `expected_rt_version`; returns whether it did.
-    fn replace_account(&self, account: StoredAccount, expected_rt_version: i64) -> StoreFuture<'_, bool>;
+    fn replace_account(
+        &self,
+        account: StoredAccount,
+        expected_rt_version: i64,
+    ) -> StoreFuture<'_, bool>;
 
     /// Stores a pending consent.
     fn put_consent(&self, consent: StoredConsent) -> StoreFuture<'_, ()>;

@@ -16,7 +16,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use chain_runtime::vault::{ClientSecret, OffsetClock, ProviderConfig, SubjectSource, Vault, VaultKey, VaultOptions};
+use chain_runtime::vault::{
+    ClientSecret, OffsetClock, ProviderConfig, SubjectSource, Vault, VaultKey, VaultOptions,
+};
 
 pub const CLIENT_ID: &str = "chain-test-client";
 pub const REDIRECT_URI: &str = "https://app.example.test/oauth/callback";
@@ -33,7 +35,12 @@ pub fn random_hex(n: usize) -> String {
 fn rand_byte() -> u8 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
     (h.finish() & 0xff) as u8
 }
 
@@ -81,7 +88,9 @@ impl OAuthServer {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             });
         }
@@ -98,16 +107,27 @@ impl OAuthServer {
             .and_then(|v| v.get("port").and_then(|p| p.as_u64()))
             .unwrap_or_else(|| {
                 std::thread::sleep(Duration::from_millis(200));
-                panic!("oauth-server did not print its port; stderr:\n{}", stderr.lock().unwrap())
+                panic!(
+                    "oauth-server did not print its port; stderr:\n{}",
+                    stderr.lock().unwrap()
+                )
             });
-        Self { child, base: format!("http://127.0.0.1:{port}"), client_secret, stderr }
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client_secret,
+            stderr,
+        }
     }
 }
 
 impl Drop for OAuthServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- oauth-server stderr ---\n{}", self.stderr.lock().unwrap());
+            eprintln!(
+                "--- oauth-server stderr ---\n{}",
+                self.stderr.lock().unwrap()
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -149,7 +169,13 @@ struct ProxyState {
     proxy: TokenProxy,
 }
 
-const SECRET_FORM_KEYS: &[&str] = &["code", "code_verifier", "refresh_token", "client_secret", "token"];
+const SECRET_FORM_KEYS: &[&str] = &[
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "client_secret",
+    "token",
+];
 const SECRET_JSON_KEYS: &[&str] = &["access_token", "refresh_token", "id_token"];
 
 async fn proxy_handler(
@@ -173,14 +199,11 @@ async fn proxy_handler(
             if SECRET_FORM_KEYS.contains(&k.as_ref()) {
                 rec.secrets.insert(v.into_owned());
             }
-            if false {
-                state.proxy.refresh_requests.fetch_add(1, Ordering::SeqCst);
-            }
         }
-        if let Some(auth) = headers.get("authorization").and_then(|h| h.to_str().ok()) {
-            if let Some(t) = auth.strip_prefix("Bearer ") {
-                rec.secrets.insert(t.to_owned());
-            }
+        if let Some(auth) = headers.get("authorization").and_then(|h| h.to_str().ok())
+            && let Some(t) = auth.strip_prefix("Bearer ")
+        {
+            rec.secrets.insert(t.to_owned());
         }
     }
     let mode = *state.proxy.mode.lock().unwrap();
@@ -195,7 +218,11 @@ async fn proxy_handler(
             ProxyMode::Forward => {}
         }
     }
-    let url = format!("{}{}", state.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
     let mut req = state.http.request(method, url).body(body.to_vec());
     for (name, value) in headers.iter() {
         if name != "host" && name != "content-length" {
@@ -243,10 +270,15 @@ impl TokenProxy {
         };
         let state = ProxyState {
             upstream: upstream.to_owned(),
-            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
             proxy: proxy.clone(),
         };
-        let app = axum::Router::new().fallback(proxy_handler).with_state(state);
+        let app = axum::Router::new()
+            .fallback(proxy_handler)
+            .with_state(state);
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -262,11 +294,23 @@ impl TokenProxy {
     }
 
     pub fn issued(&self) -> Vec<String> {
-        self.recorded.lock().unwrap().issued.iter().cloned().collect()
+        self.recorded
+            .lock()
+            .unwrap()
+            .issued
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn secrets(&self) -> Vec<String> {
-        self.recorded.lock().unwrap().secrets.iter().cloned().collect()
+        self.recorded
+            .lock()
+            .unwrap()
+            .secrets
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -307,16 +351,28 @@ impl Harness {
         .unwrap()
         .with_introspection_url(&format!("{}/token/introspection", self.proxy.base))
         .unwrap()
-        .with_subject(SubjectSource::Introspection { pointers: vec!["/sub".into()] })
+        .with_subject(SubjectSource::Introspection {
+            pointers: vec!["/sub".into()],
+        })
     }
 
     pub fn userinfo_url(&self) -> String {
         format!("{}/me", self.proxy.base)
     }
 
-    pub async fn vault(&self, path: &std::path::Path, key: [u8; 32], clock: Arc<OffsetClock>) -> Vault {
-        let options = VaultOptions { clock, ..VaultOptions::default() };
-        let vault = Vault::open_sqlite(path, VaultKey::from_bytes(key), options).await.unwrap();
+    pub async fn vault(
+        &self,
+        path: &std::path::Path,
+        key: [u8; 32],
+        clock: Arc<OffsetClock>,
+    ) -> Vault {
+        let options = VaultOptions {
+            clock,
+            ..VaultOptions::default()
+        };
+        let vault = Vault::open_sqlite(path, VaultKey::from_bytes(key), options)
+            .await
+            .unwrap();
         vault.register_provider(self.provider()).unwrap();
         vault
     }
@@ -324,7 +380,11 @@ impl Harness {
 
 /// Acts as the user's browser: follows the consent URL through the server's login, signing in as
 /// `login_hint`, and returns the callback's `(state, code)`.
-pub async fn authorize(consent_url: &url::Url, login_hint: &str, deny_scope: Option<&str>) -> (String, String) {
+pub async fn authorize(
+    consent_url: &url::Url,
+    login_hint: &str,
+    deny_scope: Option<&str>,
+) -> (String, String) {
     chain_runtime::vault::ensure_tls_provider();
     let browser = reqwest::Client::builder()
         .cookie_store(true)
@@ -338,15 +398,25 @@ pub async fn authorize(consent_url: &url::Url, login_hint: &str, deny_scope: Opt
     }
     for _ in 0..10 {
         let resp = browser.get(url.clone()).send().await.unwrap();
-        let Some(location) = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned()) else {
+        let Some(location) = resp
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned())
+        else {
             let status = resp.status();
-            panic!("authorization stopped at {status}: {}", resp.text().await.unwrap_or_default());
+            panic!(
+                "authorization stopped at {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
         };
         let next = url.join(&location).unwrap();
         if next.as_str().starts_with(REDIRECT_URI) {
             let pairs: std::collections::HashMap<_, _> = next.query_pairs().into_owned().collect();
             if let Some(err) = pairs.get("error") {
-                panic!("authorization failed: {err} {:?}", pairs.get("error_description"));
+                panic!(
+                    "authorization failed: {err} {:?}",
+                    pairs.get("error_description")
+                );
             }
             return (pairs["state"].clone(), pairs["code"].clone());
         }
@@ -356,8 +426,16 @@ pub async fn authorize(consent_url: &url::Url, login_hint: &str, deny_scope: Opt
 }
 
 /// A full consent for `principal` as upstream user `login`.
-pub async fn connect(vault: &Vault, principal: &str, login: &str, scopes: &[&str]) -> chain_runtime::vault::AccountInfo {
-    let link = vault.consent_link(principal, CONNECTOR, scopes).await.unwrap();
+pub async fn connect(
+    vault: &Vault,
+    principal: &str,
+    login: &str,
+    scopes: &[&str],
+) -> chain_runtime::vault::AccountInfo {
+    let link = vault
+        .consent_link(principal, CONNECTOR, scopes)
+        .await
+        .unwrap();
     let (state, code) = authorize(&link.url, login, None).await;
     vault.complete_consent(&state, &code).await.unwrap()
 }
@@ -387,4 +465,80 @@ impl LogBuffer {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+/// A scripted fake token endpoint (for provider quirks the real server does not have).
+pub type FakeReply = futures::future::BoxFuture<'static, (u16, String)>;
+type FakeScript =
+    Arc<dyn Fn(usize, std::collections::HashMap<String, String>) -> FakeReply + Send + Sync>;
+
+#[derive(Clone)]
+pub struct FakeTokenEndpoint {
+    pub base: String,
+    pub requests: Arc<Mutex<Vec<std::collections::HashMap<String, String>>>>,
+}
+
+impl FakeTokenEndpoint {
+    /// `script(n, form)` answers the n-th (0-based) request to any path with (status, body).
+    pub async fn start(
+        script: impl Fn(usize, std::collections::HashMap<String, String>) -> FakeReply
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<std::collections::HashMap<String, String>>>> = Arc::default();
+        let script: FakeScript = Arc::new(script);
+        let recorded = Arc::clone(&requests);
+        let app = axum::Router::new().fallback(move |body: Bytes| {
+            let script = Arc::clone(&script);
+            let recorded = Arc::clone(&recorded);
+            async move {
+                let form: std::collections::HashMap<String, String> =
+                    url::form_urlencoded::parse(&body).into_owned().collect();
+                let n = {
+                    let mut r = recorded.lock().unwrap();
+                    r.push(form.clone());
+                    r.len() - 1
+                };
+                let (status, body) = script(n, form).await;
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body))
+                    .unwrap()
+            }
+        });
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { base, requests }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn request(&self, n: usize) -> std::collections::HashMap<String, String> {
+        self.requests.lock().unwrap()[n].clone()
+    }
+
+    pub fn provider(&self, connector: &str) -> ProviderConfig {
+        ProviderConfig::new(
+            connector,
+            "https://provider.example.test/authorize",
+            &format!("{}/token", self.base),
+            "fake-client",
+            ClientSecret::new("fake-client-secret"),
+            REDIRECT_URI,
+        )
+        .unwrap()
+    }
+}
+
+/// Replies immediately.
+pub fn reply(status: u16, body: impl Into<String>) -> FakeReply {
+    let body = body.into();
+    Box::pin(async move { (status, body) })
 }
