@@ -21,6 +21,7 @@ pub mod registry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod step;
+pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
 pub use chain_macros::{chain, compensator, step};

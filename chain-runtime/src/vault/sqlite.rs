@@ -1,0 +1,313 @@
+//! The embedded [`AccountStore`]: one SQLite file (WAL mode), tables prefixed `vault_`.
+//!
+//! SQLite calls are blocking; each runs on the blocking thread pool (`spawn_blocking`) against
+//! one connection guarded by a mutex.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::store::{
+    AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS vault_meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vault_accounts (
+    principal_id     TEXT NOT NULL,
+    connector        TEXT NOT NULL,
+    account_id       TEXT NOT NULL UNIQUE,
+    upstream_subject TEXT NOT NULL,
+    granted_scopes   TEXT NOT NULL,
+    access_token     BLOB NOT NULL,
+    refresh_token    BLOB,
+    expires_at       INTEGER,
+    grant_id         TEXT NOT NULL,
+    consented_at     INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    rt_version       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    PRIMARY KEY (principal_id, connector)
+);
+CREATE TABLE IF NOT EXISTS vault_consents (
+    state_hash   BLOB PRIMARY KEY,
+    principal_id TEXT NOT NULL,
+    connector    TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    verifier     BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+";
+
+const ACCOUNT_COLUMNS: &str = "principal_id, connector, account_id, upstream_subject, granted_scopes, \
+     access_token, refresh_token, expires_at, grant_id, consented_at, status, rt_version, updated_at";
+
+/// A SQLite-backed [`AccountStore`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, switches it to WAL mode and creates the
+    /// `vault_` tables.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let conn = Connection::open(&path).map_err(|e| {
+                StoreError::Backend(format!("cannot open `{}`: {e}", path.display()))
+            })?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(backend)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(backend)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(backend)?;
+            conn.execute_batch(SCHEMA).map_err(backend)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(backend)??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn run<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = conn.lock().map_err(|_| {
+                    StoreError::Backend("the SQLite connection mutex is poisoned".into())
+                })?;
+                f(&mut guard)
+            })
+            .await
+            .map_err(backend)?
+        })
+    }
+}
+
+fn scopes_to_text(scopes: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(scopes).map_err(backend)
+}
+
+fn scopes_from_text(text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("granted_scopes: {e}")))
+}
+
+fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredAccount, String, String)> {
+    Ok((
+        StoredAccount {
+            principal_id: row.get(0)?,
+            connector: row.get(1)?,
+            account_id: row.get(2)?,
+            upstream_subject: row.get(3)?,
+            granted_scopes: Vec::new(),
+            access_token: Sealed(row.get(5)?),
+            refresh_token: row.get::<_, Option<Vec<u8>>>(6)?.map(Sealed),
+            expires_at: row.get(7)?,
+            grant_id: row.get(8)?,
+            consented_at: row.get(9)?,
+            status: AccountStatus::Active,
+            rt_version: row.get(11)?,
+            updated_at: row.get(12)?,
+        },
+        row.get(4)?,
+        row.get(10)?,
+    ))
+}
+
+impl AccountStore for SqliteStore {
+    fn init_key_check(&self, candidate: Sealed) -> StoreFuture<'_, Sealed> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO vault_meta (key, value) VALUES ('key_check', ?1)",
+                params![candidate.0],
+            )
+            .map_err(backend)?;
+            let value: Vec<u8> = conn
+                .query_row(
+                    "SELECT value FROM vault_meta WHERE key = 'key_check'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            Ok(Sealed(value))
+        })
+    }
+
+    fn get_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> StoreFuture<'_, Option<StoredAccount>> {
+        let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
+        self.run(move |conn| {
+            let found = conn
+                .query_row(
+                    &format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts WHERE principal_id = ?1 AND connector = ?2"
+                    ),
+                    params![principal_id, connector],
+                    account_from_row,
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((mut account, scopes, status)) = found else { return Ok(None) };
+            account.granted_scopes = scopes_from_text(&scopes)?;
+            account.status = AccountStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown account status `{status}`")))?;
+            Ok(Some(account))
+        })
+    }
+
+    fn insert_account(&self, a: StoredAccount) -> StoreFuture<'_, bool> {
+        self.run(move |conn| {
+            let scopes = scopes_to_text(&a.granted_scopes)?;
+            let n = conn
+                .execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO vault_accounts ({ACCOUNT_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                    ),
+                    params![
+                        a.principal_id,
+                        a.connector,
+                        a.account_id,
+                        a.upstream_subject,
+                        scopes,
+                        a.access_token.0,
+                        a.refresh_token.map(|s| s.0),
+                        a.expires_at,
+                        a.grant_id,
+                        a.consented_at,
+                        a.status.as_str(),
+                        a.rt_version,
+                        a.updated_at
+                    ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn replace_account(&self, a: StoredAccount, expected_rt_version: i64) -> StoreFuture<'_, bool> {
+        self.run(move |conn| {
+            let scopes = scopes_to_text(&a.granted_scopes)?;
+            let n = conn
+                .execute(
+                    "UPDATE vault_accounts SET account_id = ?3, upstream_subject = ?4, granted_scopes = ?5, \
+                     access_token = ?6, refresh_token = ?7, expires_at = ?8, grant_id = ?9, consented_at = ?10, \
+                     status = ?11, rt_version = ?12, updated_at = ?13 \
+                     WHERE principal_id = ?1 AND connector = ?2 AND rt_version = ?14",
+                    params![
+                        a.principal_id,
+                        a.connector,
+                        a.account_id,
+                        a.upstream_subject,
+                        scopes,
+                        a.access_token.0,
+                        a.refresh_token.map(|s| s.0),
+                        a.expires_at,
+                        a.grant_id,
+                        a.consented_at,
+                        a.status.as_str(),
+                        a.rt_version,
+                        a.updated_at,
+                        expected_rt_version
+                    ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn put_consent(&self, c: StoredConsent) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let scopes = scopes_to_text(&c.scopes)?;
+            conn.execute(
+                "INSERT INTO vault_consents (state_hash, principal_id, connector, scopes, verifier, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![c.state_hash, c.principal_id, c.connector, scopes, c.verifier.0, c.created_at, c.expires_at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn take_consent(&self, state_hash: &[u8]) -> StoreFuture<'_, Option<StoredConsent>> {
+        let state_hash = state_hash.to_vec();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            let found = tx
+                .query_row(
+                    "SELECT principal_id, connector, scopes, verifier, created_at, expires_at \
+                     FROM vault_consents WHERE state_hash = ?1",
+                    params![state_hash],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Vec<u8>>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((principal_id, connector, scopes, verifier, created_at, expires_at)) = found
+            else {
+                return Ok(None);
+            };
+            tx.execute(
+                "DELETE FROM vault_consents WHERE state_hash = ?1",
+                params![state_hash],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(Some(StoredConsent {
+                state_hash,
+                principal_id,
+                connector,
+                scopes: scopes_from_text(&scopes)?,
+                verifier: Sealed(verifier),
+                created_at,
+                expires_at,
+            }))
+        })
+    }
+
+    fn purge_expired_consents(&self, now: i64) -> StoreFuture<'_, u64> {
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM vault_consents WHERE expires_at < ?1",
+                    params![now],
+                )
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+    }
+}

@@ -1,0 +1,153 @@
+//! The storage interface of the vault, so that PostgreSQL can follow the embedded SQLite store.
+//!
+//! A store only ever sees ciphertext ([`Sealed`]) for secrets; encryption happens in the vault.
+//! Every write that changes tokens is a compare-and-swap on the account's token version, which is
+//! what makes refresh rotation-safe across processes sharing one database.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future returned by [`AccountStore`] methods.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A storage backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend (database, file system, worker thread) failed.
+    #[error("vault store failed: {0}")]
+    Backend(String),
+    /// A row could not be decoded (schema mismatch or corruption).
+    #[error("vault store holds a row it cannot decode: {0}")]
+    Corrupt(String),
+}
+
+/// An encrypted blob (format byte, nonce, ciphertext and tag). Its `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(pub Vec<u8>);
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+/// The lifecycle state of a connected account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// Usable.
+    Active,
+    /// The provider rejected the refresh token (or none is left): the user must consent again.
+    /// Never retried automatically.
+    NeedsReauthorization,
+    /// Disconnected: the grant was revoked at the provider (RFC 7009).
+    Revoked,
+}
+
+impl AccountStatus {
+    /// The stable text form stored in databases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::NeedsReauthorization => "needs_reauthorization",
+            AccountStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Parses [`AccountStatus::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(AccountStatus::Active),
+            "needs_reauthorization" => Some(AccountStatus::NeedsReauthorization),
+            "revoked" => Some(AccountStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One connected account as stored: metadata in the clear, tokens sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAccount {
+    /// Stable id of this connected account (kept across re-consent).
+    pub account_id: String,
+    /// The principal identifier that owns the account.
+    pub principal_id: String,
+    /// The connector (provider configuration name).
+    pub connector: String,
+    /// The provider's stable user id.
+    pub upstream_subject: String,
+    /// The scopes as the provider granted them.
+    pub granted_scopes: Vec<String>,
+    /// The sealed access token.
+    pub access_token: Sealed,
+    /// The sealed refresh token, if the provider issued one.
+    pub refresh_token: Option<Sealed>,
+    /// Absolute access-token expiry, unix seconds; `None` when unknown.
+    pub expires_at: Option<i64>,
+    /// Id of the grant (one per completed consent).
+    pub grant_id: String,
+    /// When the user consented, unix seconds.
+    pub consented_at: i64,
+    /// Lifecycle state.
+    pub status: AccountStatus,
+    /// Token version: incremented by every write of new tokens; the compare-and-swap key.
+    pub rt_version: i64,
+    /// Last write, unix seconds.
+    pub updated_at: i64,
+}
+
+/// A pending consent (authorization request awaiting its callback).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredConsent {
+    /// SHA-256 of the `state` parameter (the state itself is not stored).
+    pub state_hash: Vec<u8>,
+    /// The principal the consent is for.
+    pub principal_id: String,
+    /// The connector.
+    pub connector: String,
+    /// The requested scopes.
+    pub scopes: Vec<String>,
+    /// The sealed PKCE code verifier.
+    pub verifier: Sealed,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+/// Storage for connected accounts and pending consents.
+///
+/// Implementations must make [`AccountStore::replace_account`] an atomic compare-and-swap on
+/// `rt_version`, and [`AccountStore::take_consent`] an atomic read-and-delete (single use).
+pub trait AccountStore: Send + Sync + 'static {
+    /// Stores `candidate` as the key-check value if none exists, and returns the stored one.
+    fn init_key_check(&self, candidate: Sealed) -> StoreFuture<'_, Sealed>;
+
+    /// The account of `principal_id` on `connector`, if any.
+    fn get_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> StoreFuture<'_, Option<StoredAccount>>;
+
+    /// Inserts a new account; returns `false` if one already exists for (principal, connector).
+    fn insert_account(&self, account: StoredAccount) -> StoreFuture<'_, bool>;
+
+    /// Replaces the account with the same (principal, connector) if its stored `rt_version` equals
+    /// `expected_rt_version`; returns whether it did.
+    fn replace_account(
+        &self,
+        account: StoredAccount,
+        expected_rt_version: i64,
+    ) -> StoreFuture<'_, bool>;
+
+    /// Stores a pending consent.
+    fn put_consent(&self, consent: StoredConsent) -> StoreFuture<'_, ()>;
+
+    /// Removes and returns the pending consent with this state hash (single use).
+    fn take_consent(&self, state_hash: &[u8]) -> StoreFuture<'_, Option<StoredConsent>>;
+
+    /// Deletes pending consents that expired before `now`; returns how many.
+    fn purge_expired_consents(&self, now: i64) -> StoreFuture<'_, u64>;
+}

@@ -1,0 +1,407 @@
+//! Provider quirks and bad input at the token endpoint, through real HTTP against small fake
+//! token endpoints (the provider emulators of `chain_runtime::sandbox` will replace these).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chain_runtime::classify::FailureClass;
+use chain_runtime::vault::{
+    AccountStatus, OffsetClock, ScopeSeparator, SubjectSource, Vault, VaultError, VaultKey,
+    VaultOptions,
+};
+use support::{FakeTokenEndpoint, reply};
+
+async fn vault_at(path: &std::path::Path, clock: Arc<OffsetClock>, timeout: Duration) -> Vault {
+    let options = VaultOptions {
+        clock,
+        http_timeout: timeout,
+        ..VaultOptions::default()
+    };
+    Vault::open_sqlite(path, VaultKey::from_bytes([3; 32]), options)
+        .await
+        .unwrap()
+}
+
+async fn consent(
+    vault: &Vault,
+    principal: &str,
+    connector: &str,
+    scopes: &[&str],
+) -> chain_runtime::vault::AccountInfo {
+    let link = vault
+        .consent_link(principal, connector, scopes)
+        .await
+        .unwrap();
+    vault.complete_consent(&link.state, "code-1").await.unwrap()
+}
+
+const SLACK_OK: &str = r#"{"ok":true,"access_token":"xoxe.xoxp-AT1","refresh_token":"xoxe-1-RT1","expires_in":43200,
+  "token_type":"user","scope":"chat:write,users:read","team":{"id":"T123"},"authed_user":{"id":"U456"}}"#;
+
+/// Slack: comma-separated scopes, subject from team.id + authed_user.id, and token errors with
+/// HTTP 200 + ok:false (dead refresh token → revoked; bad client secret → invalid client).
+#[tokio::test]
+async fn slack_errors_with_http_200() {
+    let fake = FakeTokenEndpoint::start(|n, _form| match n {
+        0 => reply(200, SLACK_OK),
+        1 => reply(200, r#"{"ok":false,"error":"bad_client_secret"}"#),
+        _ => reply(200, r#"{"ok":false,"error":"invalid_refresh_token"}"#),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let vault = vault_at(
+        &dir.path().join("v.db"),
+        Arc::clone(&clock),
+        Duration::from_secs(5),
+    )
+    .await;
+    vault
+        .register_provider(
+            fake.provider("slack")
+                .with_provider("slack")
+                .with_scope_separator(ScopeSeparator::Comma)
+                .with_refresh_margin(Duration::from_secs(2 * 3600))
+                .with_subject(SubjectSource::TokenResponse {
+                    pointers: vec!["/team/id".into(), "/authed_user/id".into()],
+                }),
+        )
+        .unwrap();
+    let link = vault
+        .consent_link(
+            "user-1",
+            "slack",
+            &["chat:write", "users:read", "channels:read"],
+        )
+        .await
+        .unwrap();
+    assert!(
+        link.url
+            .query_pairs()
+            .any(|(k, v)| k == "scope" && v == "chat:write,users:read,channels:read")
+    );
+    let account = vault.complete_consent(&link.state, "code-1").await.unwrap();
+    assert_eq!(account.upstream_subject, "T123:U456");
+    assert_eq!(account.granted_scopes, vec!["chat:write", "users:read"]);
+
+    clock.advance(Duration::from_secs(43200));
+    let err = vault.ensure_fresh("user-1", "slack").await.unwrap_err();
+    assert!(matches!(err, VaultError::InvalidClient { .. }), "{err}");
+    assert_eq!(
+        vault.account("user-1", "slack").await.unwrap().status,
+        AccountStatus::Active
+    );
+
+    let err = vault.ensure_fresh("user-1", "slack").await.unwrap_err();
+    assert!(
+        matches!(err, VaultError::GrantRevoked { ref error_code, .. } if error_code.as_deref() == Some("invalid_refresh_token")),
+        "{err}"
+    );
+    assert_eq!(
+        vault.account("user-1", "slack").await.unwrap().status,
+        AccountStatus::NeedsReauthorization
+    );
+    // Never retried automatically.
+    assert!(matches!(
+        vault.ensure_fresh("user-1", "slack").await.unwrap_err(),
+        VaultError::NeedsReauthorization { .. }
+    ));
+    assert_eq!(fake.count(), 3);
+}
+
+/// Salesforce: no expires_in, issued_at in ms. With an introspection URL the expiry is its `exp`;
+/// without one it is issued_at + the configured lifetime. The subject is the `id` URL.
+#[tokio::test]
+async fn salesforce_expiry_without_expires_in() {
+    let issued_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()) as i64;
+    let body = format!(
+        r#"{{"access_token":"00Dx!AQ","refresh_token":"5Aep-RT","instance_url":"https://eu1.my.salesforce.com",
+        "id":"https://login.salesforce.com/id/00Dx0000000001/005x0000000001","token_type":"Bearer",
+        "issued_at":"{issued_ms}","signature":"c2ln","scope":"api refresh_token"}}"#
+    );
+    let exp = issued_ms / 1000 + 1234;
+    let introspection = format!(r#"{{"active":true,"exp":{exp},"sub":"005x0000000001"}}"#);
+    let fake = FakeTokenEndpoint::start(move |_n, form| {
+        if form.contains_key("token") {
+            reply(200, introspection.clone())
+        } else {
+            reply(200, body.clone())
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let vault = vault_at(&dir.path().join("v.db"), clock, Duration::from_secs(5)).await;
+    let subject = SubjectSource::TokenResponse {
+        pointers: vec!["/id".into()],
+    };
+    vault
+        .register_provider(
+            fake.provider("sf-introspect")
+                .with_subject(subject.clone())
+                .with_introspection_url(&format!("{}/services/oauth2/introspect", fake.base))
+                .unwrap()
+                .with_default_token_lifetime(Duration::from_secs(7200)),
+        )
+        .unwrap();
+    vault
+        .register_provider(
+            fake.provider("sf-lifetime")
+                .with_subject(subject)
+                .with_default_token_lifetime(Duration::from_secs(7200)),
+        )
+        .unwrap();
+    let a = consent(&vault, "user-1", "sf-introspect", &["api", "refresh_token"]).await;
+    assert_eq!(a.expires_at, Some(exp));
+    assert_eq!(
+        a.upstream_subject,
+        "https://login.salesforce.com/id/00Dx0000000001/005x0000000001"
+    );
+    let b = consent(&vault, "user-1", "sf-lifetime", &["api"]).await;
+    assert_eq!(b.expires_at, Some(issued_ms / 1000 + 7200));
+    assert_eq!(b.granted_scopes, vec!["api", "refresh_token"]);
+}
+
+/// Google never returns a new refresh token (keep the old one); Atlassian rotates every time
+/// (use the new one next time). Checked at the token endpoint.
+#[tokio::test]
+async fn refresh_token_kept_or_rotated() {
+    let fake = FakeTokenEndpoint::start(|n, form| {
+        let rotating = form.get("refresh_token").is_some_and(|rt| rt.starts_with("atl-")) || form.get("code").is_some_and(|c| c == "atl");
+        match (rotating, n) {
+            (false, _) if form.contains_key("code") => reply(200, r#"{"access_token":"g-at-0","refresh_token":"g-rt-0","expires_in":3599,"scope":"email","id_token":"x.eyJzdWIiOiIxMDk4NzYifQ.y"}"#),
+            (false, _) => reply(200, format!(r#"{{"access_token":"g-at-{n}","expires_in":3599,"scope":"email"}}"#)),
+            (true, _) => reply(200, format!(r#"{{"access_token":"atl-at-{n}","refresh_token":"atl-rt-{n}","expires_in":3600,"scope":"read:jira-work"}}"#)),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let vault = vault_at(
+        &dir.path().join("v.db"),
+        Arc::clone(&clock),
+        Duration::from_secs(5),
+    )
+    .await;
+    vault
+        .register_provider(
+            fake.provider("google")
+                .with_subject(SubjectSource::IdToken {
+                    pointers: vec!["/sub".into()],
+                }),
+        )
+        .unwrap();
+    vault
+        .register_provider(
+            fake.provider("jira")
+                .with_subject(SubjectSource::TokenResponse {
+                    pointers: vec!["/scope".into()],
+                }),
+        )
+        .unwrap();
+
+    let g = consent(&vault, "user-1", "google", &["email"]).await;
+    assert_eq!(g.upstream_subject, "109876");
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(3600));
+        vault.ensure_fresh("user-1", "google").await.unwrap();
+    }
+    let google_refreshes: Vec<_> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.get("refresh_token").cloned())
+        .collect();
+    assert_eq!(
+        google_refreshes,
+        vec!["g-rt-0", "g-rt-0"],
+        "the old refresh token must be kept"
+    );
+
+    let link = vault
+        .consent_link("user-1", "jira", &["read:jira-work"])
+        .await
+        .unwrap();
+    vault.complete_consent(&link.state, "atl").await.unwrap();
+    let start = fake.count();
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(3600));
+        vault.ensure_fresh("user-1", "jira").await.unwrap();
+    }
+    let used: Vec<_> = (start..fake.count())
+        .map(|i| fake.request(i)["refresh_token"].clone())
+        .collect();
+    let issued: Vec<_> = (start - 1..fake.count() - 1)
+        .map(|i| format!("atl-rt-{i}"))
+        .collect();
+    assert_eq!(
+        used, issued,
+        "each refresh must present the most recently issued refresh token"
+    );
+}
+
+/// Malformed token responses, 5xx and a hanging token endpoint are typed errors, bounded in
+/// time, and lose nothing: the original refresh token still works afterwards.
+#[tokio::test]
+async fn bad_token_responses_lose_nothing() {
+    let hang = Arc::new(AtomicUsize::new(0));
+    let hang2 = Arc::clone(&hang);
+    let fake = FakeTokenEndpoint::start(move |n, form| {
+        if form.contains_key("code") {
+            return reply(
+                200,
+                r#"{"access_token":"at-0","refresh_token":"rt-0","expires_in":60,"sub":"u-1"}"#,
+            );
+        }
+        if form.get("refresh_token").map(String::as_str) != Some("rt-0") {
+            return reply(400, r#"{"error":"invalid_grant"}"#);
+        }
+        match n {
+            1 => reply(200, "<html>Service Unavailable</html>"),
+            2 => reply(200, "{}"),
+            3 => reply(200, r#"{"access_token":42}"#),
+            4 => reply(200, r#"{"access_token":"at-x","expires_in":"soon"}"#),
+            5 => reply(503, r#"{"error":"temporarily_unavailable"}"#),
+            6 => {
+                hang2.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    (200, String::new())
+                })
+            }
+            _ => reply(
+                200,
+                r#"{"access_token":"at-good","refresh_token":"rt-1","expires_in":3600}"#,
+            ),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let vault = vault_at(
+        &dir.path().join("v.db"),
+        Arc::clone(&clock),
+        Duration::from_millis(500),
+    )
+    .await;
+    vault
+        .register_provider(
+            fake.provider("acme")
+                .with_subject(SubjectSource::TokenResponse {
+                    pointers: vec!["/sub".into()],
+                }),
+        )
+        .unwrap();
+    let before = consent(&vault, "user-1", "acme", &["api"]).await;
+    clock.advance(Duration::from_secs(3600));
+
+    for _ in 0..4 {
+        let err = vault.ensure_fresh("user-1", "acme").await.unwrap_err();
+        assert!(matches!(err, VaultError::MalformedResponse { .. }), "{err}");
+        assert!(!err.to_string().contains("rt-0") && !err.to_string().contains("at-x"));
+    }
+    let err = vault.ensure_fresh("user-1", "acme").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VaultError::TokenEndpoint {
+                status: 503,
+                class: FailureClass::ServerError,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let started = std::time::Instant::now();
+    let err = vault.ensure_fresh("user-1", "acme").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VaultError::Transport {
+                timed_out: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(hang.load(Ordering::SeqCst), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the timeout is not bounded"
+    );
+
+    let unchanged = vault.account("user-1", "acme").await.unwrap();
+    assert_eq!(
+        unchanged, before,
+        "a failed refresh changed the stored account"
+    );
+    // The original refresh token is intact: the next refresh presents it and succeeds.
+    let after = vault.ensure_fresh("user-1", "acme").await.unwrap();
+    assert_eq!(after.token_version, before.token_version + 1);
+    assert_eq!(fake.request(fake.count() - 1)["refresh_token"], "rt-0");
+}
+
+/// invalid_grant while the store already holds a newer refresh token is a lost race (another
+/// process rotated first): re-read, not revocation.
+#[tokio::test]
+async fn lost_race_is_not_revocation() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate2 = Arc::clone(&gate);
+    let fake = FakeTokenEndpoint::start(move |n, form| {
+        if form.contains_key("code") {
+            return reply(200, r#"{"access_token":"at-0","refresh_token":"rt-0","expires_in":60,"sub":"u-1"}"#);
+        }
+        match n {
+            // Process B's refresh arrives first and is held until A has rotated.
+            1 => {
+                let gate = Arc::clone(&gate2);
+                Box::pin(async move {
+                    gate.notified().await;
+                    (400, r#"{"error":"invalid_grant","error_description":"refresh token already used"}"#.to_owned())
+                })
+            }
+            _ => reply(200, r#"{"access_token":"at-1","refresh_token":"rt-1","expires_in":3600}"#),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    let clock = Arc::new(OffsetClock::default());
+    let provider = fake
+        .provider("acme")
+        .with_subject(SubjectSource::TokenResponse {
+            pointers: vec!["/sub".into()],
+        });
+    let a = vault_at(&path, Arc::clone(&clock), Duration::from_secs(5)).await;
+    a.register_provider(provider.clone()).unwrap();
+    let b = vault_at(&path, Arc::clone(&clock), Duration::from_secs(5)).await;
+    b.register_provider(provider).unwrap();
+    let before = consent(&a, "user-1", "acme", &["api"]).await;
+    clock.advance(Duration::from_secs(3600));
+
+    let b_task = tokio::spawn(async move { b.ensure_fresh("user-1", "acme").await });
+    while fake.count() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let a_result = a.ensure_fresh("user-1", "acme").await.unwrap();
+    assert_eq!(a_result.token_version, before.token_version + 1);
+    gate.notify_one();
+    let b_result = b_task
+        .await
+        .unwrap()
+        .expect("a lost race must not be an error");
+    assert_eq!(b_result.status, AccountStatus::Active);
+    assert_eq!(b_result.token_version, a_result.token_version);
+    assert_eq!(
+        a.account("user-1", "acme").await.unwrap().status,
+        AccountStatus::Active
+    );
+}
