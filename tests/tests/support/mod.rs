@@ -59,6 +59,7 @@ impl OAuthServer {
 
     pub fn start_with_ttl(access_token_ttl: u64) -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oauth-server");
+        install_oauth_server(&dir);
         assert!(
             dir.join("node_modules/oidc-provider/package.json").exists(),
             "the OAuth test server is not installed: run `npm ci --prefix tests/oauth-server` \
@@ -541,4 +542,22 @@ impl FakeTokenEndpoint {
 pub fn reply(status: u16, body: impl Into<String>) -> FakeReply {
     let body = body.into();
     Box::pin(async move { (status, body) })
+}
+
+/// Installs the OAuth test server's npm packages from its lockfile when they are missing, so
+/// that `cargo test` alone works on a fresh clone (test binaries run one at a time; threads
+/// within one binary share the `OnceLock`).
+fn install_oauth_server(dir: &std::path::Path) {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        if dir.join("node_modules/oidc-provider/package.json").exists() {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(dir)
+            .status()
+            .expect("cannot run `npm` (is Node.js installed and on PATH?)");
+        assert!(status.success(), "`npm ci --prefix {}` failed", dir.display());
+    });
 }
