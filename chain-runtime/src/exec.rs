@@ -31,6 +31,7 @@ pub struct StepEnv {
     pub(crate) connector: &'static str,
     pub(crate) principal: serde_json::Value,
     pub(crate) touched: Arc<Mutex<Vec<RecordRef>>>,
+    pub(crate) http: Option<crate::connector::StepHttp>,
 }
 
 impl std::fmt::Debug for StepEnv {
@@ -59,7 +60,14 @@ impl StepEnv {
             connector,
             principal,
             touched: Arc::default(),
+            http: None,
         }
+    }
+
+    /// Gives the step a connector client (the engine does this when it has a vault).
+    pub(crate) fn with_http(mut self, http: crate::connector::StepHttp) -> Self {
+        self.http = Some(http);
+        self
     }
 
     /// The run this step belongs to.

@@ -11,6 +11,7 @@ extern crate self as chain_runtime;
 pub mod audit;
 pub mod chain;
 pub mod classify;
+pub mod connector;
 pub mod exec;
 pub mod graph;
 pub mod manifest;

@@ -229,6 +229,17 @@ impl<P: Principal> StepCtx<P> {
         &self.env.step_id
     }
 
+    /// The HTTP client for this step's connector: the run principal's credential is injected
+    /// and the failure policy applied. Fails when the runtime was started without a vault.
+    pub fn http(&self) -> Result<&crate::connector::StepHttp, StepError> {
+        self.env.http.as_ref().ok_or_else(|| {
+            StepError::Runtime(format!(
+                "step `{}` has no HTTP client for `{}`: give the engine a vault",
+                self.env.step_id, self.env.connector
+            ))
+        })
+    }
+
     /// The run-time environment (connector client, run id).
     pub fn env(&self) -> &StepEnv {
         &self.env

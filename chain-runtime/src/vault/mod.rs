@@ -333,6 +333,30 @@ impl Vault {
         Ok(())
     }
 
+    /// The provider name `connector`'s responses are classified as (see
+    /// [`crate::classify::classify`]).
+    pub fn provider_name(&self, connector: &str) -> Result<String, VaultError> {
+        Ok(self.provider(connector)?.provider.clone())
+    }
+
+    /// Marks `principal_id`'s account on `connector` as needing a new consent, after the
+    /// provider rejected an API call as revoked (or demanded a stronger authentication). It is
+    /// not refreshed again automatically.
+    pub async fn require_reauthorization(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<(), VaultError> {
+        let account = self.inner.store.get_account(principal_id, connector).await?;
+        match account {
+            Some(account) => self.mark_needs_reauthorization(&account).await,
+            None => Err(VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            }),
+        }
+    }
+
     fn provider(&self, connector: &str) -> Result<Arc<ProviderConfig>, VaultError> {
         let providers = self
             .inner

@@ -1,0 +1,247 @@
+//! The HTTP client a step body uses: the credential of the run's principal is injected by the
+//! vault, every response is classified, and the failure policy is applied before step code
+//! sees anything.
+//!
+//! ```no_run
+//! # use chain_runtime::prelude::*;
+//! # #[derive(Clone, Debug, Serialize, Deserialize)] pub struct UserId(String);
+//! # impl Principal for UserId { fn identifier(&self) -> String { self.0.clone() } }
+//! #[step(connector = "slack", scopes = ["chat:write"], irreversible = "read at once")]
+//! async fn announce(ctx: &StepCtx<UserId>, text: String) -> Result<String, StepError> {
+//!     let response = ctx
+//!         .http()?
+//!         .post("https://slack.example/api/chat.postMessage")
+//!         .json(&serde_json::json!({ "channel": "C1", "text": text }))
+//!         .send()
+//!         .await?;
+//!     let body: serde_json::Value = response.json()?;
+//!     Ok(body["ts"].as_str().unwrap_or_default().to_owned())
+//! }
+//! ```
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+
+use crate::classify::{self, FailureClass, RequestKind};
+use crate::policy::{Action, AttemptState, RetryPolicy};
+use crate::step::StepError;
+use crate::vault::{AuthorizedClient, Vault, VaultError};
+
+/// The connector client of one step execution: bound to the run's principal and the step's
+/// connector, it sends the step's idempotency key with every request.
+#[derive(Clone, Debug)]
+pub struct StepHttp {
+    vault: Vault,
+    client: AuthorizedClient,
+    provider: String,
+    idempotency_key: String,
+    policy: RetryPolicy,
+}
+
+impl StepHttp {
+    pub(crate) fn new(
+        vault: &Vault,
+        principal_id: &str,
+        connector: &str,
+        idempotency_key: &str,
+        policy: RetryPolicy,
+    ) -> Self {
+        let provider = vault.provider_name(connector).unwrap_or_else(|_| connector.to_owned());
+        Self {
+            vault: vault.clone(),
+            client: vault.client(principal_id, connector),
+            provider,
+            idempotency_key: idempotency_key.to_owned(),
+            policy,
+        }
+    }
+
+    /// Starts a request.
+    pub fn request(&self, method: Method, url: impl Into<String>) -> StepRequest<'_> {
+        StepRequest { http: self, method, url: url.into(), headers: Vec::new(), body: Body::None }
+    }
+
+    /// Starts a GET request.
+    pub fn get(&self, url: impl Into<String>) -> StepRequest<'_> {
+        self.request(Method::GET, url)
+    }
+
+    /// Starts a POST request.
+    pub fn post(&self, url: impl Into<String>) -> StepRequest<'_> {
+        self.request(Method::POST, url)
+    }
+
+    /// Starts a PATCH request.
+    pub fn patch(&self, url: impl Into<String>) -> StepRequest<'_> {
+        self.request(Method::PATCH, url)
+    }
+
+    /// Starts a DELETE request.
+    pub fn delete(&self, url: impl Into<String>) -> StepRequest<'_> {
+        self.request(Method::DELETE, url)
+    }
+
+    fn connector(&self) -> &str {
+        self.client.connector()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    None,
+    Json(serde_json::Value),
+    Form(Vec<(String, String)>),
+}
+
+/// A request of a step, resent as the failure policy says (same idempotency key every time).
+#[derive(Debug)]
+pub struct StepRequest<'a> {
+    http: &'a StepHttp,
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Body,
+}
+
+/// A successful (classified `Ok`) provider response.
+#[derive(Debug, Clone)]
+pub struct StepResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers.
+    pub headers: http::HeaderMap,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl StepResponse {
+    /// The body as JSON of type `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, StepError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| StepError::Runtime(format!("provider response is not the expected JSON: {e}")))
+    }
+}
+
+impl StepRequest<'_> {
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets a JSON body.
+    pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
+        self.body = Body::Json(serde_json::to_value(body).unwrap_or(serde_json::Value::Null));
+        self
+    }
+
+    /// Sets a form body.
+    pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
+        self.body = Body::Form(fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self
+    }
+
+    /// Sends the request under the failure policy: refresh once on expiry, back off on rate
+    /// limits, retry server errors with the same idempotency key; everything else becomes a
+    /// typed [`StepError`] without a retry.
+    pub async fn send(self) -> Result<StepResponse, StepError> {
+        let http = self.http;
+        let connector = http.connector().to_owned();
+        let mut state = AttemptState::default();
+        loop {
+            state.now = Some(std::time::SystemTime::now());
+            let mut request = http
+                .client
+                .request(self.method.clone(), self.url.as_str())
+                .header("Idempotency-Key", &http.idempotency_key);
+            for (name, value) in &self.headers {
+                request = request.header(name, value);
+            }
+            request = match &self.body {
+                Body::None => request,
+                Body::Json(v) => request.json(v),
+                Body::Form(f) => request.form(f),
+            };
+            let (status, headers, body) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    match response.bytes().await {
+                        Ok(bytes) => (status, headers, bytes.to_vec()),
+                        Err(_) => (0, http::HeaderMap::new(), Vec::new()),
+                    }
+                }
+                Err(VaultError::Transport { .. }) => (0, http::HeaderMap::new(), Vec::new()),
+                Err(e) => return Err(vault_failure(&connector, e)),
+            };
+            let classification = classify::classify(&http.provider, RequestKind::Api, status, &headers, &body);
+            let decision = http.policy.decide(&http.provider, &classification, &state);
+            tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
+            match decision.action {
+                Action::Proceed => return Ok(StepResponse { status, headers, body }),
+                Action::RefreshThenRetry => {
+                    http.client.refresh_after_expiry().await.map_err(|e| vault_failure(&connector, e))?;
+                    state.refreshed_after_expiry = true;
+                }
+                Action::Backoff { wait } => {
+                    state.rate_limit_retries += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Action::RetrySameKey { wait } => {
+                    state.server_retries += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Action::NeedsConsent { needed_scopes, .. } => {
+                    return Err(StepError::Auth {
+                        connector,
+                        class: FailureClass::InsufficientScope,
+                        needed_scopes,
+                    });
+                }
+                Action::NeedsReauthorization { .. } => {
+                    if let Err(e) = http.vault.require_reauthorization(http.client.principal_id(), &connector).await {
+                        tracing::error!(connector = %connector, error = %e, "could not mark the account for re-authorization");
+                    }
+                    return Err(StepError::Auth { connector, class: decision.class, needed_scopes: Vec::new() });
+                }
+                Action::FailDomain => {
+                    return Err(StepError::Forbidden { connector, message: provider_message(status, &body) });
+                }
+                Action::AlertOperator => {
+                    return Err(StepError::Auth {
+                        connector,
+                        class: FailureClass::InvalidClient,
+                        needed_scopes: Vec::new(),
+                    });
+                }
+                Action::GiveUp { retry_after } => {
+                    let wait = retry_after.map(|d| format!(", provider asked to wait {}s", d.as_secs())).unwrap_or_default();
+                    return Err(StepError::Unavailable {
+                        connector,
+                        message: format!("{:?} after bounded retries (last status {status}{wait})", decision.class),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A short, secret-free description of a refused call, for the step error.
+fn provider_message(status: u16, body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(&body[..body.len().min(200)]).chars().filter(|c| !c.is_control()).collect();
+    format!("HTTP {status}: {text}")
+}
+
+/// A vault failure seen from a step: revocation and missing accounts are authorization
+/// failures the chain policy handles; the rest are runtime errors.
+fn vault_failure(connector: &str, error: VaultError) -> StepError {
+    let class = match &error {
+        VaultError::GrantRevoked { .. } | VaultError::NeedsReauthorization { .. } | VaultError::Revoked { .. } | VaultError::NotConnected { .. } => Some(FailureClass::GrantRevoked),
+        VaultError::InvalidClient { .. } => Some(FailureClass::InvalidClient),
+        _ => None,
+    };
+    match class {
+        Some(class) => StepError::Auth { connector: connector.to_owned(), class, needed_scopes: Vec::new() },
+        None => StepError::Runtime(error.to_string()),
+    }
+}
