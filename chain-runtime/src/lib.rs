@@ -11,6 +11,7 @@ extern crate self as chain_runtime;
 pub mod audit;
 pub mod chain;
 pub mod classify;
+pub mod engine;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
@@ -18,6 +19,7 @@ pub mod preflight;
 pub mod principal;
 pub mod registry;
 pub mod step;
+pub mod store;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
 pub use chain_macros::{chain, compensator, step};
