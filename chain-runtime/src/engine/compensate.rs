@@ -52,9 +52,7 @@ pub(crate) async fn compensate(
     cause: String,
 ) -> Result<RunState, EngineError> {
     let store = &engine.inner.store;
-    store
-        .set_state(lease, None, RunState::Compensating)
-        .await?;
+    store.set_state(lease, None, RunState::Compensating).await?;
     let journal = store.journal(&run.run_id).await?;
     let done: HashMap<String, CompensationEntry> = store
         .compensations(&run.run_id)
@@ -69,7 +67,10 @@ pub(crate) async fn compensate(
     let mut alerts: Vec<(String, Vec<RecordRef>, String)> = Vec::new();
     for entry in journal.iter().rev().filter(|e| e.kind == EntryKind::Step) {
         let Some(step) = steps.get(entry.name.as_str()) else {
-            problems.push(format!("step `{}` is no longer part of the chain", entry.name));
+            problems.push(format!(
+                "step `{}` is no longer part of the chain",
+                entry.name
+            ));
             continue;
         };
         let (output, touched) = match &entry.result {
@@ -113,7 +114,13 @@ pub(crate) async fn compensate(
             Effect::Compensated { compensator } => {
                 wrote = true;
                 let previous = done.get(&entry.step_id);
-                if matches!(previous, Some(CompensationEntry { result: Some(None), .. })) {
+                if matches!(
+                    previous,
+                    Some(CompensationEntry {
+                        result: Some(None),
+                        ..
+                    })
+                ) {
                     continue;
                 }
                 let attempt = previous.map_or(1, |p| p.attempt + 1);

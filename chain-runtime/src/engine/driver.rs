@@ -224,7 +224,13 @@ impl Driver {
             .audit
             .append(attempt_record)
             .await
-            .map_err(|e| self.halt(format!("the audit trail failed before `{step_id}`: {e}"), None, Vec::new()))?;
+            .map_err(|e| {
+                self.halt(
+                    format!("the audit trail failed before `{step_id}`: {e}"),
+                    None,
+                    Vec::new(),
+                )
+            })?;
         let intent = JournalEntry {
             seq,
             step_id: step_id.clone(),
@@ -411,7 +417,13 @@ impl Driver {
                 .step(&step_id),
             )
             .await
-            .map_err(|e| self.halt(format!("the audit trail failed at a handoff: {e}"), None, Vec::new()))?;
+            .map_err(|e| {
+                self.halt(
+                    format!("the audit trail failed at a handoff: {e}"),
+                    None,
+                    Vec::new(),
+                )
+            })?;
         let result = match self
             .engine
             .run_child(&request, child_run_id.clone(), &self.run.run_id)
@@ -423,14 +435,14 @@ impl Driver {
                 request.chain.name,
                 state.kind()
             ))),
-            Err(EngineError::PreflightNotReady { consents, .. }) => Err(StepError::Domain(
-                format!(
+            Err(EngineError::PreflightNotReady { consents, .. }) => {
+                Err(StepError::Domain(format!(
                     "handoff to `{}`: principal `{}` must first consent to {}",
                     request.chain.name,
                     request.principal_id,
                     super::describe_consents(&consents)
-                ),
-            )),
+                )))
+            }
             Err(e) => Err(runtime(format!("handoff to `{}`: {e}", request.chain.name))),
         };
         let done = JournalEntry {
@@ -483,8 +495,8 @@ impl Driver {
             match body {
                 Ok(output) => RunState::Completed { output },
                 Err(err) => {
-                    let propagated = failure
-                        .filter(|f| matches!(&err, ChainError::Step(e) if *e == f.error));
+                    let propagated =
+                        failure.filter(|f| matches!(&err, ChainError::Step(e) if *e == f.error));
                     match propagated {
                         Some(f)
                             if self.meta.on_auth_failure == AuthFailurePolicy::Suspend
@@ -524,10 +536,7 @@ impl Driver {
             .credentials
             .grants(&self.run.principal_id)
             .await?;
-        let mut scopes: BTreeSet<String> = grants
-            .get(&f.connector)
-            .cloned()
-            .unwrap_or_default();
+        let mut scopes: BTreeSet<String> = grants.get(&f.connector).cloned().unwrap_or_default();
         scopes.extend(needed_scopes.iter().cloned());
         scopes.extend(ScopeManifest::for_chain(self.meta).scopes(&f.connector));
         let reason = match class {
@@ -595,7 +604,11 @@ pub(crate) async fn conclude(
     lease: &Lease,
     state: RunState,
 ) -> Result<RunState, EngineError> {
-    let stored = engine.inner.store.set_state(lease, None, state.clone()).await;
+    let stored = engine
+        .inner
+        .store
+        .set_state(lease, None, state.clone())
+        .await;
     if stored.is_ok() && !matches!(state, RunState::Suspended { .. }) {
         let outcome = match state {
             RunState::Completed { .. } | RunState::Compensated => Outcome::Succeeded,

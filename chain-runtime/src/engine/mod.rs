@@ -40,7 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use notify::{NotifyError, Notifier, TracingNotifier, WebhookNotifier};
+pub use notify::{Notifier, NotifyError, TracingNotifier, WebhookNotifier};
 
 use crate::audit::{
     AlertSeverity, AuditError, AuditEvent, AuditStore, ConnectorScopes, NewRecord, Outcome,
@@ -58,8 +58,10 @@ use crate::store::{Alert, Lease, RunRecord, RunState, RunStore, StoreError};
 /// implements it; [`StaticGrants`] is a tiny in-memory stand-in for tests.
 pub trait Credentials: Send + Sync {
     /// The scopes `principal_id` granted, per connected connector (for preflight).
-    fn grants<'a>(&'a self, principal_id: &'a str)
-    -> BoxFuture<'a, Result<Grants, CredentialsError>>;
+    fn grants<'a>(
+        &'a self,
+        principal_id: &'a str,
+    ) -> BoxFuture<'a, Result<Grants, CredentialsError>>;
 
     /// The subject the provider knows the principal's account on `connector` as, if one is
     /// connected.
@@ -79,8 +81,11 @@ pub struct CredentialsError(pub String);
 /// For tests and examples until the vault is wired in.
 #[derive(Debug, Default)]
 pub struct StaticGrants {
-    accounts: Mutex<HashMap<(String, String), (BTreeSet<String>, String)>>,
+    accounts: Mutex<Accounts>,
 }
+
+/// (principal, connector) → (granted scopes, upstream subject).
+type Accounts = HashMap<(String, String), (BTreeSet<String>, String)>;
 
 impl StaticGrants {
     /// No accounts.
@@ -109,9 +114,7 @@ impl StaticGrants {
             .remove(&(principal.to_owned(), connector.to_owned()));
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (BTreeSet<String>, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Accounts> {
         self.accounts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -305,7 +308,10 @@ fn step_fingerprint(step: &StepMeta) -> String {
     blake3::hash(text.as_bytes()).to_hex().to_string()
 }
 
-fn version_diff(recorded: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+fn version_diff(
+    recorded: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (name, fp) in recorded {
         match now.get(name) {
@@ -373,8 +379,14 @@ impl<C: Chain> ErasedRunner for Runner<C> {
         lease: Lease,
     ) -> BoxFuture<'static, Result<RunState, EngineError>> {
         Box::pin(async move {
-            let principal: C::Principal = serde_json::from_value(run.principal.clone())
-                .map_err(|e| EngineError::Codec(format!("run `{}`: stored principal does not decode as `{}`: {e}", run.run_id, C::META.principal)))?;
+            let principal: C::Principal =
+                serde_json::from_value(run.principal.clone()).map_err(|e| {
+                    EngineError::Codec(format!(
+                        "run `{}`: stored principal does not decode as `{}`: {e}",
+                        run.run_id,
+                        C::META.principal
+                    ))
+                })?;
             let input: C::Input = serde_json::from_value(run.input.clone()).map_err(|e| {
                 EngineError::Codec(format!(
                     "run `{}`: stored input does not decode: {e}",
@@ -635,11 +647,7 @@ impl Engine {
     }
 
     /// The checks of [`Engine::resume`] under a claimed lease; returns the run, now Running.
-    async fn resume_claimed(
-        &self,
-        run_id: &str,
-        lease: &Lease,
-    ) -> Result<RunRecord, EngineError> {
+    async fn resume_claimed(&self, run_id: &str, lease: &Lease) -> Result<RunRecord, EngineError> {
         let mut run = self.run_status(run_id).await?;
         let RunState::Suspended { step_id, .. } = &run.state else {
             return Err(EngineError::NotSuspended {
@@ -714,7 +722,9 @@ impl Engine {
     /// Continues every run left Running or Compensating by a previous process (a crash),
     /// for registered chains. Runs this engine is driving right now are skipped. Returns each
     /// run's id with its outcome.
-    pub async fn recover(&self) -> Result<Vec<(String, Result<RunState, EngineError>)>, EngineError> {
+    pub async fn recover(
+        &self,
+    ) -> Result<Vec<(String, Result<RunState, EngineError>)>, EngineError> {
         let mut out = Vec::new();
         for run in self.inner.store.list_runs().await? {
             if run.state.is_terminal() {
@@ -857,10 +867,11 @@ fn typed_report<C: Chain>(
     state: RunState,
 ) -> Result<RunReport<C::Output>, EngineError> {
     let output = match &state {
-        RunState::Completed { output } => Some(
-            serde_json::from_value(output.clone())
-                .map_err(|e| EngineError::Codec(format!("run `{run_id}`: output does not decode: {e}")))?,
-        ),
+        RunState::Completed { output } => {
+            Some(serde_json::from_value(output.clone()).map_err(|e| {
+                EngineError::Codec(format!("run `{run_id}`: output does not decode: {e}"))
+            })?)
+        }
         _ => None,
     };
     Ok(RunReport {

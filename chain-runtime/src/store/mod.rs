@@ -287,8 +287,10 @@ pub trait RunStore: Send + Sync {
     fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// One run.
-    fn get_run<'a>(&'a self, run_id: &'a str)
-    -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>>;
+    fn get_run<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>>;
 
     /// Every run, oldest first.
     fn list_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
@@ -303,8 +305,10 @@ pub trait RunStore: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// The run's journal in position order.
-    fn journal<'a>(&'a self, run_id: &'a str)
-    -> BoxFuture<'a, Result<Vec<JournalEntry>, StoreError>>;
+    fn journal<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<JournalEntry>, StoreError>>;
 
     /// Durably writes (or replaces) the entry at `entry.seq` and moves the run to `node`.
     fn write_entry<'a>(
@@ -315,8 +319,11 @@ pub trait RunStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Removes the entry at `seq` (a failed step to retry on resume).
-    fn remove_entry<'a>(&'a self, lease: &'a Lease, seq: u32)
-    -> BoxFuture<'a, Result<(), StoreError>>;
+    fn remove_entry<'a>(
+        &'a self,
+        lease: &'a Lease,
+        seq: u32,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The run's journaled compensations.
     fn compensations<'a>(
@@ -335,15 +342,20 @@ pub trait RunStore: Send + Sync {
     fn insert_alert(&self, alert: Alert) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Alerts, oldest first, of one run or all.
-    fn alerts<'a>(&'a self, run_id: Option<&'a str>)
-    -> BoxFuture<'a, Result<Vec<Alert>, StoreError>>;
+    fn alerts<'a>(
+        &'a self,
+        run_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Alert>, StoreError>>;
 }
 
 /// In-process lease table shared by the embedded stores.
 #[derive(Debug, Default)]
 pub(crate) struct LocalLeases {
-    table: std::sync::Mutex<(u64, std::collections::HashMap<String, (String, u64)>)>,
+    table: std::sync::Mutex<(u64, LeaseTable)>,
 }
+
+/// run id → (owner, fencing token).
+type LeaseTable = std::collections::HashMap<String, (String, u64)>;
 
 impl LocalLeases {
     pub(crate) fn claim(&self, run_id: &str, owner: &str) -> Result<Lease, StoreError> {

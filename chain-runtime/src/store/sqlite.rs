@@ -298,7 +298,16 @@ fn row_to_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord, Sto
     let state: String = row.get(9)?;
     let node: u32 = row.get(10)?;
     let created: i64 = row.get(11)?;
-    let [run_id, chain, chain_version, steps, principal, principal_id, input, subjects] = texts;
+    let [
+        run_id,
+        chain,
+        chain_version,
+        steps,
+        principal,
+        principal_id,
+        input,
+        subjects,
+    ] = texts;
     Ok((|| {
         Ok(RunRecord {
             run_id,
@@ -517,8 +526,9 @@ impl RunStore for SqliteRunStore {
                 let (seq, step_id, kind, name, attempt, result) = row?;
                 out.push(JournalEntry {
                     seq,
-                    kind: EntryKind::parse(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("unknown entry kind `{kind}`")))?,
+                    kind: EntryKind::parse(&kind).ok_or_else(|| {
+                        StoreError::Corrupt(format!("unknown entry kind `{kind}`"))
+                    })?,
                     step_id,
                     name,
                     attempt,
