@@ -490,6 +490,18 @@ async fn suspend_policy_keeps_writes_and_resume_continues_at_the_failed_step() {
         let ev = events(&env, &report.run_id).await;
         assert_eq!(count(&ev, "resumed"), 1);
         assert_eq!(count(&ev, "run_finished"), 1);
+        let journal = env.store.journal(&report.run_id).await.unwrap();
+        assert_eq!(journal.len(), 3);
+        assert_eq!(
+            journal[k - 1].attempt,
+            2,
+            "the failed step was retried, as attempt 2"
+        );
+        assert!(
+            journal
+                .iter()
+                .all(|e| matches!(e.result, Some(EntryResult::Ok { .. })))
+        );
     }
 }
 
@@ -981,4 +993,32 @@ async fn the_in_memory_store_runs_suspends_and_resumes_too() {
     let resumed = engine.resume(&report.run_id).await.unwrap();
     assert!(matches!(resumed.state, RunState::Completed { .. }));
     assert_eq!(log(&t), ["s1", "s2", "s3", "s3"]);
+}
+
+#[tokio::test]
+async fn a_crash_during_compensation_resumes_the_compensation_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let grants = Arc::new(StaticGrants::new());
+    connect_all(&grants, "alice");
+    let t = tag("compcrash");
+    fail(&t, "s3", StepError::domain("docs said no"));
+    let env = open_engine(&dir, grants.clone()).await;
+    crash_at::<three_comp>(env, &t, "u1").await;
+    assert_eq!(log(&t), ["s1", "s2", "s3", "u2", "u1"]);
+
+    let env = open_engine(&dir, grants).await;
+    let runs = env.engine.list_runs().await.unwrap();
+    assert_eq!(runs[0].state, RunState::Compensating);
+    env.engine.register::<three_comp>();
+    let recovered = env.engine.recover().await.unwrap();
+    assert!(
+        matches!(recovered[0].1, Ok(RunState::Compensated)),
+        "{:?}",
+        recovered[0].1
+    );
+    // u2 had finished and is not run again; u1 had only its intent and runs again.
+    assert_eq!(log(&t), ["s1", "s2", "s3", "u2", "u1", "u1"]);
+    let comps = env.store.compensations(&runs[0].run_id).await.unwrap();
+    let u1 = comps.iter().find(|c| c.compensator == "u1").unwrap();
+    assert_eq!((u1.attempt, u1.result.clone()), (2, Some(None)));
 }

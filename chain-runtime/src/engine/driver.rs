@@ -43,6 +43,8 @@ pub(crate) struct Driver {
     meta: &'static ChainMeta,
     run: RunRecord,
     lease: Lease,
+    /// On resume: the suspended step, whose journaled failure is retried instead of replayed.
+    retry: Option<String>,
     cursor: Mutex<Cursor>,
 }
 
@@ -74,10 +76,12 @@ impl Driver {
         run: RunRecord,
         lease: Lease,
         journal: Vec<JournalEntry>,
+        retry: Option<String>,
     ) -> Self {
         Self {
             engine,
             meta,
+            retry,
             cursor: Mutex::new(Cursor {
                 journal: journal.into_iter().map(|e| (e.seq, e)).collect(),
                 next: 0,
@@ -179,6 +183,9 @@ impl Driver {
                 Some(EntryResult::Ok { output, .. }) => {
                     self.cursor().node = node;
                     return Ok(output);
+                }
+                Some(EntryResult::Err { .. }) if self.retry.as_deref() == Some(&step_id) => {
+                    attempt = entry.attempt + 1;
                 }
                 Some(EntryResult::Err { error }) => {
                     self.note_failure(&step_id, node, meta.connector, &error);

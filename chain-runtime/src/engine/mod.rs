@@ -362,6 +362,7 @@ trait ErasedRunner: Send + Sync {
         engine: Engine,
         run: RunRecord,
         lease: Lease,
+        retry: Option<String>,
     ) -> BoxFuture<'static, Result<RunState, EngineError>>;
 }
 
@@ -377,8 +378,28 @@ impl<C: Chain> ErasedRunner for Runner<C> {
         engine: Engine,
         run: RunRecord,
         lease: Lease,
+        retry: Option<String>,
     ) -> BoxFuture<'static, Result<RunState, EngineError>> {
         Box::pin(async move {
+            let store = Arc::clone(&engine.inner.store);
+            let result = Self::drive_leased(engine, run, &lease, retry).await;
+            if result.is_err() {
+                // `finish` releases the lease on every path it reaches; this covers the rest.
+                let _ = store.release_run(&lease).await;
+            }
+            result
+        })
+    }
+}
+
+impl<C: Chain> Runner<C> {
+    async fn drive_leased(
+        engine: Engine,
+        run: RunRecord,
+        lease: &Lease,
+        retry: Option<String>,
+    ) -> Result<RunState, EngineError> {
+        {
             let principal: C::Principal =
                 serde_json::from_value(run.principal.clone()).map_err(|e| {
                     EngineError::Codec(format!(
@@ -398,8 +419,9 @@ impl<C: Chain> ErasedRunner for Runner<C> {
                 engine.clone(),
                 &C::META,
                 run,
-                lease,
+                lease.clone(),
                 journal,
+                retry,
             ));
             let ctx = Arc::new(ChainCtx::new(principal, driver.clone()));
             let body = C::run(ctx, input).await;
@@ -411,7 +433,7 @@ impl<C: Chain> ErasedRunner for Runner<C> {
                 })
             });
             driver.finish(body).await
-        })
+        }
     }
 }
 
@@ -592,7 +614,7 @@ impl Engine {
             let _ = self.inner.store.release_run(&lease).await;
             return Err(e.into());
         }
-        runner.drive(self.clone(), run, lease).await
+        runner.drive(self.clone(), run, lease, None).await
     }
 
     /// A run's stored record (state, node, principal, …).
@@ -634,9 +656,8 @@ impl Engine {
         };
         let result = self.resume_claimed(run_id, &lease).await;
         match result {
-            Ok(run) => {
-                let runner = self.runner(&run.chain)?;
-                let state = runner.drive(self.clone(), run, lease).await?;
+            Ok((runner, run, retry)) => {
+                let state = runner.drive(self.clone(), run, lease, Some(retry)).await?;
                 Ok(erased_report(run_id.to_owned(), state))
             }
             Err(e) => {
@@ -647,7 +668,11 @@ impl Engine {
     }
 
     /// The checks of [`Engine::resume`] under a claimed lease; returns the run, now Running.
-    async fn resume_claimed(&self, run_id: &str, lease: &Lease) -> Result<RunRecord, EngineError> {
+    async fn resume_claimed(
+        &self,
+        run_id: &str,
+        lease: &Lease,
+    ) -> Result<(Arc<dyn ErasedRunner>, RunRecord, String), EngineError> {
         let mut run = self.run_status(run_id).await?;
         let RunState::Suspended { step_id, .. } = &run.state else {
             return Err(EngineError::NotSuspended {
@@ -697,11 +722,6 @@ impl Engine {
                 state: now.state.kind().to_owned(),
             });
         }
-        // The failed step runs again: forget its journaled failure.
-        let journal = self.inner.store.journal(run_id).await?;
-        if let Some(entry) = journal.iter().find(|e| e.step_id == suspended_step) {
-            self.inner.store.remove_entry(lease, entry.seq).await?;
-        }
         self.inner
             .audit
             .append(
@@ -716,7 +736,7 @@ impl Engine {
             )
             .await?;
         run.state = RunState::Running;
-        Ok(run)
+        Ok((runner, run, suspended_step))
     }
 
     /// Continues every run left Running or Compensating by a previous process (a crash),
@@ -781,7 +801,7 @@ impl Engine {
         if run.state == RunState::Compensating {
             return compensate::finish_compensation(self, runner.meta(), &run, lease).await;
         }
-        runner.drive(self.clone(), run, lease).await
+        runner.drive(self.clone(), run, lease, None).await
     }
 
     /// A child run for a handoff: continues it if it exists, else starts it.
@@ -800,7 +820,7 @@ impl Engine {
                     .store
                     .claim_run(&child_run_id, &self.inner.owner)
                     .await?;
-                runner.drive(self.clone(), run, lease).await
+                runner.drive(self.clone(), run, lease, None).await
             }
             Some(run) => Ok(run.state),
             None => {

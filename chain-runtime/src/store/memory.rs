@@ -155,20 +155,6 @@ impl RunStore for MemoryRunStore {
         })
     }
 
-    fn remove_entry<'a>(
-        &'a self,
-        lease: &'a Lease,
-        seq: u32,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.with_run(lease, |data, _| {
-                if let Some(j) = data.journals.get_mut(&lease.run_id) {
-                    j.remove(&seq);
-                }
-            })
-        })
-    }
-
     fn compensations<'a>(
         &'a self,
         run_id: &'a str,

@@ -318,13 +318,6 @@ pub trait RunStore: Send + Sync {
         node: u32,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Removes the entry at `seq` (a failed step to retry on resume).
-    fn remove_entry<'a>(
-        &'a self,
-        lease: &'a Lease,
-        seq: u32,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-
     /// The run's journaled compensations.
     fn compensations<'a>(
         &'a self,

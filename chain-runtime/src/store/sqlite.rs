@@ -93,10 +93,6 @@ enum WriteOp {
         entry: JournalEntry,
         node: u32,
     },
-    RemoveEntry {
-        run_id: String,
-        seq: u32,
-    },
     Compensation {
         run_id: String,
         entry: CompensationEntry,
@@ -163,10 +159,6 @@ impl WriteOp {
                 )?;
                 n
             }
-            WriteOp::RemoveEntry { run_id, seq } => conn.execute(
-                "DELETE FROM journal_entries WHERE run_id = ?1 AND seq = ?2",
-                params![run_id, seq],
-            )?,
             WriteOp::Compensation { run_id, entry } => {
                 let result = entry.result.as_ref().map(serde_json::to_string).transpose()?;
                 conn.execute(
@@ -551,22 +543,6 @@ impl RunStore for SqliteRunStore {
                 run_id: lease.run_id.clone(),
                 entry,
                 node,
-            })
-            .await?;
-            Ok(())
-        })
-    }
-
-    fn remove_entry<'a>(
-        &'a self,
-        lease: &'a Lease,
-        seq: u32,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.inner.leases.check(lease)?;
-            self.write(WriteOp::RemoveEntry {
-                run_id: lease.run_id.clone(),
-                seq,
             })
             .await?;
             Ok(())
