@@ -223,6 +223,9 @@ pub enum EngineError {
         /// What changed, one entry per step (`step `x` changed`, `added`, `removed`).
         steps: Vec<String>,
     },
+    /// A task driving a run panicked or was cancelled.
+    #[error("a task driving a run failed: {0}")]
+    Task(String),
     /// A principal or input did not (de)serialize.
     #[error("{0}")]
     Codec(String),
@@ -740,12 +743,12 @@ impl Engine {
     }
 
     /// Continues every run left Running or Compensating by a previous process (a crash),
-    /// for registered chains. Runs this engine is driving right now are skipped. Returns each
-    /// run's id with its outcome.
+    /// for registered chains, concurrently. Runs this engine is driving right now are skipped
+    /// (their leases are held). Returns each run's id with its outcome, sorted by run id.
     pub async fn recover(
         &self,
     ) -> Result<Vec<(String, Result<RunState, EngineError>)>, EngineError> {
-        let mut out = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
         for run in self.inner.store.list_runs().await? {
             if run.state.is_terminal() {
                 continue;
@@ -763,10 +766,20 @@ impl Engine {
                 Err(StoreError::Claimed { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let run_id = run.run_id.clone();
-            let result = self.recover_one(runner, run, lease).await;
-            out.push((run_id, result));
+            let engine = self.clone();
+            tasks.spawn(async move {
+                let run_id = run.run_id.clone();
+                (run_id, engine.recover_one(runner, run, lease).await)
+            });
         }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(result) => out.push(result),
+                Err(e) => return Err(EngineError::Task(e.to_string())),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
