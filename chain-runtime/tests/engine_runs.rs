@@ -847,6 +847,14 @@ async fn fifty_concurrent_runs_on_one_store_complete() {
             .count(),
         50
     );
+    let stats = env.store.writer_stats();
+    // 50 runs × (1 insert + 3 intents + 3 results + 1 final state).
+    assert_eq!(stats.writes, 50 * 8);
+    assert!(stats.commits <= stats.writes);
+    eprintln!(
+        "group commit: {} writes in {} transactions",
+        stats.writes, stats.commits
+    );
     env.audit.verify(None).await.unwrap();
 }
 

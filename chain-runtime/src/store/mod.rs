@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use memory::MemoryRunStore;
-pub use sqlite::{SqliteRunStore, Synchronous};
+pub use sqlite::{SqliteRunStore, Synchronous, WriterStats};
 
 pub use crate::exec::BoxFuture;
 use crate::step::{RecordRef, StepError};

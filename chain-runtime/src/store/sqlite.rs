@@ -12,6 +12,7 @@
 //! blocking thread pool and never wait for the writer.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -186,8 +187,26 @@ pub struct SqliteRunStore {
     inner: Arc<Inner>,
 }
 
+/// Counters of the writer thread.
+#[derive(Debug, Default)]
+struct Stats {
+    writes: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// How many writes the writer thread applied and in how many transactions (group commit:
+/// `commits` is at most `writes`, and far fewer under concurrent load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Writes applied.
+    pub writes: u64,
+    /// Transactions committed (one fsync each under `synchronous=FULL`).
+    pub commits: u64,
+}
+
 struct Inner {
     path: PathBuf,
+    stats: Arc<Stats>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     readers: Mutex<Vec<Connection>>,
     leases: LocalLeases,
@@ -225,7 +244,7 @@ fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreEr
     Ok(conn)
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -249,6 +268,8 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             conn.execute_batch("COMMIT")?;
             Ok(())
         })();
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match commit {
             Ok(()) => {
                 for (job, result) in jobs.into_iter().zip(results) {
@@ -337,13 +358,16 @@ impl SqliteRunStore {
         .await
         .map_err(|e| StoreError::Background(e.to_string()))??;
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let writer_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("run-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer_stats))
             .map_err(|e| StoreError::Background(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                stats,
                 writer: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 leases: LocalLeases::default(),
@@ -354,6 +378,14 @@ impl SqliteRunStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Writes and commits so far (see [`WriterStats`]).
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            writes: self.inner.stats.writes.load(Ordering::Relaxed),
+            commits: self.inner.stats.commits.load(Ordering::Relaxed),
+        }
     }
 
     async fn write(&self, op: WriteOp) -> Result<usize, StoreError> {
