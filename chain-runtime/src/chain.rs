@@ -131,6 +131,39 @@ impl<P: Principal> ChainCtx<P> {
         })
     }
 
+    /// Starts chain `C` under another principal (an explicit handoff, such as a co-approval by
+    /// a second user) and returns its output. The child run has its own run id, preflight and
+    /// audit trail, linked to this run; this run's principal does not change. The child's
+    /// result is journaled here like a step's, so a resumed parent does not start it again.
+    pub async fn handoff<C: Chain>(
+        &self,
+        principal: C::Principal,
+        input: C::Input,
+        reason: &str,
+    ) -> Result<C::Output, ChainError> {
+        let encode = |what: &str, e: serde_json::Error| {
+            ChainError::Step(StepError::Runtime(format!(
+                "handoff to `{}`: the {what} does not encode: {e}",
+                C::META.name
+            )))
+        };
+        let request = crate::exec::HandoffRequest {
+            chain: &C::META,
+            register: crate::engine::Engine::register::<C>,
+            principal_id: principal.identifier(),
+            principal: serde_json::to_value(&principal).map_err(|e| encode("principal", e))?,
+            input: serde_json::to_value(&input).map_err(|e| encode("input", e))?,
+            reason: reason.to_owned(),
+        };
+        let value = self.driver.handoff(request).await?;
+        serde_json::from_value(value).map_err(|e| {
+            ChainError::Step(StepError::Runtime(format!(
+                "journaled output of handoff to `{}` does not decode: {e}",
+                C::META.name
+            )))
+        })
+    }
+
     #[doc(hidden)]
     pub fn __at_site(&self, site: u32) -> &Self {
         self.site.store(site, Ordering::Relaxed);

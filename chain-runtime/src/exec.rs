@@ -110,4 +110,46 @@ pub trait RunDriver: Send + Sync {
         label: &'a str,
         produce: BoxFuture<'a, Result<serde_json::Value, StepError>>,
     ) -> BoxFuture<'a, Result<serde_json::Value, StepError>>;
+
+    /// Starts a child chain under another principal (an explicit handoff, e.g. a co-approval)
+    /// and returns its output; journaled in the parent like a step. The parent's principal
+    /// does not change. Drivers that cannot hand off refuse.
+    fn handoff<'a>(
+        &'a self,
+        request: HandoffRequest,
+    ) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            Err(StepError::Runtime(format!(
+                "this run driver cannot hand off to `{}`; run the chain with the engine",
+                request.chain.name
+            )))
+        })
+    }
+}
+
+/// A request to start a child chain under another principal; built by
+/// [`crate::ChainCtx::handoff`].
+pub struct HandoffRequest {
+    /// The child chain's metadata.
+    pub chain: &'static crate::chain::ChainMeta,
+    /// Registers the child chain with an engine (so it can be resumed by id).
+    pub register: fn(&crate::engine::Engine),
+    /// The child's principal as JSON.
+    pub principal: serde_json::Value,
+    /// The child's principal identifier.
+    pub principal_id: String,
+    /// The child's input as JSON.
+    pub input: serde_json::Value,
+    /// Why the handoff happens, in words (audited).
+    pub reason: String,
+}
+
+impl std::fmt::Debug for HandoffRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffRequest")
+            .field("chain", &self.chain.name)
+            .field("principal_id", &self.principal_id)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
 }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod chain;
 pub mod classify;
 pub mod connector;
+pub mod engine;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
@@ -22,6 +23,7 @@ pub mod registry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod step;
+pub mod store;
 pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
