@@ -1,92 +1,212 @@
 //! Escalate a deal: update a Salesforce opportunity, open a Jira issue from it, announce it
 //! on Slack — one logical action in three systems, under one identity.
+//!
+//! ```text
+//! cargo run --example escalate_deal                         # the happy path
+//! cargo run --example escalate_deal -- --scenario revoked   # one failure mode
+//! cargo run --example escalate_deal -- --scenario all       # every failure mode
+//! cargo run --example escalate_deal -- --json               # machine-readable
+//! ```
+//!
+//! Everything runs locally: the sandbox emulates the three providers (OAuth and API, with
+//! their real failure shapes), and one SQLite file holds the vault, the run journal and the
+//! audit trail.
 
-use chain_runtime::prelude::*;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// The identity anchor: one value of this type authorizes every step of a run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserId(pub String);
+use chain_runtime::Chain;
+use examples::demo::{Demo, DemoError, Report, Scenario};
+use examples::escalate::escalate_deal;
 
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
+struct Args {
+    scenarios: Vec<Scenario>,
+    json: bool,
+    db: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: escalate_deal [--scenario NAME|all] [--json] [--db PATH]\n\
+scenarios: happy expired revoked missing-scope scope-dropped compensate irreversible drift";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        scenarios: vec![Scenario::Happy],
+        json: false,
+        db: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--json" => args.json = true,
+            "--scenario" => {
+                let name = it.next().ok_or("--scenario needs a name")?;
+                args.scenarios = if name == "all" {
+                    Scenario::ALL.to_vec()
+                } else {
+                    vec![
+                        Scenario::parse(&name)
+                            .ok_or_else(|| format!("unknown scenario `{name}`"))?,
+                    ]
+                };
+            }
+            "--db" => args.db = Some(it.next().ok_or("--db needs a path")?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// A Salesforce opportunity id.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct OppId(pub String);
-
-/// What `set_stage` changed, so that `restore_stage` can put it back.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StageChange {
-    opp: OppId,
-    previous: String,
-    current: String,
-}
-
-/// A Jira issue key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct IssueKey(pub String);
-
-/// The Slack message timestamp.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MessageTs(pub String);
-
-/// Moves the opportunity to a new stage. Undone by `restore_stage`.
-#[step(connector = "salesforce", scopes = ["api"], compensate = restore_stage)]
-async fn set_stage(
-    ctx: &StepCtx<UserId>,
-    opp: OppId,
-    stage: String,
-) -> Result<StageChange, StepError> {
-    ctx.touch(RecordRef::new("salesforce", "Opportunity", &opp.0));
-    Ok(StageChange {
-        opp,
-        previous: "Negotiation".into(),
-        current: stage,
-    })
-}
-
-/// Puts the opportunity back to the stage it had.
-#[compensator(connector = "salesforce", scopes = ["api"])]
-async fn restore_stage(ctx: &StepCtx<UserId>, change: StageChange) -> Result<(), StepError> {
-    ctx.touch(RecordRef::new("salesforce", "Opportunity", &change.opp.0));
-    Ok(())
-}
-
-/// Opens a Jira issue describing the change. Undone by `delete_issue`.
-#[step(connector = "jira", scopes = ["write:jira-work"], compensate = delete_issue)]
-async fn open_issue(ctx: &StepCtx<UserId>, change: StageChange) -> Result<IssueKey, StepError> {
-    let _ = (ctx, change);
-    Ok(IssueKey("ESC-1".into()))
-}
-
-/// Deletes the issue `open_issue` created.
-#[compensator(connector = "jira", scopes = ["write:jira-work", "delete:issue:jira"])]
-async fn delete_issue(ctx: &StepCtx<UserId>, issue: &IssueKey) -> Result<(), StepError> {
-    ctx.touch(RecordRef::new("jira", "issue", &issue.0));
-    Ok(())
-}
-
-/// Announces the escalation on Slack.
-#[step(connector = "slack", scopes = ["chat:write"], irreversible = "a posted message is read at once")]
-async fn announce(ctx: &StepCtx<UserId>, issue: IssueKey) -> Result<MessageTs, StepError> {
-    let _ = (ctx, issue);
-    Ok(MessageTs("1700000000.000100".into()))
-}
-
-/// Escalates a deal across Salesforce, Jira and Slack.
-#[chain(principal = UserId)]
-async fn escalate_deal(ctx: &ChainCtx<UserId>, opp: OppId) -> Result<IssueKey, ChainError> {
-    let change = set_stage(ctx, opp, "Escalated".into()).await?;
-    let issue = open_issue(ctx, change).await?;
-    announce(ctx, issue.clone()).await?;
-    Ok(issue)
-}
-
-fn main() {
+async fn run(args: Args) -> Result<(), DemoError> {
     let meta = &<escalate_deal as Chain>::META;
-    println!("{}", meta.manifest().to_json());
-    println!("{}", meta.graph.mermaid());
+    if !args.json {
+        println!(
+            "Chain `{}` runs as principal `{}`.\n",
+            meta.name, meta.principal
+        );
+        println!("Scope manifest (the minimal grant per connector):");
+        for (connector, scopes) in &meta.manifest().connectors {
+            let list: Vec<String> = scopes
+                .iter()
+                .map(|(scope, users)| {
+                    format!(
+                        "{scope} ({})",
+                        users.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })
+                .collect();
+            println!("  {connector:<11} {}", list.join("; "));
+        }
+        println!("\nDecision graph (Mermaid):\n{}", meta.graph.mermaid());
+    }
+    let mut reports = Vec::new();
+    for scenario in &args.scenarios {
+        // Each scenario gets fresh providers and a fresh store, so they do not interfere.
+        let dir = tempfile::tempdir()?;
+        let db = args
+            .db
+            .clone()
+            .unwrap_or_else(|| dir.path().join("chains.db"));
+        progress(
+            args.json,
+            &format!(
+                "[{}] starting the provider sandbox and the store at {}",
+                scenario.name(),
+                db.display()
+            ),
+        );
+        let demo = Demo::start(&db).await?;
+        progress(
+            args.json,
+            &format!(
+                "[{}] connecting alice's accounts (consent with PKCE), then running",
+                scenario.name()
+            ),
+        );
+        let report = demo.play(*scenario).await?;
+        if !args.json {
+            print_report(&report);
+        }
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(())
+}
+
+fn progress(json: bool, message: &str) {
+    if !json {
+        eprintln!("… {message}");
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "\n=== scenario `{}`: run {} ===",
+        r.scenario.name(),
+        r.run_id.as_deref().unwrap_or("(none)")
+    );
+    for line in &r.timeline {
+        println!("  · {line}");
+    }
+    println!("  final state: {}", r.state);
+    if let Some(reason) = &r.reason {
+        println!("  reason:      {reason}");
+    }
+    for link in &r.consent_links {
+        println!("  consent:     {link}");
+    }
+    if !r.steps.is_empty() {
+        println!(
+            "\n  {:<34} {:<11} {:<10} {:<44} failure",
+            "step", "connector", "outcome", "upstream subject"
+        );
+        for s in &r.steps {
+            println!(
+                "  {:<34} {:<11} {:<10} {:<44} {}",
+                s.step,
+                s.connector,
+                s.outcome,
+                s.upstream_subject,
+                s.failure.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    println!(
+        "\n  Who authorized changes to Salesforce Opportunity {}?",
+        examples::demo::OPPORTUNITY
+    );
+    if r.who_authorized.is_empty() {
+        println!("    nobody: no write reached it");
+    }
+    for w in &r.who_authorized {
+        println!(
+            "    {} by principal `{}` as {} (grant {}, scopes {})",
+            w.write,
+            w.principal,
+            w.upstream_subject,
+            w.grant,
+            w.scopes.join(" ")
+        );
+    }
+    for alert in &r.alerts {
+        println!("  OPERATOR ALERT: {alert}");
+    }
+    let writes: Vec<String> = r
+        .provider_writes
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
+    println!(
+        "\n  providers saw writes: {}; writing identities: {}; token refreshes: {}",
+        writes.join(", "),
+        r.writing_subjects.len(),
+        r.refreshes
+    );
+    println!("  opportunity stage now: {}", r.final_stage);
+    println!("  audit trail: {}", r.audit_verification);
 }

@@ -73,6 +73,7 @@ pub(crate) struct StepArgs {
     pub(crate) connector: Option<LitStr>,
     pub(crate) scopes: Option<Spanned<Vec<LitStr>>>,
     pub(crate) effect: Option<EffectArg>,
+    pub(crate) idempotent: bool,
 }
 
 /// `#[compensator(...)]`, parsed.
@@ -220,6 +221,11 @@ impl StepArgs {
                 COMPENSATE => parse_path(cx, arg, "undo_fn").map(EffectArg::Compensate),
                 IRREVERSIBLE => parse_lit_str(cx, arg, "\"why it cannot be undone\"")
                     .map(EffectArg::Irreversible),
+                IDEMPOTENT => {
+                    flag(cx, arg);
+                    out.idempotent = true;
+                    None
+                }
                 _ => {
                     flag(cx, arg);
                     Some(EffectArg::Read)

@@ -22,6 +22,7 @@ pub(crate) struct StepPlan<'a> {
     pub(crate) connector: Option<&'a LitStr>,
     pub(crate) scopes: Option<&'a SpannedValue<Vec<LitStr>>>,
     pub(crate) effect: Option<&'a EffectArg>,
+    pub(crate) idempotent: bool,
 }
 
 fn mixed(name: &str) -> Ident {
@@ -80,6 +81,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         connector,
         scopes,
         effect,
+        idempotent,
     } = plan;
     let name = &item.sig.ident;
     let vis = &item.vis;
@@ -158,6 +160,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     principal: #principal_text,
                     inputs: &[#(#ty_texts),*],
                     output: #output_text,
+                    idempotent: #idempotent,
                     compensate: #compensate,
                 };
 

@@ -29,7 +29,9 @@ use ctxt::Ctxt;
 /// Declares an async function as a step of a chain: an authorized call to one connector.
 ///
 /// `#[step(connector = "name", scopes = ["..."], EFFECT)]` where EFFECT is one of
-/// `compensate = undo_fn`, `irreversible = "why"` or `read`. See the `chain_runtime` docs.
+/// `compensate = undo_fn`, `irreversible = "why"` or `read`; add `idempotent` when the
+/// provider deduplicates the step's writes by its `Idempotency-Key` header (a write with an
+/// unknown outcome after a crash is then resent instead of blocking the run).
 #[proc_macro_attribute]
 pub fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let item: TokenStream2 = item.into();
@@ -122,6 +124,7 @@ fn step_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
             connector: parsed.connector.as_ref(),
             scopes: parsed.scopes.as_ref(),
             effect: parsed.effect.as_ref(),
+            idempotent: parsed.idempotent,
         }),
         _ => quote!(#item),
     };

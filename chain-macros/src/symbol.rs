@@ -5,11 +5,19 @@ pub(crate) const SCOPES: &str = "scopes";
 pub(crate) const COMPENSATE: &str = "compensate";
 pub(crate) const IRREVERSIBLE: &str = "irreversible";
 pub(crate) const READ: &str = "read";
+pub(crate) const IDEMPOTENT: &str = "idempotent";
 pub(crate) const PRINCIPAL: &str = "principal";
 pub(crate) const ON_AUTH_FAILURE: &str = "on_auth_failure";
 
 /// Keys of `#[step(...)]`.
-pub(crate) const STEP_KEYS: &[&str] = &[CONNECTOR, SCOPES, COMPENSATE, IRREVERSIBLE, READ];
+pub(crate) const STEP_KEYS: &[&str] = &[
+    CONNECTOR,
+    SCOPES,
+    COMPENSATE,
+    IRREVERSIBLE,
+    READ,
+    IDEMPOTENT,
+];
 /// Keys of `#[compensator(...)]`.
 pub(crate) const COMPENSATOR_KEYS: &[&str] = &[CONNECTOR, SCOPES];
 /// Keys of `#[chain(...)]`.

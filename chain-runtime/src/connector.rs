@@ -46,7 +46,9 @@ impl StepHttp {
         idempotency_key: &str,
         policy: RetryPolicy,
     ) -> Self {
-        let provider = vault.provider_name(connector).unwrap_or_else(|_| connector.to_owned());
+        let provider = vault
+            .provider_name(connector)
+            .unwrap_or_else(|_| connector.to_owned());
         Self {
             vault: vault.clone(),
             client: vault.client(principal_id, connector),
@@ -58,7 +60,13 @@ impl StepHttp {
 
     /// Starts a request.
     pub fn request(&self, method: Method, url: impl Into<String>) -> StepRequest<'_> {
-        StepRequest { http: self, method, url: url.into(), headers: Vec::new(), body: Body::None }
+        StepRequest {
+            http: self,
+            method,
+            url: url.into(),
+            headers: Vec::new(),
+            body: Body::None,
+        }
     }
 
     /// Starts a GET request.
@@ -117,8 +125,9 @@ pub struct StepResponse {
 impl StepResponse {
     /// The body as JSON of type `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, StepError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| StepError::Runtime(format!("provider response is not the expected JSON: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            StepError::Runtime(format!("provider response is not the expected JSON: {e}"))
+        })
     }
 }
 
@@ -137,7 +146,12 @@ impl StepRequest<'_> {
 
     /// Sets a form body.
     pub fn form(mut self, fields: &[(&str, &str)]) -> Self {
-        self.body = Body::Form(fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self.body = Body::Form(
+            fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
         self
     }
 
@@ -174,13 +188,23 @@ impl StepRequest<'_> {
                 Err(VaultError::Transport { .. }) => (0, http::HeaderMap::new(), Vec::new()),
                 Err(e) => return Err(vault_failure(&connector, e)),
             };
-            let classification = classify::classify(&http.provider, RequestKind::Api, status, &headers, &body);
+            let classification =
+                classify::classify(&http.provider, RequestKind::Api, status, &headers, &body);
             let decision = http.policy.decide(&http.provider, &classification, &state);
             tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
             match decision.action {
-                Action::Proceed => return Ok(StepResponse { status, headers, body }),
+                Action::Proceed => {
+                    return Ok(StepResponse {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
                 Action::RefreshThenRetry => {
-                    http.client.refresh_after_expiry().await.map_err(|e| vault_failure(&connector, e))?;
+                    http.client
+                        .refresh_after_expiry()
+                        .await
+                        .map_err(|e| vault_failure(&connector, e))?;
                     state.refreshed_after_expiry = true;
                 }
                 Action::Backoff { wait } => {
@@ -199,13 +223,24 @@ impl StepRequest<'_> {
                     });
                 }
                 Action::NeedsReauthorization { .. } => {
-                    if let Err(e) = http.vault.require_reauthorization(http.client.principal_id(), &connector).await {
+                    if let Err(e) = http
+                        .vault
+                        .require_reauthorization(http.client.principal_id(), &connector)
+                        .await
+                    {
                         tracing::error!(connector = %connector, error = %e, "could not mark the account for re-authorization");
                     }
-                    return Err(StepError::Auth { connector, class: decision.class, needed_scopes: Vec::new() });
+                    return Err(StepError::Auth {
+                        connector,
+                        class: decision.class,
+                        needed_scopes: Vec::new(),
+                    });
                 }
                 Action::FailDomain => {
-                    return Err(StepError::Forbidden { connector, message: provider_message(status, &body) });
+                    return Err(StepError::Forbidden {
+                        connector,
+                        message: provider_message(status, &body),
+                    });
                 }
                 Action::AlertOperator => {
                     return Err(StepError::Auth {
@@ -215,10 +250,15 @@ impl StepRequest<'_> {
                     });
                 }
                 Action::GiveUp { retry_after } => {
-                    let wait = retry_after.map(|d| format!(", provider asked to wait {}s", d.as_secs())).unwrap_or_default();
+                    let wait = retry_after
+                        .map(|d| format!(", provider asked to wait {}s", d.as_secs()))
+                        .unwrap_or_default();
                     return Err(StepError::Unavailable {
                         connector,
-                        message: format!("{:?} after bounded retries (last status {status}{wait})", decision.class),
+                        message: format!(
+                            "{:?} after bounded retries (last status {status}{wait})",
+                            decision.class
+                        ),
                     });
                 }
             }
@@ -228,7 +268,10 @@ impl StepRequest<'_> {
 
 /// A short, secret-free description of a refused call, for the step error.
 fn provider_message(status: u16, body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(&body[..body.len().min(200)]).chars().filter(|c| !c.is_control()).collect();
+    let text: String = String::from_utf8_lossy(&body[..body.len().min(200)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
     format!("HTTP {status}: {text}")
 }
 
@@ -236,12 +279,19 @@ fn provider_message(status: u16, body: &[u8]) -> String {
 /// failures the chain policy handles; the rest are runtime errors.
 fn vault_failure(connector: &str, error: VaultError) -> StepError {
     let class = match &error {
-        VaultError::GrantRevoked { .. } | VaultError::NeedsReauthorization { .. } | VaultError::Revoked { .. } | VaultError::NotConnected { .. } => Some(FailureClass::GrantRevoked),
+        VaultError::GrantRevoked { .. }
+        | VaultError::NeedsReauthorization { .. }
+        | VaultError::Revoked { .. }
+        | VaultError::NotConnected { .. } => Some(FailureClass::GrantRevoked),
         VaultError::InvalidClient { .. } => Some(FailureClass::InvalidClient),
         _ => None,
     };
     match class {
-        Some(class) => StepError::Auth { connector: connector.to_owned(), class, needed_scopes: Vec::new() },
+        Some(class) => StepError::Auth {
+            connector: connector.to_owned(),
+            class,
+            needed_scopes: Vec::new(),
+        },
         None => StepError::Runtime(error.to_string()),
     }
 }

@@ -68,6 +68,10 @@ pub struct StepMeta {
     pub inputs: &'static [&'static str],
     /// The output type (the `T` of `Result<T, StepError>`), as written.
     pub output: &'static str,
+    /// `idempotent`: the provider deduplicates this step's writes by the `Idempotency-Key`
+    /// header it sends, so after a crash with an unknown outcome the runtime may resend it
+    /// with the same key instead of blocking the run.
+    pub idempotent: bool,
     #[serde(skip)]
     #[doc(hidden)]
     pub compensate: Option<crate::exec::ErasedCompensate>,

@@ -1,1 +1,5 @@
-//! Examples crate; see the `[[example]]` targets.
+//! The examples' shared code: the escalate-deal chain and the demo harness that plays its
+//! failure scenarios against the provider sandbox.
+
+pub mod demo;
+pub mod escalate;

@@ -145,16 +145,40 @@ pub(crate) async fn compensate(
                 .connector(compensator.connector);
                 subject_record.upstream_subject =
                     run.subjects.get(compensator.connector).cloned().flatten();
+                let account = engine
+                    .inner
+                    .credentials
+                    .account(&run.principal_id, compensator.connector)
+                    .await;
+                if let Ok(Some(account)) = account {
+                    subject_record = subject_record
+                        .account(
+                            compensator.connector,
+                            account.account_id,
+                            account.upstream_subject,
+                            account.grant_id,
+                        )
+                        .scopes(account.scopes);
+                }
                 engine.inner.audit.append(subject_record.clone()).await?;
 
                 let undo_id = format!("{}/undo", entry.step_id);
-                let env = StepEnv::new(
+                let undo_key = idempotency_key(&run.run_id, &undo_id);
+                let mut env = StepEnv::new(
                     run.run_id.clone(),
                     undo_id.clone(),
-                    idempotency_key(&run.run_id, &undo_id),
+                    undo_key.clone(),
                     compensator.connector,
                     run.principal.clone(),
                 );
+                // The same principal's account on the compensator's connector; no other.
+                if let Some(http) = engine.inner.credentials.step_http(
+                    &run.principal_id,
+                    compensator.connector,
+                    &undo_key,
+                ) {
+                    env = env.with_http(http);
+                }
                 let result = match step.compensate {
                     Some(undo) => undo(env.clone(), output.clone()).await,
                     None => Err(StepError::Runtime(format!(

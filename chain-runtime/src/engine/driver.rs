@@ -159,9 +159,27 @@ impl Driver {
         c.journal.insert(entry.seq, entry);
     }
 
-    fn account_record(&self, record: NewRecord, connector: &str) -> NewRecord {
+    /// `record` with the run, connector, and the connected account in use right now (account,
+    /// upstream subject, grant and scopes at call time).
+    async fn account_record(&self, record: NewRecord, connector: &str) -> NewRecord {
         let mut record = record.run(&self.run.run_id).connector(connector);
         record.upstream_subject = self.run.subjects.get(connector).cloned().flatten();
+        let account = self
+            .engine
+            .inner
+            .credentials
+            .account(&self.run.principal_id, connector)
+            .await;
+        if let Ok(Some(account)) = account {
+            record = record
+                .account(
+                    connector,
+                    account.account_id,
+                    account.upstream_subject,
+                    account.grant_id,
+                )
+                .scopes(account.scopes);
+        }
         record
     }
 
@@ -191,12 +209,14 @@ impl Driver {
                     self.note_failure(&step_id, node, meta.connector, &error);
                     return Err(error);
                 }
-                None if meta.effect.is_write() => {
+                // A provider that deduplicates by idempotency key makes a resend with the same
+                // key safe: it returns the original result instead of writing twice.
+                None if meta.effect.is_write() && !meta.idempotent => {
                     let key = idempotency_key(&self.run.run_id, &step_id);
                     return Err(self.halt(
                         format!(
                             "unknown outcome of write step `{step_id}`: its intent is journaled but no result (the process stopped during the call); \
-                             the step has no reconcile hook, so it is not redone blindly. Check `{}` for a write with idempotency key {key}, then settle the run",
+                             the step is not marked `idempotent` (its provider deduplicating by Idempotency-Key), so it is not redone blindly. Check `{}` for a write with idempotency key {key}, then settle the run",
                             meta.connector
                         ),
                         Some(step_id),
@@ -212,20 +232,22 @@ impl Driver {
         } else {
             AuditEffect::Read
         };
-        let attempt_record = self.account_record(
-            NewRecord::new(
-                self.run.principal_id.clone(),
-                Outcome::Attempted,
-                AuditEvent::StepAttempt {
-                    step: meta.name.to_owned(),
-                    attempt,
-                    effect,
-                    idempotency_key: Some(key.clone()),
-                },
+        let attempt_record = self
+            .account_record(
+                NewRecord::new(
+                    self.run.principal_id.clone(),
+                    Outcome::Attempted,
+                    AuditEvent::StepAttempt {
+                        step: meta.name.to_owned(),
+                        attempt,
+                        effect,
+                        idempotency_key: Some(key.clone()),
+                    },
+                )
+                .step(&step_id),
+                meta.connector,
             )
-            .step(&step_id),
-            meta.connector,
-        );
+            .await;
         self.engine
             .inner
             .audit
@@ -255,13 +277,21 @@ impl Driver {
         self.cursor().node = node;
         self.record_entry(intent.clone());
 
-        let env = StepEnv::new(
+        let mut env = StepEnv::new(
             self.run.run_id.clone(),
             step_id.clone(),
-            key,
+            key.clone(),
             meta.connector,
             self.run.principal.clone(),
         );
+        if let Some(http) =
+            self.engine
+                .inner
+                .credentials
+                .step_http(&self.run.principal_id, meta.connector, &key)
+        {
+            env = env.with_http(http);
+        }
         let result = call(env.clone()).await;
         let touched = env.touched();
         let journaled = match &result {
@@ -291,21 +321,23 @@ impl Driver {
                 (Outcome::Failed, c, d)
             }
         };
-        let mut outcome_record = self.account_record(
-            NewRecord::new(
-                self.run.principal_id.clone(),
-                outcome,
-                AuditEvent::StepOutcome {
-                    step: meta.name.to_owned(),
-                    attempt,
-                    effect,
-                    failure_class,
-                    detail,
-                },
+        let mut outcome_record = self
+            .account_record(
+                NewRecord::new(
+                    self.run.principal_id.clone(),
+                    outcome,
+                    AuditEvent::StepOutcome {
+                        step: meta.name.to_owned(),
+                        attempt,
+                        effect,
+                        failure_class,
+                        detail,
+                    },
+                )
+                .step(&step_id),
+                meta.connector,
             )
-            .step(&step_id),
-            meta.connector,
-        );
+            .await;
         outcome_record.records = touched;
         if let Err(e) = self.engine.inner.audit.append(outcome_record).await {
             tracing::error!(run_id = %self.run.run_id, step_id = %step_id, error = %e, "could not audit a step outcome");
@@ -578,7 +610,8 @@ impl Driver {
                     )
                     .step(&f.step_id),
                     &f.connector,
-                ),
+                )
+                .await,
             )
             .await?;
         Ok(RunState::Suspended {

@@ -70,6 +70,42 @@ pub trait Credentials: Send + Sync {
         principal_id: &'a str,
         connector: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, CredentialsError>>;
+
+    /// The connected account a step on `connector` uses, for the audit trail (account, grant
+    /// and scopes at call time). `None` when unknown.
+    fn account<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AccountSummary>, CredentialsError>> {
+        let _ = (principal_id, connector);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The HTTP client a step on `connector` uses for `principal_id`, sending
+    /// `idempotency_key`; `None` when these credentials cannot make calls.
+    fn step_http(
+        &self,
+        principal_id: &str,
+        connector: &str,
+        idempotency_key: &str,
+    ) -> Option<crate::connector::StepHttp> {
+        let _ = (principal_id, connector, idempotency_key);
+        None
+    }
+}
+
+/// The audit-relevant facts of one connected account; never a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    /// The connected account's id.
+    pub account_id: String,
+    /// The provider's stable user id.
+    pub upstream_subject: String,
+    /// The grant (one per completed consent).
+    pub grant_id: String,
+    /// The scopes granted, as the provider reported them.
+    pub scopes: Vec<String>,
 }
 
 /// A credentials lookup failed.

@@ -24,6 +24,10 @@ pub enum FaultKind {
 /// Pending API faults of one account (upstream subject).
 #[derive(Default)]
 pub struct ApiFaults {
+    /// Calls that pass untouched before the armed faults apply.
+    pub skip: u32,
+    /// The call being processed was one of the skipped ones.
+    pub skipping_current: bool,
     pub rate_limit: u32,
     pub retry_after: Duration,
     pub server_error: u32,
@@ -59,6 +63,10 @@ impl ApiFaults {
     /// Consumes the faults that apply to the next call. A delay combines with any
     /// action; of the actions, a reset wins over a 5xx, which wins over a rate limit.
     pub fn take(&mut self) -> ApiFaultPlan {
+        self.skipping_current = take(&mut self.skip);
+        if self.skipping_current {
+            return ApiFaultPlan::default();
+        }
         let delay = take(&mut self.delay).then_some(self.delay_for);
         let action = if take(&mut self.reset) {
             Some(ApiFaultAction::Reset)
@@ -74,7 +82,7 @@ impl ApiFaults {
 
     /// Consumes one "lose the response of a committed write" fault.
     pub fn take_lose_write(&mut self) -> bool {
-        take(&mut self.lose_write_response)
+        !self.skipping_current && take(&mut self.lose_write_response)
     }
 }
 

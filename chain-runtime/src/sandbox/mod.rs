@@ -58,6 +58,7 @@
 //! # let _ = code; Ok(()) }
 //! ```
 
+mod connect;
 mod faults;
 mod jira;
 mod ledger;
@@ -71,6 +72,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use connect::{ConnectError, REDIRECT_URI};
 pub use faults::FaultKind;
 pub use jira::JiraApi;
 pub use ledger::{CallRecord, GrantId, Ledger, LedgerError, TokenRequestRecord, WriteRecord};
@@ -404,6 +406,12 @@ impl<P: Provider> Emulator<P> {
             f.rate_limit = n;
             f.retry_after = retry_after;
         });
+    }
+
+    /// Fault scheduling: the subject's next `n` API calls pass untouched; the faults armed
+    /// with the other methods apply to the calls after them (to fail step 3, not step 1).
+    pub fn skip_next(&self, subject: &str, n: u32) {
+        self.api_faults(subject, |f| f.skip = n);
     }
 
     /// Fault: the subject's next `n` API calls fail with a 5xx and change nothing.

@@ -22,6 +22,7 @@
 //! ```
 
 mod client;
+mod credentials;
 mod crypto;
 mod error;
 mod oauth;
@@ -333,6 +334,18 @@ impl Vault {
         Ok(())
     }
 
+    /// The connectors with a registered provider configuration, sorted.
+    pub fn connectors(&self) -> Vec<String> {
+        let providers = self
+            .inner
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = providers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// The provider name `connector`'s responses are classified as (see
     /// [`crate::classify::classify`]).
     pub fn provider_name(&self, connector: &str) -> Result<String, VaultError> {
@@ -347,7 +360,11 @@ impl Vault {
         principal_id: &str,
         connector: &str,
     ) -> Result<(), VaultError> {
-        let account = self.inner.store.get_account(principal_id, connector).await?;
+        let account = self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?;
         match account {
             Some(account) => self.mark_needs_reauthorization(&account).await,
             None => Err(VaultError::NotConnected {

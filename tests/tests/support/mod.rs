@@ -558,6 +558,10 @@ fn install_oauth_server(dir: &std::path::Path) {
             .arg(dir)
             .status()
             .expect("cannot run `npm` (is Node.js installed and on PATH?)");
-        assert!(status.success(), "`npm ci --prefix {}` failed", dir.display());
+        assert!(
+            status.success(),
+            "`npm ci --prefix {}` failed",
+            dir.display()
+        );
     });
 }
