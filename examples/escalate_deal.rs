@@ -162,12 +162,12 @@ fn print_report(r: &Report) {
     }
     if !r.steps.is_empty() {
         println!(
-            "\n  {:<34} {:<11} {:<10} {:<44} failure",
+            "\n  {:<40} {:<11} {:<10} {:<44} failure",
             "step", "connector", "outcome", "upstream subject"
         );
         for s in &r.steps {
             println!(
-                "  {:<34} {:<11} {:<10} {:<44} {}",
+                "  {:<40} {:<11} {:<10} {:<44} {}",
                 s.step,
                 s.connector,
                 s.outcome,

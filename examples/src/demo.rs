@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chain_runtime::Principal;
-use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore};
+use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore, WriteKind};
 use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::sandbox::Sandbox;
 use chain_runtime::store::{RunState, RunStore, SqliteRunStore};
@@ -136,8 +136,8 @@ pub struct Report {
     pub audit_verification: String,
     /// Writes each provider committed (replays excluded), per connector.
     pub provider_writes: Vec<(String, usize)>,
-    /// Distinct upstream subjects that wrote, across all providers.
-    pub writing_subjects: Vec<String>,
+    /// Per provider, the distinct upstream subjects whose tokens wrote (one identity: at most one each).
+    pub writing_subjects: Vec<(String, Vec<String>)>,
     /// Successful token refreshes seen by the providers.
     pub refreshes: usize,
     /// The opportunity's stage at the end.
@@ -265,7 +265,7 @@ impl Demo {
         }
         match scenario {
             Scenario::Expired => self.sandbox.salesforce.expire_access_tokens(sf),
-            Scenario::Revoked => self.sandbox.slack.revoke_grant(slack),
+            Scenario::Revoked | Scenario::Drift => self.sandbox.slack.revoke_grant(slack),
             Scenario::ScopeDropped => self.sandbox.jira.drop_scope(jira, "write:jira-work"),
             // Every attempt the bounded retry policy makes (1 + 3 retries) fails.
             Scenario::Compensate => self.sandbox.slack.fail_next(slack, SERVER_ATTEMPTS),
@@ -404,7 +404,10 @@ impl Demo {
             .into_iter()
             .filter(|a| a.run_id == run_id)
             .map(|a| WhoLine {
-                write: a.step_id.unwrap_or_default(),
+                write: match a.write {
+                    WriteKind::Step { .. } => a.step_id.unwrap_or_default(),
+                    WriteKind::Compensation { compensator, .. } => format!("undo: {compensator}"),
+                },
                 principal: a.principal,
                 upstream_subject: a.upstream_subject.unwrap_or_default(),
                 grant: a.grant_id.unwrap_or_default(),
