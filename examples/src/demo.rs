@@ -437,12 +437,10 @@ impl Demo {
             .iter()
             .map(|(c, l)| ((*c).to_owned(), l.committed_writes().count()))
             .collect();
-        let mut writing_subjects: Vec<String> = ledgers
+        let writing_subjects = ledgers
             .iter()
-            .flat_map(|(_, l)| l.write_subjects())
+            .map(|(c, l)| ((*c).to_owned(), l.write_subjects().into_iter().collect()))
             .collect();
-        writing_subjects.sort();
-        writing_subjects.dedup();
         let refreshes = ledgers.iter().map(|(_, l)| l.successful_refreshes()).sum();
         let final_stage = self
             .sandbox
