@@ -201,11 +201,18 @@ fn print_report(r: &Report) {
         .iter()
         .map(|(c, n)| format!("{c} {n}"))
         .collect();
+    let single = r
+        .writing_subjects
+        .iter()
+        .all(|(_, subjects)| subjects.len() <= 1);
     println!(
-        "\n  providers saw writes: {}; writing identities: {}; token refreshes: {}",
+        "\n  providers saw writes: {}; token refreshes: {}",
         writes.join(", "),
-        r.writing_subjects.len(),
         r.refreshes
+    );
+    println!(
+        "  one upstream identity per provider wrote: {}",
+        if single { "yes" } else { "NO" }
     );
     println!("  opportunity stage now: {}", r.final_stage);
     println!("  audit trail: {}", r.audit_verification);
