@@ -139,15 +139,13 @@ impl FnShape {
                 }
             },
         };
-        if role == Role::Chain {
-            if let Some(CtxParam { ident: None, .. }) = &ctx {
-                if let Some(FnArg::Typed(pt)) = sig.inputs.first() {
-                    cx.error_spanned_by(
-                        &pt.pat,
-                        "name the chain context with a plain identifier such as `ctx`",
-                    );
-                }
-            }
+        if let (Role::Chain, Some(CtxParam { ident: None, .. }), Some(FnArg::Typed(pt))) =
+            (role, &ctx, sig.inputs.first())
+        {
+            cx.error_spanned_by(
+                &pt.pat,
+                "name the chain context with a plain identifier such as `ctx`",
+            );
         }
 
         let mut inputs = Vec::new();

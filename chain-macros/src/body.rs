@@ -227,17 +227,17 @@ impl VisitMut for Walker<'_> {
 
     fn visit_expr_mut(&mut self, expr: &mut Expr) {
         let span = expr.span();
-        if let Expr::Call(call) = expr {
-            if self.step_call(&Expr::Call(call.clone())).is_some() {
-                self.cx.syn_error(syn::Error::new(
-                    span,
-                    "await a step call where you make it: `step(ctx, ...).await?`, so that steps run one at a time, in order",
-                ));
+        if self.step_call(expr).is_some() {
+            self.cx.syn_error(syn::Error::new(
+                span,
+                "await a step call where you make it: `step(ctx, ...).await?`, so that steps run one at a time, in order",
+            ));
+            if let Expr::Call(call) = expr {
                 for arg in call.args.iter_mut().skip(1) {
                     self.visit_expr_mut(arg);
                 }
-                return;
             }
+            return;
         }
         match expr {
             Expr::Await(aw) if self.step_call(&aw.base).is_some() => {

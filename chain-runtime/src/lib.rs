@@ -1,7 +1,7 @@
 //! Authorized, durable AI-agent tool chains.
 //!
-//! Write an agent's tools as async functions marked [`step`], compose them in a function
-//! marked [`chain`], and the compiler checks that one principal authorizes every step, that
+//! Write an agent's tools as async functions marked [`step`](macro@step), compose them in a function
+//! marked [`chain`](macro@chain), and the compiler checks that one principal authorizes every step, that
 //! every write says how it is undone, and which scopes each connector needs. See the
 //! repository README for a tour.
 #![forbid(unsafe_code)]
