@@ -1,1 +1,3 @@
 //! Examples crate; see the `[[example]]` targets.
+
+pub mod demo_chain;
