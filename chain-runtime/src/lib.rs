@@ -11,6 +11,8 @@ extern crate self as chain_runtime;
 pub mod audit;
 pub mod chain;
 pub mod classify;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod connector;
 pub mod engine;
 pub mod exec;

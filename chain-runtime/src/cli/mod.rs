@@ -1,0 +1,476 @@
+//! The command-line tool over a chain-runtime database, as a library entry point (feature `cli`).
+//!
+//! The tool needs the user's chains: `scopes CHAIN` and `graph CHAIN` read the registrations
+//! that `#[chain]` leaves in the binary, and `runs resume` drives a run through an [`Engine`]
+//! with the chain registered. So the tool is not a fixed binary: each application builds its own
+//! in a few lines, supplying how to build its engine from the opened stores.
+//!
+//! ```no_run
+//! use chain_runtime::cli::{CliSetup, CliStores};
+//! use chain_runtime::engine::{Engine, StaticGrants};
+//! use std::sync::Arc;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     chain_runtime::cli::main(CliSetup::new("chainctl").engine(|stores: CliStores| async move {
+//!         let engine = Engine::new(stores.runs, stores.audit, Arc::new(StaticGrants::new()));
+//!         // engine.register::<my_app::escalate_deal>();
+//!         Ok::<_, std::convert::Infallible>(engine)
+//!     }))
+//! }
+//! ```
+//!
+//! # Commands
+//! Global options: `--db PATH` (default: the `CHAIN_DB` environment variable, else
+//! `./chain.db`), `--json` (machine-readable output instead of aligned tables).
+//!
+//! | Command | What it does |
+//! |---|---|
+//! | `runs list` | every run: id, chain, principal, state, node, created |
+//! | `runs show RUN` | one run with its journal, compensations and operator alerts |
+//! | `runs resume RUN` | resumes a suspended run through the engine, prints the new state |
+//! | `audit verify [--checkpoint FILE \| --head]` | verifies the hash chain; prints the head checkpoint (`--head`: only the checkpoint JSON, to save) |
+//! | `audit why CONNECTOR RECORD_ID` | every write to that external record and under whose authorization |
+//! | `audit history RUN` | every audit record of a run |
+//! | `audit export [--out FILE]` | the trail as JSON Lines |
+//! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
+//! | `chains` | the chains compiled into this binary |
+//! | `scopes CHAIN` | the chain's scope manifest as JSON |
+//! | `graph CHAIN` | the chain's decision graph as Mermaid (`--json`: as JSON) |
+//!
+//! `audit why` and `audit history` verify the chain first and refuse to answer from a broken one.
+//!
+//! # Exit codes
+//! `0` success; `1` an error (missing, unreadable or corrupt database, unknown run or chain, I/O);
+//! `2` bad arguments; `3` the audit chain is broken (tampered). Errors go to stderr as one
+//! `error: …` message; the tool never panics on bad input and never creates a database.
+
+mod commands;
+mod output;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::audit::{AuditError, ChainBreak, SqliteAuditStore};
+use crate::engine::{Engine, EngineError};
+use crate::exec::BoxFuture;
+use crate::store::{SqliteRunStore, StoreError};
+
+/// The stores the tool opened on the database file, handed to the engine factory.
+#[derive(Clone, Debug)]
+pub struct CliStores {
+    /// The database file.
+    pub path: PathBuf,
+    /// The run store on it.
+    pub runs: Arc<SqliteRunStore>,
+    /// The audit trail on it.
+    pub audit: Arc<SqliteAuditStore>,
+}
+
+type EngineFactory =
+    dyn Fn(CliStores) -> BoxFuture<'static, Result<Engine, String>> + Send + Sync + 'static;
+
+/// What an application supplies to the tool: its name and how to build its engine.
+pub struct CliSetup {
+    name: String,
+    engine: Option<Box<EngineFactory>>,
+}
+
+impl fmt::Debug for CliSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CliSetup")
+            .field("name", &self.name)
+            .field("engine", &self.engine.is_some())
+            .finish()
+    }
+}
+
+impl CliSetup {
+    /// A tool called `name` (shown in help and usage) with no engine: every command but
+    /// `runs resume` works.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            engine: None,
+        }
+    }
+
+    /// How to build the engine for `runs resume`: given the opened stores, return an
+    /// [`Engine`] on them with the application's credentials and its chains registered.
+    pub fn engine<F, Fut, E>(mut self, factory: F) -> Self
+    where
+        F: Fn(CliStores) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Engine, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        self.engine = Some(Box::new(move |stores| {
+            let fut = factory(stores);
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        }));
+        self
+    }
+
+    /// The tool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Why a command failed. [`CliError::exit_code`] maps it to the process exit code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The arguments do not parse; the message is clap's usage error.
+    #[error("{0}")]
+    Usage(String),
+    /// The database file does not exist. The tool never creates one.
+    #[error(
+        "database `{}` does not exist; pass --db PATH or set CHAIN_DB to the SQLite file your \
+         application writes (this tool never creates a database)",
+        .0.display()
+    )]
+    DatabaseMissing(PathBuf),
+    /// The path exists but is not a regular file.
+    #[error("database path `{}` is not a file", .0.display())]
+    NotAFile(PathBuf),
+    /// The file could not be opened or read as a chain-runtime database.
+    #[error(
+        "cannot read `{}` as a chain-runtime database: {reason}; is it the SQLite file your \
+         application writes, and is it intact?",
+        .path.display()
+    )]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite or the store said.
+        reason: String,
+    },
+    /// No run with that id.
+    #[error("no run `{0}` in the database; `runs list` shows the runs")]
+    RunNotFound(String),
+    /// No chain with that name is compiled into this binary.
+    #[error(
+        "no chain `{name}` in this binary; known chains: {}",
+        if .known.is_empty() { "none".to_owned() } else { .known.join(", ") }
+    )]
+    UnknownChain {
+        /// The name asked for.
+        name: String,
+        /// The chains this binary knows (paths).
+        known: Vec<String>,
+    },
+    /// The binary was built without an engine factory.
+    #[error(
+        "`runs resume` needs the application's engine, and this binary has none; build the tool \
+         with `CliSetup::engine(..)` registering your chains"
+    )]
+    NoEngine,
+    /// The engine factory failed.
+    #[error("building the engine failed: {0}")]
+    EngineSetup(String),
+    /// The audit chain is broken: the first bad record is named.
+    #[error("{0}")]
+    ChainBroken(ChainBreak),
+    /// The audit trail is empty, so there is no checkpoint.
+    #[error("the audit trail is empty: there is no head checkpoint yet")]
+    EmptyTrail,
+    /// A checkpoint file is missing or not a checkpoint.
+    #[error(
+        "checkpoint file `{}`: {reason} (expected JSON {{\"seq\": N, \"hash\": \"…\"}} as \
+         printed by `audit verify --head`)",
+        .path.display()
+    )]
+    BadCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing a file (or stdout) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(EngineError),
+    /// The run store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The audit trail failed.
+    #[error(transparent)]
+    Audit(AuditError),
+}
+
+impl CliError {
+    /// The process exit code: 2 for bad arguments, 3 for a broken audit chain, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::ChainBroken(_) => 3,
+            CliError::Audit(AuditError::ChainBroken(_)) => 3,
+            _ => 1,
+        }
+    }
+
+    fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        CliError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// An audit error, with a broken chain lifted to [`CliError::ChainBroken`].
+    fn audit(e: AuditError) -> Self {
+        match e {
+            AuditError::ChainBroken(b) => CliError::ChainBroken(b),
+            other => CliError::Audit(other),
+        }
+    }
+
+    fn engine(e: EngineError) -> Self {
+        match e {
+            EngineError::Audit(a) => CliError::audit(a),
+            other => CliError::Engine(other),
+        }
+    }
+}
+
+/// Arguments of the tool.
+#[derive(Debug, Parser)]
+#[command(
+    about = "Inspect and resume chain runs, verify and query the audit trail, print scope manifests",
+    version
+)]
+struct Args {
+    /// The SQLite database shared by the run store, the audit trail and the vault.
+    #[arg(
+        long,
+        global = true,
+        env = "CHAIN_DB",
+        default_value = "chain.db",
+        value_name = "PATH"
+    )]
+    db: PathBuf,
+    /// Print JSON for machines instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs: list, show, resume.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// The audit trail: verify, why, history, export, verify-export.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// The chains compiled into this binary.
+    Chains,
+    /// A chain's scope manifest (the minimal grant per connector) as JSON.
+    Scopes {
+        /// The chain's name or path.
+        chain: String,
+    },
+    /// A chain's decision graph as Mermaid (`--json`: as JSON).
+    Graph {
+        /// The chain's name or path.
+        chain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCmd {
+    /// Every run, oldest first.
+    List,
+    /// One run with its journal, compensations and operator alerts.
+    Show {
+        /// The run id.
+        run: String,
+    },
+    /// Resumes a suspended run (after re-consent) and prints the state it reached.
+    Resume {
+        /// The run id.
+        run: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Verifies the hash chain and prints the head checkpoint.
+    Verify {
+        /// Also check against a checkpoint saved earlier (detects a truncated tail).
+        #[arg(long, value_name = "FILE", conflicts_with = "head")]
+        checkpoint: Option<PathBuf>,
+        /// Print only the verified head checkpoint as JSON (to save for later checks).
+        #[arg(long)]
+        head: bool,
+    },
+    /// Who authorized the writes to one external record.
+    Why {
+        /// The connector, such as `salesforce`.
+        connector: String,
+        /// The record's id in that system.
+        record_id: String,
+    },
+    /// Every audit record of one run.
+    History {
+        /// The run id.
+        run: String,
+    },
+    /// Writes the trail as JSON Lines (stdout unless --out).
+    Export {
+        /// The file to write.
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Verifies a JSON Lines export (no database needed).
+    VerifyExport {
+        /// The export file.
+        file: PathBuf,
+        /// Also check against a checkpoint saved earlier.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+/// Parses `args` (the first item is the program name) and runs the command, writing its
+/// output to `out`. Help and version are written to `out` and return `Ok`.
+pub async fn run<I, T>(
+    args: I,
+    setup: &CliSetup,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let command = Args::command()
+        .name(setup.name.clone())
+        .bin_name(setup.name.clone());
+    let matches = match command.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => write!(out, "{}", e.render())
+                    .map_err(|io| CliError::io("writing to stdout", io)),
+                _ => Err(CliError::Usage(e.render().to_string())),
+            };
+        }
+    };
+    let args = Args::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))?;
+    commands::dispatch(args, setup, out).await
+}
+
+/// Runs the tool inside an existing Tokio runtime on the process arguments; prints errors to
+/// stderr and returns the exit code.
+pub async fn main_async(setup: CliSetup) -> ExitCode {
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let result = run(std::env::args_os(), &setup, &mut out).await;
+    let flushed = out.flush();
+    report(result.and_then(|()| flushed.map_err(|e| CliError::io("writing to stdout", e))))
+}
+
+/// Runs the tool on the process arguments (builds its own Tokio runtime); prints errors to
+/// stderr and returns the exit code. Call it from `fn main`.
+pub fn main(setup: CliSetup) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return report(Err(CliError::io("starting the async runtime", e)));
+        }
+    };
+    runtime.block_on(main_async(setup))
+}
+
+/// Prints an error to stderr and turns the result into an exit code.
+fn report(result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`| head`) is not an error worth a message.
+        Err(CliError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            let mut stderr = std::io::stderr().lock();
+            let _ = match &e {
+                // clap renders its own `error:` prefix and usage.
+                CliError::Usage(text) => write!(stderr, "{text}"),
+                other => writeln!(stderr, "error: {other}"),
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Checks the database file exists (never creating it) and opens the run store on it.
+async fn open_runs(path: &Path) -> Result<SqliteRunStore, CliError> {
+    check_db(path)?;
+    SqliteRunStore::open(path)
+        .await
+        .map_err(|e| db_error(path, e))
+}
+
+/// Checks the database file exists (never creating it) and opens the audit trail on it.
+async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
+    check_db(path)?;
+    SqliteAuditStore::open(path).await.map_err(|e| match e {
+        AuditError::Sqlite(inner) => CliError::Database {
+            path: path.to_owned(),
+            reason: inner.to_string(),
+        },
+        other => CliError::Database {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+fn check_db(path: &Path) -> Result<(), CliError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(CliError::NotAFile(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(CliError::DatabaseMissing(path.to_owned()))
+        }
+        Err(e) => Err(CliError::io(
+            format!("cannot access database `{}`", path.display()),
+            e,
+        )),
+    }
+}
+
+/// A run-store error while opening or reading: a database problem, said plainly.
+fn db_error(path: &Path, e: StoreError) -> CliError {
+    match e {
+        StoreError::Sqlite(inner) => CliError::Database {
+            path: path.to_owned(),
+            reason: inner.to_string(),
+        },
+        StoreError::Json(inner) => CliError::Database {
+            path: path.to_owned(),
+            reason: format!("a stored value does not decode: {inner}"),
+        },
+        StoreError::Corrupt(reason) => CliError::Database {
+            path: path.to_owned(),
+            reason,
+        },
+        other => CliError::Store(other),
+    }
+}
