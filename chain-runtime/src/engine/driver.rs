@@ -543,7 +543,10 @@ impl Driver {
                         {
                             self.suspended(f).await?
                         }
-                        _ => {
+                        other => {
+                            if let Some(f) = other.filter(|f| is_invalid_client(&f.error)) {
+                                self.alert_invalid_client(&f).await;
+                            }
                             compensate::compensate(
                                 &self.engine,
                                 self.meta,
@@ -558,6 +561,25 @@ impl Driver {
             }
         };
         conclude(&self.engine, &self.run, &self.lease, state).await
+    }
+
+    /// An invalid client is never the user's to fix (no consent request): the operator is
+    /// alerted, whatever the chain's policy, and the run then compensates.
+    async fn alert_invalid_client(&self, f: &Failure) {
+        self.engine
+            .alert(Alert {
+                run_id: self.run.run_id.clone(),
+                chain: self.run.chain.clone(),
+                principal: self.run.principal_id.clone(),
+                step_id: Some(f.step_id.clone()),
+                records: Vec::new(),
+                message: format!(
+                    "`{}` rejected this application's OAuth client credentials (invalid client) at step `{}`: fix the client id and secret registered for the `{}` connector; a new user consent cannot fix this",
+                    f.connector, f.step_id, f.connector
+                ),
+                time_unix_ms: crate::audit::now_unix_ms(),
+            })
+            .await;
     }
 
     async fn suspended(&self, f: Failure) -> Result<RunState, EngineError> {
@@ -622,6 +644,17 @@ impl Driver {
             consent_scopes: scopes.into_iter().collect(),
         })
     }
+}
+
+/// The provider rejected the runtime's own OAuth client: only an operator can fix it.
+fn is_invalid_client(error: &StepError) -> bool {
+    matches!(
+        error,
+        StepError::Auth {
+            class: FailureClass::InvalidClient,
+            ..
+        }
+    )
 }
 
 /// Auth failures the suspend policy waits out.
