@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --example escalate_deal                         # the happy path
 //! cargo run --example escalate_deal -- --scenario revoked   # one failure mode
+//! cargo run --example escalate_deal -- --scenario crash     # kill -9 mid-chain, recover
 //! cargo run --example escalate_deal -- --scenario all       # every failure mode
 //! cargo run --example escalate_deal -- --json               # machine-readable
 //! ```
@@ -27,7 +28,10 @@ struct Args {
 }
 
 const USAGE: &str = "usage: escalate_deal [--scenario NAME|all] [--json] [--db PATH]\n\
-scenarios: happy expired revoked missing-scope scope-dropped compensate irreversible drift";
+scenarios: happy expired revoked missing-scope scope-dropped compensate irreversible drift crash";
+
+/// The crash scenario re-runs this program as its child process with this first argument.
+const CRASH_CHILD: &str = "--crash-child";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -60,6 +64,24 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some(CRASH_CHILD) {
+        let Some(phase) = raw
+            .next()
+            .as_deref()
+            .and_then(examples::crash::Phase::parse)
+        else {
+            eprintln!("error: {CRASH_CHILD} needs `start` or `recover`");
+            return ExitCode::from(2);
+        };
+        return match examples::crash::child_main(phase).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crash child: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
@@ -117,15 +139,29 @@ async fn run(args: Args) -> Result<(), DemoError> {
                 db.display()
             ),
         );
-        let demo = Demo::start(&db).await?;
-        progress(
-            args.json,
-            &format!(
-                "[{}] connecting alice's accounts (consent with PKCE), then running",
-                scenario.name()
-            ),
-        );
-        let report = demo.play(*scenario).await?;
+        let report = if *scenario == Scenario::Crash {
+            progress(
+                args.json,
+                "[crash] connecting alice's accounts, then running the chain in a child process to kill it",
+            );
+            let me = std::env::current_exe()?;
+            examples::crash::play(&db, move || {
+                let mut child = std::process::Command::new(&me);
+                child.arg(CRASH_CHILD);
+                child
+            })
+            .await?
+        } else {
+            let demo = Demo::start(&db).await?;
+            progress(
+                args.json,
+                &format!(
+                    "[{}] connecting alice's accounts (consent with PKCE), then running",
+                    scenario.name()
+                ),
+            );
+            demo.play(*scenario).await?
+        };
         if !args.json {
             print_report(&report);
         }

@@ -46,11 +46,14 @@ pub enum Scenario {
     Irreversible,
     /// A re-consent by a different upstream user is refused.
     Drift,
+    /// The process is killed mid-chain, restarted, resumes, and no write is duplicated
+    /// (played by [`crate::crash::play`], which needs a child process).
+    Crash,
 }
 
 impl Scenario {
     /// Every scenario, in presentation order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Happy,
         Scenario::Expired,
         Scenario::Revoked,
@@ -59,6 +62,7 @@ impl Scenario {
         Scenario::Compensate,
         Scenario::Irreversible,
         Scenario::Drift,
+        Scenario::Crash,
     ];
 
     /// The scenario's command-line name.
@@ -72,6 +76,7 @@ impl Scenario {
             Scenario::Compensate => "compensate",
             Scenario::Irreversible => "irreversible",
             Scenario::Drift => "drift",
+            Scenario::Crash => "crash",
         }
     }
 
@@ -171,8 +176,13 @@ impl Demo {
     /// Starts everything on the database at `db` (created if missing) and connects the user's
     /// accounts, except where the scenario needs otherwise.
     pub async fn start(db: &Path) -> Result<Self, DemoError> {
+        Self::start_with_key(db, VaultKey::generate()).await
+    }
+
+    /// Like [`Demo::start`] with a given vault key (so another process can open the vault).
+    pub async fn start_with_key(db: &Path, key: VaultKey) -> Result<Self, DemoError> {
         let sandbox = Sandbox::start().await?;
-        let vault = Vault::open_sqlite(db, VaultKey::generate(), VaultOptions::default()).await?;
+        let vault = Vault::open_sqlite(db, key, VaultOptions::default()).await?;
         vault.register_provider(sandbox.salesforce.provider_config("salesforce")?)?;
         vault.register_provider(sandbox.jira.provider_config("jira")?)?;
         vault.register_provider(sandbox.slack.provider_config("slack")?)?;
@@ -254,6 +264,12 @@ impl Demo {
 
     /// Plays `scenario` and reports what happened.
     pub async fn play(&self, scenario: Scenario) -> Result<Report, DemoError> {
+        if scenario == Scenario::Crash {
+            return Err(
+                "the crash scenario kills a child process: play it with `examples::crash::play`"
+                    .into(),
+            );
+        }
         let mut timeline = Vec::new();
         let mut consent_links = Vec::new();
         let [sf, jira, slack] = &self.subjects;
@@ -364,7 +380,9 @@ impl Demo {
             .map(|r| (r.run_id, r.state))
     }
 
-    async fn report(
+    /// Reports a run as the example prints it: the audited steps, who authorized the change
+    /// to the opportunity, alerts, and what the providers saw.
+    pub async fn report(
         &self,
         scenario: Scenario,
         run_id: Option<String>,

@@ -2,6 +2,7 @@
 //! failure scenarios against the provider sandbox, and the fixture chain `chainctl` is
 //! tested with.
 
+pub mod crash;
 pub mod demo;
 pub mod demo_chain;
 pub mod escalate;

@@ -254,6 +254,7 @@ impl<P: Provider> Emulator<P> {
                 clock_offset: Duration::ZERO,
                 api_calls: 0,
             }),
+            held: Default::default(),
         });
         let server = server::serve(listener, P::router(shared.clone()));
         Ok(Self {
@@ -425,6 +426,15 @@ impl<P: Provider> Emulator<P> {
             f.delay = n;
             f.delay_for = by;
         });
+    }
+
+    /// How many API calls are being held back by a [`Emulator::delay_next`] fault right now:
+    /// they arrived and will be processed when the delay ends. A test that must act while a
+    /// call is in flight (kill the client mid-call, before the provider committed) waits for
+    /// this to become non-zero. A held call whose client disconnects is dropped unprocessed
+    /// and no longer counted.
+    pub fn held_calls(&self) -> usize {
+        self.shared.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Fault: on the subject's next `n` API calls the TCP connection is reset without a

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -210,6 +211,25 @@ pub struct Shared<P: ProviderImpl> {
     pub base_url: String,
     pub tenant: String,
     pub state: Mutex<StateInner<P::Data>>,
+    /// API calls currently held back by a delay fault (arrived, not yet processed).
+    pub held: Arc<AtomicUsize>,
+}
+
+/// Counts one held call while alive; a handler dropped mid-delay (its client went away)
+/// still decrements.
+struct HeldGuard(Arc<AtomicUsize>);
+
+impl HeldGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<P: ProviderImpl> Shared<P> {
@@ -640,6 +660,7 @@ pub async fn run_api<P: ProviderImpl>(
     };
     let delayed = plan.delay.is_some();
     if let Some(d) = plan.delay {
+        let _held = HeldGuard::new(&shared.held);
         tokio::time::sleep(d).await;
     }
     if let Some(action) = plan.action {
