@@ -220,9 +220,10 @@ impl StepRequest<'_> {
                         connector,
                         class: FailureClass::InsufficientScope,
                         needed_scopes,
+                        consent_params: Vec::new(),
                     });
                 }
-                Action::NeedsReauthorization { .. } => {
+                Action::NeedsReauthorization { step_up } => {
                     if let Err(e) = http
                         .vault
                         .require_reauthorization(http.client.principal_id(), &connector)
@@ -234,6 +235,7 @@ impl StepRequest<'_> {
                         connector,
                         class: decision.class,
                         needed_scopes: Vec::new(),
+                        consent_params: step_up.map(step_up_params).unwrap_or_default(),
                     });
                 }
                 Action::FailDomain => {
@@ -247,6 +249,7 @@ impl StepRequest<'_> {
                         connector,
                         class: FailureClass::InvalidClient,
                         needed_scopes: Vec::new(),
+                        consent_params: Vec::new(),
                     });
                 }
                 Action::GiveUp { retry_after } => {
@@ -264,6 +267,21 @@ impl StepRequest<'_> {
             }
         }
     }
+}
+
+/// The authorization-request parameters a step-up demands (RFC 9470, and Entra's claims).
+fn step_up_params(step_up: crate::classify::StepUp) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    if let Some(acr) = step_up.acr_values {
+        params.push(("acr_values".to_owned(), acr));
+    }
+    if let Some(age) = step_up.max_age {
+        params.push(("max_age".to_owned(), age.as_secs().to_string()));
+    }
+    if let Some(claims) = step_up.claims {
+        params.push(("claims".to_owned(), claims));
+    }
+    params
 }
 
 /// A short, secret-free description of a refused call, for the step error.
@@ -291,6 +309,7 @@ fn vault_failure(connector: &str, error: VaultError) -> StepError {
             connector: connector.to_owned(),
             class,
             needed_scopes: Vec::new(),
+            consent_params: Vec::new(),
         },
         None => StepError::Runtime(error.to_string()),
     }

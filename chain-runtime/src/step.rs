@@ -295,6 +295,10 @@ pub enum StepError {
         class: crate::classify::FailureClass,
         /// Scopes the provider said it needs.
         needed_scopes: Vec<String>,
+        /// Extra authorization-request parameters the new consent must carry, such as
+        /// RFC 9470's `acr_values` and `max_age` for a step-up.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consent_params: Vec<(String, String)>,
     },
     /// The user may not touch this record; a domain error, no consent loop.
     #[error("{connector}: forbidden: {message}")]

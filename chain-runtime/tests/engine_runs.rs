@@ -127,6 +127,7 @@ fn revoked(connector: &str) -> StepError {
         connector: connector.into(),
         class: FailureClass::GrantRevoked,
         needed_scopes: vec![],
+        consent_params: vec![],
     }
 }
 
@@ -135,6 +136,7 @@ fn insufficient(connector: &str, scope: &str) -> StepError {
         connector: connector.into(),
         class: FailureClass::InsufficientScope,
         needed_scopes: vec![scope.into()],
+        consent_params: vec![],
     }
 }
 

@@ -330,14 +330,19 @@ impl Demo {
             reason,
             connector,
             consent_scopes,
+            consent_params,
             ..
         } = &state
         {
             timeline.push(format!("suspended: {reason}"));
-            let scopes: Vec<&str> = consent_scopes.iter().map(String::as_str).collect();
             let link = self
                 .vault
-                .consent_link(&self.user.identifier(), connector, &scopes)
+                .consent_link_with(
+                    &self.user.identifier(),
+                    connector,
+                    consent_scopes,
+                    consent_params,
+                )
                 .await?;
             consent_links.push(link.url.to_string());
             if scenario == Scenario::Drift {

@@ -143,6 +143,7 @@ async fn announce(
             connector: "slack".into(),
             class: FailureClass::GrantRevoked,
             needed_scopes: vec![],
+            consent_params: vec![],
         });
     }
     let _ = issue;

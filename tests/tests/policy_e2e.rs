@@ -684,6 +684,7 @@ async fn slack_missing_scope_suspends_with_the_union_of_scopes() {
             connector: "slack".into(),
             class: FailureClass::InsufficientScope,
             needed_scopes: vec!["chat:write".into()],
+            consent_params: vec![],
         }
     );
     // Not a revocation.
@@ -1118,7 +1119,8 @@ async fn mini_world(mode: MiniMode, provider: &str) -> (World, Mini, String) {
 }
 
 /// RFC 9470 step-up at a provider on the standards path: no retry, no refresh, the account
-/// needs re-authorization, the run is suspended.
+/// needs re-authorization, the run is suspended with the requested `acr_values` in its consent
+/// request.
 #[tokio::test]
 async fn step_up_required_suspends_and_needs_reauthorization() {
     let (w, mini, url) = mini_world(MiniMode::StepUp, "acme-idp").await;
@@ -1128,13 +1130,28 @@ async fn step_up_required_suspends_and_needs_reauthorization() {
         .await
         .unwrap();
     let RunState::Suspended {
-        connector, reason, ..
+        connector,
+        reason,
+        consent_scopes,
+        consent_params,
+        ..
     } = &report.state
     else {
         panic!("expected suspended, got {:?}", report.state);
     };
     assert_eq!(connector, "idp");
     assert!(reason.contains("stronger authentication"), "{reason}");
+    // The requested authentication level travels into the consent request.
+    assert_eq!(
+        consent_params,
+        &[("acr_values".to_owned(), "mfa".to_owned())]
+    );
+    let link = w
+        .vault
+        .consent_link_with("alice", connector, consent_scopes, consent_params)
+        .await
+        .unwrap();
+    assert!(link.url.as_str().contains("acr_values=mfa"), "{}", link.url);
     assert_eq!(mini.api_calls().len(), 1, "no retry");
     assert_eq!(mini.refreshes(), 0);
     assert_eq!(w.status("idp").await, AccountStatus::NeedsReauthorization);

@@ -586,6 +586,7 @@ impl Driver {
         let StepError::Auth {
             class,
             needed_scopes,
+            consent_params,
             ..
         } = &f.error
         else {
@@ -642,6 +643,7 @@ impl Driver {
             connector: f.connector,
             reason,
             consent_scopes: scopes.into_iter().collect(),
+            consent_params: consent_params.clone(),
         })
     }
 }

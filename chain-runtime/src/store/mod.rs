@@ -54,6 +54,9 @@ pub enum RunState {
         reason: String,
         /// The scope set to ask consent for on `connector` (granted ∪ needed ∪ required).
         consent_scopes: Vec<String>,
+        /// Extra parameters the consent request must carry (a step-up's `acr_values`, …).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consent_params: Vec<(String, String)>,
     },
     /// Completed writes are being undone.
     Compensating,

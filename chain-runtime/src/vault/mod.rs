@@ -454,6 +454,29 @@ impl Vault {
         connector: &str,
         scopes: &[S],
     ) -> Result<ConsentRequest, VaultError> {
+        self.consent_link_with(principal_id, connector, scopes, &[])
+            .await
+    }
+
+    /// [`Vault::consent_link`] with extra authorization-request parameters, such as the
+    /// `acr_values` and `max_age` a step-up demands (RFC 9470). The OAuth parameters the vault
+    /// sets itself (`state`, `code_challenge`, `redirect_uri`, …) cannot be overridden.
+    pub async fn consent_link_with<S: AsRef<str>>(
+        &self,
+        principal_id: &str,
+        connector: &str,
+        scopes: &[S],
+        params: &[(String, String)],
+    ) -> Result<ConsentRequest, VaultError> {
+        const RESERVED: [&str; 7] = [
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+            "scope",
+        ];
         let provider = self.provider(connector)?;
         let mut wanted: Vec<String> = Vec::new();
         for s in scopes
@@ -486,6 +509,12 @@ impl Vault {
                 q.append_pair("scope", &wanted.join(provider.scope_separator.as_str()));
             }
             for (k, v) in &provider.extra_authorize_params {
+                q.append_pair(k, v);
+            }
+            for (k, v) in params
+                .iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+            {
                 q.append_pair(k, v);
             }
         }
