@@ -491,6 +491,18 @@ impl<P: Provider> Emulator<P> {
     pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
         self.shared.lock().ledger.tokens.clone()
     }
+
+    /// **For leak tests.** Every secret this emulator ever handed out or received in cleartext:
+    /// each authorization code, access token and refresh token it issued (including rotated
+    /// ones), each PKCE `code_verifier` and client secret presented at its token endpoint, and
+    /// its own client secret. A test searches everything the system under test produced
+    /// (logs, databases, errors, `Debug` output) for these values; none may appear.
+    ///
+    /// The values are wrapped in [`SecretString`](secrecy::SecretString) so that even this list
+    /// does not print them; call `expose_secret()` to search for them.
+    pub fn issued_secrets(&self) -> Vec<secrecy::SecretString> {
+        self.shared.lock().oauth.secrets_seen()
+    }
 }
 
 /// All three emulators, each on its own port.

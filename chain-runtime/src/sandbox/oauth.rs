@@ -226,6 +226,9 @@ pub struct OAuthState {
     access: HashMap<String, Access>,
     refresh: HashMap<String, Refresh>,
     next_grant: u64,
+    /// Every secret value issued (codes, access and refresh tokens) or received in a token
+    /// request (code verifiers, client secrets), in order; for leak tests only.
+    secrets_seen: Vec<String>,
 }
 
 impl OAuthState {
@@ -252,6 +255,7 @@ impl OAuthState {
             access: HashMap::new(),
             refresh: HashMap::new(),
             next_grant: 1,
+            secrets_seen: Vec::new(),
         }
     }
 
@@ -327,6 +331,7 @@ impl OAuthState {
             .filter(|s| !untick.contains(s))
             .collect();
         let code = random_string(24);
+        self.note_secret(&code);
         self.codes.insert(
             code.clone(),
             Code {
@@ -346,6 +351,25 @@ impl OAuthState {
             }
         }
         AuthorizeOutcome::Redirect(target.into())
+    }
+
+    /// Remembers a secret value this server issued or received (see [`Self::secrets_seen`]).
+    pub fn note_secret(&mut self, secret: &str) {
+        if !secret.is_empty() && !self.secrets_seen.iter().any(|s| s == secret) {
+            self.secrets_seen.push(secret.to_owned());
+        }
+    }
+
+    /// Every authorization code, access token and refresh token issued, and every code
+    /// verifier and client secret received, in order; plus the configured client secret.
+    pub fn secrets_seen(&self) -> Vec<SecretString> {
+        let mut all: Vec<SecretString> = self
+            .secrets_seen
+            .iter()
+            .map(|s| SecretString::from(s.clone()))
+            .collect();
+        all.push(self.client.client_secret.clone());
+        all
     }
 
     /// Checks the client credentials of a token, revoke or introspection request.
@@ -435,6 +459,7 @@ impl OAuthState {
 
     fn mint_refresh(&mut self, grant: GrantId) -> String {
         let token = format!("{}{}", self.refresh_prefix, random_string(32));
+        self.note_secret(&token);
         self.refresh.insert(
             token.clone(),
             Refresh {
@@ -454,6 +479,7 @@ impl OAuthState {
         now: Instant,
     ) -> Issued {
         let token = format!("{}{}", self.access_prefix, random_string(32));
+        self.note_secret(&token);
         self.access.insert(
             token.clone(),
             Access {

@@ -500,6 +500,13 @@ pub async fn token_endpoint<P: ProviderImpl>(
     let (id, secret) = client_credentials(&headers, &p);
     let (reply, issued) = {
         let mut st = shared.lock();
+        // Leak tests need the cleartext verifier and whatever client secret was presented.
+        for value in [p.get("code_verifier"), secret.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            st.oauth.note_secret(value);
+        }
         let now = st.now();
         let result = st
             .oauth
