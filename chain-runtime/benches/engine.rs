@@ -229,14 +229,31 @@ impl Audit {
     }
 
     async fn open(self, path: &Path) -> Arc<dyn AuditStore> {
+        self.open_with_sqlite(path).await.0
+    }
+
+    /// Opens the store; for `Sqlite` also returns the concrete store (for its writer stats).
+    async fn open_with_sqlite(
+        self,
+        path: &Path,
+    ) -> (Arc<dyn AuditStore>, Option<SqliteAuditStore>) {
         match self {
-            Audit::None => Arc::new(NoAudit {
-                seq: AtomicU64::new(0),
-            }),
-            Audit::Sealing => Arc::new(SealingAudit {
-                head: Mutex::new((0, GENESIS_HASH.to_owned())),
-            }),
-            Audit::Sqlite => Arc::new(SqliteAuditStore::open(path).await.unwrap()),
+            Audit::None => (
+                Arc::new(NoAudit {
+                    seq: AtomicU64::new(0),
+                }),
+                None,
+            ),
+            Audit::Sealing => (
+                Arc::new(SealingAudit {
+                    head: Mutex::new((0, GENESIS_HASH.to_owned())),
+                }),
+                None,
+            ),
+            Audit::Sqlite => {
+                let store = SqliteAuditStore::open(path).await.unwrap();
+                (Arc::new(store.clone()), Some(store))
+            }
         }
     }
 }
@@ -334,13 +351,14 @@ fn sqlite_durable(c: &mut Criterion) {
             let path = dir
                 .path()
                 .join(format!("runs-{}-{runs}.sqlite", audit.label()));
-            let (engine, store) = rt.block_on(async {
+            let (engine, store, sqlite_audit) = rt.block_on(async {
                 let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());
-                let audit_store = audit.open(&path).await;
+                let (audit_store, sqlite_audit) = audit.open_with_sqlite(&path).await;
                 let engine = Engine::new(store.clone(), audit_store, grants());
-                (engine, store)
+                (engine, store, sqlite_audit)
             });
             let before = store.writer_stats();
+            let audit_before = sqlite_audit.as_ref().map(SqliteAuditStore::writer_stats);
             group.throughput(Throughput::Elements(u64::from(runs * SQLITE_STEPS)));
             group.bench_with_input(
                 BenchmarkId::new(format!("steps_{}", audit.label()), format!("{runs}_runs")),
@@ -358,6 +376,16 @@ fn sqlite_durable(c: &mut Criterion) {
                 audit.label(),
                 writes as f64 / commits as f64
             );
+            if let (Some(audit_store), Some(before)) = (&sqlite_audit, audit_before) {
+                let after = audit_store.writer_stats();
+                let writes = after.writes - before.writes;
+                let commits = (after.commits - before.commits).max(1);
+                eprintln!(
+                    "sqlite_durable/{}/{runs}_runs: audit writer appended {writes} records in {commits} commits ({:.1} appends per fsync)",
+                    audit.label(),
+                    writes as f64 / commits as f64
+                );
+            }
         }
     }
     raw_insert_commit(&mut group, dir.path(), "raw_insert_commit_after");

@@ -252,6 +252,14 @@ async fn concurrent_appends_from_many_tasks_and_connections_form_one_chain() {
         h.await.unwrap();
     }
     let total = (TASKS * PER_TASK) as u64;
+    // Each handle's writer thread committed its own appends; together, every append once.
+    let stats: Vec<_> = stores.iter().map(SqliteAuditStore::writer_stats).collect();
+    assert_eq!(stats.iter().map(|s| s.writes).sum::<u64>(), total);
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.commits >= 1 && s.commits <= s.writes)
+    );
     let verified = stores[0].verify(None).await.unwrap();
     assert_eq!(verified.records, total);
     assert_eq!(verified.head.as_ref().map(|h| h.seq), Some(total));
@@ -309,4 +317,158 @@ async fn records_have_no_field_for_secrets() {
             );
         }
     }
+}
+
+/// An append of `n` for `principal` touching one record; its run id names it.
+fn numbered(principal: &str, n: usize) -> NewRecord {
+    NewRecord::new(
+        principal,
+        Outcome::Succeeded,
+        AuditEvent::StepOutcome {
+            step: "bump".into(),
+            attempt: 1,
+            effect: chain_runtime::audit::Effect::Write,
+            failure_class: None,
+            detail: None,
+        },
+    )
+    .run(format!("run-{n}"))
+    .step(format!("s{n}"))
+    .touched(RecordRef::new("jira", "issue", format!("T-{n}")))
+}
+
+/// Holds SQLite's write lock on `path` from a separate connection (as another process would),
+/// so the store's writer thread blocks in `BEGIN IMMEDIATE` while appends pile up in its queue.
+fn lock_file(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_appends_share_one_commit_and_seal_in_queue_order() {
+    const N: usize = 24;
+    let (dir, store) = store().await;
+    // Two records before, so the batch has to continue an existing chain from the stored head.
+    store.append(numbered("before", 1000)).await.unwrap();
+    store.append(numbered("before", 1001)).await.unwrap();
+    let before = store.writer_stats();
+    assert_eq!((before.writes, before.commits), (2, 2));
+
+    let lock = lock_file(&dir.path().join("runtime.db"));
+    let all = futures::future::join_all((0..N).map(|n| store.append(numbered("alice", n))));
+    futures::pin_mut!(all);
+    // The first poll queues every append (join_all polls each one); none can finish while the
+    // file is locked.
+    assert!(futures::poll!(all.as_mut()).is_pending());
+    lock.execute_batch("COMMIT").unwrap();
+    let sealed: Vec<_> = all.await.into_iter().map(Result::unwrap).collect();
+
+    // The writer blocked on the lock with the first batch; everything queued behind it went
+    // into the next one: at most two commits for N appends.
+    let after = store.writer_stats();
+    let (writes, commits) = (after.writes - before.writes, after.commits - before.commits);
+    assert_eq!(writes, N as u64);
+    assert!(
+        commits <= 2 && commits < writes,
+        "{commits} commits for {writes} writes"
+    );
+
+    // Sealed in queue order, continuing the stored chain: consecutive seqs, each prev_hash the
+    // hash of the record before.
+    for (n, record) in sealed.iter().enumerate() {
+        assert_eq!(record.seq, 3 + n as u64);
+        assert_eq!(record.run_id.as_deref(), Some(format!("run-{n}").as_str()));
+    }
+    for pair in sealed.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    let verified = store.verify(None).await.unwrap();
+    assert_eq!(verified.records, 2 + N as u64);
+    assert_eq!(
+        verified.head,
+        Some(chain_runtime::audit::Checkpoint {
+            seq: 2 + N as u64,
+            hash: sealed[N - 1].hash.clone(),
+        })
+    );
+    // What the callers got is what is stored, refs index included.
+    let stored = store.run_history("run-7").await.unwrap();
+    assert_eq!(stored, vec![sealed[7].clone()]);
+    let writes = store.who_authorized("jira", "T-7").await.unwrap();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].seq, sealed[7].seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_stores_nothing_and_answers_every_caller_in_it() {
+    const N: usize = 21;
+    const POISON: usize = 10;
+    let (dir, store) = store().await;
+    store.append(numbered("before", 1000)).await.unwrap();
+
+    // A trigger makes the insert of one record fail inside the batch, as a full disk or a
+    // constraint would.
+    let lock = lock_file(&dir.path().join("runtime.db"));
+    lock.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON audit_records WHEN NEW.principal = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned record'); END;",
+    )
+    .unwrap();
+    let all = futures::future::join_all((0..N).map(|n| {
+        let principal = if n == POISON { "poison" } else { "alice" };
+        store.append(numbered(principal, n))
+    }));
+    futures::pin_mut!(all);
+    assert!(futures::poll!(all.as_mut()).is_pending());
+    lock.execute_batch("COMMIT").unwrap();
+    let results = all.await;
+
+    // The poisoned record's caller gets the SQLite error; every other caller of its batch is
+    // told the batch was rolled back. The first batch is a prefix of the queue, the second the
+    // rest, so the failures are one contiguous run containing the poisoned record, of at least
+    // N - POISON callers: more than the one whose record failed.
+    assert!(matches!(
+        results[POISON],
+        Err(chain_runtime::audit::AuditError::Sqlite(_))
+    ));
+    let failed: Vec<usize> = (0..N).filter(|&n| results[n].is_err()).collect();
+    assert!(failed.contains(&POISON));
+    assert!(failed.windows(2).all(|w| w[1] == w[0] + 1), "{failed:?}");
+    assert!(failed.len() > N - POISON - 1, "{failed:?}");
+    for &n in &failed {
+        if n != POISON {
+            let message = results[n].as_ref().unwrap_err().to_string();
+            assert!(message.contains("rolled back"), "{message}");
+            assert!(message.contains("poisoned record"), "{message}");
+        }
+    }
+
+    // Nothing of the failed batch is stored, everything acknowledged is, and the chain is
+    // still one verifiable line.
+    for (n, result) in results.iter().enumerate() {
+        let stored = store.run_history(&format!("run-{n}")).await.unwrap();
+        match result {
+            Ok(record) => assert_eq!(stored, vec![record.clone()]),
+            Err(_) => {
+                assert!(stored.is_empty(), "run-{n}: {stored:?}");
+                assert!(
+                    store
+                        .who_authorized("jira", &format!("T-{n}"))
+                        .await
+                        .unwrap()
+                        .is_empty()
+                );
+            }
+        }
+    }
+    let ok = (N - failed.len()) as u64;
+    let verified = store.verify(None).await.unwrap();
+    assert_eq!(verified.records, 1 + ok);
+    assert_eq!(store.writer_stats().writes, 1 + ok);
+
+    // The writer survives a failed batch.
+    let next = store.append(numbered("after", 2000)).await.unwrap();
+    assert_eq!(next.seq, 2 + ok);
+    store.verify(None).await.unwrap();
 }

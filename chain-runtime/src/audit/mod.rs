@@ -24,6 +24,8 @@
 //! # Concurrency
 //! Appends read the head and insert inside one `BEGIN IMMEDIATE` transaction (SQLite in WAL
 //! mode), so appends from many tasks, threads, connections or processes form one linear chain.
+//! [`SqliteAuditStore`] batches the appends queued at a moment into one such transaction
+//! (group commit: one writer thread, one fsync per batch, records sealed in queue order).
 //!
 //! # No secrets
 //! No record type has a field for an access token, refresh token, authorization code, PKCE

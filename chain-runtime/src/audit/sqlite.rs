@@ -7,19 +7,35 @@
 //! - `audit_record_refs`: an index of touched external records for `who_authorized`;
 //!   verification checks it against each record's `records`.
 //!
-//! Every operation runs on the blocking thread pool (`spawn_blocking`), never on the async
-//! runtime's workers. Appends use `BEGIN IMMEDIATE`, so several stores (connections or
-//! processes) on one file still produce one chain; the connection waits up to
-//! [`BUSY_TIMEOUT`] for another writer.
+//! # Writes: one writer thread, group commit
+//! All appends of one store (and its clones) go through ONE writer thread that owns the write
+//! connection (WAL, `synchronous=FULL`). It takes every append queued at the moment (up to
+//! [`MAX_BATCH`]) and, in ONE `BEGIN IMMEDIATE` transaction, reads the head, seals the records
+//! in queue order (consecutive `seq`s, each `prev_hash` the hash of the record before it),
+//! inserts them and their `audit_record_refs` rows, and commits once; then it answers each
+//! caller with its sealed record. Concurrent appends thus share one fsync (group commit), and an
+//! append is durable when its future resolves.
+//!
+//! The head is read inside every batch's write transaction, never cached between batches, so
+//! several stores (handles, connections or processes) on one file still produce one linear
+//! chain; the writer waits up to [`BUSY_TIMEOUT`] for another writer holding the lock.
+//!
+//! A batch is all or nothing: when an insert or the commit fails, the transaction rolls back
+//! and every caller in the batch gets an error (nothing of the batch is stored). A record that
+//! cannot be sealed (serialized) fails alone and takes no `seq`.
+//!
+//! Reads use separate connections on the blocking thread pool and never wait for the writer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::chain_hash::GENESIS_HASH;
 use super::record::{
@@ -28,9 +44,13 @@ use super::record::{
 };
 use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 use super::{AuditError, AuditStore, BoxFuture};
+use crate::store::WriterStats;
 
 /// How long an append waits for another writer holding the database lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most appends one write transaction takes.
+pub const MAX_BATCH: usize = 512;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -91,54 +111,129 @@ fn select_columns() -> String {
     COLUMNS.join(", ")
 }
 
-/// An audit store in a SQLite file.
+/// An audit store in a SQLite file; see the module docs. Clones share one writer thread.
 #[derive(Clone)]
 pub struct SqliteAuditStore {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Inner>,
+}
+
+/// One queued append and where to send its sealed record.
+struct Job {
+    record: NewRecord,
+    reply: oneshot::Sender<Result<AuditRecord, AuditError>>,
+}
+
+/// Counters of the writer thread.
+#[derive(Debug, Default)]
+struct Stats {
+    writes: AtomicU64,
+    commits: AtomicU64,
+}
+
+struct Inner {
     path: PathBuf,
+    stats: Arc<Stats>,
+    /// Dropping the last sender (the last clone of the store) ends the writer thread after it
+    /// drained the queue.
+    writer: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteAuditStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteAuditStore")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
 
 impl SqliteAuditStore {
-    /// Opens (creating if needed) the audit tables in the SQLite file at `path`, in WAL mode.
+    /// Opens (creating if needed) the audit tables in the SQLite file at `path`, in WAL mode
+    /// with `synchronous=FULL`, and starts the store's writer thread.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let for_open = path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_connection(&for_open))
-            .await
-            .map_err(|e| AuditError::Background(e.to_string()))??;
+        let (write_conn, read_conn) = tokio::task::spawn_blocking(move || {
+            let write_conn = open_connection(&for_open)?;
+            write_conn.execute_batch(&format!("BEGIN IMMEDIATE;{SCHEMA}COMMIT;"))?;
+            let read_conn = open_connection(&for_open)?;
+            Ok::<_, AuditError>((write_conn, read_conn))
+        })
+        .await
+        .map_err(|e| AuditError::Background(e.to_string()))??;
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let writer_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("audit-store-writer".into())
+            .spawn(move || writer_loop(write_conn, rx, writer_stats))
+            .map_err(|e| {
+                AuditError::Background(format!("cannot start the audit writer thread: {e}"))
+            })?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
+            inner: Arc::new(Inner {
+                path,
+                stats,
+                writer: tx,
+                readers: Mutex::new(vec![read_conn]),
+            }),
         })
     }
 
     /// The database file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    /// Runs `f` on the connection on the blocking pool.
+    /// Appends committed so far by this store's writer thread (`writes`) and in how many
+    /// transactions (`commits`, one fsync each). Under concurrent appends `commits` is far
+    /// below `writes` (group commit). Counts this store and its clones, not other handles on
+    /// the same file.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            writes: self.inner.stats.writes.load(Ordering::Relaxed),
+            commits: self.inner.stats.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues `record` for the writer thread and waits for it to be committed.
+    async fn append_queued(&self, record: NewRecord) -> Result<AuditRecord, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job { record, reply })
+            .map_err(|_| AuditError::Background("the audit writer thread stopped".into()))?;
+        rx.await.map_err(|_| {
+            AuditError::Background("the audit writer thread dropped the append".into())
+        })?
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
     async fn blocking<T, F>(&self, f: F) -> Result<T, AuditError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, AuditError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a transaction open (a dropped
-            // rusqlite transaction rolls back), so a poisoned lock is safe to reuse.
-            let mut guard = conn
+            // A panic while a connection is out of the pool loses that connection only; a
+            // dropped rusqlite transaction rolls back, so a poisoned lock is safe to reuse.
+            let pooled = inner
+                .readers
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let result = f(&mut conn);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(conn);
+            result
         })
         .await
         .map_err(|e| AuditError::Background(e.to_string()))?
@@ -152,10 +247,122 @@ fn open_connection(path: &Path) -> Result<Connection, AuditError> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode = %mode, "audit store: SQLite refused WAL journal mode");
     }
-    conn.execute_batch(&format!("BEGIN IMMEDIATE;{SCHEMA}COMMIT;"))?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
     Ok(conn)
 }
 
+/// The writer thread: drains the queue in batches, one transaction (one fsync) per batch.
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (records, replies): (Vec<NewRecord>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.record, j.reply)).unzip();
+        match append_batch(&mut conn, records) {
+            Ok(results) => {
+                let written = results.iter().filter(|r| r.is_ok()).count() as u64;
+                stats.writes.fetch_add(written, Ordering::Relaxed);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // The caller may have gone away; its record is committed all the same.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(failure) => {
+                let message = failure.error.to_string();
+                let mut original = Some(failure.error);
+                let culprit = failure.culprit.unwrap_or(0);
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let error = match original.take_if(|_| i == culprit) {
+                        Some(e) => e,
+                        None => AuditError::Background(format!(
+                            "the batch this append was in was rolled back, nothing of it was \
+                             stored: {message}"
+                        )),
+                    };
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch did not commit.
+struct BatchFailure {
+    /// The index of the record whose insert failed; `None` when the transaction itself failed
+    /// (begin, head read, commit).
+    culprit: Option<usize>,
+    error: AuditError,
+}
+
+impl BatchFailure {
+    fn of_tx(error: impl Into<AuditError>) -> Self {
+        Self {
+            culprit: None,
+            error: error.into(),
+        }
+    }
+}
+
+/// Reads the head of the chain (`None` when empty).
+fn read_head(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
+    let head: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    head.map(|(seq, hash)| {
+        u64::try_from(seq)
+            .map(|seq| Checkpoint { seq, hash })
+            .map_err(|_| AuditError::Corrupt {
+                seq,
+                reason: "the head record has a negative seq".into(),
+            })
+    })
+    .transpose()
+}
+
+/// Appends `records` in order in ONE write transaction: reads the head once, seals each record
+/// on the one before, inserts all, commits once. Returns each record's result in order (only
+/// sealing fails per record); any storage failure rolls the whole batch back.
+fn append_batch(
+    conn: &mut Connection,
+    records: Vec<NewRecord>,
+) -> Result<Vec<Result<AuditRecord, AuditError>>, BatchFailure> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(BatchFailure::of_tx)?;
+    let (mut next_seq, mut prev_hash) = match read_head(&tx).map_err(BatchFailure::of_tx)? {
+        None => (1, GENESIS_HASH.to_owned()),
+        Some(head) => (head.seq + 1, head.hash),
+    };
+    let mut results = Vec::with_capacity(records.len());
+    for (i, new) in records.into_iter().enumerate() {
+        let record = match new.seal(next_seq, prev_hash.clone()) {
+            Ok(record) => record,
+            Err(e) => {
+                results.push(Err(AuditError::Json(e)));
+                continue;
+            }
+        };
+        insert_record(&tx, &record).map_err(|error| BatchFailure {
+            culprit: Some(i),
+            error,
+        })?;
+        next_seq += 1;
+        prev_hash.clone_from(&record.hash);
+        results.push(Ok(record));
+    }
+    tx.commit().map_err(BatchFailure::of_tx)?;
+    Ok(results)
+}
 /// Converts one SQLite value to JSON, faithfully (a tampered value stays visible as such).
 fn sql_to_json(value: ValueRef<'_>, json_column: bool) -> Value {
     match value {
@@ -218,62 +425,39 @@ fn seq_to_sql(seq: u64) -> Result<i64, AuditError> {
     })
 }
 
-fn append_blocking(conn: &mut Connection, new: NewRecord) -> Result<AuditRecord, AuditError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let head: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    let (seq, prev_hash) = match head {
-        None => (1, GENESIS_HASH.to_owned()),
-        Some((head_seq, hash)) => {
-            let head_seq = u64::try_from(head_seq).map_err(|_| AuditError::Corrupt {
-                seq: head_seq,
-                reason: "the head record has a negative seq".to_owned(),
-            })?;
-            (head_seq + 1, hash)
-        }
-    };
-    let record = new.seal(seq, prev_hash)?;
+/// Inserts one sealed record and its `audit_record_refs` rows.
+fn insert_record(conn: &Connection, record: &AuditRecord) -> Result<(), AuditError> {
     let seq_sql = seq_to_sql(record.seq)?;
-    tx.execute(
-        &format!(
-            "INSERT INTO audit_records ({}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            select_columns()
-        ),
-        params![
-            seq_sql,
-            i64::from(record.format),
-            record.time_unix_ms,
-            record.run_id,
-            record.step_id,
-            record.principal,
-            record.connector,
-            record.account_id,
-            record.upstream_subject,
-            record.grant_id,
-            serde_json::to_string(&record.scopes)?,
-            serde_json::to_string(&record.records)?,
-            record.outcome.as_str(),
-            serde_json::to_string(&record.event)?,
-            record.prev_hash,
-            record.hash,
-        ],
+    conn.prepare_cached(&format!(
+        "INSERT INTO audit_records ({}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        select_columns()
+    ))?
+    .execute(params![
+        seq_sql,
+        i64::from(record.format),
+        record.time_unix_ms,
+        record.run_id,
+        record.step_id,
+        record.principal,
+        record.connector,
+        record.account_id,
+        record.upstream_subject,
+        record.grant_id,
+        serde_json::to_string(&record.scopes)?,
+        serde_json::to_string(&record.records)?,
+        record.outcome.as_str(),
+        serde_json::to_string(&record.event)?,
+        record.prev_hash,
+        record.hash,
+    ])?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit_record_refs (seq, connector, kind, record_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO audit_record_refs (seq, connector, kind, record_id) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for r in &record.records {
-            stmt.execute(params![seq_sql, r.connector, r.kind, r.id])?;
-        }
+    for r in &record.records {
+        stmt.execute(params![seq_sql, r.connector, r.kind, r.id])?;
     }
-    tx.commit()?;
-    Ok(record)
+    Ok(())
 }
 
 type RefKey = (String, String, String);
@@ -397,28 +581,11 @@ fn to_authorization(record: AuditRecord, connector: &str, record_id: &str) -> Ve
 
 impl AuditStore for SqliteAuditStore {
     fn append(&self, record: NewRecord) -> BoxFuture<'_, Result<AuditRecord, AuditError>> {
-        Box::pin(self.blocking(move |conn| append_blocking(conn, record)))
+        Box::pin(self.append_queued(record))
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Option<Checkpoint>, AuditError>> {
-        Box::pin(self.blocking(|conn| {
-            let head: Option<(i64, String)> = conn
-                .query_row(
-                    "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            head.map(|(seq, hash)| {
-                u64::try_from(seq)
-                    .map(|seq| Checkpoint { seq, hash })
-                    .map_err(|_| AuditError::Corrupt {
-                        seq,
-                        reason: "the head record has a negative seq".into(),
-                    })
-            })
-            .transpose()
-        }))
+        Box::pin(self.blocking(|conn| read_head(conn)))
     }
 
     fn scan_raw(
