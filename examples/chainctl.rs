@@ -1,28 +1,46 @@
-//! `chainctl`: the chain-runtime command-line tool, built with the demo chain registered.
+//! `chainctl`: the chain-runtime command-line tool, built with the example's chains
+//! (`escalate_deal`, `escalate_and_note`) and the real credential vault.
 //!
-//! An application builds its own tool the same way, registering its chains and passing its
-//! credentials (the vault) instead of the demo's:
+//! An application builds its own tool the same way, registering its chains. `runs resume`
+//! drives the run through an engine whose credentials are the vault in the same database: the
+//! provider configurations and connected accounts the application stored there, decrypted with
+//! the key in `CHAIN_VAULT_KEY` (base64 of 32 bytes). No other command needs the key.
 //!
 //! ```text
 //! chainctl --db chain.db runs list
+//! CHAIN_VAULT_KEY=… chainctl --db chain.db runs resume run_…
 //! chainctl --db chain.db audit verify --head > checkpoint.json
-//! chainctl scopes escalate
+//! chainctl scopes escalate_deal
 //! ```
 
-use std::convert::Infallible;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use chain_runtime::cli::{CliSetup, CliStores};
 use chain_runtime::engine::Engine;
-use examples::demo_chain::{DemoCredentials, escalate};
+use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
+use examples::escalate::{escalate_and_note, escalate_deal};
+
+/// The environment variable holding the vault key, base64 (standard or URL-safe).
+const VAULT_KEY_ENV: &str = "CHAIN_VAULT_KEY";
+
+/// The engine for `runs resume`: the vault on the database (its stored providers and accounts)
+/// as the credentials, the example's chains registered.
+async fn engine(stores: CliStores) -> Result<Engine, String> {
+    let key = VaultKey::from_env(VAULT_KEY_ENV).map_err(|e| {
+        format!(
+            "`runs resume` calls the providers with the credentials in the vault, and needs its key: {e}"
+        )
+    })?;
+    let vault = Vault::open_sqlite(&stores.path, key, VaultOptions::default())
+        .await
+        .map_err(|e| format!("cannot open the vault in `{}`: {e}", stores.path.display()))?;
+    let engine = Engine::new(stores.runs, stores.audit, Arc::new(vault));
+    engine.register::<escalate_deal>();
+    engine.register::<escalate_and_note>();
+    Ok(engine)
+}
 
 fn main() -> ExitCode {
-    chain_runtime::cli::main(
-        CliSetup::new("chainctl").engine(|stores: CliStores| async move {
-            let engine = Engine::new(stores.runs, stores.audit, Arc::new(DemoCredentials));
-            engine.register::<escalate>();
-            Ok::<_, Infallible>(engine)
-        }),
-    )
+    chain_runtime::cli::main(CliSetup::new("chainctl").engine(engine))
 }

@@ -543,7 +543,9 @@ pub async fn child_main(phase: Phase) -> Result<(), DemoError> {
     for provider in &spec.providers {
         let var = secret_var(&provider.connector);
         let secret = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;
-        vault.register_provider(provider_config(provider, ClientSecret::new(secret))?)?;
+        vault
+            .register_provider(provider_config(provider, ClientSecret::new(secret))?)
+            .await?;
     }
     let audit = Arc::new(SqliteAuditStore::open(&spec.db).await?);
     let runs: Arc<dyn RunStore> = Arc::new(SqliteRunStore::open(&spec.db).await?);

@@ -183,9 +183,15 @@ impl Demo {
     pub async fn start_with_key(db: &Path, key: VaultKey) -> Result<Self, DemoError> {
         let sandbox = Sandbox::start().await?;
         let vault = Vault::open_sqlite(db, key, VaultOptions::default()).await?;
-        vault.register_provider(sandbox.salesforce.provider_config("salesforce")?)?;
-        vault.register_provider(sandbox.jira.provider_config("jira")?)?;
-        vault.register_provider(sandbox.slack.provider_config("slack")?)?;
+        vault
+            .register_provider(sandbox.salesforce.provider_config("salesforce")?)
+            .await?;
+        vault
+            .register_provider(sandbox.jira.provider_config("jira")?)
+            .await?;
+        vault
+            .register_provider(sandbox.slack.provider_config("slack")?)
+            .await?;
         let audit = Arc::new(SqliteAuditStore::open(db).await?);
         let runs = Arc::new(SqliteRunStore::open(db).await?);
         let engine = Engine::new(runs.clone(), audit.clone(), Arc::new(vault.clone()));

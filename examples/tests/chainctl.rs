@@ -1,71 +1,122 @@
-//! Runs the BUILT `chainctl` binary against a real database written by the engine in this
-//! process: three runs of the demo chain (one completed, one suspended on a revoked Slack
-//! grant, one blocked because a compensation failed).
+//! Runs the BUILT `chainctl` binary against a real database written by the example in this
+//! process: the `Demo` harness (provider sandbox, vault, engine on one SQLite file) plays a
+//! completed run, a compensated one, a blocked one, and leaves one suspended on a revoked Slack
+//! grant. `chainctl runs resume` then resumes it through the real vault, with the key in
+//! `CHAIN_VAULT_KEY` and the provider configurations read from the file, against the sandbox
+//! still running in this process.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use assert_cmd::cargo::cargo_bin_cmd;
 use chain_runtime::Chain;
-use chain_runtime::audit::SqliteAuditStore;
-use chain_runtime::engine::Engine;
-use chain_runtime::store::{RunState, SqliteRunStore};
-use examples::demo_chain::{
-    DemoCredentials, DemoFault, OppId, UserId, escalate, inject, issue_key,
-};
+use chain_runtime::store::RunState;
+use chain_runtime::vault::VaultKey;
+use examples::demo::{CONSENT_SCOPES, Demo, OPPORTUNITY, Scenario};
+use examples::escalate::escalate_deal;
 use serde_json::Value;
 
-/// A database with three runs, in a temp dir that lives as long as the fixture.
+/// The key variable the binary reads.
+const KEY_ENV: &str = "CHAIN_VAULT_KEY";
+
+/// A database with runs of the example, the running demo that wrote them, and the vault key.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     db: PathBuf,
-    /// The completed run and its opportunity.
-    done: (String, String),
-    /// The run suspended at `announce` and its opportunity.
-    suspended: (String, String),
-    /// The blocked run.
+    /// The vault key, base64, as `CHAIN_VAULT_KEY` takes it.
+    key: String,
+    demo: Demo,
+    /// The completed run.
+    done: String,
+    /// The Jira issue key and the Slack message (`channel/ts`) the completed run created.
+    done_issue: String,
+    done_message: String,
+    /// The vault's grant ids of alice's accounts when the completed run ran, per connector.
+    done_grants: Vec<(String, String)>,
+    /// The compensated run (only in the full fixture).
+    compensated: String,
+    /// The blocked run: a failure after the irreversible announcement (only in the full fixture).
     blocked: String,
+    /// The run suspended at `announce` on a revoked Slack grant (alice has not re-consented).
+    suspended: String,
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
+/// A completed run, then one left suspended on a revoked Slack grant.
 async fn fixture() -> Fixture {
+    fixture_with(false).await
+}
+
+/// A completed, a compensated and a blocked run, then one left suspended on a revoked Slack
+/// grant. Slower: compensation and blocking follow the engine's real retry backoff (about 7 s
+/// each).
+async fn full_fixture() -> Fixture {
+    fixture_with(true).await
+}
+
+async fn fixture_with(full: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chain.db");
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let opp = |name: &str| format!("{name}-{n}");
-    let (ok_opp, sus_opp, blk_opp) = (opp("OPP-OK"), opp("OPP-SUS"), opp("OPP-BLK"));
-    inject(&sus_opp, DemoFault::SlackRevoked);
-    inject(&blk_opp, DemoFault::JiraRejects);
-    inject(&blk_opp, DemoFault::UndoFails);
-
-    let runs = Arc::new(SqliteRunStore::open(&db).await.unwrap());
-    let audit = Arc::new(SqliteAuditStore::open(&db).await.unwrap());
-    let engine = Engine::new(runs, audit, Arc::new(DemoCredentials));
-    let alice = || UserId("alice".into());
-
-    let done = engine
-        .start::<escalate>(alice(), (OppId(ok_opp.clone()),))
+    let key_file = dir.path().join("vault.key");
+    VaultKey::generate().write_to_file(&key_file).unwrap();
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let demo = Demo::start_with_key(&db, VaultKey::from_file(&key_file).unwrap())
         .await
         .unwrap();
-    assert!(matches!(done.state, RunState::Completed { .. }), "{done:?}");
-    let suspended = engine
-        .start::<escalate>(alice(), (OppId(sus_opp.clone()),))
+
+    let happy = demo.play(Scenario::Happy).await.unwrap();
+    assert_eq!(happy.state, "completed", "{happy:?}");
+    let done = happy.run_id.unwrap();
+    let mut done_grants = Vec::new();
+    for (connector, _) in CONSENT_SCOPES {
+        let account = demo.vault.account("alice", connector).await.unwrap();
+        done_grants.push((connector.to_owned(), account.grant_id));
+    }
+    let record = |ledger: chain_runtime::sandbox::Ledger| {
+        ledger
+            .committed_writes()
+            .find_map(|w| w.record_id.clone())
+            .unwrap()
+    };
+    let done_issue = record(demo.sandbox.jira.ledger());
+    let done_message = record(demo.sandbox.slack.ledger());
+
+    let (mut compensated, mut blocked) = (String::new(), String::new());
+    if full {
+        let report = demo.play(Scenario::Compensate).await.unwrap();
+        assert_eq!(report.state, "compensated", "{report:?}");
+        compensated = report.run_id.unwrap();
+        let report = demo.play(Scenario::Irreversible).await.unwrap();
+        assert_eq!(report.state, "blocked", "{report:?}");
+        blocked = report.run_id.unwrap();
+    }
+
+    // Revoked, played by hand so that the run stays suspended: alice's accounts are connected,
+    // then Slack revokes her grant.
+    for (connector, _) in CONSENT_SCOPES {
+        demo.connect(connector).await.unwrap();
+    }
+    demo.sandbox.slack.revoke_grant(&demo.subjects[2]);
+    let suspended = demo
+        .engine
+        .start::<escalate_deal>(demo.user.clone(), (demo.deal(),))
         .await
         .unwrap();
     assert_eq!(suspended.state.kind(), "suspended", "{suspended:?}");
-    let blocked = engine
-        .start::<escalate>(alice(), (OppId(blk_opp),))
-        .await
-        .unwrap();
-    assert_eq!(blocked.state.kind(), "blocked", "{blocked:?}");
+
     Fixture {
-        _dir: dir,
+        dir,
         db,
-        done: (done.run_id, ok_opp),
-        suspended: (suspended.run_id, sus_opp),
-        blocked: blocked.run_id,
+        key,
+        demo,
+        done,
+        done_issue,
+        done_message,
+        done_grants,
+        compensated,
+        blocked,
+        suspended: suspended.run_id,
     }
 }
 
@@ -99,9 +150,21 @@ impl Ran {
     }
 }
 
+/// Runs the binary on `db` without a vault key.
 fn chainctl(db: &Path, args: &[&str]) -> Ran {
+    chainctl_env(db, args, None)
+}
+
+fn chainctl_env(db: &Path, args: &[&str], key: Option<&str>) -> Ran {
     let mut cmd = cargo_bin_cmd!("chainctl");
-    cmd.env_remove("CHAIN_DB").arg("--db").arg(db).args(args);
+    cmd.env_remove("CHAIN_DB")
+        .env_remove(KEY_ENV)
+        .arg("--db")
+        .arg(db)
+        .args(args);
+    if let Some(key) = key {
+        cmd.env(KEY_ENV, key);
+    }
     let out = cmd.output().unwrap();
     Ran {
         code: out.status.code().unwrap_or(-1),
@@ -110,17 +173,42 @@ fn chainctl(db: &Path, args: &[&str]) -> Ran {
     }
 }
 
+/// `runs resume` with `key`, run off the async runtime: the binary calls the sandbox, which
+/// serves from this process's runtime.
+async fn resume(db: &Path, run: &str, key: Option<&str>, json: bool) -> Ran {
+    let (db, run, key) = (db.to_owned(), run.to_owned(), key.map(str::to_owned));
+    tokio::task::spawn_blocking(move || {
+        let mut args = vec!["runs", "resume", run.as_str()];
+        if json {
+            args.insert(0, "--json");
+        }
+        chainctl_env(&db, &args, key.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
 fn sql(db: &Path, statement: &str) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(statement).unwrap();
 }
 
-#[tokio::test]
+fn slack_writes(f: &Fixture) -> Vec<chain_runtime::sandbox::WriteRecord> {
+    f.demo
+        .sandbox
+        .slack
+        .ledger()
+        .committed_writes()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_list_as_table_and_json() {
-    let f = fixture().await;
+    let f = full_fixture().await;
     let table = chainctl(&f.db, &["runs", "list"]).ok().stdout;
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 4, "{table}");
+    assert_eq!(lines.len(), 5, "{table}");
     for col in ["ID", "CHAIN", "PRINCIPAL", "STATE", "NODE", "CREATED"] {
         assert!(lines[0].contains(col), "{table}");
     }
@@ -130,9 +218,15 @@ async fn runs_list_as_table_and_json() {
         .iter()
         .map(|l| l[state_col..].split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(states, ["completed", "suspended", "blocked"], "{table}");
-    assert!(lines[1].starts_with(&f.done.0), "{table}");
-    assert!(lines[2].contains("alice"), "{table}");
+    assert_eq!(
+        states,
+        ["completed", "compensated", "blocked", "suspended"],
+        "{table}"
+    );
+    assert!(lines[1].starts_with(&f.done), "{table}");
+    assert!(lines[1].contains("escalate_deal"), "{table}");
+    assert!(lines[3].contains("escalate_and_note"), "{table}");
+    assert!(lines[4].contains("alice"), "{table}");
 
     let json = chainctl(&f.db, &["--json", "runs", "list"]).ok().json();
     let runs = json.as_array().unwrap();
@@ -140,75 +234,162 @@ async fn runs_list_as_table_and_json() {
     assert_eq!(
         ids,
         [
-            f.done.0.as_str(),
-            f.suspended.0.as_str(),
-            f.blocked.as_str()
+            f.done.as_str(),
+            f.compensated.as_str(),
+            f.blocked.as_str(),
+            f.suspended.as_str()
         ]
     );
-    assert_eq!(runs[1]["state"]["state"], "suspended");
-    assert_eq!(runs[1]["principal_id"], "alice");
+    assert_eq!(runs[3]["state"]["state"], "suspended");
+    assert_eq!(runs[3]["principal_id"], "alice");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_show_journal_compensations_and_alerts() {
-    let f = fixture().await;
+    let f = full_fixture().await;
     let text = chainctl(&f.db, &["runs", "show", &f.blocked]).ok().stdout;
     assert!(text.contains("state         blocked"), "{text}");
-    assert!(text.contains("escalate/set_stage#1"), "{text}");
-    assert!(text.contains("jira rejected the issue"), "{text}");
+    assert!(text.contains("escalate_and_note/set_stage#1"), "{text}");
+    assert!(
+        text.contains("escalate_and_note/note_announcement#1"),
+        "{text}"
+    );
     assert!(text.contains("restore_stage"), "{text}");
-    assert!(text.contains("cannot be restored"), "{text}");
+    assert!(text.contains("delete_issue"), "{text}");
     let alerts = text.split("\nalerts\n").nth(1).unwrap();
     assert!(alerts.lines().count() >= 2, "an alert row: {text}");
+    assert!(alerts.contains("announce#1"), "{text}");
 
     let json = chainctl(&f.db, &["runs", "show", &f.blocked, "--json"])
         .ok()
         .json();
     assert_eq!(json["run"]["run_id"], f.blocked.as_str());
     assert_eq!(json["run"]["state"]["state"], "blocked");
-    assert_eq!(json["journal"][0]["step_id"], "escalate/set_stage#1");
-    assert_eq!(json["compensations"][0]["compensator"], "restore_stage");
-    assert!(!json["alerts"].as_array().unwrap().is_empty(), "{json}");
+    assert_eq!(
+        json["journal"][0]["step_id"],
+        "escalate_and_note/load_stage#1"
+    );
+    let compensators: Vec<&str> = json["compensations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["compensator"].as_str().unwrap())
+        .collect();
+    assert!(compensators.contains(&"restore_stage"), "{json}");
+    assert!(compensators.contains(&"delete_issue"), "{json}");
+    assert_eq!(json["alerts"].as_array().unwrap().len(), 1, "{json}");
 
-    let text = chainctl(&f.db, &["runs", "show", &f.suspended.0])
+    let json = chainctl(&f.db, &["--json", "runs", "show", &f.compensated])
         .ok()
-        .stdout;
+        .json();
+    assert_eq!(json["run"]["state"]["state"], "compensated");
+
+    let text = chainctl(&f.db, &["runs", "show", &f.suspended]).ok().stdout;
     assert!(
-        text.contains("suspended at `escalate/announce#1`"),
+        text.contains("suspended at `escalate_deal/announce#1`"),
         "{text}"
     );
 
     chainctl(&f.db, &["runs", "show", "run_nope"]).fails(1, "no run `run_nope`");
 }
 
-#[tokio::test]
-async fn resume_through_the_binary_and_its_refusals() {
+/// The real resume: the binary opens the vault with the key, finds the providers in the file,
+/// and calls the sandbox with alice's re-consented Slack account. Exactly one message is posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_through_the_binary_with_the_vault() {
     let f = fixture().await;
-    // The binary's process has no injected fault: the Slack step now succeeds.
-    let out = chainctl(&f.db, &["runs", "resume", &f.suspended.0]).ok();
-    assert!(out.stdout.contains("suspended -> completed"), "{out:?}");
-    let json = chainctl(&f.db, &["--json", "runs", "show", &f.suspended.0])
+    let before = slack_writes(&f);
+
+    // Without the key: a clear error, nothing changes.
+    resume(&f.db, &f.suspended, None, false)
+        .await
+        .fails(1, "CHAIN_VAULT_KEY");
+    // With another key: the vault refuses it.
+    let other = {
+        let path = f.dir.path().join("other.key");
+        VaultKey::generate().write_to_file(&path).unwrap();
+        std::fs::read_to_string(&path).unwrap().trim().to_owned()
+    };
+    resume(&f.db, &f.suspended, Some(&other), false)
+        .await
+        .fails(1, "does not decrypt this vault");
+    // With the key but before alice re-consents: the vault's Slack account needs
+    // re-authorization, so the engine's preflight refuses; the run stays suspended.
+    resume(&f.db, &f.suspended, Some(&f.key), false)
+        .await
+        .fails(1, "must first consent to slack [chat:write]");
+    assert_eq!(slack_writes(&f).len(), before.len(), "nothing posted yet");
+    let json = chainctl(&f.db, &["--json", "runs", "show", &f.suspended])
+        .ok()
+        .json();
+    assert_eq!(json["run"]["state"]["state"], "suspended");
+
+    // Alice re-consents (in this process, through the sandbox's consent flow).
+    f.demo.connect("slack").await.unwrap();
+    let out = resume(&f.db, &f.suspended, Some(&f.key), true).await.ok();
+    let json = out.json();
+    assert_eq!(json["previous_state"]["state"], "suspended", "{json}");
+    assert_eq!(json["state"]["state"], "completed", "{json}");
+
+    // The provider saw exactly one more Slack write, by alice's Slack identity.
+    let after = slack_writes(&f);
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    let posted = after.last().unwrap();
+    assert_eq!(posted.subject, f.demo.subjects[2]);
+    assert_eq!(posted.method, "POST");
+    assert!(posted.path.ends_with("chat.postMessage"), "{posted:?}");
+    // And nothing else was redone (the completed steps are replayed from the journal).
+    let jira_writes = f.demo.sandbox.jira.ledger().committed_writes().count();
+
+    let json = chainctl(&f.db, &["--json", "runs", "show", &f.suspended])
         .ok()
         .json();
     assert_eq!(json["run"]["state"]["state"], "completed");
-    assert_eq!(
-        json["run"]["state"]["output"],
-        issue_key(&f.suspended.1).as_str()
-    );
+    let RunState::Completed { output } =
+        serde_json::from_value(json["run"]["state"].clone()).unwrap()
+    else {
+        panic!("{json}")
+    };
+    assert!(output.as_str().unwrap().starts_with("ESC-"), "{output}");
     // The audit records written by the other process continue the chain.
     chainctl(&f.db, &["audit", "verify"]).ok();
-    let history = chainctl(&f.db, &["audit", "history", &f.suspended.0])
+    let history = chainctl(&f.db, &["audit", "history", &f.suspended])
         .ok()
         .stdout;
     assert!(history.contains("resumed"), "{history}");
     assert!(history.contains("run_finished"), "{history}");
+    // The write is attributed to alice and her new Slack grant.
+    let message = posted.record_id.clone().unwrap();
+    let grant = f
+        .demo
+        .vault
+        .account("alice", "slack")
+        .await
+        .unwrap()
+        .grant_id;
+    let why = chainctl(&f.db, &["--json", "audit", "why", "slack", &message])
+        .ok()
+        .json();
+    let writes = why.as_array().unwrap();
+    assert_eq!(writes.len(), 1, "{why}");
+    assert_eq!(writes[0]["run_id"], f.suspended.as_str());
+    assert_eq!(writes[0]["principal"], "alice");
+    assert_eq!(writes[0]["grant_id"], grant.as_str(), "{why}");
 
-    chainctl(&f.db, &["runs", "resume", &f.done.0]).fails(1, "not suspended");
-    chainctl(&f.db, &["runs", "resume", &f.suspended.0]).fails(1, "not suspended");
-    chainctl(&f.db, &["runs", "resume", "run_nope"]).fails(1, "no run `run_nope`");
+    chainctl_env(&f.db, &["runs", "resume", &f.done], Some(&f.key)).fails(1, "not suspended");
+    resume(&f.db, &f.suspended, Some(&f.key), false)
+        .await
+        .fails(1, "not suspended");
+    chainctl_env(&f.db, &["runs", "resume", "run_nope"], Some(&f.key))
+        .fails(1, "no run `run_nope`");
+    assert_eq!(slack_writes(&f).len(), after.len());
+    assert_eq!(
+        f.demo.sandbox.jira.ledger().committed_writes().count(),
+        jira_writes
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_catches_an_edited_record() {
     let f = fixture().await;
     let out = chainctl(&f.db, &["audit", "verify"]).ok();
@@ -230,11 +411,11 @@ async fn verify_catches_an_edited_record() {
     assert_eq!(json["break"]["seq"], 4);
     assert_eq!(json["break"]["problem"]["type"], "hash_mismatch");
     // Queries refuse to answer from a broken trail.
-    chainctl(&f.db, &["audit", "why", "salesforce", &f.done.1]).fails(3, "record seq 4");
-    chainctl(&f.db, &["audit", "history", &f.done.0]).fails(3, "record seq 4");
+    chainctl(&f.db, &["audit", "why", "salesforce", OPPORTUNITY]).fails(3, "record seq 4");
+    chainctl(&f.db, &["audit", "history", &f.done]).fails(3, "record seq 4");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_against_a_checkpoint_catches_a_truncated_tail() {
     let f = fixture().await;
     let head = chainctl(&f.db, &["audit", "verify", "--head"]).ok().stdout;
@@ -272,7 +453,7 @@ async fn verify_against_a_checkpoint_catches_a_truncated_tail() {
     .fails(2, "cannot be used with");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_verify_export() {
     let f = fixture().await;
     let file = f.db.with_file_name("trail.jsonl");
@@ -334,22 +515,25 @@ async fn export_and_verify_export() {
     .fails(1, "opening export");
 }
 
-#[tokio::test]
-async fn why_names_the_principal_for_each_touched_record() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_names_the_principal_and_the_grant_for_each_touched_record() {
     let f = fixture().await;
-    let (run, opp) = &f.done;
-    let issue = issue_key(opp);
+    let run = &f.done;
     for (connector, record, step) in [
-        ("salesforce", opp.as_str(), "set_stage"),
-        ("jira", issue.as_str(), "open_issue"),
-        ("slack", examples::demo_chain::MESSAGE_TS, "announce"),
+        ("salesforce", OPPORTUNITY, "set_stage"),
+        ("jira", f.done_issue.as_str(), "open_issue"),
+        ("slack", f.done_message.as_str(), "announce"),
     ] {
+        let account = f.demo.vault.account("alice", connector).await.unwrap();
+        let (_, grant) = f.done_grants.iter().find(|(c, _)| c == connector).unwrap();
+        assert!(grant.starts_with("grant_"), "{grant}");
         let text = chainctl(&f.db, &["audit", "why", connector, record])
             .ok()
             .stdout;
         assert!(text.contains("alice"), "{text}");
         assert!(text.contains(&format!("step {step}")), "{text}");
-        assert!(text.contains(&format!("alice@{connector}")), "{text}");
+        assert!(text.contains(grant.as_str()), "{connector}: {text}");
+        assert!(text.contains(&account.upstream_subject), "{text}");
         let json = chainctl(&f.db, &["--json", "audit", "why", connector, record])
             .ok()
             .json();
@@ -361,46 +545,69 @@ async fn why_names_the_principal_for_each_touched_record() {
             .collect();
         assert_eq!(writes.len(), 1, "{json}");
         assert_eq!(writes[0]["principal"], "alice");
+        assert_eq!(writes[0]["grant_id"], grant.as_str());
+        assert_eq!(writes[0]["account_id"], account.account_id.as_str());
+        assert_eq!(
+            writes[0]["upstream_subject"],
+            account.upstream_subject.as_str()
+        );
         assert_eq!(writes[0]["record"]["connector"], connector);
         assert_eq!(writes[0]["write"]["step"], step);
     }
+    // Every run wrote the opportunity under its own grant: one write per run, each naming alice.
+    let json = chainctl(
+        &f.db,
+        &["--json", "audit", "why", "salesforce", OPPORTUNITY],
+    )
+    .ok()
+    .json();
+    assert!(
+        json.as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["principal"] == "alice" && w["grant_id"].as_str().is_some()),
+        "{json}"
+    );
     let none = chainctl(&f.db, &["audit", "why", "salesforce", "NOPE"]).ok();
     assert!(none.stdout.contains("no recorded write"), "{none:?}");
     chainctl(&f.db, &["audit", "history", "run_nope"]).fails(1, "no run `run_nope`");
 }
 
-#[tokio::test]
-async fn scopes_graph_and_chains() {
-    let f = fixture().await;
-    let out = chainctl(&f.db, &["scopes", "escalate"]).ok();
+#[test]
+fn scopes_graph_and_chains() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodb = dir.path().join("absent.db");
+    let out = chainctl(&nodb, &["scopes", "escalate_deal"]).ok();
     let printed: Value = serde_json::from_str(&out.stdout).unwrap();
-    let expected = serde_json::to_value(<escalate as Chain>::META.manifest()).unwrap();
+    let expected = serde_json::to_value(<escalate_deal as Chain>::META.manifest()).unwrap();
     assert_eq!(printed, expected);
     // By path too, and without any database.
-    let nodb = f.db.with_file_name("absent.db");
-    let out = chainctl(&nodb, &["scopes", "examples::demo_chain::escalate"]).ok();
+    let out = chainctl(&nodb, &["scopes", "examples::escalate::escalate_deal"]).ok();
     assert_eq!(
         serde_json::from_str::<Value>(&out.stdout).unwrap(),
         expected
     );
     assert!(!nodb.exists());
 
-    let graph = chainctl(&nodb, &["graph", "escalate"]).ok().stdout;
+    let graph = chainctl(&nodb, &["graph", "escalate_and_note"]).ok().stdout;
     assert!(graph.starts_with("flowchart"), "{graph}");
-    assert!(graph.contains("announce"), "{graph}");
+    assert!(graph.contains("note_announcement"), "{graph}");
     let chains = chainctl(&nodb, &["chains"]).ok().stdout;
-    assert!(
-        chains.contains("examples::demo_chain::escalate"),
-        "{chains}"
-    );
+    for chain in [
+        "examples::escalate::escalate_deal",
+        "examples::escalate::escalate_and_note",
+    ] {
+        assert!(chains.contains(chain), "{chains}");
+    }
 
     chainctl(&nodb, &["scopes", "nope"])
         .fails(1, "no chain `nope`")
         .stderr
-        .contains("examples::demo_chain::escalate")
+        .contains("examples::escalate::escalate_deal")
         .then_some(())
         .unwrap();
     chainctl(&nodb, &["graph", "nope"]).fails(1, "no chain `nope`");
+    assert!(!nodb.exists());
 }
 
 #[test]
@@ -419,6 +626,10 @@ fn a_missing_database_is_never_created() {
         chainctl(&db, args).fails(1, "does not exist");
         assert!(!db.exists(), "{args:?} created the database");
     }
+    // Not even with a vault key, which only `runs resume` reads.
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    chainctl_env(&db, &["runs", "resume", "run_x"], Some(key)).fails(1, "does not exist");
+    assert!(!db.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

@@ -256,12 +256,15 @@ impl World {
             .unwrap();
         vault
             .register_provider(sandbox.salesforce.provider_config("salesforce").unwrap())
+            .await
             .unwrap();
         vault
             .register_provider(sandbox.jira.provider_config("jira").unwrap())
+            .await
             .unwrap();
         vault
             .register_provider(sandbox.slack.provider_config("slack").unwrap())
+            .await
             .unwrap();
         let audit = Arc::new(SqliteAuditStore::open(&db).await.unwrap());
         let runs = Arc::new(SqliteRunStore::open(&db).await.unwrap());
@@ -860,7 +863,7 @@ async fn invalid_client_alerts_the_operator_never_the_user() {
     let w = World::start().await;
     let mut config = w.sandbox.salesforce.provider_config("salesforce").unwrap();
     config.client_secret = ClientSecret::new("not-the-secret");
-    w.vault.register_provider(config).unwrap();
+    w.vault.register_provider(config).await.unwrap();
     w.sandbox.salesforce.expire_access_tokens(&w.sf);
 
     let report = w
@@ -1105,7 +1108,7 @@ async fn mini_world(mode: MiniMode, provider: &str) -> (World, Mini, String) {
     .with_subject(SubjectSource::TokenResponse {
         pointers: vec!["/sub".into()],
     });
-    w.vault.register_provider(config).unwrap();
+    w.vault.register_provider(config).await.unwrap();
     let link = w
         .vault
         .consent_link(&w.user.identifier(), "idp", &["api", "refresh_token"])

@@ -19,6 +19,7 @@ async fn five_hundred_callers_one_refresh() {
         .await;
     vault
         .register_provider(h.provider().with_refresh_margin(Duration::from_secs(30)))
+        .await
         .unwrap();
     let before = connect(&vault, "user-1", "alice", &["openid", "api"]).await;
 

@@ -34,6 +34,7 @@ async fn no_secret_in_logs_database_errors_or_debug() {
     let vault = h.vault(&db, key_bytes, Arc::clone(&clock)).await;
     vault
         .register_provider(h.provider().with_refresh_margin(Duration::from_secs(30)))
+        .await
         .unwrap();
 
     let mut outputs: Vec<String> = Vec::new();
@@ -80,12 +81,14 @@ async fn no_secret_in_logs_database_errors_or_debug() {
             h.provider_with_secret(wrong_secret)
                 .with_refresh_margin(Duration::from_secs(30)),
         )
+        .await
         .unwrap();
     clock.advance(Duration::from_secs(3600));
     let e = client.get(h.userinfo_url()).send().await.unwrap_err();
     record_err(&e, e.to_string());
     vault
         .register_provider(h.provider().with_refresh_margin(Duration::from_secs(30)))
+        .await
         .unwrap();
     client.get(h.userinfo_url()).send().await.unwrap();
     let e = chain_runtime::vault::Vault::open_sqlite(

@@ -90,6 +90,7 @@ async fn proactive_refresh_with_rotation() {
     // margin so a fresh token is outside it.
     vault
         .register_provider(h.provider().with_refresh_margin(Duration::from_secs(30)))
+        .await
         .unwrap();
     let resp = client.get(h.userinfo_url()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -405,6 +406,7 @@ async fn wrong_client_secret_is_invalid_client() {
     let wrong = "cs-wrong-secret-0123456789";
     vault
         .register_provider(h.provider_with_secret(wrong))
+        .await
         .unwrap();
     clock.advance(Duration::from_secs(3600));
     let err = vault.ensure_fresh("user-1", CONNECTOR).await.unwrap_err();
@@ -416,12 +418,13 @@ async fn wrong_client_secret_is_invalid_client() {
     let after = vault.account("user-1", CONNECTOR).await.unwrap();
     assert_eq!(after.status, AccountStatus::Active);
     assert_eq!(after.token_version, before.token_version);
-    vault.register_provider(h.provider()).unwrap();
+    vault.register_provider(h.provider()).await.unwrap();
     vault.ensure_fresh("user-1", CONNECTOR).await.unwrap();
 
     // Same for the code exchange.
     vault
         .register_provider(h.provider_with_secret(wrong))
+        .await
         .unwrap();
     let link = vault
         .consent_link("user-2", CONNECTOR, &["api"])

@@ -69,6 +69,7 @@ async fn slack_errors_with_http_200() {
                     pointers: vec!["/team/id".into(), "/authed_user/id".into()],
                 }),
         )
+        .await
         .unwrap();
     let link = vault
         .consent_link(
@@ -149,6 +150,7 @@ async fn salesforce_expiry_without_expires_in() {
                 .unwrap()
                 .with_default_token_lifetime(Duration::from_secs(7200)),
         )
+        .await
         .unwrap();
     vault
         .register_provider(
@@ -156,6 +158,7 @@ async fn salesforce_expiry_without_expires_in() {
                 .with_subject(subject)
                 .with_default_token_lifetime(Duration::from_secs(7200)),
         )
+        .await
         .unwrap();
     let a = consent(&vault, "user-1", "sf-introspect", &["api", "refresh_token"]).await;
     assert_eq!(a.expires_at, Some(exp));
@@ -196,6 +199,7 @@ async fn refresh_token_kept_or_rotated() {
                     pointers: vec!["/sub".into()],
                 }),
         )
+        .await
         .unwrap();
     vault
         .register_provider(
@@ -204,6 +208,7 @@ async fn refresh_token_kept_or_rotated() {
                     pointers: vec!["/scope".into()],
                 }),
         )
+        .await
         .unwrap();
 
     let g = consent(&vault, "user-1", "google", &["email"]).await;
@@ -298,6 +303,7 @@ async fn bad_token_responses_lose_nothing() {
                     pointers: vec!["/sub".into()],
                 }),
         )
+        .await
         .unwrap();
     let before = consent(&vault, "user-1", "acme", &["api"]).await;
     clock.advance(Duration::from_secs(3600));
@@ -381,9 +387,9 @@ async fn lost_race_is_not_revocation() {
             pointers: vec!["/sub".into()],
         });
     let a = vault_at(&path, Arc::clone(&clock), Duration::from_secs(5)).await;
-    a.register_provider(provider.clone()).unwrap();
+    a.register_provider(provider.clone()).await.unwrap();
     let b = vault_at(&path, Arc::clone(&clock), Duration::from_secs(5)).await;
-    b.register_provider(provider).unwrap();
+    b.register_provider(provider).await.unwrap();
     let before = consent(&a, "user-1", "acme", &["api"]).await;
     clock.advance(Duration::from_secs(3600));
 

@@ -28,6 +28,18 @@ pub enum VaultError {
         /// Which secret.
         field: &'static str,
     },
+    /// The stored configuration of a connector does not decrypt under its row identity: its
+    /// client secret or its configuration was edited, or the secret was copied from another row.
+    /// The connector is unusable until [`crate::vault::Vault::register_provider`] stores it again.
+    #[error(
+        "the stored provider configuration of connector `{connector}` does not decrypt: its client \
+         secret or its configuration was tampered with or copied from another connector; register \
+         the provider again to replace it"
+    )]
+    ProviderTampered {
+        /// The connector.
+        connector: String,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -11,7 +11,7 @@
 //!     ProviderConfig::new("acme", "https://id.acme.test/authorize", "https://id.acme.test/token",
 //!         "client-id", ClientSecret::new("from-your-secret-store"), "https://app.test/callback")?
 //!         .with_revoke_url("https://id.acme.test/revoke")?,
-//! )?;
+//! ).await?;
 //! let link = vault.consent_link("user-42", "acme", &["api"]).await?;
 //! // ... the user visits link.url, the callback brings `state` and `code` ...
 //! # let (state, code) = (String::new(), String::new());
@@ -50,6 +50,7 @@ pub use secret::{AccessToken, ClientSecret, KeyError, PkceVerifier, RefreshToken
 pub use sqlite::SqliteStore;
 pub use store::{
     AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
+    StoredProvider,
 };
 
 use crate::classify::FailureClass;
@@ -198,7 +199,7 @@ pub struct Vault {
 struct Inner {
     store: Arc<dyn AccountStore>,
     cipher: Cipher,
-    providers: RwLock<HashMap<String, Arc<ProviderConfig>>>,
+    providers: RwLock<HashMap<String, ProviderSlot>>,
     http: reqwest::Client,
     timeout: Duration,
     clock: Arc<dyn Clock>,
@@ -211,6 +212,14 @@ impl fmt::Debug for Vault {
             .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// A registered connector: its configuration, or the fact that its stored row did not open.
+#[derive(Clone)]
+enum ProviderSlot {
+    Ready(Arc<ProviderConfig>),
+    /// The stored row failed to decrypt: every use is refused until it is registered again.
+    Tampered,
 }
 
 const KEY_CHECK_PLAINTEXT: &[u8] = b"chain-vault key check v1";
@@ -230,6 +239,12 @@ fn random_id(prefix: &str) -> String {
 
 fn token_aad(account_id: &str, principal_id: &str, connector: &str, field: &str) -> Vec<u8> {
     aad(&["account", account_id, principal_id, connector, field])
+}
+
+/// The associated data of a provider's sealed client secret: the connector and the exact stored
+/// configuration JSON, so neither can be edited (nor the secret moved) without detection.
+fn provider_aad(connector: &str, config_json: &str) -> Vec<u8> {
+    aad(&["provider", connector, config_json, "client_secret"])
 }
 
 fn consent_aad(state_hash: &[u8], principal_id: &str, connector: &str) -> Vec<u8> {
@@ -284,11 +299,12 @@ impl Vault {
             Some(client) => client,
             None => default_http_client(options.http_timeout)?,
         };
+        let providers = Self::load_providers(store.as_ref(), &cipher).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 cipher,
-                providers: RwLock::new(HashMap::new()),
+                providers: RwLock::new(providers),
                 http,
                 timeout: options.http_timeout,
                 clock: options.clock,
@@ -307,8 +323,43 @@ impl Vault {
         Self::open(Arc::new(store), key, options).await
     }
 
-    /// Registers (or replaces) the configuration of a connector.
-    pub fn register_provider(&self, config: ProviderConfig) -> Result<(), VaultError> {
+    /// Reads every stored provider configuration. A row whose client secret does not open under
+    /// its associated data (connector and configuration) is kept as tampered: using that
+    /// connector fails with [`VaultError::ProviderTampered`] until it is registered again.
+    async fn load_providers(
+        store: &dyn AccountStore,
+        cipher: &Cipher,
+    ) -> Result<HashMap<String, ProviderSlot>, VaultError> {
+        let mut providers = HashMap::new();
+        for row in store.list_providers().await? {
+            let slot = match cipher.open_string(
+                &provider_aad(&row.connector, &row.config),
+                &row.client_secret,
+            ) {
+                Ok(secret) => {
+                    let secret = ClientSecret::new(secret);
+                    let config =
+                        ProviderConfig::from_stored_json(&row.connector, &row.config, secret)?;
+                    ProviderSlot::Ready(Arc::new(config))
+                }
+                Err(_) => {
+                    tracing::error!(
+                        connector = %row.connector,
+                        "vault: the stored provider configuration does not decrypt (tampered or copied); \
+                         the connector is unusable until it is registered again"
+                    );
+                    ProviderSlot::Tampered
+                }
+            };
+            providers.insert(row.connector, slot);
+        }
+        Ok(providers)
+    }
+
+    /// Registers (or replaces) the configuration of a connector, and stores it so that every
+    /// vault opened later on the same store (another process, with the same key) has it: the
+    /// client secret sealed with the vault key, every other field as JSON in the clear.
+    pub async fn register_provider(&self, config: ProviderConfig) -> Result<(), VaultError> {
         if config.connector.is_empty() {
             return Err(VaultError::Config {
                 connector: String::new(),
@@ -325,12 +376,30 @@ impl Vault {
                         .into(),
             });
         }
+        let json = config.to_stored_json()?;
+        let client_secret = self.inner.cipher.seal(
+            &provider_aad(&config.connector, &json),
+            config.client_secret.expose().as_bytes(),
+        );
+        self.inner
+            .store
+            .put_provider(StoredProvider {
+                connector: config.connector.clone(),
+                config: json,
+                client_secret,
+                updated_at: self.now(),
+            })
+            .await?;
+        tracing::info!(connector = %config.connector, "vault provider registered and stored");
         let mut providers = self
             .inner
             .providers
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        providers.insert(config.connector.clone(), Arc::new(config));
+        providers.insert(
+            config.connector.clone(),
+            ProviderSlot::Ready(Arc::new(config)),
+        );
         Ok(())
     }
 
@@ -380,12 +449,15 @@ impl Vault {
             .providers
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        providers
-            .get(connector)
-            .cloned()
-            .ok_or_else(|| VaultError::UnknownConnector {
+        match providers.get(connector) {
+            Some(ProviderSlot::Ready(config)) => Ok(Arc::clone(config)),
+            Some(ProviderSlot::Tampered) => Err(VaultError::ProviderTampered {
                 connector: connector.to_owned(),
-            })
+            }),
+            None => Err(VaultError::UnknownConnector {
+                connector: connector.to_owned(),
+            }),
+        }
     }
 
     fn now(&self) -> i64 {

@@ -6,9 +6,11 @@ use url::Url;
 
 use super::error::VaultError;
 use super::secret::ClientSecret;
+use super::store::StoreError;
 
 /// How the client authenticates at the token, revocation and introspection endpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// `client_id` and `client_secret` in the form body (`client_secret_post`).
     Post,
@@ -17,7 +19,8 @@ pub enum ClientAuth {
 }
 
 /// How scopes are joined in requests and split in token responses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ScopeSeparator {
     /// RFC 6749: space separated.
     Space,
@@ -221,6 +224,139 @@ impl ProviderConfig {
     }
 }
 
+/// The stored form of a [`ProviderConfig`] without its client secret (format version 1).
+/// Field names are stable: the `config` column of `vault_providers`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProviderRecord {
+    format: u32,
+    connector: String,
+    provider: String,
+    authorize_url: String,
+    token_url: String,
+    revoke_url: Option<String>,
+    introspection_url: Option<String>,
+    client_id: String,
+    client_auth: ClientAuth,
+    redirect_uri: String,
+    scope_separator: ScopeSeparator,
+    subject: SubjectRecord,
+    default_token_lifetime: Option<Duration>,
+    refresh_margin: Duration,
+    consent_ttl: Duration,
+    extra_authorize_params: Vec<(String, String)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+enum SubjectRecord {
+    TokenResponse { pointers: Vec<String> },
+    IdToken { pointers: Vec<String> },
+    UserInfo { url: String, pointers: Vec<String> },
+    Introspection { pointers: Vec<String> },
+}
+
+const RECORD_FORMAT: u32 = 1;
+
+impl ProviderConfig {
+    /// Every field but the client secret, as the JSON stored in `vault_providers.config`.
+    pub(crate) fn to_stored_json(&self) -> Result<String, VaultError> {
+        let subject = match &self.subject {
+            SubjectSource::TokenResponse { pointers } => SubjectRecord::TokenResponse {
+                pointers: pointers.clone(),
+            },
+            SubjectSource::IdToken { pointers } => SubjectRecord::IdToken {
+                pointers: pointers.clone(),
+            },
+            SubjectSource::UserInfo { url, pointers } => SubjectRecord::UserInfo {
+                url: url.to_string(),
+                pointers: pointers.clone(),
+            },
+            SubjectSource::Introspection { pointers } => SubjectRecord::Introspection {
+                pointers: pointers.clone(),
+            },
+        };
+        let record = ProviderRecord {
+            format: RECORD_FORMAT,
+            connector: self.connector.clone(),
+            provider: self.provider.clone(),
+            authorize_url: self.authorize_url.to_string(),
+            token_url: self.token_url.to_string(),
+            revoke_url: self.revoke_url.as_ref().map(Url::to_string),
+            introspection_url: self.introspection_url.as_ref().map(Url::to_string),
+            client_id: self.client_id.clone(),
+            client_auth: self.client_auth,
+            redirect_uri: self.redirect_uri.clone(),
+            scope_separator: self.scope_separator,
+            subject,
+            default_token_lifetime: self.default_token_lifetime,
+            refresh_margin: self.refresh_margin,
+            consent_ttl: self.consent_ttl,
+            extra_authorize_params: self.extra_authorize_params.clone(),
+        };
+        serde_json::to_string(&record).map_err(|e| VaultError::Config {
+            connector: self.connector.clone(),
+            reason: format!("cannot encode the configuration for storage: {e}"),
+        })
+    }
+
+    /// Rebuilds a configuration from [`ProviderConfig::to_stored_json`] and its client secret.
+    pub(crate) fn from_stored_json(
+        connector: &str,
+        json: &str,
+        client_secret: ClientSecret,
+    ) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| {
+            StoreError::Corrupt(format!(
+                "the stored configuration of connector `{connector}`: {reason}"
+            ))
+        };
+        let r: ProviderRecord =
+            serde_json::from_str(json).map_err(|e| corrupt(format!("not decodable: {e}")))?;
+        if r.format != RECORD_FORMAT {
+            return Err(corrupt(format!(
+                "format {} is not supported (this build reads format {RECORD_FORMAT})",
+                r.format
+            )));
+        }
+        if r.connector != connector {
+            return Err(corrupt(format!("it names connector `{}`", r.connector)));
+        }
+        let url = |field: &str, text: &str| {
+            Url::parse(text).map_err(|e| corrupt(format!("`{field}` is not a URL: {e}")))
+        };
+        let subject = match r.subject {
+            SubjectRecord::TokenResponse { pointers } => SubjectSource::TokenResponse { pointers },
+            SubjectRecord::IdToken { pointers } => SubjectSource::IdToken { pointers },
+            SubjectRecord::UserInfo { url: u, pointers } => SubjectSource::UserInfo {
+                url: url("subject.url", &u)?,
+                pointers,
+            },
+            SubjectRecord::Introspection { pointers } => SubjectSource::Introspection { pointers },
+        };
+        Ok(Self {
+            connector: r.connector,
+            provider: r.provider,
+            authorize_url: url("authorize_url", &r.authorize_url)?,
+            token_url: url("token_url", &r.token_url)?,
+            revoke_url: r.revoke_url.map(|u| url("revoke_url", &u)).transpose()?,
+            introspection_url: r
+                .introspection_url
+                .map(|u| url("introspection_url", &u))
+                .transpose()?,
+            client_id: r.client_id,
+            client_secret,
+            client_auth: r.client_auth,
+            redirect_uri: r.redirect_uri,
+            scope_separator: r.scope_separator,
+            subject,
+            default_token_lifetime: r.default_token_lifetime,
+            refresh_margin: r.refresh_margin,
+            consent_ttl: r.consent_ttl,
+            extra_authorize_params: r.extra_authorize_params,
+        })
+    }
+}
+
 fn parse_url(connector: &str, field: &'static str, text: &str) -> Result<Url, VaultError> {
     Url::parse(text).map_err(|e| VaultError::Config {
         connector: connector.to_owned(),
@@ -231,6 +367,38 @@ fn parse_url(connector: &str, field: &'static str, text: &str) -> Result<Url, Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_json_round_trips_without_the_secret() {
+        let config = ProviderConfig::new(
+            "slack",
+            "https://slack.test/oauth/v2/authorize",
+            "https://slack.test/api/oauth.v2.access",
+            "client-1",
+            ClientSecret::new("very-secret-value"),
+            "https://app.test/cb",
+        )
+        .unwrap()
+        .with_revoke_url("https://slack.test/api/auth.revoke")
+        .unwrap()
+        .with_subject(SubjectSource::UserInfo {
+            url: Url::parse("https://slack.test/api/users.identity").unwrap(),
+            pointers: vec!["/team/id".into(), "/user/id".into()],
+        })
+        .with_scope_separator(ScopeSeparator::Comma)
+        .with_client_auth(ClientAuth::Basic)
+        .with_default_token_lifetime(Duration::from_millis(7_200_500))
+        .with_refresh_margin(Duration::from_secs(30))
+        .with_authorize_param("user_scope", "chat:write");
+        let json = config.to_stored_json().unwrap();
+        assert!(!json.contains("very-secret-value"), "{json}");
+        let back =
+            ProviderConfig::from_stored_json("slack", &json, ClientSecret::new("s2")).unwrap();
+        assert_eq!(back.to_stored_json().unwrap(), json);
+        assert_eq!(back.client_secret.expose(), "s2");
+        // A row whose JSON names another connector is refused.
+        assert!(ProviderConfig::from_stored_json("jira", &json, ClientSecret::new("s")).is_err());
+    }
 
     #[test]
     fn scope_splitting() {

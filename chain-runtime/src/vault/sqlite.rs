@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::store::{
     AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
+    StoredProvider,
 };
 
 const SCHEMA: &str = "
@@ -41,6 +42,12 @@ CREATE TABLE IF NOT EXISTS vault_consents (
     verifier     BLOB NOT NULL,
     created_at   INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vault_providers (
+    connector     TEXT PRIMARY KEY,
+    config        TEXT NOT NULL,
+    client_secret BLOB NOT NULL,
+    updated_at    INTEGER NOT NULL
 );
 ";
 
@@ -308,6 +315,43 @@ impl AccountStore for SqliteStore {
                 )
                 .map_err(backend)?;
             Ok(n as u64)
+        })
+    }
+
+    fn put_provider(&self, p: StoredProvider) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO vault_providers (connector, config, client_secret, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (connector) DO UPDATE SET config = excluded.config, \
+                 client_secret = excluded.client_secret, updated_at = excluded.updated_at",
+                params![p.connector, p.config, p.client_secret.0, p.updated_at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn list_providers(&self) -> StoreFuture<'_, Vec<StoredProvider>> {
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT connector, config, client_secret, updated_at \
+                     FROM vault_providers ORDER BY connector",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredProvider {
+                        connector: r.get(0)?,
+                        config: r.get(1)?,
+                        client_secret: Sealed(r.get(2)?),
+                        updated_at: r.get(3)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Corrupt(format!("vault_providers: {e}")))
         })
     }
 }

@@ -116,7 +116,27 @@ pub struct StoredConsent {
     pub expires_at: i64,
 }
 
-/// Storage for connected accounts and pending consents.
+/// One provider configuration as stored: the configuration (every field but the client secret)
+/// as JSON in the clear, the client secret sealed.
+///
+/// The sealed secret's associated data binds it to the connector *and* to the exact
+/// `config` text, so editing the configuration (say, pointing `token_url` elsewhere) or moving
+/// the secret to another connector makes the row fail to open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredProvider {
+    /// The connector name (the key).
+    pub connector: String,
+    /// The configuration without the client secret, as JSON (stable field names, with a
+    /// format version). A PostgreSQL store may keep it as `jsonb`, but must return the text
+    /// exactly as it was put, since the secret's associated data covers it.
+    pub config: String,
+    /// The sealed client secret.
+    pub client_secret: Sealed,
+    /// Last write, unix seconds.
+    pub updated_at: i64,
+}
+
+/// Storage for connected accounts, pending consents and provider configurations.
 ///
 /// Implementations must make [`AccountStore::replace_account`] an atomic compare-and-swap on
 /// `rt_version`, and [`AccountStore::take_consent`] an atomic read-and-delete (single use).
@@ -150,4 +170,11 @@ pub trait AccountStore: Send + Sync + 'static {
 
     /// Deletes pending consents that expired before `now`; returns how many.
     fn purge_expired_consents(&self, now: i64) -> StoreFuture<'_, u64>;
+
+    /// Stores a provider configuration, replacing any stored for the same connector
+    /// (an upsert: `INSERT .. ON CONFLICT (connector) DO UPDATE` in PostgreSQL).
+    fn put_provider(&self, provider: StoredProvider) -> StoreFuture<'_, ()>;
+
+    /// Every stored provider configuration, ordered by connector.
+    fn list_providers(&self) -> StoreFuture<'_, Vec<StoredProvider>>;
 }

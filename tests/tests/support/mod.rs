@@ -374,7 +374,7 @@ impl Harness {
         let vault = Vault::open_sqlite(path, VaultKey::from_bytes(key), options)
             .await
             .unwrap();
-        vault.register_provider(self.provider()).unwrap();
+        vault.register_provider(self.provider()).await.unwrap();
         vault
     }
 }
