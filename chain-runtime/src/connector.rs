@@ -97,6 +97,8 @@ impl StepHttp {
 #[derive(Clone, Debug)]
 enum Body {
     None,
+    /// The JSON body could not be encoded; `send` reports it instead of sending anything.
+    Unencodable(String),
     Json(serde_json::Value),
     Form(Vec<(String, String)>),
 }
@@ -140,7 +142,10 @@ impl StepRequest<'_> {
 
     /// Sets a JSON body.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
-        self.body = Body::Json(serde_json::to_value(body).unwrap_or(serde_json::Value::Null));
+        self.body = match serde_json::to_value(body) {
+            Ok(value) => Body::Json(value),
+            Err(e) => Body::Unencodable(e.to_string()),
+        };
         self
     }
 
@@ -173,6 +178,11 @@ impl StepRequest<'_> {
             }
             request = match &self.body {
                 Body::None => request,
+                Body::Unencodable(e) => {
+                    return Err(StepError::Runtime(format!(
+                        "the request body does not encode as JSON: {e}"
+                    )));
+                }
                 Body::Json(v) => request.json(v),
                 Body::Form(f) => request.form(f),
             };
