@@ -74,6 +74,7 @@ pub(crate) struct StepArgs {
     pub(crate) scopes: Option<Spanned<Vec<LitStr>>>,
     pub(crate) effect: Option<EffectArg>,
     pub(crate) idempotent: bool,
+    pub(crate) reconcile: Option<Path>,
 }
 
 /// `#[compensator(...)]`, parsed.
@@ -224,6 +225,10 @@ impl StepArgs {
                 IDEMPOTENT => {
                     flag(cx, arg);
                     out.idempotent = true;
+                    None
+                }
+                RECONCILE => {
+                    out.reconcile = parse_path(cx, arg, "read_back_fn");
                     None
                 }
                 _ => {

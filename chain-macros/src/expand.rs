@@ -23,6 +23,7 @@ pub(crate) struct StepPlan<'a> {
     pub(crate) scopes: Option<&'a SpannedValue<Vec<LitStr>>>,
     pub(crate) effect: Option<&'a EffectArg>,
     pub(crate) idempotent: bool,
+    pub(crate) reconcile: Option<&'a syn::Path>,
 }
 
 fn mixed(name: &str) -> Ident {
@@ -82,6 +83,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         scopes,
         effect,
         idempotent,
+        reconcile,
     } = plan;
     let name = &item.sig.ident;
     let vis = &item.vis;
@@ -129,6 +131,40 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             TokenStream::new(),
         ),
     };
+    let (reconcile_name, reconcile_fn) = match reconcile {
+        Some(path) => {
+            let name = quote::ToTokens::to_token_stream(path)
+                .to_string()
+                .replace(' ', "");
+            let clones = args
+                .iter()
+                .map(|a| quote!(::core::clone::Clone::clone(&#a)));
+            let found = quote_spanned! {path.span()=>
+                let found: ::core::option::Option<Self::Output> = #path(&ctx, #(#clones),*).await?;
+            };
+            let run_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
+            (
+                quote!(::core::option::Option::Some(#name)),
+                quote! {
+                    fn reconcile_then_run(
+                        env: ::chain_runtime::__private::StepEnv,
+                        input: Self::Input,
+                    ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
+                        ::chain_runtime::__private::Box::pin(async move {
+                            let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
+                            let (#(#args,)*) = input;
+                            #found
+                            match found {
+                                ::core::option::Option::Some(output) => ::core::result::Result::Ok(output),
+                                ::core::option::Option::None => #run_body,
+                            }
+                        })
+                    }
+                },
+            )
+        }
+        None => (quote!(::core::option::Option::None), TokenStream::new()),
+    };
     let principal_item = principal_item(principal);
     let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
 
@@ -161,6 +197,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     inputs: &[#(#ty_texts),*],
                     output: #output_text,
                     idempotent: #idempotent,
+                    reconcile: #reconcile_name,
                     compensate: #compensate,
                 };
 
@@ -174,6 +211,8 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                         #call_body
                     })
                 }
+
+                #reconcile_fn
             }
 
             impl ::chain_runtime::__private::StepFor<#principal> for #name {

@@ -31,7 +31,9 @@ use ctxt::Ctxt;
 /// `#[step(connector = "name", scopes = ["..."], EFFECT)]` where EFFECT is one of
 /// `compensate = undo_fn`, `irreversible = "why"` or `read`; add `idempotent` when the
 /// provider deduplicates the step's writes by its `Idempotency-Key` header (a write with an
-/// unknown outcome after a crash is then resent instead of blocking the run).
+/// unknown outcome after a crash is then resent instead of blocking the run), and
+/// `reconcile = read_back` to name an `async fn read_back(ctx: &StepCtx<P>, <the step's inputs>)
+/// -> Result<Option<Output>, StepError>` that tells, after a crash, whether the write happened.
 #[proc_macro_attribute]
 pub fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let item: TokenStream2 = item.into();
@@ -115,6 +117,12 @@ fn step_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
         &item.sig.ident,
         parsed.connector.as_ref(),
     );
+    if let (false, Some(path)) = (is_write, &parsed.reconcile) {
+        cx.error_spanned_by(
+            path,
+            "a `read` step changes nothing, so there is nothing to reconcile: remove `reconcile`",
+        );
+    }
     let expansion = match (&shape.ctx, &shape.output) {
         (Some(ctx), Some(output)) if !shape.borrows => expand::step(expand::StepPlan {
             item: &item,
@@ -125,6 +133,7 @@ fn step_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
             scopes: parsed.scopes.as_ref(),
             effect: parsed.effect.as_ref(),
             idempotent: parsed.idempotent,
+            reconcile: parsed.reconcile.as_ref(),
         }),
         _ => quote!(#item),
     };

@@ -6,6 +6,7 @@ pub(crate) const COMPENSATE: &str = "compensate";
 pub(crate) const IRREVERSIBLE: &str = "irreversible";
 pub(crate) const READ: &str = "read";
 pub(crate) const IDEMPOTENT: &str = "idempotent";
+pub(crate) const RECONCILE: &str = "reconcile";
 pub(crate) const PRINCIPAL: &str = "principal";
 pub(crate) const ON_AUTH_FAILURE: &str = "on_auth_failure";
 
@@ -17,6 +18,7 @@ pub(crate) const STEP_KEYS: &[&str] = &[
     IRREVERSIBLE,
     READ,
     IDEMPOTENT,
+    RECONCILE,
 ];
 /// Keys of `#[compensator(...)]`.
 pub(crate) const COMPENSATOR_KEYS: &[&str] = &[CONNECTOR, SCOPES];

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::exec::{BoxFuture, ErasedStepCall, RunDriver};
+use crate::exec::{BoxFuture, CallMode, ErasedStepCall, RunDriver};
 use crate::graph::DecisionGraph;
 use crate::principal::Principal;
 use crate::step::{Step, StepError, StepMeta};
@@ -179,9 +179,12 @@ impl<P: Principal> ChainCtx<P> {
         site: u32,
         input: S::Input,
     ) -> BoxFuture<'_, Result<S::Output, StepError>> {
-        let call: ErasedStepCall = Box::new(move |env| {
+        let call: ErasedStepCall = Box::new(move |env, mode| {
             Box::pin(async move {
-                let output = S::run(env, input).await?;
+                let output = match mode {
+                    CallMode::Run => S::run(env, input).await?,
+                    CallMode::ReconcileFirst => S::reconcile_then_run(env, input).await?,
+                };
                 serde_json::to_value(output)
                     .map_err(|e| StepError::Runtime(format!("step output does not encode: {e}")))
             })

@@ -13,9 +13,21 @@ use crate::step::{RecordRef, StepError};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A step call with its types erased: given the step's environment, it runs the step body
-/// and returns the output as JSON.
-pub type ErasedStepCall =
-    Box<dyn FnOnce(StepEnv) -> BoxFuture<'static, Result<serde_json::Value, StepError>> + Send>;
+/// (or reconciles first, see [`CallMode`]) and returns the output as JSON.
+pub type ErasedStepCall = Box<
+    dyn FnOnce(StepEnv, CallMode) -> BoxFuture<'static, Result<serde_json::Value, StepError>>
+        + Send,
+>;
+
+/// How the engine asks for a step call to be carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallMode {
+    /// Run the step body.
+    Run,
+    /// An earlier attempt's outcome is unknown: run the step's `reconcile` hook first, and the
+    /// body only when the hook finds that the write did not happen.
+    ReconcileFirst,
+}
 
 /// A compensator with its types erased: given the environment and the forward step's
 /// journaled output, it runs the undo.

@@ -68,6 +68,8 @@ pub struct StepMeta {
     pub inputs: &'static [&'static str],
     /// The output type (the `T` of `Result<T, StepError>`), as written.
     pub output: &'static str,
+    /// `reconcile = f`: the read-back that tells, after a crash, whether the write happened.
+    pub reconcile: Option<&'static str>,
     /// `idempotent`: the provider deduplicates this step's writes by the `Idempotency-Key`
     /// header it sends, so after a crash with an unknown outcome the runtime may resend it
     /// with the same key instead of blocking the run.
@@ -125,6 +127,17 @@ pub trait Step: 'static {
     #[doc(hidden)]
     fn run(env: StepEnv, input: Self::Input)
     -> BoxFuture<'static, Result<Self::Output, StepError>>;
+
+    /// After an attempt with an unknown outcome: asks the step's `reconcile` hook whether the
+    /// write happened (returning what it produced), and runs the body only when it did not.
+    /// Without a hook, runs the body.
+    #[doc(hidden)]
+    fn reconcile_then_run(
+        env: StepEnv,
+        input: Self::Input,
+    ) -> BoxFuture<'static, Result<Self::Output, StepError>> {
+        Self::run(env, input)
+    }
 }
 
 /// Proof that a step may run in a chain whose principal is `P`.

@@ -222,6 +222,37 @@ async fn keyed(ctx: &StepCtx<UserId>, tag: Tag) -> Result<Out, StepError> {
 
 // ---- chains ------------------------------------------------------------------------------
 
+/// Tags whose `rw` write "reached the provider": what `find_rw` reads back.
+static COMMITTED: LazyLock<Mutex<HashSet<Tag>>> = LazyLock::new(Mutex::default);
+
+#[step(connector = "crm", scopes = ["crm.write"], compensate = u1, reconcile = find_rw)]
+async fn rw(ctx: &StepCtx<UserId>, tag: Tag) -> Result<Out, StepError> {
+    let _ = ctx;
+    act(&tag, "rw").await?;
+    Ok(Out {
+        tag,
+        step: "rw".into(),
+    })
+}
+
+/// The read-back of `rw`: did its write happen?
+async fn find_rw(ctx: &StepCtx<UserId>, tag: Tag) -> Result<Option<Out>, StepError> {
+    let _ = ctx;
+    act(&tag, "find_rw").await?;
+    let found = COMMITTED.lock().unwrap().contains(&tag);
+    Ok(found.then(|| Out {
+        tag,
+        step: "rw (found)".into(),
+    }))
+}
+
+#[chain(principal = UserId)]
+async fn reconciled(ctx: &ChainCtx<UserId>, tag: Tag) -> Result<String, ChainError> {
+    let out = rw(ctx, tag.clone()).await?;
+    s3(ctx, tag).await?;
+    Ok(out.step)
+}
+
 #[chain(principal = UserId)]
 async fn three_suspend(ctx: &ChainCtx<UserId>, tag: Tag) -> Result<String, ChainError> {
     s1(ctx, tag.clone()).await?;
@@ -819,6 +850,49 @@ async fn an_intent_without_result_blocks_the_run_instead_of_redoing_the_write() 
     let alerts = env.engine.alerts(Some(&recovered[0].0)).await.unwrap();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].step_id.as_deref(), Some("three_suspend/s2#1"));
+}
+
+/// An unknown outcome of a step with a `reconcile` hook: the hook reads back whether the write
+/// happened. Found: its result is journaled and the body is not redone. Not found: the body
+/// runs (once).
+#[tokio::test]
+async fn an_unknown_outcome_is_settled_by_the_steps_reconcile_hook() {
+    for reached_provider in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let grants = Arc::new(StaticGrants::new());
+        connect_all(&grants, "alice");
+        let t = tag("reconcile");
+        let env = open_engine(&dir, grants.clone()).await;
+        crash_at::<reconciled>(env, &t, "rw").await;
+        if reached_provider {
+            COMMITTED.lock().unwrap().insert(t.clone());
+        }
+
+        let env = open_engine(&dir, grants).await;
+        env.engine.register::<reconciled>();
+        let recovered = env.engine.recover().await.unwrap();
+        let Ok(RunState::Completed { output }) = &recovered[0].1 else {
+            panic!("{:?}", recovered[0].1)
+        };
+        if reached_provider {
+            assert_eq!(output, &serde_json::json!("rw (found)"));
+            assert_eq!(log(&t), ["rw", "find_rw", "s3"], "the write is not redone");
+        } else {
+            assert_eq!(output, &serde_json::json!("rw"));
+            assert_eq!(
+                log(&t),
+                ["rw", "find_rw", "rw", "s3"],
+                "not found: written once more"
+            );
+        }
+        assert!(
+            env.engine
+                .alerts(Some(&recovered[0].0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
 
 #[tokio::test]

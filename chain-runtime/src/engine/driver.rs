@@ -9,7 +9,7 @@ use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
 use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta};
 use crate::classify::FailureClass;
-use crate::exec::{BoxFuture, ErasedStepCall, HandoffRequest, RunDriver, StepEnv};
+use crate::exec::{BoxFuture, CallMode, ErasedStepCall, HandoffRequest, RunDriver, StepEnv};
 use crate::manifest::ScopeManifest;
 use crate::step::{RecordRef, StepError, StepMeta};
 use crate::store::{Alert, EntryKind, EntryResult, JournalEntry, Lease, RunRecord, RunState};
@@ -193,6 +193,7 @@ impl Driver {
         let (seq, step_id, existing) =
             self.position(format!("{}/{}", self.meta.name, meta.name))?;
         let mut attempt = 1;
+        let mut mode = CallMode::Run;
         if let Some(entry) = existing {
             if entry.step_id != step_id {
                 return Err(self.diverged(seq, &entry.step_id, &step_id));
@@ -201,6 +202,11 @@ impl Driver {
                 Some(EntryResult::Ok { output, .. }) => {
                     self.cursor().node = node;
                     return Ok(output);
+                }
+                // The step can read back whether its write happened: ask it first.
+                None if meta.effect.is_write() && meta.reconcile.is_some() => {
+                    attempt = entry.attempt + 1;
+                    mode = CallMode::ReconcileFirst;
                 }
                 Some(EntryResult::Err { .. }) if self.retry.as_deref() == Some(&step_id) => {
                     attempt = entry.attempt + 1;
@@ -216,7 +222,7 @@ impl Driver {
                     return Err(self.halt(
                         format!(
                             "unknown outcome of write step `{step_id}`: its intent is journaled but no result (the process stopped during the call); \
-                             the step is not marked `idempotent` (its provider deduplicating by Idempotency-Key), so it is not redone blindly. Check `{}` for a write with idempotency key {key}, then settle the run",
+                             the step has no `reconcile` hook and is not marked `idempotent` (its provider deduplicating by Idempotency-Key), so it is not redone blindly. Check `{}` for a write with idempotency key {key}, then settle the run",
                             meta.connector
                         ),
                         Some(step_id),
@@ -292,7 +298,7 @@ impl Driver {
         {
             env = env.with_http(http);
         }
-        let result = call(env.clone()).await;
+        let result = call(env.clone(), mode).await;
         let touched = env.touched();
         let journaled = match &result {
             Ok(output) => EntryResult::Ok {
