@@ -4,7 +4,6 @@
 use crate::connector::StepHttp;
 use crate::engine::{AccountSummary, Credentials, CredentialsError};
 use crate::exec::BoxFuture;
-use crate::policy::RetryPolicy;
 use crate::preflight::Grants;
 
 use super::{AccountStatus, Vault, VaultError};
@@ -87,7 +86,7 @@ impl Credentials for Vault {
             principal_id,
             connector,
             idempotency_key,
-            RetryPolicy::default(),
+            self.retry_policy(),
         ))
     }
 }

@@ -106,6 +106,11 @@ pub struct VaultOptions {
     /// A preconfigured HTTP client; by default one is built (installing the `ring` rustls
     /// provider as the process default if none is installed).
     pub http_client: Option<reqwest::Client>,
+    /// The bounds on retries of step calls made with this vault's credentials (rate limits,
+    /// server errors, transport failures). Default [`RetryPolicy::default`].
+    ///
+    /// [`RetryPolicy::default`]: crate::policy::RetryPolicy
+    pub retry_policy: crate::policy::RetryPolicy,
 }
 
 impl Default for VaultOptions {
@@ -114,6 +119,7 @@ impl Default for VaultOptions {
             http_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
             http_client: None,
+            retry_policy: crate::policy::RetryPolicy::default(),
         }
     }
 }
@@ -204,6 +210,7 @@ struct Inner {
     timeout: Duration,
     clock: Arc<dyn Clock>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    retry_policy: crate::policy::RetryPolicy,
 }
 
 impl fmt::Debug for Vault {
@@ -309,6 +316,7 @@ impl Vault {
                 timeout: options.http_timeout,
                 clock: options.clock,
                 locks: Mutex::new(HashMap::new()),
+                retry_policy: options.retry_policy,
             }),
         })
     }
@@ -401,6 +409,11 @@ impl Vault {
             ProviderSlot::Ready(Arc::new(config)),
         );
         Ok(())
+    }
+
+    /// The retry bounds of step calls made with this vault's credentials.
+    pub fn retry_policy(&self) -> crate::policy::RetryPolicy {
+        self.inner.retry_policy
     }
 
     /// The connectors with a registered provider configuration, sorted.
