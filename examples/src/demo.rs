@@ -194,6 +194,8 @@ impl Demo {
             .await?;
         let audit = Arc::new(SqliteAuditStore::open(db).await?);
         let runs = Arc::new(SqliteRunStore::open(db).await?);
+        // Consents and token refreshes go into the same trail as the runs.
+        vault.attach_audit(audit.clone());
         let engine = Engine::new(runs.clone(), audit.clone(), Arc::new(vault.clone()));
         engine.register::<escalate_deal>();
         engine.register::<escalate_and_note>();

@@ -66,6 +66,57 @@ async fn who_authorized_names_one_principal_and_each_connectors_grant() {
     demo.audit.verify(None).await.expect("the trail verifies");
 }
 
+/// Consents and token refreshes are in the trail too, with the account and grant they
+/// concern, and never a token.
+#[tokio::test]
+async fn consents_and_refreshes_are_audited() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = Demo::start(&dir.path().join("chains.db"))
+        .await
+        .expect("demo starts");
+    let report = demo.play(Scenario::Expired).await.expect("plays");
+    assert_eq!(report.refreshes, 1);
+    let records = demo
+        .audit
+        .principal_activity("alice", 0, i64::MAX)
+        .await
+        .expect("query");
+    let consents: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event,
+                AuditEvent::ConsentCompleted {
+                    reconsent: false,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(consents.len(), 3, "one consent per connector");
+    for c in &consents {
+        let connector = c.connector.as_deref().expect("connector");
+        let account = demo
+            .vault
+            .account("alice", connector)
+            .await
+            .expect("account");
+        assert_eq!(c.grant_id.as_deref(), Some(account.grant_id.as_str()));
+        assert_eq!(
+            c.upstream_subject.as_deref(),
+            Some(account.upstream_subject.as_str())
+        );
+    }
+    let refreshes: Vec<_> = records
+        .iter()
+        .filter(|r| matches!(r.event, AuditEvent::TokenRefresh { .. }))
+        .collect();
+    assert_eq!(refreshes.len(), 1, "{refreshes:?}");
+    assert_eq!(refreshes[0].connector.as_deref(), Some("salesforce"));
+    assert_eq!(refreshes[0].outcome, Outcome::Succeeded);
+    demo.audit.verify(None).await.expect("the trail verifies");
+}
+
 #[test]
 fn the_global_registry_and_each_chains_static_list_agree() {
     registry::check_consistency().expect("every step a chain reaches is registered");

@@ -466,7 +466,8 @@ async fn export_and_verify_export() {
     let lines: Vec<&str> = exported.lines().collect();
     let first: Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(first["seq"], 1);
-    assert_eq!(first["event"]["type"], "run_started");
+    // The consents come first: they precede every run.
+    assert_eq!(first["event"]["type"], "consent_completed");
 
     let head = chainctl(&f.db, &["audit", "verify", "--head"]).ok().stdout;
     let cp = f.db.with_file_name("cp.json");

@@ -211,6 +211,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     retry_policy: crate::policy::RetryPolicy,
+    audit: RwLock<Option<Arc<dyn crate::audit::AuditStore>>>,
 }
 
 impl fmt::Debug for Vault {
@@ -317,6 +318,7 @@ impl Vault {
                 clock: options.clock,
                 locks: Mutex::new(HashMap::new()),
                 retry_policy: options.retry_policy,
+                audit: RwLock::new(None),
             }),
         })
     }
@@ -409,6 +411,40 @@ impl Vault {
             ProviderSlot::Ready(Arc::new(config)),
         );
         Ok(())
+    }
+
+    /// Records every completed consent and every token refresh (success or failure; never a
+    /// token) in `audit`, beside the engine's records of the runs that use the accounts.
+    pub fn attach_audit(&self, audit: Arc<dyn crate::audit::AuditStore>) {
+        *self.inner.audit.write().unwrap_or_else(|e| e.into_inner()) = Some(audit);
+    }
+
+    /// Appends `event` about `account` to the attached audit trail, if any. A failing audit
+    /// store is logged, not propagated: the credential operation already happened.
+    async fn audit_account_event(
+        &self,
+        account: &StoredAccount,
+        outcome: crate::audit::Outcome,
+        event: crate::audit::AuditEvent,
+    ) {
+        let audit = self
+            .inner
+            .audit
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(audit) = audit else { return };
+        let record = crate::audit::NewRecord::new(account.principal_id.clone(), outcome, event)
+            .account(
+                account.connector.clone(),
+                account.account_id.clone(),
+                account.upstream_subject.clone(),
+                account.grant_id.clone(),
+            )
+            .scopes(account.granted_scopes.clone());
+        if let Err(e) = audit.append(record).await {
+            tracing::error!(connector = %account.connector, error = %e, "could not audit a vault event");
+        }
     }
 
     /// The retry bounds of step calls made with this vault's credentials.
@@ -811,6 +847,15 @@ impl Vault {
             reconsent = existing.is_some(),
             "vault consent completed"
         );
+        self.audit_account_event(
+            &account,
+            crate::audit::Outcome::Succeeded,
+            crate::audit::AuditEvent::ConsentCompleted {
+                requested_scopes: pending.scopes.clone(),
+                reconsent: existing.is_some(),
+            },
+        )
+        .await;
         Ok(AccountInfo::from(&account))
     }
 
@@ -1063,7 +1108,33 @@ impl Vault {
         if !self.needs_refresh(&account, &provider, force_at_version) {
             return Ok((self.open_access(&account)?, account));
         }
-        self.refresh_locked(&provider, account).await
+        let result = self.refresh_locked(&provider, account.clone()).await;
+        let (outcome, failure_class, expires_at_unix_ms) = match &result {
+            Ok((_, refreshed)) => (
+                crate::audit::Outcome::Succeeded,
+                None,
+                refreshed.expires_at.map(|s| s * 1000),
+            ),
+            Err(e) => (
+                crate::audit::Outcome::Failed,
+                Some(refresh_failure_class(e)),
+                None,
+            ),
+        };
+        let audited = match &result {
+            Ok((_, refreshed)) => refreshed,
+            Err(_) => &account,
+        };
+        self.audit_account_event(
+            audited,
+            outcome,
+            crate::audit::AuditEvent::TokenRefresh {
+                failure_class,
+                expires_at_unix_ms,
+            },
+        )
+        .await;
+        result
     }
 
     async fn mark_needs_reauthorization(&self, account: &StoredAccount) -> Result<(), VaultError> {
@@ -1433,4 +1504,22 @@ impl Vault {
     pub(crate) fn timeout(&self) -> Duration {
         self.inner.timeout
     }
+}
+
+/// The audit trail's name for why a refresh failed (snake_case, as `classify` names classes).
+fn refresh_failure_class(error: &VaultError) -> String {
+    let class = match error {
+        VaultError::GrantRevoked { .. } | VaultError::NeedsReauthorization { .. } => {
+            FailureClass::GrantRevoked
+        }
+        VaultError::InvalidClient { .. } => FailureClass::InvalidClient,
+        VaultError::TokenEndpoint { class, .. } => *class,
+        VaultError::Transport { .. } => FailureClass::ServerError,
+        VaultError::IdentityDrift { .. } => return "identity_drift".to_owned(),
+        _ => return "error".to_owned(),
+    };
+    serde_json::to_value(class)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{class:?}"))
 }
