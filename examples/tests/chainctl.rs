@@ -454,6 +454,51 @@ async fn verify_against_a_checkpoint_catches_a_truncated_tail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_lists_what_a_principal_did_in_a_time_range() {
+    let f = fixture().await;
+    let table = chainctl(&f.db, &["audit", "activity", "alice"]).ok().stdout;
+    for event in [
+        "consent_completed",
+        "run_started",
+        "step_outcome",
+        "run_finished",
+    ] {
+        assert!(table.contains(event), "{event} missing: {table}");
+    }
+    let all: Vec<Value> = serde_json::from_str(
+        &chainctl(&f.db, &["--json", "audit", "activity", "alice"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert!(all.iter().all(|r| r["principal"] == "alice"));
+    let times: Vec<i64> = all
+        .iter()
+        .map(|r| r["time_unix_ms"].as_i64().unwrap())
+        .collect();
+    // A range that starts after the first record leaves it out, and only it and its peers.
+    let from = (times[0] + 1).to_string();
+    let later: Vec<Value> = serde_json::from_str(
+        &chainctl(
+            &f.db,
+            &["--json", "audit", "activity", "alice", "--from-ms", &from],
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(later.len(), times.iter().filter(|t| **t > times[0]).count());
+    let nobody = chainctl(&f.db, &["audit", "activity", "mallory"])
+        .ok()
+        .stdout;
+    assert!(
+        nobody.contains("no audit record for principal `mallory`"),
+        "{nobody}"
+    );
+    chainctl(&f.db, &["audit", "activity", "alice", "--from-ms", "soon"]).fails(2, "invalid value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_verify_export() {
     let f = fixture().await;
     let file = f.db.with_file_name("trail.jsonl");

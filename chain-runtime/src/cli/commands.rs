@@ -61,6 +61,11 @@ pub(super) async fn dispatch(
             record_id,
         }) => audit_why(db, &connector, &record_id, &mut out).await,
         Cmd::Audit(AuditCmd::History { run }) => audit_history(db, &run, &mut out).await,
+        Cmd::Audit(AuditCmd::Activity {
+            principal,
+            from_ms,
+            to_ms,
+        }) => audit_activity(db, &principal, from_ms, to_ms, &mut out).await,
         Cmd::Audit(AuditCmd::Export { out: file }) => {
             audit_export(db, file.as_deref(), &mut out).await
         }
@@ -432,6 +437,31 @@ async fn audit_history(db: &Path, run_id: &str, out: &mut Out<'_>) -> Result<(),
     if records.is_empty() {
         return Err(CliError::RunNotFound(run_id.to_owned()));
     }
+    records_table(&records, out)
+}
+
+async fn audit_activity(
+    db: &Path,
+    principal: &str,
+    from_ms: i64,
+    to_ms: i64,
+    out: &mut Out<'_>,
+) -> Result<(), CliError> {
+    let audit = verified_audit(db).await?;
+    let records = audit
+        .principal_activity(principal, from_ms, to_ms)
+        .await
+        .map_err(CliError::audit)?;
+    if records.is_empty() && !out.json {
+        return out.text(&format!(
+            "no audit record for principal `{principal}` in that range\n"
+        ));
+    }
+    records_table(&records, out)
+}
+
+/// Audit records as JSON, or as a table for people.
+fn records_table(records: &[crate::audit::AuditRecord], out: &mut Out<'_>) -> Result<(), CliError> {
     if out.json {
         return out.json(&records);
     }

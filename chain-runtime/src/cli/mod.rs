@@ -31,13 +31,15 @@
 //! | `audit verify [--checkpoint FILE \| --head]` | verifies the hash chain; prints the head checkpoint (`--head`: only the checkpoint JSON, to save) |
 //! | `audit why CONNECTOR RECORD_ID` | every write to that external record and under whose authorization |
 //! | `audit history RUN` | every audit record of a run |
+//! | `audit activity PRINCIPAL [--from-ms T] [--to-ms T]` | everything a principal did in a time range |
 //! | `audit export [--out FILE]` | the trail as JSON Lines |
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
 //! | `graph CHAIN` | the chain's decision graph as Mermaid (`--json`: as JSON) |
 //!
-//! `audit why` and `audit history` verify the chain first and refuse to answer from a broken one.
+//! `audit why`, `audit history` and `audit activity` verify the chain first and refuse to answer
+//! from a broken one.
 //!
 //! # Exit codes
 //! `0` success; `1` an error (missing, unreadable or corrupt database, unknown run or chain, I/O);
@@ -328,6 +330,17 @@ enum AuditCmd {
     History {
         /// The run id.
         run: String,
+    },
+    /// Everything a principal did (runs, consents, refreshes) in a time range.
+    Activity {
+        /// The principal's identifier.
+        principal: String,
+        /// From this instant, Unix milliseconds (inclusive; default: the beginning).
+        #[arg(long, value_name = "UNIX_MS", default_value_t = 0)]
+        from_ms: i64,
+        /// Until this instant, Unix milliseconds (exclusive; default: the end).
+        #[arg(long, value_name = "UNIX_MS", default_value_t = i64::MAX)]
+        to_ms: i64,
     },
     /// Writes the trail as JSON Lines (stdout unless --out).
     Export {
