@@ -131,6 +131,12 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             TokenStream::new(),
         ),
     };
+    // The step body, called with the context and inputs `unpack` binds.
+    let unpack = quote! {
+        let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
+        let (#(#args,)*) = input;
+    };
+    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
     let (reconcile_name, reconcile_fn) = match reconcile {
         Some(path) => {
             let name = quote::ToTokens::to_token_stream(path)
@@ -142,7 +148,6 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             let found = quote_spanned! {path.span()=>
                 let found: ::core::option::Option<Self::Output> = #path(&ctx, #(#clones),*).await?;
             };
-            let run_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
             (
                 quote!(::core::option::Option::Some(#name)),
                 quote! {
@@ -151,12 +156,11 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                         input: Self::Input,
                     ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
                         ::chain_runtime::__private::Box::pin(async move {
-                            let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
-                            let (#(#args,)*) = input;
+                            #unpack
                             #found
                             match found {
                                 ::core::option::Option::Some(output) => ::core::result::Result::Ok(output),
-                                ::core::option::Option::None => #run_body,
+                                ::core::option::Option::None => #call_body,
                             }
                         })
                     }
@@ -166,7 +170,6 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         None => (quote!(::core::option::Option::None), TokenStream::new()),
     };
     let principal_item = principal_item(principal);
-    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
 
     quote! {
         #(#attrs)*
@@ -206,8 +209,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     input: Self::Input,
                 ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
                     ::chain_runtime::__private::Box::pin(async move {
-                        let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
-                        let (#(#args,)*) = input;
+                        #unpack
                         #call_body
                     })
                 }
