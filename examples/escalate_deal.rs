@@ -197,13 +197,28 @@ fn print_report(r: &Report) {
         println!("  consent:     {link}");
     }
     if !r.steps.is_empty() {
+        // Columns as wide as their widest cell.
+        let width = |header: &str, cell: &dyn Fn(&examples::demo::StepLine) -> usize| {
+            r.steps
+                .iter()
+                .map(cell)
+                .max()
+                .unwrap_or(0)
+                .max(header.len())
+        };
+        let (w_step, w_conn, w_out, w_subj) = (
+            width("step", &|s| s.step.len()),
+            width("connector", &|s| s.connector.len()),
+            width("outcome", &|s| s.outcome.len()),
+            width("upstream subject", &|s| s.upstream_subject.len()),
+        );
         println!(
-            "\n  {:<40} {:<11} {:<10} {:<44} failure",
+            "\n  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  failure",
             "step", "connector", "outcome", "upstream subject"
         );
         for s in &r.steps {
             println!(
-                "  {:<40} {:<11} {:<10} {:<44} {}",
+                "  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  {}",
                 s.step,
                 s.connector,
                 s.outcome,
