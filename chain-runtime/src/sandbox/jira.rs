@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_uuid};
@@ -142,13 +143,10 @@ impl ProviderImpl for JiraApi {
                 "/rest/api/3/issue/{key}",
                 get(get_issue).delete(delete_issue),
             )
-            .route(
-                "/ex/jira/{cloud}/rest/api/3/issue",
-                post(create_issue_cloud),
-            )
+            .route("/ex/jira/{cloud}/rest/api/3/issue", post(create_issue))
             .route(
                 "/ex/jira/{cloud}/rest/api/3/issue/{key}",
-                get(get_issue_cloud).delete(delete_issue_cloud),
+                get(get_issue).delete(delete_issue),
             )
             .with_state(shared)
     }
@@ -289,6 +287,20 @@ fn find<'a>(data: &'a JiraData, key: &str) -> Option<&'a Issue> {
         .or_else(|| data.issues.values().find(|i| i.id == key))
 }
 
+/// Path parameters of the create route: `{cloud}` is present under `/ex/jira/{cloud}/...`
+/// and absent at the root path.
+#[derive(Deserialize)]
+struct CloudPath {
+    cloud: Option<String>,
+}
+
+/// Path parameters of the issue routes, with the optional `{cloud}` as in [`CloudPath`].
+#[derive(Deserialize)]
+struct IssuePath {
+    cloud: Option<String>,
+    key: String,
+}
+
 fn wrong_cloud(shared: &Sh, cloud: Option<&str>) -> Option<Response> {
     cloud.filter(|c| *c != shared.tenant).map(|_| {
         ApiReply::json(
@@ -299,10 +311,10 @@ fn wrong_cloud(shared: &Sh, cloud: Option<&str>) -> Option<Response> {
     })
 }
 
-async fn create(
-    shared: Sh,
-    kill: ConnKill,
-    cloud: Option<String>,
+async fn create_issue(
+    State(shared): State<Sh>,
+    Extension(kill): Extension<ConnKill>,
+    Path(CloudPath { cloud }): Path<CloudPath>,
     headers: HeaderMap,
     uri: Uri,
     body: Bytes,
@@ -369,11 +381,10 @@ async fn create(
     .await
 }
 
-async fn read(
-    shared: Sh,
-    kill: ConnKill,
-    cloud: Option<String>,
-    key: String,
+async fn get_issue(
+    State(shared): State<Sh>,
+    Extension(kill): Extension<ConnKill>,
+    Path(IssuePath { cloud, key }): Path<IssuePath>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -397,11 +408,10 @@ async fn read(
     .await
 }
 
-async fn delete(
-    shared: Sh,
-    kill: ConnKill,
-    cloud: Option<String>,
-    key: String,
+async fn delete_issue(
+    State(shared): State<Sh>,
+    Extension(kill): Extension<ConnKill>,
+    Path(IssuePath { cloud, key }): Path<IssuePath>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
@@ -425,67 +435,6 @@ async fn delete(
         }
     })
     .await
-}
-
-async fn create_issue(
-    State(s): State<Sh>,
-    Extension(k): Extension<ConnKill>,
-    h: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    create(s, k, None, h, uri, body).await
-}
-
-async fn create_issue_cloud(
-    State(s): State<Sh>,
-    Extension(k): Extension<ConnKill>,
-    Path(cloud): Path<String>,
-    h: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    create(s, k, Some(cloud), h, uri, body).await
-}
-
-async fn get_issue(
-    State(s): State<Sh>,
-    Extension(k): Extension<ConnKill>,
-    Path(key): Path<String>,
-    h: HeaderMap,
-    uri: Uri,
-) -> Response {
-    read(s, k, None, key, h, uri).await
-}
-
-async fn get_issue_cloud(
-    State(s): State<Sh>,
-    Extension(k): Extension<ConnKill>,
-    Path((cloud, key)): Path<(String, String)>,
-    h: HeaderMap,
-    uri: Uri,
-) -> Response {
-    read(s, k, Some(cloud), key, h, uri).await
-}
-
-async fn delete_issue(
-    State(s): State<Sh>,
-    Extension(k): Extension<ConnKill>,
-    Path(key): Path<String>,
-    h: HeaderMap,
-    uri: Uri,
-) -> Response {
-    delete(s, k, None, key, h, uri).await
-}
-
-async fn delete_issue_cloud(
-    State(s): State<Sh>,
-    Extension(k): Extension<ConnKill>,
-    Path((cloud, key)): Path<(String, String)>,
-    h: HeaderMap,
-    uri: Uri,
-) -> Response {
-    delete(s, k, Some(cloud), key, h, uri).await
 }
 
 impl Emulator<JiraApi> {

@@ -478,18 +478,8 @@ impl Vault {
         principal_id: &str,
         connector: &str,
     ) -> Result<(), VaultError> {
-        let account = self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?;
-        match account {
-            Some(account) => self.mark_needs_reauthorization(&account).await,
-            None => Err(VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            }),
-        }
+        let account = self.load_account(principal_id, connector).await?;
+        self.mark_needs_reauthorization(&account).await
     }
 
     fn provider(&self, connector: &str) -> Result<Arc<ProviderConfig>, VaultError> {
@@ -525,18 +515,8 @@ impl Vault {
         principal_id: &str,
         connector: &str,
     ) -> Result<AccountInfo, VaultError> {
-        match self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        {
-            Some(a) => Ok(AccountInfo::from(&a)),
-            None => Err(VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            }),
-        }
+        let account = self.load_account(principal_id, connector).await?;
+        Ok(AccountInfo::from(&account))
     }
 
     /// Makes sure the account has an access token that does not expire within the margin
@@ -1006,22 +986,28 @@ impl Vault {
         }
     }
 
+    /// The stored account of `principal_id` on `connector` (any status), or `NotConnected`.
+    async fn load_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<StoredAccount, VaultError> {
+        self.inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+            .ok_or_else(|| VaultError::NotConnected {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            })
+    }
+
     async fn load_active(
         &self,
         principal_id: &str,
         connector: &str,
     ) -> Result<StoredAccount, VaultError> {
-        let Some(account) = self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        else {
-            return Err(VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            });
-        };
+        let account = self.load_account(principal_id, connector).await?;
         self.check_status(&account)?;
         Ok(account)
     }
@@ -1359,30 +1345,10 @@ impl Vault {
         connector: &str,
     ) -> Result<AccountInfo, VaultError> {
         let provider = self.provider(connector)?;
-        let Some(account) = self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        else {
-            return Err(VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            });
-        };
+        let account = self.load_account(principal_id, connector).await?;
         let lock = self.account_lock(&account.account_id);
         let _guard = lock.lock().await;
-        let Some(account) = self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        else {
-            return Err(VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            });
-        };
+        let account = self.load_account(principal_id, connector).await?;
         if account.status == AccountStatus::Revoked {
             return Ok(AccountInfo::from(&account));
         }
@@ -1452,17 +1418,7 @@ impl Vault {
         kind: TokenKind,
     ) -> Result<Introspection, VaultError> {
         let provider = self.provider(connector)?;
-        let Some(account) = self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        else {
-            return Err(VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            });
-        };
+        let account = self.load_account(principal_id, connector).await?;
         if account.status == AccountStatus::Revoked {
             return Err(VaultError::Revoked {
                 principal_id: principal_id.to_owned(),

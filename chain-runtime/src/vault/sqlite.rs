@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use super::store::{
     AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
@@ -122,6 +122,36 @@ fn scopes_from_text(text: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("granted_scopes: {e}")))
 }
 
+/// Runs `sql` with the account's thirteen columns bound as `?1`..`?13`, in [`ACCOUNT_COLUMNS`]
+/// order, followed by `extra` (`?14`, ...). Returns the number of rows changed.
+fn execute_with_account(
+    conn: &Connection,
+    sql: &str,
+    a: &StoredAccount,
+    extra: &[&dyn ToSql],
+) -> Result<usize, StoreError> {
+    let scopes = scopes_to_text(&a.granted_scopes)?;
+    let refresh_token = a.refresh_token.as_ref().map(|s| &s.0);
+    let status = a.status.as_str();
+    let mut values: Vec<&dyn ToSql> = vec![
+        &a.principal_id,
+        &a.connector,
+        &a.account_id,
+        &a.upstream_subject,
+        &scopes,
+        &a.access_token.0,
+        &refresh_token,
+        &a.expires_at,
+        &a.grant_id,
+        &a.consented_at,
+        &status,
+        &a.rt_version,
+        &a.updated_at,
+    ];
+    values.extend_from_slice(extra);
+    conn.execute(sql, values.as_slice()).map_err(backend)
+}
+
 fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredAccount, String, String)> {
     Ok((
         StoredAccount {
@@ -190,61 +220,30 @@ impl AccountStore for SqliteStore {
 
     fn insert_account(&self, a: StoredAccount) -> StoreFuture<'_, bool> {
         self.run(move |conn| {
-            let scopes = scopes_to_text(&a.granted_scopes)?;
-            let n = conn
-                .execute(
-                    &format!(
-                        "INSERT OR IGNORE INTO vault_accounts ({ACCOUNT_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                    ),
-                    params![
-                        a.principal_id,
-                        a.connector,
-                        a.account_id,
-                        a.upstream_subject,
-                        scopes,
-                        a.access_token.0,
-                        a.refresh_token.map(|s| s.0),
-                        a.expires_at,
-                        a.grant_id,
-                        a.consented_at,
-                        a.status.as_str(),
-                        a.rt_version,
-                        a.updated_at
-                    ],
-                )
-                .map_err(backend)?;
+            let n = execute_with_account(
+                conn,
+                &format!(
+                    "INSERT OR IGNORE INTO vault_accounts ({ACCOUNT_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                &a,
+                &[],
+            )?;
             Ok(n == 1)
         })
     }
 
     fn replace_account(&self, a: StoredAccount, expected_rt_version: i64) -> StoreFuture<'_, bool> {
         self.run(move |conn| {
-            let scopes = scopes_to_text(&a.granted_scopes)?;
-            let n = conn
-                .execute(
-                    "UPDATE vault_accounts SET account_id = ?3, upstream_subject = ?4, granted_scopes = ?5, \
-                     access_token = ?6, refresh_token = ?7, expires_at = ?8, grant_id = ?9, consented_at = ?10, \
-                     status = ?11, rt_version = ?12, updated_at = ?13 \
-                     WHERE principal_id = ?1 AND connector = ?2 AND rt_version = ?14",
-                    params![
-                        a.principal_id,
-                        a.connector,
-                        a.account_id,
-                        a.upstream_subject,
-                        scopes,
-                        a.access_token.0,
-                        a.refresh_token.map(|s| s.0),
-                        a.expires_at,
-                        a.grant_id,
-                        a.consented_at,
-                        a.status.as_str(),
-                        a.rt_version,
-                        a.updated_at,
-                        expected_rt_version
-                    ],
-                )
-                .map_err(backend)?;
+            let n = execute_with_account(
+                conn,
+                "UPDATE vault_accounts SET account_id = ?3, upstream_subject = ?4, granted_scopes = ?5, \
+                 access_token = ?6, refresh_token = ?7, expires_at = ?8, grant_id = ?9, consented_at = ?10, \
+                 status = ?11, rt_version = ?12, updated_at = ?13 \
+                 WHERE principal_id = ?1 AND connector = ?2 AND rt_version = ?14",
+                &a,
+                &[&expected_rt_version],
+            )?;
             Ok(n == 1)
         })
     }
