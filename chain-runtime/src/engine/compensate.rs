@@ -131,7 +131,7 @@ pub(crate) async fn compensate(
                     result: None,
                 };
                 store.write_compensation(lease, intent.clone()).await?;
-                let mut subject_record = NewRecord::new(
+                let attempt_record = NewRecord::new(
                     run.principal_id.clone(),
                     Outcome::Attempted,
                     AuditEvent::CompensationAttempt {
@@ -140,26 +140,10 @@ pub(crate) async fn compensate(
                         attempt,
                     },
                 )
-                .run(&run.run_id)
-                .step(&entry.step_id)
-                .connector(compensator.connector);
-                subject_record.upstream_subject =
-                    run.subjects.get(compensator.connector).cloned().flatten();
-                let account = engine
-                    .inner
-                    .credentials
-                    .account(&run.principal_id, compensator.connector)
+                .step(&entry.step_id);
+                let subject_record = engine
+                    .with_account(attempt_record, run, compensator.connector)
                     .await;
-                if let Ok(Some(account)) = account {
-                    subject_record = subject_record
-                        .account(
-                            compensator.connector,
-                            account.account_id,
-                            account.upstream_subject,
-                            account.grant_id,
-                        )
-                        .scopes(account.scopes);
-                }
                 engine.inner.audit.append(subject_record.clone()).await?;
 
                 let undo_id = format!("{}/undo", entry.step_id);

@@ -162,25 +162,7 @@ impl Driver {
     /// `record` with the run, connector, and the connected account in use right now (account,
     /// upstream subject, grant and scopes at call time).
     async fn account_record(&self, record: NewRecord, connector: &str) -> NewRecord {
-        let mut record = record.run(&self.run.run_id).connector(connector);
-        record.upstream_subject = self.run.subjects.get(connector).cloned().flatten();
-        let account = self
-            .engine
-            .inner
-            .credentials
-            .account(&self.run.principal_id, connector)
-            .await;
-        if let Ok(Some(account)) = account {
-            record = record
-                .account(
-                    connector,
-                    account.account_id,
-                    account.upstream_subject,
-                    account.grant_id,
-                )
-                .scopes(account.scopes);
-        }
-        record
+        self.engine.with_account(record, &self.run, connector).await
     }
 
     async fn run_step(

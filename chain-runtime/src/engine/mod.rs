@@ -500,6 +500,35 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// `record` with the run, the connector, and the connected account in use right now
+    /// (account, upstream subject, grant and scopes at call time); the subject recorded at the
+    /// run's start when the credentials know no account.
+    pub(crate) async fn with_account(
+        &self,
+        record: NewRecord,
+        run: &RunRecord,
+        connector: &str,
+    ) -> NewRecord {
+        let mut record = record.run(&run.run_id).connector(connector);
+        record.upstream_subject = run.subjects.get(connector).cloned().flatten();
+        if let Ok(Some(account)) = self
+            .inner
+            .credentials
+            .account(&run.principal_id, connector)
+            .await
+        {
+            record = record
+                .account(
+                    connector,
+                    account.account_id,
+                    account.upstream_subject,
+                    account.grant_id,
+                )
+                .scopes(account.scopes);
+        }
+        record
+    }
+
     /// An engine on `store` and `audit`, asking `credentials` for grants and subjects, with
     /// the [`TracingNotifier`] for operator alerts (alert rows are always stored).
     pub fn new(
