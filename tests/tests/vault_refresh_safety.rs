@@ -367,3 +367,166 @@ async fn a_non_oauth_token_error_is_not_revocation() {
         ]
     );
 }
+
+/// A raw HTTP/1.1 token endpoint: keeps connections alive, closes the first connection without
+/// an answer when a second request arrives on it (a peer that closed a pooled connection), and
+/// records every `User-Agent`.
+struct RawEndpoint {
+    base: String,
+    dropped: Arc<AtomicUsize>,
+    user_agents: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some((head, body));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl RawEndpoint {
+    async fn start() -> Self {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let user_agents: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (d, ua) = (Arc::clone(&dropped), Arc::clone(&user_agents));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let first_connection = connections.fetch_add(1, Ordering::SeqCst) == 0;
+                let (d, ua) = (Arc::clone(&d), Arc::clone(&ua));
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut served = 0;
+                    while let Some((head, body)) = read_request(&mut stream, &mut buf).await {
+                        if let Some(agent) = head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("user-agent")
+                                .then(|| v.trim().to_owned())
+                        }) {
+                            ua.lock().unwrap().push(agent);
+                        }
+                        if first_connection && served == 1 {
+                            d.fetch_add(1, Ordering::SeqCst);
+                            return; // closes the pooled connection without an answer
+                        }
+                        let form = String::from_utf8_lossy(&body).to_string();
+                        let json = if form.contains("grant_type=authorization_code") {
+                            r#"{"access_token":"at-0","refresh_token":"rt-0","expires_in":60,"sub":"u-1"}"#
+                        } else {
+                            r#"{"access_token":"at-1","expires_in":60}"#
+                        };
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n{json}",
+                            json.len()
+                        );
+                        if stream.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        served += 1;
+                    }
+                });
+            }
+        });
+        Self {
+            base,
+            dropped,
+            user_agents,
+        }
+    }
+}
+
+/// Issue 11 item 8 (stale connection) and issue 12 item 4. The token endpoint closes the
+/// pooled connection when the refresh arrives on it; the vault retries once on a fresh
+/// connection and the refresh succeeds, with no refresh-level retries configured. Before the
+/// fix the refresh failed as a transport error. The vault's HTTP client carries the
+/// configured user agent, and a bad extra root certificate is a configuration error.
+#[tokio::test]
+async fn a_stale_pooled_connection_is_retried_once_and_http_options_apply() {
+    let raw = RawEndpoint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let mut options = VaultOptions {
+        clock: Arc::clone(&clock) as _,
+        retry_policy: chain_runtime::policy::RetryPolicy {
+            max_server_retries: 0,
+            ..Default::default()
+        },
+        ..VaultOptions::default()
+    };
+    options.http.user_agent = Some("chain-vault-test/1".into());
+    options.http.pool_max_idle_per_host = Some(4);
+    let vault = Vault::open_sqlite(dir.path().join("v.db"), VaultKey::from_bytes(KEY), options)
+        .await
+        .unwrap();
+    let config = chain_runtime::vault::ProviderConfig::new(
+        "raw",
+        "https://provider.example.test/authorize",
+        &format!("{}/token", raw.base),
+        "raw-client",
+        chain_runtime::vault::ClientSecret::new("raw-secret"),
+        support::REDIRECT_URI,
+    )
+    .unwrap()
+    .with_subject(SubjectSource::TokenResponse {
+        pointers: vec!["/sub".into()],
+    });
+    vault.register_provider(config).await.unwrap();
+    let link = vault.consent_link("user-1", "raw", &["api"]).await.unwrap();
+    vault
+        .complete_consent("user-1", &link.state, "code-1")
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let account = vault.ensure_fresh("user-1", "raw").await.unwrap();
+    assert_eq!(account.token_version, 2);
+    assert_eq!(
+        raw.dropped.load(Ordering::SeqCst),
+        1,
+        "the stale connection was used"
+    );
+    let agents = raw.user_agents.lock().unwrap().clone();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| a == "chain-vault-test/1"),
+        "{agents:?}"
+    );
+
+    let mut bad = VaultOptions::default();
+    bad.http.extra_root_certificates = vec![b"not a certificate".to_vec()];
+    let err = Vault::open_sqlite(dir.path().join("v2.db"), VaultKey::from_bytes(KEY), bad)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Config { .. }), "{err}");
+}

@@ -148,10 +148,23 @@ pub(super) fn build_http_client(
         builder = builder.user_agent(agent.as_str());
     }
     for (i, pem) in options.extra_root_certificates.iter().enumerate() {
-        let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
-            config_error(format!("extra root certificate #{i} is not valid PEM: {e}"))
-        })?;
-        builder = builder.add_root_certificate(cert);
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let invalid = || {
+            config_error(format!(
+                "extra root certificate #{i} is not a PEM certificate"
+            ))
+        };
+        let ders: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid())?;
+        if ders.is_empty() {
+            return Err(invalid());
+        }
+        for der in ders {
+            let cert = reqwest::Certificate::from_der(&der).map_err(|_| invalid())?;
+            builder = builder.add_root_certificate(cert);
+        }
     }
     builder
         .build()
