@@ -614,6 +614,44 @@ mod tests {
     }
 
     #[test]
+    fn only_a_well_formed_oauth_error_revokes() {
+        let class = |status, body: &str| match parse_token_reply(
+            &provider(),
+            "refresh",
+            reply(status, body),
+        )
+        .unwrap()
+        {
+            TokenOutcome::Rejected { class, .. } => class,
+            TokenOutcome::Tokens(_) => panic!("not a rejection"),
+        };
+        assert_eq!(
+            class(400, r#"{"error":"invalid_grant"}"#),
+            FailureClass::GrantRevoked
+        );
+        for (status, body) in [
+            (400, "<html><body>Bad Request</body></html>"),
+            (400, ""),
+            (400, r#"{"message":"bad request"}"#),
+            (403, "<html>Forbidden</html>"),
+        ] {
+            assert_eq!(
+                class(status, body),
+                FailureClass::ServerError,
+                "{status} {body}"
+            );
+        }
+        assert_eq!(
+            class(401, "<html>Unauthorized</html>"),
+            FailureClass::InvalidClient
+        );
+        assert_eq!(
+            class(401, r#"{"error":"invalid_client"}"#),
+            FailureClass::InvalidClient
+        );
+    }
+
+    #[test]
     fn malformed_bodies_name_no_content() {
         for body in [
             "<html>secret-xyz</html>",
