@@ -17,6 +17,7 @@ pub mod connector;
 pub mod engine;
 pub mod exec;
 pub mod graph;
+pub mod graph_render;
 pub mod manifest;
 pub mod policy;
 pub mod preflight;
@@ -24,6 +25,8 @@ pub mod principal;
 pub mod registry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod step;
 pub mod store;
 pub mod vault;

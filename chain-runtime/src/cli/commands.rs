@@ -77,12 +77,16 @@ pub(super) async fn dispatch(
             let meta = find_chain(&chain)?;
             out.line(&meta.manifest().to_json())
         }
-        Cmd::Graph { chain } => {
+        Cmd::Graph { chain, format } => {
             let meta = find_chain(&chain)?;
             if out.json {
                 out.json(&meta.graph)
             } else {
-                out.text(&meta.graph.mermaid())
+                out.text(&crate::graph_render::render(
+                    &meta.graph,
+                    format,
+                    &crate::graph_render::Highlight::none(),
+                ))
             }
         }
     }

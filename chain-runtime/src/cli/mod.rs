@@ -36,7 +36,7 @@
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
-//! | `graph CHAIN` | the chain's decision graph as Mermaid (`--json`: as JSON) |
+//! | `graph CHAIN [--format mermaid\|dot\|svg]` | the chain's decision graph as a picture (`--json`: as JSON) |
 //!
 //! `audit why`, `audit history` and `audit activity` verify the chain first and refuse to answer
 //! from a broken one.
@@ -285,10 +285,13 @@ enum Cmd {
         /// The chain's name or path.
         chain: String,
     },
-    /// A chain's decision graph as Mermaid (`--json`: as JSON).
+    /// A chain's decision graph as a picture (`--json`: as JSON).
     Graph {
         /// The chain's name or path.
         chain: String,
+        /// `mermaid`, `dot` (Graphviz) or `svg`.
+        #[arg(long, default_value = "mermaid")]
+        format: crate::graph_render::Format,
     },
 }
 

@@ -58,7 +58,10 @@
 //! # let _ = code; Ok(()) }
 //! ```
 
+mod api;
+mod client;
 mod connect;
+mod endpoints;
 mod faults;
 mod jira;
 mod ledger;
@@ -66,22 +69,26 @@ mod oauth;
 mod salesforce;
 mod server;
 mod slack;
+mod state;
+mod wire;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use client::{ClientConfig, Rotation, pkce_challenge};
 pub use connect::{ConnectError, REDIRECT_URI};
 pub use faults::FaultKind;
 pub use jira::JiraApi;
 pub use ledger::{CallRecord, GrantId, Ledger, LedgerError, TokenRequestRecord, WriteRecord};
-pub use oauth::{ClientConfig, Rotation, pkce_challenge};
 pub use salesforce::SalesforceApi;
 pub use slack::SlackApi;
 
 use self::oauth::{AuthorizeOutcome, OAuthState, User};
-use self::server::{ProviderImpl, ServerHandle, Shared, StateInner};
+use self::server::ServerHandle;
+use self::state::{Shared, StateInner};
+use self::wire::ProviderImpl;
 
 /// The Salesforce emulator.
 pub type Salesforce = Emulator<SalesforceApi>;
