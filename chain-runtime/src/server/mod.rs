@@ -202,8 +202,21 @@ struct CallbackQuery {
     error_description: Option<String>,
 }
 
-async fn callback(State(web): State<WebServer>, Query(q): Query<CallbackQuery>) -> Response {
+async fn callback(
+    State(web): State<WebServer>,
+    Query(q): Query<CallbackQuery>,
+    parts: Parts,
+) -> Response {
+    // Consent is bound to the principal who asked for it: the vault refuses another.
+    let principal = match web.who(&parts).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     if let Some(error) = &q.error {
+        if let Some(state) = &q.state {
+            // Ends (and audits) the pending consent with the provider's sanitized error.
+            let _ = web.vault.fail_consent(&principal, state, error).await;
+        }
         let text = match &q.error_description {
             Some(d) => format!("The provider did not grant access: {error} ({d})."),
             None => format!("The provider did not grant access: {error}."),
@@ -216,7 +229,7 @@ async fn callback(State(web): State<WebServer>, Query(q): Query<CallbackQuery>) 
             "The redirect carries neither a code and state nor an error.",
         );
     };
-    let account = match web.vault.complete_consent(state, code).await {
+    let account = match web.vault.complete_consent(&principal, state, code).await {
         Ok(account) => account,
         Err(e) => return page_error(StatusCode::BAD_REQUEST, &format!("Consent failed: {e}")),
     };
