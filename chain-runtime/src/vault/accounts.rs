@@ -91,14 +91,16 @@ impl Vault {
         principal_id: &str,
         connector: &str,
     ) -> Result<StoredAccount, VaultError> {
-        self.inner
+        let stored = self
+            .inner
             .store
             .get_account(principal_id, connector)
             .await?
             .ok_or_else(|| VaultError::NotConnected {
                 principal_id: principal_id.to_owned(),
                 connector: connector.to_owned(),
-            })
+            })?;
+        Ok(self.with_pending(stored).await)
     }
 
     pub(super) async fn load_active(

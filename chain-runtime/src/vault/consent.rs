@@ -7,12 +7,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::classify::FailureClass;
 
-use super::accounts::token_aad;
 use super::crypto::aad;
 use super::oauth::{self, TokenOutcome, TokenSet};
 use super::provider::ProviderConfig;
 use super::secret::PkceVerifier;
-use super::store::{AccountStatus, StoredAccount, StoredConsent};
+use super::store::{AccountStatus, StoredConsent};
 use super::types::{AccountInfo, ConsentRequest};
 use super::{TokenKind, Vault, VaultError};
 
@@ -22,20 +21,15 @@ fn random_b64(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf[..])
 }
 
-fn random_id(prefix: &str) -> String {
-    let mut buf = [0u8; 12];
-    rand::fill(&mut buf);
-    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}_{hex}")
-}
-
 fn consent_aad(state_hash: &[u8], principal_id: &str, connector: &str) -> Vec<u8> {
     let hex: String = state_hash.iter().map(|b| format!("{b:02x}")).collect();
     aad(&["consent", &hex, principal_id, connector, "pkce_verifier"])
 }
 
 impl Vault {
-    /// Creates a consent link for (principal, connector, scopes): PKCE S256 with the verifier kept
+    /// Creates a consent link for (principal, connector, scopes), also asking for the provider's
+    /// lifecycle scopes and, when the account needs re-authorization, for every scope its
+    /// revoked grant held: PKCE S256 with the verifier kept
     /// encrypted server side, and a single-use `state` bound to the principal, connector, scopes
     /// and an expiry (stored as a hash only).
     pub async fn consent_link<S: AsRef<str>>(
@@ -68,10 +62,23 @@ impl Vault {
             "scope",
         ];
         let provider = self.provider(connector)?;
+        // Re-consent after the provider revoked the grant asks again for everything it held
+        // (e.g. `offline_access`), not only for what the caller needs now.
+        let previous: Vec<String> = match self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        {
+            Some(a) if a.status == AccountStatus::NeedsReauthorization => a.granted_scopes,
+            _ => Vec::new(),
+        };
         let mut wanted: Vec<String> = Vec::new();
         for s in scopes
             .iter()
             .map(|s| s.as_ref().trim())
+            .chain(previous.iter().map(String::as_str))
+            .chain(provider.lifecycle_scopes.iter().map(String::as_str))
             .filter(|s| !s.is_empty())
         {
             if !wanted.iter().any(|w| w == s) {
@@ -136,32 +143,23 @@ impl Vault {
         })
     }
 
-    /// Completes a consent callback: validates the single-use `state`, exchanges `code` with the
-    /// PKCE verifier, determines the upstream subject and records the account with the scopes
-    /// as granted. On re-consent a different upstream subject is refused
-    /// ([`VaultError::IdentityDrift`]) and the stored account stays as it was.
+    /// Completes a consent callback for `principal_id`, the authenticated principal of the
+    /// request that landed on the callback: validates the single-use `state`, refuses (before
+    /// the code exchange) when the link was issued to another principal, exchanges `code` with
+    /// the PKCE verifier, determines the upstream subject and records the account with the
+    /// scopes as granted. On re-consent a different upstream subject is refused
+    /// ([`VaultError::IdentityDrift`]) unless the stored account was disconnected; an upstream
+    /// user already connected to another principal is handled per
+    /// [`VaultOptions::shared_subject`](super::VaultOptions). Every failure is audited (never
+    /// with the state, the code or a token).
     pub async fn complete_consent(
         &self,
+        principal_id: &str,
         state: &str,
         code: &str,
     ) -> Result<AccountInfo, VaultError> {
-        let state_hash = Sha256::digest(state.as_bytes()).to_vec();
-        let Some(pending) = self.inner.store.take_consent(&state_hash).await? else {
-            tracing::warn!("vault consent callback with an unknown, forged or replayed state");
-            return Err(VaultError::UnknownConsentState);
-        };
-        let (principal_id, connector) = (pending.principal_id.as_str(), pending.connector.as_str());
-        if pending.expires_at <= self.now() {
-            tracing::warn!(
-                principal_id,
-                connector,
-                "vault consent callback after the link expired"
-            );
-            return Err(VaultError::ConsentExpired {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            });
-        }
+        let (pending, state_hash) = self.take_pending(principal_id, state).await?;
+        let connector = pending.connector.as_str();
         let provider = self.provider(connector)?;
         let verifier = self
             .inner
@@ -210,6 +208,13 @@ impl Vault {
                     error_code,
                     "vault code exchange rejected"
                 );
+                self.audit_consent_failure(
+                    principal_id,
+                    Some(connector),
+                    "code_exchange_rejected",
+                    error_code.clone(),
+                )
+                .await;
                 return Err(match class {
                     FailureClass::InvalidClient => VaultError::InvalidClient {
                         connector: connector.to_owned(),
@@ -227,108 +232,149 @@ impl Vault {
             }
             Err(e) => {
                 tracing::warn!(principal_id, connector, error = %e, "vault code exchange failed");
+                self.audit_consent_failure(
+                    principal_id,
+                    Some(connector),
+                    "code_exchange_failed",
+                    None,
+                )
+                .await;
                 return Err(e);
             }
         };
-
-        let subject = self.resolve_subject(&provider, &tokens).await?;
-        let granted = match &tokens.scope {
-            Some(s) => provider.scope_separator.split(s),
-            None => pending.scopes.clone(),
+        let subject = match self.resolve_subject(&provider, &tokens).await {
+            Ok(subject) => subject,
+            Err(e) => {
+                self.audit_consent_failure(
+                    principal_id,
+                    Some(connector),
+                    "subject_unavailable",
+                    None,
+                )
+                .await;
+                return Err(e);
+            }
         };
-        let expires_at = self.compute_expiry(&provider, &tokens).await;
-        let existing = self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?;
-        if let Some(existing) = &existing
-            && existing.upstream_subject != subject
-        {
+        self.bind_account(&provider, &pending, subject, tokens)
+            .await
+    }
+
+    /// Takes the pending consent of `state` (single use) for `principal_id`, refusing an
+    /// unknown or expired state and a principal other than the one the link was issued to.
+    async fn take_pending(
+        &self,
+        principal_id: &str,
+        state: &str,
+    ) -> Result<(StoredConsent, Vec<u8>), VaultError> {
+        let state_hash = Sha256::digest(state.as_bytes()).to_vec();
+        let Some(pending) = self.inner.store.take_consent(&state_hash).await? else {
+            tracing::warn!(
+                principal_id,
+                "vault consent callback with an unknown, forged or replayed state"
+            );
+            self.audit_consent_failure(principal_id, None, "unknown_state", None)
+                .await;
+            return Err(VaultError::UnknownConsentState);
+        };
+        let connector = pending.connector.as_str();
+        if pending.principal_id != principal_id {
             tracing::warn!(
                 principal_id,
                 connector,
-                account_id = %existing.account_id,
-                stored_subject = %existing.upstream_subject,
-                new_subject = %subject,
-                "vault re-consent refused: identity drift"
+                "vault consent callback by another principal than the link was issued to; refused"
             );
-            self.revoke_quietly(&provider, &tokens).await;
-            return Err(VaultError::IdentityDrift {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-                stored_subject: existing.upstream_subject.clone(),
-                new_subject: subject,
-            });
-        }
-        let now = self.now();
-        let account_id = existing
-            .as_ref()
-            .map(|a| a.account_id.clone())
-            .unwrap_or_else(|| random_id("acct"));
-        let version = existing.as_ref().map(|a| a.rt_version + 1).unwrap_or(1);
-        let account = StoredAccount {
-            access_token: self.inner.cipher.seal(
-                &token_aad(&account_id, principal_id, connector, "access_token"),
-                tokens.access_token.expose().as_bytes(),
-            ),
-            refresh_token: tokens.refresh_token.as_ref().map(|rt| {
-                self.inner.cipher.seal(
-                    &token_aad(&account_id, principal_id, connector, "refresh_token"),
-                    rt.expose().as_bytes(),
-                )
-            }),
-            account_id,
-            principal_id: principal_id.to_owned(),
-            connector: connector.to_owned(),
-            upstream_subject: subject,
-            granted_scopes: granted,
-            expires_at,
-            grant_id: random_id("grant"),
-            consented_at: now,
-            status: AccountStatus::Active,
-            rt_version: version,
-            updated_at: now,
-        };
-        let written = match &existing {
-            Some(e) => {
-                self.inner
-                    .store
-                    .replace_account(account.clone(), e.rt_version)
-                    .await?
+            // Recorded under both principals: the one whose link it was, and the one who used it.
+            for who in [pending.principal_id.as_str(), principal_id] {
+                self.audit_consent_failure(who, Some(connector), "principal_mismatch", None)
+                    .await;
             }
-            None => self.inner.store.insert_account(account.clone()).await?,
-        };
-        if !written {
-            return Err(VaultError::Conflict {
+            return Err(VaultError::ConsentPrincipalMismatch {
                 principal_id: principal_id.to_owned(),
                 connector: connector.to_owned(),
             });
         }
-        let requested = pending.scopes.join(" ");
+        if pending.expires_at <= self.now() {
+            tracing::warn!(
+                principal_id,
+                connector,
+                "vault consent callback after the link expired"
+            );
+            self.audit_consent_failure(principal_id, Some(connector), "expired_state", None)
+                .await;
+            return Err(VaultError::ConsentExpired {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
+        }
+        Ok((pending, state_hash))
+    }
+
+    /// Ends the pending consent of `state` after the provider sent the user back with an OAuth
+    /// `error` (e.g. `access_denied`): the consent is used up, the sanitized error code is
+    /// audited and returned as [`VaultError::ConsentDenied`].
+    pub async fn fail_consent(
+        &self,
+        principal_id: &str,
+        state: &str,
+        error: &str,
+    ) -> Result<VaultError, VaultError> {
+        let error_code = oauth::sanitize_error_code(error);
+        let (pending, _) = self.take_pending(principal_id, state).await?;
+        let connector = pending.connector.as_str();
         tracing::info!(
             principal_id,
             connector,
-            account_id = %account.account_id,
-            upstream_subject = %account.upstream_subject,
-            granted_scopes = %account.granted_scopes.join(" "),
-            requested_scopes = %requested,
-            reconsent = existing.is_some(),
-            "vault consent completed"
+            error_code,
+            "vault consent ended by the provider's error callback"
         );
-        self.audit_account_event(
-            &account,
-            crate::audit::Outcome::Succeeded,
-            crate::audit::AuditEvent::ConsentCompleted {
-                requested_scopes: pending.scopes.clone(),
-                reconsent: existing.is_some(),
-            },
+        self.audit_consent_failure(
+            principal_id,
+            Some(connector),
+            "provider_error",
+            Some(error_code.clone()),
         )
         .await;
-        Ok(AccountInfo::from(&account))
+        Ok(VaultError::ConsentDenied {
+            principal_id: principal_id.to_owned(),
+            connector: connector.to_owned(),
+            error_code,
+        })
     }
 
-    async fn revoke_quietly(&self, provider: &ProviderConfig, tokens: &TokenSet) {
+    /// Completes (or ends) a consent from the redirect URL the provider sent the user back to:
+    /// `code` and `state` complete it ([`Vault::complete_consent`]), `error` and `state` end it
+    /// with the provider's sanitized error ([`VaultError::ConsentDenied`]). `principal_id` is
+    /// the authenticated principal of the request that landed on the callback.
+    pub async fn complete_consent_from_redirect(
+        &self,
+        principal_id: &str,
+        redirect: &str,
+    ) -> Result<AccountInfo, VaultError> {
+        let url = url::Url::parse(redirect).map_err(|_| VaultError::MalformedCallback {
+            reason: "not an absolute URL".into(),
+        })?;
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Zeroizing::new(v.into_owned()))
+        };
+        let Some(state) = param("state") else {
+            return Err(VaultError::MalformedCallback {
+                reason: "it has no `state` parameter".into(),
+            });
+        };
+        if let Some(error) = param("error") {
+            return Err(self.fail_consent(principal_id, &state, &error).await?);
+        }
+        let Some(code) = param("code") else {
+            return Err(VaultError::MalformedCallback {
+                reason: "it has neither `code` nor `error`".into(),
+            });
+        };
+        self.complete_consent(principal_id, &state, &code).await
+    }
+
+    pub(super) async fn revoke_quietly(&self, provider: &ProviderConfig, tokens: &TokenSet) {
         let Some(url) = &provider.revoke_url else {
             return;
         };

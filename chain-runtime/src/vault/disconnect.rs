@@ -108,6 +108,7 @@ impl Vault {
                     return Ok(Introspection {
                         active: false,
                         expires_at: None,
+                        issued_at: None,
                         scopes: vec![],
                         subject: None,
                         client_id: None,
@@ -124,5 +125,47 @@ impl Vault {
         )
         .await?;
         Ok(info)
+    }
+
+    /// Forgets the account of `principal_id` on `connector`: revokes its grant at the provider
+    /// first when it still holds tokens (as [`Vault::disconnect`]; a failed revocation leaves
+    /// the account as it was), then deletes it, audited as `account_removed` (`forgotten`).
+    /// Afterwards the principal can consent as any upstream user, as for a first connection.
+    pub async fn forget_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<AccountInfo, VaultError> {
+        self.disconnect(principal_id, connector).await?;
+        let account = self.load_account(principal_id, connector).await?;
+        let lock = self.account_lock(&account.account_id);
+        let _guard = lock.lock().await;
+        let account = self.load_account(principal_id, connector).await?;
+        if !self
+            .inner
+            .store
+            .delete_account(principal_id, connector, account.rt_version)
+            .await?
+        {
+            return Err(VaultError::Conflict {
+                principal_id: principal_id.to_owned(),
+                connector: connector.to_owned(),
+            });
+        }
+        self.inner
+            .last_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&account.account_id);
+        tracing::info!(principal_id, connector, account_id = %account.account_id, "vault account forgotten");
+        self.audit_account_event(
+            &account,
+            crate::audit::Outcome::Succeeded,
+            crate::audit::AuditEvent::AccountRemoved {
+                reason: "forgotten".into(),
+            },
+        )
+        .await;
+        Ok(AccountInfo::from(&account))
     }
 }

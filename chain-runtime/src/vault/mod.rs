@@ -13,15 +13,17 @@
 //!         .with_revoke_url("https://id.acme.test/revoke")?,
 //! ).await?;
 //! let link = vault.consent_link("user-42", "acme", &["api"]).await?;
-//! // ... the user visits link.url, the callback brings `state` and `code` ...
-//! # let (state, code) = (String::new(), String::new());
-//! vault.complete_consent(&state, &code).await?;
+//! // ... the user visits link.url; the provider redirects them back to the callback, where
+//! // your web framework has authenticated them as "user-42" ...
+//! # let redirect = String::new();
+//! vault.complete_consent_from_redirect("user-42", &redirect).await?;
 //! let client = vault.client("user-42", "acme");
 //! let response = client.get("https://api.acme.test/me").send().await?;
 //! # let _ = response; Ok(()) }
 //! ```
 
 mod accounts;
+mod bind;
 mod client;
 mod clock;
 mod consent;
@@ -29,8 +31,10 @@ mod credentials;
 mod crypto;
 mod disconnect;
 mod error;
+mod expiry;
 mod oauth;
 mod options;
+mod pending;
 mod provider;
 mod refresh;
 mod registry;
@@ -51,7 +55,7 @@ pub use client::{AuthorizedClient, AuthorizedRequest};
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use error::VaultError;
 pub use oauth::{Introspection, TokenKind};
-pub use options::{VaultOptions, ensure_tls_provider};
+pub use options::{HttpOptions, SharedSubjectPolicy, VaultOptions};
 pub use provider::{ClientAuth, ProviderConfig, ScopeSeparator, SubjectSource};
 pub use secret::{AccessToken, ClientSecret, KeyError, PkceVerifier, RefreshToken, VaultKey};
 pub use sqlite::SqliteStore;
@@ -62,7 +66,7 @@ pub use store::{
 pub use types::{AccountInfo, ConsentRequest};
 
 use crypto::{Cipher, aad};
-use options::default_http_client;
+use options::build_http_client;
 use registry::ProviderSlot;
 
 /// The credential vault. Cheap to clone (shared state).
@@ -81,6 +85,12 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     retry_policy: crate::policy::RetryPolicy,
     audit: RwLock<Option<Arc<dyn crate::audit::AuditStore>>>,
+    /// New tokens whose write failed, by account id (see `pending`).
+    pending: Mutex<HashMap<String, pending::Pending>>,
+    /// When this vault last refreshed each account, vault-clock seconds.
+    last_refresh: Mutex<HashMap<String, i64>>,
+    min_refresh_interval: Duration,
+    shared_subject: SharedSubjectPolicy,
 }
 
 impl fmt::Debug for Vault {
@@ -116,7 +126,7 @@ impl Vault {
         }
         let http = match options.http_client {
             Some(client) => client,
-            None => default_http_client(options.http_timeout)?,
+            None => build_http_client(options.http_timeout, &options.http)?,
         };
         let providers = Self::load_providers(store.as_ref(), &cipher).await?;
         Ok(Self {
@@ -130,6 +140,10 @@ impl Vault {
                 locks: Mutex::new(HashMap::new()),
                 retry_policy: options.retry_policy,
                 audit: RwLock::new(None),
+                pending: Mutex::new(HashMap::new()),
+                last_refresh: Mutex::new(HashMap::new()),
+                min_refresh_interval: options.min_refresh_interval,
+                shared_subject: options.shared_subject,
             }),
         })
     }

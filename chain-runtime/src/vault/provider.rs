@@ -122,6 +122,11 @@ pub struct ProviderConfig {
     pub consent_ttl: Duration,
     /// Extra authorization parameters (e.g. Google `access_type=offline`, `prompt=consent`).
     pub extra_authorize_params: Vec<(String, String)>,
+    /// Scopes the provider needs for the credential's own lifecycle rather than for any step:
+    /// refresh (`offline_access`, Salesforce `refresh_token`) or identity (`openid`, Atlassian
+    /// `read:me`). Every consent link asks for them, and least-privilege checks must not report
+    /// them as unused.
+    pub lifecycle_scopes: Vec<String>,
 }
 
 impl ProviderConfig {
@@ -155,6 +160,7 @@ impl ProviderConfig {
             refresh_margin: Duration::from_secs(5 * 60),
             consent_ttl: Duration::from_secs(10 * 60),
             extra_authorize_params: Vec::new(),
+            lifecycle_scopes: Vec::new(),
         })
     }
 
@@ -212,6 +218,15 @@ impl ProviderConfig {
         self
     }
 
+    /// Declares the lifecycle scopes (see [`ProviderConfig::lifecycle_scopes`]).
+    pub fn with_lifecycle_scopes<S: Into<String>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.lifecycle_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Adds an authorization parameter.
     pub fn with_authorize_param(
         mut self,
@@ -244,6 +259,8 @@ struct ProviderRecord {
     refresh_margin: Duration,
     consent_ttl: Duration,
     extra_authorize_params: Vec<(String, String)>,
+    #[serde(default)]
+    lifecycle_scopes: Vec<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -292,6 +309,7 @@ impl ProviderConfig {
             refresh_margin: self.refresh_margin,
             consent_ttl: self.consent_ttl,
             extra_authorize_params: self.extra_authorize_params.clone(),
+            lifecycle_scopes: self.lifecycle_scopes.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -353,6 +371,7 @@ impl ProviderConfig {
             refresh_margin: r.refresh_margin,
             consent_ttl: r.consent_ttl,
             extra_authorize_params: r.extra_authorize_params,
+            lifecycle_scopes: r.lifecycle_scopes,
         })
     }
 }

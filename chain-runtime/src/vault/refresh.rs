@@ -1,4 +1,15 @@
 //! Token resolution and single-flight, rotation-safe refresh.
+//!
+//! The order of a refresh is what keeps a rotated refresh token: token request, identity check
+//! (local, no network), write of the new tokens (kept in memory if the write fails, see
+//! `pending`), and only then any further network call (introspection for the expiry). A process
+//! killed at any point leaves either the old refresh token (the provider never answered) or the
+//! new one stored.
+//!
+//! Single flight: one refresh per account at a time; whoever waited for it uses its result and
+//! never refreshes again, and proactive refreshes of one account are at most one per
+//! [`VaultOptions::min_refresh_interval`](super::VaultOptions), so a clock that disagrees with
+//! the provider's cannot cause a refresh storm.
 
 use std::sync::Arc;
 
@@ -7,53 +18,14 @@ use secrecy::zeroize::Zeroizing;
 use crate::classify::FailureClass;
 
 use super::accounts::token_aad;
-use super::oauth::{self, TokenOutcome, TokenSet};
+use super::oauth::{self, TokenOutcome};
+use super::pending::Persisted;
 use super::provider::ProviderConfig;
-use super::secret::AccessToken;
+use super::secret::{AccessToken, RefreshToken};
 use super::store::{AccountStatus, StoredAccount};
-use super::{TokenKind, Vault, VaultError};
+use super::{Vault, VaultError};
 
 impl Vault {
-    pub(super) async fn compute_expiry(
-        &self,
-        provider: &ProviderConfig,
-        tokens: &TokenSet,
-    ) -> Option<i64> {
-        let now = self.now();
-        if let Some(expires_in) = tokens.expires_in {
-            return Some(now + expires_in);
-        }
-        if provider.introspection_url.is_some() {
-            match oauth::introspect(
-                &self.inner.http,
-                provider,
-                tokens.access_token.expose(),
-                TokenKind::Access,
-                self.inner.timeout,
-            )
-            .await
-            {
-                Ok((info, _)) if info.active && info.expires_at.is_some() => {
-                    return info.expires_at;
-                }
-                Ok(_) => {
-                    tracing::warn!(connector = %provider.connector, "introspection gave no expiry; using the default lifetime")
-                }
-                Err(e) => {
-                    tracing::warn!(connector = %provider.connector, error = %e, "introspection for expiry failed; using the default lifetime")
-                }
-            }
-        }
-        let lifetime = provider.default_token_lifetime?.as_secs() as i64;
-        // Salesforce: `issued_at` in milliseconds; trust it only when it is close to now.
-        let base = tokens
-            .issued_at_ms
-            .map(|ms| ms / 1000)
-            .filter(|issued| (issued - now).abs() < 24 * 3600)
-            .unwrap_or(now);
-        Some(base + lifetime)
-    }
-
     pub(super) fn needs_refresh(
         &self,
         account: &StoredAccount,
@@ -74,6 +46,28 @@ impl Vault {
         Arc::clone(locks.entry(account_id.to_owned()).or_default())
     }
 
+    /// Whether this vault refreshed the account less than the minimum interval ago (vault clock).
+    fn refreshed_recently(&self, account_id: &str) -> bool {
+        let interval = self.inner.min_refresh_interval.as_secs() as i64;
+        let last = self
+            .inner
+            .last_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account_id)
+            .copied();
+        last.is_some_and(|at| self.now() - at < interval)
+    }
+
+    fn note_refresh(&self, account_id: &str) {
+        let now = self.now();
+        self.inner
+            .last_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(account_id.to_owned(), now);
+    }
+
     /// An access token for (principal, connector), refreshed first if it expires within the
     /// margin (or if `force_at_version` is the current token version). Single-flight per account.
     pub(crate) async fn fresh_token(
@@ -87,40 +81,108 @@ impl Vault {
         if !self.needs_refresh(&account, &provider, force_at_version) {
             return Ok((self.open_access(&account)?, account));
         }
+        let seen_version = account.rt_version;
         let lock = self.account_lock(&account.account_id);
         let _guard = lock.lock().await;
-        // Double-checked: whoever held the lock before us may have refreshed already.
         let account = self.load_active(principal_id, connector).await?;
+        // Whoever held the lock before us wrote new tokens: use them, never refresh them again
+        // (their expiry may look past on a clock that leads the provider's).
+        if account.rt_version != seen_version && force_at_version != Some(account.rt_version) {
+            return Ok((self.open_access(&account)?, account));
+        }
         if !self.needs_refresh(&account, &provider, force_at_version) {
             return Ok((self.open_access(&account)?, account));
         }
+        if force_at_version.is_none() && self.refreshed_recently(&account.account_id) {
+            tracing::warn!(
+                principal_id,
+                connector,
+                account_id = %account.account_id,
+                "vault token looks expired right after a refresh (clock skew?); not refreshing \
+                 again within the minimum refresh interval"
+            );
+            return Ok((self.open_access(&account)?, account));
+        }
         let result = self.refresh_locked(&provider, account.clone()).await;
-        let (outcome, failure_class, expires_at_unix_ms) = match &result {
-            Ok((_, refreshed)) => (
-                crate::audit::Outcome::Succeeded,
-                None,
-                refreshed.expires_at.map(|s| s * 1000),
-            ),
-            Err(e) => (
-                crate::audit::Outcome::Failed,
-                Some(refresh_failure_class(e)),
-                None,
-            ),
+        if result.is_ok() {
+            self.note_refresh(&account.account_id);
+        }
+        let (outcome, audited) = match &result {
+            Ok((_, refreshed)) => (crate::audit::Outcome::Succeeded, refreshed),
+            Err(_) => (crate::audit::Outcome::Failed, &account),
         };
-        let audited = match &result {
-            Ok((_, refreshed)) => refreshed,
-            Err(_) => &account,
+        let (http_status, error_code) = match &result {
+            Ok(_) => (None, None),
+            Err(e) => refresh_failure_detail(e),
         };
         self.audit_account_event(
             audited,
             outcome,
             crate::audit::AuditEvent::TokenRefresh {
-                failure_class,
-                expires_at_unix_ms,
+                failure_class: result.as_ref().err().map(refresh_failure_class),
+                expires_at_unix_ms: result
+                    .as_ref()
+                    .ok()
+                    .and_then(|(_, a)| a.expires_at.map(|s| s * 1000)),
+                http_status,
+                error_code,
             },
         )
         .await;
         result
+    }
+
+    /// The refresh request, retried within the retry policy's bounds while the failure is
+    /// transient (server errors, rate limits, a connection that failed before any answer).
+    async fn refresh_request(
+        &self,
+        provider: &ProviderConfig,
+        refresh_token: &RefreshToken,
+    ) -> Result<TokenOutcome, VaultError> {
+        let policy = self.inner.retry_policy;
+        let mut attempt: u32 = 0;
+        loop {
+            let form = vec![
+                ("grant_type", Zeroizing::new("refresh_token".to_owned())),
+                (
+                    "refresh_token",
+                    Zeroizing::new(refresh_token.expose().to_owned()),
+                ),
+            ];
+            let outcome = oauth::token_request(
+                &self.inner.http,
+                provider,
+                "refresh",
+                form,
+                self.inner.timeout,
+            )
+            .await;
+            let transient = matches!(
+                &outcome,
+                Ok(TokenOutcome::Rejected {
+                    class: FailureClass::ServerError | FailureClass::RateLimited,
+                    ..
+                }) | Err(VaultError::Transport {
+                    timed_out: false,
+                    ..
+                })
+            );
+            if !transient || attempt >= policy.max_server_retries {
+                return outcome;
+            }
+            let wait = policy
+                .base_backoff
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(policy.max_backoff);
+            tracing::warn!(
+                connector = %provider.connector,
+                attempt = attempt + 1,
+                wait_ms = wait.as_millis() as u64,
+                "vault refresh failed transiently; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
     }
 
     pub(super) async fn refresh_locked(
@@ -155,21 +217,7 @@ impl Vault {
             version = account.rt_version,
             "vault refreshing access token"
         );
-        let form = vec![
-            ("grant_type", Zeroizing::new("refresh_token".to_owned())),
-            (
-                "refresh_token",
-                Zeroizing::new(refresh_token.expose().to_owned()),
-            ),
-        ];
-        let outcome = oauth::token_request(
-            &self.inner.http,
-            provider,
-            "refresh",
-            form,
-            self.inner.timeout,
-        )
-        .await;
+        let outcome = self.refresh_request(provider, &refresh_token).await;
         let tokens = match outcome {
             Ok(TokenOutcome::Tokens(tokens)) => tokens,
             Ok(TokenOutcome::Rejected {
@@ -207,6 +255,7 @@ impl Vault {
                 return Err(VaultError::GrantRevoked {
                     principal_id: principal_id.to_owned(),
                     connector: connector.to_owned(),
+                    status,
                     error_code,
                 });
             }
@@ -275,7 +324,7 @@ impl Vault {
             });
         }
 
-        let expires_at = self.compute_expiry(provider, &tokens).await;
+        let received_at = self.now();
         let rotated = tokens.refresh_token.is_some();
         let mut updated = account.clone();
         updated.access_token = self.inner.cipher.seal(
@@ -283,7 +332,6 @@ impl Vault {
             tokens.access_token.expose().as_bytes(),
         );
         if let Some(rt) = &tokens.refresh_token {
-            // Persisted before the new access token is handed out (below).
             updated.refresh_token = Some(self.inner.cipher.seal(
                 &token_aad(account_id, principal_id, connector, "refresh_token"),
                 rt.expose().as_bytes(),
@@ -292,24 +340,44 @@ impl Vault {
         if let Some(scope) = &tokens.scope {
             updated.granted_scopes = provider.scope_separator.split(scope);
         }
-        updated.expires_at = expires_at;
+        updated.expires_at = Self::expiry_at_receipt(provider, &tokens, received_at);
         updated.rt_version = account.rt_version + 1;
-        updated.updated_at = self.now();
-        if !self
-            .inner
-            .store
-            .replace_account(updated.clone(), account.rt_version)
-            .await?
+        updated.updated_at = received_at;
+        // Persist before any further network call: a rotated refresh token exists nowhere else.
+        let retained = match self.persist(updated.clone(), account.rt_version).await {
+            Persisted::Written => false,
+            Persisted::Retained => true,
+            Persisted::Superseded => {
+                // Another process wrote first (possible only without a shared lock): use its tokens.
+                tracing::warn!(
+                    principal_id,
+                    connector,
+                    account_id,
+                    "vault refresh result superseded by a concurrent write"
+                );
+                let current = self.load_active(principal_id, connector).await?;
+                return Ok((self.open_access(&current)?, current));
+            }
+        };
+        if Self::expiry_needs_introspection(provider, &tokens)
+            && let Some(exp) = self
+                .introspected_expiry(provider, &tokens.access_token, received_at)
+                .await
         {
-            // Another process wrote first (possible only without a shared lock): use its tokens.
-            tracing::warn!(
-                principal_id,
-                connector,
-                account_id,
-                "vault refresh result superseded by a concurrent write"
-            );
-            let current = self.load_active(principal_id, connector).await?;
-            return Ok((self.open_access(&current)?, current));
+            let mut with_expiry = updated.clone();
+            with_expiry.expires_at = Some(exp);
+            let kept = if retained {
+                self.update_pending(&with_expiry)
+            } else {
+                // Same token version: only the expiry changes.
+                matches!(
+                    self.persist(with_expiry.clone(), updated.rt_version).await,
+                    Persisted::Written | Persisted::Retained
+                )
+            };
+            if kept {
+                updated = with_expiry;
+            }
         }
         tracing::info!(
             principal_id,
@@ -317,7 +385,8 @@ impl Vault {
             account_id,
             version = updated.rt_version,
             rotated,
-            expires_at,
+            expires_at = updated.expires_at,
+            retained,
             "vault access token refreshed"
         );
         Ok((tokens.access_token, updated))
@@ -340,4 +409,19 @@ fn refresh_failure_class(error: &VaultError) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("{class:?}"))
+}
+
+/// The token endpoint's HTTP status and sanitized error code of a failed refresh, for the audit
+/// trail.
+fn refresh_failure_detail(error: &VaultError) -> (Option<u16>, Option<String>) {
+    match error {
+        VaultError::TokenEndpoint {
+            status, error_code, ..
+        }
+        | VaultError::GrantRevoked {
+            status, error_code, ..
+        } => (Some(*status), error_code.clone()),
+        VaultError::InvalidClient { error_code, .. } => (None, error_code.clone()),
+        _ => (None, None),
+    }
 }

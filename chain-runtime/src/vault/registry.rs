@@ -117,6 +117,12 @@ impl Vault {
         names
     }
 
+    /// The lifecycle scopes `connector` declares (see [`ProviderConfig::lifecycle_scopes`]):
+    /// needed for refresh or identity, never "unused".
+    pub fn lifecycle_scopes(&self, connector: &str) -> Result<Vec<String>, VaultError> {
+        Ok(self.provider(connector)?.lifecycle_scopes.clone())
+    }
+
     /// The provider name `connector`'s responses are classified as (see
     /// [`crate::classify::classify`]).
     pub fn provider_name(&self, connector: &str) -> Result<String, VaultError> {

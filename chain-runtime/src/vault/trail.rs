@@ -39,4 +39,49 @@ impl Vault {
             tracing::error!(connector = %account.connector, error = %e, "could not audit a vault event");
         }
     }
+
+    /// Appends `event` about a consent or account action that has no stored account to name
+    /// (yet): only the principal and the connector. Never the state, the code or a token.
+    pub(super) async fn audit_connector_event(
+        &self,
+        principal_id: &str,
+        connector: Option<&str>,
+        outcome: crate::audit::Outcome,
+        event: crate::audit::AuditEvent,
+    ) {
+        let audit = self
+            .inner
+            .audit
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(audit) = audit else { return };
+        let mut record = crate::audit::NewRecord::new(principal_id.to_owned(), outcome, event);
+        if let Some(connector) = connector {
+            record = record.connector(connector.to_owned());
+        }
+        if let Err(e) = audit.append(record).await {
+            tracing::error!(connector, error = %e, "could not audit a vault event");
+        }
+    }
+
+    /// Records a consent that did not complete.
+    pub(super) async fn audit_consent_failure(
+        &self,
+        principal_id: &str,
+        connector: Option<&str>,
+        reason: &str,
+        error_code: Option<String>,
+    ) {
+        self.audit_connector_event(
+            principal_id,
+            connector,
+            crate::audit::Outcome::Failed,
+            crate::audit::AuditEvent::ConsentFailed {
+                reason: reason.to_owned(),
+                error_code,
+            },
+        )
+        .await;
+    }
 }
