@@ -26,6 +26,7 @@ mod credentials;
 mod crypto;
 mod error;
 mod oauth;
+pub mod presets;
 mod provider;
 mod secret;
 mod sqlite;
@@ -45,7 +46,9 @@ use sha2::{Digest as _, Sha256};
 pub use client::{AuthorizedClient, AuthorizedRequest};
 pub use error::VaultError;
 pub use oauth::{Introspection, TokenKind};
-pub use provider::{ClientAuth, ProviderConfig, ScopeSeparator, SubjectSource};
+pub use provider::{
+    ClientAuth, DEFAULT_IDEMPOTENCY_HEADER, ProviderConfig, ScopeSeparator, SubjectSource,
+};
 pub use secret::{AccessToken, ClientSecret, KeyError, PkceVerifier, RefreshToken, VaultKey};
 pub use sqlite::SqliteStore;
 pub use store::{
@@ -386,6 +389,7 @@ impl Vault {
                         .into(),
             });
         }
+        presets::warn_if_unclassified(&config);
         let json = config.to_stored_json()?;
         let client_secret = self.inner.cipher.seal(
             &provider_aad(&config.connector, &json),
@@ -468,6 +472,11 @@ impl Vault {
     /// [`crate::classify::classify`]).
     pub fn provider_name(&self, connector: &str) -> Result<String, VaultError> {
         Ok(self.provider(connector)?.provider.clone())
+    }
+
+    /// The header `connector`'s step calls carry their idempotency key in (`None`: none).
+    pub fn idempotency_header(&self, connector: &str) -> Result<Option<String>, VaultError> {
+        Ok(self.provider(connector)?.idempotency_header.clone())
     }
 
     /// Marks `principal_id`'s account on `connector` as needing a new consent, after the
@@ -583,6 +592,7 @@ impl Vault {
         for s in scopes
             .iter()
             .map(|s| s.as_ref().trim())
+            .chain(provider.lifecycle_scopes.iter().map(String::as_str))
             .filter(|s| !s.is_empty())
         {
             if !wanted.iter().any(|w| w == s) {
