@@ -19,6 +19,8 @@ pub mod exec;
 pub mod graph;
 pub mod graph_render;
 pub mod manifest;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod policy;
 pub mod preflight;
 pub mod principal;
