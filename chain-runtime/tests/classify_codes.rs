@@ -59,3 +59,40 @@ fn a_classification_never_carries_an_echoed_token_as_its_code() {
         }
     }
 }
+
+/// The single token-error table: only `invalid_grant` and documented equivalents are
+/// revocation; unknown codes are transient.
+#[test]
+fn token_error_codes_by_provider() {
+    use chain_runtime::classify::{FailureClass::*, token_error_class};
+    for (provider, code, class) in [
+        ("example-idp", "invalid_grant", GrantRevoked),
+        ("example-idp", "invalid_client", InvalidClient),
+        ("example-idp", "unauthorized_client", InvalidClient),
+        ("example-idp", "invalid_scope", InsufficientScope),
+        ("example-idp", "interaction_required", StepUpRequired),
+        ("example-idp", "slow_down", RateLimited),
+        ("example-idp", "temporarily_unavailable", ServerError),
+        ("example-idp", "something_new", ServerError),
+        ("example-idp", "access_denied", ServerError),
+        ("example-idp", "", ServerError),
+        ("slack", "token_revoked", GrantRevoked),
+        ("slack", "invalid_refresh_token", GrantRevoked),
+        ("slack", "token_expired", GrantRevoked),
+        ("slack", "bad_client_secret", InvalidClient),
+        ("slack", "ratelimited", RateLimited),
+        ("slack", "channel_not_found", ServerError),
+        ("github", "bad_refresh_token", GrantRevoked),
+        ("github", "incorrect_client_credentials", InvalidClient),
+        ("salesforce", "inactive_user", GrantRevoked),
+        ("salesforce", "invalid_client_id", InvalidClient),
+        ("jira", "access_denied", InvalidClient),
+        ("microsoft", "invalid_grant", GrantRevoked),
+    ] {
+        assert_eq!(
+            token_error_class(provider, code),
+            class,
+            "{provider} {code}"
+        );
+    }
+}

@@ -466,6 +466,30 @@ pub fn classify(
     c
 }
 
+/// The class of an OAuth token-endpoint error `code` as `provider` documents it: the single
+/// table behind [`classify`]'s token path (RFC 6749 §5.2 and its extensions, overridden by the
+/// provider's own codes), for callers that hold only a code.
+///
+/// Only `invalid_grant` and a provider's documented equivalents (Slack `token_revoked`,
+/// GitHub `bad_refresh_token`, Salesforce `inactive_user`, …) are
+/// [`FailureClass::GrantRevoked`]; an unknown code is [`FailureClass::ServerError`]
+/// (transient), never revocation. Never [`FailureClass::AccessTokenExpired`] or
+/// [`FailureClass::Ok`].
+pub fn token_error_class(provider: &str, code: &str) -> FailureClass {
+    let specific = match Provider::from_name(provider) {
+        Provider::Salesforce => salesforce::token_code_class(code),
+        Provider::Atlassian => atlassian::token_code_class(code),
+        Provider::GitHub => github::token_code_class(code),
+        Provider::Slack => Some(slack::error_class(code, RequestKind::TokenRefresh)),
+        Provider::Microsoft | Provider::Google | Provider::Standard => None,
+    };
+    match specific.or_else(|| standards::token_code_class(code)) {
+        Some(FailureClass::AccessTokenExpired) => FailureClass::GrantRevoked,
+        Some(FailureClass::Ok) | None => FailureClass::ServerError,
+        Some(class) => class,
+    }
+}
+
 fn classify_response(r: &Response<'_>) -> Classification {
     // Providers that report errors inside 2xx bodies.
     let envelope = match (r.provider, r.kind) {

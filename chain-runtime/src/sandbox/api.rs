@@ -166,7 +166,7 @@ pub async fn run_api<P: ProviderImpl>(
         let replay_key = call
             .idempotency_key
             .clone()
-            .filter(|_| call.write)
+            .filter(|_| call.write && P::HONORS_IDEMPOTENCY_KEY)
             .map(|k| (subject.clone(), k));
         if let Some(key) = &replay_key
             && let Some((stored, record_id)) = st.idempotency.get(key).cloned()

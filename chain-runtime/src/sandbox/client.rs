@@ -57,6 +57,9 @@ pub enum Rotation {
     /// Every refresh returns a new refresh token and the used one dies at once
     /// (Slack; Salesforce with rotation enabled).
     Immediate,
+    /// Every refresh returns a new refresh token, and the used one *and every access token
+    /// of the grant* die at once (GitHub App user-to-server tokens).
+    ImmediateWithAccess,
     /// Every refresh returns a new refresh token; the used one stays usable for this
     /// leeway after its first use, then dies (Atlassian: 10 minutes).
     WithLeeway(Duration),
@@ -109,4 +112,27 @@ pub fn split_scopes(s: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A JWT with these claims and a random (unverifiable) signature, as an id_token the client
+/// reads without checking the signature (OIDC Core 3.1.3.7 allows that for a token received
+/// directly from the token endpoint over TLS).
+pub fn sandbox_jwt(claims: &serde_json::Value) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"alg":"RS256","kid":"sandbox","typ":"JWT"}"#);
+    let payload = b64(claims.to_string().as_bytes());
+    format!("{header}.{payload}.{}", random_string(32))
+}
+
+/// A random decimal number of `digits` digits (no leading zero), like Google's `sub`.
+pub fn random_digits(digits: usize) -> String {
+    let mut buf = vec![0u8; digits];
+    rand::fill(&mut buf[..]);
+    buf.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = if i == 0 { 1 + b % 9 } else { b % 10 };
+            char::from(b'0' + d)
+        })
+        .collect()
 }

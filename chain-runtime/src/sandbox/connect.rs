@@ -3,7 +3,8 @@
 
 use secrecy::ExposeSecret;
 
-use super::{Emulator, Jira, Provider, Salesforce, SandboxError, Slack};
+use super::{Emulator, Github, Google, Jira, Microsoft, Provider, Salesforce, SandboxError, Slack};
+use crate::vault::presets::{self, OAuthClient};
 use crate::vault::{
     AccountInfo, ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, Vault, VaultError,
 };
@@ -48,6 +49,16 @@ impl<P: Provider> Emulator<P> {
         .with_provider(P::NAME.to_ascii_lowercase())
         .with_revoke_url(&urls.revoke)?;
         Ok(config)
+    }
+
+    /// The registration of this emulator's client, for a preset.
+    pub fn oauth_client(&self) -> OAuthClient {
+        let state = self.shared.lock();
+        OAuthClient::new(
+            state.oauth.client.client_id.clone(),
+            state.oauth.client.client_secret.expose_secret().to_owned(),
+            REDIRECT_URI,
+        )
     }
 
     /// Runs the whole consent flow for `principal_id` on this emulator: the vault builds the
@@ -117,5 +128,35 @@ impl Slack {
             .with_subject(SubjectSource::TokenResponse {
                 pointers: vec!["/team/id".into(), "/authed_user/id".into()],
             }))
+    }
+}
+
+impl Github {
+    /// [`presets::github`] pointed at this emulator.
+    pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
+        presets::at_origin(
+            presets::github(connector, &self.oauth_client())?,
+            self.base_url(),
+        )
+    }
+}
+
+impl Google {
+    /// [`presets::google`] pointed at this emulator.
+    pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
+        presets::at_origin(
+            presets::google(connector, &self.oauth_client())?,
+            self.base_url(),
+        )
+    }
+}
+
+impl Microsoft {
+    /// [`presets::microsoft`] for this emulator's tenant, pointed at this emulator.
+    pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
+        presets::at_origin(
+            presets::microsoft(connector, &self.oauth_client(), self.tenant())?,
+            self.base_url(),
+        )
     }
 }

@@ -192,7 +192,9 @@ pub async fn token_endpoint<P: ProviderImpl>(
         let seq = st.ledger.seq();
         match result {
             Ok(issued) => {
+                let client_id = st.oauth.client.client_id.clone();
                 let ctx = TokenCtx {
+                    client_id: &client_id,
                     base_url: &shared.base_url,
                     tenant: &shared.tenant,
                     client_secret: secret.as_deref().unwrap_or_default(),

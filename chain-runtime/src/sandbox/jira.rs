@@ -100,6 +100,7 @@ impl ProviderImpl for JiraApi {
             client: ClientConfig::new("sandbox-client", "sandbox-secret"),
             access_token_lifetime: Duration::from_secs(3600),
             rotation: Rotation::WithLeeway(Duration::from_secs(600)),
+            refresh_tokens: true,
         }
     }
 

@@ -21,6 +21,8 @@ struct Code {
     challenge: String,
     scopes: Vec<String>,
     subject: String,
+    /// The authorize request carried the provider's offline-access parameter (if it has one).
+    offline: bool,
     expires_at: Instant,
 }
 
@@ -116,6 +118,11 @@ pub struct OAuthState {
     pub users: BTreeMap<String, User>,
     pub approver: Option<String>,
     pub untick_next: Vec<String>,
+    /// The authorize parameter without which no refresh token is issued (Google
+    /// `access_type=offline`); `None`: refresh tokens do not depend on a parameter.
+    pub offline_param: Option<(&'static str, &'static str)>,
+    /// Whether refresh tokens are issued at all (GitHub OAuth apps: never).
+    pub issue_refresh: bool,
     codes: HashMap<String, Code>,
     pub grants: BTreeMap<GrantId, Grant>,
     access: HashMap<String, Access>,
@@ -145,6 +152,8 @@ impl OAuthState {
             users: BTreeMap::new(),
             approver: None,
             untick_next: Vec::new(),
+            offline_param: None,
+            issue_refresh: true,
             codes: HashMap::new(),
             grants: BTreeMap::new(),
             access: HashMap::new(),
@@ -221,10 +230,22 @@ impl OAuthState {
         };
         let requested = split_scopes(get("scope").or(get("user_scope")).unwrap_or(""));
         let untick = std::mem::take(&mut self.untick_next);
-        let scopes: Vec<String> = requested
+        let mut scopes: Vec<String> = requested
             .into_iter()
             .filter(|s| !untick.contains(s))
             .collect();
+        // Incremental authorization (Google): the new grant also carries what the user
+        // granted this client before.
+        if get("include_granted_scopes") == Some("true") {
+            for s in self.granted_scopes(&subject).unwrap_or_default() {
+                if !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+        }
+        let offline = self
+            .offline_param
+            .is_none_or(|(name, value)| get(name) == Some(value));
         let code = random_string(24);
         self.note_secret(&code);
         self.codes.insert(
@@ -235,6 +256,7 @@ impl OAuthState {
                 challenge: challenge.to_owned(),
                 scopes,
                 subject,
+                offline,
                 expires_at: now + Duration::from_secs(600),
             },
         );
@@ -301,11 +323,13 @@ impl OAuthState {
         }
         let grant = GrantId(self.next_grant);
         self.next_grant += 1;
-        let with_refresh = self.refresh_scopes.is_empty()
-            || entry
-                .scopes
-                .iter()
-                .any(|s| self.refresh_scopes.contains(&s.as_str()));
+        let with_refresh = self.issue_refresh
+            && entry.offline
+            && (self.refresh_scopes.is_empty()
+                || entry
+                    .scopes
+                    .iter()
+                    .any(|s| self.refresh_scopes.contains(&s.as_str())));
         self.grants.insert(
             grant,
             Grant {
@@ -336,6 +360,13 @@ impl OAuthState {
             Rotation::Never => false,
             Rotation::Immediate => {
                 rt.dies_at = Some(now);
+                true
+            }
+            Rotation::ImmediateWithAccess => {
+                rt.dies_at = Some(now);
+                for a in self.access.values_mut().filter(|a| a.grant == grant_id) {
+                    a.revoked = true;
+                }
                 true
             }
             Rotation::WithLeeway(leeway) => {

@@ -78,6 +78,7 @@ impl ProviderImpl for SalesforceApi {
             client: ClientConfig::new("sandbox-client", "sandbox-secret"),
             access_token_lifetime: Duration::from_secs(2 * 3600),
             rotation: Rotation::Never,
+            refresh_tokens: true,
         }
     }
 

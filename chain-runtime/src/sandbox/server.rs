@@ -13,6 +13,21 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::SandboxError;
 
+/// Request bodies larger than this are refused with 413 and the connection is closed.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// 413 for a body over [`MAX_BODY`] (or one that broke off): the rest of it is unread, so the
+/// connection closes, and says so.
+fn too_large() -> Response {
+    let mut resp = Response::new(axum::body::Body::from("request body too large"));
+    *resp.status_mut() = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// Per-connection switch a handler pulls to close its connection without a response.
 #[derive(Clone)]
 pub struct ConnKill(Arc<Notify>);
@@ -99,12 +114,23 @@ async fn serve_conn(stream: TcpStream, router: Router) {
     };
     let notify = Arc::new(Notify::new());
     let kill = ConnKill(notify.clone());
-    let service =
-        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(kill.clone());
-            let mut router = router.clone();
-            async move { tower_service::Service::call(&mut router, req).await }
-        });
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let kill = kill.clone();
+        let mut router = router.clone();
+        async move {
+            // Read the whole request body before routing: a handler that answers early (no
+            // such route, a refused token) must not leave unread bytes that hyper would
+            // rather close the connection over, so keep-alive survives every error.
+            let (mut parts, body) = req.into_parts();
+            let bytes = match axum::body::to_bytes(axum::body::Body::new(body), MAX_BODY).await {
+                Ok(bytes) => bytes,
+                Err(_) => return Ok(too_large()),
+            };
+            parts.extensions.insert(kill);
+            let req = hyper::Request::from_parts(parts, axum::body::Body::from(bytes));
+            tower_service::Service::call(&mut router, req).await
+        }
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::select! {

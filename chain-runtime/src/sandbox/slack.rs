@@ -57,6 +57,7 @@ impl ProviderImpl for SlackApi {
             client: ClientConfig::new("sandbox-client", "sandbox-secret"),
             access_token_lifetime: Duration::from_secs(43_200),
             rotation: Rotation::Immediate,
+            refresh_tokens: true,
         }
     }
 

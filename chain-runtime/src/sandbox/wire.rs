@@ -21,6 +21,12 @@ pub trait ProviderImpl: Send + Sync + Sized + 'static {
     type Data: Default + Send + 'static;
     /// Scopes of which one must be granted for a refresh token (empty: always one).
     const REFRESH_SCOPES: &'static [&'static str];
+    /// The authorize parameter without which no refresh token is issued (Google
+    /// `access_type=offline`).
+    const OFFLINE_PARAM: Option<(&'static str, &'static str)> = None;
+    /// Whether the API replays a write sent again with the same `Idempotency-Key` header
+    /// (GitHub, Google and Microsoft Graph ignore the header).
+    const HONORS_IDEMPOTENCY_KEY: bool = true;
     /// Default emulator configuration.
     fn default_config() -> super::EmulatorConfig;
     /// A new tenant id (org id, cloud id, team id).
@@ -51,6 +57,7 @@ pub trait ProviderImpl: Send + Sync + Sized + 'static {
 
 /// Context for shaping a token response.
 pub struct TokenCtx<'a> {
+    pub client_id: &'a str,
     pub base_url: &'a str,
     pub tenant: &'a str,
     pub client_secret: &'a str,

@@ -35,6 +35,7 @@ mod expiry;
 mod oauth;
 mod options;
 mod pending;
+pub mod presets;
 mod provider;
 mod refresh;
 mod registry;
@@ -56,7 +57,9 @@ pub use clock::{Clock, OffsetClock, SystemClock};
 pub use error::VaultError;
 pub use oauth::{Introspection, TokenKind};
 pub use options::{HttpOptions, SharedSubjectPolicy, VaultOptions};
-pub use provider::{ClientAuth, ProviderConfig, ScopeSeparator, SubjectSource};
+pub use provider::{
+    ClientAuth, DEFAULT_IDEMPOTENCY_HEADER, ProviderConfig, ScopeSeparator, SubjectSource,
+};
 pub use secret::{AccessToken, ClientSecret, KeyError, PkceVerifier, RefreshToken, VaultKey};
 pub use sqlite::SqliteStore;
 pub use store::{

@@ -127,6 +127,9 @@ pub struct ProviderConfig {
     /// `read:me`). Every consent link asks for them, and least-privilege checks must not report
     /// them as unused.
     pub lifecycle_scopes: Vec<String>,
+    /// The header that carries a step's idempotency key on every call, or `None` to send
+    /// none (providers that ignore it). Default `Idempotency-Key`.
+    pub idempotency_header: Option<String>,
 }
 
 impl ProviderConfig {
@@ -161,7 +164,28 @@ impl ProviderConfig {
             consent_ttl: Duration::from_secs(10 * 60),
             extra_authorize_params: Vec::new(),
             lifecycle_scopes: Vec::new(),
+            idempotency_header: Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned()),
         })
+    }
+
+    /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
+    pub fn with_lifecycle_scopes<S: AsRef<str>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
+        for s in scopes {
+            let s = s.as_ref();
+            if !self.lifecycle_scopes.iter().any(|l| l == s) {
+                self.lifecycle_scopes.push(s.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Sets the idempotency header name; `None` sends no idempotency header.
+    pub fn with_idempotency_header(mut self, header: Option<&str>) -> Self {
+        self.idempotency_header = header.map(str::to_owned);
+        self
     }
 
     /// Sets the RFC 7009 revocation endpoint.
@@ -218,15 +242,6 @@ impl ProviderConfig {
         self
     }
 
-    /// Declares the lifecycle scopes (see [`ProviderConfig::lifecycle_scopes`]).
-    pub fn with_lifecycle_scopes<S: Into<String>>(
-        mut self,
-        scopes: impl IntoIterator<Item = S>,
-    ) -> Self {
-        self.lifecycle_scopes = scopes.into_iter().map(Into::into).collect();
-        self
-    }
-
     /// Adds an authorization parameter.
     pub fn with_authorize_param(
         mut self,
@@ -237,6 +252,13 @@ impl ProviderConfig {
             .push((name.into(), value.into()));
         self
     }
+}
+
+/// The idempotency header [`ProviderConfig::new`] sets.
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+fn default_idempotency_header() -> Option<String> {
+    Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned())
 }
 
 /// The stored form of a [`ProviderConfig`] without its client secret (format version 1).
@@ -261,6 +283,8 @@ struct ProviderRecord {
     extra_authorize_params: Vec<(String, String)>,
     #[serde(default)]
     lifecycle_scopes: Vec<String>,
+    #[serde(default = "default_idempotency_header")]
+    idempotency_header: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -310,6 +334,7 @@ impl ProviderConfig {
             consent_ttl: self.consent_ttl,
             extra_authorize_params: self.extra_authorize_params.clone(),
             lifecycle_scopes: self.lifecycle_scopes.clone(),
+            idempotency_header: self.idempotency_header.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -372,6 +397,7 @@ impl ProviderConfig {
             consent_ttl: r.consent_ttl,
             extra_authorize_params: r.extra_authorize_params,
             lifecycle_scopes: r.lifecycle_scopes,
+            idempotency_header: r.idempotency_header,
         })
     }
 }

@@ -8,7 +8,7 @@ use super::crypto::{Cipher, aad};
 use super::provider::{ProviderConfig, SubjectSource};
 use super::secret::ClientSecret;
 use super::store::{AccountStore, StoredProvider};
-use super::{Vault, VaultError};
+use super::{Vault, VaultError, presets};
 
 /// A registered connector: its configuration, or the fact that its stored row did not open.
 #[derive(Clone)]
@@ -78,6 +78,7 @@ impl Vault {
                         .into(),
             });
         }
+        presets::warn_if_unclassified(&config);
         let json = config.to_stored_json()?;
         let client_secret = self.inner.cipher.seal(
             &provider_aad(&config.connector, &json),
@@ -127,6 +128,11 @@ impl Vault {
     /// [`crate::classify::classify`]).
     pub fn provider_name(&self, connector: &str) -> Result<String, VaultError> {
         Ok(self.provider(connector)?.provider.clone())
+    }
+
+    /// The header `connector`'s step calls carry their idempotency key in (`None`: none).
+    pub fn idempotency_header(&self, connector: &str) -> Result<Option<String>, VaultError> {
+        Ok(self.provider(connector)?.idempotency_header.clone())
     }
 
     pub(super) fn provider(&self, connector: &str) -> Result<Arc<ProviderConfig>, VaultError> {

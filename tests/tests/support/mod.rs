@@ -377,11 +377,13 @@ impl Harness {
             clock,
             ..VaultOptions::default()
         };
-        let vault = Vault::open_sqlite(path, VaultKey::from_bytes(key), options)
+        let runtime = chain_runtime::Runtime::sqlite(path)
+            .vault_key_with(VaultKey::from_bytes(key), options)
+            .provider(self.provider())
+            .open()
             .await
             .unwrap();
-        vault.register_provider(self.provider()).await.unwrap();
-        vault
+        runtime.vault().unwrap().clone()
     }
 }
 
