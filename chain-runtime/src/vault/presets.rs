@@ -146,7 +146,7 @@ pub fn salesforce(
                 pointers: pointers(&["/id"]),
             })
             .with_default_token_lifetime(Duration::from_secs(2 * 3600))
-            .with_lifecycle_scopes(&["refresh_token"])
+            .with_lifecycle_scopes(["refresh_token"])
     })
 }
 
@@ -172,7 +172,7 @@ pub fn atlassian(connector: &str, client: &OAuthClient) -> Result<ProviderConfig
     })
     .with_authorize_param("audience", "api.atlassian.com")
     .with_authorize_param("prompt", "consent")
-    .with_lifecycle_scopes(&["offline_access", "read:me"]))
+    .with_lifecycle_scopes(["offline_access", "read:me"]))
 }
 
 /// Slack (OAuth v2, with token rotation enabled on the app).
@@ -256,7 +256,7 @@ pub fn google(connector: &str, client: &OAuthClient) -> Result<ProviderConfig, V
     .with_authorize_param("access_type", "offline")
     .with_authorize_param("prompt", "consent")
     .with_authorize_param("include_granted_scopes", "true")
-    .with_lifecycle_scopes(&["openid"])
+    .with_lifecycle_scopes(["openid"])
     .with_idempotency_header(None))
 }
 
@@ -295,7 +295,7 @@ pub fn microsoft(
     .with_subject(SubjectSource::IdToken {
         pointers: pointers(&["/tid", "/oid"]),
     })
-    .with_lifecycle_scopes(&["openid", "offline_access"])
+    .with_lifecycle_scopes(["openid", "offline_access"])
     .with_idempotency_header(None))
 }
 
@@ -329,7 +329,7 @@ pub fn oidc(
     .with_subject(SubjectSource::IdToken {
         pointers: pointers(&["/sub"]),
     })
-    .with_lifecycle_scopes(&["openid"]);
+    .with_lifecycle_scopes(["openid"]);
     if let Some(revoke) = field("revocation_endpoint") {
         config = config.with_revoke_url(revoke)?;
     }
@@ -343,7 +343,7 @@ pub fn oidc(
             .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(value)))
     };
     if listed("scopes_supported", "offline_access") {
-        config = config.with_lifecycle_scopes(&["offline_access"]);
+        config = config.with_lifecycle_scopes(["offline_access"]);
     }
     if listed(
         "token_endpoint_auth_methods_supported",
