@@ -17,6 +17,7 @@ pub mod connector;
 pub mod engine;
 pub mod exec;
 pub mod graph;
+pub mod journal;
 pub mod manifest;
 pub mod policy;
 pub mod preflight;
@@ -24,8 +25,11 @@ pub mod principal;
 pub mod registry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+pub mod sqlite;
 pub mod step;
-pub mod store;
+/// The former name of [`journal`].
+#[doc(hidden)]
+pub use journal as store;
 pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
