@@ -43,6 +43,7 @@
 pub mod chain_hash;
 mod export;
 pub mod record;
+mod seal;
 pub mod sqlite;
 pub mod verify;
 

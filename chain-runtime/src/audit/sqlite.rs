@@ -34,6 +34,8 @@ use super::record::{
     AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, NewRecord, Outcome, RecordRef,
     WriteKind,
 };
+use super::seal::Columns;
+pub(crate) use super::seal::Presealed;
 use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 use super::{AuditError, AuditStore, BoxFuture};
 pub use crate::sqlite::BUSY_TIMEOUT;
@@ -163,10 +165,18 @@ impl SqliteAuditStore {
     }
 }
 
+/// Serializes `records` for [`append_in`], off the writer thread.
+pub(crate) fn preseal(records: Vec<NewRecord>) -> Result<Vec<Presealed>, AuditError> {
+    records
+        .into_iter()
+        .map(|r| Presealed::new(r).map_err(AuditError::Json))
+        .collect()
+}
+
 /// Seals `records` in order on the chain head of the open transaction and inserts them.
 pub(crate) fn append_in(
     tx: &mut Tx<'_>,
-    records: Vec<NewRecord>,
+    records: Vec<Presealed>,
 ) -> Result<Vec<AuditRecord>, AuditError> {
     if records.is_empty() {
         return Ok(Vec::new());
@@ -179,9 +189,9 @@ pub(crate) fn append_in(
         },
     };
     let mut sealed = Vec::with_capacity(records.len());
-    for new in records {
-        let record = new.seal(seq + 1, prev_hash)?;
-        insert_record(tx.conn(), &record)?;
+    for pre in records {
+        let (record, columns) = pre.seal(seq + 1, prev_hash);
+        insert_record(tx.conn(), &record, &columns)?;
         seq = record.seq;
         prev_hash = record.hash.clone();
         sealed.push(record);
@@ -273,7 +283,11 @@ fn seq_to_sql(seq: u64) -> Result<i64, AuditError> {
 }
 
 /// Inserts one sealed record and its `audit_record_refs` rows.
-fn insert_record(conn: &Connection, record: &AuditRecord) -> Result<(), AuditError> {
+fn insert_record(
+    conn: &Connection,
+    record: &AuditRecord,
+    columns: &Columns,
+) -> Result<(), AuditError> {
     let seq_sql = seq_to_sql(record.seq)?;
     conn.prepare_cached(&format!(
         "INSERT INTO audit_records ({}) VALUES \
@@ -291,10 +305,10 @@ fn insert_record(conn: &Connection, record: &AuditRecord) -> Result<(), AuditErr
         record.account_id,
         record.upstream_subject,
         record.grant_id,
-        serde_json::to_string(&record.scopes)?,
-        serde_json::to_string(&record.records)?,
+        columns.scopes,
+        columns.records,
         record.outcome.as_str(),
-        serde_json::to_string(&record.event)?,
+        columns.event,
         record.prev_hash,
         record.hash,
     ])?;
@@ -428,11 +442,16 @@ fn to_authorization(record: AuditRecord, connector: &str, record_id: &str) -> Ve
 
 impl AuditStore for SqliteAuditStore {
     fn append(&self, record: NewRecord) -> BoxFuture<'_, Result<AuditRecord, AuditError>> {
-        Box::pin(self.db.write(Durability::Sync, move |tx| {
-            append_in(tx, vec![record])?
-                .pop()
-                .ok_or_else(|| AuditError::Background("the append sealed no record".into()))
-        }))
+        Box::pin(async move {
+            let pre = preseal(vec![record])?;
+            self.db
+                .write(Durability::Sync, move |tx| {
+                    append_in(tx, pre)?
+                        .pop()
+                        .ok_or_else(|| AuditError::Background("the append sealed no record".into()))
+                })
+                .await
+        })
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Option<Checkpoint>, AuditError>> {

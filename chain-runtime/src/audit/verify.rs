@@ -248,7 +248,7 @@ impl ChainVerifier {
                 computed,
             }));
         }
-        let record: AuditRecord = serde_json::from_value(value.clone())
+        let record = AuditRecord::deserialize(value)
             .map_err(|e| malformed(&format!("fields do not match the record format: {e}")))?;
         if record.format != FORMAT_VERSION {
             return Err(malformed(&format!(

@@ -19,6 +19,7 @@ use super::{
     Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, EntryKind, JournalEntry,
     JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit, WriterStats,
 };
+use crate::audit::sqlite::Presealed;
 use crate::sqlite::{Database, Durability, Tx};
 
 const SCHEMA: &str = "
@@ -159,20 +160,21 @@ fn apply(
 fn commit_in(
     tx: &mut Tx<'_>,
     lease: Option<&Lease>,
-    unit: Unit,
+    writes: &[JournalWrite],
+    audit: Vec<Presealed>,
 ) -> Result<Committed, JournalError> {
     let conn = tx.conn();
     if let Some(lease) = lease {
         leases::check(conn, lease)?;
     }
     let run_id = lease.map(|l| l.run_id.as_str());
-    for write in &unit.writes {
+    for write in writes {
         if !apply(conn, run_id, write)? {
             tx.roll_back();
             return Ok(Committed::default());
         }
     }
-    let audit = crate::audit::sqlite::append_in(tx, unit.audit)?;
+    let audit = crate::audit::sqlite::append_in(tx, audit)?;
     Ok(Committed {
         applied: true,
         audit,
@@ -327,9 +329,17 @@ impl RunJournal for SqliteJournal {
         unit: Unit,
     ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         let lease = lease.cloned();
-        Box::pin(self.inner.db.write(unit.durability, move |tx| {
-            commit_in(tx, lease.as_ref(), unit)
-        }))
+        Box::pin(async move {
+            // Serialized here, on the caller's task: the writer only hashes and inserts.
+            let audit = crate::audit::sqlite::preseal(unit.audit)?;
+            let writes = unit.writes;
+            self.inner
+                .db
+                .write(unit.durability, move |tx| {
+                    commit_in(tx, lease.as_ref(), &writes, audit)
+                })
+                .await
+        })
     }
 
     fn database(&self) -> Option<DatabaseId> {
