@@ -431,9 +431,9 @@ async fn open_runs(path: &Path) -> Result<SqliteRunStore, CliError> {
 async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
     check_db(path)?;
     SqliteAuditStore::open(path).await.map_err(|e| match e {
-        AuditError::Sqlite(inner) => CliError::Database {
+        AuditError::Backend(inner) => CliError::Database {
             path: path.to_owned(),
-            reason: inner.to_string(),
+            reason: inner,
         },
         other => CliError::Database {
             path: path.to_owned(),
@@ -459,9 +459,9 @@ fn check_db(path: &Path) -> Result<(), CliError> {
 /// A run-store error while opening or reading: a database problem, said plainly.
 fn db_error(path: &Path, e: StoreError) -> CliError {
     match e {
-        StoreError::Sqlite(inner) => CliError::Database {
+        StoreError::Backend(inner) => CliError::Database {
             path: path.to_owned(),
-            reason: inner.to_string(),
+            reason: inner,
         },
         StoreError::Json(inner) => CliError::Database {
             path: path.to_owned(),
