@@ -34,6 +34,7 @@ pub struct StepHttp {
     vault: Vault,
     client: AuthorizedClient,
     provider: String,
+    rules: Option<classify::RuleSet>,
     idempotency_key: String,
     policy: RetryPolicy,
 }
@@ -49,10 +50,12 @@ impl StepHttp {
         let provider = vault
             .provider_name(connector)
             .unwrap_or_else(|_| connector.to_owned());
+        let rules = vault.classification_rules(connector).ok().flatten();
         Self {
             vault: vault.clone(),
             client: vault.client(principal_id, connector),
             provider,
+            rules,
             idempotency_key: idempotency_key.to_owned(),
             policy,
         }
@@ -201,8 +204,14 @@ impl StepRequest<'_> {
                 Err(VaultError::Transport { .. }) => (0, http::HeaderMap::new(), Vec::new()),
                 Err(e) => return Err(vault_failure(&connector, e)),
             };
-            let classification =
-                classify::classify(&http.provider, RequestKind::Api, status, &headers, &body);
+            let classification = classify::classify_with(
+                &http.provider,
+                http.rules.as_ref(),
+                RequestKind::Api,
+                status,
+                &headers,
+                &body,
+            );
             let decision = http.policy.decide(&http.provider, &classification, &state);
             tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
             match decision.action {

@@ -470,6 +470,14 @@ impl Vault {
         Ok(self.provider(connector)?.provider.clone())
     }
 
+    /// The classification rules registered for `connector`, if any.
+    pub fn classification_rules(
+        &self,
+        connector: &str,
+    ) -> Result<Option<crate::classify::RuleSet>, VaultError> {
+        Ok(self.provider(connector)?.classification_rules.clone())
+    }
+
     /// Marks `principal_id`'s account on `connector` as needing a new consent, after the
     /// provider rejected an API call as revoked (or demanded a stronger authentication). It is
     /// not refreshed again automatically.

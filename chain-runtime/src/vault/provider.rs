@@ -122,6 +122,9 @@ pub struct ProviderConfig {
     pub consent_ttl: Duration,
     /// Extra authorization parameters (e.g. Google `access_type=offline`, `prompt=consent`).
     pub extra_authorize_params: Vec<(String, String)>,
+    /// The provider's classification quirks as data, consulted before everything else the
+    /// classifier knows (see [`crate::classify::rules`]).
+    pub classification_rules: Option<crate::classify::RuleSet>,
 }
 
 impl ProviderConfig {
@@ -155,6 +158,7 @@ impl ProviderConfig {
             refresh_margin: Duration::from_secs(5 * 60),
             consent_ttl: Duration::from_secs(10 * 60),
             extra_authorize_params: Vec::new(),
+            classification_rules: None,
         })
     }
 
@@ -212,6 +216,13 @@ impl ProviderConfig {
         self
     }
 
+    /// Sets the provider's classification rules (validated when the [`crate::classify::RuleSet`]
+    /// was built).
+    pub fn with_classification_rules(mut self, rules: crate::classify::RuleSet) -> Self {
+        self.classification_rules = Some(rules);
+        self
+    }
+
     /// Adds an authorization parameter.
     pub fn with_authorize_param(
         mut self,
@@ -244,6 +255,8 @@ struct ProviderRecord {
     refresh_margin: Duration,
     consent_ttl: Duration,
     extra_authorize_params: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classification_rules: Option<crate::classify::RuleSet>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -292,6 +305,7 @@ impl ProviderConfig {
             refresh_margin: self.refresh_margin,
             consent_ttl: self.consent_ttl,
             extra_authorize_params: self.extra_authorize_params.clone(),
+            classification_rules: self.classification_rules.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -353,6 +367,7 @@ impl ProviderConfig {
             refresh_margin: r.refresh_margin,
             consent_ttl: r.consent_ttl,
             extra_authorize_params: r.extra_authorize_params,
+            classification_rules: r.classification_rules,
         })
     }
 }
