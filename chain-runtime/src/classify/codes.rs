@@ -10,7 +10,7 @@ use super::{
 /// `None` for anything else (free text, an echoed credential, an over-long value).
 ///
 /// Error codes end up in step errors, the run journal and the audit trail, so they are kept only
-/// when they look like identifiers: 1 to [`MAX_CODE_LEN`] ASCII bytes of letters, digits and
+/// when they look like identifiers: 1 to 128 ASCII bytes of letters, digits and
 /// `_ . : -`; every segment between those separators at most 32 bytes, made of letters followed
 /// by at most 6 digits (`AADSTS50076`, `invalid_grant`, `Authorization_RequestDenied`,
 /// `rateLimitExceeded`), with at most four lower-to-upper case changes. Random credentials
@@ -44,7 +44,7 @@ pub fn sanitized_code(code: &str) -> Option<&str> {
 }
 
 /// The class of an OAuth token-endpoint error `code` as `provider` documents it: the single
-/// table behind [`classify`]'s token path (RFC 6749 §5.2 and its extensions, overridden by the
+/// table behind [`super::classify`]'s token path (RFC 6749 §5.2 and its extensions, overridden by the
 /// provider's own codes), for callers that hold only a code.
 ///
 /// Only `invalid_grant` and a provider's documented equivalents (Slack `token_revoked`,

@@ -19,7 +19,7 @@
 //! ```
 //!
 //! * `provider` (file) names the provider for every case; a case may override it.
-//! * `rules` (optional) is a [`RuleSet`](super::RuleSet) in its JSON form, applied to every case.
+//! * `rules` (optional) is a [`RuleSet`] in its JSON form, applied to every case.
 //! * `kind` is `api` (default) or `token_refresh`; `headers` a list of name/value pairs.
 //! * `body`: a JSON string is sent as that text (use it for HTML, form bodies or broken JSON);
 //!   any other JSON value is sent serialized. Absent means an empty body.

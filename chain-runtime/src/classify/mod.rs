@@ -2,21 +2,33 @@
 //!
 //! [`classify`] maps the raw `(status, headers, body)` of one HTTP exchange with a provider to exactly
 //! one [`FailureClass`], plus what the response says about the fix: the scopes it needs, how long to
-//! wait, or what step-up authentication it asks for. It implements the "Standard classification
-//! algorithm" of `provider-semantics.md` with the provider tables of its section 2 as overrides:
+//! wait, or what step-up authentication it asks for. [`classify_with`] also takes the provider's
+//! user-defined [`RuleSet`]. The order of decision:
 //!
-//! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`].
-//! 2. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
+//! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`]
+//!    (Microsoft's throttling 503 → rate limited); a 2xx → [`FailureClass::Ok`]. Slack (every
+//!    response) and the GitHub token endpoint report errors inside HTTP 200 bodies; those are
+//!    looked at before the status.
+//! 2. The user's [`rules`]: a code their pointers find in their tables decides.
+//! 3. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
 //!    403/429, `REQUEST_LIMIT_EXCEEDED`, Google `usageLimits`, …) → [`FailureClass::RateLimited`].
 //!    This runs *before* the 403 branch because GitHub, Salesforce and legacy Google rate-limit with 403.
-//! 3. Token endpoint: RFC 6749 §5.2 `error` codes (plus the provider's own codes, Microsoft's
-//!    numeric `error_codes`).
-//! 4. API: a `WWW-Authenticate: Bearer error=…` challenge (RFC 6750, RFC 9470, Entra claims
-//!    challenges), then the provider's body shape, then the fallback 401 → expired, other 4xx →
-//!    forbidden.
+//! 4. Token endpoint: RFC 6749 §5.2 `error` codes (plus the provider's own codes, Microsoft's
+//!    numeric `error_codes`), from the one table [`token_error_class`]. Only `invalid_grant` or a
+//!    provider's documented equivalent is revocation; no well-formed code, or an unknown one, is
+//!    transient.
+//! 5. API: a `WWW-Authenticate: Bearer error=…` challenge (RFC 6750, RFC 9470, Entra claims
+//!    challenges), then the built-in provider's body table, then the generic body heuristics
+//!    (scope-error codes and fields, `expected any of: …`; see `heuristics.rs`), then the status:
+//!    401 → expired, 408/425 → transient, other 4xx → forbidden.
 //!
-//! Slack (every response) and the GitHub token endpoint report errors inside HTTP 200 bodies; those
-//! are looked at before the status.
+//! Waits: the rules' reset headers, `Retry-After` (delta-seconds or any HTTP-date form), the
+//! provider's reset header (GitHub, Atlassian), then `X-Rate-Limit-Reset` / `X-RateLimit-Reset` /
+//! `RateLimit-Reset` (epoch seconds, or delta seconds below 10^9). Error codes are kept only in
+//! the shape [`sanitized_code`] accepts: provider text never travels further.
+//!
+//! Recorded responses with their expected class can be kept as data and checked with
+//! [`fixtures`].
 //!
 //! `classify` is pure: no clock, no I/O, no global state. It never panics, whatever the body (empty,
 //! not JSON, truncated, the wrong JSON shape, not UTF-8, megabytes long): bodies are parsed as JSON
