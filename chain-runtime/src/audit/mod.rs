@@ -49,12 +49,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use chain_hash::{GENESIS_HASH, canonical_json, record_hash};
+pub use export::{MAX_LINE, verify_jsonl};
 pub use record::{
     AlertSeverity, AuditEvent, AuditRecord, Authorization, Checkpoint, ConnectorScopes, Effect,
     FORMAT_VERSION, NewRecord, Outcome, PreflightSummary, RecordRef, WriteKind,
 };
 pub use sqlite::SqliteAuditStore;
-pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified, verify_jsonl};
+pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 
 /// A boxed, `Send` future: what [`AuditStore`] methods return (keeps the trait dyn-compatible).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
