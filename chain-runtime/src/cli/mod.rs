@@ -425,7 +425,7 @@ fn report(result: Result<(), CliError>) -> ExitCode {
             let _ = match &e {
                 // clap renders its own `error:` prefix and usage.
                 CliError::Usage(text) => write!(stderr, "{text}"),
-                other => writeln!(stderr, "error: {other}"),
+                other => writeln!(stderr, "error: {}", output::escape(&other.to_string())),
             };
             ExitCode::from(code)
         }
