@@ -257,4 +257,46 @@ mod tests {
         assert!(buf.capacity() <= MAX_LINE * 2);
         assert!(buf.len() <= MAX_LINE);
     }
+
+    /// A fixed-budget fuzz of the verifier on a real export: arbitrary bytes never panic, and
+    /// any single-byte change (other than to the final line break) breaks the chain.
+    #[test]
+    fn fuzzed_exports_never_verify_by_accident() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let export = rt.block_on(lines()).join("\n") + "\n";
+        let bytes = export.into_bytes();
+        let mut runner = TestRunner::new(Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let len = bytes.len();
+        runner
+            .run(&(0..len - 1, any::<u8>()), |(at, byte)| {
+                prop_assume!(bytes[at] != byte);
+                let mut mutated = bytes.clone();
+                mutated[at] = byte;
+                prop_assert!(
+                    verify_jsonl(mutated.as_slice(), None).is_err(),
+                    "byte {at} -> {byte}"
+                );
+                Ok(())
+            })
+            .unwrap();
+        runner
+            .run(&prop::collection::vec(any::<u8>(), 0..4096), |noise| {
+                let _ = verify_jsonl(noise.as_slice(), None);
+                let mut spliced = bytes.clone();
+                spliced.splice(len / 2..len / 2, noise.iter().copied());
+                let _ = verify_jsonl(spliced.as_slice(), None);
+                Ok(())
+            })
+            .unwrap();
+    }
 }
