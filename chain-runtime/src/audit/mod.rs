@@ -48,12 +48,13 @@ pub mod sqlite;
 pub mod verify;
 
 pub use chain_hash::{GENESIS_HASH, canonical_json, record_hash};
+pub use export::{MAX_LINE, verify_jsonl};
 pub use record::{
     AlertSeverity, AuditEvent, AuditRecord, Authorization, Checkpoint, ConnectorScopes, Effect,
     FORMAT_VERSION, NewRecord, Outcome, PreflightSummary, RecordRef, WriteKind,
 };
 pub use sqlite::SqliteAuditStore;
-pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified, verify_jsonl};
+pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 
 pub use crate::exec::BoxFuture;
 

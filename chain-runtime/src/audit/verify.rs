@@ -28,12 +28,10 @@
 //! database file until the next checkpoint.
 
 use std::fmt;
-use std::io::BufRead;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::AuditError;
 use super::chain_hash::{GENESIS_HASH, record_hash};
 use super::record::{AuditRecord, Checkpoint, FORMAT_VERSION};
 
@@ -293,34 +291,4 @@ impl ChainVerifier {
             head,
         })
     }
-}
-
-/// Verifies a JSON Lines export exactly as the store is verified. Blank lines are ignored.
-///
-/// A broken chain is [`AuditError::ChainBroken`]; a read failure is [`AuditError::Io`].
-pub fn verify_jsonl<R: BufRead>(
-    reader: R,
-    checkpoint: Option<Checkpoint>,
-) -> Result<Verified, AuditError> {
-    let mut verifier = ChainVerifier::new(checkpoint);
-    for line in reader.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value = match serde_json::from_str::<Value>(&line) {
-            Ok(value) => value,
-            Err(e) => {
-                return Err(AuditError::ChainBroken(ChainBreak {
-                    position: verifier.position + 1,
-                    seq: None,
-                    problem: BreakProblem::Malformed {
-                        reason: format!("not JSON: {e}"),
-                    },
-                }));
-            }
-        };
-        verifier.push(&value).map_err(AuditError::ChainBroken)?;
-    }
-    verifier.finish().map_err(AuditError::ChainBroken)
 }

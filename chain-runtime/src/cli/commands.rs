@@ -19,9 +19,11 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// Writes `text` with every control character but its line breaks escaped: ids, principals
+    /// and messages end up in it.
     fn text(&mut self, text: &str) -> Result<(), CliError> {
         self.w
-            .write_all(text.as_bytes())
+            .write_all(super::output::escape_keep_lines(text).as_bytes())
             .map_err(|e| CliError::io("writing to stdout", e))
     }
 
