@@ -137,7 +137,10 @@ impl StepResponse {
     /// The body as JSON of type `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, StepError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            StepError::Runtime(format!("provider response is not the expected JSON: {e}"))
+            StepError::Runtime(format!(
+                "provider response is not the expected JSON: {}",
+                json_error_position(&e)
+            ))
         })
     }
 }
@@ -163,7 +166,7 @@ impl StepRequest<'_> {
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
         self.body = match serde_json::to_value(body) {
             Ok(value) => Body::Json(value),
-            Err(e) => Body::Unencodable(e.to_string()),
+            Err(e) => Body::Unencodable(json_error_position(&e)),
         };
         self
     }
@@ -273,7 +276,7 @@ impl StepRequest<'_> {
                 Action::FailDomain => {
                     return Err(StepError::Forbidden {
                         connector,
-                        message: provider_message(status, &body),
+                        message: refusal_message(status, decision.class, &classification),
                     });
                 }
                 Action::AlertOperator => {
@@ -316,13 +319,38 @@ fn step_up_params(step_up: crate::classify::StepUp) -> Vec<(String, String)> {
     params
 }
 
-/// A short, secret-free description of a refused call, for the step error.
-fn provider_message(status: u16, body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(&body[..body.len().min(200)])
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    format!("HTTP {status}: {text}")
+/// A secret-free description of a refused call, for the step error: the status, the class and
+/// the provider's error code if it passes [`classify::sanitized_code`]. Nothing else of the body
+/// is kept: providers echo tokens, emails and record contents in their error texts, and the step
+/// error is stored forever (journal, run state, audit trail).
+fn refusal_message(
+    status: u16,
+    class: FailureClass,
+    classification: &classify::Classification,
+) -> String {
+    let code = classification
+        .error_code
+        .as_deref()
+        .and_then(classify::sanitized_code)
+        .map(|code| format!(", code {code}"))
+        .unwrap_or_default();
+    format!("HTTP {status} ({class:?}{code})")
+}
+
+/// A JSON error by category and position only: serde's own message quotes the offending value,
+/// which may be a secret a provider echoed.
+fn json_error_position(e: &serde_json::Error) -> String {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "wrong shape or type",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    };
+    if e.line() == 0 {
+        category.to_owned()
+    } else {
+        format!("{category} at line {} column {}", e.line(), e.column())
+    }
 }
 
 /// A vault failure seen from a step: revocation and missing accounts are authorization

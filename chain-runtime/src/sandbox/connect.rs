@@ -53,7 +53,9 @@ impl<P: Provider> Emulator<P> {
         let request = vault.consent_link(principal_id, connector, scopes).await?;
         let consent = self.consent(request.url.as_str())?;
         match (consent.code, consent.state) {
-            (Some(code), Some(state)) => Ok(vault.complete_consent(&state, &code).await?),
+            (Some(code), Some(state)) => {
+                Ok(vault.complete_consent(principal_id, &state, &code).await?)
+            }
             _ => Err(ConnectError::Declined {
                 connector: connector.to_owned(),
                 error: consent

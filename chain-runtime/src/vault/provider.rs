@@ -122,9 +122,10 @@ pub struct ProviderConfig {
     pub consent_ttl: Duration,
     /// Extra authorization parameters (e.g. Google `access_type=offline`, `prompt=consent`).
     pub extra_authorize_params: Vec<(String, String)>,
-    /// Scopes every consent link asks for on top of the steps' scopes, because the token
-    /// lifecycle needs them (Google `openid` for the subject, Microsoft `offline_access` for
-    /// a refresh token). See [`crate::vault::presets`].
+    /// Scopes the provider needs for the credential's own lifecycle rather than for any step:
+    /// refresh (`offline_access`, Salesforce `refresh_token`) or identity (`openid`, Atlassian
+    /// `read:me`). Every consent link asks for them, and least-privilege checks must not report
+    /// them as unused.
     pub lifecycle_scopes: Vec<String>,
     /// The header that carries a step's idempotency key on every call, or `None` to send
     /// none (providers that ignore it). Default `Idempotency-Key`.
@@ -168,7 +169,10 @@ impl ProviderConfig {
     }
 
     /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
-    pub fn with_lifecycle_scopes<S: AsRef<str>>(mut self, scopes: &[S]) -> Self {
+    pub fn with_lifecycle_scopes<S: AsRef<str>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
         for s in scopes {
             let s = s.as_ref();
             if !self.lifecycle_scopes.iter().any(|l| l == s) {
