@@ -228,7 +228,7 @@ impl World {
             .await?;
         let consent = self.ms.consent(link.url.as_str()).unwrap();
         self.vault
-            .complete_consent(&consent.state.unwrap(), &consent.code.unwrap())
+            .complete_consent("alice", &consent.state.unwrap(), &consent.code.unwrap())
             .await
             .map(drop)
     }

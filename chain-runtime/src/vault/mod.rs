@@ -56,6 +56,7 @@ pub use client::{AuthorizedClient, AuthorizedRequest};
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use error::VaultError;
 pub use oauth::{Introspection, TokenKind};
+pub(crate) use options::ensure_tls_provider;
 pub use options::{HttpOptions, SharedSubjectPolicy, VaultOptions};
 pub use provider::{
     ClientAuth, DEFAULT_IDEMPOTENCY_HEADER, ProviderConfig, ScopeSeparator, SubjectSource,
