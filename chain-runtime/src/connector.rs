@@ -35,6 +35,8 @@ pub struct StepHttp {
     client: AuthorizedClient,
     provider: String,
     idempotency_key: String,
+    /// The header the key travels in (per connector; `None`: not sent).
+    idempotency_header: Option<String>,
     policy: RetryPolicy,
 }
 
@@ -49,11 +51,15 @@ impl StepHttp {
         let provider = vault
             .provider_name(connector)
             .unwrap_or_else(|_| connector.to_owned());
+        let idempotency_header = vault
+            .idempotency_header(connector)
+            .unwrap_or_else(|_| Some(crate::vault::DEFAULT_IDEMPOTENCY_HEADER.to_owned()));
         Self {
             vault: vault.clone(),
             client: vault.client(principal_id, connector),
             provider,
             idempotency_key: idempotency_key.to_owned(),
+            idempotency_header,
             policy,
         }
     }
@@ -64,6 +70,7 @@ impl StepHttp {
             http: self,
             method,
             url: url.into(),
+            query: Vec::new(),
             headers: Vec::new(),
             body: Body::None,
         }
@@ -103,12 +110,14 @@ enum Body {
     Form(Vec<(String, String)>),
 }
 
-/// A request of a step, resent as the failure policy says (same idempotency key every time).
+/// A request of a step, resent as the failure policy says (same idempotency key every time,
+/// in the connector's [`idempotency_header`](crate::vault::ProviderConfig::idempotency_header)).
 #[derive(Debug)]
 pub struct StepRequest<'a> {
     http: &'a StepHttp,
     method: Method,
     url: String,
+    query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
     body: Body,
 }
@@ -128,7 +137,10 @@ impl StepResponse {
     /// The body as JSON of type `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, StepError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            StepError::Runtime(format!("provider response is not the expected JSON: {e}"))
+            StepError::Runtime(format!(
+                "provider response is not the expected JSON: {}",
+                json_error_position(&e)
+            ))
         })
     }
 }
@@ -140,11 +152,21 @@ impl StepRequest<'_> {
         self
     }
 
+    /// Appends query parameters (URL-encoded; added to any query the URL already has).
+    pub fn query(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.query.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self
+    }
+
     /// Sets a JSON body.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
         self.body = match serde_json::to_value(body) {
             Ok(value) => Body::Json(value),
-            Err(e) => Body::Unencodable(e.to_string()),
+            Err(e) => Body::Unencodable(json_error_position(&e)),
         };
         self
     }
@@ -169,10 +191,13 @@ impl StepRequest<'_> {
         let mut state = AttemptState::default();
         loop {
             state.now = Some(std::time::SystemTime::now());
-            let mut request = http
-                .client
-                .request(self.method.clone(), self.url.as_str())
-                .header("Idempotency-Key", &http.idempotency_key);
+            let mut request = http.client.request(self.method.clone(), self.url.as_str());
+            if let Some(name) = &http.idempotency_header {
+                request = request.header(name, &http.idempotency_key);
+            }
+            if !self.query.is_empty() {
+                request = request.query(&self.query);
+            }
             for (name, value) in &self.headers {
                 request = request.header(name, value);
             }
@@ -251,7 +276,7 @@ impl StepRequest<'_> {
                 Action::FailDomain => {
                     return Err(StepError::Forbidden {
                         connector,
-                        message: provider_message(status, &body),
+                        message: refusal_message(status, decision.class, &classification),
                     });
                 }
                 Action::AlertOperator => {
@@ -294,13 +319,38 @@ fn step_up_params(step_up: crate::classify::StepUp) -> Vec<(String, String)> {
     params
 }
 
-/// A short, secret-free description of a refused call, for the step error.
-fn provider_message(status: u16, body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(&body[..body.len().min(200)])
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    format!("HTTP {status}: {text}")
+/// A secret-free description of a refused call, for the step error: the status, the class and
+/// the provider's error code if it passes [`classify::sanitized_code`]. Nothing else of the body
+/// is kept: providers echo tokens, emails and record contents in their error texts, and the step
+/// error is stored forever (journal, run state, audit trail).
+fn refusal_message(
+    status: u16,
+    class: FailureClass,
+    classification: &classify::Classification,
+) -> String {
+    let code = classification
+        .error_code
+        .as_deref()
+        .and_then(classify::sanitized_code)
+        .map(|code| format!(", code {code}"))
+        .unwrap_or_default();
+    format!("HTTP {status} ({class:?}{code})")
+}
+
+/// A JSON error by category and position only: serde's own message quotes the offending value,
+/// which may be a secret a provider echoed.
+fn json_error_position(e: &serde_json::Error) -> String {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "wrong shape or type",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    };
+    if e.line() == 0 {
+        category.to_owned()
+    } else {
+        format!("{category} at line {} column {}", e.line(), e.column())
+    }
 }
 
 /// A vault failure seen from a step: revocation and missing accounts are authorization

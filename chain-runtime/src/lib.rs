@@ -25,6 +25,7 @@ pub mod policy;
 pub mod preflight;
 pub mod principal;
 pub mod registry;
+pub mod runtime;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 #[cfg(feature = "server")]
@@ -35,9 +36,12 @@ pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
 pub use chain_macros::{chain, compensator, step};
+pub use engine::{Engine, EngineError, RunReport};
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
 pub use step::{CompensatorMeta, Effect, RecordRef, Step, StepCtx, StepError, StepMeta};
+pub use store::RunState;
 
 /// Everything a module that defines steps and chains needs.
 pub mod prelude {

@@ -43,7 +43,7 @@ use serde_json::Value;
 pub const JSON_PARSE_LIMIT: usize = 1024 * 1024;
 /// Text markers are searched for in at most this many leading bytes of a body.
 pub const TEXT_SCAN_LIMIT: usize = 64 * 1024;
-/// Longest `error_code` kept in a [`Classification`] (longer codes are cut).
+/// Longest `error_code` kept in a [`Classification`] (longer codes are dropped).
 const MAX_CODE_LEN: usize = 128;
 /// Most scopes kept in [`Classification::needed_scopes`].
 const MAX_SCOPES: usize = 64;
@@ -163,15 +163,10 @@ impl Classification {
         }
     }
 
-    /// Sets the diagnostic error code (cut to a bounded length, control characters dropped).
+    /// Sets the diagnostic error code if it passes [`sanitized_code`]; anything else a provider
+    /// put in its code field (free text, an echoed token) is dropped.
     pub(crate) fn code(mut self, code: &str) -> Self {
-        let clean: String = code
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_CODE_LEN)
-            .collect();
-        let clean = clean.trim();
-        if !clean.is_empty() {
+        if let Some(clean) = sanitized_code(code) {
             self.error_code = Some(clean.to_owned());
         }
         self
@@ -195,6 +190,43 @@ impl Classification {
         self.scope_mode = mode;
         self
     }
+}
+
+/// An error code as it may be stored: `Some` only for text shaped like a provider's error code,
+/// `None` for anything else (free text, an echoed credential, an over-long value).
+///
+/// Error codes end up in step errors, the run journal and the audit trail, so they are kept only
+/// when they look like identifiers: 1 to [`MAX_CODE_LEN`] ASCII bytes of letters, digits and
+/// `_ . : -`; every segment between those separators at most 32 bytes, made of letters followed
+/// by at most 6 digits (`AADSTS50076`, `invalid_grant`, `Authorization_RequestDenied`,
+/// `rateLimitExceeded`), with at most four lower-to-upper case changes. Random credentials
+/// (base64url, hex, JWTs) mix digits into letters and switch case constantly, so they fail.
+pub fn sanitized_code(code: &str) -> Option<&str> {
+    let code = code.trim();
+    if code.is_empty() || code.len() > MAX_CODE_LEN {
+        return None;
+    }
+    let is_sep = |c: char| matches!(c, '_' | '.' | ':' | '-');
+    if !code.chars().all(|c| c.is_ascii_alphanumeric() || is_sep(c)) {
+        return None;
+    }
+    let segment_ok = |seg: &str| {
+        let letters = seg.trim_end_matches(|c: char| c.is_ascii_digit());
+        let digits = seg.len() - letters.len();
+        let case_changes = letters
+            .as_bytes()
+            .windows(2)
+            .filter(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase())
+            .count();
+        seg.len() <= 32
+            && digits <= 6
+            && letters.chars().all(|c| c.is_ascii_alphabetic())
+            && case_changes <= 4
+    };
+    code.split(is_sep)
+        .filter(|seg| !seg.is_empty())
+        .all(segment_ok)
+        .then_some(code)
 }
 
 /// Splits scope lists on commas and whitespace, drops empties, control characters, over-long
@@ -432,6 +464,30 @@ pub fn classify(
         c.step_up = None;
     }
     c
+}
+
+/// The class of an OAuth token-endpoint error `code` as `provider` documents it: the single
+/// table behind [`classify`]'s token path (RFC 6749 §5.2 and its extensions, overridden by the
+/// provider's own codes), for callers that hold only a code.
+///
+/// Only `invalid_grant` and a provider's documented equivalents (Slack `token_revoked`,
+/// GitHub `bad_refresh_token`, Salesforce `inactive_user`, …) are
+/// [`FailureClass::GrantRevoked`]; an unknown code is [`FailureClass::ServerError`]
+/// (transient), never revocation. Never [`FailureClass::AccessTokenExpired`] or
+/// [`FailureClass::Ok`].
+pub fn token_error_class(provider: &str, code: &str) -> FailureClass {
+    let specific = match Provider::from_name(provider) {
+        Provider::Salesforce => salesforce::token_code_class(code),
+        Provider::Atlassian => atlassian::token_code_class(code),
+        Provider::GitHub => github::token_code_class(code),
+        Provider::Slack => Some(slack::error_class(code, RequestKind::TokenRefresh)),
+        Provider::Microsoft | Provider::Google | Provider::Standard => None,
+    };
+    match specific.or_else(|| standards::token_code_class(code)) {
+        Some(FailureClass::AccessTokenExpired) => FailureClass::GrantRevoked,
+        Some(FailureClass::Ok) | None => FailureClass::ServerError,
+        Some(class) => class,
+    }
 }
 
 fn classify_response(r: &Response<'_>) -> Classification {

@@ -122,6 +122,14 @@ pub struct ProviderConfig {
     pub consent_ttl: Duration,
     /// Extra authorization parameters (e.g. Google `access_type=offline`, `prompt=consent`).
     pub extra_authorize_params: Vec<(String, String)>,
+    /// Scopes the provider needs for the credential's own lifecycle rather than for any step:
+    /// refresh (`offline_access`, Salesforce `refresh_token`) or identity (`openid`, Atlassian
+    /// `read:me`). Every consent link asks for them, and least-privilege checks must not report
+    /// them as unused.
+    pub lifecycle_scopes: Vec<String>,
+    /// The header that carries a step's idempotency key on every call, or `None` to send
+    /// none (providers that ignore it). Default `Idempotency-Key`.
+    pub idempotency_header: Option<String>,
 }
 
 impl ProviderConfig {
@@ -155,7 +163,29 @@ impl ProviderConfig {
             refresh_margin: Duration::from_secs(5 * 60),
             consent_ttl: Duration::from_secs(10 * 60),
             extra_authorize_params: Vec::new(),
+            lifecycle_scopes: Vec::new(),
+            idempotency_header: Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned()),
         })
+    }
+
+    /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
+    pub fn with_lifecycle_scopes<S: AsRef<str>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
+        for s in scopes {
+            let s = s.as_ref();
+            if !self.lifecycle_scopes.iter().any(|l| l == s) {
+                self.lifecycle_scopes.push(s.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Sets the idempotency header name; `None` sends no idempotency header.
+    pub fn with_idempotency_header(mut self, header: Option<&str>) -> Self {
+        self.idempotency_header = header.map(str::to_owned);
+        self
     }
 
     /// Sets the RFC 7009 revocation endpoint.
@@ -224,6 +254,13 @@ impl ProviderConfig {
     }
 }
 
+/// The idempotency header [`ProviderConfig::new`] sets.
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+fn default_idempotency_header() -> Option<String> {
+    Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned())
+}
+
 /// The stored form of a [`ProviderConfig`] without its client secret (format version 1).
 /// Field names are stable: the `config` column of `vault_providers`.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -244,6 +281,10 @@ struct ProviderRecord {
     refresh_margin: Duration,
     consent_ttl: Duration,
     extra_authorize_params: Vec<(String, String)>,
+    #[serde(default)]
+    lifecycle_scopes: Vec<String>,
+    #[serde(default = "default_idempotency_header")]
+    idempotency_header: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -292,6 +333,8 @@ impl ProviderConfig {
             refresh_margin: self.refresh_margin,
             consent_ttl: self.consent_ttl,
             extra_authorize_params: self.extra_authorize_params.clone(),
+            lifecycle_scopes: self.lifecycle_scopes.clone(),
+            idempotency_header: self.idempotency_header.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -353,6 +396,8 @@ impl ProviderConfig {
             refresh_margin: r.refresh_margin,
             consent_ttl: r.consent_ttl,
             extra_authorize_params: r.extra_authorize_params,
+            lifecycle_scopes: r.lifecycle_scopes,
+            idempotency_header: r.idempotency_header,
         })
     }
 }
