@@ -53,7 +53,7 @@ async fn stdio_lists_tools_and_a_consent_call_completes_on_retry() {
         .as_str()
         .unwrap()
         .to_owned();
-    chain_runtime::vault::ensure_tls_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let page = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(page.contains("Connected your slack account"), "{page}");
     match client.call_tool_once(params).await.unwrap() {
