@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::{Clock, SystemClock};
+use super::clock::{Clock, Sleeper, SystemClock, TokioSleeper};
 use super::error::VaultError;
 
 /// Vault settings.
@@ -23,6 +23,9 @@ pub struct VaultOptions {
     ///
     /// [`RetryPolicy::default`]: crate::policy::RetryPolicy
     pub retry_policy: crate::policy::RetryPolicy,
+    /// How step calls wait between retries (default: the tokio timer). Tests inject one
+    /// that records the waits instead of sleeping.
+    pub sleeper: Arc<dyn Sleeper>,
 }
 
 impl Default for VaultOptions {
@@ -32,6 +35,7 @@ impl Default for VaultOptions {
             clock: Arc::new(SystemClock),
             http_client: None,
             retry_policy: crate::policy::RetryPolicy::default(),
+            sleeper: Arc::new(TokioSleeper),
         }
     }
 }
