@@ -253,11 +253,11 @@ impl StepRequest<'_> {
                 }
                 Action::Backoff { wait } => {
                     state.rate_limit_retries += 1;
-                    tokio::time::sleep(wait).await;
+                    http.vault.sleeper().sleep(wait).await;
                 }
                 Action::RetrySameKey { wait } => {
                     state.server_retries += 1;
-                    tokio::time::sleep(wait).await;
+                    http.vault.sleeper().sleep(wait).await;
                 }
                 Action::NeedsConsent { needed_scopes, .. } => {
                     return Err(StepError::Auth {
