@@ -432,3 +432,40 @@ async fn server_error_backoffs_are_exponential() {
     let base = chain_runtime::policy::RetryPolicy::default().base_backoff;
     assert_eq!(w.waits(), [base, base * 2]);
 }
+
+/// Least-privilege warnings from the vault's real grants: alice's Salesforce consent carries
+/// `refresh_token`, which no step of `read_stage` needs; a chain on Slack alone has none.
+/// Bob's grants (a wider Slack consent) never show up in alice's preflight.
+#[tokio::test]
+async fn unused_scopes_come_from_the_principals_own_grants() {
+    use chain_runtime::engine::Credentials;
+    use chain_runtime::preflight::preflight;
+    let w = World::start().await;
+    w.sandbox.slack.approve_as(&w.bob[2]).unwrap();
+    w.sandbox
+        .slack
+        .connect(&w.vault, "bob", "slack", &["chat:write", "channels:read"])
+        .await
+        .unwrap();
+    let alice = w.vault.grants("alice").await.unwrap();
+    let stage = preflight::<read_stage>(&w.alice(), &alice);
+    assert!(stage.is_ready());
+    let unused: Vec<(&str, Vec<String>)> = stage
+        .unused_scopes()
+        .into_iter()
+        .map(|(c, s)| (c, s.iter().cloned().collect()))
+        .collect();
+    assert_eq!(unused, [("salesforce", vec!["refresh_token".to_owned()])]);
+    let post = preflight::<post_message>(&w.alice(), &alice);
+    assert!(post.is_ready());
+    assert!(post.unused_scopes().is_empty(), "{post:?}");
+
+    let bob = w.vault.grants("bob").await.unwrap();
+    let post = preflight::<post_message>(&UserId("bob".into()), &bob);
+    let unused: Vec<(&str, Vec<String>)> = post
+        .unused_scopes()
+        .into_iter()
+        .map(|(c, s)| (c, s.iter().cloned().collect()))
+        .collect();
+    assert_eq!(unused, [("slack", vec!["channels:read".to_owned()])]);
+}
