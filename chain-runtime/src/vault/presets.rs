@@ -61,7 +61,7 @@
 //!     url: "https://api.tickets.example/api/me".parse()?,
 //!     pointers: vec!["/workspace/id".into(), "/user/id".into()],
 //! })
-//! .with_lifecycle_scopes(&["offline"])
+//! .with_lifecycle_scopes(["offline"])
 //! .with_idempotency_header(Some("X-Request-Token"))
 //! .with_provider(chain_runtime::vault::presets::STANDARD);
 //! vault.register_provider(tickets).await?;
