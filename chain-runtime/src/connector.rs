@@ -34,6 +34,7 @@ pub struct StepHttp {
     vault: Vault,
     client: AuthorizedClient,
     provider: String,
+    rules: Option<classify::RuleSet>,
     idempotency_key: String,
     /// The header the key travels in (per connector; `None`: not sent).
     idempotency_header: Option<String>,
@@ -54,10 +55,12 @@ impl StepHttp {
         let idempotency_header = vault
             .idempotency_header(connector)
             .unwrap_or_else(|_| Some(crate::vault::DEFAULT_IDEMPOTENCY_HEADER.to_owned()));
+        let rules = vault.classification_rules(connector).ok().flatten();
         Self {
             vault: vault.clone(),
             client: vault.client(principal_id, connector),
             provider,
+            rules,
             idempotency_key: idempotency_key.to_owned(),
             idempotency_header,
             policy,
@@ -223,8 +226,14 @@ impl StepRequest<'_> {
                 Err(VaultError::Transport { .. }) => (0, http::HeaderMap::new(), Vec::new()),
                 Err(e) => return Err(vault_failure(&connector, e)),
             };
-            let classification =
-                classify::classify(&http.provider, RequestKind::Api, status, &headers, &body);
+            let classification = classify::classify_with(
+                &http.provider,
+                http.rules.as_ref(),
+                RequestKind::Api,
+                status,
+                &headers,
+                &body,
+            );
             let decision = http.policy.decide(&http.provider, &classification, &state);
             tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
             match decision.action {
@@ -244,11 +253,11 @@ impl StepRequest<'_> {
                 }
                 Action::Backoff { wait } => {
                     state.rate_limit_retries += 1;
-                    tokio::time::sleep(wait).await;
+                    http.vault.sleeper().sleep(wait).await;
                 }
                 Action::RetrySameKey { wait } => {
                     state.server_retries += 1;
-                    tokio::time::sleep(wait).await;
+                    http.vault.sleeper().sleep(wait).await;
                 }
                 Action::NeedsConsent { needed_scopes, .. } => {
                     return Err(StepError::Auth {

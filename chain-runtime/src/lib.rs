@@ -18,6 +18,7 @@ pub mod engine;
 pub mod exec;
 pub mod graph;
 pub mod graph_render;
+pub mod journal;
 pub mod manifest;
 #[cfg(feature = "mcp")]
 pub mod mcp;
@@ -30,8 +31,11 @@ pub mod runtime;
 pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod sqlite;
 pub mod step;
-pub mod store;
+/// The former name of [`journal`].
+#[doc(hidden)]
+pub use journal as store;
 pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};

@@ -39,7 +39,7 @@ async fn world() -> World {
         .register_provider(
             sf.provider_config("sf")
                 .unwrap()
-                .with_lifecycle_scopes(&["refresh_token"]),
+                .with_lifecycle_scopes(["refresh_token"]),
         )
         .await
         .unwrap();

@@ -313,7 +313,9 @@ async fn bad_token_responses_lose_nothing() {
     let vault = vault_at(
         &dir.path().join("v.db"),
         Arc::clone(&clock),
-        Duration::from_millis(500),
+        // Bounds each token call; generous so the answered calls never hit it on a loaded
+        // machine, while the hung one (an hour) does.
+        Duration::from_secs(5),
     )
     .await;
     vault
@@ -346,7 +348,6 @@ async fn bad_token_responses_lose_nothing() {
         "{err}"
     );
 
-    let started = std::time::Instant::now();
     let err = vault.ensure_fresh("user-1", "acme").await.unwrap_err();
     assert!(
         matches!(
@@ -358,11 +359,8 @@ async fn bad_token_responses_lose_nothing() {
         ),
         "{err}"
     );
+    // The hung request was cut by the vault's timeout (`timed_out`), not answered.
     assert_eq!(hang.load(Ordering::SeqCst), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the timeout is not bounded"
-    );
 
     let unchanged = vault.account("user-1", "acme").await.unwrap();
     assert_eq!(
@@ -414,7 +412,12 @@ async fn lost_race_is_not_revocation() {
     clock.advance(Duration::from_secs(3600));
 
     let b_task = tokio::spawn(async move { b.ensure_fresh("user-1", "acme").await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while fake.count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process B's refresh never reached the token endpoint"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let a_result = a.ensure_fresh("user-1", "acme").await.unwrap();

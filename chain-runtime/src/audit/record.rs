@@ -387,26 +387,7 @@ impl NewRecord {
 
     /// Builds the sealed record at position `seq` after a predecessor whose hash is `prev_hash`.
     pub fn seal(self, seq: u64, prev_hash: String) -> Result<AuditRecord, serde_json::Error> {
-        let mut record = AuditRecord {
-            format: FORMAT_VERSION,
-            seq,
-            time_unix_ms: self.time_unix_ms,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            principal: self.principal,
-            connector: self.connector,
-            account_id: self.account_id,
-            upstream_subject: self.upstream_subject,
-            grant_id: self.grant_id,
-            scopes: self.scopes,
-            records: self.records,
-            outcome: self.outcome,
-            event: self.event,
-            prev_hash,
-            hash: String::new(),
-        };
-        record.hash = crate::audit::chain_hash::record_hash(&serde_json::to_value(&record)?);
-        Ok(record)
+        Ok(super::seal::Presealed::new(self)?.seal(seq, prev_hash).0)
     }
 }
 

@@ -2,21 +2,33 @@
 //!
 //! [`classify`] maps the raw `(status, headers, body)` of one HTTP exchange with a provider to exactly
 //! one [`FailureClass`], plus what the response says about the fix: the scopes it needs, how long to
-//! wait, or what step-up authentication it asks for. It implements the "Standard classification
-//! algorithm" of `provider-semantics.md` with the provider tables of its section 2 as overrides:
+//! wait, or what step-up authentication it asks for. [`classify_with`] also takes the provider's
+//! user-defined [`RuleSet`]. The order of decision:
 //!
-//! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`].
-//! 2. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
+//! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`]
+//!    (Microsoft's throttling 503 → rate limited); a 2xx → [`FailureClass::Ok`]. Slack (every
+//!    response) and the GitHub token endpoint report errors inside HTTP 200 bodies; those are
+//!    looked at before the status.
+//! 2. The user's [`rules`]: a code their pointers find in their tables decides.
+//! 3. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
 //!    403/429, `REQUEST_LIMIT_EXCEEDED`, Google `usageLimits`, …) → [`FailureClass::RateLimited`].
 //!    This runs *before* the 403 branch because GitHub, Salesforce and legacy Google rate-limit with 403.
-//! 3. Token endpoint: RFC 6749 §5.2 `error` codes (plus the provider's own codes, Microsoft's
-//!    numeric `error_codes`).
-//! 4. API: a `WWW-Authenticate: Bearer error=…` challenge (RFC 6750, RFC 9470, Entra claims
-//!    challenges), then the provider's body shape, then the fallback 401 → expired, other 4xx →
-//!    forbidden.
+//! 4. Token endpoint: RFC 6749 §5.2 `error` codes (plus the provider's own codes, Microsoft's
+//!    numeric `error_codes`), from the one table [`token_error_class`]. Only `invalid_grant` or a
+//!    provider's documented equivalent is revocation; no well-formed code, or an unknown one, is
+//!    transient.
+//! 5. API: a `WWW-Authenticate: Bearer error=…` challenge (RFC 6750, RFC 9470, Entra claims
+//!    challenges), then the built-in provider's body table, then the generic body heuristics
+//!    (scope-error codes and fields, `expected any of: …`; see `heuristics.rs`), then the status:
+//!    401 → expired, 408/425 → transient, other 4xx → forbidden.
 //!
-//! Slack (every response) and the GitHub token endpoint report errors inside HTTP 200 bodies; those
-//! are looked at before the status.
+//! Waits: the rules' reset headers, `Retry-After` (delta-seconds or any HTTP-date form), the
+//! provider's reset header (GitHub, Atlassian), then `X-Rate-Limit-Reset` / `X-RateLimit-Reset` /
+//! `RateLimit-Reset` (epoch seconds, or delta seconds below 10^9). Error codes are kept only in
+//! the shape [`sanitized_code`] accepts: provider text never travels further.
+//!
+//! Recorded responses with their expected class can be kept as data and checked with
+//! [`fixtures`].
 //!
 //! `classify` is pure: no clock, no I/O, no global state. It never panics, whatever the body (empty,
 //! not JSON, truncated, the wrong JSON shape, not UTF-8, megabytes long): bodies are parsed as JSON
@@ -25,13 +37,20 @@
 //! [`crate::policy`].
 
 mod atlassian;
+mod codes;
+pub mod fixtures;
 mod github;
 mod google;
+mod heuristics;
 mod microsoft;
+pub mod rules;
 mod salesforce;
 mod slack;
 mod standards;
 pub mod www_authenticate;
+
+pub use codes::{sanitized_code, token_error_class};
+pub use rules::{RuleError, RuleSet, RuleSpec};
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -53,8 +72,12 @@ const MAX_SCOPE_LEN: usize = 256;
 const MAX_STEP_UP_LEN: usize = 8 * 1024;
 
 /// Which kind of request produced the response being classified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum RequestKind {
+    #[default]
     /// A call to the provider's API with an access token.
     Api,
     /// A `grant_type=refresh_token` call to the provider's token endpoint.
@@ -190,43 +213,6 @@ impl Classification {
         self.scope_mode = mode;
         self
     }
-}
-
-/// An error code as it may be stored: `Some` only for text shaped like a provider's error code,
-/// `None` for anything else (free text, an echoed credential, an over-long value).
-///
-/// Error codes end up in step errors, the run journal and the audit trail, so they are kept only
-/// when they look like identifiers: 1 to [`MAX_CODE_LEN`] ASCII bytes of letters, digits and
-/// `_ . : -`; every segment between those separators at most 32 bytes, made of letters followed
-/// by at most 6 digits (`AADSTS50076`, `invalid_grant`, `Authorization_RequestDenied`,
-/// `rateLimitExceeded`), with at most four lower-to-upper case changes. Random credentials
-/// (base64url, hex, JWTs) mix digits into letters and switch case constantly, so they fail.
-pub fn sanitized_code(code: &str) -> Option<&str> {
-    let code = code.trim();
-    if code.is_empty() || code.len() > MAX_CODE_LEN {
-        return None;
-    }
-    let is_sep = |c: char| matches!(c, '_' | '.' | ':' | '-');
-    if !code.chars().all(|c| c.is_ascii_alphanumeric() || is_sep(c)) {
-        return None;
-    }
-    let segment_ok = |seg: &str| {
-        let letters = seg.trim_end_matches(|c: char| c.is_ascii_digit());
-        let digits = seg.len() - letters.len();
-        let case_changes = letters
-            .as_bytes()
-            .windows(2)
-            .filter(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase())
-            .count();
-        seg.len() <= 32
-            && digits <= 6
-            && letters.chars().all(|c| c.is_ascii_alphabetic())
-            && case_changes <= 4
-    };
-    code.split(is_sep)
-        .filter(|seg| !seg.is_empty())
-        .all(segment_ok)
-        .then_some(code)
 }
 
 /// Splits scope lists on commas and whitespace, drops empties, control characters, over-long
@@ -433,30 +419,56 @@ pub fn classify(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Classification {
+    classify_with(provider, None, kind, status, headers, body)
+}
+
+/// [`classify`] with a provider's user-defined [`RuleSet`], which is consulted before anything
+/// else: a code its pointers find in its tables decides the class; its scope pointers and reset
+/// headers fill in what the verdict leaves open. The guarantees of [`classify`] hold whatever
+/// the rules say (a 2xx stays [`FailureClass::Ok`], a 5xx a server error, and so on).
+pub fn classify_with(
+    provider: &str,
+    rules: Option<&RuleSet>,
+    kind: RequestKind,
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Classification {
     let r = Response::new(Provider::from_name(provider), kind, status, headers, body);
-    let mut c = classify_response(&r);
+    let mut c = classify_response(&r, rules);
     if kind == RequestKind::TokenRefresh && c.class == FailureClass::AccessTokenExpired {
         c.class = FailureClass::GrantRevoked;
     }
     match c.class {
         FailureClass::RateLimited | FailureClass::ServerError => {
-            if c.retry_after.is_none() && c.retry_at.is_none() {
-                let (after, at) = standards::retry_after(&r);
-                c.retry_after = after;
-                c.retry_at = at;
-            }
-            if c.retry_after.is_none() && c.retry_at.is_none() {
-                c.retry_at = match r.provider {
-                    Provider::GitHub => github::reset_at(&r),
-                    Provider::Atlassian => atlassian::reset_at(&r),
-                    _ => None,
-                };
+            let hints = [
+                &|r: &Response<'_>| rules.map(|rules| rules.reset(r)).unwrap_or_default(),
+                &standards::retry_after as &dyn Fn(&Response<'_>) -> _,
+                &|r: &Response<'_>| match r.provider {
+                    Provider::GitHub => (None, github::reset_at(r)),
+                    Provider::Atlassian => (None, atlassian::reset_at(r)),
+                    _ => (None, None),
+                },
+                &heuristics::reset,
+            ];
+            for hint in hints {
+                if c.retry_after.is_some() || c.retry_at.is_some() {
+                    break;
+                }
+                (c.retry_after, c.retry_at) = hint(&r);
             }
         }
         _ => {
             c.retry_after = None;
             c.retry_at = None;
         }
+    }
+    if c.class == FailureClass::InsufficientScope
+        && c.needed_scopes.is_empty()
+        && let Some(rules) = rules
+    {
+        let scopes = rules.scopes(&r);
+        c = c.scopes(scopes.iter().map(String::as_str), rules.scope_mode());
     }
     if c.class == FailureClass::StepUpRequired {
         c.step_up.get_or_insert_with(StepUp::default);
@@ -466,31 +478,7 @@ pub fn classify(
     c
 }
 
-/// The class of an OAuth token-endpoint error `code` as `provider` documents it: the single
-/// table behind [`classify`]'s token path (RFC 6749 §5.2 and its extensions, overridden by the
-/// provider's own codes), for callers that hold only a code.
-///
-/// Only `invalid_grant` and a provider's documented equivalents (Slack `token_revoked`,
-/// GitHub `bad_refresh_token`, Salesforce `inactive_user`, …) are
-/// [`FailureClass::GrantRevoked`]; an unknown code is [`FailureClass::ServerError`]
-/// (transient), never revocation. Never [`FailureClass::AccessTokenExpired`] or
-/// [`FailureClass::Ok`].
-pub fn token_error_class(provider: &str, code: &str) -> FailureClass {
-    let specific = match Provider::from_name(provider) {
-        Provider::Salesforce => salesforce::token_code_class(code),
-        Provider::Atlassian => atlassian::token_code_class(code),
-        Provider::GitHub => github::token_code_class(code),
-        Provider::Slack => Some(slack::error_class(code, RequestKind::TokenRefresh)),
-        Provider::Microsoft | Provider::Google | Provider::Standard => None,
-    };
-    match specific.or_else(|| standards::token_code_class(code)) {
-        Some(FailureClass::AccessTokenExpired) => FailureClass::GrantRevoked,
-        Some(FailureClass::Ok) | None => FailureClass::ServerError,
-        Some(class) => class,
-    }
-}
-
-fn classify_response(r: &Response<'_>) -> Classification {
+fn classify_response(r: &Response<'_>, rules: Option<&RuleSet>) -> Classification {
     // Providers that report errors inside 2xx bodies.
     let envelope = match (r.provider, r.kind) {
         (Provider::Slack, _) => slack::envelope(r),
@@ -518,6 +506,11 @@ fn classify_response(r: &Response<'_>) -> Classification {
             return Classification::new(FailureClass::ServerError);
         }
         _ => {}
+    }
+
+    // User-defined rules: the provider's quirks, first.
+    if let Some(c) = rules.and_then(|rules| rules.classify(r)) {
+        return c;
     }
 
     if let Some(c) = rate_limited(r) {
@@ -569,6 +562,8 @@ fn token_error(r: &Response<'_>) -> Classification {
 
 /// Steps 3–5 for API calls: bearer challenge, provider body, fallback.
 fn api_error(r: &Response<'_>) -> Classification {
+    // The built-in tables read their bodies after the challenge: where these providers send one
+    // (Entra CAE claims challenges, Google's scope list) it is the more precise signal.
     if let Some(mut c) = standards::bearer_challenge(r) {
         if r.provider == Provider::Google && c.class == FailureClass::InsufficientScope {
             c.scope_mode = ScopeMode::AnyOf;
@@ -586,5 +581,7 @@ fn api_error(r: &Response<'_>) -> Classification {
         Provider::Microsoft => microsoft::api(r),
         Provider::Slack | Provider::Standard => None,
     };
-    provider.unwrap_or_else(|| standards::api_fallback(r))
+    provider
+        .or_else(|| heuristics::scope_error(r))
+        .unwrap_or_else(|| standards::api_fallback(r))
 }

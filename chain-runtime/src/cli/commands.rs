@@ -19,9 +19,11 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// Writes `text` with every control character but its line breaks escaped: ids, principals
+    /// and messages end up in it.
     fn text(&mut self, text: &str) -> Result<(), CliError> {
         self.w
-            .write_all(text.as_bytes())
+            .write_all(super::output::escape_keep_lines(text).as_bytes())
             .map_err(|e| CliError::io("writing to stdout", e))
     }
 
@@ -52,6 +54,10 @@ pub(super) async fn dispatch(
         Cmd::Runs(RunsCmd::List) => runs_list(db, &mut out).await,
         Cmd::Runs(RunsCmd::Show { run }) => runs_show(db, &run, &mut out).await,
         Cmd::Runs(RunsCmd::Resume { run }) => runs_resume(db, &run, setup, &mut out).await,
+        #[cfg(feature = "mcp")]
+        Cmd::Serve { listen, principal } => {
+            super::serve::serve(db, &listen, principal, setup, out.w).await
+        }
         Cmd::Audit(AuditCmd::Verify { checkpoint, head }) => {
             audit_verify(db, checkpoint.as_deref(), head, &mut out).await
         }

@@ -199,34 +199,36 @@ struct CallbackQuery {
     state: Option<String>,
     code: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
 async fn callback(
     State(web): State<WebServer>,
-    Query(q): Query<CallbackQuery>,
     parts: Parts,
+    Query(q): Query<CallbackQuery>,
 ) -> Response {
-    // Consent is bound to the principal who asked for it: the vault refuses another.
+    // Consent completes only for the signed-in principal the link was issued to: a link
+    // followed by someone else is refused before the code exchange.
     let principal = match web.who(&parts).await {
         Ok(p) => p,
         Err(r) => return r,
     };
+    let Some(state) = &q.state else {
+        return page_error(
+            StatusCode::BAD_REQUEST,
+            "The redirect carries no state: it did not come from a consent link of this server.",
+        );
+    };
     if let Some(error) = &q.error {
-        if let Some(state) = &q.state {
-            // Ends (and audits) the pending consent with the provider's sanitized error.
-            let _ = web.vault.fail_consent(&principal, state, error).await;
-        }
-        let text = match &q.error_description {
-            Some(d) => format!("The provider did not grant access: {error} ({d})."),
-            None => format!("The provider did not grant access: {error}."),
+        let text = match web.vault.fail_consent(&principal, state, error).await {
+            Ok(denied) => format!("The provider did not grant access: {denied}."),
+            Err(e) => format!("Consent failed: {e}"),
         };
         return page_error(StatusCode::BAD_REQUEST, &text);
     }
-    let (Some(state), Some(code)) = (&q.state, &q.code) else {
+    let Some(code) = &q.code else {
         return page_error(
             StatusCode::BAD_REQUEST,
-            "The redirect carries neither a code and state nor an error.",
+            "The redirect carries neither a code nor an error.",
         );
     };
     let account = match web.vault.complete_consent(&principal, state, code).await {

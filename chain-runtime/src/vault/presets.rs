@@ -35,6 +35,39 @@
 //! assert_eq!(graph.provider, "microsoft"); // a connector named `graph`, classified as Microsoft
 //! ```
 
+//!
+//! # A provider no preset covers
+//!
+//! Build the [`ProviderConfig`] and decide the same things a preset does. For a ticketing
+//! service that authenticates clients with HTTP Basic, names users in `GET /api/me` as
+//! `{"workspace":{"id"},"user":{"id"}}`, issues refresh tokens only for the `offline` scope
+//! and deduplicates writes by `X-Request-Token`:
+//!
+//! ```no_run
+//! use chain_runtime::vault::{ClientAuth, ClientSecret, ProviderConfig, SubjectSource, Vault};
+//!
+//! # async fn register(vault: &Vault) -> Result<(), Box<dyn std::error::Error>> {
+//! let tickets = ProviderConfig::new(
+//!     "tickets",
+//!     "https://auth.tickets.example/oauth/authorize",
+//!     "https://auth.tickets.example/oauth/token",
+//!     "client-id",
+//!     ClientSecret::new("client-secret"),
+//!     "https://app.example/oauth/callback",
+//! )?
+//! .with_revoke_url("https://auth.tickets.example/oauth/revoke")?
+//! .with_client_auth(ClientAuth::Basic)
+//! .with_subject(SubjectSource::UserInfo {
+//!     url: "https://api.tickets.example/api/me".parse()?,
+//!     pointers: vec!["/workspace/id".into(), "/user/id".into()],
+//! })
+//! .with_lifecycle_scopes(["offline"])
+//! .with_idempotency_header(Some("X-Request-Token"))
+//! .with_provider(chain_runtime::vault::presets::STANDARD);
+//! vault.register_provider(tickets).await?;
+//! # Ok(()) }
+//! ```
+
 use std::time::Duration;
 
 use url::Url;
@@ -146,7 +179,7 @@ pub fn salesforce(
                 pointers: pointers(&["/id"]),
             })
             .with_default_token_lifetime(Duration::from_secs(2 * 3600))
-            .with_lifecycle_scopes(&["refresh_token"])
+            .with_lifecycle_scopes(["refresh_token"])
     })
 }
 
@@ -172,7 +205,7 @@ pub fn atlassian(connector: &str, client: &OAuthClient) -> Result<ProviderConfig
     })
     .with_authorize_param("audience", "api.atlassian.com")
     .with_authorize_param("prompt", "consent")
-    .with_lifecycle_scopes(&["offline_access", "read:me"]))
+    .with_lifecycle_scopes(["offline_access", "read:me"]))
 }
 
 /// Slack (OAuth v2, with token rotation enabled on the app).
@@ -256,7 +289,7 @@ pub fn google(connector: &str, client: &OAuthClient) -> Result<ProviderConfig, V
     .with_authorize_param("access_type", "offline")
     .with_authorize_param("prompt", "consent")
     .with_authorize_param("include_granted_scopes", "true")
-    .with_lifecycle_scopes(&["openid"])
+    .with_lifecycle_scopes(["openid"])
     .with_idempotency_header(None))
 }
 
@@ -295,7 +328,7 @@ pub fn microsoft(
     .with_subject(SubjectSource::IdToken {
         pointers: pointers(&["/tid", "/oid"]),
     })
-    .with_lifecycle_scopes(&["openid", "offline_access"])
+    .with_lifecycle_scopes(["openid", "offline_access"])
     .with_idempotency_header(None))
 }
 
@@ -329,7 +362,7 @@ pub fn oidc(
     .with_subject(SubjectSource::IdToken {
         pointers: pointers(&["/sub"]),
     })
-    .with_lifecycle_scopes(&["openid"]);
+    .with_lifecycle_scopes(["openid"]);
     if let Some(revoke) = field("revocation_endpoint") {
         config = config.with_revoke_url(revoke)?;
     }
@@ -343,7 +376,7 @@ pub fn oidc(
             .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(value)))
     };
     if listed("scopes_supported", "offline_access") {
-        config = config.with_lifecycle_scopes(&["offline_access"]);
+        config = config.with_lifecycle_scopes(["offline_access"]);
     }
     if listed(
         "token_endpoint_auth_methods_supported",

@@ -130,6 +130,9 @@ pub struct ProviderConfig {
     /// The header that carries a step's idempotency key on every call, or `None` to send
     /// none (providers that ignore it). Default `Idempotency-Key`.
     pub idempotency_header: Option<String>,
+    /// The provider's classification quirks as data, consulted before everything else the
+    /// classifier knows (see [`crate::classify::rules`]).
+    pub classification_rules: Option<crate::classify::RuleSet>,
 }
 
 impl ProviderConfig {
@@ -165,12 +168,17 @@ impl ProviderConfig {
             extra_authorize_params: Vec::new(),
             lifecycle_scopes: Vec::new(),
             idempotency_header: Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned()),
+            classification_rules: None,
         })
     }
 
     /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
-    pub fn with_lifecycle_scopes(mut self, scopes: &[&str]) -> Self {
-        for &s in scopes {
+    pub fn with_lifecycle_scopes<S: AsRef<str>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
+        for s in scopes {
+            let s = s.as_ref();
             if !self.lifecycle_scopes.iter().any(|l| l == s) {
                 self.lifecycle_scopes.push(s.to_owned());
             }
@@ -238,6 +246,13 @@ impl ProviderConfig {
         self
     }
 
+    /// Sets the provider's classification rules (validated when the [`crate::classify::RuleSet`]
+    /// was built).
+    pub fn with_classification_rules(mut self, rules: crate::classify::RuleSet) -> Self {
+        self.classification_rules = Some(rules);
+        self
+    }
+
     /// Adds an authorization parameter.
     pub fn with_authorize_param(
         mut self,
@@ -281,6 +296,8 @@ struct ProviderRecord {
     lifecycle_scopes: Vec<String>,
     #[serde(default = "default_idempotency_header")]
     idempotency_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classification_rules: Option<crate::classify::RuleSet>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -331,6 +348,7 @@ impl ProviderConfig {
             extra_authorize_params: self.extra_authorize_params.clone(),
             lifecycle_scopes: self.lifecycle_scopes.clone(),
             idempotency_header: self.idempotency_header.clone(),
+            classification_rules: self.classification_rules.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -394,6 +412,7 @@ impl ProviderConfig {
             extra_authorize_params: r.extra_authorize_params,
             lifecycle_scopes: r.lifecycle_scopes,
             idempotency_header: r.idempotency_header,
+            classification_rules: r.classification_rules,
         })
     }
 }

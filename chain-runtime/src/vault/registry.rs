@@ -130,6 +130,14 @@ impl Vault {
         Ok(self.provider(connector)?.provider.clone())
     }
 
+    /// The classification rules registered for `connector`, if any.
+    pub fn classification_rules(
+        &self,
+        connector: &str,
+    ) -> Result<Option<crate::classify::RuleSet>, VaultError> {
+        Ok(self.provider(connector)?.classification_rules.clone())
+    }
+
     /// The header `connector`'s step calls carry their idempotency key in (`None`: none).
     pub fn idempotency_header(&self, connector: &str) -> Result<Option<String>, VaultError> {
         Ok(self.provider(connector)?.idempotency_header.clone())
