@@ -433,8 +433,9 @@ async fn verify_against_a_checkpoint_catches_a_truncated_tail() {
              DELETE FROM audit_record_refs WHERE seq = {last};"
         ),
     );
-    // Without the checkpoint the shorter chain is self-consistent …
-    chainctl(&f.db, &["audit", "verify"]).ok();
+    // Without the checkpoint the shorter chain is self-consistent, but the head witness beside
+    // the database (the head its store last committed) names the loss …
+    chainctl(&f.db, &["audit", "verify"]).fails(3, "head witness");
     // … against it, the missing tail is named.
     chainctl(&f.db, &["audit", "verify", "--checkpoint", cp_arg])
         .fails(3, &format!("the checkpoint is at seq {last}"));
