@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chain_runtime::BoxFuture;
 use chain_runtime::audit::{
     AuditError, AuditRecord, AuditStore, Authorization, Checkpoint, GENESIS_HASH, NewRecord,
     SqliteAuditStore,
 };
 use chain_runtime::engine::{Engine, StaticGrants};
-use chain_runtime::exec::BoxFuture;
 use chain_runtime::prelude::*;
 use chain_runtime::store::{MemoryRunStore, RunState, RunStore, SqliteRunStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

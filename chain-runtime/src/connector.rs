@@ -1,6 +1,6 @@
-//! The HTTP client a step body uses: the credential of the run's principal is injected by the
-//! vault, every response is classified, and the failure policy is applied before step code
-//! sees anything.
+//! The HTTP client a step body uses: the credential of the run's principal is injected by a
+//! [`TokenSource`] (the vault), every response is classified, and the failure policy is applied
+//! before step code sees anything.
 //!
 //! ```no_run
 //! # use chain_runtime::prelude::*;
@@ -23,38 +23,23 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::classify::{self, FailureClass, RequestKind};
-use crate::policy::{Action, AttemptState, RetryPolicy};
-use crate::step::StepError;
-use crate::vault::{AuthorizedClient, Vault, VaultError};
+use crate::error::StepError;
+use crate::policy::{Action, AttemptState};
+use crate::token::{ConnectorAccess, RequestBody, TokenError, TokenRequest, TokenSource};
 
 /// The connector client of one step execution: bound to the run's principal and the step's
 /// connector, it sends the step's idempotency key with every request.
 #[derive(Clone, Debug)]
 pub struct StepHttp {
-    vault: Vault,
-    client: AuthorizedClient,
-    provider: String,
+    access: ConnectorAccess,
     idempotency_key: String,
-    policy: RetryPolicy,
 }
 
 impl StepHttp {
-    pub(crate) fn new(
-        vault: &Vault,
-        principal_id: &str,
-        connector: &str,
-        idempotency_key: &str,
-        policy: RetryPolicy,
-    ) -> Self {
-        let provider = vault
-            .provider_name(connector)
-            .unwrap_or_else(|_| connector.to_owned());
+    pub(crate) fn new(access: ConnectorAccess, idempotency_key: &str) -> Self {
         Self {
-            vault: vault.clone(),
-            client: vault.client(principal_id, connector),
-            provider,
+            access,
             idempotency_key: idempotency_key.to_owned(),
-            policy,
         }
     }
 
@@ -89,8 +74,8 @@ impl StepHttp {
         self.request(Method::DELETE, url)
     }
 
-    fn connector(&self) -> &str {
-        self.client.connector()
+    fn source(&self) -> &dyn TokenSource {
+        self.access.source.as_ref()
     }
 }
 
@@ -165,28 +150,30 @@ impl StepRequest<'_> {
     /// typed [`StepError`] without a retry.
     pub async fn send(self) -> Result<StepResponse, StepError> {
         let http = self.http;
-        let connector = http.connector().to_owned();
-        let mut state = AttemptState::default();
-        loop {
-            state.now = Some(std::time::SystemTime::now());
-            let mut request = http
-                .client
-                .request(self.method.clone(), self.url.as_str())
-                .header("Idempotency-Key", &http.idempotency_key);
-            for (name, value) in &self.headers {
-                request = request.header(name, value);
-            }
-            request = match &self.body {
-                Body::None => request,
+        let source = http.source();
+        let connector = source.connector().to_owned();
+        let provider = source.provider().to_owned();
+        let mut headers = vec![("Idempotency-Key".to_owned(), http.idempotency_key.clone())];
+        headers.extend(self.headers);
+        let request = TokenRequest {
+            method: self.method,
+            url: self.url,
+            headers,
+            body: match self.body {
+                Body::None => RequestBody::None,
                 Body::Unencodable(e) => {
                     return Err(StepError::Runtime(format!(
                         "the request body does not encode as JSON: {e}"
                     )));
                 }
-                Body::Json(v) => request.json(v),
-                Body::Form(f) => request.form(f),
-            };
-            let (status, headers, body) = match request.send().await {
+                Body::Json(v) => RequestBody::Json(v),
+                Body::Form(f) => RequestBody::Form(f),
+            },
+        };
+        let mut state = AttemptState::default();
+        loop {
+            state.now = Some(std::time::SystemTime::now());
+            let (status, headers, body) = match source.send(&request).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
@@ -195,12 +182,15 @@ impl StepRequest<'_> {
                         Err(_) => (0, http::HeaderMap::new(), Vec::new()),
                     }
                 }
-                Err(VaultError::Transport { .. }) => (0, http::HeaderMap::new(), Vec::new()),
-                Err(e) => return Err(vault_failure(&connector, e)),
+                Err(TokenError::Transport(_)) => (0, http::HeaderMap::new(), Vec::new()),
+                Err(e) => return Err(token_failure(&connector, e)),
             };
             let classification =
-                classify::classify(&http.provider, RequestKind::Api, status, &headers, &body);
-            let decision = http.policy.decide(&http.provider, &classification, &state);
+                classify::classify(&provider, RequestKind::Api, status, &headers, &body);
+            let decision = http
+                .access
+                .policy
+                .decide(&provider, &classification, &state);
             tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
             match decision.action {
                 Action::Proceed => {
@@ -211,10 +201,10 @@ impl StepRequest<'_> {
                     });
                 }
                 Action::RefreshThenRetry => {
-                    http.client
+                    source
                         .refresh_after_expiry()
                         .await
-                        .map_err(|e| vault_failure(&connector, e))?;
+                        .map_err(|e| token_failure(&connector, e))?;
                     state.refreshed_after_expiry = true;
                 }
                 Action::Backoff { wait } => {
@@ -234,11 +224,7 @@ impl StepRequest<'_> {
                     });
                 }
                 Action::NeedsReauthorization { step_up } => {
-                    if let Err(e) = http
-                        .vault
-                        .require_reauthorization(http.client.principal_id(), &connector)
-                        .await
-                    {
+                    if let Err(e) = source.require_reauthorization().await {
                         tracing::error!(connector = %connector, error = %e, "could not mark the account for re-authorization");
                     }
                     return Err(StepError::Auth {
@@ -303,15 +289,12 @@ fn provider_message(status: u16, body: &[u8]) -> String {
     format!("HTTP {status}: {text}")
 }
 
-/// A vault failure seen from a step: revocation and missing accounts are authorization
-/// failures the chain policy handles; the rest are runtime errors.
-fn vault_failure(connector: &str, error: VaultError) -> StepError {
+/// A token-source failure seen from a step: revocation and missing accounts are
+/// authorization failures the chain policy handles; the rest are runtime errors.
+fn token_failure(connector: &str, error: TokenError) -> StepError {
     let class = match &error {
-        VaultError::GrantRevoked { .. }
-        | VaultError::NeedsReauthorization { .. }
-        | VaultError::Revoked { .. }
-        | VaultError::NotConnected { .. } => Some(FailureClass::GrantRevoked),
-        VaultError::InvalidClient { .. } => Some(FailureClass::InvalidClient),
+        TokenError::Revoked(_) => Some(FailureClass::GrantRevoked),
+        TokenError::InvalidClient(_) => Some(FailureClass::InvalidClient),
         _ => None,
     };
     match class {

@@ -61,7 +61,7 @@ async fn code_flow_with_pkce_records_granted_scopes_and_subject() {
 
     // A PKCE code exchange without the verifier would fail: prove the server enforces PKCE.
     let plain = {
-        chain_runtime::vault::ensure_tls_provider();
+        chain_runtime::test_util::ensure_tls_provider();
         reqwest::Client::new()
     }
     .post(format!("{}/token", h.server.base))
@@ -241,7 +241,7 @@ async fn disconnect_revokes_the_grant() {
 
     // At the server, every token issued to the proxy for this grant is now inactive.
     let http = {
-        chain_runtime::vault::ensure_tls_provider();
+        chain_runtime::test_util::ensure_tls_provider();
         reqwest::Client::new()
     };
     let issued = h.proxy.issued();

@@ -2,8 +2,8 @@
 //!
 //! [`classify`] maps the raw `(status, headers, body)` of one HTTP exchange with a provider to exactly
 //! one [`FailureClass`], plus what the response says about the fix: the scopes it needs, how long to
-//! wait, or what step-up authentication it asks for. It implements the "Standard classification
-//! algorithm" of `provider-semantics.md` with the provider tables of its section 2 as overrides:
+//! wait, or what step-up authentication it asks for. It implements the "Classification
+//! order" (§1.1) of `docs/providers.md` with the provider tables of its section 2 as overrides:
 //!
 //! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`].
 //! 2. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
@@ -229,7 +229,7 @@ pub(crate) fn bounded(value: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
 
-/// The providers with their own table in `provider-semantics.md`; everything else is
+/// The providers with their own table in `docs/providers.md`; everything else is
 /// [`Provider::Standard`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Provider {

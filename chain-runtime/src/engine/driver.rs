@@ -7,11 +7,11 @@ use serde_json::Value;
 
 use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
-use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta};
+use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta, HandoffRequest, RunDriver};
 use crate::classify::FailureClass;
-use crate::exec::{BoxFuture, CallMode, ErasedStepCall, HandoffRequest, RunDriver, StepEnv};
+use crate::future::BoxFuture;
 use crate::manifest::ScopeManifest;
-use crate::step::{RecordRef, StepError, StepMeta};
+use crate::step::{CallMode, ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta};
 use crate::store::{Alert, EntryKind, EntryResult, JournalEntry, Lease, RunRecord, RunState};
 
 /// Why the run cannot go on by itself.
@@ -272,13 +272,13 @@ impl Driver {
             meta.connector,
             self.run.principal.clone(),
         );
-        if let Some(http) =
-            self.engine
-                .inner
-                .credentials
-                .step_http(&self.run.principal_id, meta.connector, &key)
+        if let Some(access) = self
+            .engine
+            .inner
+            .credentials
+            .connector_access(&self.run.principal_id, meta.connector)
         {
-            env = env.with_http(http);
+            env = env.with_access(access);
         }
         let result = call(env.clone(), mode).await;
         let touched = env.touched();

@@ -26,8 +26,9 @@ use serde_json::Value;
 pub use memory::MemoryRunStore;
 pub use sqlite::{SqliteRunStore, Synchronous, WriterStats};
 
-pub use crate::exec::BoxFuture;
-use crate::step::{RecordRef, StepError};
+use crate::error::StepError;
+pub use crate::future::BoxFuture;
+use crate::step::RecordRef;
 
 /// The state of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

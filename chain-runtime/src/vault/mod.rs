@@ -262,7 +262,7 @@ fn consent_aad(state_hash: &[u8], principal_id: &str, connector: &str) -> Vec<u8
 
 /// Installs the `ring` rustls provider as the process default if none is installed yet.
 /// `reqwest` (built with `rustls-no-provider`) panics when building a client without one.
-pub fn ensure_tls_provider() {
+pub(crate) fn ensure_tls_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may win the race; either way a provider is installed afterwards.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -259,7 +259,7 @@ async fn proxy_handler(
 
 impl TokenProxy {
     pub async fn start(upstream: &str) -> Self {
-        chain_runtime::vault::ensure_tls_provider();
+        chain_runtime::test_util::ensure_tls_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let proxy = TokenProxy {
@@ -388,7 +388,7 @@ pub async fn authorize(
     login_hint: &str,
     deny_scope: Option<&str>,
 ) -> (String, String) {
-    chain_runtime::vault::ensure_tls_provider();
+    chain_runtime::test_util::ensure_tls_provider();
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
