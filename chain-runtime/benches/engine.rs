@@ -2,13 +2,18 @@
 //! how to read them.
 //!
 //! Groups, each beside a baseline measured in the same run:
-//! - `sqlite_durable`: durable steps per second on [`SqliteRunStore`] (WAL, synchronous=FULL,
-//!   one writer thread with group commit), with 1 run and with 64 concurrent runs, each run a
-//!   chain of `SQLITE_STEPS` write steps; with the SQLite audit store on the same file (the
-//!   production setup) and with a no-op audit store (to isolate the run store). Baseline: a raw
-//!   rusqlite loop, one `INSERT` + `COMMIT` per row, same pragmas, in the same directory,
-//!   measured before and after the engine cases (fsync latency on a shared disk drifts).
-//! - `memory_overhead`: the engine's own cost per step on [`MemoryRunStore`], as the slope
+//! - `sqlite_durable`: durable steps per second on [`SqliteJournal`] (the shared SQLite
+//!   infrastructure: WAL, synchronous=FULL, one group-commit writer), with 1 run and with 64
+//!   concurrent runs, each run a chain of `SQLITE_STEPS` write steps; with the SQLite audit
+//!   store on the same file (the production setup: a step's journal write and its audit record
+//!   commit in one transaction) and with a no-op audit store (to isolate the journal).
+//!   Baselines in the same directory: a raw rusqlite loop, one `INSERT` + `COMMIT` per row
+//!   (`raw_insert_commit`), and a raw batched loop writing the rows of a step (journal intent,
+//!   journal result, two audit records) `RAW_STEPS_PER_TX` steps per transaction
+//!   (`raw_batched_insert`, measured before and after the engine cases: fsync latency on a
+//!   shared disk drifts).
+//! - `audit`: sealing one record (canonical JSON + BLAKE3), and verifying a stored chain.
+//! - `memory_overhead`: the engine's own cost per step on [`MemoryJournal`], as the slope
 //!   between a chain of 0 steps and a chain of `MEM_STEPS` steps (run start and finish cancel
 //!   out), with three audit stores: none (no-op), sealing in memory (canonical JSON + BLAKE3,
 //!   no I/O) and SQLite. Baseline: the same number of plain async function calls.
@@ -28,8 +33,8 @@ use chain_runtime::audit::{
     SqliteAuditStore,
 };
 use chain_runtime::engine::{Engine, StaticGrants};
+use chain_runtime::journal::{MemoryJournal, RunJournal, RunState, SqliteJournal, WriterStats};
 use chain_runtime::prelude::*;
-use chain_runtime::store::{MemoryRunStore, RunState, RunStore, SqliteRunStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 use tokio::runtime::Runtime;
@@ -38,6 +43,9 @@ use tokio::runtime::Runtime;
 const SQLITE_STEPS: u32 = 4;
 /// Concurrent runs in the concurrent SQLite case.
 const CONCURRENT: u32 = 64;
+/// Steps per transaction in the raw batched baseline: with 64 runs each waiting on one write,
+/// a batch holds up to 64 writes, i.e. 32 steps (a step is two writes: intent, result).
+const RAW_STEPS_PER_TX: u64 = 32;
 /// Steps per run in the long chain of the overhead group.
 const MEM_STEPS: u32 = 16;
 
@@ -229,31 +237,14 @@ impl Audit {
     }
 
     async fn open(self, path: &Path) -> Arc<dyn AuditStore> {
-        self.open_with_sqlite(path).await.0
-    }
-
-    /// Opens the store; for `Sqlite` also returns the concrete store (for its writer stats).
-    async fn open_with_sqlite(
-        self,
-        path: &Path,
-    ) -> (Arc<dyn AuditStore>, Option<SqliteAuditStore>) {
         match self {
-            Audit::None => (
-                Arc::new(NoAudit {
-                    seq: AtomicU64::new(0),
-                }),
-                None,
-            ),
-            Audit::Sealing => (
-                Arc::new(SealingAudit {
-                    head: Mutex::new((0, GENESIS_HASH.to_owned())),
-                }),
-                None,
-            ),
-            Audit::Sqlite => {
-                let store = SqliteAuditStore::open(path).await.unwrap();
-                (Arc::new(store.clone()), Some(store))
-            }
+            Audit::None => Arc::new(NoAudit {
+                seq: AtomicU64::new(0),
+            }),
+            Audit::Sealing => Arc::new(SealingAudit {
+                head: Mutex::new((0, GENESIS_HASH.to_owned())),
+            }),
+            Audit::Sqlite => Arc::new(SqliteAuditStore::open(path).await.unwrap()),
         }
     }
 }
@@ -334,7 +325,90 @@ fn raw_insert_commit(
     });
 }
 
-/// Durable steps per second on the SQLite run store, beside raw insert-and-commit.
+/// The baseline for a step's rows: per step a journal intent, an audit record, the journal
+/// result (replacing the intent) and a second audit record, `RAW_STEPS_PER_TX` steps per
+/// `BEGIN IMMEDIATE … COMMIT`, WAL, synchronous=FULL, prepared statements, in `dir`.
+fn raw_batched_insert(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    dir: &Path,
+    name: &str,
+) {
+    let conn = Connection::open(dir.join(format!("raw-{name}.sqlite"))).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         CREATE TABLE journal_entries (run_id TEXT NOT NULL, seq INTEGER NOT NULL,
+             step_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+             attempt INTEGER NOT NULL, result TEXT, PRIMARY KEY (run_id, seq));
+         CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, format INTEGER NOT NULL,
+             time_unix_ms INTEGER NOT NULL, run_id TEXT, step_id TEXT, principal TEXT NOT NULL,
+             connector TEXT, account_id TEXT, upstream_subject TEXT, grant_id TEXT,
+             scopes TEXT NOT NULL, records TEXT NOT NULL, outcome TEXT NOT NULL,
+             event TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+         CREATE INDEX audit_records_by_run ON audit_records (run_id, seq);
+         CREATE INDEX audit_records_by_principal_time ON audit_records (principal, time_unix_ms);",
+    )
+    .unwrap();
+    let result = r#"{"result":"ok","output":1,"touched":[]}"#;
+    let event = r#"{"type":"step_outcome","step":"bump","attempt":1,"effect":"write","failure_class":null,"detail":null}"#;
+    let hash = "0".repeat(64);
+    let mut step = 0u64;
+    group.throughput(Throughput::Elements(RAW_STEPS_PER_TX));
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            {
+                let mut entry = conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO journal_entries \
+                         (run_id, seq, step_id, kind, name, attempt, result) \
+                         VALUES (?1, ?2, ?3, 'step', 'bump', 1, ?4)",
+                    )
+                    .unwrap();
+                let mut audit = conn
+                    .prepare_cached(
+                        "INSERT INTO audit_records (seq, format, time_unix_ms, run_id, step_id, \
+                         principal, connector, account_id, upstream_subject, grant_id, scopes, \
+                         records, outcome, event, prev_hash, hash) VALUES (NULL, 1, ?1, ?2, ?3, \
+                         'alice', 'crm', 'acct-1', 'crm-alice', 'grant-1', '[\"crm.write\"]', \
+                         '[]', 'succeeded', ?4, ?5, ?5)",
+                    )
+                    .unwrap();
+                for _ in 0..RAW_STEPS_PER_TX {
+                    step += 1;
+                    let run_id = format!("run_{}", step / 4);
+                    let step_id = format!("writes/bump#{}", step % 4);
+                    let seq = (step % 4) as i64;
+                    for res in [None, Some(result)] {
+                        entry
+                            .execute(rusqlite::params![run_id, seq, step_id, res])
+                            .unwrap();
+                        audit
+                            .execute(rusqlite::params![step as i64, run_id, step_id, event, hash])
+                            .unwrap();
+                    }
+                }
+            }
+            conn.execute_batch("COMMIT").unwrap();
+        });
+    });
+}
+
+fn report(label: &str, before: WriterStats, after: WriterStats) {
+    let writes = after.writes - before.writes;
+    let commits = (after.commits - before.commits).max(1);
+    let syncs = after.syncs - before.syncs;
+    eprintln!(
+        "sqlite_durable/{label}: the writer applied {writes} writes in {commits} commits \
+         ({:.1} writes per commit), {syncs} of them with an fsync",
+        writes as f64 / commits as f64
+    );
+}
+
+/// Durable steps per second on the SQLite journal, beside the raw baselines.
 fn sqlite_durable(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -346,19 +420,19 @@ fn sqlite_durable(c: &mut Criterion) {
 
     // Measured before and after the engine cases: fsync latency on a shared disk drifts.
     raw_insert_commit(&mut group, dir.path(), "raw_insert_commit");
+    raw_batched_insert(&mut group, dir.path(), "raw_batched_insert");
     for audit in [Audit::Sqlite, Audit::None] {
         for runs in [1, CONCURRENT] {
             let path = dir
                 .path()
                 .join(format!("runs-{}-{runs}.sqlite", audit.label()));
-            let (engine, store, sqlite_audit) = rt.block_on(async {
-                let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());
-                let (audit_store, sqlite_audit) = audit.open_with_sqlite(&path).await;
-                let engine = Engine::new(store.clone(), audit_store, grants());
-                (engine, store, sqlite_audit)
+            let (engine, journal) = rt.block_on(async {
+                let journal = Arc::new(SqliteJournal::open(&path).await.unwrap());
+                let audit_store = audit.open(&path).await;
+                let engine = Engine::new(journal.clone(), audit_store, grants());
+                (engine, journal)
             });
-            let before = store.writer_stats();
-            let audit_before = sqlite_audit.as_ref().map(SqliteAuditStore::writer_stats);
+            let before = journal.writer_stats();
             group.throughput(Throughput::Elements(u64::from(runs * SQLITE_STEPS)));
             group.bench_with_input(
                 BenchmarkId::new(format!("steps_{}", audit.label()), format!("{runs}_runs")),
@@ -368,27 +442,73 @@ fn sqlite_durable(c: &mut Criterion) {
                         .iter(|| run_concurrent(&engine, runs, SQLITE_STEPS));
                 },
             );
-            let after = store.writer_stats();
-            let writes = after.writes - before.writes;
-            let commits = (after.commits - before.commits).max(1);
-            eprintln!(
-                "sqlite_durable/{}/{runs}_runs: run-store writer applied {writes} writes in {commits} commits ({:.1} writes per fsync)",
-                audit.label(),
-                writes as f64 / commits as f64
+            report(
+                &format!("{}/{runs}_runs", audit.label()),
+                before,
+                journal.writer_stats(),
             );
-            if let (Some(audit_store), Some(before)) = (&sqlite_audit, audit_before) {
-                let after = audit_store.writer_stats();
-                let writes = after.writes - before.writes;
-                let commits = (after.commits - before.commits).max(1);
-                eprintln!(
-                    "sqlite_durable/{}/{runs}_runs: audit writer appended {writes} records in {commits} commits ({:.1} appends per fsync)",
-                    audit.label(),
-                    writes as f64 / commits as f64
-                );
-            }
         }
     }
-    raw_insert_commit(&mut group, dir.path(), "raw_insert_commit_after");
+    raw_batched_insert(&mut group, dir.path(), "raw_batched_insert_after");
+    group.finish();
+}
+
+/// Sealing one audit record, and verifying a stored chain (records per second).
+fn audit(c: &mut Criterion) {
+    const CHAIN: u64 = 20_000;
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut group = c.benchmark_group("audit");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let record = || {
+        NewRecord::new(
+            "alice".to_owned(),
+            chain_runtime::audit::Outcome::Succeeded,
+            chain_runtime::audit::AuditEvent::StepOutcome {
+                step: "bump".into(),
+                attempt: 1,
+                effect: chain_runtime::audit::Effect::Write,
+                failure_class: None,
+                detail: None,
+            },
+        )
+        .run("run_0123456789abcdef01234567")
+        .step("writes/bump#1")
+        .account("crm", "acct-1", "crm-alice", "grant-1")
+        .scopes(vec!["crm.write".to_owned()])
+    };
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("seal", |b| {
+        b.iter_batched(
+            record,
+            |r| black_box(r.seal(42, GENESIS_HASH.to_owned()).unwrap()),
+            criterion::BatchSize::SmallInput,
+        );
+    });
+    let store = rt.block_on(async {
+        let store = SqliteAuditStore::open(dir.path().join("verify.sqlite"))
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        for _ in 0..CHAIN {
+            pending.push(store.append(record()));
+            if pending.len() == 500 {
+                futures::future::join_all(pending.drain(..)).await;
+            }
+        }
+        futures::future::join_all(pending).await;
+        store
+    });
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(CHAIN));
+    group.bench_function(BenchmarkId::new("verify", CHAIN), |b| {
+        b.to_async(&rt).iter(|| async {
+            let verified = store.verify(None).await.unwrap();
+            assert_eq!(verified.records, CHAIN);
+        });
+    });
     group.finish();
 }
 
@@ -431,7 +551,7 @@ fn memory_overhead(c: &mut Criterion) {
                     b.to_async(&rt).iter_custom(|iters| {
                         let path = path.clone();
                         async move {
-                            let store: Arc<dyn RunStore> = Arc::new(MemoryRunStore::new());
+                            let store: Arc<dyn RunJournal> = Arc::new(MemoryJournal::new());
                             let engine = Engine::new(store, audit.open(&path).await, grants());
                             let start = Instant::now();
                             for _ in 0..iters {
@@ -451,5 +571,5 @@ fn memory_overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory_overhead, sqlite_durable);
+criterion_group!(benches, memory_overhead, sqlite_durable, audit);
 criterion_main!(benches);

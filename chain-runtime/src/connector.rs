@@ -49,6 +49,7 @@ impl StepHttp {
             http: self,
             method,
             url: url.into(),
+            query: Vec::new(),
             headers: Vec::new(),
             body: Body::None,
         }
@@ -88,12 +89,14 @@ enum Body {
     Form(Vec<(String, String)>),
 }
 
-/// A request of a step, resent as the failure policy says (same idempotency key every time).
+/// A request of a step, resent as the failure policy says (same idempotency key every time,
+/// in the connector's [`idempotency_header`](crate::vault::ProviderConfig::idempotency_header)).
 #[derive(Debug)]
 pub struct StepRequest<'a> {
     http: &'a StepHttp,
     method: Method,
     url: String,
+    query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
     body: Body,
 }
@@ -113,7 +116,10 @@ impl StepResponse {
     /// The body as JSON of type `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, StepError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            StepError::Runtime(format!("provider response is not the expected JSON: {e}"))
+            StepError::Runtime(format!(
+                "provider response is not the expected JSON: {}",
+                json_error_position(&e)
+            ))
         })
     }
 }
@@ -125,11 +131,21 @@ impl StepRequest<'_> {
         self
     }
 
+    /// Appends query parameters (URL-encoded; added to any query the URL already has).
+    pub fn query(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.query.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self
+    }
+
     /// Sets a JSON body.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
         self.body = match serde_json::to_value(body) {
             Ok(value) => Body::Json(value),
-            Err(e) => Body::Unencodable(e.to_string()),
+            Err(e) => Body::Unencodable(json_error_position(&e)),
         };
         self
     }
@@ -153,11 +169,15 @@ impl StepRequest<'_> {
         let source = http.source();
         let connector = source.connector().to_owned();
         let provider = source.provider().to_owned();
-        let mut headers = vec![("Idempotency-Key".to_owned(), http.idempotency_key.clone())];
+        let mut headers = Vec::new();
+        if let Some(name) = source.idempotency_header() {
+            headers.push((name.to_owned(), http.idempotency_key.clone()));
+        }
         headers.extend(self.headers);
         let request = TokenRequest {
             method: self.method,
             url: self.url,
+            query: self.query,
             headers,
             body: match self.body {
                 Body::None => RequestBody::None,
@@ -185,8 +205,14 @@ impl StepRequest<'_> {
                 Err(TokenError::Transport(_)) => (0, http::HeaderMap::new(), Vec::new()),
                 Err(e) => return Err(token_failure(&connector, e)),
             };
-            let classification =
-                classify::classify(&provider, RequestKind::Api, status, &headers, &body);
+            let classification = classify::classify_with(
+                &provider,
+                source.classification_rules(),
+                RequestKind::Api,
+                status,
+                &headers,
+                &body,
+            );
             let decision = http
                 .access
                 .policy
@@ -237,7 +263,7 @@ impl StepRequest<'_> {
                 Action::FailDomain => {
                     return Err(StepError::Forbidden {
                         connector,
-                        message: provider_message(status, &body),
+                        message: refusal_message(status, decision.class, &classification),
                     });
                 }
                 Action::AlertOperator => {
@@ -280,13 +306,38 @@ fn step_up_params(step_up: crate::classify::StepUp) -> Vec<(String, String)> {
     params
 }
 
-/// A short, secret-free description of a refused call, for the step error.
-fn provider_message(status: u16, body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(&body[..body.len().min(200)])
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    format!("HTTP {status}: {text}")
+/// A secret-free description of a refused call, for the step error: the status, the class and
+/// the provider's error code if it passes [`classify::sanitized_code`]. Nothing else of the body
+/// is kept: providers echo tokens, emails and record contents in their error texts, and the step
+/// error is stored forever (journal, run state, audit trail).
+fn refusal_message(
+    status: u16,
+    class: FailureClass,
+    classification: &classify::Classification,
+) -> String {
+    let code = classification
+        .error_code
+        .as_deref()
+        .and_then(classify::sanitized_code)
+        .map(|code| format!(", code {code}"))
+        .unwrap_or_default();
+    format!("HTTP {status} ({class:?}{code})")
+}
+
+/// A JSON error by category and position only: serde's own message quotes the offending value,
+/// which may be a secret a provider echoed.
+fn json_error_position(e: &serde_json::Error) -> String {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "wrong shape or type",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    };
+    if e.line() == 0 {
+        category.to_owned()
+    } else {
+        format!("{category} at line {} column {}", e.line(), e.column())
+    }
 }
 
 /// A token-source failure seen from a step: revocation and missing accounts are

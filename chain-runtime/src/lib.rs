@@ -20,7 +20,11 @@ pub mod engine;
 pub mod error;
 pub mod future;
 pub mod graph;
+pub mod graph_render;
+pub mod journal;
 pub mod manifest;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod policy;
 pub mod preflight;
 pub mod principal;
@@ -28,8 +32,13 @@ pub mod registry;
 pub mod runtime;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod sqlite;
 pub mod step;
-pub mod store;
+/// The former name of [`journal`].
+#[doc(hidden)]
+pub use journal as store;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod token;

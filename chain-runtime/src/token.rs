@@ -8,6 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::classify::RuleSet;
 use crate::future::BoxFuture;
 use crate::policy::RetryPolicy;
 
@@ -18,6 +19,16 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
 
     /// The provider name responses are classified under (see [`crate::classify::classify`]).
     fn provider(&self) -> &str;
+
+    /// The connector's own classification rules, applied before the provider's table.
+    fn classification_rules(&self) -> Option<&RuleSet> {
+        None
+    }
+
+    /// The header the step's idempotency key travels in; `None`: not sent.
+    fn idempotency_header(&self) -> Option<&str> {
+        Some("Idempotency-Key")
+    }
 
     /// Sends `request` with the credential injected (refreshed first when it is about to
     /// expire). The response is returned whatever its status.
@@ -41,6 +52,8 @@ pub struct TokenRequest {
     pub method: reqwest::Method,
     /// The URL.
     pub url: String,
+    /// Query parameters added to the URL's own.
+    pub query: Vec<(String, String)>,
     /// Extra headers (an `Authorization` header here is replaced).
     pub headers: Vec<(String, String)>,
     /// The body.

@@ -279,14 +279,23 @@ async fn truncating_the_tail_is_caught_against_a_checkpoint() {
         &f.path,
         "DELETE FROM audit_records WHERE seq > 7; DELETE FROM audit_record_refs WHERE seq > 7;",
     );
-    // Without a checkpoint a truncated chain is indistinguishable from a shorter one...
-    let shorter = SqliteAuditStore::open(&f.path)
-        .await
-        .unwrap()
-        .verify(None)
-        .await
-        .unwrap();
-    assert_eq!(shorter.records, 7);
+    // Without a checkpoint an exported truncated chain is indistinguishable from a shorter
+    // one...
+    let store = SqliteAuditStore::open(&f.path).await.unwrap();
+    let exported = export(&store).await;
+    assert_eq!(verify_jsonl(exported.as_slice(), None).unwrap().records, 7);
+    // ...but the store knows the head it last committed (its head witness)...
+    let b = match store.verify(None).await {
+        Err(AuditError::ChainBroken(b)) => b,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        b.problem,
+        BreakProblem::BehindWitness {
+            witness_seq: 11,
+            last_seq: 7
+        }
+    );
     // ...with one it is caught.
     let b = broken(&f.path, Some(f.checkpoint.clone())).await;
     assert_eq!((b.position, b.seq), (8, None));
@@ -328,12 +337,17 @@ async fn rewritten_history_is_caught_by_the_checkpoint() {
     }
     drop(conn);
     // Self-consistent without a checkpoint (the documented limit of a keyless chain)...
-    SqliteAuditStore::open(&f.path)
-        .await
-        .unwrap()
-        .verify(None)
-        .await
-        .unwrap();
+    let exported = export(&SqliteAuditStore::open(&f.path).await.unwrap()).await;
+    verify_jsonl(exported.as_slice(), None).unwrap();
+    // (the store itself still knows the hash of the head it last committed)
+    assert!(
+        SqliteAuditStore::open(&f.path)
+            .await
+            .unwrap()
+            .verify(None)
+            .await
+            .is_err()
+    );
     // ...but not against the checkpoint kept elsewhere.
     let b = broken(&f.path, Some(f.checkpoint.clone())).await;
     assert_eq!((b.position, b.seq), (11, Some(11)));
@@ -513,4 +527,40 @@ async fn tampered_exports_are_caught_at_the_first_bad_line() {
     let b = verify_lines(&garbage, None).unwrap_err();
     assert_eq!(b.position, 2);
     assert!(matches!(b.problem, BreakProblem::Malformed { .. }));
+}
+
+/// A deleted `-wal` file takes the newest commits with it and leaves a consistent older
+/// database; the head witness beside the database makes the gap visible.
+#[tokio::test]
+async fn a_deleted_wal_file_is_caught_by_the_head_witness() {
+    let f = fixture().await;
+    // Move everything so far into the database file, then commit more, which stays in the WAL.
+    tamper(&f.path, "PRAGMA wal_checkpoint(TRUNCATE);");
+    simulate_run(&f.store, "alice", "run-2", "2", 1_700_000_100_000).await;
+    let head = f.store.verify(None).await.unwrap().head.unwrap();
+    assert_eq!(head.seq, 22);
+    // What a deleted -wal leaves: the database file as of the checkpoint (copied while the
+    // store is open, so nothing is checkpointed on close), with the witness beside it.
+    let copy = f.path.with_file_name("copy.db");
+    std::fs::copy(&f.path, &copy).unwrap();
+    let witness = |p: &std::path::Path| format!("{}-audit-head", p.display());
+    std::fs::copy(witness(&f.path), witness(&copy)).unwrap();
+    let store = SqliteAuditStore::open(&copy).await.unwrap();
+    let b = match store.verify(None).await {
+        Err(AuditError::ChainBroken(b)) => b,
+        other => panic!("a lost WAL must not verify, got {other:?}"),
+    };
+    assert_eq!(
+        b.problem,
+        BreakProblem::BehindWitness {
+            witness_seq: 22,
+            last_seq: 11
+        }
+    );
+    assert!(b.to_string().contains("-wal"), "{b}");
+    // Without the witness (moved away with the WAL) only a checkpoint kept elsewhere helps.
+    std::fs::remove_file(witness(&copy)).unwrap();
+    let store = SqliteAuditStore::open(&copy).await.unwrap();
+    assert_eq!(store.verify(None).await.unwrap().records, 11);
+    assert!(store.verify(Some(head)).await.is_err());
 }

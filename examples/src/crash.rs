@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 use chain_runtime::Runtime;
 use chain_runtime::audit::AuditStore;
 use chain_runtime::engine::idempotency_key;
-use chain_runtime::sandbox::{REDIRECT_URI, Urls};
-use chain_runtime::store::{
-    Alert, BoxFuture, CompensationEntry, EntryKind, EntryResult, JournalEntry, Lease, RunRecord,
-    RunState, RunStore, StoreError,
+use chain_runtime::journal::{
+    Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, EntryKind, EntryResult,
+    JournalEntry, JournalError, JournalWrite, Lease, RunJournal, RunRecord, RunState, Unit,
 };
+use chain_runtime::sandbox::{REDIRECT_URI, Urls};
 use chain_runtime::vault::{
     ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, VaultError, VaultKey,
 };
@@ -371,13 +371,13 @@ pub struct ChildOutcome {
 /// saying so on stdout; it also reports every journal write (`intent …`, `result …`) and
 /// every new run (`run …`). The child uses it to reach journal kill points exactly.
 pub struct PausingStore {
-    inner: Arc<dyn RunStore>,
+    inner: Arc<dyn RunJournal>,
     pause: Option<Pause>,
 }
 
 impl PausingStore {
     /// Wraps `inner`, stopping at `pause`.
-    pub fn new(inner: Arc<dyn RunStore>, pause: Option<Pause>) -> Self {
+    pub fn new(inner: Arc<dyn RunJournal>, pause: Option<Pause>) -> Self {
         Self { inner, pause }
     }
 
@@ -400,12 +400,12 @@ fn say(event: &str, detail: &str) {
     let _ = out.flush();
 }
 
-impl RunStore for PausingStore {
+impl RunJournal for PausingStore {
     fn create_run<'a>(
         &'a self,
         run: RunRecord,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+    ) -> BoxFuture<'a, Result<Lease, JournalError>> {
         Box::pin(async move {
             let run_id = run.run_id.clone();
             let lease = self.inner.create_run(run, owner).await?;
@@ -418,53 +418,64 @@ impl RunStore for PausingStore {
         &'a self,
         run_id: &'a str,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
+    ) -> BoxFuture<'a, Result<Lease, JournalError>> {
         self.inner.claim_run(run_id, owner)
     }
 
-    fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
         self.inner.release_run(lease)
     }
 
     fn get_run<'a>(
         &'a self,
         run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, JournalError>> {
         self.inner.get_run(run_id)
     }
 
-    fn list_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+    fn list_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, JournalError>> {
         self.inner.list_runs()
-    }
-
-    fn set_state<'a>(
-        &'a self,
-        lease: &'a Lease,
-        expected: Option<&'static str>,
-        state: RunState,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.inner.set_state(lease, expected, state)
     }
 
     fn journal<'a>(
         &'a self,
         run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<JournalEntry>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<JournalEntry>, JournalError>> {
         self.inner.journal(run_id)
     }
 
-    fn write_entry<'a>(
+    fn compensations<'a>(
         &'a self,
-        lease: &'a Lease,
-        entry: JournalEntry,
-        node: u32,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CompensationEntry>, JournalError>> {
+        self.inner.compensations(run_id)
+    }
+
+    fn alerts<'a>(
+        &'a self,
+        run_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Alert>, JournalError>> {
+        self.inner.alerts(run_id)
+    }
+
+    fn commit<'a>(
+        &'a self,
+        lease: Option<&'a Lease>,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         Box::pin(async move {
+            let entry = unit.writes.iter().find_map(|w| match w {
+                JournalWrite::Entry { entry, .. } => Some(entry.clone()),
+                _ => None,
+            });
+            let Some(entry) = entry else {
+                return self.inner.commit(lease, unit).await;
+            };
             let is_result = entry.result.is_some();
             if is_result {
                 self.maybe_pause(PauseAt::BeforeResult, &entry).await;
             }
-            self.inner.write_entry(lease, entry.clone(), node).await?;
+            let committed = self.inner.commit(lease, unit).await?;
             if is_result {
                 say("result", &entry.step_id);
                 self.maybe_pause(PauseAt::AfterResult, &entry).await;
@@ -472,34 +483,12 @@ impl RunStore for PausingStore {
                 say("intent", &entry.step_id);
                 self.maybe_pause(PauseAt::AfterIntent, &entry).await;
             }
-            Ok(())
+            Ok(committed)
         })
     }
 
-    fn compensations<'a>(
-        &'a self,
-        run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<CompensationEntry>, StoreError>> {
-        self.inner.compensations(run_id)
-    }
-
-    fn write_compensation<'a>(
-        &'a self,
-        lease: &'a Lease,
-        entry: CompensationEntry,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.write_compensation(lease, entry)
-    }
-
-    fn insert_alert(&self, alert: Alert) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.insert_alert(alert)
-    }
-
-    fn alerts<'a>(
-        &'a self,
-        run_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<Alert>, StoreError>> {
-        self.inner.alerts(run_id)
+    fn database(&self) -> Option<DatabaseId> {
+        self.inner.database()
     }
 }
 
@@ -887,8 +876,28 @@ impl CrashHarness {
                 before_kill = seen;
             }
             to_kill.push(took);
+            if let Some(run_id) = &run_id {
+                self.journal_agrees_with_audit(run_id)
+                    .await
+                    .map_err(|e| format!("after the kill at {}: {e}", kill.label()))?;
+            }
         }
         let run_id = run_id.ok_or("no kill point given")?;
+        let (mine, recovery) = self.recover_run(&run_id).await?;
+        Ok(CrashOutcome {
+            kill_points: kills.to_vec(),
+            run_id,
+            recovered_state: mine.state,
+            reason: mine.reason,
+            to_kill,
+            recovery,
+            before_kill,
+        })
+    }
+
+    /// Starts a child that recovers, waits for it, checks that the journal and the audit trail
+    /// of `run_id` agree, and returns the run's outcome and how long the recovery took.
+    pub async fn recover_run(&self, run_id: &str) -> Result<(ChildOutcome, Duration), DemoError> {
         let recovery_started = Instant::now();
         let mut second = self.spawn(Phase::Recover, None)?;
         let done = second.line("done ", recovery_started + WAIT).await?;
@@ -899,19 +908,88 @@ impl CrashHarness {
                 .failure(&format!("the recovering child exited with {status}"))
                 .into());
         }
+        self.journal_agrees_with_audit(run_id)
+            .await
+            .map_err(|e| format!("after the recovery: {e}"))?;
         let outcomes: Vec<ChildOutcome> = serde_json::from_str(&done)?;
-        let mine = outcomes
-            .into_iter()
-            .find(|o| o.run_id == run_id)
-            .ok_or_else(|| second.failure(&format!("recovery did not report run {run_id}")))?;
+        let mine = match outcomes.into_iter().find(|o| o.run_id == run_id) {
+            Some(mine) => mine,
+            // A run that ended before its process was killed is not recovered.
+            None => match self.demo.runs.get_run(run_id).await? {
+                Some(run) if run.state.is_terminal() => ChildOutcome {
+                    run_id: run_id.to_owned(),
+                    state: run.state.kind().to_owned(),
+                    reason: None,
+                },
+                _ => {
+                    return Err(second
+                        .failure(&format!("recovery did not report run {run_id}"))
+                        .into());
+                }
+            },
+        };
+        Ok((mine, recovery))
+    }
+
+    /// Two processes on one database: starts a child that runs the chain and holds it, alive,
+    /// at the journal kill point `hold`; while it is held, a second child runs
+    /// `engine.recover()`. Returns the run id and what the second child reported; the first
+    /// child is killed afterwards (so the run is left for [`CrashHarness::recover_run`]).
+    pub async fn recover_beside_a_live_driver(
+        &self,
+        hold: KillPoint,
+    ) -> Result<(String, Vec<ChildOutcome>), DemoError> {
+        let pause = hold
+            .pause()
+            .ok_or("recover_beside_a_live_driver needs a journal kill point")?;
+        let started = Instant::now();
+        let mut first = self.spawn(Phase::Start, Some(pause))?;
+        let run_id = first.line("run ", started + WAIT).await?;
+        first.line("pause ", started + WAIT).await?;
+        let mut second = self.spawn(Phase::Recover, None)?;
+        let done = second.line("done ", started + WAIT).await?;
+        let status = second.wait_exit(started + WAIT).await?;
+        if first.exited() {
+            return Err(first.failure("the driving child died while held").into());
+        }
+        first.kill()?;
+        if !status.success() {
+            return Err(second
+                .failure(&format!("the recovering child exited with {status}"))
+                .into());
+        }
+        let outcomes: Vec<ChildOutcome> = serde_json::from_str(&done)?;
+        Ok((run_id, outcomes))
+    }
+
+    /// Starts a child that runs the chain and kills it with SIGKILL `delay` after it created
+    /// its run, wherever it is then (inside a commit, a provider call, between steps, or
+    /// already done); checks that the journal and the audit trail agree; recovers and checks
+    /// again. Returns the outcome (with no kill points) for [`CrashHarness::verify`].
+    pub async fn kill_after(&self, delay: Duration) -> Result<CrashOutcome, DemoError> {
+        let started = Instant::now();
+        let mut first = self.spawn(Phase::Start, None)?;
+        let run_id = first.line("run ", started + WAIT).await?;
+        tokio::time::sleep(delay).await;
+        if !first.exited() {
+            first.kill()?;
+        }
+        let to_kill = started.elapsed();
+        while let Ok(line) = first.lines.try_recv() {
+            first.seen.push(line);
+        }
+        self.journal_agrees_with_audit(&run_id)
+            .await
+            .map_err(|e| format!("after the kill {delay:?} into the run: {e}"))?;
+        let (mine, recovery) = self.recover_run(&run_id).await?;
         Ok(CrashOutcome {
-            kill_points: kills.to_vec(),
+            kill_points: Vec::new(),
             run_id,
             recovered_state: mine.state,
             reason: mine.reason,
-            to_kill,
+            to_kill: vec![to_kill],
             recovery,
-            before_kill,
+            before_kill: std::mem::take(&mut first.seen),
         })
     }
 
@@ -1029,6 +1107,73 @@ impl CrashHarness {
         }
 
         Ok((run_id, to_kill, std::mem::take(&mut first.seen)))
+    }
+
+    /// Checks that the run's journal and its audit trail agree, as a killed process left them:
+    /// every journaled step attempt has its `step_attempt` record and no other attempt has
+    /// one; a journaled result has its `step_outcome` record and an intent without a result
+    /// has none. (A step's journal write and its audit record commit in one transaction, so a
+    /// kill at any point leaves both or neither.)
+    pub async fn journal_agrees_with_audit(&self, run_id: &str) -> Result<(), DemoError> {
+        use std::collections::BTreeMap;
+
+        use chain_runtime::audit::{AuditEvent, AuditStore as _};
+
+        let journal = self.demo.runs.journal(run_id).await?;
+        let history = self.demo.audit.run_history(run_id).await?;
+        // step id → (attempts with a record, attempts with an outcome record)
+        let mut audited: BTreeMap<String, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
+        for record in &history {
+            let Some(step_id) = &record.step_id else {
+                continue;
+            };
+            match &record.event {
+                AuditEvent::StepAttempt { attempt, .. } => {
+                    audited.entry(step_id.clone()).or_default().0.push(*attempt);
+                }
+                AuditEvent::StepOutcome { attempt, .. } => {
+                    audited.entry(step_id.clone()).or_default().1.push(*attempt);
+                }
+                _ => {}
+            }
+        }
+        for entry in journal.iter().filter(|e| e.kind == EntryKind::Step) {
+            let (attempts, outcomes) = audited.remove(&entry.step_id).unwrap_or_default();
+            let expected: Vec<u32> = (1..=entry.attempt).collect();
+            if attempts != expected {
+                return Err(format!(
+                    "`{}` is journaled at attempt {} but the audit trail has step_attempt records for attempts {attempts:?}",
+                    entry.step_id, entry.attempt
+                )
+                .into());
+            }
+            let outcome_of_last = outcomes.contains(&entry.attempt);
+            if entry.result.is_some() != outcome_of_last {
+                return Err(format!(
+                    "`{}` attempt {}: journal result {}, audit step_outcome {}",
+                    entry.step_id,
+                    entry.attempt,
+                    if entry.result.is_some() {
+                        "present"
+                    } else {
+                        "missing"
+                    },
+                    if outcome_of_last {
+                        "present"
+                    } else {
+                        "missing"
+                    },
+                )
+                .into());
+            }
+        }
+        if let Some((step_id, _)) = audited.into_iter().next() {
+            return Err(format!(
+                "the audit trail has step records of `{step_id}`, which the journal does not have"
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// Checks, from the journal and the emulators' ledgers, that the run completed and that

@@ -31,10 +31,12 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use chain_runtime::audit::AuditStore as _;
+use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{Emulator, Provider, pkce_challenge};
 use chain_runtime::store::{EntryResult, RunStore as _};
 use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
 use examples::demo::{CONSENT_SCOPES, Demo, OPPORTUNITY, Scenario};
+use examples::escalate::UserId;
 use secrecy::ExposeSecret as _;
 
 /// The captured log output of every crate.
@@ -184,6 +186,151 @@ fn secret_strings<P: Provider>(e: &Emulator<P>) -> Vec<String> {
         .collect()
 }
 
+/// What one run left behind, read through the library: the resume attempt, the run record
+/// and state, the journal with its `StepError`s, the compensations and the audit history.
+async fn run_haystacks(demo: &Demo, run_id: &str, name: &str) -> Vec<Haystack> {
+    let mut haystacks = Vec::new();
+    match demo.engine.resume(run_id).await {
+        Err(e) => haystacks.push(err_text(&format!("resume of {name} run"), &e)),
+        Ok(r) => haystacks.push(text(format!("resume of {name} run"), format!("{r:?}"))),
+    }
+    let record = demo.engine.run_status(run_id).await.unwrap();
+    haystacks.push(text(
+        format!("run record {name}"),
+        format!("{record:?} {:?}", record.state),
+    ));
+    for entry in demo.runs.journal(run_id).await.unwrap() {
+        if let Some(EntryResult::Err { error }) = &entry.result {
+            haystacks.push(err_text(&format!("journal StepError {name}"), error));
+        }
+        haystacks.push(text(format!("journal entry {name}"), format!("{entry:?}")));
+    }
+    for c in demo.runs.compensations(run_id).await.unwrap() {
+        if let Some(Some(error)) = &c.result {
+            haystacks.push(err_text(&format!("compensation StepError {name}"), error));
+        }
+        haystacks.push(text(format!("compensation {name}"), format!("{c:?}")));
+    }
+    let history = demo.audit.run_history(run_id).await.unwrap();
+    haystacks.push(text(
+        format!("audit records {name}"),
+        format!("{history:?}"),
+    ));
+    haystacks
+}
+
+/// What the built chainctl shows of one run: `runs show` (table and JSON) and its audit history.
+fn chainctl_run_haystacks(db: &Path, run_id: &str) -> Vec<Haystack> {
+    vec![
+        chainctl(db, &["runs", "show", run_id]).0,
+        chainctl(db, &["--json", "runs", "show", run_id]).0,
+        chainctl(db, &["audit", "history", run_id]).0,
+    ]
+}
+
+// --- A provider that echoes the caller's access token back. ---
+
+/// The tokens the echo provider received (and sent back).
+#[derive(Clone, Default)]
+struct Echoed(Arc<Mutex<Vec<String>>>);
+
+impl Echoed {
+    fn note(&self, headers: &axum::http::HeaderMap) -> String {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        self.0.lock().unwrap().push(token.clone());
+        token
+    }
+}
+
+/// A local HTTP provider whose every answer contains the bearer token it was sent: refusals
+/// with the token in an HTML page, in a JSON `message` and in the JSON `error` code itself,
+/// and successes whose fields have the wrong type and quote the token.
+async fn start_echo_provider(echoed: Echoed) -> String {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::routing::get;
+    async fn forbidden_json(State(e): State<Echoed>, h: HeaderMap) -> (StatusCode, String) {
+        let t = e.note(&h);
+        let body = format!(r#"{{"error":"{t}","message":"token {t} may not read this"}}"#);
+        (StatusCode::FORBIDDEN, body)
+    }
+    async fn forbidden_html(
+        State(e): State<Echoed>,
+        h: HeaderMap,
+    ) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+        let t = e.note(&h);
+        let body = format!("<html><body>Bearer {t} refused</body></html>");
+        (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/html")],
+            body,
+        )
+    }
+    async fn conflict_text(State(e): State<Echoed>, h: HeaderMap) -> (StatusCode, String) {
+        let t = e.note(&h);
+        (StatusCode::CONFLICT, t)
+    }
+    async fn wrong_type(State(e): State<Echoed>, h: HeaderMap) -> String {
+        let t = e.note(&h);
+        format!(r#"{{"count":"{t}"}}"#)
+    }
+    async fn wrong_type_nested(State(e): State<Echoed>, h: HeaderMap) -> String {
+        let t = e.note(&h);
+        format!(r#"{{"count":{{"{t}":["{t}"]}}}}"#)
+    }
+    async fn bad_syntax(State(e): State<Echoed>, h: HeaderMap) -> String {
+        let t = e.note(&h);
+        format!(r#"{{"count": {t}}}"#)
+    }
+    let app = axum::Router::new()
+        .route("/forbidden-json", get(forbidden_json))
+        .route("/forbidden-html", get(forbidden_html))
+        .route("/conflict-text", get(conflict_text))
+        .route("/wrong-type", get(wrong_type))
+        .route("/wrong-type-nested", get(wrong_type_nested))
+        .route("/bad-syntax", get(bad_syntax))
+        .with_state(echoed);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The shape a step expects from the echo provider.
+#[derive(Debug, Deserialize)]
+struct Counted {
+    count: u64,
+}
+
+/// Reads a count from `url` with the run principal's Salesforce token.
+#[step(connector = "salesforce", scopes = ["api"], read)]
+async fn read_count(ctx: &StepCtx<UserId>, url: String) -> Result<u64, StepError> {
+    let response = ctx.http()?.get(url).send().await?;
+    let counted: Counted = response.json()?;
+    Ok(counted.count)
+}
+
+/// One read from a provider that echoes tokens.
+#[chain(principal = UserId)]
+async fn echo_chain(ctx: &ChainCtx<UserId>, url: String) -> Result<u64, ChainError> {
+    Ok(read_count(ctx, url).await?)
+}
+
+/// The echo provider's routes, each with the kind of failure the run must end in.
+const ECHO_ROUTES: [(&str, &str); 6] = [
+    ("/forbidden-json", "Forbidden"),
+    ("/forbidden-html", "Forbidden"),
+    ("/conflict-text", "Forbidden"),
+    ("/wrong-type", "Runtime"),
+    ("/wrong-type-nested", "Runtime"),
+    ("/bad-syntax", "Runtime"),
+];
+
 /// The scenarios played (all but `crash`, which needs a child process and is covered by the
 /// crash tests).
 const SCENARIOS: [Scenario; 8] = [
@@ -222,6 +369,7 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
     let mut refreshes_seen = 0usize;
     let mut alerts_seen = 0usize;
     let mut resumed = false;
+    let mut echo_runs = 0usize;
 
     for scenario in SCENARIOS {
         let name = scenario.name();
@@ -263,20 +411,24 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
             verifier_challenges.push(challenge);
             let consent = demo.sandbox.jira.consent(link.url.as_str()).unwrap();
             let (state, code) = (consent.state.unwrap(), consent.code.unwrap());
-            let account = demo.vault.complete_consent(&state, &code).await.unwrap();
+            let account = demo
+                .vault
+                .complete_consent(&alice, &state, &code)
+                .await
+                .unwrap();
             haystacks.push(text(
                 "consent link and account",
                 format!("{link:?} {account:?}"),
             ));
             let e = demo
                 .vault
-                .complete_consent(&state, &code)
+                .complete_consent(&alice, &state, &code)
                 .await
                 .unwrap_err();
             haystacks.push(err_text("replayed consent callback", &e));
             let e = demo
                 .vault
-                .complete_consent("forged-state-value", &code)
+                .complete_consent(&alice, "forged-state-value", &code)
                 .await
                 .unwrap_err();
             haystacks.push(err_text("forged consent callback", &e));
@@ -290,7 +442,11 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
             assert!(unused.code.is_some());
             let e = demo
                 .vault
-                .complete_consent("another-forged-state", unused.code.as_deref().unwrap())
+                .complete_consent(
+                    &alice,
+                    "another-forged-state",
+                    unused.code.as_deref().unwrap(),
+                )
                 .await
                 .unwrap_err();
             haystacks.push(err_text("forged state with a live code", &e));
@@ -341,33 +497,7 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
         }
         if let Some(run_id) = &report.run_id {
             run_ids.push(run_id.clone());
-            let e = demo.engine.resume(run_id).await;
-            match e {
-                Err(e) => haystacks.push(err_text(&format!("resume of {name} run"), &e)),
-                Ok(r) => haystacks.push(text(format!("resume of {name} run"), format!("{r:?}"))),
-            }
-            let record = demo.engine.run_status(run_id).await.unwrap();
-            haystacks.push(text(
-                format!("run record {name}"),
-                format!("{record:?} {:?}", record.state),
-            ));
-            for entry in demo.runs.journal(run_id).await.unwrap() {
-                if let Some(EntryResult::Err { error }) = &entry.result {
-                    haystacks.push(err_text(&format!("journal StepError {name}"), error));
-                }
-                haystacks.push(text(format!("journal entry {name}"), format!("{entry:?}")));
-            }
-            for c in demo.runs.compensations(run_id).await.unwrap() {
-                if let Some(Some(error)) = &c.result {
-                    haystacks.push(err_text(&format!("compensation StepError {name}"), error));
-                }
-                haystacks.push(text(format!("compensation {name}"), format!("{c:?}")));
-            }
-            let history = demo.audit.run_history(run_id).await.unwrap();
-            haystacks.push(text(
-                format!("audit records {name}"),
-                format!("{history:?}"),
-            ));
+            haystacks.extend(run_haystacks(&demo, run_id, name).await);
         }
         let alerts = demo.runs.alerts(None).await.unwrap();
         haystacks.push(text(format!("alerts {name}"), format!("{alerts:?}")));
@@ -412,9 +542,7 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
                 json.contains(run_id.as_str()),
                 "chainctl did not list {run_id}"
             );
-            haystacks.push(chainctl(&db, &["runs", "show", run_id]).0);
-            haystacks.push(chainctl(&db, &["--json", "runs", "show", run_id]).0);
-            haystacks.push(chainctl(&db, &["audit", "history", run_id]).0);
+            haystacks.extend(chainctl_run_haystacks(&db, run_id));
         }
         let (export, stdout) = chainctl(&db, &["audit", "export"]);
         assert_eq!(
@@ -428,6 +556,56 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
         emulator_secrets(&demo.sandbox.salesforce, name, &mut needles);
         emulator_secrets(&demo.sandbox.jira, name, &mut needles);
         emulator_secrets(&demo.sandbox.slack, name, &mut needles);
+        dbs.push(db);
+        drop(demo);
+    }
+    // --- Providers that echo the access token in refusals and in mistyped fields. ---
+    let echoed = Echoed::default();
+    let echo_base = start_echo_provider(echoed.clone()).await;
+    {
+        let name = "echo";
+        let db = dir.path().join("echo.db");
+        let demo = Demo::start_with_key(&db, VaultKey::from_bytes(key_bytes))
+            .await
+            .unwrap();
+        demo.engine.register::<echo_chain>();
+        demo.connect("salesforce").await.unwrap();
+        for (route, kind) in ECHO_ROUTES {
+            let started = demo
+                .engine
+                .start::<echo_chain>(demo.user.clone(), (format!("{echo_base}{route}"),))
+                .await
+                .unwrap();
+            let run_id = started.run_id;
+            let failure = demo
+                .runs
+                .journal(&run_id)
+                .await
+                .unwrap()
+                .into_iter()
+                .find_map(|entry| match entry.result {
+                    Some(EntryResult::Err { error }) => Some(error),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("the {route} run recorded no step error"));
+            assert!(
+                format!("{failure:?}").starts_with(kind),
+                "the {route} run failed with {failure:?}, expected {kind}"
+            );
+            echo_runs += 1;
+            haystacks.extend(run_haystacks(&demo, &run_id, &format!("{name}{route}")).await);
+            haystacks.extend(chainctl_run_haystacks(&db, &run_id));
+        }
+        let mut export: Vec<u8> = Vec::new();
+        demo.audit.export_jsonl(&mut export).await.unwrap();
+        haystacks.push(Haystack {
+            name: format!("audit export {name}"),
+            bytes: export,
+        });
+        haystacks.push(chainctl(&db, &["--json", "runs", "list"]).0);
+        haystacks.push(chainctl(&db, &["audit", "export"]).0);
+        read_db_files(&db, "open", &mut haystacks);
+        emulator_secrets(&demo.sandbox.salesforce, name, &mut needles);
         dbs.push(db);
         drop(demo);
     }
@@ -510,6 +688,18 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
                 .any(|n| std::str::from_utf8(&n.bytes)
                     .is_ok_and(|v| pkce_challenge(v) == *challenge)),
             "the PKCE verifier of a consent link is not among the needles"
+        );
+    }
+    assert_eq!(echo_runs, ECHO_ROUTES.len(), "an echo run did not fail");
+    let echoed_tokens = echoed.0.lock().unwrap().clone();
+    assert!(
+        echoed_tokens.len() >= ECHO_ROUTES.len(),
+        "the echo provider was not called once per run"
+    );
+    for token in &echoed_tokens {
+        assert!(
+            secrets.contains(&token.as_bytes()),
+            "a token the echo provider sent back is not among the needles"
         );
     }
     assert_eq!(verifier_challenges.len(), 1);

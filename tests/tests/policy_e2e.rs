@@ -1113,7 +1113,7 @@ async fn mini_world(mode: MiniMode, provider: &str) -> (World, Mini, String) {
         .await
         .unwrap();
     w.vault
-        .complete_consent(&link.state, "mini-code")
+        .complete_consent(&w.user.identifier(), &link.state, "mini-code")
         .await
         .unwrap();
     (w, mini, format!("{base}/api/resource"))

@@ -48,7 +48,7 @@ fn write_canonical(value: &Value, out: &mut String) {
         }
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            entries.sort_by(|a, b| key_order(a.0, b.0));
             out.push('{');
             for (i, (key, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
@@ -60,6 +60,15 @@ fn write_canonical(value: &Value, out: &mut String) {
             }
             out.push('}');
         }
+    }
+}
+
+/// Keys compared as UTF-16 code units (byte order is the same for ASCII keys).
+fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
     }
 }
 
@@ -84,14 +93,26 @@ fn write_string(s: &str, out: &mut String) {
 /// The hash of a record given as a JSON object: BLAKE3 over the canonical form of the object
 /// without its `hash` member, as lowercase hex.
 pub fn record_hash(record: &Value) -> String {
-    let canonical = match record {
+    let mut canonical = String::with_capacity(512);
+    match record {
+        // The object without its `hash` member, written without copying the object.
         Value::Object(map) => {
-            let mut without = map.clone();
-            without.remove("hash");
-            canonical_json(&Value::Object(without))
+            let mut entries: Vec<(&String, &Value)> =
+                map.iter().filter(|(k, _)| k.as_str() != "hash").collect();
+            entries.sort_by(|a, b| key_order(a.0, b.0));
+            canonical.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    canonical.push(',');
+                }
+                write_string(key, &mut canonical);
+                canonical.push(':');
+                write_canonical(item, &mut canonical);
+            }
+            canonical.push('}');
         }
-        other => canonical_json(other),
-    };
+        other => write_canonical(other, &mut canonical),
+    }
     blake3::hash(canonical.as_bytes()).to_hex().to_string()
 }
 

@@ -24,8 +24,9 @@
 //! # Concurrency
 //! Appends read the head and insert inside one `BEGIN IMMEDIATE` transaction (SQLite in WAL
 //! mode), so appends from many tasks, threads, connections or processes form one linear chain.
-//! [`SqliteAuditStore`] batches the appends queued at a moment into one such transaction
-//! (group commit: one writer thread, one fsync per batch, records sealed in queue order).
+//! [`SqliteAuditStore`] shares the file's one writer thread with the run journal (group commit:
+//! one fsync per batch, records sealed in queue order), and a step's audit records commit in
+//! the same transaction as its journal entry (the journal's unit of work).
 //!
 //! # No secrets
 //! No record type has a field for an access token, refresh token, authorization code, PKCE
@@ -42,22 +43,20 @@
 mod chain_hash;
 mod export;
 mod record;
-mod sqlite;
+mod seal;
+pub(crate) mod sqlite;
 mod verify;
 
-use std::future::Future;
-use std::pin::Pin;
-
 pub use chain_hash::{GENESIS_HASH, canonical_json, record_hash};
+pub use export::{MAX_LINE, verify_jsonl};
 pub use record::{
     AlertSeverity, AuditEvent, AuditRecord, Authorization, Checkpoint, ConnectorScopes, Effect,
     FORMAT_VERSION, NewRecord, Outcome, PreflightSummary, RecordRef, WriteKind,
 };
 pub use sqlite::SqliteAuditStore;
-pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified, verify_jsonl};
+pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 
-/// A boxed, `Send` future: what [`AuditStore`] methods return (keeps the trait dyn-compatible).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::future::BoxFuture;
 
 /// Errors of the audit trail.
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +64,9 @@ pub enum AuditError {
     /// Verification found the chain broken.
     #[error("{0}")]
     ChainBroken(ChainBreak),
-    /// The SQLite store failed.
-    #[error(
-        "audit store (SQLite) failed: {0}; check that the database file exists, is writable and \
-         is not locked by another process for long"
-    )]
-    Sqlite(#[from] rusqlite::Error),
+    /// The storage backend failed.
+    #[error("audit store failed: {0}")]
+    Backend(String),
     /// Reading or writing an export failed.
     #[error("audit export I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -115,6 +111,13 @@ pub trait AuditStore: Send + Sync {
     /// Appends a record at the head of the chain and returns it sealed (`seq`, `prev_hash`,
     /// `hash` assigned).
     fn append(&self, record: NewRecord) -> BoxFuture<'_, Result<AuditRecord, AuditError>>;
+
+    /// The database this store keeps the trail in, when a run journal on the same database
+    /// can commit audit records in its units of work (see [`crate::journal`]). `None`: appends
+    /// only through [`AuditStore::append`].
+    fn database(&self) -> Option<crate::sqlite::DatabaseId> {
+        None
+    }
 
     /// The head as stored (`None` when empty). Verify before trusting it as a checkpoint.
     fn head(&self) -> BoxFuture<'_, Result<Option<Checkpoint>, AuditError>>;

@@ -221,6 +221,29 @@ pub enum AuditEvent {
         failure_class: Option<String>,
         /// The new access token's absolute expiry, when it succeeded.
         expires_at_unix_ms: Option<i64>,
+        /// The token endpoint's HTTP status when it answered a failed refresh. Absent (not
+        /// `null`) when unknown, so records written before the field existed hash the same.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_status: Option<u16>,
+        /// The token endpoint's sanitized OAuth error code of a failed refresh. Absent when none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_code: Option<String>,
+    },
+    /// A consent did not complete: unknown or expired state, the provider's error callback
+    /// (e.g. `access_denied`), a rejected code exchange (PKCE failure), a callback by another
+    /// principal than the one the link was issued to, or an identity refusal. Never the state,
+    /// the code or a token.
+    ConsentFailed {
+        /// Why, as a stable snake_case word (e.g. `unknown_state`, `provider_error`).
+        reason: String,
+        /// The provider's sanitized error code, if it gave one.
+        error_code: Option<String>,
+    },
+    /// A connected account was removed on purpose (forgotten, or replaced by a consent as
+    /// another upstream user after it was disconnected).
+    AccountRemoved {
+        /// Why, as a stable snake_case word (`forgotten`, `replaced`).
+        reason: String,
     },
     /// An operator was alerted.
     OperatorAlert {
@@ -250,6 +273,8 @@ impl AuditEvent {
             AuditEvent::Handoff { .. } => "handoff",
             AuditEvent::ConsentCompleted { .. } => "consent_completed",
             AuditEvent::TokenRefresh { .. } => "token_refresh",
+            AuditEvent::ConsentFailed { .. } => "consent_failed",
+            AuditEvent::AccountRemoved { .. } => "account_removed",
             AuditEvent::OperatorAlert { .. } => "operator_alert",
             AuditEvent::RunFinished { .. } => "run_finished",
         }
@@ -362,26 +387,7 @@ impl NewRecord {
 
     /// Builds the sealed record at position `seq` after a predecessor whose hash is `prev_hash`.
     pub fn seal(self, seq: u64, prev_hash: String) -> Result<AuditRecord, serde_json::Error> {
-        let mut record = AuditRecord {
-            format: FORMAT_VERSION,
-            seq,
-            time_unix_ms: self.time_unix_ms,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            principal: self.principal,
-            connector: self.connector,
-            account_id: self.account_id,
-            upstream_subject: self.upstream_subject,
-            grant_id: self.grant_id,
-            scopes: self.scopes,
-            records: self.records,
-            outcome: self.outcome,
-            event: self.event,
-            prev_hash,
-            hash: String::new(),
-        };
-        record.hash = crate::audit::chain_hash::record_hash(&serde_json::to_value(&record)?);
-        Ok(record)
+        Ok(super::seal::Presealed::new(self)?.seal(seq, prev_hash).0)
     }
 }
 

@@ -7,50 +7,38 @@
 //! - `audit_record_refs`: an index of touched external records for `who_authorized`;
 //!   verification checks it against each record's `records`.
 //!
-//! # Writes: one writer thread, group commit
-//! All appends of one store (and its clones) go through ONE writer thread that owns the write
-//! connection (WAL, `synchronous=FULL`). It takes every append queued at the moment (up to
-//! [`MAX_BATCH`]) and, in ONE `BEGIN IMMEDIATE` transaction, reads the head, seals the records
-//! in queue order (consecutive `seq`s, each `prev_hash` the hash of the record before it),
-//! inserts them and their `audit_record_refs` rows, and commits once; then it answers each
-//! caller with its sealed record. Concurrent appends thus share one fsync (group commit), and an
-//! append is durable when its future resolves.
+//! # Writes: the shared writer, group commit
+//! The store lives on the process's shared [`Database`] for its file (see [`crate::sqlite`]):
+//! appends are writes of its one writer thread, which batches everything queued at the moment
+//! (this store's appends and the run journal's units of work alike) into one transaction and
+//! one fsync. Each append reads the chain head once per transaction (then keeps it in the
+//! transaction), seals the record on it (next `seq`, `prev_hash` the head's hash) and inserts
+//! it and its `audit_record_refs` rows, in its own savepoint: a record that cannot be sealed
+//! or stored fails alone and takes no `seq`.
 //!
-//! The head is read inside every batch's write transaction, never cached between batches, so
-//! several stores (handles, connections or processes) on one file still produce one linear
-//! chain; the writer waits up to [`BUSY_TIMEOUT`] for another writer holding the lock.
+//! The head is read inside every write transaction, never cached between transactions, so
+//! several processes on one file still produce one linear chain; the writer waits up to
+//! [`BUSY_TIMEOUT`] for another process holding the lock.
 //!
-//! A batch is all or nothing: when an insert or the commit fails, the transaction rolls back
-//! and every caller in the batch gets an error (nothing of the batch is stored). A record that
-//! cannot be sealed (serialized) fails alone and takes no `seq`.
-//!
-//! Reads use separate connections on the blocking thread pool and never wait for the writer.
+//! Reads use the shared reader pool and never wait for the writer.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::path::Path;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 use super::chain_hash::GENESIS_HASH;
 use super::record::{
     AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, NewRecord, Outcome, RecordRef,
     WriteKind,
 };
+use super::seal::Columns;
+pub(crate) use super::seal::Presealed;
 use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 use super::{AuditError, AuditStore, BoxFuture};
-use crate::store::WriterStats;
-
-/// How long an append waits for another writer holding the database lock.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The most appends one write transaction takes.
-pub const MAX_BATCH: usize = 512;
+use crate::sqlite::{Database, DatabaseId, DbError, Durability, Tx, WriterStats};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -111,202 +99,104 @@ fn select_columns() -> String {
     COLUMNS.join(", ")
 }
 
-/// An audit store in a SQLite file; see the module docs. Clones share one writer thread.
+/// An audit store in a SQLite file; see the module docs. Clones share the database.
 #[derive(Clone)]
 pub struct SqliteAuditStore {
-    inner: Arc<Inner>,
-}
-
-/// One queued append and where to send its sealed record.
-struct Job {
-    record: NewRecord,
-    reply: oneshot::Sender<Result<AuditRecord, AuditError>>,
-}
-
-/// Counters of the writer thread.
-#[derive(Debug, Default)]
-struct Stats {
-    writes: AtomicU64,
-    commits: AtomicU64,
-}
-
-struct Inner {
-    path: PathBuf,
-    stats: Arc<Stats>,
-    /// Dropping the last sender (the last clone of the store) ends the writer thread after it
-    /// drained the queue.
-    writer: mpsc::Sender<Job>,
-    readers: Mutex<Vec<Connection>>,
+    db: Database,
 }
 
 impl std::fmt::Debug for SqliteAuditStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteAuditStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
     }
 }
 
+impl From<DbError> for AuditError {
+    fn from(e: DbError) -> Self {
+        AuditError::Backend(e.message)
+    }
+}
+
+impl From<rusqlite::Error> for AuditError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+/// Creates the audit tables on `db` (idempotent).
+pub(crate) async fn ensure_schema(db: &Database) -> Result<(), DbError> {
+    db.ensure_schema(SCHEMA).await
+}
+
 impl SqliteAuditStore {
-    /// Opens (creating if needed) the audit tables in the SQLite file at `path`, in WAL mode
-    /// with `synchronous=FULL`, and starts the store's writer thread.
+    /// Opens (creating if needed) the audit tables in the SQLite file at `path`, on the
+    /// process's shared [`Database`] for that file.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
-        let path = path.as_ref().to_path_buf();
-        let for_open = path.clone();
-        let (write_conn, read_conn) = tokio::task::spawn_blocking(move || {
-            let write_conn = open_connection(&for_open)?;
-            write_conn.execute_batch(&format!("BEGIN IMMEDIATE;{SCHEMA}COMMIT;"))?;
-            let read_conn = open_connection(&for_open)?;
-            Ok::<_, AuditError>((write_conn, read_conn))
-        })
-        .await
-        .map_err(|e| AuditError::Background(e.to_string()))??;
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(Stats::default());
-        let writer_stats = Arc::clone(&stats);
-        std::thread::Builder::new()
-            .name("audit-store-writer".into())
-            .spawn(move || writer_loop(write_conn, rx, writer_stats))
-            .map_err(|e| {
-                AuditError::Background(format!("cannot start the audit writer thread: {e}"))
-            })?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path,
-                stats,
-                writer: tx,
-                readers: Mutex::new(vec![read_conn]),
-            }),
-        })
+        Self::on(Database::open(path).await?).await
+    }
+
+    /// Opens the audit store on `db`.
+    pub async fn on(db: Database) -> Result<Self, AuditError> {
+        ensure_schema(&db).await?;
+        Ok(Self { db })
     }
 
     /// The database file's path.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.db.path()
     }
 
-    /// Appends committed so far by this store's writer thread (`writes`) and in how many
-    /// transactions (`commits`, one fsync each). Under concurrent appends `commits` is far
-    /// below `writes` (group commit). Counts this store and its clones, not other handles on
-    /// the same file.
+    /// The shared writer's counters so far: every store on the file (journal, audit trail,
+    /// vault) counts, since they share one writer.
     pub fn writer_stats(&self) -> WriterStats {
-        WriterStats {
-            writes: self.inner.stats.writes.load(Ordering::Relaxed),
-            commits: self.inner.stats.commits.load(Ordering::Relaxed),
-        }
+        self.db.writer_stats()
     }
 
-    /// Queues `record` for the writer thread and waits for it to be committed.
-    async fn append_queued(&self, record: NewRecord) -> Result<AuditRecord, AuditError> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(Job { record, reply })
-            .map_err(|_| AuditError::Background("the audit writer thread stopped".into()))?;
-        rx.await.map_err(|_| {
-            AuditError::Background("the audit writer thread dropped the append".into())
-        })?
-    }
-
-    /// Runs `f` on a read connection on the blocking pool.
+    /// Runs `f` on a pooled read connection.
     async fn blocking<T, F>(&self, f: F) -> Result<T, AuditError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, AuditError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            // A panic while a connection is out of the pool loses that connection only; a
-            // dropped rusqlite transaction rolls back, so a poisoned lock is safe to reuse.
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pop();
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => open_connection(&inner.path)?,
-            };
-            let result = f(&mut conn);
-            inner
-                .readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(conn);
-            result
-        })
-        .await
-        .map_err(|e| AuditError::Background(e.to_string()))?
+        self.db.read(f).await
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, AuditError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(mode = %mode, "audit store: SQLite refused WAL journal mode");
-    }
-    conn.execute_batch("PRAGMA synchronous = FULL;")?;
-    Ok(conn)
+/// Serializes `records` for [`append_in`], off the writer thread.
+pub(crate) fn preseal(records: Vec<NewRecord>) -> Result<Vec<Presealed>, AuditError> {
+    records
+        .into_iter()
+        .map(|r| Presealed::new(r).map_err(AuditError::Json))
+        .collect()
 }
 
-/// The writer thread: drains the queue in batches, one transaction (one fsync) per batch.
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let (records, replies): (Vec<NewRecord>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.record, j.reply)).unzip();
-        match append_batch(&mut conn, records) {
-            Ok(results) => {
-                let written = results.iter().filter(|r| r.is_ok()).count() as u64;
-                stats.writes.fetch_add(written, Ordering::Relaxed);
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // The caller may have gone away; its record is committed all the same.
-                    let _ = reply.send(result);
-                }
-            }
-            Err(failure) => {
-                let message = failure.error.to_string();
-                let mut original = Some(failure.error);
-                let culprit = failure.culprit.unwrap_or(0);
-                for (i, reply) in replies.into_iter().enumerate() {
-                    let error = match original.take_if(|_| i == culprit) {
-                        Some(e) => e,
-                        None => AuditError::Background(format!(
-                            "the batch this append was in was rolled back, nothing of it was \
-                             stored: {message}"
-                        )),
-                    };
-                    let _ = reply.send(Err(error));
-                }
-            }
-        }
+/// Seals `records` in order on the chain head of the open transaction and inserts them.
+pub(crate) fn append_in(
+    tx: &mut Tx<'_>,
+    records: Vec<Presealed>,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
-}
-
-/// Why a batch did not commit.
-struct BatchFailure {
-    /// The index of the record whose insert failed; `None` when the transaction itself failed
-    /// (begin, head read, commit).
-    culprit: Option<usize>,
-    error: AuditError,
-}
-
-impl BatchFailure {
-    fn of_tx(error: impl Into<AuditError>) -> Self {
-        Self {
-            culprit: None,
-            error: error.into(),
-        }
+    let (mut seq, mut prev_hash) = match tx.chain_head() {
+        Some((seq, hash)) => (*seq, hash.clone()),
+        None => match read_head(tx.conn())? {
+            None => (0, GENESIS_HASH.to_owned()),
+            Some(head) => (head.seq, head.hash),
+        },
+    };
+    let mut sealed = Vec::with_capacity(records.len());
+    for pre in records {
+        let (record, columns) = pre.seal(seq + 1, prev_hash);
+        insert_record(tx.conn(), &record, &columns)?;
+        seq = record.seq;
+        prev_hash = record.hash.clone();
+        sealed.push(record);
     }
+    tx.set_chain_head((seq, prev_hash));
+    Ok(sealed)
 }
 
 /// Reads the head of the chain (`None` when empty).
@@ -329,40 +219,6 @@ fn read_head(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
     .transpose()
 }
 
-/// Appends `records` in order in ONE write transaction: reads the head once, seals each record
-/// on the one before, inserts all, commits once. Returns each record's result in order (only
-/// sealing fails per record); any storage failure rolls the whole batch back.
-fn append_batch(
-    conn: &mut Connection,
-    records: Vec<NewRecord>,
-) -> Result<Vec<Result<AuditRecord, AuditError>>, BatchFailure> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(BatchFailure::of_tx)?;
-    let (mut next_seq, mut prev_hash) = match read_head(&tx).map_err(BatchFailure::of_tx)? {
-        None => (1, GENESIS_HASH.to_owned()),
-        Some(head) => (head.seq + 1, head.hash),
-    };
-    let mut results = Vec::with_capacity(records.len());
-    for (i, new) in records.into_iter().enumerate() {
-        let record = match new.seal(next_seq, prev_hash.clone()) {
-            Ok(record) => record,
-            Err(e) => {
-                results.push(Err(AuditError::Json(e)));
-                continue;
-            }
-        };
-        insert_record(&tx, &record).map_err(|error| BatchFailure {
-            culprit: Some(i),
-            error,
-        })?;
-        next_seq += 1;
-        prev_hash.clone_from(&record.hash);
-        results.push(Ok(record));
-    }
-    tx.commit().map_err(BatchFailure::of_tx)?;
-    Ok(results)
-}
 /// Converts one SQLite value to JSON, faithfully (a tampered value stays visible as such).
 fn sql_to_json(value: ValueRef<'_>, json_column: bool) -> Value {
     match value {
@@ -426,7 +282,11 @@ fn seq_to_sql(seq: u64) -> Result<i64, AuditError> {
 }
 
 /// Inserts one sealed record and its `audit_record_refs` rows.
-fn insert_record(conn: &Connection, record: &AuditRecord) -> Result<(), AuditError> {
+fn insert_record(
+    conn: &Connection,
+    record: &AuditRecord,
+    columns: &Columns,
+) -> Result<(), AuditError> {
     let seq_sql = seq_to_sql(record.seq)?;
     conn.prepare_cached(&format!(
         "INSERT INTO audit_records ({}) VALUES \
@@ -444,10 +304,10 @@ fn insert_record(conn: &Connection, record: &AuditRecord) -> Result<(), AuditErr
         record.account_id,
         record.upstream_subject,
         record.grant_id,
-        serde_json::to_string(&record.scopes)?,
-        serde_json::to_string(&record.records)?,
+        columns.scopes,
+        columns.records,
         record.outcome.as_str(),
-        serde_json::to_string(&record.event)?,
+        columns.event,
         record.prev_hash,
         record.hash,
     ])?;
@@ -581,7 +441,16 @@ fn to_authorization(record: AuditRecord, connector: &str, record_id: &str) -> Ve
 
 impl AuditStore for SqliteAuditStore {
     fn append(&self, record: NewRecord) -> BoxFuture<'_, Result<AuditRecord, AuditError>> {
-        Box::pin(self.append_queued(record))
+        Box::pin(async move {
+            let pre = preseal(vec![record])?;
+            self.db
+                .write(Durability::Sync, move |tx| {
+                    append_in(tx, pre)?
+                        .pop()
+                        .ok_or_else(|| AuditError::Background("the append sealed no record".into()))
+                })
+                .await
+        })
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Option<Checkpoint>, AuditError>> {
@@ -595,13 +464,13 @@ impl AuditStore for SqliteAuditStore {
     ) -> BoxFuture<'_, Result<Vec<Value>, AuditError>> {
         Box::pin(self.blocking(move |conn| {
             let sql = format!(
-                "SELECT {} FROM audit_records WHERE ?1 IS NULL OR seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT {} FROM audit_records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 select_columns()
             );
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let mut stmt = conn.prepare(&sql)?;
             let values = stmt
-                .query_map(params![after_seq, limit], row_to_value)?
+                .query_map(params![after_seq.unwrap_or(i64::MIN), limit], row_to_value)?
                 .collect::<Result<_, _>>()?;
             Ok(values)
         }))
@@ -651,10 +520,56 @@ impl AuditStore for SqliteAuditStore {
         }))
     }
 
+    fn database(&self) -> Option<DatabaseId> {
+        Some(self.db.id())
+    }
+
     fn verify(
         &self,
         checkpoint: Option<Checkpoint>,
     ) -> BoxFuture<'_, Result<Verified, AuditError>> {
-        Box::pin(self.blocking(move |conn| verify_blocking(conn, checkpoint)))
+        let path = self.db.path().to_path_buf();
+        Box::pin(self.blocking(move |conn| {
+            let witness = crate::sqlite::read_head_witness(&path)
+                .map_err(AuditError::Background)?
+                .map(|(seq, hash)| Checkpoint { seq, hash });
+            // Without a checkpoint of the caller's, the witness is one: a chain that ends
+            // before it, or has another hash there, is reported.
+            let by_witness = checkpoint.is_none() && witness.is_some();
+            let verified = match verify_blocking(conn, checkpoint.or(witness.clone())) {
+                Err(AuditError::ChainBroken(ChainBreak {
+                    position,
+                    seq,
+                    problem:
+                        BreakProblem::Truncated {
+                            checkpoint_seq,
+                            last_seq,
+                        },
+                })) if by_witness => {
+                    return Err(AuditError::ChainBroken(ChainBreak {
+                        position,
+                        seq,
+                        problem: BreakProblem::BehindWitness {
+                            witness_seq: checkpoint_seq,
+                            last_seq,
+                        },
+                    }));
+                }
+                other => other?,
+            };
+            if let Some(w) = witness
+                && w.seq > verified.records
+            {
+                return Err(AuditError::ChainBroken(ChainBreak {
+                    position: verified.records + 1,
+                    seq: None,
+                    problem: BreakProblem::BehindWitness {
+                        witness_seq: w.seq,
+                        last_seq: verified.records,
+                    },
+                }));
+            }
+            Ok(verified)
+        }))
     }
 }

@@ -1,12 +1,10 @@
 //! Verification of a record sequence, shared by the store and JSON Lines exports.
 
 use std::fmt;
-use std::io::BufRead;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::AuditError;
 use super::chain_hash::{GENESIS_HASH, record_hash};
 use super::record::{AuditRecord, Checkpoint, FORMAT_VERSION};
 
@@ -76,6 +74,15 @@ pub enum BreakProblem {
         /// The last `seq` present (0 when the chain is empty).
         last_seq: u64,
     },
+    /// (Store only) the chain ends before the head its store last committed, as witnessed in
+    /// the file beside the database: recent records were lost (a deleted or truncated `-wal`
+    /// file, or an older copy of the database restored).
+    BehindWitness {
+        /// The witnessed head's `seq`.
+        witness_seq: u64,
+        /// The last `seq` present (0 when the chain is empty).
+        last_seq: u64,
+    },
     /// (Store only) the lookup index of touched records disagrees with the record: queries
     /// such as `who_authorized` would give wrong answers.
     IndexMismatch {
@@ -128,6 +135,15 @@ impl fmt::Display for ChainBreak {
                 "the chain ends at seq {last_seq} but the checkpoint is at seq {checkpoint_seq}: \
                  the tail was removed"
             ),
+            BreakProblem::BehindWitness {
+                witness_seq,
+                last_seq,
+            } => write!(
+                f,
+                "the chain ends at seq {last_seq} but its store last committed seq \
+                 {witness_seq} (the head witness beside the database): the newest records were \
+                 lost, for example with a deleted or truncated -wal file"
+            ),
             BreakProblem::IndexMismatch { reason } => write!(
                 f,
                 "the touched-records index disagrees with the record ({reason}): the index table \
@@ -153,6 +169,11 @@ impl fmt::Display for ChainBreak {
 /// 6. against a checkpoint: the record at the checkpoint's `seq` has the checkpoint's hash
 ///    ([`BreakProblem::CheckpointMismatch`]), and the sequence reaches that `seq`
 ///    ([`BreakProblem::Truncated`]).
+///
+/// The SQLite store also checks the chain against its **head witness**, the head it last
+/// committed, kept in a file beside the database (see [`crate::sqlite`]): a chain that ends
+/// before it ([`BreakProblem::BehindWitness`]) lost its newest records, as a deleted `-wal`
+/// file does, even when no checkpoint was kept.
 ///
 /// The first failing check ends verification and is reported as a [`ChainBreak`].
 ///
@@ -225,7 +246,7 @@ impl ChainVerifier {
                 computed,
             }));
         }
-        let record: AuditRecord = serde_json::from_value(value.clone())
+        let record = AuditRecord::deserialize(value)
             .map_err(|e| malformed(&format!("fields do not match the record format: {e}")))?;
         if record.format != FORMAT_VERSION {
             return Err(malformed(&format!(
@@ -270,34 +291,4 @@ impl ChainVerifier {
             head,
         })
     }
-}
-
-/// Verifies a JSON Lines export exactly as the store is verified. Blank lines are ignored.
-///
-/// A broken chain is [`AuditError::ChainBroken`]; a read failure is [`AuditError::Io`].
-pub fn verify_jsonl<R: BufRead>(
-    reader: R,
-    checkpoint: Option<Checkpoint>,
-) -> Result<Verified, AuditError> {
-    let mut verifier = ChainVerifier::new(checkpoint);
-    for line in reader.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value = match serde_json::from_str::<Value>(&line) {
-            Ok(value) => value,
-            Err(e) => {
-                return Err(AuditError::ChainBroken(ChainBreak {
-                    position: verifier.position + 1,
-                    seq: None,
-                    problem: BreakProblem::Malformed {
-                        reason: format!("not JSON: {e}"),
-                    },
-                }));
-            }
-        };
-        verifier.push(&value).map_err(AuditError::ChainBroken)?;
-    }
-    verifier.finish().map_err(AuditError::ChainBroken)
 }

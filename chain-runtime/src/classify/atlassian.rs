@@ -40,9 +40,15 @@ pub(super) fn api(r: &Response<'_>) -> Option<Classification> {
 /// whatever the status).
 pub(super) fn token(r: &Response<'_>) -> Option<Classification> {
     let code = standards::oauth_error(r)?;
-    match code.as_str() {
+    let class = token_code_class(&code)?;
+    Some(Classification::new(class).code(&code))
+}
+
+/// Atlassian's reading of token error codes where it differs from RFC 6749.
+pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
+    match code {
         "access_denied" | "unauthorized_client" | "invalid_client" => {
-            Some(Classification::new(FailureClass::InvalidClient).code(&code))
+            Some(FailureClass::InvalidClient)
         }
         _ => None,
     }

@@ -17,7 +17,7 @@ pub(super) fn token_envelope(r: &Response<'_>) -> Option<Classification> {
         return None;
     }
     Some(match standards::oauth_error(r) {
-        Some(code) => Classification::new(token_code_class(&code, r.status)).code(&code),
+        Some(code) => Classification::new(token_class(&code)).code(&code),
         None => Classification::new(FailureClass::Ok),
     })
 }
@@ -25,11 +25,19 @@ pub(super) fn token_envelope(r: &Response<'_>) -> Option<Classification> {
 /// Token endpoint failures with a non-2xx status.
 pub(super) fn token(r: &Response<'_>) -> Option<Classification> {
     let code = standards::oauth_error(r)?;
-    Some(Classification::new(token_code_class(&code, r.status)).code(&code))
+    Some(Classification::new(token_class(&code)).code(&code))
 }
 
-fn token_code_class(code: &str, status: u16) -> FailureClass {
-    match code {
+/// A GitHub token error code; unknown codes are transient.
+fn token_class(code: &str) -> FailureClass {
+    token_code_class(code)
+        .or_else(|| standards::token_code_class(code))
+        .unwrap_or(FailureClass::ServerError)
+}
+
+/// GitHub's documented token error codes.
+pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
+    Some(match code {
         "bad_refresh_token"
         | "bad_verification_code"
         | "unverified_user_email"
@@ -43,11 +51,8 @@ fn token_code_class(code: &str, status: u16) -> FailureClass {
         | "unauthorized_client"
         | "incorrect_device_code" => FailureClass::InvalidClient,
         "slow_down" => FailureClass::RateLimited,
-        other => standards::token_code_class(other).unwrap_or(match status {
-            200..=299 => FailureClass::GrantRevoked,
-            s => standards::token_status_class(s),
-        }),
-    }
+        _ => return None,
+    })
 }
 
 /// 403/429 with `x-ratelimit-remaining: 0` (generic) or a primary/secondary rate-limit message.

@@ -2,21 +2,33 @@
 //!
 //! [`classify`] maps the raw `(status, headers, body)` of one HTTP exchange with a provider to exactly
 //! one [`FailureClass`], plus what the response says about the fix: the scopes it needs, how long to
-//! wait, or what step-up authentication it asks for. It implements the "Classification
-//! order" (§1.1) of `docs/providers.md` with the provider tables of its section 2 as overrides:
+//! wait, or what step-up authentication it asks for. [`classify_with`] also takes the provider's
+//! user-defined [`RuleSet`]. The order of decision:
 //!
-//! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`].
-//! 2. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
+//! 1. No response (status 0..=99), an informational status or a 5xx → [`FailureClass::ServerError`]
+//!    (Microsoft's throttling 503 → rate limited); a 2xx → [`FailureClass::Ok`]. Slack (every
+//!    response) and the GitHub token endpoint report errors inside HTTP 200 bodies; those are
+//!    looked at before the status.
+//! 2. The user's [`rules`]: a code their pointers find in their tables decides.
+//! 3. 429 or a provider rate-limit marker (`Retry-After` on a 4xx, `x-ratelimit-remaining: 0` on a
 //!    403/429, `REQUEST_LIMIT_EXCEEDED`, Google `usageLimits`, …) → [`FailureClass::RateLimited`].
 //!    This runs *before* the 403 branch because GitHub, Salesforce and legacy Google rate-limit with 403.
-//! 3. Token endpoint: RFC 6749 §5.2 `error` codes (plus the provider's own codes, Microsoft's
-//!    numeric `error_codes`).
-//! 4. API: a `WWW-Authenticate: Bearer error=…` challenge (RFC 6750, RFC 9470, Entra claims
-//!    challenges), then the provider's body shape, then the fallback 401 → expired, other 4xx →
-//!    forbidden.
+//! 4. Token endpoint: RFC 6749 §5.2 `error` codes (plus the provider's own codes, Microsoft's
+//!    numeric `error_codes`), from the one table [`token_error_class`]. Only `invalid_grant` or a
+//!    provider's documented equivalent is revocation; no well-formed code, or an unknown one, is
+//!    transient.
+//! 5. API: a `WWW-Authenticate: Bearer error=…` challenge (RFC 6750, RFC 9470, Entra claims
+//!    challenges), then the built-in provider's body table, then the generic body heuristics
+//!    (scope-error codes and fields, `expected any of: …`; see `heuristics.rs`), then the status:
+//!    401 → expired, 408/425 → transient, other 4xx → forbidden.
 //!
-//! Slack (every response) and the GitHub token endpoint report errors inside HTTP 200 bodies; those
-//! are looked at before the status.
+//! Waits: the rules' reset headers, `Retry-After` (delta-seconds or any HTTP-date form), the
+//! provider's reset header (GitHub, Atlassian), then `X-Rate-Limit-Reset` / `X-RateLimit-Reset` /
+//! `RateLimit-Reset` (epoch seconds, or delta seconds below 10^9). Error codes are kept only in
+//! the shape [`sanitized_code`] accepts: provider text never travels further.
+//!
+//! Recorded responses with their expected class can be kept as data and checked with
+//! [`fixtures`].
 //!
 //! `classify` is pure: no clock, no I/O, no global state. It never panics, whatever the body (empty,
 //! not JSON, truncated, the wrong JSON shape, not UTF-8, megabytes long): bodies are parsed as JSON
@@ -25,13 +37,20 @@
 //! [`crate::policy`].
 
 mod atlassian;
+mod codes;
+pub mod fixtures;
 mod github;
 mod google;
+mod heuristics;
 mod microsoft;
+pub mod rules;
 mod salesforce;
 mod slack;
 mod standards;
 pub mod www_authenticate;
+
+pub use codes::{sanitized_code, token_error_class};
+pub use rules::{RuleError, RuleSet, RuleSpec};
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -43,7 +62,7 @@ use serde_json::Value;
 pub const JSON_PARSE_LIMIT: usize = 1024 * 1024;
 /// Text markers are searched for in at most this many leading bytes of a body.
 pub const TEXT_SCAN_LIMIT: usize = 64 * 1024;
-/// Longest `error_code` kept in a [`Classification`] (longer codes are cut).
+/// Longest `error_code` kept in a [`Classification`] (longer codes are dropped).
 const MAX_CODE_LEN: usize = 128;
 /// Most scopes kept in [`Classification::needed_scopes`].
 const MAX_SCOPES: usize = 64;
@@ -53,8 +72,12 @@ const MAX_SCOPE_LEN: usize = 256;
 const MAX_STEP_UP_LEN: usize = 8 * 1024;
 
 /// Which kind of request produced the response being classified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum RequestKind {
+    #[default]
     /// A call to the provider's API with an access token.
     Api,
     /// A `grant_type=refresh_token` call to the provider's token endpoint.
@@ -163,15 +186,10 @@ impl Classification {
         }
     }
 
-    /// Sets the diagnostic error code (cut to a bounded length, control characters dropped).
+    /// Sets the diagnostic error code if it passes [`sanitized_code`]; anything else a provider
+    /// put in its code field (free text, an echoed token) is dropped.
     pub(crate) fn code(mut self, code: &str) -> Self {
-        let clean: String = code
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_CODE_LEN)
-            .collect();
-        let clean = clean.trim();
-        if !clean.is_empty() {
+        if let Some(clean) = sanitized_code(code) {
             self.error_code = Some(clean.to_owned());
         }
         self
@@ -401,30 +419,56 @@ pub fn classify(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Classification {
+    classify_with(provider, None, kind, status, headers, body)
+}
+
+/// [`classify`] with a provider's user-defined [`RuleSet`], which is consulted before anything
+/// else: a code its pointers find in its tables decides the class; its scope pointers and reset
+/// headers fill in what the verdict leaves open. The guarantees of [`classify`] hold whatever
+/// the rules say (a 2xx stays [`FailureClass::Ok`], a 5xx a server error, and so on).
+pub fn classify_with(
+    provider: &str,
+    rules: Option<&RuleSet>,
+    kind: RequestKind,
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Classification {
     let r = Response::new(Provider::from_name(provider), kind, status, headers, body);
-    let mut c = classify_response(&r);
+    let mut c = classify_response(&r, rules);
     if kind == RequestKind::TokenRefresh && c.class == FailureClass::AccessTokenExpired {
         c.class = FailureClass::GrantRevoked;
     }
     match c.class {
         FailureClass::RateLimited | FailureClass::ServerError => {
-            if c.retry_after.is_none() && c.retry_at.is_none() {
-                let (after, at) = standards::retry_after(&r);
-                c.retry_after = after;
-                c.retry_at = at;
-            }
-            if c.retry_after.is_none() && c.retry_at.is_none() {
-                c.retry_at = match r.provider {
-                    Provider::GitHub => github::reset_at(&r),
-                    Provider::Atlassian => atlassian::reset_at(&r),
-                    _ => None,
-                };
+            let hints = [
+                &|r: &Response<'_>| rules.map(|rules| rules.reset(r)).unwrap_or_default(),
+                &standards::retry_after as &dyn Fn(&Response<'_>) -> _,
+                &|r: &Response<'_>| match r.provider {
+                    Provider::GitHub => (None, github::reset_at(r)),
+                    Provider::Atlassian => (None, atlassian::reset_at(r)),
+                    _ => (None, None),
+                },
+                &heuristics::reset,
+            ];
+            for hint in hints {
+                if c.retry_after.is_some() || c.retry_at.is_some() {
+                    break;
+                }
+                (c.retry_after, c.retry_at) = hint(&r);
             }
         }
         _ => {
             c.retry_after = None;
             c.retry_at = None;
         }
+    }
+    if c.class == FailureClass::InsufficientScope
+        && c.needed_scopes.is_empty()
+        && let Some(rules) = rules
+    {
+        let scopes = rules.scopes(&r);
+        c = c.scopes(scopes.iter().map(String::as_str), rules.scope_mode());
     }
     if c.class == FailureClass::StepUpRequired {
         c.step_up.get_or_insert_with(StepUp::default);
@@ -434,7 +478,7 @@ pub fn classify(
     c
 }
 
-fn classify_response(r: &Response<'_>) -> Classification {
+fn classify_response(r: &Response<'_>, rules: Option<&RuleSet>) -> Classification {
     // Providers that report errors inside 2xx bodies.
     let envelope = match (r.provider, r.kind) {
         (Provider::Slack, _) => slack::envelope(r),
@@ -462,6 +506,11 @@ fn classify_response(r: &Response<'_>) -> Classification {
             return Classification::new(FailureClass::ServerError);
         }
         _ => {}
+    }
+
+    // User-defined rules: the provider's quirks, first.
+    if let Some(c) = rules.and_then(|rules| rules.classify(r)) {
+        return c;
     }
 
     if let Some(c) = rate_limited(r) {
@@ -513,6 +562,8 @@ fn token_error(r: &Response<'_>) -> Classification {
 
 /// Steps 3–5 for API calls: bearer challenge, provider body, fallback.
 fn api_error(r: &Response<'_>) -> Classification {
+    // The built-in tables read their bodies after the challenge: where these providers send one
+    // (Entra CAE claims challenges, Google's scope list) it is the more precise signal.
     if let Some(mut c) = standards::bearer_challenge(r) {
         if r.provider == Provider::Google && c.class == FailureClass::InsufficientScope {
             c.scope_mode = ScopeMode::AnyOf;
@@ -530,5 +581,7 @@ fn api_error(r: &Response<'_>) -> Classification {
         Provider::Microsoft => microsoft::api(r),
         Provider::Slack | Provider::Standard => None,
     };
-    provider.unwrap_or_else(|| standards::api_fallback(r))
+    provider
+        .or_else(|| heuristics::scope_error(r))
+        .unwrap_or_else(|| standards::api_fallback(r))
 }

@@ -73,13 +73,18 @@ pub(super) fn api(r: &Response<'_>) -> Option<Classification> {
 /// revoked; `invalid_client`, `invalid_client_id` and friends are the operator's problem.
 pub(super) fn token(r: &Response<'_>) -> Option<Classification> {
     let code = standards::oauth_error(r)?;
-    let class = match code.as_str() {
+    let class = token_code_class(&code)?;
+    Some(Classification::new(class).code(&code))
+}
+
+/// Salesforce's own token error codes (the rest follow RFC 6749).
+pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
+    Some(match code {
         "invalid_client_id"
         | "invalid_client_credentials"
         | "invalid_app_access"
         | "redirect_uri_mismatch" => FailureClass::InvalidClient,
         "inactive_user" | "inactive_org" => FailureClass::GrantRevoked,
         _ => return None,
-    };
-    Some(Classification::new(class).code(&code))
+    })
 }

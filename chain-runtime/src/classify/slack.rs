@@ -42,15 +42,17 @@ pub(super) fn envelope(r: &Response<'_>) -> Option<Classification> {
     Some(c)
 }
 
+/// An undocumented Slack error: a domain refusal on the API, transient at the token endpoint
+/// (only the documented codes below mean the grant is gone).
 fn fallback(kind: RequestKind) -> FailureClass {
     match kind {
         RequestKind::Api => FailureClass::Forbidden,
-        RequestKind::TokenRefresh => FailureClass::GrantRevoked,
+        RequestKind::TokenRefresh => FailureClass::ServerError,
     }
 }
 
 /// Slack error codes (rows (a)–(f) plus the documented operational errors).
-fn error_class(error: &str, kind: RequestKind) -> FailureClass {
+pub(super) fn error_class(error: &str, kind: RequestKind) -> FailureClass {
     match error {
         "token_expired" => FailureClass::AccessTokenExpired,
         "token_revoked"

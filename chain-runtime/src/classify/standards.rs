@@ -65,45 +65,20 @@ pub(super) fn form_field(r: &Response<'_>, key: &str) -> Option<String> {
     if text.is_empty() || text.contains(['<', '{', '[', '\n', ' ']) {
         return None;
     }
-    text.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    url::form_urlencoded::parse(text.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// RFC 6749 §5.2 (plus OIDC, RFC 8628, RFC 8707, RFC 9396 and RFC 9470) token error codes.
+///
+/// Only `invalid_grant` means the grant is gone. The OIDC codes that ask for an interactive
+/// login (`login_required`, `account_selection_required`, `interaction_required`) are step-ups:
+/// a new authorization fixes them, but the grant is not revoked. Codes not listed here are
+/// unknown (the caller treats them as transient).
 pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
     Some(match code {
-        "invalid_grant"
-        | "access_denied"
-        | "login_required"
-        | "expired_token"
-        | "invalid_token"
-        | "account_selection_required" => FailureClass::GrantRevoked,
+        "invalid_grant" => FailureClass::GrantRevoked,
         "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_request" => {
             FailureClass::InvalidClient
         }
@@ -111,19 +86,28 @@ pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
         | "invalid_target"
         | "invalid_authorization_details"
         | "consent_required" => FailureClass::InsufficientScope,
-        "interaction_required" | "insufficient_user_authentication" => FailureClass::StepUpRequired,
+        "interaction_required"
+        | "login_required"
+        | "account_selection_required"
+        | "insufficient_user_authentication" => FailureClass::StepUpRequired,
         "slow_down" => FailureClass::RateLimited,
         "temporarily_unavailable" | "server_error" => FailureClass::ServerError,
         _ => return None,
     })
 }
 
-/// The class of a token-endpoint failure with no (known) error code: a 401 or a missing endpoint
-/// means the client is misconfigured, anything else that the grant is unusable.
-pub(super) fn token_status_class(status: u16) -> FailureClass {
-    match status {
-        401 | 404 | 405 | 406 | 415 => FailureClass::InvalidClient,
-        _ => FailureClass::GrantRevoked,
+/// The class of a token-endpoint failure without a well-formed, known OAuth error code (an HTML
+/// page from a proxy, an empty body, a code nobody documents): transient, never revocation. Only
+/// the shapes that can only be the client's configuration go to the operator: a 401 carrying a
+/// `WWW-Authenticate` challenge (RFC 6749 §5.2: the client authentication failed) and a token
+/// URL that does not exist or does not take a form POST (404, 405, 406, 415).
+pub(super) fn token_status_class(r: &Response<'_>) -> FailureClass {
+    match r.status {
+        401 if r.headers.contains_key(http::header::WWW_AUTHENTICATE) => {
+            FailureClass::InvalidClient
+        }
+        404 | 405 | 406 | 415 => FailureClass::InvalidClient,
+        _ => FailureClass::ServerError,
     }
 }
 
@@ -133,7 +117,7 @@ pub(super) fn token(r: &Response<'_>) -> Classification {
     let class = code
         .as_deref()
         .and_then(token_code_class)
-        .unwrap_or_else(|| token_status_class(r.status));
+        .unwrap_or_else(|| token_status_class(r));
     let mut c = Classification::new(class).code_opt(code.as_deref());
     if class == FailureClass::StepUpRequired {
         c.step_up = Some(StepUp::default());
@@ -209,107 +193,22 @@ pub(super) fn api_fallback(r: &Response<'_>) -> Classification {
 // ---------------------------------------------------------------------------------------------
 // Dates, without a clock: parsed to instants, turned into waits by the policy.
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn instant(
-    year: i64,
-    month: u32,
-    day: u32,
-    h: u32,
-    m: u32,
-    s: u32,
-    offset_secs: i64,
-) -> Option<SystemTime> {
-    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    if h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let secs = days_from_civil(year, month, day) * 86_400
-        + i64::from(h) * 3_600
-        + i64::from(m) * 60
-        + i64::from(s)
-        - offset_secs;
-    let secs = u64::try_from(secs).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// An IMF-fixdate HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`). The obsolete RFC 850 and asctime
-/// forms are not accepted (a `Retry-After` in those forms is ignored).
+/// An HTTP-date in any of the three RFC 9110 §5.6.7 forms: IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form and asctime.
 pub(super) fn http_date(v: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = v.split_ascii_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
-    let mut hms = time.split(':');
-    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() {
-        return None;
-    }
-    instant(num(year)?, month, num(day)?, num(h)?, num(m)?, num(s)?, 0)
+    httpdate::parse_http_date(v.trim()).ok()
 }
 
 /// An ISO-8601 / RFC 3339 timestamp as Atlassian sends it (`2024-01-31T12:30Z`), with optional
-/// seconds, fraction and numeric offset.
+/// seconds, fraction and numeric offset. Instants before 1970 are refused.
 pub(super) fn iso8601(v: &str) -> Option<SystemTime> {
+    use time::format_description::well_known::{Iso8601, Rfc3339};
     let v = v.trim();
-    let (date, rest) = v.split_at_checked(10)?;
-    let mut d = date.split('-');
-    let (year, month, day) = (
-        num::<i64>(d.next()?)?,
-        num::<u32>(d.next()?)?,
-        num::<u32>(d.next()?)?,
-    );
-    let rest = rest.strip_prefix(['T', 't', ' '])?;
-    let zone_at = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
-    let (time, zone) = rest.split_at(zone_at);
-    let time = time.split('.').next()?;
-    let mut t = time.split(':');
-    let h = num::<u32>(t.next()?)?;
-    let m = num::<u32>(t.next()?)?;
-    let s = match t.next() {
-        Some(s) => num::<u32>(s)?,
-        None => 0,
-    };
-    if t.next().is_some() {
-        return None;
-    }
-    let offset = match zone {
-        "" | "Z" | "z" => 0,
-        z => {
-            let sign = if z.starts_with('-') { -1 } else { 1 };
-            let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
-            if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let oh = num::<i64>(&digits[..2])?;
-            let om = num::<i64>(&digits[2..])?;
-            sign * (oh * 3_600 + om * 60)
-        }
-    };
-    instant(year, month, day, h, m, s, offset)
+    let at = time::OffsetDateTime::parse(v, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(v, &Iso8601::DEFAULT))
+        .ok()?;
+    let secs = u64::try_from(at.unix_timestamp()).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -331,7 +230,15 @@ mod tests {
             http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
             Some(epoch(1_835_481_599))
         );
-        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        // The obsolete forms RFC 9110 says recipients must accept.
+        assert_eq!(
+            http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(epoch(784_111_777))
+        );
+        assert_eq!(
+            http_date("Sun Nov  6 08:49:37 1994"),
+            Some(epoch(784_111_777))
+        );
         assert_eq!(http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
         assert_eq!(http_date("Sun, 06 Nov 1994 25:49:37 GMT"), None);
         assert_eq!(http_date(""), None);
@@ -355,10 +262,5 @@ mod tests {
         assert_eq!(iso8601("1994-11-06"), None);
         assert_eq!(iso8601("ü994-11-06T08:49Z"), None);
         assert_eq!(iso8601("1994-13-06T08:49Z"), None);
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a+b%2Cc%zz%"), "a b,c%zz%");
     }
 }

@@ -4,6 +4,16 @@
 //! `resource_metadata`, `acr_values`, `max_age` and more. Values may be tokens or quoted strings
 //! with backslash escapes. One header value may hold several challenges, and the parser never
 //! fails: malformed input yields whatever challenges could be recognised.
+//!
+//! The parser makes one pass: every byte is looked at a bounded number of times (a failed
+//! token68 attempt is remembered, so a run of one-byte schemes does not rescan it), and at most
+//! [`MAX_CHALLENGES`] challenges of at most [`MAX_PARAMS`] params each are kept. Parsing stops at
+//! the challenge cap.
+
+/// Most challenges [`parse`] returns from one header value.
+pub const MAX_CHALLENGES: usize = 32;
+/// Most auth-params kept per challenge (later ones are skipped).
+pub const MAX_PARAMS: usize = 64;
 
 /// One challenge: an auth scheme with either a token68 or auth-params.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,10 +56,15 @@ fn is_ws(b: u8) -> bool {
 struct Cursor<'a> {
     s: &'a [u8],
     i: usize,
+    /// A token68 attempt starting before this offset is known to fail (see [`Cursor::token68`]).
+    no_token68_before: usize,
+    /// Bytes looked at so far: the parser's work, bounded by a small multiple of the input length.
+    work: std::cell::Cell<usize>,
 }
 
 impl Cursor<'_> {
     fn peek(&self) -> Option<u8> {
+        self.work.set(self.work.get() + 1);
         self.s.get(self.i).copied()
     }
 
@@ -74,10 +89,18 @@ impl Cursor<'_> {
     }
 
     /// A token68 right after the scheme: `1*token68char *"="` followed by the end or a comma.
+    ///
+    /// When the attempt fails, every later attempt starting inside the same run of token68
+    /// characters would reach the same end and fail the same way (`Bearer a/a/a/… y` parses
+    /// `a` as a scheme at each `/`), so the run's end is remembered and those attempts return
+    /// at once: without this the parse is quadratic.
     fn token68(&mut self) -> Option<String> {
         let start = self.i;
-        let body = self.take_while(is_token68_char).len();
-        if body == 0 {
+        if start < self.no_token68_before {
+            return None;
+        }
+        let body_end = start + self.take_while(is_token68_char).len();
+        if body_end == start {
             self.i = start;
             return None;
         }
@@ -87,6 +110,7 @@ impl Cursor<'_> {
         if self.peek().is_none_or(|b| b == b',') {
             Some(String::from_utf8_lossy(&self.s[start..end]).into_owned())
         } else {
+            self.no_token68_before = body_end;
             self.i = start;
             None
         }
@@ -119,11 +143,22 @@ impl Cursor<'_> {
     }
 }
 
-/// Parses one `WWW-Authenticate` header value into its challenges.
+/// Parses one `WWW-Authenticate` header value into its challenges (at most
+/// [`MAX_CHALLENGES`]), in time linear in its length.
 pub fn parse(input: &str) -> Vec<Challenge> {
+    parse_counting(input).0
+}
+
+/// [`parse`], also returning the parser's work (bytes looked at, counting revisits), which is
+/// at most a small constant times `input.len()` plus one per challenge. For tests that bound
+/// the parser's cost without timing it.
+#[doc(hidden)]
+pub fn parse_counting(input: &str) -> (Vec<Challenge>, usize) {
     let mut c = Cursor {
         s: input.as_bytes(),
         i: 0,
+        no_token68_before: 0,
+        work: std::cell::Cell::new(0),
     };
     let mut out: Vec<Challenge> = Vec::new();
     let mut current: Option<Challenge> = None;
@@ -150,7 +185,9 @@ pub fn parse(input: &str) -> Vec<Challenge> {
                 Some(b',') | None => String::new(),
                 Some(_) => c.bare_value(),
             };
-            if let Some(ch) = current.as_mut() {
+            if let Some(ch) = current.as_mut()
+                && ch.params.len() < MAX_PARAMS
+            {
                 ch.params.push((name.to_ascii_lowercase(), value));
             }
             // A param before any scheme is malformed and dropped.
@@ -159,6 +196,9 @@ pub fn parse(input: &str) -> Vec<Challenge> {
             c.i = after_name;
             if let Some(done) = current.take() {
                 out.push(done);
+            }
+            if out.len() >= MAX_CHALLENGES {
+                return (out, c.work.get());
             }
             c.skip_ws();
             let token68 = c.token68();
@@ -170,7 +210,7 @@ pub fn parse(input: &str) -> Vec<Challenge> {
         }
     }
     out.extend(current);
-    out
+    (out, c.work.get())
 }
 
 #[cfg(test)]

@@ -19,9 +19,11 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// Writes `text` with every control character but its line breaks escaped: ids, principals
+    /// and messages end up in it.
     fn text(&mut self, text: &str) -> Result<(), CliError> {
         self.w
-            .write_all(text.as_bytes())
+            .write_all(super::output::escape_keep_lines(text).as_bytes())
             .map_err(|e| CliError::io("writing to stdout", e))
     }
 
@@ -76,12 +78,16 @@ pub(super) async fn dispatch(
             let meta = find_chain(&chain)?;
             out.line(&meta.manifest().to_json())
         }
-        Cmd::Graph { chain } => {
+        Cmd::Graph { chain, format } => {
             let meta = find_chain(&chain)?;
             if out.json {
                 out.json(&meta.graph)
             } else {
-                out.text(&meta.graph.mermaid())
+                out.text(&crate::graph_render::render(
+                    &meta.graph,
+                    format,
+                    &crate::graph_render::Highlight::none(),
+                ))
             }
         }
     }

@@ -36,7 +36,7 @@
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
-//! | `graph CHAIN` | the chain's decision graph as Mermaid (`--json`: as JSON) |
+//! | `graph CHAIN [--format mermaid\|dot\|svg]` | the chain's decision graph as a picture (`--json`: as JSON) |
 //!
 //! `audit why`, `audit history` and `audit activity` verify the chain first and refuse to answer
 //! from a broken one.
@@ -269,10 +269,13 @@ enum Cmd {
         /// The chain's name or path.
         chain: String,
     },
-    /// A chain's decision graph as Mermaid (`--json`: as JSON).
+    /// A chain's decision graph as a picture (`--json`: as JSON).
     Graph {
         /// The chain's name or path.
         chain: String,
+        /// `mermaid`, `dot` (Graphviz) or `svg`.
+        #[arg(long, default_value = "mermaid")]
+        format: crate::graph_render::Format,
     },
 }
 
@@ -409,7 +412,7 @@ fn report(result: Result<(), CliError>) -> ExitCode {
             let _ = match &e {
                 // clap renders its own `error:` prefix and usage.
                 CliError::Usage(text) => write!(stderr, "{text}"),
-                other => writeln!(stderr, "error: {other}"),
+                other => writeln!(stderr, "error: {}", output::escape(&other.to_string())),
             };
             ExitCode::from(code)
         }
@@ -428,9 +431,9 @@ async fn open_runs(path: &Path) -> Result<SqliteRunStore, CliError> {
 async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
     check_db(path)?;
     SqliteAuditStore::open(path).await.map_err(|e| match e {
-        AuditError::Sqlite(inner) => CliError::Database {
+        AuditError::Backend(inner) => CliError::Database {
             path: path.to_owned(),
-            reason: inner.to_string(),
+            reason: inner,
         },
         other => CliError::Database {
             path: path.to_owned(),
@@ -439,9 +442,42 @@ async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
     })
 }
 
+/// The tables a chain-runtime database has; a file without them is refused before any store
+/// opens it (opening would create them).
+const EXPECTED_TABLES: [&str; 2] = ["run_runs", "audit_records"];
+
+/// Checks, on a read-only connection that creates nothing, that `path` is a SQLite database
+/// with the runtime's tables.
+fn check_tables(path: &Path) -> Result<(), CliError> {
+    let refuse = |reason: String| CliError::Database {
+        path: path.to_owned(),
+        reason,
+    };
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        rusqlite::Connection::open_with_flags(path, flags).map_err(|e| refuse(e.to_string()))?;
+    for table in EXPECTED_TABLES {
+        let found: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .map_err(|e| refuse(e.to_string()))?;
+        if found == 0 {
+            return Err(refuse(format!(
+                "not a chain-runtime database (no `{table}` table); chainctl reads existing \
+                 databases and creates nothing"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_db(path: &Path) -> Result<(), CliError> {
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) if meta.is_file() => check_tables(path),
         Ok(_) => Err(CliError::NotAFile(path.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(CliError::DatabaseMissing(path.to_owned()))
@@ -456,9 +492,9 @@ fn check_db(path: &Path) -> Result<(), CliError> {
 /// A run-store error while opening or reading: a database problem, said plainly.
 fn db_error(path: &Path, e: StoreError) -> CliError {
     match e {
-        StoreError::Sqlite(inner) => CliError::Database {
+        StoreError::Backend(inner) => CliError::Database {
             path: path.to_owned(),
-            reason: inner.to_string(),
+            reason: inner,
         },
         StoreError::Json(inner) => CliError::Database {
             path: path.to_owned(),
@@ -469,5 +505,44 @@ fn db_error(path: &Path, e: StoreError) -> CliError {
             reason,
         },
         other => CliError::Store(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(path: &Path) -> String {
+        match check_db(path) {
+            Err(CliError::Database { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_without_the_runtime_tables_are_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        // An empty file: SQLite would happily make it a database.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(refused(&empty).contains("not a chain-runtime database (no `run_runs` table)"));
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+        // Another application's database.
+        let other = dir.path().join("other.db");
+        rusqlite::Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes (body TEXT)")
+            .unwrap();
+        let before = std::fs::read(&other).unwrap();
+        assert!(refused(&other).contains("no `run_runs` table"));
+        assert_eq!(std::fs::read(&other).unwrap(), before);
+        // Not a database at all.
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, "hello, this is not SQLite at all, just some text").unwrap();
+        assert!(
+            refused(&text).contains("not a database"),
+            "{}",
+            refused(&text)
+        );
     }
 }

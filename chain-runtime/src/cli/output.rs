@@ -6,9 +6,58 @@ use std::task::{Context, Poll};
 
 use crate::store::{EntryResult, RunState};
 
+/// Whether `c` must not reach a terminal as is: C0 and C1 controls, DEL, and the bidirectional
+/// formatting characters that reorder what is displayed.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+    }
+}
+
+/// Text safe to show on a terminal: control and bidi characters are written as escapes (`\n`,
+/// `\u{1b}`), so an id, a principal or a provider message can neither drive the terminal nor
+/// fake lines of a table.
+pub(super) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_unsafe(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// [`escape`] for output the tool assembled itself: its own line breaks are kept.
+pub(super) fn escape_keep_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_unsafe(c) && c != '\n' {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Renders rows under a header as columns separated by two spaces, padded to the widest cell
-/// (counted in characters), with trailing spaces trimmed.
+/// (counted in characters), with trailing spaces trimmed. Cells are [`escape`]d.
 pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -154,6 +203,32 @@ mod tests {
         assert_eq!(time(1_700_000_000_000), "2023-11-14 22:13:20Z");
         assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00Z");
         assert_eq!(time(-1000), "1969-12-31 23:59:59Z");
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(escape("run\u{1b}[2Jx"), "run\\u{1b}[2Jx");
+        assert_eq!(
+            escape("a\nb\r\tc\u{7f}\u{9b}"),
+            "a\\nb\\r\\tc\\u{7f}\\u{9b}"
+        );
+        assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(escape("plain é ✓"), "plain é ✓");
+        assert_eq!(escape_keep_lines("a\nb\u{7}"), "a\nb\\u{7}");
+    }
+
+    #[test]
+    fn a_cell_cannot_fake_a_row() {
+        let t = table(
+            &["ID", "PRINCIPAL"],
+            &[vec![
+                "run_a".into(),
+                "alice\nrun_b  mallory\u{1b}[31m".into(),
+            ]],
+        );
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(t.contains("alice\\nrun_b  mallory\\u{1b}[31m"));
+        assert!(!t.contains('\u{1b}'));
     }
 
     #[test]

@@ -10,12 +10,14 @@
 
 use std::collections::HashMap;
 
-use super::driver::{audit_failure, conclude};
+use super::driver::{alert, audit_failure, commit, conclude};
 use super::{Engine, EngineError, idempotency_key, union_records};
 use crate::audit::{AuditEvent, NewRecord, Outcome};
 use crate::chain::ChainMeta;
+use crate::journal::{
+    CompensationEntry, EntryKind, EntryResult, JournalWrite, Lease, RunRecord, RunState, Unit,
+};
 use crate::step::{Effect, RecordRef, StepEnv, StepError};
-use crate::store::{Alert, CompensationEntry, EntryKind, EntryResult, Lease, RunRecord, RunState};
 
 /// Recovery of a run that crashed while compensating: compensates and stores the end state.
 pub(crate) async fn finish_compensation(
@@ -129,7 +131,6 @@ pub(crate) async fn compensate(
                     attempt,
                     result: None,
                 };
-                store.write_compensation(lease, intent.clone()).await?;
                 let attempt_record = NewRecord::new(
                     run.principal_id.clone(),
                     Outcome::Attempted,
@@ -143,7 +144,10 @@ pub(crate) async fn compensate(
                 let subject_record = engine
                     .with_account(attempt_record, run, compensator.connector)
                     .await;
-                engine.inner.audit.append(subject_record.clone()).await?;
+                // The intent and its attempt record: one transaction, before the call.
+                let unit = Unit::of([JournalWrite::Compensation(intent.clone())])
+                    .audit(subject_record.clone());
+                commit(engine, Some(lease), unit).await?;
 
                 let undo_id = format!("{}/undo", entry.step_id);
                 let undo_key = idempotency_key(&run.run_id, &undo_id);
@@ -169,15 +173,6 @@ pub(crate) async fn compensate(
                         step.name, compensator.name
                     ))),
                 };
-                store
-                    .write_compensation(
-                        lease,
-                        CompensationEntry {
-                            result: Some(result.clone().err()),
-                            ..intent
-                        },
-                    )
-                    .await?;
                 let (outcome, failure_class, detail) = match &result {
                     Ok(()) => (Outcome::Succeeded, None, None),
                     Err(e) => {
@@ -196,7 +191,16 @@ pub(crate) async fn compensate(
                     detail,
                 };
                 outcome_record.records = env.touched();
-                engine.inner.audit.append(outcome_record).await?;
+                // The result and its outcome record: one transaction (deferred durability, as
+                // a step's result; see the driver).
+                let done = CompensationEntry {
+                    result: Some(result.clone().err()),
+                    ..intent
+                };
+                let unit = Unit::of([JournalWrite::Compensation(done)])
+                    .audit(outcome_record)
+                    .deferred();
+                commit(engine, Some(lease), unit).await?;
                 if let Err(e) = result {
                     let msg = format!(
                         "compensator `{}` of `{}` failed: {e}",
@@ -218,28 +222,22 @@ pub(crate) async fn compensate(
     }
     for (step_id, records, message) in &alerts {
         engine
-            .alert(Alert {
-                run_id: run.run_id.clone(),
-                chain: run.chain.clone(),
-                principal: run.principal_id.clone(),
-                step_id: Some(step_id.clone()),
-                records: records.clone(),
-                message: message.clone(),
-                time_unix_ms: crate::audit::now_unix_ms(),
-            })
+            .alert(alert(
+                run,
+                Some(step_id.clone()),
+                records.clone(),
+                message.clone(),
+            ))
             .await;
     }
     if alerts.is_empty() {
         engine
-            .alert(Alert {
-                run_id: run.run_id.clone(),
-                chain: run.chain.clone(),
-                principal: run.principal_id.clone(),
-                step_id: None,
-                records: union_records(Vec::new()),
-                message: problems.join("; "),
-                time_unix_ms: crate::audit::now_unix_ms(),
-            })
+            .alert(alert(
+                run,
+                None,
+                union_records(Vec::new()),
+                problems.join("; "),
+            ))
             .await;
     }
     Ok(RunState::Blocked {

@@ -1,18 +1,23 @@
-//! The engine's [`RunDriver`]: journal, replay, divergence and unknown-outcome detection.
+//! The engine's [`RunDriver`]: performs what the [`ReplayCursor`] decides for each journaled
+//! call (replay, execute, halt), journals each execution with its audit records as one unit of
+//! work, and decides the run's end.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
+pub(crate) use super::outcome::{alert, audit_failure, commit, conclude};
+use super::outcome::{failure_class, is_invalid_client, suspends};
+use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
 use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
 use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta, HandoffRequest, RunDriver};
 use crate::classify::FailureClass;
 use crate::future::BoxFuture;
+use crate::journal::{EntryKind, JournalEntry, JournalWrite, Lease, RunRecord, RunState, Unit};
 use crate::manifest::ScopeManifest;
-use crate::step::{CallMode, ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta};
-use crate::store::{Alert, EntryKind, EntryResult, JournalEntry, Lease, RunRecord, RunState};
+use crate::step::{ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta};
 
 /// Why the run cannot go on by itself.
 struct Halt {
@@ -29,10 +34,9 @@ struct Failure {
     error: StepError,
 }
 
-struct Cursor {
-    journal: BTreeMap<u32, JournalEntry>,
-    next: u32,
-    counts: HashMap<String, u32>,
+/// What the driver tracks while the body runs.
+struct State {
+    replay: ReplayCursor,
     node: u32,
     halt: Option<Halt>,
     failure: Option<Failure>,
@@ -43,30 +47,11 @@ pub(crate) struct Driver {
     meta: &'static ChainMeta,
     run: RunRecord,
     lease: Lease,
-    /// On resume: the suspended step, whose journaled failure is retried instead of replayed.
-    retry: Option<String>,
-    cursor: Mutex<Cursor>,
+    state: Mutex<State>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> StepError {
     StepError::Runtime(e.to_string())
-}
-
-fn failure_class(error: &StepError) -> String {
-    match error {
-        StepError::Auth { class, .. } => serde_json::to_value(class)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("{class:?}")),
-        StepError::Forbidden { .. } => "forbidden".to_owned(),
-        StepError::Unavailable { .. } => "unavailable".to_owned(),
-        StepError::Domain(_) => "domain".to_owned(),
-        StepError::Runtime(_) => "runtime".to_owned(),
-    }
-}
-
-pub(crate) fn audit_failure(error: &StepError) -> (Option<String>, Option<String>) {
-    (Some(failure_class(error)), Some(error.to_string()))
 }
 
 impl Driver {
@@ -81,11 +66,8 @@ impl Driver {
         Self {
             engine,
             meta,
-            retry,
-            cursor: Mutex::new(Cursor {
-                journal: journal.into_iter().map(|e| (e.seq, e)).collect(),
-                next: 0,
-                counts: HashMap::new(),
+            state: Mutex::new(State {
+                replay: ReplayCursor::new(journal, retry),
                 node: run.node,
                 halt: None,
                 failure: None,
@@ -95,38 +77,23 @@ impl Driver {
         }
     }
 
-    fn cursor(&self) -> MutexGuard<'_, Cursor> {
-        self.cursor
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes the next journal position for a call named `id_prefix`.
-    fn position(
-        &self,
-        id_prefix: String,
-    ) -> Result<(u32, String, Option<JournalEntry>), StepError> {
-        let mut c = self.cursor();
-        if let Some(h) = &c.halt {
-            return Err(StepError::Runtime(format!(
-                "the run is halted: {}",
-                h.reason
-            )));
-        }
-        let n = c.counts.entry(id_prefix.clone()).or_insert(0);
-        *n += 1;
-        let step_id = format!("{id_prefix}#{n}");
-        let seq = c.next;
-        c.next += 1;
-        let existing = c.journal.get(&seq).cloned();
-        Ok((seq, step_id, existing))
+    /// Asks the cursor about the next call named `id_prefix`.
+    fn next(&self, id_prefix: String, call: Call) -> Next {
+        self.state().replay.next(&id_prefix, call)
     }
 
     /// Stops the run for an operator; returns the error the body sees.
     fn halt(&self, reason: String, step_id: Option<String>, records: Vec<RecordRef>) -> StepError {
-        let mut c = self.cursor();
-        if c.halt.is_none() {
-            c.halt = Some(Halt {
+        let mut s = self.state();
+        s.replay.halt();
+        if s.halt.is_none() {
+            s.halt = Some(Halt {
                 reason: reason.clone(),
                 step_id,
                 records,
@@ -135,28 +102,70 @@ impl Driver {
         StepError::Runtime(reason)
     }
 
-    fn diverged(&self, seq: u32, journaled: &str, actual: &str) -> StepError {
-        self.halt(
-            format!(
-                "the chain body diverged from its journal at position {seq}: the journal has `{journaled}` there, but the body now calls `{actual}`; \
-                 something the body depends on was not journaled with `ctx.record` (or the code changed); nothing was re-executed"
+    /// Carries out a halt the cursor decided; `connector` names a step's provider.
+    fn halted(&self, next: &Next, cause: HaltCause, connector: &str) -> StepError {
+        let (seq, step_id) = (next.seq, next.step_id.clone());
+        match cause {
+            HaltCause::AlreadyHalted => {
+                let reason = self
+                    .state()
+                    .halt
+                    .as_ref()
+                    .map_or_else(String::new, |h| h.reason.clone());
+                StepError::Runtime(format!("the run is halted: {reason}"))
+            }
+            HaltCause::Diverged { journaled } => self.halt(
+                format!(
+                    "the chain body diverged from its journal at position {seq}: the journal has `{journaled}` there, but the body now calls `{step_id}`; \
+                     something the body depends on was not journaled with `ctx.record` (or the code changed); nothing was re-executed"
+                ),
+                Some(journaled),
+                Vec::new(),
             ),
-            Some(journaled.to_owned()),
-            Vec::new(),
-        )
+            HaltCause::UnknownOutcome => {
+                let key = idempotency_key(&self.run.run_id, &step_id);
+                self.halt(
+                    format!(
+                        "unknown outcome of write step `{step_id}`: its intent is journaled but no result (the process stopped during the call); \
+                         the step has no `reconcile` hook and is not marked `idempotent` (its provider deduplicating by Idempotency-Key), so it is not redone blindly. Check `{connector}` for a write with idempotency key {key}, then settle the run"
+                    ),
+                    Some(step_id),
+                    Vec::new(),
+                )
+            }
+        }
     }
 
     fn store_failed(&self, what: &str, e: impl std::fmt::Display) -> StepError {
         self.halt(
-            format!("the run store failed while {what}: {e}"),
+            format!("the run journal failed while {what}: {e}"),
             None,
             Vec::new(),
         )
     }
 
-    fn record_entry(&self, entry: JournalEntry) {
-        let mut c = self.cursor();
-        c.journal.insert(entry.seq, entry);
+    /// Commits `entry` (moving the run to `node`) with `audit`, and tells the cursor.
+    async fn journal(
+        &self,
+        entry: JournalEntry,
+        node: u32,
+        audit: Vec<NewRecord>,
+        durability: crate::journal::Durability,
+        what: &str,
+    ) -> Result<(), StepError> {
+        let unit = Unit {
+            writes: vec![JournalWrite::Entry {
+                entry: entry.clone(),
+                node,
+            }],
+            audit,
+            durability,
+        };
+        commit(&self.engine, Some(&self.lease), unit)
+            .await
+            .map_err(|e| self.store_failed(what, e))?;
+        self.state().replay.journaled(entry);
+        Ok(())
     }
 
     /// `record` with the run, connector, and the connected account in use right now (account,
@@ -171,49 +180,30 @@ impl Driver {
         meta: &'static StepMeta,
         call: ErasedStepCall,
     ) -> Result<Value, StepError> {
+        use crate::journal::Durability::{Deferred, Sync};
+
         let node = crate::graph::FAIL + 1 + site;
-        let (seq, step_id, existing) =
-            self.position(format!("{}/{}", self.meta.name, meta.name))?;
-        let mut attempt = 1;
-        let mut mode = CallMode::Run;
-        if let Some(entry) = existing {
-            if entry.step_id != step_id {
-                return Err(self.diverged(seq, &entry.step_id, &step_id));
+        let next = self.next(
+            format!("{}/{}", self.meta.name, meta.name),
+            Call::Step {
+                write: meta.effect.is_write(),
+                reconcile: meta.reconcile.is_some(),
+                idempotent: meta.idempotent,
+            },
+        );
+        let (attempt, mode) = match next.decision.clone() {
+            Decision::Replay(Ok(output)) => {
+                self.state().node = node;
+                return Ok(output);
             }
-            match entry.result {
-                Some(EntryResult::Ok { output, .. }) => {
-                    self.cursor().node = node;
-                    return Ok(output);
-                }
-                // The step can read back whether its write happened: ask it first.
-                None if meta.effect.is_write() && meta.reconcile.is_some() => {
-                    attempt = entry.attempt + 1;
-                    mode = CallMode::ReconcileFirst;
-                }
-                Some(EntryResult::Err { .. }) if self.retry.as_deref() == Some(&step_id) => {
-                    attempt = entry.attempt + 1;
-                }
-                Some(EntryResult::Err { error }) => {
-                    self.note_failure(&step_id, node, meta.connector, &error);
-                    return Err(error);
-                }
-                // A provider that deduplicates by idempotency key makes a resend with the same
-                // key safe: it returns the original result instead of writing twice.
-                None if meta.effect.is_write() && !meta.idempotent => {
-                    let key = idempotency_key(&self.run.run_id, &step_id);
-                    return Err(self.halt(
-                        format!(
-                            "unknown outcome of write step `{step_id}`: its intent is journaled but no result (the process stopped during the call); \
-                             the step has no `reconcile` hook and is not marked `idempotent` (its provider deduplicating by Idempotency-Key), so it is not redone blindly. Check `{}` for a write with idempotency key {key}, then settle the run",
-                            meta.connector
-                        ),
-                        Some(step_id),
-                        Vec::new(),
-                    ));
-                }
-                None => attempt = entry.attempt + 1,
+            Decision::Replay(Err(error)) => {
+                self.note_failure(&next.step_id, node, meta.connector, &error);
+                return Err(error);
             }
-        }
+            Decision::Halt(cause) => return Err(self.halted(&next, cause, meta.connector)),
+            Decision::Execute { attempt, mode } => (attempt, mode),
+        };
+        let step_id = next.step_id.clone();
         let key = idempotency_key(&self.run.run_id, &step_id);
         let effect = if meta.effect.is_write() {
             AuditEffect::Write
@@ -236,34 +226,17 @@ impl Driver {
                 meta.connector,
             )
             .await;
-        self.engine
-            .inner
-            .audit
-            .append(attempt_record)
-            .await
-            .map_err(|e| {
-                self.halt(
-                    format!("the audit trail failed before `{step_id}`: {e}"),
-                    None,
-                    Vec::new(),
-                )
-            })?;
-        let intent = JournalEntry {
-            seq,
-            step_id: step_id.clone(),
-            kind: EntryKind::Step,
-            name: meta.name.to_owned(),
-            attempt,
-            result: None,
-        };
-        self.engine
-            .inner
-            .store
-            .write_entry(&self.lease, intent.clone(), node)
-            .await
-            .map_err(|e| self.store_failed("journaling an intent", e))?;
-        self.cursor().node = node;
-        self.record_entry(intent.clone());
+        // The intent and its attempt record: one transaction, on disk before the call.
+        let intent = replay::entry(&next, EntryKind::Step, meta.name.to_owned(), attempt, None);
+        self.journal(
+            intent.clone(),
+            node,
+            vec![attempt_record],
+            Sync,
+            "journaling an intent",
+        )
+        .await?;
+        self.state().node = node;
 
         let mut env = StepEnv::new(
             self.run.run_id.clone(),
@@ -282,26 +255,6 @@ impl Driver {
         }
         let result = call(env.clone(), mode).await;
         let touched = env.touched();
-        let journaled = match &result {
-            Ok(output) => EntryResult::Ok {
-                output: output.clone(),
-                touched: touched.clone(),
-            },
-            Err(error) => EntryResult::Err {
-                error: error.clone(),
-            },
-        };
-        let done = JournalEntry {
-            result: Some(journaled),
-            ..intent
-        };
-        self.engine
-            .inner
-            .store
-            .write_entry(&self.lease, done.clone(), node)
-            .await
-            .map_err(|e| self.store_failed("journaling a result", e))?;
-        self.record_entry(done);
         let (outcome, failure_class, detail) = match &result {
             Ok(_) => (Outcome::Succeeded, None, None),
             Err(e) => {
@@ -326,10 +279,23 @@ impl Driver {
                 meta.connector,
             )
             .await;
-        outcome_record.records = touched;
-        if let Err(e) = self.engine.inner.audit.append(outcome_record).await {
-            tracing::error!(run_id = %self.run.run_id, step_id = %step_id, error = %e, "could not audit a step outcome");
-        }
+        outcome_record.records = touched.clone();
+        // The result and its outcome record: one transaction. Deferred durability: safe from
+        // a process crash at once, on disk with the next synchronous commit (the next intent
+        // or the run's end); lost only to a power failure, which then reads as a crash during
+        // the call (intent without result).
+        let done = JournalEntry {
+            result: Some(replay::entry_result(&result, touched)),
+            ..intent
+        };
+        self.journal(
+            done,
+            node,
+            vec![outcome_record],
+            Deferred,
+            "journaling a result",
+        )
+        .await?;
         if let Err(error) = &result {
             self.note_failure(&step_id, node, meta.connector, error);
         }
@@ -337,7 +303,7 @@ impl Driver {
     }
 
     fn note_failure(&self, step_id: &str, node: u32, connector: &str, error: &StepError) {
-        self.cursor().failure = Some(Failure {
+        self.state().failure = Some(Failure {
             step_id: step_id.to_owned(),
             node,
             connector: connector.to_owned(),
@@ -350,107 +316,81 @@ impl Driver {
         label: &str,
         produce: BoxFuture<'_, Result<Value, StepError>>,
     ) -> Result<Value, StepError> {
-        let (seq, step_id, existing) =
-            self.position(format!("{}/record:{label}", self.meta.name))?;
-        let mut attempt = 1;
-        if let Some(entry) = existing {
-            if entry.step_id != step_id {
-                return Err(self.diverged(seq, &entry.step_id, &step_id));
-            }
-            match entry.result {
-                Some(EntryResult::Ok { output, .. }) => return Ok(output),
-                Some(EntryResult::Err { error }) => return Err(error),
-                None => attempt = entry.attempt + 1,
-            }
-        }
-        let result = produce.await;
-        let entry = JournalEntry {
-            seq,
-            step_id,
-            kind: EntryKind::Record,
-            name: label.to_owned(),
-            attempt,
-            result: Some(match &result {
-                Ok(output) => EntryResult::Ok {
-                    output: output.clone(),
-                    touched: Vec::new(),
-                },
-                Err(error) => EntryResult::Err {
-                    error: error.clone(),
-                },
-            }),
+        let next = self.next(format!("{}/record:{label}", self.meta.name), Call::Record);
+        let attempt = match next.decision.clone() {
+            Decision::Replay(result) => return result,
+            Decision::Halt(cause) => return Err(self.halted(&next, cause, "")),
+            Decision::Execute { attempt, .. } => attempt,
         };
-        let node = self.cursor().node;
-        self.engine
-            .inner
-            .store
-            .write_entry(&self.lease, entry.clone(), node)
-            .await
-            .map_err(|e| self.store_failed("journaling a recorded value", e))?;
-        self.record_entry(entry);
+        let result = produce.await;
+        let entry = replay::entry(
+            &next,
+            EntryKind::Record,
+            label.to_owned(),
+            attempt,
+            Some(replay::entry_result(&result, Vec::new())),
+        );
+        let node = self.state().node;
+        // Deferred: whatever depends on the value outside the run goes through a later
+        // synchronous intent.
+        self.journal(
+            entry,
+            node,
+            Vec::new(),
+            crate::journal::Durability::Deferred,
+            "journaling a recorded value",
+        )
+        .await?;
         result
     }
 
     async fn run_handoff(&self, request: HandoffRequest) -> Result<Value, StepError> {
-        let (seq, step_id, existing) =
-            self.position(format!("{}/handoff:{}", self.meta.name, request.chain.name))?;
-        let mut attempt = 1;
-        if let Some(entry) = existing {
-            if entry.step_id != step_id {
-                return Err(self.diverged(seq, &entry.step_id, &step_id));
-            }
-            match entry.result {
-                Some(EntryResult::Ok { output, .. }) => return Ok(output),
-                Some(EntryResult::Err { error }) => return Err(error),
-                // The child run id is derived from the step id: continuing finds the same child.
-                None => attempt = entry.attempt + 1,
-            }
-        }
+        use crate::journal::Durability::{Deferred, Sync};
+
+        let next = self.next(
+            format!("{}/handoff:{}", self.meta.name, request.chain.name),
+            Call::Handoff,
+        );
+        let attempt = match next.decision.clone() {
+            Decision::Replay(result) => return result,
+            Decision::Halt(cause) => return Err(self.halted(&next, cause, "")),
+            Decision::Execute { attempt, .. } => attempt,
+        };
+        let step_id = next.step_id.clone();
+        // The child run id is derived from the step id: continuing finds the same child.
         let child_run_id = format!(
             "{}.{}",
             self.run.run_id,
             &idempotency_key(&self.run.run_id, &step_id)[..12]
         );
-        let node = self.cursor().node;
-        let intent = JournalEntry {
-            seq,
-            step_id: step_id.clone(),
-            kind: EntryKind::Handoff,
-            name: request.chain.path(),
+        let node = self.state().node;
+        let intent = replay::entry(
+            &next,
+            EntryKind::Handoff,
+            request.chain.path(),
             attempt,
-            result: None,
-        };
-        self.engine
-            .inner
-            .store
-            .write_entry(&self.lease, intent.clone(), node)
-            .await
-            .map_err(|e| self.store_failed("journaling a handoff", e))?;
-        self.engine
-            .inner
-            .audit
-            .append(
-                NewRecord::new(
-                    self.run.principal_id.clone(),
-                    Outcome::Info,
-                    AuditEvent::Handoff {
-                        child_run_id: child_run_id.clone(),
-                        child_principal: request.principal_id.clone(),
-                        child_chain: request.chain.path(),
-                        reason: request.reason.clone(),
-                    },
-                )
-                .run(&self.run.run_id)
-                .step(&step_id),
-            )
-            .await
-            .map_err(|e| {
-                self.halt(
-                    format!("the audit trail failed at a handoff: {e}"),
-                    None,
-                    Vec::new(),
-                )
-            })?;
+            None,
+        );
+        let handoff = NewRecord::new(
+            self.run.principal_id.clone(),
+            Outcome::Info,
+            AuditEvent::Handoff {
+                child_run_id: child_run_id.clone(),
+                child_principal: request.principal_id.clone(),
+                child_chain: request.chain.path(),
+                reason: request.reason.clone(),
+            },
+        )
+        .run(&self.run.run_id)
+        .step(&step_id);
+        self.journal(
+            intent.clone(),
+            node,
+            vec![handoff],
+            Sync,
+            "journaling a handoff",
+        )
+        .await?;
         let result = match self
             .engine
             .run_child(&request, child_run_id.clone(), &self.run.run_id)
@@ -473,24 +413,17 @@ impl Driver {
             Err(e) => Err(runtime(format!("handoff to `{}`: {e}", request.chain.name))),
         };
         let done = JournalEntry {
-            result: Some(match &result {
-                Ok(output) => EntryResult::Ok {
-                    output: output.clone(),
-                    touched: Vec::new(),
-                },
-                Err(error) => EntryResult::Err {
-                    error: error.clone(),
-                },
-            }),
+            result: Some(replay::entry_result(&result, Vec::new())),
             ..intent
         };
-        self.engine
-            .inner
-            .store
-            .write_entry(&self.lease, done.clone(), node)
-            .await
-            .map_err(|e| self.store_failed("journaling a handoff result", e))?;
-        self.record_entry(done);
+        self.journal(
+            done,
+            node,
+            Vec::new(),
+            Deferred,
+            "journaling a handoff result",
+        )
+        .await?;
         result
     }
 
@@ -500,20 +433,17 @@ impl Driver {
         body: Result<Value, ChainError>,
     ) -> Result<RunState, EngineError> {
         let (halt, failure) = {
-            let mut c = self.cursor();
-            (c.halt.take(), c.failure.take())
+            let mut s = self.state();
+            (s.halt.take(), s.failure.take())
         };
         let state = if let Some(halt) = halt {
             self.engine
-                .alert(Alert {
-                    run_id: self.run.run_id.clone(),
-                    chain: self.run.chain.clone(),
-                    principal: self.run.principal_id.clone(),
-                    step_id: halt.step_id,
-                    records: halt.records,
-                    message: format!("run `{}` is blocked: {}", self.run.run_id, halt.reason),
-                    time_unix_ms: crate::audit::now_unix_ms(),
-                })
+                .alert(alert(
+                    &self.run,
+                    halt.step_id,
+                    halt.records,
+                    format!("run `{}` is blocked: {}", self.run.run_id, halt.reason),
+                ))
                 .await;
             RunState::Blocked {
                 reason: halt.reason,
@@ -555,18 +485,15 @@ impl Driver {
     /// alerted, whatever the chain's policy, and the run then compensates.
     async fn alert_invalid_client(&self, f: &Failure) {
         self.engine
-            .alert(Alert {
-                run_id: self.run.run_id.clone(),
-                chain: self.run.chain.clone(),
-                principal: self.run.principal_id.clone(),
-                step_id: Some(f.step_id.clone()),
-                records: Vec::new(),
-                message: format!(
+            .alert(alert(
+                &self.run,
+                Some(f.step_id.clone()),
+                Vec::new(),
+                format!(
                     "`{}` rejected this application's OAuth client credentials (invalid client) at step `{}`: fix the client id and secret registered for the `{}` connector; a new user consent cannot fix this",
                     f.connector, f.step_id, f.connector
                 ),
-                time_unix_ms: crate::audit::now_unix_ms(),
-            })
+            ))
             .await;
     }
 
@@ -634,70 +561,6 @@ impl Driver {
             consent_params: consent_params.clone(),
         })
     }
-}
-
-/// The provider rejected the runtime's own OAuth client: only an operator can fix it.
-fn is_invalid_client(error: &StepError) -> bool {
-    matches!(
-        error,
-        StepError::Auth {
-            class: FailureClass::InvalidClient,
-            ..
-        }
-    )
-}
-
-/// Auth failures the suspend policy waits out.
-fn suspends(error: &StepError) -> bool {
-    matches!(
-        error,
-        StepError::Auth {
-            class: FailureClass::GrantRevoked
-                | FailureClass::InsufficientScope
-                | FailureClass::StepUpRequired,
-            ..
-        }
-    )
-}
-
-/// Stores the run's new state, audits it and gives the lease back.
-pub(crate) async fn conclude(
-    engine: &Engine,
-    run: &RunRecord,
-    lease: &Lease,
-    state: RunState,
-) -> Result<RunState, EngineError> {
-    let stored = engine
-        .inner
-        .store
-        .set_state(lease, None, state.clone())
-        .await;
-    if stored.is_ok() && !matches!(state, RunState::Suspended { .. }) {
-        let outcome = match state {
-            RunState::Completed { .. } | RunState::Compensated => Outcome::Succeeded,
-            _ => Outcome::Failed,
-        };
-        if let Err(e) = engine
-            .inner
-            .audit
-            .append(
-                NewRecord::new(
-                    run.principal_id.clone(),
-                    outcome,
-                    AuditEvent::RunFinished {
-                        state: state.kind().to_owned(),
-                    },
-                )
-                .run(&run.run_id),
-            )
-            .await
-        {
-            tracing::error!(run_id = %run.run_id, error = %e, "could not audit the end of a run");
-        }
-    }
-    let _ = engine.inner.store.release_run(lease).await;
-    stored?;
-    Ok(state)
 }
 
 impl RunDriver for Driver {

@@ -35,6 +35,8 @@ mod driver;
 mod error;
 mod ids;
 mod notify;
+mod outcome;
+mod replay;
 mod report;
 mod runner;
 mod version;
@@ -272,25 +274,29 @@ impl Engine {
             .store
             .create_run(run.clone(), &self.inner.owner)
             .await?;
-        let started = self
-            .inner
-            .audit
-            .append(
-                NewRecord::new(
-                    principal_id,
-                    Outcome::Info,
-                    AuditEvent::RunStarted {
-                        chain: meta.path(),
-                        chain_version,
-                        preflight: preflight_summary(&pf),
-                    },
+        // Deferred, like the run's creation: the first intent's fsync covers both.
+        let started = driver::commit(
+            self,
+            Some(&lease),
+            crate::journal::Unit::of(Vec::new())
+                .audit(
+                    NewRecord::new(
+                        principal_id,
+                        Outcome::Info,
+                        AuditEvent::RunStarted {
+                            chain: meta.path(),
+                            chain_version,
+                            preflight: preflight_summary(&pf),
+                        },
+                    )
+                    .run(&run_id),
                 )
-                .run(&run_id),
-            )
-            .await;
+                .deferred(),
+        )
+        .await;
         if let Err(e) = started {
             let _ = self.inner.store.release_run(&lease).await;
-            return Err(e.into());
+            return Err(e);
         }
         runner::drive(self.clone(), meta, run, lease, None).await
     }
@@ -541,11 +547,11 @@ impl Engine {
             record = record.step(step);
         }
         record.records = alert.records.clone();
-        if let Err(e) = self.inner.audit.append(record).await {
-            tracing::error!(run_id = %alert.run_id, error = %e, "could not audit an operator alert");
-        }
-        if let Err(e) = self.inner.store.insert_alert(alert.clone()).await {
-            tracing::error!(run_id = %alert.run_id, error = %e, "could not store an operator alert");
+        // The alert row and its audit record: one transaction.
+        let unit = crate::journal::Unit::of([crate::journal::JournalWrite::Alert(alert.clone())])
+            .audit(record);
+        if let Err(e) = driver::commit(self, None, unit).await {
+            tracing::error!(run_id = %alert.run_id, error = %e, "could not store and audit an operator alert");
         }
         if let Err(e) = self.inner.notifier.notify(&alert).await {
             tracing::error!(run_id = %alert.run_id, error = %e, "could not deliver an operator alert");

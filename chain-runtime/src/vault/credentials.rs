@@ -2,6 +2,7 @@
 //! for the identity checks, accounts for the audit trail) and the token source a step's
 //! connector client sends through.
 
+use crate::classify::RuleSet;
 use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
 use crate::future::BoxFuture;
 use crate::preflight::Grants;
@@ -80,11 +81,17 @@ impl AccountDirectory for Vault {
         let provider = self
             .provider_name(connector)
             .unwrap_or_else(|_| connector.to_owned());
+        let idempotency_header = self
+            .idempotency_header(connector)
+            .unwrap_or_else(|_| Some(super::DEFAULT_IDEMPOTENCY_HEADER.to_owned()));
+        let rules = self.classification_rules(connector).ok().flatten();
         Some(ConnectorAccess {
             source: std::sync::Arc::new(VaultTokenSource {
                 vault: self.clone(),
                 client: self.client(principal_id, connector),
                 provider,
+                rules,
+                idempotency_header,
             }),
             policy: self.retry_policy(),
         })
@@ -97,6 +104,8 @@ struct VaultTokenSource {
     vault: Vault,
     client: AuthorizedClient,
     provider: String,
+    rules: Option<RuleSet>,
+    idempotency_header: Option<String>,
 }
 
 /// Sorts a vault failure into what a step can do about it.
@@ -121,6 +130,14 @@ impl TokenSource for VaultTokenSource {
         &self.provider
     }
 
+    fn classification_rules(&self) -> Option<&RuleSet> {
+        self.rules.as_ref()
+    }
+
+    fn idempotency_header(&self) -> Option<&str> {
+        self.idempotency_header.as_deref()
+    }
+
     fn send<'a>(
         &'a self,
         request: &'a TokenRequest,
@@ -129,6 +146,9 @@ impl TokenSource for VaultTokenSource {
             let mut call = self
                 .client
                 .request(request.method.clone(), request.url.as_str());
+            if !request.query.is_empty() {
+                call = call.query(&request.query);
+            }
             for (name, value) in &request.headers {
                 call = call.header(name, value);
             }

@@ -122,6 +122,17 @@ pub struct ProviderConfig {
     pub consent_ttl: Duration,
     /// Extra authorization parameters (e.g. Google `access_type=offline`, `prompt=consent`).
     pub extra_authorize_params: Vec<(String, String)>,
+    /// Scopes the provider needs for the credential's own lifecycle rather than for any step:
+    /// refresh (`offline_access`, Salesforce `refresh_token`) or identity (`openid`, Atlassian
+    /// `read:me`). Every consent link asks for them, and least-privilege checks must not report
+    /// them as unused.
+    pub lifecycle_scopes: Vec<String>,
+    /// The header that carries a step's idempotency key on every call, or `None` to send
+    /// none (providers that ignore it). Default `Idempotency-Key`.
+    pub idempotency_header: Option<String>,
+    /// The provider's classification quirks as data, consulted before everything else the
+    /// classifier knows (see [`crate::classify::rules`]).
+    pub classification_rules: Option<crate::classify::RuleSet>,
 }
 
 impl ProviderConfig {
@@ -155,7 +166,26 @@ impl ProviderConfig {
             refresh_margin: Duration::from_secs(5 * 60),
             consent_ttl: Duration::from_secs(10 * 60),
             extra_authorize_params: Vec::new(),
+            lifecycle_scopes: Vec::new(),
+            idempotency_header: Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned()),
+            classification_rules: None,
         })
+    }
+
+    /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
+    pub fn with_lifecycle_scopes(mut self, scopes: &[&str]) -> Self {
+        for &s in scopes {
+            if !self.lifecycle_scopes.iter().any(|l| l == s) {
+                self.lifecycle_scopes.push(s.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Sets the idempotency header name; `None` sends no idempotency header.
+    pub fn with_idempotency_header(mut self, header: Option<&str>) -> Self {
+        self.idempotency_header = header.map(str::to_owned);
+        self
     }
 
     /// Sets the RFC 7009 revocation endpoint.
@@ -212,6 +242,13 @@ impl ProviderConfig {
         self
     }
 
+    /// Sets the provider's classification rules (validated when the [`crate::classify::RuleSet`]
+    /// was built).
+    pub fn with_classification_rules(mut self, rules: crate::classify::RuleSet) -> Self {
+        self.classification_rules = Some(rules);
+        self
+    }
+
     /// Adds an authorization parameter.
     pub fn with_authorize_param(
         mut self,
@@ -222,6 +259,13 @@ impl ProviderConfig {
             .push((name.into(), value.into()));
         self
     }
+}
+
+/// The idempotency header [`ProviderConfig::new`] sets.
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+fn default_idempotency_header() -> Option<String> {
+    Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned())
 }
 
 /// The stored form of a [`ProviderConfig`] without its client secret (format version 1).
@@ -244,6 +288,12 @@ struct ProviderRecord {
     refresh_margin: Duration,
     consent_ttl: Duration,
     extra_authorize_params: Vec<(String, String)>,
+    #[serde(default)]
+    lifecycle_scopes: Vec<String>,
+    #[serde(default = "default_idempotency_header")]
+    idempotency_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classification_rules: Option<crate::classify::RuleSet>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -292,6 +342,9 @@ impl ProviderConfig {
             refresh_margin: self.refresh_margin,
             consent_ttl: self.consent_ttl,
             extra_authorize_params: self.extra_authorize_params.clone(),
+            lifecycle_scopes: self.lifecycle_scopes.clone(),
+            idempotency_header: self.idempotency_header.clone(),
+            classification_rules: self.classification_rules.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -353,6 +406,9 @@ impl ProviderConfig {
             refresh_margin: r.refresh_margin,
             consent_ttl: r.consent_ttl,
             extra_authorize_params: r.extra_authorize_params,
+            lifecycle_scopes: r.lifecycle_scopes,
+            idempotency_header: r.idempotency_header,
+            classification_rules: r.classification_rules,
         })
     }
 }

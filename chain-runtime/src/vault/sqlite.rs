@@ -1,12 +1,15 @@
-//! The embedded [`AccountStore`]: one SQLite file (WAL mode), tables prefixed `vault_`.
-//!
-//! SQLite calls are blocking; each runs on the blocking thread pool (`spawn_blocking`) against
-//! one connection guarded by a mutex.
+//! The embedded [`AccountStore`]: tables prefixed `vault_` on the process's shared
+//! [`Database`] for the file (see [`crate::sqlite`]: WAL, `synchronous=FULL`, one busy
+//! timeout, one group-commit writer, one reader pool, shared with the run journal and the
+//! audit trail). Every write is synchronous (on disk when it resolves); the compare-and-swap
+//! of [`AccountStore::replace_account`] and the read-and-delete of
+//! [`AccountStore::take_consent`] each run inside one write transaction.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
+
+use crate::sqlite::{Database, DbError, Durability};
 
 use super::store::{
     AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
@@ -57,7 +60,7 @@ const ACCOUNT_COLUMNS: &str = "principal_id, connector, account_id, upstream_sub
 /// A SQLite-backed [`AccountStore`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    db: Database,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -70,47 +73,43 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        StoreError::Backend(e.message)
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file, switches it to WAL mode and creates the
-    /// `vault_` tables.
+    /// Opens (creating if needed) the database file on the process's shared [`Database`] and
+    /// creates the `vault_` tables.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_owned();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            let conn = Connection::open(&path).map_err(|e| {
-                StoreError::Backend(format!("cannot open `{}`: {e}", path.display()))
-            })?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(backend)?;
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(backend)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(backend)?;
-            conn.execute_batch(SCHEMA).map_err(backend)?;
-            Ok(conn)
-        })
-        .await
-        .map_err(backend)??;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Self::on(Database::open(path).await?).await
     }
 
-    fn run<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    /// Opens the vault tables on `db`.
+    pub async fn on(db: Database) -> Result<Self, StoreError> {
+        db.ensure_schema(SCHEMA).await?;
+        Ok(Self { db })
+    }
+
+    /// Runs `f` in the shared writer's transaction (its own savepoint), synchronously durable.
+    fn write<T, F>(&self, f: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut guard = conn.lock().map_err(|_| {
-                    StoreError::Backend("the SQLite connection mutex is poisoned".into())
-                })?;
-                f(&mut guard)
-            })
-            .await
-            .map_err(backend)?
-        })
+        let db = self.db.clone();
+        Box::pin(async move { db.write(Durability::Sync, move |tx| f(tx.conn())).await })
+    }
+
+    /// Runs `f` on a pooled read connection.
+    fn read<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        Box::pin(async move { db.read(move |conn| f(conn)).await })
     }
 }
 
@@ -176,7 +175,7 @@ fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredAccount,
 
 impl AccountStore for SqliteStore {
     fn init_key_check(&self, candidate: Sealed) -> StoreFuture<'_, Sealed> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO vault_meta (key, value) VALUES ('key_check', ?1)",
                 params![candidate.0],
@@ -199,7 +198,7 @@ impl AccountStore for SqliteStore {
         connector: &str,
     ) -> StoreFuture<'_, Option<StoredAccount>> {
         let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
-        self.run(move |conn| {
+        self.read(move |conn| {
             let found = conn
                 .query_row(
                     &format!(
@@ -219,7 +218,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn insert_account(&self, a: StoredAccount) -> StoreFuture<'_, bool> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             let n = execute_with_account(
                 conn,
                 &format!(
@@ -234,7 +233,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn replace_account(&self, a: StoredAccount, expected_rt_version: i64) -> StoreFuture<'_, bool> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             let n = execute_with_account(
                 conn,
                 "UPDATE vault_accounts SET account_id = ?3, upstream_subject = ?4, granted_scopes = ?5, \
@@ -248,8 +247,55 @@ impl AccountStore for SqliteStore {
         })
     }
 
+    fn delete_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+        expected_rt_version: i64,
+    ) -> StoreFuture<'_, bool> {
+        let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM vault_accounts WHERE principal_id = ?1 AND connector = ?2 AND rt_version = ?3",
+                    params![principal_id, connector, expected_rt_version],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn accounts_with_subject(
+        &self,
+        connector: &str,
+        upstream_subject: &str,
+    ) -> StoreFuture<'_, Vec<StoredAccount>> {
+        let (connector, subject) = (connector.to_owned(), upstream_subject.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts \
+                     WHERE connector = ?1 AND upstream_subject = ?2 ORDER BY principal_id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![connector, subject], account_from_row)
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut account, scopes, status) = row.map_err(backend)?;
+                account.granted_scopes = scopes_from_text(&scopes)?;
+                account.status = AccountStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown account status `{status}`"))
+                })?;
+                out.push(account);
+            }
+            Ok(out)
+        })
+    }
+
     fn put_consent(&self, c: StoredConsent) -> StoreFuture<'_, ()> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             let scopes = scopes_to_text(&c.scopes)?;
             conn.execute(
                 "INSERT INTO vault_consents (state_hash, principal_id, connector, scopes, verifier, created_at, expires_at) \
@@ -263,9 +309,8 @@ impl AccountStore for SqliteStore {
 
     fn take_consent(&self, state_hash: &[u8]) -> StoreFuture<'_, Option<StoredConsent>> {
         let state_hash = state_hash.to_vec();
-        self.run(move |conn| {
-            let tx = conn.transaction().map_err(backend)?;
-            let found = tx
+        self.write(move |conn| {
+            let found = conn
                 .query_row(
                     "SELECT principal_id, connector, scopes, verifier, created_at, expires_at \
                      FROM vault_consents WHERE state_hash = ?1",
@@ -287,12 +332,11 @@ impl AccountStore for SqliteStore {
             else {
                 return Ok(None);
             };
-            tx.execute(
+            conn.execute(
                 "DELETE FROM vault_consents WHERE state_hash = ?1",
                 params![state_hash],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
             Ok(Some(StoredConsent {
                 state_hash,
                 principal_id,
@@ -306,7 +350,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn purge_expired_consents(&self, now: i64) -> StoreFuture<'_, u64> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .execute(
                     "DELETE FROM vault_consents WHERE expires_at < ?1",
@@ -318,7 +362,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn put_provider(&self, p: StoredProvider) -> StoreFuture<'_, ()> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO vault_providers (connector, config, client_secret, updated_at) \
                  VALUES (?1, ?2, ?3, ?4) \
@@ -332,7 +376,7 @@ impl AccountStore for SqliteStore {
     }
 
     fn list_providers(&self) -> StoreFuture<'_, Vec<StoredProvider>> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare(
                     "SELECT connector, config, client_secret, updated_at \

@@ -1,20 +1,34 @@
 //! The run journal: runs, their journaled step executions, compensations and operator alerts.
 //!
-//! [`RunStore`] is the storage interface the engine uses; it is dyn-compatible (every method
-//! returns a [`BoxFuture`]). [`SqliteRunStore`] is the embedded implementation (one SQLite file,
-//! WAL, one writer thread with group commit); [`MemoryRunStore`] keeps everything in memory, for
-//! tests and for measuring the engine's own overhead.
+//! [`RunJournal`] is the storage interface the engine uses; it is dyn-compatible (every method
+//! returns a [`BoxFuture`]). [`SqliteJournal`] is the embedded implementation (on the shared
+//! [`crate::sqlite::Database`]: WAL, `synchronous=FULL`, one writer thread with group commit);
+//! [`MemoryJournal`] keeps everything in memory, for tests and for measuring the engine's own
+//! overhead.
+//!
+//! # Unit of work
+//! Every write goes through [`RunJournal::commit`] with a [`Unit`]: journal writes (an entry,
+//! a compensation, a state change, an alert) and the audit records that belong with them. A
+//! journal whose [`RunJournal::database`] is the audit store's
+//! ([`AuditStore::database`](crate::audit::AuditStore::database)) commits both in ONE
+//! transaction, so the journal and the audit trail never disagree (no journal entry without
+//! its audit record, no record without its entry) and one fsync covers both. A PostgreSQL
+//! backend implements the same `commit` as one `BEGIN … COMMIT` over its journal and audit
+//! tables. A journal that keeps no audit trail (the in-memory one) refuses audit records; the
+//! engine then appends them to its audit store after the journal write.
 //!
 //! # Leases and fencing
-//! Every write that concerns one run takes the [`Lease`] returned by [`RunStore::create_run`] or
-//! [`RunStore::claim_run`]. A lease names its owner and carries a fencing token that grows with
-//! every claim; a store rejects a write whose token is not the run's current one
-//! ([`StoreError::LeaseLost`]). The embedded stores keep leases in process memory (one process
-//! owns the file). A PostgreSQL store for many workers implements the same interface with a
-//! `run_leases` row per run (`owner`, `token`, `expires_at`), claimed with
-//! `SELECT … FOR UPDATE SKIP LOCKED`, renewed while the run is driven, and each write guarded by
-//! `WHERE token = $lease_token`, without any change to the engine.
+//! Every write that concerns one run carries the [`Lease`] returned by
+//! [`RunJournal::create_run`] or [`RunJournal::claim_run`]. A lease names its owner and carries
+//! a fencing token that grows with every claim of the run; a journal rejects a write whose
+//! token is not the run's current one ([`JournalError::LeaseLost`]), checked inside the write's
+//! transaction. [`SqliteJournal`] keeps leases in the database (`run_leases`: owner, holder,
+//! token, expiry), claimed with a compare-and-set in the writer's transaction and renewed by a
+//! heartbeat, so any number of processes can share one file; see its module for how a dead
+//! holder is detected. A PostgreSQL journal claims the same row with `SELECT … FOR UPDATE` and
+//! guards each write with `WHERE token = $lease_token`, without any change to the engine.
 
+mod leases;
 mod memory;
 mod sqlite;
 
@@ -23,12 +37,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use memory::MemoryRunStore;
-pub use sqlite::{SqliteRunStore, Synchronous, WriterStats};
+pub use memory::MemoryJournal;
+pub use sqlite::SqliteJournal;
 
+use crate::audit::{AuditError, AuditRecord, NewRecord};
 use crate::error::StepError;
 pub use crate::future::BoxFuture;
+use crate::sqlite::DbError;
+pub use crate::sqlite::{DatabaseId, Durability, WriterStats};
 use crate::step::RecordRef;
+
+/// The names these types had before the module was called `journal`, for callers that still
+/// use them.
+#[doc(hidden)]
+pub use self::{
+    JournalError as StoreError, MemoryJournal as MemoryRunStore, RunJournal as RunStore,
+    SqliteJournal as SqliteRunStore,
+};
 
 /// The state of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,19 +258,21 @@ pub struct Lease {
     pub token: u64,
 }
 
-/// Errors of a run store.
+/// Errors of the run journal; backend-neutral (no database types).
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed.
-    #[error(
-        "run store (SQLite) failed: {0}; check that the database file exists, is writable and is not locked by another process"
-    )]
-    Sqlite(#[from] rusqlite::Error),
+pub enum JournalError {
+    /// The database failed.
+    #[error("run journal: {0}")]
+    Backend(String),
     /// A value did not (de)serialize.
-    #[error("run store: a stored value does not decode: {0}")]
+    #[error("run journal: a stored value does not decode: {0}")]
     Json(#[from] serde_json::Error),
+    /// The audit records of a unit of work could not be sealed or stored (nothing of the unit
+    /// was committed).
+    #[error("run journal: the unit's audit records failed: {0}")]
+    Audit(#[from] AuditError),
     /// No such run.
-    #[error("no run `{0}` in the store")]
+    #[error("no run `{0}` in the journal")]
     NotFound(String),
     /// A run with that id exists already.
     #[error("a run `{0}` exists already")]
@@ -264,40 +291,153 @@ pub enum StoreError {
     )]
     LeaseLost(String),
     /// A stored row is not what this version writes.
-    #[error("run store row is corrupt: {0}")]
+    #[error("run journal row is corrupt: {0}")]
     Corrupt(String),
-    /// The writer thread or a blocking task is gone.
-    #[error("run store background worker failed: {0}")]
+    /// A background worker is gone.
+    #[error("run journal background worker failed: {0}")]
     Background(String),
 }
 
-/// Storage of runs, journals, compensations and alerts. See the module docs for leases.
-pub trait RunStore: Send + Sync {
+impl From<DbError> for JournalError {
+    fn from(e: DbError) -> Self {
+        JournalError::Backend(e.message)
+    }
+}
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+/// One journal write of a [`Unit`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum JournalWrite {
+    /// Writes (or replaces) the entry at `entry.seq` and moves the run to `node`.
+    Entry {
+        /// The entry.
+        entry: JournalEntry,
+        /// The run's decision-graph node after it.
+        node: u32,
+    },
+    /// Writes (or replaces) the compensation of `step_id`.
+    Compensation(CompensationEntry),
+    /// Sets the run's state if its current kind is `expected` (any when `None`); when it is
+    /// not, the whole unit is rolled back and [`Committed::applied`] is `false`.
+    State {
+        /// The kind the state must have now.
+        expected: Option<&'static str>,
+        /// The new state.
+        state: RunState,
+    },
+    /// Stores an operator alert.
+    Alert(Alert),
+}
+
+/// A unit of work: journal writes and their audit records, committed together or not at all.
+#[derive(Debug)]
+pub struct Unit {
+    /// The journal writes, in order.
+    pub writes: Vec<JournalWrite>,
+    /// The audit records, appended in order after the writes.
+    pub audit: Vec<NewRecord>,
+    /// Whether the unit must be on disk when `commit` returns.
+    pub durability: Durability,
+}
+
+impl Unit {
+    /// A synchronous unit of these writes, without audit records.
+    pub fn of(writes: impl IntoIterator<Item = JournalWrite>) -> Self {
+        Self {
+            writes: writes.into_iter().collect(),
+            audit: Vec::new(),
+            durability: Durability::Sync,
+        }
+    }
+
+    /// Adds an audit record.
+    pub fn audit(mut self, record: NewRecord) -> Self {
+        self.audit.push(record);
+        self
+    }
+
+    /// Commits without waiting for an fsync (see [`Durability::Deferred`]).
+    pub fn deferred(mut self) -> Self {
+        self.durability = Durability::Deferred;
+        self
+    }
+}
+
+/// What a committed unit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// False when a [`JournalWrite::State`] precondition did not hold: nothing was written.
+    pub applied: bool,
+    /// The unit's audit records, sealed.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// Storage of runs, journals, compensations and alerts. See the module docs for units of work
+/// and leases.
+pub trait RunJournal: Send + Sync {
     /// Inserts a new run and claims it for `owner`.
     fn create_run<'a>(
         &'a self,
         run: RunRecord,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>>;
+    ) -> BoxFuture<'a, Result<Lease, JournalError>>;
 
-    /// Claims a run for `owner`; [`StoreError::Claimed`] when another owner holds it.
+    /// Claims a run for `owner`; [`JournalError::Claimed`] when another owner holds it.
     fn claim_run<'a>(
         &'a self,
         run_id: &'a str,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>>;
+    ) -> BoxFuture<'a, Result<Lease, JournalError>>;
 
     /// Gives a lease back.
-    fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>>;
 
     /// One run.
     fn get_run<'a>(
         &'a self,
         run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, JournalError>>;
 
     /// Every run, oldest first.
-    fn list_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
+    fn list_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, JournalError>>;
+
+    /// The run's journal in position order.
+    fn journal<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<JournalEntry>, JournalError>>;
+
+    /// The run's journaled compensations.
+    fn compensations<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CompensationEntry>, JournalError>>;
+
+    /// Alerts, oldest first, of one run or all.
+    fn alerts<'a>(
+        &'a self,
+        run_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Alert>, JournalError>>;
+
+    /// Commits `unit` atomically. Writes concerning a run need the run's current `lease`
+    /// (checked in the same transaction); an alert alone needs none. A journal whose
+    /// [`RunJournal::database`] is `None` refuses units with audit records.
+    fn commit<'a>(
+        &'a self,
+        lease: Option<&'a Lease>,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>>;
+
+    /// The database this journal writes to, when it can carry audit records in its units
+    /// (those go to the audit trail kept in the same database).
+    fn database(&self) -> Option<DatabaseId> {
+        None
+    }
 
     /// Sets the state if the current state's kind is `expected` (any when `None`); returns
     /// whether it was set.
@@ -306,13 +446,10 @@ pub trait RunStore: Send + Sync {
         lease: &'a Lease,
         expected: Option<&'static str>,
         state: RunState,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
-
-    /// The run's journal in position order.
-    fn journal<'a>(
-        &'a self,
-        run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<JournalEntry>, StoreError>>;
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let unit = Unit::of([JournalWrite::State { expected, state }]);
+        Box::pin(async move { Ok(self.commit(Some(lease), unit).await?.applied) })
+    }
 
     /// Durably writes (or replaces) the entry at `entry.seq` and moves the run to `node`.
     fn write_entry<'a>(
@@ -320,29 +457,26 @@ pub trait RunStore: Send + Sync {
         lease: &'a Lease,
         entry: JournalEntry,
         node: u32,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-
-    /// The run's journaled compensations.
-    fn compensations<'a>(
-        &'a self,
-        run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<CompensationEntry>, StoreError>>;
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        let unit = Unit::of([JournalWrite::Entry { entry, node }]);
+        Box::pin(async move { self.commit(Some(lease), unit).await.map(drop) })
+    }
 
     /// Durably writes (or replaces) the compensation of `entry.step_id`.
     fn write_compensation<'a>(
         &'a self,
         lease: &'a Lease,
         entry: CompensationEntry,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        let unit = Unit::of([JournalWrite::Compensation(entry)]);
+        Box::pin(async move { self.commit(Some(lease), unit).await.map(drop) })
+    }
 
     /// Stores an operator alert.
-    fn insert_alert(&self, alert: Alert) -> BoxFuture<'_, Result<(), StoreError>>;
-
-    /// Alerts, oldest first, of one run or all.
-    fn alerts<'a>(
-        &'a self,
-        run_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<Alert>, StoreError>>;
+    fn insert_alert(&self, alert: Alert) -> BoxFuture<'_, Result<(), JournalError>> {
+        let unit = Unit::of([JournalWrite::Alert(alert)]);
+        Box::pin(async move { self.commit(None, unit).await.map(drop) })
+    }
 }
 
 /// In-process lease table shared by the embedded stores.
@@ -355,14 +489,14 @@ pub(crate) struct LocalLeases {
 type LeaseTable = std::collections::HashMap<String, (String, u64)>;
 
 impl LocalLeases {
-    pub(crate) fn claim(&self, run_id: &str, owner: &str) -> Result<Lease, StoreError> {
+    pub(crate) fn claim(&self, run_id: &str, owner: &str) -> Result<Lease, JournalError> {
         let mut guard = self
             .table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (counter, map) = &mut *guard;
         if let Some((held_by, _)) = map.get(run_id) {
-            return Err(StoreError::Claimed {
+            return Err(JournalError::Claimed {
                 run_id: run_id.to_owned(),
                 owner: held_by.clone(),
             });
@@ -386,14 +520,14 @@ impl LocalLeases {
         }
     }
 
-    pub(crate) fn check(&self, lease: &Lease) -> Result<(), StoreError> {
+    pub(crate) fn check(&self, lease: &Lease) -> Result<(), JournalError> {
         let guard = self
             .table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match guard.1.get(&lease.run_id) {
             Some((_, token)) if *token == lease.token => Ok(()),
-            _ => Err(StoreError::LeaseLost(lease.run_id.clone())),
+            _ => Err(JournalError::LeaseLost(lease.run_id.clone())),
         }
     }
 }

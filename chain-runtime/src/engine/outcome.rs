@@ -1,0 +1,128 @@
+//! Units of work and the end of a run: how the driver and the compensation commit journal
+//! writes with their audit records, build alerts, and store a run's end state.
+
+use super::{Engine, EngineError};
+use crate::audit::{AuditEvent, NewRecord, Outcome};
+use crate::classify::FailureClass;
+use crate::journal::{Alert, Committed, JournalWrite, Lease, RunRecord, RunState, Unit};
+use crate::step::{RecordRef, StepError};
+
+/// Commits `unit` as one unit of work. When the journal and the audit trail share a database,
+/// its journal writes and audit records commit in one transaction; otherwise (an in-memory
+/// journal, or an audit store elsewhere) the journal writes commit first and the records are
+/// appended to the audit store after them.
+pub(crate) async fn commit(
+    engine: &Engine,
+    lease: Option<&Lease>,
+    mut unit: Unit,
+) -> Result<Committed, EngineError> {
+    let journal = &engine.inner.store;
+    let shared =
+        journal.database().is_some() && journal.database() == engine.inner.audit.database();
+    if shared || unit.audit.is_empty() {
+        return Ok(journal.commit(lease, unit).await?);
+    }
+    let records = std::mem::take(&mut unit.audit);
+    let mut committed = journal.commit(lease, unit).await?;
+    if committed.applied {
+        for record in records {
+            committed
+                .audit
+                .push(engine.inner.audit.append(record).await?);
+        }
+    }
+    Ok(committed)
+}
+
+/// The one way to build an operator alert about `run`.
+pub(crate) fn alert(
+    run: &RunRecord,
+    step_id: Option<String>,
+    records: Vec<RecordRef>,
+    message: String,
+) -> Alert {
+    Alert {
+        run_id: run.run_id.clone(),
+        chain: run.chain.clone(),
+        principal: run.principal_id.clone(),
+        step_id,
+        records,
+        message,
+        time_unix_ms: crate::audit::now_unix_ms(),
+    }
+}
+
+pub(crate) fn failure_class(error: &StepError) -> String {
+    match error {
+        StepError::Auth { class, .. } => serde_json::to_value(class)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{class:?}")),
+        StepError::Forbidden { .. } => "forbidden".to_owned(),
+        StepError::Unavailable { .. } => "unavailable".to_owned(),
+        StepError::Domain(_) => "domain".to_owned(),
+        StepError::Runtime(_) => "runtime".to_owned(),
+    }
+}
+
+pub(crate) fn audit_failure(error: &StepError) -> (Option<String>, Option<String>) {
+    (Some(failure_class(error)), Some(error.to_string()))
+}
+
+/// The provider rejected the runtime's own OAuth client: only an operator can fix it.
+pub(crate) fn is_invalid_client(error: &StepError) -> bool {
+    matches!(
+        error,
+        StepError::Auth {
+            class: FailureClass::InvalidClient,
+            ..
+        }
+    )
+}
+
+/// Auth failures the suspend policy waits out.
+pub(crate) fn suspends(error: &StepError) -> bool {
+    matches!(
+        error,
+        StepError::Auth {
+            class: FailureClass::GrantRevoked
+                | FailureClass::InsufficientScope
+                | FailureClass::StepUpRequired,
+            ..
+        }
+    )
+}
+
+/// Stores the run's new state with its audit record and gives the lease back.
+pub(crate) async fn conclude(
+    engine: &Engine,
+    run: &RunRecord,
+    lease: &Lease,
+    state: RunState,
+) -> Result<RunState, EngineError> {
+    let mut unit = Unit::of([JournalWrite::State {
+        expected: None,
+        state: state.clone(),
+    }]);
+    if !matches!(state, RunState::Suspended { .. }) {
+        let outcome = match state {
+            RunState::Completed { .. } | RunState::Compensated => Outcome::Succeeded,
+            _ => Outcome::Failed,
+        };
+        unit = unit.audit(
+            NewRecord::new(
+                run.principal_id.clone(),
+                outcome,
+                AuditEvent::RunFinished {
+                    state: state.kind().to_owned(),
+                },
+            )
+            .run(&run.run_id),
+        );
+    }
+    // The end state and its audit record: one transaction.
+    let stored = commit(engine, Some(lease), unit).await;
+    let _ = engine.inner.store.release_run(lease).await;
+    stored?;
+    Ok(state)
+}

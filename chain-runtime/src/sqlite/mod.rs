@@ -1,0 +1,358 @@
+//! The SQLite infrastructure shared by the run journal, the audit trail and the vault.
+//!
+//! One [`Database`] per file and process: every store opened on the same path in one process
+//! (the run journal, the audit trail, the vault) shares it, so they share
+//!
+//! - one **connection policy**: WAL journal mode, `synchronous=FULL`, a [`BUSY_TIMEOUT`] of
+//!   30 s for another process holding the write lock;
+//! - one **writer thread** with group commit: it takes every write queued at the moment (up to
+//!   [`MAX_BATCH`]), applies each in its own savepoint inside ONE `BEGIN IMMEDIATE`
+//!   transaction (a failing write rolls back alone) and commits once, then answers each
+//!   caller. A caller's write is committed when its future resolves;
+//! - one **reader pool**: reads run on the blocking thread pool on pooled connections and
+//!   never wait for the writer (WAL readers see the last commit);
+//! - one set of counters ([`WriterStats`]).
+//!
+//! Because the stores share the writer, a write of one store can carry another store's rows in
+//! the same transaction: that is how a step's journal entry and its audit record commit
+//! together (the journal's unit of work).
+//!
+//! # Durability
+//! Every write says whether it must be on disk when it resolves ([`Durability::Sync`]) or only
+//! visible to other processes and safe from a process crash ([`Durability::Deferred`]). A
+//! batch with at least one `Sync` write commits with an fsync of the WAL (`synchronous=FULL`);
+//! a batch of only deferred writes commits without one (`synchronous=NORMAL` for that commit).
+//! The WAL is one sequential file, so the next fsync makes every earlier frame durable too: a
+//! deferred write is lost only by a power failure (or OS crash) before the next synchronous
+//! commit, never by the process dying.
+//!
+//! # The head witness
+//! Commits live in the `-wal` file until a checkpoint copies them into the database file; a
+//! deleted (or truncated) `-wal` file silently takes the recent commits with it, and what is
+//! left is a consistent older database. Nothing inside the database can tell. So after every
+//! commit that appended to the audit chain, the writer overwrites a small file beside the
+//! database, `<database>-audit-head`, with the chain's new head (`seq` and `hash`), without an
+//! fsync (it is lost only together with the process's page cache, like a deferred write).
+//! Audit verification compares the chain with it: a chain that ends before the witnessed
+//! head, or has another hash there, was truncated or rewritten. Keep the witness with the
+//! database (backups, moves); deleting both the `-wal` and the witness is not detectable
+//! without a checkpoint kept elsewhere (see [`crate::audit::verify`]).
+
+mod witness;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+pub use witness::read_head_witness;
+pub(crate) use writer::Tx;
+use writer::{Job, writer_loop};
+
+/// How long a connection waits for another process holding the database's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most writes one transaction takes.
+pub const MAX_BATCH: usize = 1024;
+
+/// Whether a write must be on disk when its future resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Committed with an fsync: survives power loss.
+    Sync,
+    /// Committed without waiting for an fsync: survives the process dying; made durable
+    /// against power loss by the next synchronous commit. See the module docs.
+    Deferred,
+}
+
+/// A backend failure, without backend types: what failed, in words, and whether it was a
+/// uniqueness or other constraint violation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DbError {
+    /// What failed.
+    pub message: String,
+    /// A constraint (unique key, not null) refused the write.
+    pub constraint: bool,
+}
+
+impl DbError {
+    /// A failure described by `message`.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            constraint: false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        let constraint = matches!(
+            &e,
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+        );
+        Self {
+            message: format!(
+                "SQLite: {e}; check that the database file exists, is writable and is not locked \
+                 by another process for long"
+            ),
+            constraint,
+        }
+    }
+}
+
+/// Identifies one open database, so that stores can tell whether they share transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DatabaseId(u64);
+
+/// How many writes the writer thread applied, in how many transactions and how many of those
+/// were synchronous (one fsync each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Writes applied (jobs, each one caller's write).
+    pub writes: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Commits with an fsync (`synchronous=FULL`).
+    pub syncs: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    writes: AtomicU64,
+    commits: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            writes: self.writes.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared {
+    id: DatabaseId,
+    path: PathBuf,
+    stats: Arc<Stats>,
+    /// Dropping the last handle closes the channel; the writer drains the queue and ends.
+    writer: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// One SQLite file: the writer thread and reader pool every store on it shares. Cheap to
+/// clone. See the module docs.
+#[derive(Clone)]
+pub struct Database {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The databases open in this process, by canonical path.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// A process-unique, hard-to-guess id: `prefix` and 24 hex characters.
+pub(crate) fn unique_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&nanos.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    format!("{prefix}{}", &h.finalize().to_hex()[..24])
+}
+
+/// Opens a connection with the policy (WAL, `synchronous=FULL`, busy timeout).
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path).map_err(|e| {
+        DbError::other(format!(
+            "cannot open the database `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode = %mode, path = %path.display(), "SQLite refused WAL journal mode");
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    Ok(conn)
+}
+
+impl Database {
+    /// Opens the database file at `path` (creating it), or returns the handle already open in
+    /// this process for the same file.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+            .await
+            .map_err(|e| DbError::other(format!("opening the database failed: {e}")))?
+    }
+
+    fn open_blocking(path: &Path) -> Result<Self, DbError> {
+        let conn = open_connection(path)?;
+        let canonical = std::fs::canonicalize(path).map_err(|e| {
+            DbError::other(format!("cannot resolve the path `{}`: {e}", path.display()))
+        })?;
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(shared) = open
+            .iter()
+            .find(|(p, _)| *p == canonical)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return Ok(Self { shared });
+        }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let writer_stats = Arc::clone(&stats);
+        let witness = witness::HeadWitness::new(&canonical);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_stats, witness))
+            .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
+        let shared = Arc::new(Shared {
+            id: DatabaseId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            path: canonical.clone(),
+            stats,
+            writer: tx,
+            readers: Mutex::new(Vec::new()),
+        });
+        open.push((canonical, Arc::downgrade(&shared)));
+        Ok(Self { shared })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// This open database's identity (equal for every handle on the same file in a process).
+    pub fn id(&self) -> DatabaseId {
+        self.shared.id
+    }
+
+    /// The writer thread's counters so far.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Creates tables: runs `schema` (idempotent DDL) in one write transaction.
+    pub(crate) async fn ensure_schema(&self, schema: &'static str) -> Result<(), DbError> {
+        self.write(Durability::Sync, move |tx| {
+            tx.conn().execute_batch(schema)?;
+            Ok::<_, DbError>(())
+        })
+        .await
+    }
+
+    /// Queues `apply` for the writer thread and waits until its transaction committed. `apply`
+    /// runs in its own savepoint: an `Err` (or [`Tx::roll_back`]) undoes only its changes. When
+    /// the batch cannot commit, the caller gets the commit failure.
+    pub(crate) async fn write<T, E, F>(&self, durability: Durability, apply: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared
+            .writer
+            .send(Job::new(durability, apply, reply))
+            .map_err(|_| E::from(DbError::other("the database writer thread stopped")))?;
+        answer
+            .await
+            .map_err(|_| E::from(DbError::other("the database writer dropped the write")))?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking thread pool.
+    pub(crate) async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            // A panic while a connection is out of the pool loses that connection only.
+            let pooled = shared
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&shared.path)?,
+            };
+            let result = f(&mut conn);
+            if conn.is_autocommit() {
+                shared
+                    .readers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| E::from(DbError::other(format!("a database read task failed: {e}"))))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_database_per_file_and_savepoints_isolate_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let a = Database::open(&path).await.unwrap();
+        let b = Database::open(dir.path().join(".").join("db.sqlite"))
+            .await
+            .unwrap();
+        assert_eq!(a.id(), b.id());
+        a.ensure_schema("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY);")
+            .await
+            .unwrap();
+        let ok = a.write(Durability::Sync, |tx| {
+            tx.conn().execute("INSERT INTO t (k) VALUES (1)", [])?;
+            Ok::<_, DbError>(())
+        });
+        let dup = b.write(Durability::Deferred, |tx| {
+            tx.conn().execute("INSERT INTO t (k) VALUES (2)", [])?;
+            tx.conn().execute("INSERT INTO t (k) VALUES (1)", [])?;
+            Ok::<_, DbError>(())
+        });
+        let (ok, dup) = tokio::join!(ok, dup);
+        ok.unwrap();
+        assert!(dup.unwrap_err().constraint);
+        let rows: i64 = a
+            .read(|c| Ok::<_, DbError>(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the failed write's first insert was rolled back");
+        let stats = a.writer_stats();
+        assert!(stats.commits >= 2 && stats.writes >= 3 && stats.syncs >= 1);
+    }
+}

@@ -1,0 +1,194 @@
+//! The writer thread: group commit of queued writes, each in its own savepoint.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::witness::HeadWitness;
+use super::{DbError, Durability, MAX_BATCH, Stats};
+
+/// One write's view of the open transaction.
+pub(crate) struct Tx<'c> {
+    conn: &'c Connection,
+    roll_back: bool,
+    /// The audit chain's head `(seq, hash)` as of this point of the transaction, once read.
+    chain_head: Option<(u64, String)>,
+}
+
+impl<'c> Tx<'c> {
+    /// The connection, inside the batch's transaction and this write's savepoint.
+    pub(crate) fn conn(&self) -> &'c Connection {
+        self.conn
+    }
+
+    /// Undoes this write's changes when it returns, even if it returns `Ok` (a write whose
+    /// precondition did not hold).
+    pub(crate) fn roll_back(&mut self) {
+        self.roll_back = true;
+    }
+
+    /// The hash chain's head cached in this transaction (`None`: not read yet). Appends of the
+    /// audit trail in one batch chain on each other without re-reading it.
+    pub(crate) fn chain_head(&self) -> Option<&(u64, String)> {
+        self.chain_head.as_ref()
+    }
+
+    /// Caches the hash chain's new head; undone with the write's savepoint.
+    pub(crate) fn set_chain_head(&mut self, head: (u64, String)) {
+        self.chain_head = Some(head);
+    }
+}
+
+/// A queued write with its result slot and reply channel, types erased.
+trait Work: Send {
+    fn apply(&mut self, tx: &mut Tx<'_>);
+    fn finish(self: Box<Self>, commit: Result<(), &DbError>);
+}
+
+struct Typed<T, E, F> {
+    apply: Option<F>,
+    result: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+impl<T, E, F> Work for Typed<T, E, F>
+where
+    T: Send,
+    E: From<DbError> + Send,
+    F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send,
+{
+    fn apply(&mut self, tx: &mut Tx<'_>) {
+        if let Some(apply) = self.apply.take() {
+            let result = apply(tx);
+            if result.is_err() {
+                tx.roll_back();
+            }
+            self.result = Some(result);
+        }
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &DbError>) {
+        let answer = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(E::from(DbError::other("the write was never applied"))),
+            (Err(e), _) => Err(E::from(DbError::other(format!(
+                "the transaction this write was in did not commit, nothing of it was stored: {e}"
+            )))),
+        };
+        // The caller may have gone away; a committed write stays committed.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A write queued for the writer thread.
+pub(crate) struct Job {
+    durability: Durability,
+    work: Box<dyn Work>,
+}
+
+impl Job {
+    pub(crate) fn new<T, E, F>(
+        durability: Durability,
+        apply: F,
+        reply: oneshot::Sender<Result<T, E>>,
+    ) -> Self
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        Self {
+            durability,
+            work: Box::new(Typed {
+                apply: Some(apply),
+                result: None,
+                reply,
+            }),
+        }
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> Result<(), DbError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Applies `jobs` in one transaction, each in a savepoint, and commits. Returns the hash
+/// chain's new head when the batch appended to it.
+fn apply_batch(conn: &Connection, jobs: &mut [Job]) -> Result<Option<(u64, String)>, DbError> {
+    exec(conn, "BEGIN IMMEDIATE")?;
+    let mut tx = Tx {
+        conn,
+        roll_back: false,
+        chain_head: None,
+    };
+    for job in jobs.iter_mut() {
+        exec(conn, "SAVEPOINT job")?;
+        let head = tx.chain_head.clone();
+        tx.roll_back = false;
+        job.work.apply(&mut tx);
+        if tx.roll_back {
+            exec(conn, "ROLLBACK TO job")?;
+            tx.chain_head = head;
+        }
+        exec(conn, "RELEASE job")?;
+    }
+    exec(conn, "COMMIT")?;
+    Ok(tx.chain_head)
+}
+
+/// Drains the queue in batches, one transaction per batch, until every handle is dropped.
+pub(crate) fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    stats: Arc<Stats>,
+    mut witness: HeadWitness,
+) {
+    let mut full = true;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let sync = jobs.iter().any(|j| j.durability == Durability::Sync);
+        let mut outcome = Ok(None);
+        if sync != full {
+            let pragma = if sync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            match conn.execute_batch(pragma) {
+                Ok(()) => full = sync,
+                // A deferred batch may commit with an fsync; a synchronous one never without.
+                Err(e) if sync => outcome = Err(DbError::from(e)),
+                Err(_) => {}
+            }
+        }
+        if outcome.is_ok() {
+            outcome = apply_batch(&conn, &mut jobs);
+        }
+        if outcome.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        if let Ok(Some(head)) = &outcome {
+            witness.record(head);
+        }
+        stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        if outcome.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            if full {
+                stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for job in jobs {
+            job.work.finish(outcome.as_ref().map(|_| ()));
+        }
+    }
+}
