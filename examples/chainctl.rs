@@ -11,6 +11,7 @@
 //! CHAIN_VAULT_KEY=… chainctl --db chain.db runs resume run_…
 //! chainctl --db chain.db audit verify --head > checkpoint.json
 //! chainctl scopes escalate_deal
+//! CHAIN_VAULT_KEY=… CHAIN_MCP_KEY=… chainctl --db chain.db serve --listen 127.0.0.1:8765
 //! ```
 
 use std::path::Path;
@@ -39,5 +40,9 @@ fn runtime(db: &Path) -> Result<RuntimeBuilder, String> {
 }
 
 fn main() -> ExitCode {
-    chain_runtime::cli::main(CliSetup::new("chainctl").runtime(runtime))
+    chain_runtime::cli::main(
+        CliSetup::new("chainctl")
+            .runtime(runtime)
+            .mcp_tools(|b| b.chain::<escalate_deal>().chain::<escalate_and_note>()),
+    )
 }

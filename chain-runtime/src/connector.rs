@@ -235,11 +235,11 @@ impl StepRequest<'_> {
                 }
                 Action::Backoff { wait } => {
                     state.rate_limit_retries += 1;
-                    tokio::time::sleep(wait).await;
+                    source.sleep(wait).await;
                 }
                 Action::RetrySameKey { wait } => {
                     state.server_retries += 1;
-                    tokio::time::sleep(wait).await;
+                    source.sleep(wait).await;
                 }
                 Action::NeedsConsent { needed_scopes, .. } => {
                     return Err(StepError::Auth {

@@ -266,6 +266,51 @@ struct Placed {
     lines: Vec<String>,
 }
 
+/// Where each downward edge leaves its source (bottom side) and enters its target (top side):
+/// spread along the side in the order of the other end's position, so that edges sharing a
+/// node do not draw over each other.
+fn ports(
+    graph: &DecisionGraph,
+    placed: &BTreeMap<u32, Placed>,
+) -> (BTreeMap<usize, usize>, BTreeMap<usize, usize>) {
+    let center = |id: u32| placed.get(&id).map(|p| p.x + p.w / 2).unwrap_or(0);
+    let downward = |from: u32, to: u32| match (placed.get(&from), placed.get(&to)) {
+        (Some(a), Some(b)) => b.y > a.y,
+        _ => false,
+    };
+    let spread = |node: u32, mut edges: Vec<(usize, usize)>| {
+        edges.sort_by_key(|&(i, x)| (x, i));
+        let n = edges.len();
+        let p = placed.get(&node);
+        edges
+            .into_iter()
+            .enumerate()
+            .filter_map(move |(k, (i, _))| p.map(|p| (i, p.x + p.w * (k + 1) / (n + 1))))
+            .collect::<Vec<_>>()
+    };
+    let mut out = BTreeMap::new();
+    let mut inn = BTreeMap::new();
+    for node in graph.nodes {
+        let leaving: Vec<(usize, usize)> = graph
+            .edges
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.from == node.id && downward(e.from, e.to))
+            .map(|(i, e)| (i, center(e.to)))
+            .collect();
+        out.extend(spread(node.id, leaving));
+        let entering: Vec<(usize, usize)> = graph
+            .edges
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.to == node.id && downward(e.from, e.to))
+            .map(|(i, e)| (i, center(e.from)))
+            .collect();
+        inn.extend(spread(node.id, entering));
+    }
+    (out, inn)
+}
+
 /// The graph as a standalone SVG document. Passed nodes and the edges between them are blue,
 /// the current node has a thick amber outline, error edges are dashed.
 pub fn svg(graph: &DecisionGraph, highlight: &Highlight) -> String {
@@ -319,7 +364,8 @@ pub fn svg(graph: &DecisionGraph, highlight: &Highlight) -> String {
     );
     out.push_str("<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#6b7280\"/></marker>");
     out.push_str("<marker id=\"arrow-path\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#2563eb\"/></marker></defs>\n");
-    for edge in graph.edges {
+    let (ports_out, ports_in) = ports(graph, &placed);
+    for (i, edge) in graph.edges.iter().enumerate() {
         let (Some(a), Some(b)) = (placed.get(&edge.from), placed.get(&edge.to)) else {
             continue;
         };
@@ -334,8 +380,11 @@ pub fn svg(graph: &DecisionGraph, highlight: &Highlight) -> String {
         } else {
             ""
         };
-        let (x1, y1) = (a.x + a.w / 2, a.y + a.h);
-        let (x2, y2) = (b.x + b.w / 2, b.y);
+        let (x1, y1) = (
+            ports_out.get(&i).copied().unwrap_or(a.x + a.w / 2),
+            a.y + a.h,
+        );
+        let (x2, y2) = (ports_in.get(&i).copied().unwrap_or(b.x + b.w / 2), b.y);
         let (d, lx, ly) = if y2 > y1 {
             let my = (y1 + y2) / 2;
             (

@@ -43,6 +43,11 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
 
     /// The provider refused the credential for good: mark the account for re-authorization.
     fn require_reauthorization(&self) -> BoxFuture<'_, Result<(), TokenError>>;
+
+    /// Waits `wait` before a retry (the vault's clock decides how; tests can skip the wait).
+    fn sleep(&self, wait: std::time::Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(wait))
+    }
 }
 
 /// A request as the connector client describes it, before a credential is injected.

@@ -283,6 +283,7 @@ async fn google_needs_access_type_offline_and_reports_invalid_grant() {
     g.connect(&vault, "alice", "calendar", &["openid"])
         .await
         .unwrap();
+    refresh(&vault, "calendar").await.unwrap();
     g.revoke_grant(&alice);
     assert!(matches!(
         refresh(&vault, "calendar").await,
@@ -292,6 +293,24 @@ async fn google_needs_access_type_offline_and_reports_invalid_grant() {
     assert_eq!(
         (dead.status, dead.error.as_deref()),
         (Some(400), Some("invalid_grant"))
+    );
+    // A user who already granted the client gets a new refresh token only with prompt=consent.
+    g.connect(&vault, "alice", "calendar", &["openid"])
+        .await
+        .unwrap();
+    refresh(&vault, "calendar").await.unwrap();
+    let mut config = g.provider_config("calendar").unwrap();
+    config.extra_authorize_params.retain(|(k, _)| k != "prompt");
+    vault.register_provider(config).await.unwrap();
+    g.connect(&vault, "alice", "calendar", &["openid"])
+        .await
+        .unwrap();
+    let before = g.ledger().refresh_requests();
+    assert!(refresh(&vault, "calendar").await.is_err());
+    assert_eq!(
+        g.ledger().refresh_requests(),
+        before,
+        "no refresh token to send"
     );
 }
 

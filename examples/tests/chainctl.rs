@@ -299,6 +299,15 @@ async fn runs_show_journal_compensations_and_alerts() {
 async fn resume_through_the_binary_with_the_vault() {
     let f = fixture().await;
     let before = slack_writes(&f);
+    // Counted before any resume, so a resume that redid a completed step is caught.
+    let jira_writes = f.demo.sandbox.jira.ledger().committed_writes().count();
+    let salesforce_writes = f
+        .demo
+        .sandbox
+        .salesforce
+        .ledger()
+        .committed_writes()
+        .count();
 
     // Without the key: a clear error, nothing changes.
     resume(&f.db, &f.suspended, None, false)
@@ -339,7 +348,21 @@ async fn resume_through_the_binary_with_the_vault() {
     assert_eq!(posted.method, "POST");
     assert!(posted.path.ends_with("chat.postMessage"), "{posted:?}");
     // And nothing else was redone (the completed steps are replayed from the journal).
-    let jira_writes = f.demo.sandbox.jira.ledger().committed_writes().count();
+    assert_eq!(
+        f.demo.sandbox.jira.ledger().committed_writes().count(),
+        jira_writes,
+        "the resume re-created the Jira issue"
+    );
+    assert_eq!(
+        f.demo
+            .sandbox
+            .salesforce
+            .ledger()
+            .committed_writes()
+            .count(),
+        salesforce_writes,
+        "the resume rewrote the stage"
+    );
 
     let json = chainctl(&f.db, &["--json", "runs", "show", &f.suspended])
         .ok()

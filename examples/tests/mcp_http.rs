@@ -26,6 +26,7 @@ use rmcp::{ClientHandler, ErrorData, ServiceExt};
 #[derive(Clone)]
 struct Browser {
     opened: Arc<Mutex<Vec<String>>>,
+    progress: Arc<Mutex<Vec<String>>>,
     protocol: ProtocolVersion,
 }
 
@@ -33,6 +34,7 @@ impl Browser {
     fn new(protocol: ProtocolVersion) -> Self {
         Self {
             opened: Arc::default(),
+            progress: Arc::default(),
             protocol,
         }
     }
@@ -56,6 +58,17 @@ impl ClientHandler for Browser {
             Some(ElicitationCapability::new().with_url(UrlElicitationCapability::new()));
         ClientConfig::new(caps, Implementation::from_build_env())
             .with_protocol_version(self.protocol.clone())
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap()
+            .push(params.message.unwrap_or_default());
     }
 
     async fn create_elicitation(
@@ -152,7 +165,13 @@ async fn consent_needed_then_the_retry_continues_the_same_call() {
     // rmcp's client drives the input-required round itself: it "opens" the link (our
     // Browser follows it through the sandbox's authorize endpoint to the callback) and
     // retries with the sealed request state.
-    let result = client.call_tool(call(&demo)).await.unwrap();
+    let mut params = call(&demo);
+    let mut meta = rmcp::model::RequestMetaObject::default();
+    meta.set_progress_token(rmcp::model::ProgressToken(
+        rmcp::model::NumberOrString::Number(7),
+    ));
+    params.meta = Some(meta);
+    let result = client.call_tool(params).await.unwrap();
     assert_eq!(result.is_error, Some(false), "{result:?}");
     let output = result.structured_content.unwrap();
     assert!(
@@ -162,6 +181,31 @@ async fn consent_needed_then_the_retry_continues_the_same_call() {
     let opened = browser.opened.lock().unwrap().clone();
     assert_eq!(opened.len(), 1, "one consent link, for slack");
     assert!(opened[0].starts_with(&demo.demo.sandbox.slack.urls().authorize));
+    // Progress notifications: the first round stopped before a run (preflight), the retry
+    // ran it to completion.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !browser
+        .progress
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m == "run completed")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress: {:?}",
+            browser.progress.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        browser
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m == "run started")
+    );
     let runs = runs_of(&demo, "alice").await;
     assert_eq!(runs.len(), 1, "the retry did not start a second run");
     assert!(matches!(runs[0].state, RunState::Completed { .. }));

@@ -54,6 +54,10 @@ pub(super) async fn dispatch(
         Cmd::Runs(RunsCmd::List) => runs_list(db, &mut out).await,
         Cmd::Runs(RunsCmd::Show { run }) => runs_show(db, &run, &mut out).await,
         Cmd::Runs(RunsCmd::Resume { run }) => runs_resume(db, &run, setup, &mut out).await,
+        #[cfg(feature = "mcp")]
+        Cmd::Serve { listen, principal } => {
+            super::serve::serve(db, &listen, principal, setup, out.w).await
+        }
         Cmd::Audit(AuditCmd::Verify { checkpoint, head }) => {
             audit_verify(db, checkpoint.as_deref(), head, &mut out).await
         }

@@ -36,6 +36,7 @@
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
+//! | `serve [--listen ADDR] [--principal ID]` | web pages, OAuth callback and MCP endpoint on one listener (features `server`, `mcp`; key in `CHAIN_MCP_KEY`) |
 //! | `graph CHAIN [--format mermaid\|dot\|svg]` | the chain's decision graph as a picture (`--json`: as JSON) |
 //!
 //! `audit why`, `audit history` and `audit activity` verify the chain first and refuse to answer
@@ -48,6 +49,8 @@
 
 mod commands;
 mod output;
+#[cfg(feature = "mcp")]
+mod serve;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -69,7 +72,13 @@ type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + S
 pub struct CliSetup {
     name: String,
     runtime: Option<Box<RuntimeFactory>>,
+    #[cfg(feature = "mcp")]
+    mcp_tools: Option<Box<McpTools>>,
 }
+
+/// Adds the application's chains to the MCP server of `serve`.
+#[cfg(feature = "mcp")]
+type McpTools = dyn Fn(crate::mcp::McpServerBuilder) -> crate::mcp::McpServerBuilder + Send + Sync;
 
 impl fmt::Debug for CliSetup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,7 +96,19 @@ impl CliSetup {
         Self {
             name: name.into(),
             runtime: None,
+            #[cfg(feature = "mcp")]
+            mcp_tools: None,
         }
+    }
+
+    /// The chains `serve` exposes as MCP tools, e.g. `|b| b.chain::<escalate_deal>()`.
+    #[cfg(feature = "mcp")]
+    pub fn mcp_tools<F>(mut self, tools: F) -> Self
+    where
+        F: Fn(crate::mcp::McpServerBuilder) -> crate::mcp::McpServerBuilder + Send + Sync + 'static,
+    {
+        self.mcp_tools = Some(Box::new(tools));
+        self
     }
 
     /// How to wire the runtime for `runs resume`: given the database file (which exists),
@@ -276,6 +297,18 @@ enum Cmd {
         /// `mermaid`, `dot` (Graphviz) or `svg`.
         #[arg(long, default_value = "mermaid")]
         format: crate::graph_render::Format,
+    },
+    /// Serves the web pages, the OAuth redirect endpoint and the MCP endpoint (bearer tokens
+    /// signed with the key in CHAIN_MCP_KEY) on one listener.
+    #[cfg(feature = "mcp")]
+    Serve {
+        /// The address to listen on, e.g. 127.0.0.1:8765.
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        listen: String,
+        /// Every page request is this principal (a single-user local tool); without it the
+        /// principal is the X-Forwarded-User header set by an authenticating proxy.
+        #[arg(long)]
+        principal: Option<String>,
     },
 }
 

@@ -203,7 +203,7 @@ pub(crate) async fn compensate(
                 commit(engine, Some(lease), unit).await?;
                 if let Err(e) = result {
                     let msg = format!(
-                        "compensator `{}` of `{}` failed: {e}",
+                        "compensator `{}` of `{}` failed (idempotency key {undo_key}): {e}",
                         compensator.name, entry.step_id
                     );
                     alerts.push((entry.step_id.clone(), touched.clone(), msg.clone()));

@@ -84,6 +84,14 @@ fn audience_matches(claims: &Value, audience: &str) -> bool {
     }
 }
 
+/// Which claims must be present (a self-contained JWT must carry them; an introspection
+/// answer is authoritative with `active` and may leave them out).
+#[derive(Clone, Copy)]
+enum Presence {
+    Required,
+    IfPresent,
+}
+
 /// The checks every verifier applies to verified claims: expiry, not-before, issuer,
 /// audience, subject, required scopes.
 fn identity_from_claims(
@@ -91,14 +99,15 @@ fn identity_from_claims(
     issuer: Option<&str>,
     audience: &str,
     required_scopes: &[String],
+    presence: Presence,
 ) -> Result<Identity, TokenRejection> {
     let now = now_secs();
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| TokenRejection::Invalid("no expiry".into()))?;
-    if exp <= now {
-        return Err(TokenRejection::Invalid("the token expired".into()));
+    match (claims.get("exp").and_then(Value::as_i64), presence) {
+        (Some(exp), _) if exp <= now => {
+            return Err(TokenRejection::Invalid("the token expired".into()));
+        }
+        (None, Presence::Required) => return Err(TokenRejection::Invalid("no expiry".into())),
+        _ => {}
     }
     if claims
         .get("nbf")
@@ -112,7 +121,11 @@ fn identity_from_claims(
     {
         return Err(TokenRejection::Invalid("wrong issuer".into()));
     }
-    if !audience_matches(claims, audience) {
+    let audience_ok = match presence {
+        Presence::Required => audience_matches(claims, audience),
+        Presence::IfPresent => claims.get("aud").is_none() || audience_matches(claims, audience),
+    };
+    if !audience_ok {
         return Err(TokenRejection::Invalid(
             "the token is not for this resource (audience)".into(),
         ));
@@ -222,6 +235,7 @@ impl SharedKeyJwtVerifier {
             self.issuer.as_deref(),
             &self.audience,
             &self.required_scopes,
+            Presence::Required,
         )
     }
 }
@@ -233,8 +247,8 @@ impl TokenVerifier for SharedKeyJwtVerifier {
 }
 
 /// Verifies opaque tokens with the authorization server's RFC 7662 introspection endpoint
-/// (client authentication with HTTP Basic), then applies the same checks as a JWT (`active`,
-/// `exp`, `aud`, `sub`, required scopes).
+/// (client authentication with HTTP Basic): the token must be `active`, with a `sub`, the
+/// required scopes, and `exp` and `aud` right when the answer carries them.
 pub struct IntrospectionVerifier {
     http: reqwest::Client,
     endpoint: url::Url,
@@ -308,7 +322,13 @@ impl TokenVerifier for IntrospectionVerifier {
             if claims.get("active").and_then(Value::as_bool) != Some(true) {
                 return Err(TokenRejection::Invalid("inactive token".into()));
             }
-            identity_from_claims(&claims, None, &self.audience, &self.required_scopes)
+            identity_from_claims(
+                &claims,
+                None,
+                &self.audience,
+                &self.required_scopes,
+                Presence::IfPresent,
+            )
         })
     }
 }
@@ -445,5 +465,143 @@ pub(crate) async fn require_bearer(
         Err(e @ TokenRejection::Unavailable(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUD: &str = "https://mcp.example/mcp";
+
+    fn claims(exp_in: i64) -> Value {
+        json!({"sub": "alice", "aud": AUD, "exp": now_secs() + exp_in, "scope": "chains:run other"})
+    }
+
+    #[test]
+    fn shared_key_jwts_are_checked() {
+        let v = SharedKeyJwtVerifier::new(b"k".repeat(32), AUD);
+        let id = v.check(&v.sign(&claims(60))).unwrap();
+        assert_eq!(id.subject, "alice");
+        assert_eq!(id.scopes, ["chains:run", "other"]);
+        let invalid = |t: &str| matches!(v.check(t), Err(TokenRejection::Invalid(_)));
+        assert!(invalid(&v.sign(&claims(-1))), "expired");
+        assert!(invalid("a.b"), "not a JWT");
+        assert!(
+            invalid(&SharedKeyJwtVerifier::new(b"x".repeat(32), AUD).sign(&claims(60))),
+            "other key"
+        );
+        let mut other_aud = claims(60);
+        other_aud["aud"] = json!("https://elsewhere/mcp");
+        assert!(invalid(&v.sign(&other_aud)), "other audience");
+        let mut no_sub = claims(60);
+        no_sub.as_object_mut().unwrap().remove("sub");
+        assert!(invalid(&v.sign(&no_sub)));
+        // alg none, and a payload swapped under a valid signature.
+        let token = v.sign(&claims(60));
+        let parts: Vec<&str> = token.split('.').collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!("{}.{}.", b64.encode(br#"{"alg":"none"}"#), parts[1]);
+        assert!(invalid(&none));
+        let mut bob = claims(60);
+        bob["sub"] = json!("bob");
+        let swapped = format!("{}.{}.{}", parts[0], b64.encode(bob.to_string()), parts[2]);
+        assert!(invalid(&swapped), "bad signature");
+        let strict = SharedKeyJwtVerifier::new(b"k".repeat(32), AUD).require_scopes(["admin"]);
+        assert_eq!(
+            strict.check(&strict.sign(&claims(60))),
+            Err(TokenRejection::InsufficientScope("admin".into()))
+        );
+        let with_iss = SharedKeyJwtVerifier::new(b"k".repeat(32), AUD).issuer("https://as");
+        assert!(matches!(
+            with_iss.check(&token),
+            Err(TokenRejection::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_url_follows_rfc_9728_path_suffixing() {
+        let rs = ResourceServer::new(SharedKeyJwtVerifier::new(b"k".repeat(32), AUD), AUD, vec![]);
+        assert_eq!(
+            rs.metadata_url(),
+            "https://mcp.example/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(rs.metadata()["resource"], AUD);
+    }
+
+    #[cfg(feature = "sandbox")]
+    #[tokio::test]
+    async fn introspection_against_the_sandbox_authorization_server() {
+        use crate::sandbox::{Salesforce, pkce_challenge};
+        let sf = Salesforce::start().await.unwrap();
+        let alice = sf.add_user("alice@example.com");
+        sf.approve_as(&alice).unwrap();
+        let verifier = "a-long-random-verifier-of-at-least-43-characters-for-pkce";
+        let redirect = "http://127.0.0.1:9/cb";
+        let link = format!(
+            "{}?response_type=code&client_id={}&redirect_uri={redirect}&scope=api&state=s&code_challenge={}&code_challenge_method=S256",
+            sf.urls().authorize,
+            sf.client_id(),
+            pkce_challenge(verifier)
+        );
+        let code = sf.consent(&link).unwrap().code.unwrap();
+        let config = sf.provider_config("salesforce").unwrap();
+        let secret = config.client_secret.expose().to_owned();
+        crate::vault::ensure_tls_provider();
+        let answer: Value = reqwest::Client::new()
+            .post(&sf.urls().token)
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier),
+                ("client_id", sf.client_id().as_str()),
+                ("client_secret", secret.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = answer["access_token"].as_str().unwrap().to_owned();
+        let endpoint = url::Url::parse(sf.urls().introspect.as_deref().unwrap()).unwrap();
+        let v = IntrospectionVerifier::new(
+            endpoint.clone(),
+            sf.client_id(),
+            secrecy::SecretString::from(secret.clone()),
+            AUD,
+        );
+        let id = v.verify(&token).await.unwrap();
+        assert_eq!(id.subject, alice);
+        assert_eq!(id.scopes, ["api"]);
+        assert!(matches!(
+            v.verify("garbage").await,
+            Err(TokenRejection::Invalid(_))
+        ));
+        let scoped = IntrospectionVerifier::new(
+            endpoint.clone(),
+            sf.client_id(),
+            secrecy::SecretString::from(secret),
+            AUD,
+        )
+        .require_scopes(["refresh_token"]);
+        assert_eq!(
+            scoped.verify(&token).await,
+            Err(TokenRejection::InsufficientScope("refresh_token".into()))
+        );
+        sf.revoke_grant(&alice);
+        assert!(
+            matches!(v.verify(&token).await, Err(TokenRejection::Invalid(_))),
+            "revoked"
+        );
+        // Wrong client credentials: the verifier cannot decide, which is not "invalid".
+        let wrong =
+            IntrospectionVerifier::new(endpoint, sf.client_id(), "nope".to_owned().into(), AUD);
+        assert!(matches!(
+            wrong.verify(&token).await,
+            Err(TokenRejection::Unavailable(_))
+        ));
+        sf.shutdown().await;
     }
 }

@@ -20,6 +20,10 @@
 //! the first start when preflight had stopped the call), never a second one; a request state
 //! presented by another principal is refused.
 //!
+//! # Progress
+//! A call that carries a progress token gets a notification when its run starts and one when
+//! it stops (completed, suspended, …).
+//!
 //! # Results
 //! A completed run answers `structuredContent: {"result": <output>}`; a run that failed, was
 //! compensated or is blocked answers a tool error (`isError: true`) with the run's classified
@@ -247,6 +251,9 @@ impl McpServer {
             },
             None => self.inner.book.find(&identity.subject, &name, &digest),
         };
+        let progress = context.meta.get_progress_token();
+        self.progress(&context, progress.clone(), 0.0, "run started")
+            .await;
         let outcome = match pending.as_ref().and_then(|p| p.run_id.clone()) {
             Some(run_id) => self.continue_run(&run_id).await,
             None => {
@@ -258,8 +265,29 @@ impl McpServer {
                 .await
             }
         };
+        let stand = match &outcome {
+            Ok(report) => format!("run {}", report.state.kind()),
+            Err(_) => "run not started".to_owned(),
+        };
+        self.progress(&context, progress, 1.0, &stand).await;
         self.answer(outcome, &identity, &name, digest, &context)
             .await
+    }
+
+    /// A progress notification, when the caller asked for them with a progress token.
+    async fn progress(
+        &self,
+        context: &RequestContext<RoleServer>,
+        token: Option<rmcp::model::ProgressToken>,
+        progress: f64,
+        message: &str,
+    ) {
+        if let Some(token) = token {
+            let param = rmcp::model::ProgressNotificationParam::new(token, progress)
+                .with_total(1.0)
+                .with_message(message);
+            let _ = context.peer.notify_progress(param).await;
+        }
     }
 
     /// Continues the run a retry names: resumes it when it is still suspended, otherwise

@@ -5,9 +5,7 @@ use secrecy::ExposeSecret;
 
 use super::{Emulator, Github, Google, Jira, Microsoft, Provider, Salesforce, SandboxError, Slack};
 use crate::vault::presets::{self, OAuthClient};
-use crate::vault::{
-    AccountInfo, ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, Vault, VaultError,
-};
+use crate::vault::{AccountInfo, ProviderConfig, Vault, VaultError};
 
 /// The callback URI the sandbox's clients use; the consent flow never really redirects there.
 pub const REDIRECT_URI: &str = "http://127.0.0.1:9/oauth/callback";
@@ -32,25 +30,6 @@ pub enum ConnectError {
 }
 
 impl<P: Provider> Emulator<P> {
-    fn base_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
-        let secret = {
-            let state = self.shared.lock();
-            ClientSecret::new(state.oauth.client.client_secret.expose_secret().to_owned())
-        };
-        let urls = self.urls();
-        let config = ProviderConfig::new(
-            connector,
-            &urls.authorize,
-            &urls.token,
-            self.client_id(),
-            secret,
-            REDIRECT_URI,
-        )?
-        .with_provider(P::NAME.to_ascii_lowercase())
-        .with_revoke_url(&urls.revoke)?;
-        Ok(config)
-    }
-
     /// The registration of this emulator's client, for a preset.
     pub fn oauth_client(&self) -> OAuthClient {
         let state = self.shared.lock();
@@ -88,46 +67,34 @@ impl<P: Provider> Emulator<P> {
 }
 
 impl Salesforce {
-    /// The vault configuration for this emulator: the subject is the token response's `id`
-    /// URL, the lifetime comes from introspection (Salesforce sends no `expires_in`).
+    /// [`presets::salesforce`] with this emulator as the login host: the subject is the token
+    /// response's `id` URL, the lifetime comes from introspection (Salesforce sends no
+    /// `expires_in`).
     pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
-        let introspect = self.urls().introspect.clone().unwrap_or_default();
-        Ok(self
-            .base_config(connector)?
-            .with_introspection_url(&introspect)?
-            .with_subject(SubjectSource::TokenResponse {
-                pointers: vec!["/id".into()],
-            }))
+        presets::salesforce(connector, &self.oauth_client(), self.base_url())
     }
 }
 
 impl Jira {
-    /// The vault configuration for this emulator: the subject is `account_id` from `/me`.
+    /// [`presets::atlassian`] pointed at this emulator (subject: `account_id` from `/me`), plus
+    /// the emulator's revocation endpoint.
     pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
-        let me = self.urls().userinfo.clone().unwrap_or_default();
-        let me = url::Url::parse(&me).map_err(|e| VaultError::Config {
-            connector: connector.to_owned(),
-            reason: format!("the emulator's /me URL does not parse: {e}"),
-        })?;
-        Ok(self
-            .base_config(connector)?
-            .with_subject(SubjectSource::UserInfo {
-                url: me,
-                pointers: vec!["/account_id".into()],
-            }))
+        presets::at_origin(
+            presets::atlassian(connector, &self.oauth_client())?,
+            self.base_url(),
+        )?
+        .with_revoke_url(&self.urls().revoke)
     }
 }
 
 impl Slack {
-    /// The vault configuration for this emulator: comma-separated scopes, subject
+    /// [`presets::slack`] pointed at this emulator: comma-separated scopes, subject
     /// `team.id:authed_user.id`.
     pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
-        Ok(self
-            .base_config(connector)?
-            .with_scope_separator(ScopeSeparator::Comma)
-            .with_subject(SubjectSource::TokenResponse {
-                pointers: vec!["/team/id".into(), "/authed_user/id".into()],
-            }))
+        presets::at_origin(
+            presets::slack(connector, &self.oauth_client())?,
+            self.base_url(),
+        )
     }
 }
 

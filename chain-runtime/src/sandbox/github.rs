@@ -8,7 +8,9 @@
 //! tokens, which never expire and come without a refresh token. Token-endpoint errors are
 //! HTTP 200 `{"error":…}`; a missing OAuth scope is a 404 whose only hint is the
 //! `X-Accepted-OAuth-Scopes` vs `X-OAuth-Scopes` headers; rate limits are 403 with
-//! `x-ratelimit-remaining: 0`. GitHub ignores `Idempotency-Key`.
+//! `x-ratelimit-remaining: 0`. GitHub ignores `Idempotency-Key`. The token endpoint always
+//! answers JSON, as GitHub does for `Accept: application/json` (which the vault sends); its
+//! form-encoded default is not emulated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

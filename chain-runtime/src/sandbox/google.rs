@@ -1,7 +1,8 @@
 //! Google: the OAuth 2.0 web-server flow (`/o/oauth2/v2/auth`, `/token`, `/revoke`), OIDC
 //! `id_token` and `/v1/userinfo`, and the events of Google Calendar v3.
 //!
-//! A refresh token is issued only when the authorize request carried `access_type=offline`;
+//! A refresh token is issued only when the authorize request carried `access_type=offline`
+//! (and, for a user who already granted this client, `prompt=consent`);
 //! refreshes never rotate it, and a dead one is 400 `invalid_grant` "Token has been expired or
 //! revoked.". `include_granted_scopes=true` makes a new grant carry the scopes granted before.
 //! API errors use the `google.rpc.Status` envelope with `ErrorInfo` reasons
@@ -89,6 +90,7 @@ impl ProviderImpl for GoogleApi {
     type Data = GoogleData;
     const REFRESH_SCOPES: &'static [&'static str] = &[];
     const OFFLINE_PARAM: Option<(&'static str, &'static str)> = Some(("access_type", "offline"));
+    const RECONSENT_PARAM: Option<(&'static str, &'static str)> = Some(("prompt", "consent"));
     const HONORS_IDEMPOTENCY_KEY: bool = false;
 
     fn default_config() -> EmulatorConfig {

@@ -277,6 +277,7 @@ impl<P: Provider> Emulator<P> {
             refresh_prefix,
         );
         oauth.offline_param = P::OFFLINE_PARAM;
+        oauth.reconsent_param = P::RECONSENT_PARAM;
         oauth.issue_refresh = config.refresh_tokens;
         let shared = Arc::new(Shared::<P> {
             base_url: base_url.clone(),

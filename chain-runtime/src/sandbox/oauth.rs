@@ -121,6 +121,9 @@ pub struct OAuthState {
     /// The authorize parameter without which no refresh token is issued (Google
     /// `access_type=offline`); `None`: refresh tokens do not depend on a parameter.
     pub offline_param: Option<(&'static str, &'static str)>,
+    /// The authorize parameter without which a user who already granted this client gets no
+    /// new refresh token (Google `prompt=consent`).
+    pub reconsent_param: Option<(&'static str, &'static str)>,
     /// Whether refresh tokens are issued at all (GitHub OAuth apps: never).
     pub issue_refresh: bool,
     codes: HashMap<String, Code>,
@@ -153,6 +156,7 @@ impl OAuthState {
             approver: None,
             untick_next: Vec::new(),
             offline_param: None,
+            reconsent_param: None,
             issue_refresh: true,
             codes: HashMap::new(),
             grants: BTreeMap::new(),
@@ -243,9 +247,14 @@ impl OAuthState {
                 }
             }
         }
+        let granted_before = self.granted_scopes(&subject).is_some();
         let offline = self
             .offline_param
-            .is_none_or(|(name, value)| get(name) == Some(value));
+            .is_none_or(|(name, value)| get(name) == Some(value))
+            && (!granted_before
+                || self
+                    .reconsent_param
+                    .is_none_or(|(name, value)| get(name) == Some(value)));
         let code = random_string(24);
         self.note_secret(&code);
         self.codes.insert(

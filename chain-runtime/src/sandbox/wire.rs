@@ -24,6 +24,9 @@ pub trait ProviderImpl: Send + Sync + Sized + 'static {
     /// The authorize parameter without which no refresh token is issued (Google
     /// `access_type=offline`).
     const OFFLINE_PARAM: Option<(&'static str, &'static str)> = None;
+    /// The authorize parameter without which a repeated consent yields no new refresh token
+    /// (Google `prompt=consent`).
+    const RECONSENT_PARAM: Option<(&'static str, &'static str)> = None;
     /// Whether the API replays a write sent again with the same `Idempotency-Key` header
     /// (GitHub, Google and Microsoft Graph ignore the header).
     const HONORS_IDEMPOTENCY_KEY: bool = true;

@@ -9,6 +9,23 @@ pub trait Clock: Send + Sync + 'static {
     fn now_unix(&self) -> i64;
 }
 
+/// How the runtime waits between retries of a step call (rate-limit and server-error
+/// backoffs), so tests can observe the waits and skip them instead of racing a timer.
+pub trait Sleeper: Send + Sync + 'static {
+    /// Waits for `wait` (or, in a test, records it and returns when the test says so).
+    fn sleep(&self, wait: Duration) -> crate::future::BoxFuture<'static, ()>;
+}
+
+/// Sleeps on the tokio timer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioSleeper;
+
+impl Sleeper for TokioSleeper {
+    fn sleep(&self, wait: Duration) -> crate::future::BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
 /// The system clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;

@@ -2,8 +2,8 @@
 //! for the identity checks, accounts for the audit trail) and the token source a step's
 //! connector client sends through.
 
-use crate::classify::RuleSet;
 use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
+use crate::classify::RuleSet;
 use crate::future::BoxFuture;
 use crate::preflight::Grants;
 use crate::token::{ConnectorAccess, RequestBody, TokenError, TokenRequest, TokenSource};
@@ -169,6 +169,10 @@ impl TokenSource for VaultTokenSource {
                 .map(|_| ())
                 .map_err(token_error)
         })
+    }
+
+    fn sleep(&self, wait: std::time::Duration) -> BoxFuture<'static, ()> {
+        self.vault.sleeper().sleep(wait)
     }
 
     fn require_reauthorization(&self) -> BoxFuture<'_, Result<(), TokenError>> {

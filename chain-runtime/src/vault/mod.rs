@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use client::{AuthorizedClient, AuthorizedRequest};
-pub use clock::{Clock, OffsetClock, SystemClock};
+pub use clock::{Clock, OffsetClock, Sleeper, SystemClock, TokioSleeper};
 pub use error::VaultError;
 pub use oauth::{Introspection, TokenKind};
 pub(crate) use options::ensure_tls_provider;
@@ -88,6 +88,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     retry_policy: crate::policy::RetryPolicy,
+    sleeper: Arc<dyn Sleeper>,
     audit: RwLock<Option<Arc<dyn crate::audit::AuditStore>>>,
     /// New tokens whose write failed, by account id (see `pending`).
     pending: Mutex<HashMap<String, pending::Pending>>,
@@ -143,6 +144,7 @@ impl Vault {
                 clock: options.clock,
                 locks: Mutex::new(HashMap::new()),
                 retry_policy: options.retry_policy,
+                sleeper: options.sleeper,
                 audit: RwLock::new(None),
                 pending: Mutex::new(HashMap::new()),
                 last_refresh: Mutex::new(HashMap::new()),
@@ -165,6 +167,11 @@ impl Vault {
     /// The retry bounds of step calls made with this vault's credentials.
     pub fn retry_policy(&self) -> crate::policy::RetryPolicy {
         self.inner.retry_policy
+    }
+
+    /// How step calls made with this vault's credentials wait between retries.
+    pub(crate) fn sleeper(&self) -> Arc<dyn Sleeper> {
+        Arc::clone(&self.inner.sleeper)
     }
 
     fn now(&self) -> i64 {

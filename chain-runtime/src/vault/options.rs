@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::{Clock, SystemClock};
+use super::clock::{Clock, Sleeper, SystemClock, TokioSleeper};
 use super::error::VaultError;
 
 /// What a consent does when its upstream user is already connected to another principal on the
@@ -80,6 +80,9 @@ pub struct VaultOptions {
     pub min_refresh_interval: Duration,
     /// What a consent does when its upstream user is already connected to another principal.
     pub shared_subject: SharedSubjectPolicy,
+    /// How step calls wait between retries (default: the tokio timer). Tests inject one
+    /// that records the waits instead of sleeping.
+    pub sleeper: Arc<dyn Sleeper>,
 }
 
 impl Default for VaultOptions {
@@ -92,6 +95,7 @@ impl Default for VaultOptions {
             retry_policy: crate::policy::RetryPolicy::default(),
             min_refresh_interval: Duration::from_secs(30),
             shared_subject: SharedSubjectPolicy::default(),
+            sleeper: Arc::new(TokioSleeper),
         }
     }
 }

@@ -35,6 +35,39 @@
 //! assert_eq!(graph.provider, "microsoft"); // a connector named `graph`, classified as Microsoft
 //! ```
 
+//!
+//! # A provider no preset covers
+//!
+//! Build the [`ProviderConfig`] and decide the same things a preset does. For a ticketing
+//! service that authenticates clients with HTTP Basic, names users in `GET /api/me` as
+//! `{"workspace":{"id"},"user":{"id"}}`, issues refresh tokens only for the `offline` scope
+//! and deduplicates writes by `X-Request-Token`:
+//!
+//! ```no_run
+//! use chain_runtime::vault::{ClientAuth, ClientSecret, ProviderConfig, SubjectSource, Vault};
+//!
+//! # async fn register(vault: &Vault) -> Result<(), Box<dyn std::error::Error>> {
+//! let tickets = ProviderConfig::new(
+//!     "tickets",
+//!     "https://auth.tickets.example/oauth/authorize",
+//!     "https://auth.tickets.example/oauth/token",
+//!     "client-id",
+//!     ClientSecret::new("client-secret"),
+//!     "https://app.example/oauth/callback",
+//! )?
+//! .with_revoke_url("https://auth.tickets.example/oauth/revoke")?
+//! .with_client_auth(ClientAuth::Basic)
+//! .with_subject(SubjectSource::UserInfo {
+//!     url: "https://api.tickets.example/api/me".parse()?,
+//!     pointers: vec!["/workspace/id".into(), "/user/id".into()],
+//! })
+//! .with_lifecycle_scopes(&["offline"])
+//! .with_idempotency_header(Some("X-Request-Token"))
+//! .with_provider(chain_runtime::vault::presets::STANDARD);
+//! vault.register_provider(tickets).await?;
+//! # Ok(()) }
+//! ```
+
 use std::time::Duration;
 
 use url::Url;

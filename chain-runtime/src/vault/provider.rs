@@ -173,8 +173,12 @@ impl ProviderConfig {
     }
 
     /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
-    pub fn with_lifecycle_scopes(mut self, scopes: &[&str]) -> Self {
-        for &s in scopes {
+    pub fn with_lifecycle_scopes<S: AsRef<str>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
+        for s in scopes {
+            let s = s.as_ref();
             if !self.lifecycle_scopes.iter().any(|l| l == s) {
                 self.lifecycle_scopes.push(s.to_owned());
             }
