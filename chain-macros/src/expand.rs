@@ -415,6 +415,7 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
                         ],
                         edges: &[#(#edges),*],
                     },
+                    run: ::chain_runtime::__private::run_erased::<Self>,
                 };
 
                 fn run(

@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chain_runtime::BoxFuture;
 use chain_runtime::audit::{
     AuditError, AuditRecord, AuditStore, Authorization, Checkpoint, GENESIS_HASH, NewRecord,
     SqliteAuditStore,
 };
 use chain_runtime::engine::{Engine, StaticGrants};
-use chain_runtime::exec::BoxFuture;
 use chain_runtime::journal::{MemoryJournal, RunJournal, RunState, SqliteJournal, WriterStats};
 use chain_runtime::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

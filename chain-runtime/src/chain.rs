@@ -1,15 +1,16 @@
-//! Chains: the metadata `#[chain]` records and the context a chain body runs with.
+//! Chains as the runtime sees them: the metadata `#[chain]` records, with the erased entry
+//! point the engine runs a chain body through, and the [`RunDriver`] seam a running body
+//! calls back into for every step, recorded value and handoff.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::exec::{BoxFuture, CallMode, ErasedStepCall, RunDriver};
+pub use crate::error::ChainError;
+use crate::future::BoxFuture;
 use crate::graph::DecisionGraph;
-use crate::principal::Principal;
-use crate::step::{Step, StepError, StepMeta};
+use crate::step::{ErasedStepCall, StepError, StepMeta};
 
 /// What a run does when a step fails for an authorization reason the runtime cannot fix by
 /// itself (revoked grant, missing scope, step-up).
@@ -40,6 +41,10 @@ pub struct ChainMeta {
     pub steps: &'static [&'static StepMeta],
     /// The body's control flow between step call sites.
     pub graph: DecisionGraph,
+    /// Runs the body from its journaled principal and input; see [`ErasedChainRun`].
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub run: ErasedChainRun,
 }
 
 fn serialize_step_names<S: serde::Serializer>(
@@ -54,168 +59,70 @@ impl ChainMeta {
     pub fn path(&self) -> String {
         format!("{}::{}", self.module, self.name)
     }
-
-    /// The scope manifest: per connector, the minimal scope set and who needs each scope.
-    pub fn manifest(&'static self) -> crate::manifest::ScopeManifest {
-        crate::manifest::ScopeManifest::for_chain(self)
-    }
 }
 
-/// A chain function, as seen by the runtime. Implemented by `#[chain]` on a marker type that
-/// shares the function's name.
-pub trait Chain: 'static {
-    /// The principal every step of a run acts for.
-    type Principal: Principal;
-    /// The chain's inputs after the context, as a tuple; journaled so a run can resume.
-    type Input: Serialize + DeserializeOwned + Send + 'static;
-    /// What the chain returns on success.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// The chain's metadata.
-    const META: ChainMeta;
-
-    /// Runs the chain body.
-    #[doc(hidden)]
-    fn run(
-        ctx: Arc<ChainCtx<Self::Principal>>,
-        input: Self::Input,
-    ) -> BoxFuture<'static, Result<Self::Output, ChainError>>;
-}
-
-/// The context a chain body runs with. Only the runtime creates one; its principal is fixed
-/// for the whole run.
-pub struct ChainCtx<P> {
-    principal: P,
+/// A chain body with its types erased: decodes the journaled principal and input (an `Err`
+/// says why they do not decode), then returns the body's future, which calls back into
+/// `driver` for every step and yields the output as JSON. `#[chain]` fills it in.
+pub type ErasedChainRun = fn(
     driver: Arc<dyn RunDriver>,
-    site: AtomicU32,
-}
+    principal: &Value,
+    input: &Value,
+) -> Result<BoxFuture<'static, Result<Value, ChainError>>, String>;
 
-impl<P: Principal> std::fmt::Debug for ChainCtx<P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChainCtx")
-            .field("principal", &self.principal)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<P: Principal> ChainCtx<P> {
-    pub(crate) fn new(principal: P, driver: Arc<dyn RunDriver>) -> Self {
-        Self {
-            principal,
-            driver,
-            site: AtomicU32::new(0),
-        }
-    }
-
-    /// The principal this run acts for.
-    pub fn principal(&self) -> &P {
-        &self.principal
-    }
-
-    /// Runs `produce` once and journals its value under `label`; a resumed run gets the
-    /// journaled value back instead of running it again. Use it for everything that can
-    /// change the path of the body: a model's choice of the next tool, the clock, randomness.
-    pub async fn record<T, F>(&self, label: &str, produce: F) -> Result<T, ChainError>
-    where
-        T: Serialize + DeserializeOwned,
-        F: std::future::Future<Output = T> + Send,
-    {
-        let produce: BoxFuture<'_, Result<serde_json::Value, StepError>> = Box::pin(async move {
-            serde_json::to_value(produce.await)
-                .map_err(|e| StepError::Runtime(format!("recorded value does not encode: {e}")))
-        });
-        let value = self.driver.record(label, produce).await?;
-        serde_json::from_value(value).map_err(|e| {
-            ChainError::Step(StepError::Runtime(format!(
-                "journaled value `{label}` does not decode: {e}"
-            )))
-        })
-    }
-
-    /// Starts chain `C` under another principal (an explicit handoff, such as a co-approval by
-    /// a second user) and returns its output. The child run has its own run id, preflight and
-    /// audit trail, linked to this run; this run's principal does not change. The child's
-    /// result is journaled here like a step's, so a resumed parent does not start it again.
-    pub async fn handoff<C: Chain>(
-        &self,
-        principal: C::Principal,
-        input: C::Input,
-        reason: &str,
-    ) -> Result<C::Output, ChainError> {
-        let encode = |what: &str, e: serde_json::Error| {
-            ChainError::Step(StepError::Runtime(format!(
-                "handoff to `{}`: the {what} does not encode: {e}",
-                C::META.name
-            )))
-        };
-        let request = crate::exec::HandoffRequest {
-            chain: &C::META,
-            register: crate::engine::Engine::register::<C>,
-            principal_id: principal.identifier(),
-            principal: serde_json::to_value(&principal).map_err(|e| encode("principal", e))?,
-            input: serde_json::to_value(&input).map_err(|e| encode("input", e))?,
-            reason: reason.to_owned(),
-        };
-        let value = self.driver.handoff(request).await?;
-        serde_json::from_value(value).map_err(|e| {
-            ChainError::Step(StepError::Runtime(format!(
-                "journaled output of handoff to `{}` does not decode: {e}",
-                C::META.name
-            )))
-        })
-    }
-
-    #[doc(hidden)]
-    pub fn __at_site(&self, site: u32) -> &Self {
-        self.site.store(site, Ordering::Relaxed);
-        self
-    }
-
-    pub(crate) fn __current_site(&self) -> u32 {
-        self.site.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn __execute<S: Step<Principal = P>>(
-        &self,
+/// Runs the steps of one chain run. Implemented by the engine.
+pub trait RunDriver: Send + Sync {
+    /// Executes the step call made at decision-graph `site`: returns its journaled output
+    /// when the run already completed it, otherwise runs `call` and journals the result.
+    fn step<'a>(
+        &'a self,
         site: u32,
-        input: S::Input,
-    ) -> BoxFuture<'_, Result<S::Output, StepError>> {
-        let call: ErasedStepCall = Box::new(move |env, mode| {
-            Box::pin(async move {
-                let output = match mode {
-                    CallMode::Run => S::run(env, input).await?,
-                    CallMode::ReconcileFirst => S::reconcile_then_run(env, input).await?,
-                };
-                serde_json::to_value(output)
-                    .map_err(|e| StepError::Runtime(format!("step output does not encode: {e}")))
-            })
-        });
+        meta: &'static StepMeta,
+        call: ErasedStepCall,
+    ) -> BoxFuture<'a, Result<Value, StepError>>;
+
+    /// Journals a value the chain body depends on (a model's choice, the clock), or returns
+    /// the journaled one on replay.
+    fn record<'a>(
+        &'a self,
+        label: &'a str,
+        produce: BoxFuture<'a, Result<Value, StepError>>,
+    ) -> BoxFuture<'a, Result<Value, StepError>>;
+
+    /// Starts a child chain under another principal (an explicit handoff, e.g. a co-approval)
+    /// and returns its output; journaled in the parent like a step. The parent's principal
+    /// does not change. Drivers that cannot hand off refuse.
+    fn handoff<'a>(&'a self, request: HandoffRequest) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async move {
-            let value = self.driver.step(site, &S::META, call).await?;
-            serde_json::from_value(value).map_err(|e| {
-                StepError::Runtime(format!(
-                    "journaled output of `{}` does not decode: {e}",
-                    S::META.name
-                ))
-            })
+            Err(StepError::Runtime(format!(
+                "this run driver cannot hand off to `{}`; run the chain with the engine",
+                request.chain.name
+            )))
         })
     }
 }
 
-/// Why a chain run did not complete.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChainError {
-    /// A step failed.
-    #[error("step failed: {0}")]
-    Step(#[from] StepError),
-    /// The chain's own logic gave up.
-    #[error("{0}")]
-    Domain(String),
+/// A request to start a child chain under another principal; built by
+/// [`crate::ChainCtx::handoff`].
+pub struct HandoffRequest {
+    /// The child chain's metadata (with its entry point).
+    pub chain: &'static ChainMeta,
+    /// The child's principal as JSON.
+    pub principal: Value,
+    /// The child's principal identifier.
+    pub principal_id: String,
+    /// The child's input as JSON.
+    pub input: Value,
+    /// Why the handoff happens, in words (audited).
+    pub reason: String,
 }
 
-impl ChainError {
-    /// A failure of the chain's own logic, with a message for people.
-    pub fn domain(message: impl Into<String>) -> Self {
-        ChainError::Domain(message.into())
+impl std::fmt::Debug for HandoffRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffRequest")
+            .field("chain", &self.chain.name)
+            .field("principal_id", &self.principal_id)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
     }
 }

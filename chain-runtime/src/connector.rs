@@ -1,6 +1,6 @@
-//! The HTTP client a step body uses: the credential of the run's principal is injected by the
-//! vault, every response is classified, and the failure policy is applied before step code
-//! sees anything.
+//! The HTTP client a step body uses: the credential of the run's principal is injected by a
+//! [`TokenSource`] (the vault), every response is classified, and the failure policy is applied
+//! before step code sees anything.
 //!
 //! ```no_run
 //! # use chain_runtime::prelude::*;
@@ -23,47 +23,23 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::classify::{self, FailureClass, RequestKind};
-use crate::policy::{Action, AttemptState, RetryPolicy};
-use crate::step::StepError;
-use crate::vault::{AuthorizedClient, Vault, VaultError};
+use crate::error::StepError;
+use crate::policy::{Action, AttemptState};
+use crate::token::{ConnectorAccess, RequestBody, TokenError, TokenRequest, TokenSource};
 
 /// The connector client of one step execution: bound to the run's principal and the step's
 /// connector, it sends the step's idempotency key with every request.
 #[derive(Clone, Debug)]
 pub struct StepHttp {
-    vault: Vault,
-    client: AuthorizedClient,
-    provider: String,
-    rules: Option<classify::RuleSet>,
+    access: ConnectorAccess,
     idempotency_key: String,
-    /// The header the key travels in (per connector; `None`: not sent).
-    idempotency_header: Option<String>,
-    policy: RetryPolicy,
 }
 
 impl StepHttp {
-    pub(crate) fn new(
-        vault: &Vault,
-        principal_id: &str,
-        connector: &str,
-        idempotency_key: &str,
-        policy: RetryPolicy,
-    ) -> Self {
-        let provider = vault
-            .provider_name(connector)
-            .unwrap_or_else(|_| connector.to_owned());
-        let idempotency_header = vault
-            .idempotency_header(connector)
-            .unwrap_or_else(|_| Some(crate::vault::DEFAULT_IDEMPOTENCY_HEADER.to_owned()));
-        let rules = vault.classification_rules(connector).ok().flatten();
+    pub(crate) fn new(access: ConnectorAccess, idempotency_key: &str) -> Self {
         Self {
-            vault: vault.clone(),
-            client: vault.client(principal_id, connector),
-            provider,
-            rules,
+            access,
             idempotency_key: idempotency_key.to_owned(),
-            idempotency_header,
-            policy,
         }
     }
 
@@ -99,8 +75,8 @@ impl StepHttp {
         self.request(Method::DELETE, url)
     }
 
-    fn connector(&self) -> &str {
-        self.client.connector()
+    fn source(&self) -> &dyn TokenSource {
+        self.access.source.as_ref()
     }
 }
 
@@ -190,31 +166,34 @@ impl StepRequest<'_> {
     /// typed [`StepError`] without a retry.
     pub async fn send(self) -> Result<StepResponse, StepError> {
         let http = self.http;
-        let connector = http.connector().to_owned();
-        let mut state = AttemptState::default();
-        loop {
-            state.now = Some(std::time::SystemTime::now());
-            let mut request = http.client.request(self.method.clone(), self.url.as_str());
-            if let Some(name) = &http.idempotency_header {
-                request = request.header(name, &http.idempotency_key);
-            }
-            if !self.query.is_empty() {
-                request = request.query(&self.query);
-            }
-            for (name, value) in &self.headers {
-                request = request.header(name, value);
-            }
-            request = match &self.body {
-                Body::None => request,
+        let source = http.source();
+        let connector = source.connector().to_owned();
+        let provider = source.provider().to_owned();
+        let mut headers = Vec::new();
+        if let Some(name) = source.idempotency_header() {
+            headers.push((name.to_owned(), http.idempotency_key.clone()));
+        }
+        headers.extend(self.headers);
+        let request = TokenRequest {
+            method: self.method,
+            url: self.url,
+            query: self.query,
+            headers,
+            body: match self.body {
+                Body::None => RequestBody::None,
                 Body::Unencodable(e) => {
                     return Err(StepError::Runtime(format!(
                         "the request body does not encode as JSON: {e}"
                     )));
                 }
-                Body::Json(v) => request.json(v),
-                Body::Form(f) => request.form(f),
-            };
-            let (status, headers, body) = match request.send().await {
+                Body::Json(v) => RequestBody::Json(v),
+                Body::Form(f) => RequestBody::Form(f),
+            },
+        };
+        let mut state = AttemptState::default();
+        loop {
+            state.now = Some(std::time::SystemTime::now());
+            let (status, headers, body) = match source.send(&request).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
@@ -223,18 +202,21 @@ impl StepRequest<'_> {
                         Err(_) => (0, http::HeaderMap::new(), Vec::new()),
                     }
                 }
-                Err(VaultError::Transport { .. }) => (0, http::HeaderMap::new(), Vec::new()),
-                Err(e) => return Err(vault_failure(&connector, e)),
+                Err(TokenError::Transport(_)) => (0, http::HeaderMap::new(), Vec::new()),
+                Err(e) => return Err(token_failure(&connector, e)),
             };
             let classification = classify::classify_with(
-                &http.provider,
-                http.rules.as_ref(),
+                &provider,
+                source.classification_rules(),
                 RequestKind::Api,
                 status,
                 &headers,
                 &body,
             );
-            let decision = http.policy.decide(&http.provider, &classification, &state);
+            let decision = http
+                .access
+                .policy
+                .decide(&provider, &classification, &state);
             tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
             match decision.action {
                 Action::Proceed => {
@@ -245,19 +227,19 @@ impl StepRequest<'_> {
                     });
                 }
                 Action::RefreshThenRetry => {
-                    http.client
+                    source
                         .refresh_after_expiry()
                         .await
-                        .map_err(|e| vault_failure(&connector, e))?;
+                        .map_err(|e| token_failure(&connector, e))?;
                     state.refreshed_after_expiry = true;
                 }
                 Action::Backoff { wait } => {
                     state.rate_limit_retries += 1;
-                    http.vault.sleeper().sleep(wait).await;
+                    source.sleep(wait).await;
                 }
                 Action::RetrySameKey { wait } => {
                     state.server_retries += 1;
-                    http.vault.sleeper().sleep(wait).await;
+                    source.sleep(wait).await;
                 }
                 Action::NeedsConsent { needed_scopes, .. } => {
                     return Err(StepError::Auth {
@@ -268,11 +250,7 @@ impl StepRequest<'_> {
                     });
                 }
                 Action::NeedsReauthorization { step_up } => {
-                    if let Err(e) = http
-                        .vault
-                        .require_reauthorization(http.client.principal_id(), &connector)
-                        .await
-                    {
+                    if let Err(e) = source.require_reauthorization().await {
                         tracing::error!(connector = %connector, error = %e, "could not mark the account for re-authorization");
                     }
                     return Err(StepError::Auth {
@@ -362,15 +340,12 @@ fn json_error_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// A vault failure seen from a step: revocation and missing accounts are authorization
-/// failures the chain policy handles; the rest are runtime errors.
-fn vault_failure(connector: &str, error: VaultError) -> StepError {
+/// A token-source failure seen from a step: revocation and missing accounts are
+/// authorization failures the chain policy handles; the rest are runtime errors.
+fn token_failure(connector: &str, error: TokenError) -> StepError {
     let class = match &error {
-        VaultError::GrantRevoked { .. }
-        | VaultError::NeedsReauthorization { .. }
-        | VaultError::Revoked { .. }
-        | VaultError::NotConnected { .. } => Some(FailureClass::GrantRevoked),
-        VaultError::InvalidClient { .. } => Some(FailureClass::InvalidClient),
+        TokenError::Revoked(_) => Some(FailureClass::GrantRevoked),
+        TokenError::InvalidClient(_) => Some(FailureClass::InvalidClient),
         _ => None,
     };
     match class {

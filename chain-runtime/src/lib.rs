@@ -8,14 +8,17 @@
 
 extern crate self as chain_runtime;
 
+pub mod accounts;
 pub mod audit;
 pub mod chain;
 pub mod classify;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod connector;
+pub mod context;
 pub mod engine;
-pub mod exec;
+pub mod error;
+pub mod future;
 pub mod graph;
 pub mod graph_render;
 pub mod journal;
@@ -36,15 +39,21 @@ pub mod step;
 /// The former name of [`journal`].
 #[doc(hidden)]
 pub use journal as store;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+pub mod token;
 pub mod vault;
 
-pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
+pub use chain::{AuthFailurePolicy, ChainMeta};
 pub use chain_macros::{chain, compensator, step};
+pub use context::{Chain, ChainCtx, Step, StepCtx};
 pub use engine::{Engine, EngineError, RunReport};
+pub use error::{ChainError, StepError};
+pub use future::BoxFuture;
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
-pub use step::{CompensatorMeta, Effect, RecordRef, Step, StepCtx, StepError, StepMeta};
+pub use step::{CompensatorMeta, Effect, RecordRef, StepMeta};
 pub use store::RunState;
 
 /// Everything a module that defines steps and chains needs.
@@ -59,14 +68,15 @@ pub mod prelude {
 /// Items the macros' generated code refers to. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
-    pub use crate::exec::{BoxFuture, ErasedCompensate, StepEnv};
+    pub use crate::chain::{AuthFailurePolicy, ChainMeta};
+    pub use crate::context::{
+        Chain, ChainCtx, Compensator, Step, StepCall, StepCtx, StepFor, Undoes, run_erased,
+    };
+    pub use crate::error::{ChainError, StepError};
+    pub use crate::future::BoxFuture;
     pub use crate::graph::{DecisionGraph, Edge, EdgeKind, Node, NodeKind};
     pub use crate::registry::{ChainRegistration, CompensatorRegistration, StepRegistration};
-    pub use crate::step::{
-        Compensator, CompensatorMeta, Effect, Step, StepCall, StepCtx, StepError, StepFor,
-        StepMeta, Undoes,
-    };
+    pub use crate::step::{CompensatorMeta, Effect, ErasedCompensate, StepEnv, StepMeta};
     pub use ::core::result::Result;
     pub use ::std::boxed::Box;
     pub use ::std::sync::Arc;

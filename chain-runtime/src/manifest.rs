@@ -18,6 +18,13 @@ pub struct ScopeManifest {
     pub connectors: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
 }
 
+impl ChainMeta {
+    /// The scope manifest: per connector, the minimal scope set and who needs each scope.
+    pub fn manifest(&self) -> ScopeManifest {
+        ScopeManifest::for_chain(self)
+    }
+}
+
 impl ScopeManifest {
     /// Builds the manifest of `chain` from its static step list, compensators included.
     pub fn for_chain(chain: &ChainMeta) -> Self {

@@ -2,7 +2,7 @@
 //!
 //! [`RetryPolicy::decide`] is a pure function of the classification, the provider and the retry
 //! state of the one call being made (no clock reads: the caller passes `now` if it wants
-//! `retry_at` instants honoured). It implements the "Failure policy" table of `ARCHITECTURE.md`:
+//! `retry_at` instants honoured). It implements the failure policy of `docs/architecture.md`:
 //!
 //! | Class | Action |
 //! |---|---|

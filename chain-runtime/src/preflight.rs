@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::chain::ChainMeta;
 use crate::manifest::ScopeManifest;
+use crate::principal::Principal;
 
 /// The scopes a principal has granted, per connector (only connectors with an account).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -199,11 +201,11 @@ pub fn preflight_manifest(manifest: &ScopeManifest, principal: &str, grants: &Gr
     }
 }
 
-/// Preflight of chain `C` for `principal`: see [`preflight_manifest`].
-pub fn preflight<C: crate::Chain>(principal: &C::Principal, grants: &Grants) -> Preflight {
-    use crate::Principal as _;
+/// Preflight of `chain` (for example `&escalate_deal::META`) for `principal`: see
+/// [`preflight_manifest`].
+pub fn preflight<P: Principal>(chain: &ChainMeta, principal: &P, grants: &Grants) -> Preflight {
     preflight_manifest(
-        &ScopeManifest::for_chain(&C::META),
+        &ScopeManifest::for_chain(chain),
         &principal.identifier(),
         grants,
     )

@@ -10,7 +10,7 @@
 //! # impl Principal for UserId { fn identifier(&self) -> String { self.0.clone() } }
 //! # #[step(connector = "crm", scopes = ["read"], read)]
 //! # async fn look(ctx: &StepCtx<UserId>) -> Result<u32, StepError> { Ok(1) }
-//! # #[chain]
+//! # #[chain(principal = UserId)]
 //! # async fn escalate_deal(ctx: &ChainCtx<UserId>) -> Result<u32, ChainError> { Ok(look(ctx).await?) }
 //! # async fn wire(crm: ProviderConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! let runtime = Runtime::sqlite("chains.db")
@@ -34,9 +34,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::accounts::AccountDirectory;
 use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
-use crate::chain::Chain;
-use crate::engine::{Credentials, Engine, Notifier, TracingNotifier};
+use crate::context::Chain;
+use crate::engine::{Engine, Notifier, TracingNotifier};
 use crate::store::{RunStore, SqliteRunStore, StoreError};
 use crate::vault::{ProviderConfig, Vault, VaultError, VaultKey, VaultOptions};
 
@@ -86,7 +87,7 @@ type RunStoreLayer = Box<dyn FnOnce(Arc<dyn RunStore>) -> Arc<dyn RunStore> + Se
 pub struct RuntimeBuilder {
     path: PathBuf,
     vault: Option<(VaultKey, VaultOptions)>,
-    credentials: Option<Arc<dyn Credentials>>,
+    credentials: Option<Arc<dyn AccountDirectory>>,
     providers: Vec<ProviderConfig>,
     chains: Vec<fn(&Engine)>,
     notifier: Option<Arc<dyn Notifier>>,
@@ -135,7 +136,7 @@ impl RuntimeBuilder {
 
     /// Takes grants and subjects from `credentials` instead of a vault (for tests with fixed
     /// grants). Steps then have no HTTP client.
-    pub fn credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
+    pub fn credentials(mut self, credentials: Arc<dyn AccountDirectory>) -> Self {
         self.credentials = Some(credentials);
         self
     }
@@ -181,7 +182,7 @@ impl RuntimeBuilder {
             None if !self.providers.is_empty() => return Err(RuntimeError::NoVault),
             None => None,
         };
-        let credentials: Arc<dyn Credentials> = match (self.credentials, &vault) {
+        let credentials: Arc<dyn AccountDirectory> = match (self.credentials, &vault) {
             (Some(credentials), _) => credentials,
             (None, Some(vault)) => Arc::new(vault.clone()),
             (None, None) => return Err(RuntimeError::NoCredentials),

@@ -1,11 +1,14 @@
-//! Steps: the metadata `#[step]` and `#[compensator]` record, the context step code runs
-//! with, and the errors it returns.
+//! Steps as the runtime sees them: the metadata `#[step]` and `#[compensator]` record, the
+//! records a step touches, and the erased entry points the engine calls a step and a
+//! compensator through ([`StepEnv`] in, JSON out).
+
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::ChainCtx;
-use crate::exec::{BoxFuture, StepEnv};
-use crate::principal::Principal;
+pub use crate::error::StepError;
+use crate::future::BoxFuture;
+use crate::token::ConnectorAccess;
 
 /// What a step does to the outside world, as declared in `#[step(...)]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -76,7 +79,7 @@ pub struct StepMeta {
     pub idempotent: bool,
     #[serde(skip)]
     #[doc(hidden)]
-    pub compensate: Option<crate::exec::ErasedCompensate>,
+    pub compensate: Option<ErasedCompensate>,
 }
 
 impl StepMeta {
@@ -109,163 +112,6 @@ pub struct CompensatorMeta {
     pub principal: &'static str,
     /// The forward step's output type it takes, as written.
     pub input: &'static str,
-}
-
-/// A step function, as seen by the runtime. Implemented by `#[step]` on a marker type that
-/// shares the function's name.
-pub trait Step: 'static {
-    /// The principal the step runs as.
-    type Principal: Principal;
-    /// The step's inputs after the context, as a tuple.
-    type Input: Send + 'static;
-    /// What the step returns on success; journaled, so it must round-trip through serde.
-    type Output: Serialize + serde::de::DeserializeOwned + Send + 'static;
-    /// The step's metadata.
-    const META: StepMeta;
-
-    /// Runs the step body with a fresh context built from `env`.
-    #[doc(hidden)]
-    fn run(env: StepEnv, input: Self::Input)
-    -> BoxFuture<'static, Result<Self::Output, StepError>>;
-
-    /// After an attempt with an unknown outcome: asks the step's `reconcile` hook whether the
-    /// write happened (returning what it produced), and runs the body only when it did not.
-    /// Without a hook, runs the body.
-    #[doc(hidden)]
-    fn reconcile_then_run(
-        env: StepEnv,
-        input: Self::Input,
-    ) -> BoxFuture<'static, Result<Self::Output, StepError>> {
-        Self::run(env, input)
-    }
-}
-
-/// Proof that a step may run in a chain whose principal is `P`.
-///
-/// `#[step]` implements it for exactly the principal of the step's context, so a call from a
-/// chain with another principal does not compile.
-#[diagnostic::on_unimplemented(
-    message = "step `{Self}` cannot run in a chain whose principal is `{P}`",
-    label = "this step is declared for another principal",
-    note = "every step a #[chain] calls must take `&StepCtx<{P}>`: one identity authorizes the whole chain",
-    note = "to act for a second user, hand off to a second chain explicitly"
-)]
-pub trait StepFor<P: Principal>: Step {
-    /// Narrows the chain context to the step's own principal type (the identity function).
-    #[doc(hidden)]
-    fn narrow(ctx: &ChainCtx<P>) -> &ChainCtx<Self::Principal>;
-
-    /// Marks the call site a chain body calls this step from; `#[chain]` wraps every step
-    /// call's context argument in it.
-    #[doc(hidden)]
-    fn at_site(ctx: &ChainCtx<P>, site: u32) -> &ChainCtx<Self::Principal> {
-        Self::narrow(ctx.__at_site(site))
-    }
-}
-
-/// A compensator function, as seen by the runtime. Implemented by `#[compensator]`.
-pub trait Compensator: 'static {
-    /// The principal the compensator runs as.
-    type Principal: Principal;
-    /// The forward step's output it takes (without a reference).
-    type Input: serde::de::DeserializeOwned + Send + 'static;
-    /// Its metadata.
-    const META: CompensatorMeta;
-
-    /// Runs the compensator body with a fresh context built from `env`.
-    #[doc(hidden)]
-    fn run(env: StepEnv, input: Self::Input) -> BoxFuture<'static, Result<(), StepError>>;
-
-    /// [`Compensator::run`] with the input still as the journaled JSON.
-    #[doc(hidden)]
-    fn run_erased(
-        env: StepEnv,
-        output: serde_json::Value,
-    ) -> BoxFuture<'static, Result<(), StepError>> {
-        Box::pin(async move {
-            let input: Self::Input = serde_json::from_value(output).map_err(|e| {
-                StepError::Runtime(format!(
-                    "journaled output does not decode for `{}`: {e}",
-                    Self::META.name
-                ))
-            })?;
-            Self::run(env, input).await
-        })
-    }
-}
-
-/// Proof that a compensator can undo a step whose output is `O` and principal is `P`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot undo a step that returns `{O}` for principal `{P}`",
-    label = "compensator does not match this step",
-    note = "a compensator takes the step's output (`{O}` or `&{O}`) and `&StepCtx<{P}>`, and is marked #[compensator(...)]"
-)]
-pub trait Undoes<O, P>: Compensator {
-    /// Evaluated by `#[step]` to check the pairing at compile time.
-    #[doc(hidden)]
-    const CHECKED: () = ();
-}
-
-/// The context a step body runs with: who it acts for, its idempotency key, and the
-/// records it touched. Step code never sees a credential.
-pub struct StepCtx<P> {
-    principal: P,
-    env: StepEnv,
-}
-
-impl<P: Principal> std::fmt::Debug for StepCtx<P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StepCtx")
-            .field("principal", &self.principal)
-            .field("step_id", &self.env.step_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<P: Principal> StepCtx<P> {
-    #[doc(hidden)]
-    pub fn __from_env(env: StepEnv) -> Result<Self, StepError> {
-        let principal = serde_json::from_value(env.principal.clone())
-            .map_err(|e| StepError::Runtime(format!("principal does not decode: {e}")))?;
-        Ok(Self { principal, env })
-    }
-
-    /// The principal this step acts for.
-    pub fn principal(&self) -> &P {
-        &self.principal
-    }
-
-    /// A key that is the same on every retry and resume of this step execution; send it as
-    /// an `Idempotency-Key` header or store it as an external id.
-    pub fn idempotency_key(&self) -> &str {
-        &self.env.idempotency_key
-    }
-
-    /// The stable id of this step execution: `chain/step#n`.
-    pub fn step_id(&self) -> &str {
-        &self.env.step_id
-    }
-
-    /// The HTTP client for this step's connector: the run principal's credential is injected
-    /// and the failure policy applied. Fails when the runtime was started without a vault.
-    pub fn http(&self) -> Result<&crate::connector::StepHttp, StepError> {
-        self.env.http.as_ref().ok_or_else(|| {
-            StepError::Runtime(format!(
-                "step `{}` has no HTTP client for `{}`: give the engine a vault",
-                self.env.step_id, self.env.connector
-            ))
-        })
-    }
-
-    /// The run-time environment (connector client, run id).
-    pub fn env(&self) -> &StepEnv {
-        &self.env
-    }
-
-    /// Declares an external record this step read or wrote, for the audit trail.
-    pub fn touch(&self, record: RecordRef) {
-        self.env.touch(record);
-    }
 }
 
 /// An external record a step touched, such as a Salesforce Opportunity or a Jira issue.
@@ -338,88 +184,97 @@ impl RecordRef {
     }
 }
 
-/// Why a step failed.
-#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StepError {
-    /// An authorization failure the runtime could not recover by itself (revoked grant,
-    /// missing scope, step-up, invalid client). The chain policy decides what happens next.
-    #[error("{connector}: {class:?}{}", needed_scopes_suffix(.needed_scopes))]
-    Auth {
-        /// The connector that failed.
-        connector: String,
-        /// The failure class.
-        class: crate::classify::FailureClass,
-        /// Scopes the provider said it needs.
-        needed_scopes: Vec<String>,
-        /// Extra authorization-request parameters the new consent must carry, such as
-        /// RFC 9470's `acr_values` and `max_age` for a step-up.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        consent_params: Vec<(String, String)>,
-    },
-    /// The user may not touch this record; a domain error, no consent loop.
-    #[error("{connector}: forbidden: {message}")]
-    Forbidden {
-        /// The connector that refused.
-        connector: String,
-        /// The provider's message.
-        message: String,
-    },
-    /// The provider kept failing (5xx, rate limit or transport) after the bounded retries.
-    #[error("{connector}: unavailable after retries: {message}")]
-    Unavailable {
-        /// The connector that failed.
-        connector: String,
-        /// What the last attempt said.
-        message: String,
-    },
-    /// The step's own logic refused.
-    #[error("{0}")]
-    Domain(String),
-    /// The runtime could not run the step (store, decoding, configuration).
-    #[error("runtime: {0}")]
-    Runtime(String),
+/// A step call with its types erased: given the step's environment, it runs the step body
+/// (or reconciles first, see [`CallMode`]) and returns the output as JSON.
+pub type ErasedStepCall = Box<
+    dyn FnOnce(StepEnv, CallMode) -> BoxFuture<'static, Result<serde_json::Value, StepError>>
+        + Send,
+>;
+
+/// How the engine asks for a step call to be carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallMode {
+    /// Run the step body.
+    Run,
+    /// An earlier attempt's outcome is unknown: run the step's `reconcile` hook first, and the
+    /// body only when the hook finds that the write did not happen.
+    ReconcileFirst,
 }
 
-fn needed_scopes_suffix(scopes: &[String]) -> String {
-    if scopes.is_empty() {
-        String::new()
-    } else {
-        format!(" (needs {})", scopes.join(" "))
+/// A compensator with its types erased: given the environment and the forward step's
+/// journaled output, it runs the undo.
+pub type ErasedCompensate =
+    fn(StepEnv, serde_json::Value) -> BoxFuture<'static, Result<(), StepError>>;
+
+/// What a step body runs with, built by the engine for one step execution. Generated code
+/// turns it into a [`StepCtx`](crate::StepCtx).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct StepEnv {
+    pub(crate) run_id: String,
+    pub(crate) step_id: String,
+    pub(crate) idempotency_key: String,
+    pub(crate) connector: &'static str,
+    pub(crate) principal: serde_json::Value,
+    pub(crate) touched: Arc<Mutex<Vec<RecordRef>>>,
+    pub(crate) access: Option<ConnectorAccess>,
+}
+
+impl std::fmt::Debug for StepEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepEnv")
+            .field("run_id", &self.run_id)
+            .field("step_id", &self.step_id)
+            .field("connector", &self.connector)
+            .finish_non_exhaustive()
     }
 }
 
-impl StepError {
-    /// A domain failure with a message for people.
-    pub fn domain(message: impl Into<String>) -> Self {
-        StepError::Domain(message.into())
-    }
-}
-
-/// A step call made from a chain body, not yet awaited. `.await` it in the chain.
-#[must_use = "a step does nothing until it is awaited"]
-pub struct StepCall<'c, S: Step> {
-    ctx: &'c ChainCtx<S::Principal>,
-    site: u32,
-    input: S::Input,
-}
-
-impl<'c, S: Step> StepCall<'c, S> {
-    #[doc(hidden)]
-    pub fn __new(ctx: &'c ChainCtx<S::Principal>, input: S::Input) -> Self {
+impl StepEnv {
+    /// Builds the environment of one step execution.
+    pub(crate) fn new(
+        run_id: impl Into<String>,
+        step_id: impl Into<String>,
+        idempotency_key: impl Into<String>,
+        connector: &'static str,
+        principal: serde_json::Value,
+    ) -> Self {
         Self {
-            ctx,
-            site: ctx.__current_site(),
-            input,
+            run_id: run_id.into(),
+            step_id: step_id.into(),
+            idempotency_key: idempotency_key.into(),
+            connector,
+            principal,
+            touched: Arc::default(),
+            access: None,
         }
     }
-}
 
-impl<'c, S: Step> std::future::IntoFuture for StepCall<'c, S> {
-    type Output = Result<S::Output, StepError>;
-    type IntoFuture = BoxFuture<'c, Self::Output>;
+    /// Gives the step access to its connector (the engine does this when its account
+    /// directory can make calls).
+    pub(crate) fn with_access(mut self, access: ConnectorAccess) -> Self {
+        self.access = Some(access);
+        self
+    }
 
-    fn into_future(self) -> Self::IntoFuture {
-        self.ctx.__execute::<S>(self.site, self.input)
+    /// The run this step belongs to.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The connector whose account the step uses.
+    pub fn connector(&self) -> &'static str {
+        self.connector
+    }
+
+    pub(crate) fn touch(&self, record: RecordRef) {
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.push(record);
+        }
+    }
+
+    /// The records the step declared so far.
+    pub fn touched(&self) -> Vec<RecordRef> {
+        self.touched.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }

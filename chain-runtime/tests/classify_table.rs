@@ -1,4 +1,4 @@
-//! Every row of every table of `provider-semantics.md` §1 and §2, as `(status, headers, body)` →
+//! Every row of every table of `docs/providers.md` §1 and §2, as `(status, headers, body)` →
 //! expected classification. Row names are `<provider>_<scenario letter>_<what>`; §1 rows are
 //! `std_<rfc>_<what>`. Bodies are the ones the doc shows (reconstructed parts filled in
 //! realistically).

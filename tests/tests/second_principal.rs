@@ -11,9 +11,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chain_runtime::BoxFuture;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
 use chain_runtime::engine::Engine;
-use chain_runtime::exec::BoxFuture;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{CallRecord, Sandbox};
 use chain_runtime::store::SqliteRunStore;

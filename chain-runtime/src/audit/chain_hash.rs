@@ -1,28 +1,28 @@
 //! The canonical form of a record and its BLAKE3 hash.
-//!
-//! Canonical form (RFC 8785 JSON Canonicalization Scheme for the values records contain):
-//! - the record as a JSON object with the `hash` member removed (every other member, including
-//!   `prev_hash` and members an editor may have added, is kept);
-//! - no insignificant whitespace;
-//! - object members sorted by key, comparing keys as UTF-16 code units (all keys written by
-//!   this crate are ASCII, so this is plain byte order);
-//! - strings as JSON strings: `"` and `\` escaped, `\b \t \n \f \r` for those controls, other
-//!   characters below U+0020 as `\u00xx` (lowercase hex), everything else as raw UTF-8;
-//! - numbers: records only contain integers, written in decimal without exponent or sign `+`;
-//! - `null`, `true`, `false` as such; arrays in order.
-//!
-//! `hash = lowercase_hex(BLAKE3(canonical_form))`, 64 characters. The first record's
-//! `prev_hash` is [`GENESIS_HASH`] (64 zeros).
-//!
-//! Each line of a JSON Lines export is the canonical form of the full record (with `hash`), so
-//! with `jq -cS 'del(.hash)'` and `b3sum` a line can be checked without this crate.
 
 use serde_json::Value;
 
 /// The `prev_hash` of the first record: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The canonical form of a JSON value (see the module docs), as a string.
+/// The canonical form of a JSON value, as a string.
+///
+/// Canonical form (RFC 8785 JSON Canonicalization Scheme for the values records contain):
+/// - the record as a JSON object with the `hash` member removed (every other member, including
+///   `prev_hash` and members an editor may have added, is kept);
+/// - no insignificant whitespace;
+/// - object members sorted by key, comparing keys as UTF-16 code units (all keys written by
+///   this crate are ASCII, so this is plain byte order);
+/// - strings as JSON strings: `"` and `\` escaped, `\b \t \n \f \r` for those controls, other
+///   characters below U+0020 as `\u00xx` (lowercase hex), everything else as raw UTF-8;
+/// - numbers: records only contain integers, written in decimal without exponent or sign `+`;
+/// - `null`, `true`, `false` as such; arrays in order.
+///
+/// `hash = lowercase_hex(BLAKE3(canonical_form))`, 64 characters. The first record's
+/// `prev_hash` is [`GENESIS_HASH`] (64 zeros).
+///
+/// Each line of a JSON Lines export is the canonical form of the full record (with `hash`), so
+/// with `jq -cS 'del(.hash)'` and `b3sum` a line can be checked without this crate.
 pub fn canonical_json(value: &Value) -> String {
     let mut out = String::new();
     write_canonical(value, &mut out);

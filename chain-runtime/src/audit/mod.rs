@@ -14,12 +14,12 @@
 //!
 //! # Tamper evidence
 //! Each record carries its predecessor's hash (`prev_hash`) and its own `hash`: BLAKE3 over the
-//! canonical form of all its other fields, documented in [`chain_hash`] so that an export can be
+//! canonical form of all its other fields, documented in [`canonical_json`] so that an export can be
 //! verified without this crate. [`AuditStore::verify`] and [`verify_jsonl`] report the first
 //! record where an edit, deletion, insertion or reordering breaks the chain ([`ChainBreak`]).
 //! [`AuditStore::head`] gives a [`Checkpoint`] `{seq, hash}` to keep elsewhere; verifying against
 //! it also detects a truncated tail or rewritten history. The limits of a keyless chain are
-//! spelled out in [`verify`].
+//! spelled out in [`ChainVerifier`].
 //!
 //! # Concurrency
 //! Appends read the head and insert inside one `BEGIN IMMEDIATE` transaction (SQLite in WAL
@@ -40,12 +40,12 @@
 //! embedded implementation. Its tables are prefixed `audit_` so that other modules can share the
 //! database file.
 
-pub mod chain_hash;
+mod chain_hash;
 mod export;
-pub mod record;
+mod record;
 mod seal;
-pub mod sqlite;
-pub mod verify;
+pub(crate) mod sqlite;
+mod verify;
 
 pub use chain_hash::{GENESIS_HASH, canonical_json, record_hash};
 pub use export::{MAX_LINE, verify_jsonl};
@@ -56,7 +56,7 @@ pub use record::{
 pub use sqlite::SqliteAuditStore;
 pub use verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 
-pub use crate::exec::BoxFuture;
+pub use crate::future::BoxFuture;
 
 /// Errors of the audit trail.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,7 @@ pub trait AuditStore: Send + Sync {
     }
 
     /// Writes the whole chain as JSON Lines: one record per line, each line the canonical form
-    /// of the record including `hash` (see [`chain_hash`]). Returns the number of lines.
+    /// of the record including `hash` (see [`canonical_json`]). Returns the number of lines.
     /// [`verify_jsonl`] checks the result exactly as [`AuditStore::verify`] checks the store.
     fn export_jsonl<'a>(
         &'a self,

@@ -38,7 +38,6 @@ use super::seal::Columns;
 pub(crate) use super::seal::Presealed;
 use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 use super::{AuditError, AuditStore, BoxFuture};
-pub use crate::sqlite::BUSY_TIMEOUT;
 use crate::sqlite::{Database, DatabaseId, DbError, Durability, Tx, WriterStats};
 
 const SCHEMA: &str = "

@@ -1,31 +1,4 @@
 //! Verification of a record sequence, shared by the store and JSON Lines exports.
-//!
-//! Records are checked in the order they are read (`seq` order for a store, line order for an
-//! export). For the record at position `n` (from 1), in this order:
-//! 1. it is a JSON object with an integer `seq`, a string `prev_hash` and a string `hash`
-//!    ([`BreakProblem::Malformed`]);
-//! 2. `seq == n` ([`BreakProblem::SeqMismatch`]: a deletion, an insertion or a reordering);
-//! 3. `prev_hash` equals the previous record's `hash`, or [`GENESIS_HASH`] for the first
-//!    ([`BreakProblem::PrevHashMismatch`]: a record before it was removed, inserted or rewritten);
-//! 4. `hash` equals the recomputed hash of its canonical form ([`BreakProblem::HashMismatch`]:
-//!    the record was edited);
-//! 5. it parses as an [`AuditRecord`] of a known format ([`BreakProblem::Malformed`]);
-//! 6. against a checkpoint: the record at the checkpoint's `seq` has the checkpoint's hash
-//!    ([`BreakProblem::CheckpointMismatch`]), and the sequence reaches that `seq`
-//!    ([`BreakProblem::Truncated`]).
-//!
-//! The SQLite store also checks the chain against its **head witness**, the head it last
-//! committed, kept in a file beside the database (see [`crate::sqlite`]): a chain that ends
-//! before it ([`BreakProblem::BehindWitness`]) lost its newest records, as a deleted `-wal`
-//! file does, even when no checkpoint was kept.
-//!
-//! The first failing check ends verification and is reported as a [`ChainBreak`].
-//!
-//! What a hash chain without a key cannot do: an attacker who rewrites a record *and* recomputes
-//! every later hash produces a self-consistent chain. Checkpoints kept outside the database catch
-//! that (the record at the checkpoint's `seq` no longer has the checkpoint's hash), as they catch
-//! a truncated tail. Records appended after the newest checkpoint are only as trustworthy as the
-//! database file until the next checkpoint.
 
 use std::fmt;
 
@@ -182,6 +155,33 @@ impl fmt::Display for ChainBreak {
 
 /// Incremental verifier: feed records in order with [`ChainVerifier::push`], then call
 /// [`ChainVerifier::finish`].
+///
+/// Records are checked in the order they are read (`seq` order for a store, line order for an
+/// export). For the record at position `n` (from 1), in this order:
+/// 1. it is a JSON object with an integer `seq`, a string `prev_hash` and a string `hash`
+///    ([`BreakProblem::Malformed`]);
+/// 2. `seq == n` ([`BreakProblem::SeqMismatch`]: a deletion, an insertion or a reordering);
+/// 3. `prev_hash` equals the previous record's `hash`, or [`GENESIS_HASH`] for the first
+///    ([`BreakProblem::PrevHashMismatch`]: a record before it was removed, inserted or rewritten);
+/// 4. `hash` equals the recomputed hash of its canonical form ([`BreakProblem::HashMismatch`]:
+///    the record was edited);
+/// 5. it parses as an [`AuditRecord`] of a known format ([`BreakProblem::Malformed`]);
+/// 6. against a checkpoint: the record at the checkpoint's `seq` has the checkpoint's hash
+///    ([`BreakProblem::CheckpointMismatch`]), and the sequence reaches that `seq`
+///    ([`BreakProblem::Truncated`]).
+///
+/// The SQLite store also checks the chain against its **head witness**, the head it last
+/// committed, kept in a file beside the database (see [`crate::sqlite`]): a chain that ends
+/// before it ([`BreakProblem::BehindWitness`]) lost its newest records, as a deleted `-wal`
+/// file does, even when no checkpoint was kept.
+///
+/// The first failing check ends verification and is reported as a [`ChainBreak`].
+///
+/// What a hash chain without a key cannot do: an attacker who rewrites a record *and* recomputes
+/// every later hash produces a self-consistent chain. Checkpoints kept outside the database catch
+/// that (the record at the checkpoint's `seq` no longer has the checkpoint's hash), as they catch
+/// a truncated tail. Records appended after the newest checkpoint are only as trustworthy as the
+/// database file until the next checkpoint.
 #[derive(Debug)]
 pub struct ChainVerifier {
     checkpoint: Option<Checkpoint>,

@@ -1,4 +1,4 @@
-//! Atlassian (Jira / Confluence Cloud, OAuth 2.0 3LO; provider-semantics.md §2.2).
+//! Atlassian (Jira / Confluence Cloud, OAuth 2.0 3LO; docs/providers.md §2.2).
 //!
 //! A missing scope is a 401 `"Unauthorized; scope does not match"` that names no scope; a dead
 //! refresh token is a **403** `invalid_grant`; a bad client secret is `access_denied` (the same

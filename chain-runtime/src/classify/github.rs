@@ -1,4 +1,4 @@
-//! GitHub (OAuth apps and GitHub Apps; provider-semantics.md §2.4).
+//! GitHub (OAuth apps and GitHub Apps; docs/providers.md §2.4).
 //!
 //! The token endpoint answers errors with **HTTP 200**; scope failures hide behind 404 and are
 //! only visible as the `X-Accepted-OAuth-Scopes` vs `X-OAuth-Scopes` diff; GitHub App permission

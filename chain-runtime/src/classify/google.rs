@@ -1,4 +1,4 @@
-//! Google APIs (provider-semantics.md §2.5).
+//! Google APIs (docs/providers.md §2.5).
 //!
 //! Errors are `{"error":{"code","message","status","details":[{"@type":"…ErrorInfo","reason"}],
 //! "errors":[{"domain","reason"}]}}` (the `errors` array is the legacy shape). Rate limits are 429

@@ -1,4 +1,4 @@
-//! Microsoft Graph / Entra ID v2 (provider-semantics.md §2.6).
+//! Microsoft Graph / Entra ID v2 (docs/providers.md §2.6).
 //!
 //! Token errors are branched on the numeric `error_codes` (`AADSTS…`), never on the text of
 //! `error_description` (Microsoft changes it). Graph errors are `{"error":{"code","message"}}`.

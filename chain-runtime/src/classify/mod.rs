@@ -247,7 +247,7 @@ pub(crate) fn bounded(value: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
 
-/// The providers with their own table in `provider-semantics.md`; everything else is
+/// The providers with their own table in `docs/providers.md`; everything else is
 /// [`Provider::Standard`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Provider {

@@ -1,4 +1,4 @@
-//! Salesforce (provider-semantics.md §2.1).
+//! Salesforce (docs/providers.md §2.1).
 //!
 //! API errors are a JSON **array** of `{"message", "errorCode"}`; a missing `api` scope is a 401
 //! `INVALID_SESSION_ID` recognised by its message; rate limits are 403 `REQUEST_LIMIT_EXCEEDED`

@@ -1,4 +1,4 @@
-//! Slack Web API (provider-semantics.md §2.3): nearly every error is HTTP 200 + `"ok":false`.
+//! Slack Web API (docs/providers.md §2.3): nearly every error is HTTP 200 + `"ok":false`.
 
 use super::{Classification, FailureClass, RequestKind, Response, ScopeMode};
 

@@ -14,11 +14,10 @@ use super::driver::{alert, audit_failure, commit, conclude};
 use super::{Engine, EngineError, idempotency_key, union_records};
 use crate::audit::{AuditEvent, NewRecord, Outcome};
 use crate::chain::ChainMeta;
-use crate::exec::StepEnv;
 use crate::journal::{
     CompensationEntry, EntryKind, EntryResult, JournalWrite, Lease, RunRecord, RunState, Unit,
 };
-use crate::step::{Effect, RecordRef, StepError};
+use crate::step::{Effect, RecordRef, StepEnv, StepError};
 
 /// Recovery of a run that crashed while compensating: compensates and stores the end state.
 pub(crate) async fn finish_compensation(
@@ -160,12 +159,12 @@ pub(crate) async fn compensate(
                     run.principal.clone(),
                 );
                 // The same principal's account on the compensator's connector; no other.
-                if let Some(http) = engine.inner.credentials.step_http(
-                    &run.principal_id,
-                    compensator.connector,
-                    &undo_key,
-                ) {
-                    env = env.with_http(http);
+                if let Some(access) = engine
+                    .inner
+                    .credentials
+                    .connector_access(&run.principal_id, compensator.connector)
+                {
+                    env = env.with_access(access);
                 }
                 let result = match step.compensate {
                     Some(undo) => undo(env.clone(), output.clone()).await,

@@ -12,12 +12,12 @@ use super::outcome::{failure_class, is_invalid_client, suspends};
 use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
 use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
-use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta};
+use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta, HandoffRequest, RunDriver};
 use crate::classify::FailureClass;
-use crate::exec::{BoxFuture, ErasedStepCall, HandoffRequest, RunDriver, StepEnv};
+use crate::future::BoxFuture;
 use crate::journal::{EntryKind, JournalEntry, JournalWrite, Lease, RunRecord, RunState, Unit};
 use crate::manifest::ScopeManifest;
-use crate::step::{RecordRef, StepError, StepMeta};
+use crate::step::{ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta};
 
 /// Why the run cannot go on by itself.
 struct Halt {
@@ -245,13 +245,13 @@ impl Driver {
             meta.connector,
             self.run.principal.clone(),
         );
-        if let Some(http) =
-            self.engine
-                .inner
-                .credentials
-                .step_http(&self.run.principal_id, meta.connector, &key)
+        if let Some(access) = self
+            .engine
+            .inner
+            .credentials
+            .connector_access(&self.run.principal_id, meta.connector)
         {
-            env = env.with_http(http);
+            env = env.with_access(access);
         }
         let result = call(env.clone(), mode).await;
         let touched = env.touched();

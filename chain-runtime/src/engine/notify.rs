@@ -2,7 +2,7 @@
 //! webhook notifier. The engine stores every alert as a row (`alert_alerts`) and an audit
 //! record before it calls the notifier, so a notifier failure never loses an alert.
 
-use crate::exec::BoxFuture;
+use crate::future::BoxFuture;
 use crate::store::Alert;
 
 /// A notifier could not deliver an alert.

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use crate::exec::CallMode;
 use crate::journal::{EntryKind, EntryResult, JournalEntry};
+use crate::step::CallMode;
 use crate::step::StepError;
 
 /// What the driver knows about a call before deciding.

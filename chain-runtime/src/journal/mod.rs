@@ -41,10 +41,11 @@ pub use memory::MemoryJournal;
 pub use sqlite::SqliteJournal;
 
 use crate::audit::{AuditError, AuditRecord, NewRecord};
-pub use crate::exec::BoxFuture;
+use crate::error::StepError;
+pub use crate::future::BoxFuture;
 use crate::sqlite::DbError;
 pub use crate::sqlite::{DatabaseId, Durability, WriterStats};
-use crate::step::{RecordRef, StepError};
+use crate::step::RecordRef;
 
 /// The names these types had before the module was called `journal`, for callers that still
 /// use them.

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
-use crate::exec::BoxFuture;
+use crate::future::BoxFuture;
 
 /// The authenticated caller of an MCP session.
 #[derive(Clone, Debug, PartialEq, Eq)]

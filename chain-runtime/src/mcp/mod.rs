@@ -46,9 +46,9 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use serde_json::{Value, json};
 
-use crate::chain::Chain;
+use crate::context::Chain;
 use crate::engine::{Engine, EngineError, RunReport};
-use crate::exec::BoxFuture;
+use crate::future::BoxFuture;
 use crate::store::RunState;
 use crate::vault::Vault;
 

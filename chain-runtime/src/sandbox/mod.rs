@@ -4,7 +4,7 @@
 //! Each emulator is a real HTTP server on `127.0.0.1` with an ephemeral port, with the
 //! provider's OAuth endpoints (authorize with PKCE S256, token, revoke, and Salesforce's
 //! introspection), a small slice of its API, and the failure shapes of
-//! `provider-semantics.md`: Salesforce's `INVALID_SESSION_ID` arrays and 403 rate limits,
+//! `docs/providers.md`: Salesforce's `INVALID_SESSION_ID` arrays and 403 rate limits,
 //! Atlassian's 401 "scope does not match" and 403 dead refresh, Slack's HTTP 200
 //! `{"ok":false}` errors, GitHub's 200 token errors and scope-hiding 404s, Google's
 //! `ErrorInfo` reasons and `invalid_grant`, Microsoft's `AADSTS` codes and claims

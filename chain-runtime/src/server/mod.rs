@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::audit::AuditStore;
 use crate::engine::Engine;
-use crate::exec::BoxFuture;
+use crate::future::BoxFuture;
 use crate::store::{RunRecord, RunState};
 use crate::vault::Vault;
 

@@ -36,7 +36,7 @@
 //! Audit verification compares the chain with it: a chain that ends before the witnessed
 //! head, or has another hash there, was truncated or rewritten. Keep the witness with the
 //! database (backups, moves); deleting both the `-wal` and the witness is not detectable
-//! without a checkpoint kept elsewhere (see [`crate::audit::verify`]).
+//! without a checkpoint kept elsewhere (see [`crate::audit::ChainVerifier`]).
 
 mod witness;
 mod writer;

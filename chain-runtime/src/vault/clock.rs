@@ -13,7 +13,7 @@ pub trait Clock: Send + Sync + 'static {
 /// backoffs), so tests can observe the waits and skip them instead of racing a timer.
 pub trait Sleeper: Send + Sync + 'static {
     /// Waits for `wait` (or, in a test, records it and returns when the test says so).
-    fn sleep(&self, wait: Duration) -> crate::exec::BoxFuture<'static, ()>;
+    fn sleep(&self, wait: Duration) -> crate::future::BoxFuture<'static, ()>;
 }
 
 /// Sleeps on the tokio timer.
@@ -21,7 +21,7 @@ pub trait Sleeper: Send + Sync + 'static {
 pub struct TokioSleeper;
 
 impl Sleeper for TokioSleeper {
-    fn sleep(&self, wait: Duration) -> crate::exec::BoxFuture<'static, ()> {
+    fn sleep(&self, wait: Duration) -> crate::future::BoxFuture<'static, ()> {
         Box::pin(tokio::time::sleep(wait))
     }
 }

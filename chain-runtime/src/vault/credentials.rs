@@ -1,15 +1,17 @@
-//! The vault as the engine's source of credentials: grants for preflight, subjects for the
-//! identity checks, accounts for the audit trail, and the step HTTP client.
+//! The vault behind the engine's ports: the account directory (grants for preflight, subjects
+//! for the identity checks, accounts for the audit trail) and the token source a step's
+//! connector client sends through.
 
-use crate::connector::StepHttp;
-use crate::engine::{AccountSummary, Credentials, CredentialsError};
-use crate::exec::BoxFuture;
+use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
+use crate::classify::RuleSet;
+use crate::future::BoxFuture;
 use crate::preflight::Grants;
+use crate::token::{ConnectorAccess, RequestBody, TokenError, TokenRequest, TokenSource};
 
-use super::{AccountStatus, Vault, VaultError};
+use super::{AccountStatus, AuthorizedClient, Vault, VaultError};
 
-fn lookup_failed(e: VaultError) -> CredentialsError {
-    CredentialsError(e.to_string())
+fn lookup_failed(e: VaultError) -> AccountLookupError {
+    AccountLookupError(e.to_string())
 }
 
 impl Vault {
@@ -19,7 +21,7 @@ impl Vault {
         &self,
         principal_id: &str,
         connector: &str,
-    ) -> Result<Option<super::AccountInfo>, CredentialsError> {
+    ) -> Result<Option<super::AccountInfo>, AccountLookupError> {
         match self.account(principal_id, connector).await {
             Ok(account) if account.status == AccountStatus::Active => Ok(Some(account)),
             Ok(_) | Err(VaultError::NotConnected { .. }) => Ok(None),
@@ -28,11 +30,11 @@ impl Vault {
     }
 }
 
-impl Credentials for Vault {
+impl AccountDirectory for Vault {
     fn grants<'a>(
         &'a self,
         principal_id: &'a str,
-    ) -> BoxFuture<'a, Result<Grants, CredentialsError>> {
+    ) -> BoxFuture<'a, Result<Grants, AccountLookupError>> {
         Box::pin(async move {
             let mut grants = Grants::new();
             for connector in self.connectors() {
@@ -48,7 +50,7 @@ impl Credentials for Vault {
         &'a self,
         principal_id: &'a str,
         connector: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, CredentialsError>> {
+    ) -> BoxFuture<'a, Result<Option<String>, AccountLookupError>> {
         Box::pin(async move {
             Ok(self
                 .active_account(principal_id, connector)
@@ -61,7 +63,7 @@ impl Credentials for Vault {
         &'a self,
         principal_id: &'a str,
         connector: &'a str,
-    ) -> BoxFuture<'a, Result<Option<AccountSummary>, CredentialsError>> {
+    ) -> BoxFuture<'a, Result<Option<AccountSummary>, AccountLookupError>> {
         Box::pin(async move {
             Ok(self
                 .active_account(principal_id, connector)
@@ -75,18 +77,110 @@ impl Credentials for Vault {
         })
     }
 
-    fn step_http(
-        &self,
-        principal_id: &str,
-        connector: &str,
-        idempotency_key: &str,
-    ) -> Option<StepHttp> {
-        Some(StepHttp::new(
-            self,
-            principal_id,
-            connector,
-            idempotency_key,
-            self.retry_policy(),
-        ))
+    fn connector_access(&self, principal_id: &str, connector: &str) -> Option<ConnectorAccess> {
+        let provider = self
+            .provider_name(connector)
+            .unwrap_or_else(|_| connector.to_owned());
+        let idempotency_header = self
+            .idempotency_header(connector)
+            .unwrap_or_else(|_| Some(super::DEFAULT_IDEMPOTENCY_HEADER.to_owned()));
+        let rules = self.classification_rules(connector).ok().flatten();
+        Some(ConnectorAccess {
+            source: std::sync::Arc::new(VaultTokenSource {
+                vault: self.clone(),
+                client: self.client(principal_id, connector),
+                provider,
+                rules,
+                idempotency_header,
+            }),
+            policy: self.retry_policy(),
+        })
+    }
+}
+
+/// One principal's account on one connector, as a [`TokenSource`].
+#[derive(Debug)]
+struct VaultTokenSource {
+    vault: Vault,
+    client: AuthorizedClient,
+    provider: String,
+    rules: Option<RuleSet>,
+    idempotency_header: Option<String>,
+}
+
+/// Sorts a vault failure into what a step can do about it.
+fn token_error(e: VaultError) -> TokenError {
+    match e {
+        VaultError::GrantRevoked { .. }
+        | VaultError::NeedsReauthorization { .. }
+        | VaultError::Revoked { .. }
+        | VaultError::NotConnected { .. } => TokenError::Revoked(e.to_string()),
+        VaultError::InvalidClient { .. } => TokenError::InvalidClient(e.to_string()),
+        VaultError::Transport { .. } => TokenError::Transport(e.to_string()),
+        other => TokenError::Other(other.to_string()),
+    }
+}
+
+impl TokenSource for VaultTokenSource {
+    fn connector(&self) -> &str {
+        self.client.connector()
+    }
+
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    fn classification_rules(&self) -> Option<&RuleSet> {
+        self.rules.as_ref()
+    }
+
+    fn idempotency_header(&self) -> Option<&str> {
+        self.idempotency_header.as_deref()
+    }
+
+    fn send<'a>(
+        &'a self,
+        request: &'a TokenRequest,
+    ) -> BoxFuture<'a, Result<reqwest::Response, TokenError>> {
+        Box::pin(async move {
+            let mut call = self
+                .client
+                .request(request.method.clone(), request.url.as_str());
+            if !request.query.is_empty() {
+                call = call.query(&request.query);
+            }
+            for (name, value) in &request.headers {
+                call = call.header(name, value);
+            }
+            call = match &request.body {
+                RequestBody::None => call,
+                RequestBody::Json(v) => call.json(v),
+                RequestBody::Form(f) => call.form(f),
+            };
+            call.send().await.map_err(token_error)
+        })
+    }
+
+    fn refresh_after_expiry(&self) -> BoxFuture<'_, Result<(), TokenError>> {
+        Box::pin(async move {
+            self.client
+                .refresh_after_expiry()
+                .await
+                .map(|_| ())
+                .map_err(token_error)
+        })
+    }
+
+    fn sleep(&self, wait: std::time::Duration) -> BoxFuture<'static, ()> {
+        self.vault.sleeper().sleep(wait)
+    }
+
+    fn require_reauthorization(&self) -> BoxFuture<'_, Result<(), TokenError>> {
+        Box::pin(async move {
+            self.vault
+                .require_reauthorization(self.client.principal_id(), self.client.connector())
+                .await
+                .map_err(token_error)
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! The OAuth 2.0 client behind the vault: token endpoint (code exchange, refresh), RFC 7009
 //! revocation, RFC 7662 introspection and user-info calls, with the provider quirks of
-//! `provider-semantics.md` (errors with HTTP 200, missing `expires_in`, string numbers).
+//! `docs/providers.md` (errors with HTTP 200, missing `expires_in`, string numbers).
 //!
 //! Response bodies are never put into errors or logs: they contain tokens.
 

@@ -1,0 +1,61 @@
+//! The account directory port: what the engine asks about a principal's connected accounts
+//! (grants for preflight, upstream subjects for the identity checks, account facts for the
+//! audit trail) and how a step reaches its connector. The vault implements it.
+
+use crate::future::BoxFuture;
+use crate::preflight::Grants;
+use crate::token::ConnectorAccess;
+
+/// Where the engine looks up a principal's connected accounts. The vault implements it; the
+/// `test-util` feature has an in-memory one (`StaticGrants`) for tests.
+pub trait AccountDirectory: Send + Sync {
+    /// The scopes `principal_id` granted, per connected connector (for preflight).
+    fn grants<'a>(
+        &'a self,
+        principal_id: &'a str,
+    ) -> BoxFuture<'a, Result<Grants, AccountLookupError>>;
+
+    /// The subject the provider knows the principal's account on `connector` as, if one is
+    /// connected.
+    fn upstream_subject<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, AccountLookupError>>;
+
+    /// The connected account a step on `connector` uses, for the audit trail (account, grant
+    /// and scopes at call time). `None` when unknown.
+    fn account<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AccountSummary>, AccountLookupError>> {
+        let _ = (principal_id, connector);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// How a step on `connector` for `principal_id` makes calls; `None` when this directory
+    /// cannot make calls (the step's `ctx.http()` then fails).
+    fn connector_access(&self, principal_id: &str, connector: &str) -> Option<ConnectorAccess> {
+        let _ = (principal_id, connector);
+        None
+    }
+}
+
+/// The audit-relevant facts of one connected account; never a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    /// The connected account's id.
+    pub account_id: String,
+    /// The provider's stable user id.
+    pub upstream_subject: String,
+    /// The grant (one per completed consent).
+    pub grant_id: String,
+    /// The scopes granted, as the provider reported them.
+    pub scopes: Vec<String>,
+}
+
+/// An account lookup failed.
+#[derive(Debug, thiserror::Error)]
+#[error("account lookup failed: {0}")]
+pub struct AccountLookupError(pub String);
