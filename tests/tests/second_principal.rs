@@ -448,7 +448,7 @@ async fn unused_scopes_come_from_the_principals_own_grants() {
         .await
         .unwrap();
     let alice = w.vault.grants("alice").await.unwrap();
-    let stage = preflight::<read_stage>(&w.alice(), &alice);
+    let stage = preflight(&read_stage::META, &w.alice(), &alice);
     assert!(stage.is_ready());
     let unused: Vec<(&str, Vec<String>)> = stage
         .unused_scopes()
@@ -456,12 +456,12 @@ async fn unused_scopes_come_from_the_principals_own_grants() {
         .map(|(c, s)| (c, s.iter().cloned().collect()))
         .collect();
     assert_eq!(unused, [("salesforce", vec!["refresh_token".to_owned()])]);
-    let post = preflight::<post_message>(&w.alice(), &alice);
+    let post = preflight(&post_message::META, &w.alice(), &alice);
     assert!(post.is_ready());
     assert!(post.unused_scopes().is_empty(), "{post:?}");
 
     let bob = w.vault.grants("bob").await.unwrap();
-    let post = preflight::<post_message>(&UserId("bob".into()), &bob);
+    let post = preflight(&post_message::META, &UserId("bob".into()), &bob);
     let unused: Vec<(&str, Vec<String>)> = post
         .unused_scopes()
         .into_iter()
