@@ -8,6 +8,7 @@
 
 extern crate self as chain_runtime;
 
+pub mod agent;
 pub mod audit;
 pub mod chain;
 pub mod classify;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
+pub mod model;
 pub mod policy;
 pub mod preflight;
 pub mod principal;
@@ -26,26 +28,31 @@ pub mod registry;
 pub mod sandbox;
 pub mod step;
 pub mod store;
+pub mod tool;
 pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
 pub use chain_macros::{chain, compensator, step};
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
+pub use schemars;
 pub use step::{CompensatorMeta, Effect, RecordRef, Step, StepCtx, StepError, StepMeta};
 
 /// Everything a module that defines steps and chains needs.
 pub mod prelude {
+    pub use crate::agent::{Conversation, Toolset};
     pub use crate::{
         Chain, ChainCtx, ChainError, Principal, RecordRef, StepCtx, StepError, chain, compensator,
-        step,
+        step, toolset,
     };
+    pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
 
 /// Items the macros' generated code refers to. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::agent::{Documented, ToolEntry, Toolset, tool_entry};
     pub use crate::chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
     pub use crate::exec::{BoxFuture, ErasedCompensate, StepEnv};
     pub use crate::graph::{DecisionGraph, Edge, EdgeKind, Node, NodeKind};
@@ -53,6 +60,9 @@ pub mod __private {
     pub use crate::step::{
         Compensator, CompensatorMeta, Effect, Step, StepCall, StepCtx, StepError, StepFor,
         StepMeta, Undoes,
+    };
+    pub use crate::tool::{
+        ProbeNoSchemas, ProbeSchemas, ToolLimits, ToolProbe, ToolSchemas, no_schemas,
     };
     pub use ::core::result::Result;
     pub use ::std::boxed::Box;

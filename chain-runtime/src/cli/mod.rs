@@ -48,6 +48,7 @@
 
 mod commands;
 mod output;
+mod tools;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -289,6 +290,17 @@ enum Cmd {
     Graph {
         /// The chain's name or path.
         chain: String,
+    },
+    /// The tool definitions of a chain's steps (or of the chain as one tool), as JSON.
+    Tools {
+        /// The chain's name or path.
+        chain: String,
+        /// openai (Chat Completions), openai-responses, anthropic or mcp.
+        #[arg(long, default_value = "openai", value_parser = tools::parse_format)]
+        format: crate::tool::ToolFormat,
+        /// The whole chain as one tool instead of its steps.
+        #[arg(long)]
+        whole: bool,
     },
 }
 
