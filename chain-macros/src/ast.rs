@@ -49,6 +49,8 @@ pub(crate) struct CtxParam {
 /// One parameter after the context.
 pub(crate) struct Input {
     pub(crate) ty: Type,
+    /// The parameter's name (`argN` for a pattern), the tool argument a model fills in.
+    pub(crate) name: String,
 }
 
 /// The analysed signature.
@@ -171,8 +173,13 @@ impl FnShape {
                             ),
                         );
                     }
+                    let name = match pat_ident(&pt.pat) {
+                        Some(ident) => ident.to_string(),
+                        None => format!("arg{}", inputs.len()),
+                    };
                     inputs.push(Input {
                         ty: (*pt.ty).clone(),
+                        name: name.trim_start_matches("r#").to_owned(),
                     });
                 }
             }
@@ -275,6 +282,32 @@ pub(crate) fn strip_ref(ty: &Type) -> (&Type, bool) {
         Type::Reference(r) => (&r.elem, true),
         other => (other, false),
     }
+}
+
+/// The doc comment of an item, lines joined and trimmed; `None` when there is none.
+pub(crate) fn doc_text(attrs: &[syn::Attribute]) -> Option<String> {
+    let mut lines = Vec::new();
+    for attr in attrs {
+        if !attr.path().is_ident("doc") {
+            continue;
+        }
+        if let syn::Meta::NameValue(nv) = &attr.meta
+            && let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &nv.value
+        {
+            let line = s.value();
+            lines.push(
+                line.strip_prefix(' ')
+                    .unwrap_or(&line)
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+    }
+    let text = lines.join("\n").trim().to_owned();
+    (!text.is_empty()).then_some(text)
 }
 
 /// A type as compact source text, for metadata.

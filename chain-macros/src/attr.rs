@@ -89,6 +89,8 @@ pub(crate) struct CompensatorArgs {
 pub(crate) struct ChainArgs {
     pub(crate) principal: Option<Type>,
     pub(crate) compensate_on_auth_failure: bool,
+    /// Limits on model turns and tool calls, as `(field, value)`.
+    pub(crate) limits: Vec<(String, u32)>,
 }
 
 /// Rejects an unknown key, suggesting the closest valid one.
@@ -313,13 +315,23 @@ impl ChainArgs {
                 arg,
                 if key == PRINCIPAL {
                     "UserId"
+                } else if LIMIT_KEYS.contains(&key.as_str()) {
+                    "8"
                 } else {
                     "suspend"
                 },
             ) else {
                 continue;
             };
-            if key == PRINCIPAL {
+            if LIMIT_KEYS.contains(&key.as_str()) {
+                match syn::parse2::<syn::LitInt>(tokens.clone()).map(|l| l.base10_parse::<u32>()) {
+                    Ok(Ok(n)) if n > 0 => out.limits.push((key, n)),
+                    _ => cx.error_spanned_by(
+                        tokens,
+                        format!("`{key}` takes a positive whole number: `{key} = 8`"),
+                    ),
+                }
+            } else if key == PRINCIPAL {
                 match syn::parse2::<Type>(tokens.clone()) {
                     Ok(ty) => out.principal = Some(ty),
                     Err(_) => cx

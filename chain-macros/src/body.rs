@@ -25,9 +25,10 @@ pub(crate) enum EdgeKind {
     Error,
 }
 
-/// A step call site.
+/// A step call site, or the model-choice point of a `toolset![...]`.
 pub(crate) struct Site {
-    pub(crate) callee: Path,
+    /// The step called; `None` for a model-choice node.
+    pub(crate) callee: Option<Path>,
     pub(crate) line: u32,
 }
 
@@ -46,6 +47,7 @@ struct LoopFrame {
 struct Walker<'a> {
     cx: &'a Ctxt,
     ctx: &'a Ident,
+    chain: &'a Ident,
     principal: &'a syn::Type,
     out: Analysis,
     frontier: Vec<(u32, EdgeKind)>,
@@ -59,12 +61,14 @@ struct Walker<'a> {
 pub(crate) fn analyse(
     cx: &Ctxt,
     ctx: &Ident,
+    chain: &Ident,
     principal: &syn::Type,
     block: &mut Block,
 ) -> Analysis {
     let mut walker = Walker {
         cx,
         ctx,
+        chain,
         principal,
         out: Analysis::default(),
         frontier: vec![(START, EdgeKind::Next)],
@@ -132,7 +136,7 @@ impl Walker<'_> {
         self.link(from, node);
         self.frontier = vec![(node, EdgeKind::Next)];
         self.out.sites.push(Site {
-            callee: func.path.clone(),
+            callee: Some(func.path.clone()),
             line: func.path.span().start().line as u32,
         });
         let callee = func.path.clone();
@@ -142,6 +146,81 @@ impl Walker<'_> {
             *first = syn::parse_quote_spanned!(callee.span()=>
                 <#callee as ::chain_runtime::__private::StepFor<#principal>>::at_site(#ctx, #index));
         }
+    }
+
+    /// `toolset![a, b, c]`: a model-choice node with an edge to each tool and back (the
+    /// loop), each tool a site of its own; the macro becomes the runtime's toolset, each entry
+    /// checked against the chain's principal like a direct call.
+    fn visit_toolset(&mut self, expr: &mut Expr) {
+        let Expr::Macro(m) = &*expr else { return };
+        let span = m.mac.path.span();
+        let parsed = m
+            .mac
+            .parse_body_with(syn::punctuated::Punctuated::<Path, syn::Token![,]>::parse_terminated);
+        let paths: Vec<Path> = match parsed {
+            Ok(paths) if !paths.is_empty() => paths.into_iter().collect(),
+            Ok(_) => {
+                self.cx.error_spanned_by(
+                    &m.mac,
+                    "a toolset offers at least one step: `toolset![step_a, step_b]`",
+                );
+                return;
+            }
+            Err(e) => {
+                self.cx.syn_error(syn::Error::new(
+                    e.span(),
+                    "`toolset![...]` lists #[step] functions by name, separated by commas",
+                ));
+                return;
+            }
+        };
+        if self.hidden > 0 {
+            self.cx.error_spanned_by(
+                &m.mac,
+                "a toolset goes directly in the chain body, not inside a closure or async block",
+            );
+            return;
+        }
+        let choice = self.out.sites.len() as u32;
+        let choice_node = FIRST_SITE + choice;
+        let from = std::mem::take(&mut self.frontier);
+        self.link(from, choice_node);
+        self.out.sites.push(Site {
+            callee: None,
+            line: span.start().line as u32,
+        });
+        let (principal, chain) = (self.principal, self.chain);
+        let mut entries = Vec::new();
+        for path in paths {
+            let index = self.out.sites.len() as u32;
+            let node = FIRST_SITE + index;
+            let name = path
+                .segments
+                .last()
+                .map(|s| s.ident.to_string())
+                .unwrap_or_default();
+            self.out.edges.push((
+                choice_node,
+                node,
+                EdgeKind::Branch(format!("model calls {name}")),
+            ));
+            self.out.edges.push((node, choice_node, EdgeKind::Loop));
+            self.out.edges.push((node, FAIL, EdgeKind::Error));
+            self.out.sites.push(Site {
+                callee: Some(path.clone()),
+                line: path.span().start().line as u32,
+            });
+            entries.push(quote_spanned!(path.span()=>
+                ::chain_runtime::__private::tool_entry::<#principal, #path>(#index)));
+        }
+        self.out.edges.push((choice_node, FAIL, EdgeKind::Error));
+        self.frontier = vec![(choice_node, EdgeKind::Next)];
+        *expr = syn::parse_quote_spanned!(span=>
+        ::chain_runtime::__private::Toolset::<#principal>::__new(
+            &<#chain as ::chain_runtime::__private::Chain>::META,
+            #choice,
+            ::std::vec![#(#entries),*],
+        ));
     }
 
     fn visit_loop(&mut self, label: String, body: &mut Block, may_skip: bool) {
@@ -330,6 +409,15 @@ impl VisitMut for Walker<'_> {
                     ),
                 );
             }
+            Expr::Macro(m)
+                if m.mac
+                    .path
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.ident == "toolset") =>
+            {
+                self.visit_toolset(expr)
+            }
             Expr::Macro(m) => self.reject_ctx_in_macro(&m.mac),
             _ => visit_mut::visit_expr_mut(self, expr),
         }
@@ -361,8 +449,9 @@ mod tests {
     fn run(mut block: Block) -> (Analysis, Vec<String>, Block) {
         let cx = Ctxt::new();
         let ctx: Ident = parse_quote!(ctx);
+        let chain: Ident = parse_quote!(my_chain);
         let principal: syn::Type = parse_quote!(UserId);
-        let analysis = analyse(&cx, &ctx, &principal, &mut block);
+        let analysis = analyse(&cx, &ctx, &chain, &principal, &mut block);
         let errors = cx
             .check()
             .err()
@@ -444,6 +533,41 @@ mod tests {
             "{e:?}"
         );
         assert!(e.contains(&(3, FAIL, EdgeKind::Return)), "{e:?}");
+    }
+
+    #[test]
+    fn toolset_is_a_model_choice_with_an_edge_to_each_tool() {
+        let (a, errors, block) = run(parse_quote!({
+            let first = one(ctx).await?;
+            let tools = toolset![two, three];
+            ctx.run_tools(&tools, &mut chat).await?;
+            Ok(())
+        }));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(a.sites.len(), 4);
+        assert!(a.sites[1].callee.is_none());
+        let e = edges(&a);
+        assert!(e.contains(&(3, 4, EdgeKind::Next)), "{e:?}");
+        assert!(
+            e.contains(&(4, 5, EdgeKind::Branch("model calls two".into()))),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&(4, 6, EdgeKind::Branch("model calls three".into()))),
+            "{e:?}"
+        );
+        assert!(e.contains(&(5, 4, EdgeKind::Loop)), "{e:?}");
+        assert!(e.contains(&(6, 4, EdgeKind::Loop)), "{e:?}");
+        assert!(e.contains(&(4, END, EdgeKind::Next)), "{e:?}");
+        let text = block.to_token_stream().to_string();
+        assert!(
+            text.contains(":: chain_runtime :: __private :: tool_entry :: < UserId , two > (2u32)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("< my_chain as :: chain_runtime :: __private :: Chain > :: META"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -73,6 +73,35 @@ fn text(tokens: &impl quote::ToTokens) -> String {
     }
 }
 
+/// `Some("doc")` or `None`, for metadata.
+fn description(item: &ItemFn) -> TokenStream {
+    match ast::doc_text(&item.attrs) {
+        Some(text) => quote!(::core::option::Option::Some(#text)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// The `tool` field of a step's or chain's metadata: a function that builds the JSON Schemas
+/// of its inputs and output (through the `Step` or `Chain` impl of marker `name`) when they
+/// implement `JsonSchema`, and returns `None` otherwise.
+fn tool_schemas(name: &Ident, trait_name: &str, inputs: &[Input]) -> TokenStream {
+    let names = inputs.iter().map(|i| &i.name);
+    let f = mixed("__tool_schemas");
+    let tr = Ident::new(trait_name, Span::call_site());
+    quote! {{
+        fn #f() -> ::core::option::Option<::chain_runtime::__private::ToolSchemas> {
+            #[allow(unused_imports)]
+            use ::chain_runtime::__private::{ProbeNoSchemas as _, ProbeSchemas as _};
+            (&&::chain_runtime::__private::ToolProbe::<
+                <#name as ::chain_runtime::__private::#tr>::Input,
+                <#name as ::chain_runtime::__private::#tr>::Output,
+            >::NEW)
+                .schemas(&[#(#names),*])
+        }
+        #f
+    }}
+}
+
 pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
     let StepPlan {
         item,
@@ -170,6 +199,14 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         None => (quote!(::core::option::Option::None), TokenStream::new()),
     };
     let principal_item = principal_item(principal);
+    let description = description(item);
+    let documented = if ast::doc_text(&item.attrs).is_some() {
+        quote!(impl ::chain_runtime::__private::Documented for #name {})
+    } else {
+        TokenStream::new()
+    };
+    let params = inputs.iter().map(|i| &i.name);
+    let tool = tool_schemas(name, "Step", inputs);
 
     quote! {
         #(#attrs)*
@@ -202,6 +239,9 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     idempotent: #idempotent,
                     reconcile: #reconcile_name,
                     compensate: #compensate,
+                    description: #description,
+                    params: &[#(#params),*],
+                    tool: #tool,
                 };
 
                 fn run(
@@ -228,6 +268,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             }
 
             #compensator_check
+            #documented
         };
     }
 }
@@ -319,6 +360,7 @@ pub(crate) struct ChainPlan<'a> {
     pub(crate) shape: &'a FnShape,
     pub(crate) output: &'a Type,
     pub(crate) compensate_on_auth_failure: bool,
+    pub(crate) limits: &'a [(String, u32)],
     pub(crate) analysis: &'a Analysis,
 }
 
@@ -330,6 +372,7 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
         shape,
         output,
         compensate_on_auth_failure,
+        limits,
         analysis,
     } = plan;
     let name = &item.sig.ident;
@@ -347,10 +390,10 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
 
     // The static step list: each distinct callee once, in order of first call.
     let mut distinct: Vec<(String, &syn::Path)> = Vec::new();
-    for site in &analysis.sites {
-        let key = quote::ToTokens::to_token_stream(&site.callee).to_string();
+    for callee in analysis.sites.iter().filter_map(|s| s.callee.as_ref()) {
+        let key = quote::ToTokens::to_token_stream(callee).to_string();
         if !distinct.iter().any(|(k, _)| *k == key) {
-            distinct.push((key, &site.callee));
+            distinct.push((key, callee));
         }
     }
     let steps = distinct.iter().map(|(_, path)| {
@@ -358,8 +401,15 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
     });
     let nodes = analysis.sites.iter().enumerate().map(|(i, site)| {
         let id = 3 + i as u32;
-        let path = &site.callee;
         let line = site.line;
+        let Some(path) = &site.callee else {
+            return quote! {
+                ::chain_runtime::__private::Node {
+                    id: #id,
+                    kind: ::chain_runtime::__private::NodeKind::ModelChoice { line: #line },
+                }
+            };
+        };
         quote_spanned! {path.span()=>
             ::chain_runtime::__private::Node {
                 id: #id,
@@ -387,6 +437,14 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
         let #returned = #name(#ctx_arg, #(#args),*).await;
         #returned_check
     };
+
+    let description = description(item);
+    let params = shape.inputs.iter().map(|i| &i.name);
+    let tool = tool_schemas(name, "Chain", &shape.inputs);
+    let limits = limits.iter().map(|(k, v)| {
+        let k = Ident::new(k, Span::call_site());
+        quote!(limits.#k = #v;)
+    });
 
     quote! {
         #item
@@ -416,6 +474,15 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
                         edges: &[#(#edges),*],
                     },
                     run: ::chain_runtime::__private::run_erased::<Self>,
+                    description: #description,
+                    params: &[#(#params),*],
+                    tool: #tool,
+                    tool_limits: {
+                        #[allow(unused_mut)]
+                        let mut limits = ::chain_runtime::__private::ToolLimits::DEFAULT;
+                        #(#limits)*
+                        limits
+                    },
                 };
 
                 fn run(

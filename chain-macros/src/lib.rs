@@ -207,7 +207,14 @@ fn chain_impl(args: TokenStream2, mut item: ItemFn) -> TokenStream2 {
         &parsed.principal,
     ) {
         (Some(ctx_ident), Some(principal)) => {
-            Some(body::analyse(&cx, &ctx_ident, principal, &mut item.block))
+            let chain = item.sig.ident.clone();
+            Some(body::analyse(
+                &cx,
+                &ctx_ident,
+                &chain,
+                principal,
+                &mut item.block,
+            ))
         }
         _ => None,
     };
@@ -220,6 +227,7 @@ fn chain_impl(args: TokenStream2, mut item: ItemFn) -> TokenStream2 {
                 shape: &shape,
                 output,
                 compensate_on_auth_failure: parsed.compensate_on_auth_failure,
+                limits: &parsed.limits,
                 analysis,
             })
         }

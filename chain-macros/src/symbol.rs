@@ -23,7 +23,19 @@ pub(crate) const STEP_KEYS: &[&str] = &[
 /// Keys of `#[compensator(...)]`.
 pub(crate) const COMPENSATOR_KEYS: &[&str] = &[CONNECTOR, SCOPES];
 /// Keys of `#[chain(...)]`.
-pub(crate) const CHAIN_KEYS: &[&str] = &[PRINCIPAL, ON_AUTH_FAILURE];
+/// `#[chain(max_model_turns = N)]` and the other per-run limits of model-chosen steps.
+pub(crate) const LIMIT_KEYS: &[&str] = &[
+    "max_model_turns",
+    "max_tool_calls",
+    "max_rejected_tool_calls",
+];
+pub(crate) const CHAIN_KEYS: &[&str] = &[
+    PRINCIPAL,
+    ON_AUTH_FAILURE,
+    "max_model_turns",
+    "max_tool_calls",
+    "max_rejected_tool_calls",
+];
 
 /// The valid key closest to `unknown`, when it is close enough to be a likely typo.
 pub(crate) fn closest<'a>(unknown: &str, valid: &[&'a str]) -> Option<&'a str> {

@@ -45,6 +45,16 @@ pub struct ChainMeta {
     #[serde(skip)]
     #[doc(hidden)]
     pub run: ErasedChainRun,
+    /// The doc comment: the description of the chain as one tool.
+    pub description: Option<&'static str>,
+    /// The parameter names after the context.
+    pub params: &'static [&'static str],
+    /// The JSON Schemas of the inputs and output, when the types implement `JsonSchema`.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub tool: fn() -> Option<crate::tool::ToolSchemas>,
+    /// Bounds on model turns and tool calls per run (chain policy).
+    pub tool_limits: crate::tool::ToolLimits,
 }
 
 fn serialize_step_names<S: serde::Serializer>(
@@ -58,6 +68,25 @@ impl ChainMeta {
     /// `module::name`.
     pub fn path(&self) -> String {
         format!("{}::{}", self.module, self.name)
+    }
+
+    /// The whole chain as one tool; `None` when its types have no JSON Schema.
+    pub fn tool_definition(&self) -> Option<crate::tool::ToolDefinition> {
+        (self.tool)().map(|s| crate::tool::ToolDefinition::new(self.name, self.description, s))
+    }
+
+    /// The tool definitions of every step the chain can reach (written calls and toolsets),
+    /// in order; steps whose types have no JSON Schema are named in the second list.
+    pub fn step_tools(&self) -> (Vec<crate::tool::ToolDefinition>, Vec<&'static str>) {
+        let mut defs = Vec::new();
+        let mut missing = Vec::new();
+        for step in self.steps {
+            match step.tool_definition() {
+                Some(def) => defs.push(def),
+                None => missing.push(step.name),
+            }
+        }
+        (defs, missing)
     }
 }
 

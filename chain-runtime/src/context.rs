@@ -252,6 +252,11 @@ impl<P: Principal> ChainCtx<P> {
         &self.principal
     }
 
+    /// The run's driver (model turns dispatch rejected tool calls through it).
+    pub(crate) fn driver(&self) -> &dyn RunDriver {
+        &*self.driver
+    }
+
     /// Runs `produce` once and journals its value under `label`; a resumed run gets the
     /// journaled value back instead of running it again. Use it for everything that can
     /// change the path of the body: a model's choice of the next tool, the clock, randomness.

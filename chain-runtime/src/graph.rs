@@ -50,6 +50,12 @@ pub enum NodeKind {
         /// The source line of the call.
         line: u32,
     },
+    /// A `toolset![...]`: a model chooses which of the tools (the step nodes it has edges
+    /// to) to call next, in a loop, or answers with text.
+    ModelChoice {
+        /// The source line of the toolset.
+        line: u32,
+    },
 }
 
 fn serialize_step<S: serde::Serializer>(step: &&'static StepMeta, s: S) -> Result<S::Ok, S::Error> {
@@ -116,6 +122,13 @@ impl DecisionGraph {
                     step.scopes.join(", "),
                     step.effect.label()
                 ),
+                NodeKind::ModelChoice { line } => {
+                    writeln!(
+                        out,
+                        "    n{}{{{{\"model chooses (line {})\"}}}}",
+                        node.id, line
+                    )
+                }
             };
         }
         for edge in self.edges {

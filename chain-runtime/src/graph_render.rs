@@ -94,6 +94,7 @@ fn label_lines(kind: &NodeKind) -> Vec<String> {
             format!("{}: {}", step.connector, step.scopes.join(", ")),
             step.effect.label(),
         ],
+        NodeKind::ModelChoice { line } => vec![format!("model chooses (line {line})")],
     }
 }
 
@@ -120,6 +121,7 @@ pub fn dot(graph: &DecisionGraph, highlight: &Highlight) -> String {
             .join("\\n");
         let shape = match node.kind {
             NodeKind::Step { .. } => "box",
+            NodeKind::ModelChoice { .. } => "diamond",
             _ => "ellipse",
         };
         let mut attrs = format!("label=\"{label}\", shape={shape}");

@@ -9,6 +9,7 @@
 extern crate self as chain_runtime;
 
 pub mod accounts;
+pub mod agent;
 pub mod audit;
 pub mod chain;
 pub mod classify;
@@ -25,6 +26,7 @@ pub mod journal;
 pub mod manifest;
 #[cfg(feature = "mcp")]
 pub mod mcp;
+pub mod model;
 pub mod policy;
 pub mod preflight;
 pub mod principal;
@@ -42,6 +44,7 @@ pub use journal as store;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod token;
+pub mod tool;
 pub mod vault;
 
 pub use chain::{AuthFailurePolicy, ChainMeta};
@@ -53,21 +56,25 @@ pub use future::BoxFuture;
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
+pub use schemars;
 pub use step::{CompensatorMeta, Effect, RecordRef, StepMeta};
 pub use store::RunState;
 
 /// Everything a module that defines steps and chains needs.
 pub mod prelude {
+    pub use crate::agent::{Conversation, Toolset};
     pub use crate::{
         Chain, ChainCtx, ChainError, Principal, RecordRef, StepCtx, StepError, chain, compensator,
-        step,
+        step, toolset,
     };
+    pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
 
 /// Items the macros' generated code refers to. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::agent::{Documented, ToolEntry, Toolset, tool_entry};
     pub use crate::chain::{AuthFailurePolicy, ChainMeta};
     pub use crate::context::{
         Chain, ChainCtx, Compensator, Step, StepCall, StepCtx, StepFor, Undoes, run_erased,
@@ -77,6 +84,9 @@ pub mod __private {
     pub use crate::graph::{DecisionGraph, Edge, EdgeKind, Node, NodeKind};
     pub use crate::registry::{ChainRegistration, CompensatorRegistration, StepRegistration};
     pub use crate::step::{CompensatorMeta, Effect, ErasedCompensate, StepEnv, StepMeta};
+    pub use crate::tool::{
+        ProbeNoSchemas, ProbeSchemas, ToolLimits, ToolProbe, ToolSchemas, no_schemas,
+    };
     pub use ::core::result::Result;
     pub use ::std::boxed::Box;
     pub use ::std::sync::Arc;

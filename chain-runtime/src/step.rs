@@ -80,12 +80,26 @@ pub struct StepMeta {
     #[serde(skip)]
     #[doc(hidden)]
     pub compensate: Option<ErasedCompensate>,
+    /// The doc comment: the tool description a model is given.
+    pub description: Option<&'static str>,
+    /// The parameter names after the context: the tool's argument names.
+    pub params: &'static [&'static str],
+    /// The JSON Schemas of the inputs and output, when the types implement `JsonSchema`.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub tool: fn() -> Option<crate::tool::ToolSchemas>,
 }
 
 impl StepMeta {
     /// `module::name`, unique within a binary.
     pub fn path(&self) -> String {
         format!("{}::{}", self.module, self.name)
+    }
+
+    /// The step as a tool a model can call (name, doc comment, JSON Schemas of inputs and
+    /// output); `None` when its types have no JSON Schema.
+    pub fn tool_definition(&self) -> Option<crate::tool::ToolDefinition> {
+        (self.tool)().map(|s| crate::tool::ToolDefinition::new(self.name, self.description, s))
     }
 
     /// The compensator, if the step names one.

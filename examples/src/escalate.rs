@@ -19,7 +19,7 @@ impl Principal for UserId {
 }
 
 /// Where each provider's API lives.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Sites {
     /// Salesforce REST base, e.g. `https://x.my.salesforce.com/services/data/v60.0`.
     pub salesforce: String,
@@ -30,7 +30,7 @@ pub struct Sites {
 }
 
 /// What to escalate and where to report it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deal {
     /// The Salesforce Opportunity id.
     pub opportunity: String,
@@ -43,7 +43,7 @@ pub struct Deal {
 }
 
 /// What `set_stage` changed, so that `restore_stage` can put it back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StageChange {
     /// The Salesforce REST base.
     pub site: String,
@@ -56,7 +56,7 @@ pub struct StageChange {
 }
 
 /// The Jira issue `open_issue` created.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Issue {
     /// The Jira base.
     pub site: String,
@@ -65,7 +65,7 @@ pub struct Issue {
 }
 
 /// The Slack message `announce` posted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Announcement {
     /// The channel id.
     pub channel: String,

@@ -2,6 +2,7 @@
 //! failure scenarios against the provider sandbox (which also builds the databases `chainctl`
 //! is tested with).
 
+pub mod agent;
 pub mod crash;
 pub mod demo;
 pub mod escalate;

@@ -82,6 +82,11 @@ pub(super) async fn dispatch(
             let meta = find_chain(&chain)?;
             out.line(&meta.manifest().to_json())
         }
+        Cmd::Tools {
+            chain,
+            format,
+            whole,
+        } => out.json(&super::tools::tools(find_chain(&chain)?, format, whole)?),
         Cmd::Graph { chain, format } => {
             let meta = find_chain(&chain)?;
             if out.json {

@@ -51,6 +51,7 @@ mod commands;
 mod output;
 #[cfg(feature = "mcp")]
 mod serve;
+mod tools;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -309,6 +310,17 @@ enum Cmd {
         /// principal is the X-Forwarded-User header set by an authenticating proxy.
         #[arg(long)]
         principal: Option<String>,
+    },
+    /// The tool definitions of a chain's steps (or of the chain as one tool), as JSON.
+    Tools {
+        /// The chain's name or path.
+        chain: String,
+        /// openai (Chat Completions), openai-responses, anthropic or mcp.
+        #[arg(long, default_value = "openai", value_parser = tools::parse_format)]
+        format: crate::tool::ToolFormat,
+        /// The whole chain as one tool instead of its steps.
+        #[arg(long)]
+        whole: bool,
     },
 }
 

@@ -67,6 +67,11 @@ pub(crate) async fn compensate(
     let mut problems: Vec<String> = Vec::new();
     let mut alerts: Vec<(String, Vec<RecordRef>, String)> = Vec::new();
     for entry in journal.iter().rev().filter(|e| e.kind == EntryKind::Step) {
+        // A classified failure wrote nothing (also true of entries that name no step of the
+        // chain, such as a rejected model tool call).
+        if matches!(entry.result, Some(EntryResult::Err { .. })) {
+            continue;
+        }
         let Some(step) = steps.get(entry.name.as_str()) else {
             problems.push(format!(
                 "step `{}` is no longer part of the chain",

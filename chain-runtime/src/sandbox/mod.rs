@@ -71,6 +71,7 @@ mod google;
 mod jira;
 mod ledger;
 mod microsoft;
+mod model;
 mod oauth;
 mod salesforce;
 mod server;
@@ -91,6 +92,7 @@ pub use google::GoogleApi;
 pub use jira::JiraApi;
 pub use ledger::{CallRecord, GrantId, Ledger, LedgerError, TokenRequestRecord, WriteRecord};
 pub use microsoft::MicrosoftApi;
+pub use model::{ModelFault, ScriptedModel, ScriptedTurn};
 pub use salesforce::SalesforceApi;
 pub use slack::SlackApi;
 
