@@ -13,34 +13,31 @@
 //! chainctl scopes escalate_deal
 //! ```
 
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use chain_runtime::cli::{CliSetup, CliStores};
-use chain_runtime::engine::Engine;
-use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
+use chain_runtime::cli::CliSetup;
+use chain_runtime::vault::VaultKey;
+use chain_runtime::{Runtime, RuntimeBuilder};
 use examples::escalate::{escalate_and_note, escalate_deal};
 
 /// The environment variable holding the vault key, base64 (standard or URL-safe).
 const VAULT_KEY_ENV: &str = "CHAIN_VAULT_KEY";
 
-/// The engine for `runs resume`: the vault on the database (its stored providers and accounts)
-/// as the credentials, the example's chains registered.
-async fn engine(stores: CliStores) -> Result<Engine, String> {
+/// The runtime for `runs resume`: the vault on the database (its stored providers and
+/// accounts) as the credentials, the example's chains registered.
+fn runtime(db: &Path) -> Result<RuntimeBuilder, String> {
     let key = VaultKey::from_env(VAULT_KEY_ENV).map_err(|e| {
         format!(
             "`runs resume` calls the providers with the credentials in the vault, and needs its key: {e}"
         )
     })?;
-    let vault = Vault::open_sqlite(&stores.path, key, VaultOptions::default())
-        .await
-        .map_err(|e| format!("cannot open the vault in `{}`: {e}", stores.path.display()))?;
-    let engine = Engine::new(stores.runs, stores.audit, Arc::new(vault));
-    engine.register::<escalate_deal>();
-    engine.register::<escalate_and_note>();
-    Ok(engine)
+    Ok(Runtime::sqlite(db)
+        .vault_key(key)
+        .chain::<escalate_deal>()
+        .chain::<escalate_and_note>())
 }
 
 fn main() -> ExitCode {
-    chain_runtime::cli::main(CliSetup::new("chainctl").engine(engine))
+    chain_runtime::cli::main(CliSetup::new("chainctl").runtime(runtime))
 }

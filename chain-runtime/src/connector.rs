@@ -36,6 +36,8 @@ pub struct StepHttp {
     provider: String,
     rules: Option<classify::RuleSet>,
     idempotency_key: String,
+    /// The header the key travels in (per connector; `None`: not sent).
+    idempotency_header: Option<String>,
     policy: RetryPolicy,
 }
 
@@ -51,12 +53,16 @@ impl StepHttp {
             .provider_name(connector)
             .unwrap_or_else(|_| connector.to_owned());
         let rules = vault.classification_rules(connector).ok().flatten();
+        let idempotency_header = vault
+            .idempotency_header(connector)
+            .unwrap_or_else(|_| Some(crate::vault::DEFAULT_IDEMPOTENCY_HEADER.to_owned()));
         Self {
             vault: vault.clone(),
             client: vault.client(principal_id, connector),
             provider,
             rules,
             idempotency_key: idempotency_key.to_owned(),
+            idempotency_header,
             policy,
         }
     }
@@ -67,6 +73,7 @@ impl StepHttp {
             http: self,
             method,
             url: url.into(),
+            query: Vec::new(),
             headers: Vec::new(),
             body: Body::None,
         }
@@ -106,12 +113,14 @@ enum Body {
     Form(Vec<(String, String)>),
 }
 
-/// A request of a step, resent as the failure policy says (same idempotency key every time).
+/// A request of a step, resent as the failure policy says (same idempotency key every time,
+/// in the connector's [`idempotency_header`](crate::vault::ProviderConfig::idempotency_header)).
 #[derive(Debug)]
 pub struct StepRequest<'a> {
     http: &'a StepHttp,
     method: Method,
     url: String,
+    query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
     body: Body,
 }
@@ -146,6 +155,16 @@ impl StepRequest<'_> {
         self
     }
 
+    /// Appends query parameters (URL-encoded; added to any query the URL already has).
+    pub fn query(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.query.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self
+    }
+
     /// Sets a JSON body.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
         self.body = match serde_json::to_value(body) {
@@ -175,10 +194,13 @@ impl StepRequest<'_> {
         let mut state = AttemptState::default();
         loop {
             state.now = Some(std::time::SystemTime::now());
-            let mut request = http
-                .client
-                .request(self.method.clone(), self.url.as_str())
-                .header("Idempotency-Key", &http.idempotency_key);
+            let mut request = http.client.request(self.method.clone(), self.url.as_str());
+            if let Some(name) = &http.idempotency_header {
+                request = request.header(name, &http.idempotency_key);
+            }
+            if !self.query.is_empty() {
+                request = request.query(&self.query);
+            }
             for (name, value) in &self.headers {
                 request = request.header(name, value);
             }

@@ -17,22 +17,31 @@ pub mod connector;
 pub mod engine;
 pub mod exec;
 pub mod graph;
+pub mod graph_render;
 pub mod manifest;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod policy;
 pub mod preflight;
 pub mod principal;
 pub mod registry;
+pub mod runtime;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod step;
 pub mod store;
 pub mod vault;
 
 pub use chain::{AuthFailurePolicy, Chain, ChainCtx, ChainError, ChainMeta};
 pub use chain_macros::{chain, compensator, step};
+pub use engine::{Engine, EngineError, RunReport};
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
 pub use step::{CompensatorMeta, Effect, RecordRef, Step, StepCtx, StepError, StepMeta};
+pub use store::RunState;
 
 /// Everything a module that defines steps and chains needs.
 pub mod prelude {

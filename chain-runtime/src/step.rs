@@ -292,6 +292,50 @@ impl RecordRef {
             id: id.into(),
         }
     }
+
+    /// The same record in a connector registered under another name (the helpers below use
+    /// the preset's conventional connector name: `salesforce`, `jira`, `slack`, `github`,
+    /// `google`, `microsoft`).
+    pub fn with_connector(mut self, connector: impl Into<String>) -> Self {
+        self.connector = connector.into();
+        self
+    }
+
+    // One convention per provider, so that `who_authorized(connector, id)` finds every write
+    // to a record whichever step touched it: the kind is the provider's own type name, the id
+    // the provider's stable id, qualified by its container where the id is only unique there.
+
+    /// A Salesforce sObject record: kind = the sObject type (`Opportunity`), id = the 18- or
+    /// 15-character record id.
+    pub fn salesforce(sobject: &str, id: &str) -> Self {
+        Self::new("salesforce", sobject, id)
+    }
+
+    /// A Jira issue: kind `issue`, id = the issue key (`ESC-1`).
+    pub fn jira_issue(key: &str) -> Self {
+        Self::new("jira", "issue", key)
+    }
+
+    /// A Slack message: kind `message`, id = `{channel}/{ts}`.
+    pub fn slack_message(channel: &str, ts: &str) -> Self {
+        Self::new("slack", "message", format!("{channel}/{ts}"))
+    }
+
+    /// A GitHub issue: kind `issue`, id = `{owner}/{repo}#{number}`.
+    pub fn github_issue(owner: &str, repo: &str, number: u64) -> Self {
+        Self::new("github", "issue", format!("{owner}/{repo}#{number}"))
+    }
+
+    /// A Google Calendar event: kind `event`, id = `{calendar_id}/{event_id}`.
+    pub fn google_event(calendar_id: &str, event_id: &str) -> Self {
+        Self::new("google", "event", format!("{calendar_id}/{event_id}"))
+    }
+
+    /// A Microsoft Graph mail message: kind `message`, id = the message id (or, for a
+    /// `sendMail` that returns none, the `internetMessageId` the step set).
+    pub fn microsoft_message(id: &str) -> Self {
+        Self::new("microsoft", "message", id)
+    }
 }
 
 /// Why a step failed.

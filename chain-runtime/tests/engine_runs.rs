@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
 use chain_runtime::classify::FailureClass;
 use chain_runtime::engine::{Engine, EngineError, StaticGrants, WebhookNotifier};
@@ -371,9 +372,16 @@ fn connect_all(grants: &StaticGrants, principal: &str) {
 
 async fn open_engine(dir: &tempfile::TempDir, grants: Arc<StaticGrants>) -> Env {
     let path = dir.path().join("runs.sqlite");
-    let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());
-    let audit = Arc::new(SqliteAuditStore::open(&path).await.unwrap());
-    let engine = Engine::new(store.clone(), audit.clone(), grants.clone());
+    let Runtime {
+        engine,
+        audit,
+        runs: store,
+        ..
+    } = Runtime::sqlite(&path)
+        .credentials(grants.clone())
+        .open()
+        .await
+        .unwrap();
     Env {
         engine,
         grants,
@@ -1036,10 +1044,14 @@ async fn webhook_notifier_posts_alerts_as_json() {
     let path = dir.path().join("runs.sqlite");
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
-    let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());
-    let audit = Arc::new(SqliteAuditStore::open(&path).await.unwrap());
     let notifier = Arc::new(WebhookNotifier::new(format!("http://{addr}/alerts")).unwrap());
-    let engine = Engine::with_notifier(store, audit, grants, notifier);
+    let engine = Runtime::sqlite(&path)
+        .credentials(grants)
+        .notifier(notifier)
+        .open()
+        .await
+        .unwrap()
+        .engine;
 
     let t = tag("webhook");
     fail(&t, "s3", StepError::domain("no"));

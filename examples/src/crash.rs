@@ -1,6 +1,6 @@
 //! The crash scenario: a real child process runs the escalate-deal chain against the
 //! provider emulators, is killed with SIGKILL at a chosen point, and a second child process
-//! on the same SQLite file calls [`Engine::recover`]. Afterwards every write must exist
+//! on the same SQLite file calls [`Engine::recover`](chain_runtime::Engine::recover). Afterwards every write must exist
 //! exactly once at its provider, under one upstream subject.
 //!
 //! # Who does what
@@ -32,16 +32,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chain_runtime::audit::{AuditStore, SqliteAuditStore};
-use chain_runtime::engine::{Engine, idempotency_key};
+use chain_runtime::Runtime;
+use chain_runtime::audit::AuditStore;
+use chain_runtime::engine::idempotency_key;
 use chain_runtime::sandbox::{REDIRECT_URI, Urls};
 use chain_runtime::store::{
     Alert, BoxFuture, CompensationEntry, EntryKind, EntryResult, JournalEntry, Lease, RunRecord,
-    RunState, RunStore, SqliteRunStore, StoreError,
+    RunState, RunStore, StoreError,
 };
 use chain_runtime::vault::{
-    ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, Vault, VaultError, VaultKey,
-    VaultOptions,
+    ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, VaultError, VaultKey,
 };
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
@@ -539,19 +539,19 @@ pub async fn child_main(phase: Phase) -> Result<(), DemoError> {
         .map_err(|_| format!("{ENV_SPEC} is not set: the crash child is started by its parent"))?;
     let spec: ChildSpec = serde_json::from_str(&spec_text)?;
     let key = VaultKey::from_env(ENV_VAULT_KEY)?;
-    let vault = Vault::open_sqlite(&spec.db, key, VaultOptions::default()).await?;
+    let mut builder = Runtime::sqlite(&spec.db).vault_key(key);
     for provider in &spec.providers {
         let var = secret_var(&provider.connector);
         let secret = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;
-        vault
-            .register_provider(provider_config(provider, ClientSecret::new(secret))?)
-            .await?;
+        builder = builder.provider(provider_config(provider, ClientSecret::new(secret))?);
     }
-    let audit = Arc::new(SqliteAuditStore::open(&spec.db).await?);
-    let runs: Arc<dyn RunStore> = Arc::new(SqliteRunStore::open(&spec.db).await?);
-    let store = Arc::new(PausingStore::new(runs, spec.pause.clone()));
-    let engine = Engine::new(store, audit, Arc::new(vault));
-    engine.register::<escalate_deal>();
+    let pause = spec.pause.clone();
+    let engine = builder
+        .chain::<escalate_deal>()
+        .run_store_layer(move |runs| Arc::new(PausingStore::new(runs, pause)))
+        .open()
+        .await?
+        .engine;
     let outcomes = match phase {
         Phase::Start => {
             let report = engine

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chain_runtime::Principal;
 use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore, WriteKind};
 use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::sandbox::Sandbox;
 use chain_runtime::store::{RunState, RunStore, SqliteRunStore};
-use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
+use chain_runtime::vault::{Vault, VaultKey};
+use chain_runtime::{Principal, Runtime};
 use serde::Serialize;
 
 use crate::escalate::{Deal, Sites, UserId, escalate_and_note, escalate_deal};
@@ -182,23 +182,23 @@ impl Demo {
     /// Like [`Demo::start`] with a given vault key (so another process can open the vault).
     pub async fn start_with_key(db: &Path, key: VaultKey) -> Result<Self, DemoError> {
         let sandbox = Sandbox::start().await?;
-        let vault = Vault::open_sqlite(db, key, VaultOptions::default()).await?;
-        vault
-            .register_provider(sandbox.salesforce.provider_config("salesforce")?)
+        // One file: journal, audit trail (runs, consents, refreshes) and vault.
+        let runtime = Runtime::sqlite(db)
+            .vault_key(key)
+            .provider(sandbox.salesforce.provider_config("salesforce")?)
+            .provider(sandbox.jira.provider_config("jira")?)
+            .provider(sandbox.slack.provider_config("slack")?)
+            .chain::<escalate_deal>()
+            .chain::<escalate_and_note>()
+            .open()
             .await?;
-        vault
-            .register_provider(sandbox.jira.provider_config("jira")?)
-            .await?;
-        vault
-            .register_provider(sandbox.slack.provider_config("slack")?)
-            .await?;
-        let audit = Arc::new(SqliteAuditStore::open(db).await?);
-        let runs = Arc::new(SqliteRunStore::open(db).await?);
-        // Consents and token refreshes go into the same trail as the runs.
-        vault.attach_audit(audit.clone());
-        let engine = Engine::new(runs.clone(), audit.clone(), Arc::new(vault.clone()));
-        engine.register::<escalate_deal>();
-        engine.register::<escalate_and_note>();
+        let vault = runtime.vault()?.clone();
+        let Runtime {
+            engine,
+            audit,
+            runs,
+            ..
+        } = runtime;
 
         let user = UserId("alice".into());
         let subjects = [

@@ -5,3 +5,4 @@
 pub mod crash;
 pub mod demo;
 pub mod escalate;
+pub mod mcp_demo;

@@ -411,20 +411,24 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
             verifier_challenges.push(challenge);
             let consent = demo.sandbox.jira.consent(link.url.as_str()).unwrap();
             let (state, code) = (consent.state.unwrap(), consent.code.unwrap());
-            let account = demo.vault.complete_consent(&state, &code).await.unwrap();
+            let account = demo
+                .vault
+                .complete_consent(&alice, &state, &code)
+                .await
+                .unwrap();
             haystacks.push(text(
                 "consent link and account",
                 format!("{link:?} {account:?}"),
             ));
             let e = demo
                 .vault
-                .complete_consent(&state, &code)
+                .complete_consent(&alice, &state, &code)
                 .await
                 .unwrap_err();
             haystacks.push(err_text("replayed consent callback", &e));
             let e = demo
                 .vault
-                .complete_consent("forged-state-value", &code)
+                .complete_consent(&alice, "forged-state-value", &code)
                 .await
                 .unwrap_err();
             haystacks.push(err_text("forged consent callback", &e));
@@ -438,7 +442,11 @@ async fn no_secret_anywhere_a_whole_chain_run_leaves_output() {
             assert!(unused.code.is_some());
             let e = demo
                 .vault
-                .complete_consent("another-forged-state", unused.code.as_deref().unwrap())
+                .complete_consent(
+                    &alice,
+                    "another-forged-state",
+                    unused.code.as_deref().unwrap(),
+                )
                 .await
                 .unwrap_err();
             haystacks.push(err_text("forged state with a live code", &e));

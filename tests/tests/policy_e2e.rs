@@ -18,6 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditEvent, AuditRecord, AuditStore, SqliteAuditStore};
 use chain_runtime::classify::FailureClass;
 use chain_runtime::engine::Engine;
@@ -25,7 +26,7 @@ use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{FaultKind, Sandbox};
 use chain_runtime::store::{EntryResult, JournalEntry, RunState, RunStore, SqliteRunStore};
 use chain_runtime::vault::{
-    AccountStatus, ClientSecret, ProviderConfig, SubjectSource, Vault, VaultKey, VaultOptions,
+    AccountStatus, ClientSecret, ProviderConfig, SubjectSource, Vault, VaultKey,
 };
 use serde_json::json;
 
@@ -251,24 +252,21 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("policy.db");
         let sandbox = Sandbox::start().await.unwrap();
-        let vault = Vault::open_sqlite(&db, VaultKey::generate(), VaultOptions::default())
+        let runtime = Runtime::sqlite(&db)
+            .vault_key(VaultKey::generate())
+            .provider(sandbox.salesforce.provider_config("salesforce").unwrap())
+            .provider(sandbox.jira.provider_config("jira").unwrap())
+            .provider(sandbox.slack.provider_config("slack").unwrap())
+            .open()
             .await
             .unwrap();
-        vault
-            .register_provider(sandbox.salesforce.provider_config("salesforce").unwrap())
-            .await
-            .unwrap();
-        vault
-            .register_provider(sandbox.jira.provider_config("jira").unwrap())
-            .await
-            .unwrap();
-        vault
-            .register_provider(sandbox.slack.provider_config("slack").unwrap())
-            .await
-            .unwrap();
-        let audit = Arc::new(SqliteAuditStore::open(&db).await.unwrap());
-        let runs = Arc::new(SqliteRunStore::open(&db).await.unwrap());
-        let engine = Engine::new(runs.clone(), audit.clone(), Arc::new(vault.clone()));
+        let vault = runtime.vault().unwrap().clone();
+        let Runtime {
+            engine,
+            audit,
+            runs,
+            ..
+        } = runtime;
         let user = UserId("alice".into());
         let sf = sandbox.salesforce.add_user("alice@acme.example");
         let jira = sandbox.jira.add_user("alice@acme.example");
@@ -1115,7 +1113,7 @@ async fn mini_world(mode: MiniMode, provider: &str) -> (World, Mini, String) {
         .await
         .unwrap();
     w.vault
-        .complete_consent(&link.state, "mini-code")
+        .complete_consent(&w.user.identifier(), &link.state, "mini-code")
         .await
         .unwrap();
     (w, mini, format!("{base}/api/resource"))

@@ -46,7 +46,10 @@ async fn no_secret_in_logs_database_errors_or_debug() {
         .await
         .unwrap();
     let (state, code) = authorize(&link.url, "alice", Some("write")).await;
-    let account = vault.complete_consent(&state, &code).await.unwrap();
+    let account = vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap();
     let client = vault.client("user-1", CONNECTOR);
     let response = client.get(h.userinfo_url()).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -61,10 +64,13 @@ async fn no_secret_in_logs_database_errors_or_debug() {
 
     // Errors: replayed state, forged state, identity drift, wrong client secret, wrong vault key,
     // a key from a malformed env var, a missing account.
-    let e = vault.complete_consent(&state, &code).await.unwrap_err();
+    let e = vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap_err();
     record_err(&e, e.to_string());
     let e = vault
-        .complete_consent("forged", "forged-code")
+        .complete_consent("user-1", "forged", "forged-code")
         .await
         .unwrap_err();
     record_err(&e, e.to_string());
@@ -73,7 +79,10 @@ async fn no_secret_in_logs_database_errors_or_debug() {
         .await
         .unwrap();
     let (state2, code2) = authorize(&link2.url, "mallory", None).await;
-    let e = vault.complete_consent(&state2, &code2).await.unwrap_err();
+    let e = vault
+        .complete_consent("user-1", &state2, &code2)
+        .await
+        .unwrap_err();
     record_err(&e, e.to_string());
     let wrong_secret = "cs-wrong-leak-test-secret";
     vault

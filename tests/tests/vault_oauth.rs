@@ -38,7 +38,10 @@ async fn code_flow_with_pkce_records_granted_scopes_and_subject() {
 
     // The user unticks `write`: the grant is narrower than the request.
     let (state, code) = authorize(&link.url, "alice", Some("write")).await;
-    let account = vault.complete_consent(&state, &code).await.unwrap();
+    let account = vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap();
     assert_eq!(account.upstream_subject, "alice");
     assert_eq!(account.granted_scopes, vec!["api", "read"]);
     assert_eq!(account.status, AccountStatus::Active);
@@ -61,7 +64,7 @@ async fn code_flow_with_pkce_records_granted_scopes_and_subject() {
 
     // A PKCE code exchange without the verifier would fail: prove the server enforces PKCE.
     let plain = {
-        chain_runtime::vault::ensure_tls_provider();
+        support::install_tls_provider();
         reqwest::Client::new()
     }
     .post(format!("{}/token", h.server.base))
@@ -241,7 +244,7 @@ async fn disconnect_revokes_the_grant() {
 
     // At the server, every token issued to the proxy for this grant is now inactive.
     let http = {
-        chain_runtime::vault::ensure_tls_provider();
+        support::install_tls_provider();
         reqwest::Client::new()
     };
     let issued = h.proxy.issued();
@@ -283,15 +286,21 @@ async fn forged_replayed_and_expired_state() {
     let (state, code) = authorize(&link.url, "alice", None).await;
 
     let forged = vault
-        .complete_consent("forged-state-value", &code)
+        .complete_consent("user-1", "forged-state-value", &code)
         .await
         .unwrap_err();
     assert!(
         matches!(forged, VaultError::UnknownConsentState),
         "{forged}"
     );
-    vault.complete_consent(&state, &code).await.unwrap();
-    let replayed = vault.complete_consent(&state, &code).await.unwrap_err();
+    vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap();
+    let replayed = vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap_err();
     assert!(
         matches!(replayed, VaultError::UnknownConsentState),
         "{replayed}"
@@ -303,7 +312,10 @@ async fn forged_replayed_and_expired_state() {
         .unwrap();
     let (state, code) = authorize(&link.url, "bob", None).await;
     clock.advance(Duration::from_secs(11 * 60));
-    let expired = vault.complete_consent(&state, &code).await.unwrap_err();
+    let expired = vault
+        .complete_consent("user-2", &state, &code)
+        .await
+        .unwrap_err();
     assert!(
         matches!(expired, VaultError::ConsentExpired { .. }),
         "{expired}"
@@ -314,7 +326,10 @@ async fn forged_replayed_and_expired_state() {
     ));
     // The expired state is consumed too.
     assert!(matches!(
-        vault.complete_consent(&state, &code).await.unwrap_err(),
+        vault
+            .complete_consent("user-2", &state, &code)
+            .await
+            .unwrap_err(),
         VaultError::UnknownConsentState
     ));
     let _ = h;
@@ -330,7 +345,10 @@ async fn reconsent_by_another_subject_is_refused() {
         .await
         .unwrap();
     let (state, code) = authorize(&link.url, "mallory", None).await;
-    let err = vault.complete_consent(&state, &code).await.unwrap_err();
+    let err = vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap_err();
     match &err {
         VaultError::IdentityDrift {
             stored_subject,
@@ -362,7 +380,10 @@ async fn reconsent_by_another_subject_is_refused() {
         .await
         .unwrap();
     let (state, code) = authorize(&link.url, "alice", None).await;
-    let widened = vault.complete_consent(&state, &code).await.unwrap();
+    let widened = vault
+        .complete_consent("user-1", &state, &code)
+        .await
+        .unwrap();
     assert_eq!(widened.account_id, original.account_id);
     assert_ne!(widened.grant_id, original.grant_id);
     assert_eq!(widened.granted_scopes, vec!["openid", "api", "read"]);
@@ -431,7 +452,10 @@ async fn wrong_client_secret_is_invalid_client() {
         .await
         .unwrap();
     let (state, code) = authorize(&link.url, "bob", None).await;
-    let err = vault.complete_consent(&state, &code).await.unwrap_err();
+    let err = vault
+        .complete_consent("user-2", &state, &code)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::InvalidClient { .. }), "{err}");
     assert!(!format!("{err} {err:?}").contains(wrong));
 }

@@ -18,6 +18,11 @@ async fn vault_at(path: &std::path::Path, clock: Arc<OffsetClock>, timeout: Dura
     let options = VaultOptions {
         clock,
         http_timeout: timeout,
+        // These tests look at one token response at a time: no retries of transient failures.
+        retry_policy: chain_runtime::policy::RetryPolicy {
+            max_server_retries: 0,
+            ..Default::default()
+        },
         ..VaultOptions::default()
     };
     Vault::open_sqlite(path, VaultKey::from_bytes([3; 32]), options)
@@ -35,7 +40,10 @@ async fn consent(
         .consent_link(principal, connector, scopes)
         .await
         .unwrap();
-    vault.complete_consent(&link.state, "code-1").await.unwrap()
+    vault
+        .complete_consent(principal, &link.state, "code-1")
+        .await
+        .unwrap()
 }
 
 const SLACK_OK: &str = r#"{"ok":true,"access_token":"xoxe.xoxp-AT1","refresh_token":"xoxe-1-RT1","expires_in":43200,
@@ -84,7 +92,10 @@ async fn slack_errors_with_http_200() {
             .query_pairs()
             .any(|(k, v)| k == "scope" && v == "chat:write,users:read,channels:read")
     );
-    let account = vault.complete_consent(&link.state, "code-1").await.unwrap();
+    let account = vault
+        .complete_consent("user-1", &link.state, "code-1")
+        .await
+        .unwrap();
     assert_eq!(account.upstream_subject, "T123:U456");
     assert_eq!(account.granted_scopes, vec!["chat:write", "users:read"]);
 
@@ -167,7 +178,13 @@ async fn salesforce_expiry_without_expires_in() {
         "https://login.salesforce.com/id/00Dx0000000001/005x0000000001"
     );
     let b = consent(&vault, "user-1", "sf-lifetime", &["api"]).await;
-    assert_eq!(b.expires_at, Some(issued_ms / 1000 + 7200));
+    // The default lifetime counts from receipt on the application's clock, not from the
+    // provider's `issued_at`.
+    let b_expiry = b.expires_at.unwrap();
+    assert!(
+        (issued_ms / 1000 + 7200..=issued_ms / 1000 + 7200 + 60).contains(&b_expiry),
+        "{b_expiry}"
+    );
     assert_eq!(b.granted_scopes, vec!["api", "refresh_token"]);
 }
 
@@ -234,7 +251,10 @@ async fn refresh_token_kept_or_rotated() {
         .consent_link("user-1", "jira", &["read:jira-work"])
         .await
         .unwrap();
-    vault.complete_consent(&link.state, "atl").await.unwrap();
+    vault
+        .complete_consent("user-1", &link.state, "atl")
+        .await
+        .unwrap();
     let start = fake.count();
     for _ in 0..3 {
         clock.advance(Duration::from_secs(3600));

@@ -221,6 +221,29 @@ pub enum AuditEvent {
         failure_class: Option<String>,
         /// The new access token's absolute expiry, when it succeeded.
         expires_at_unix_ms: Option<i64>,
+        /// The token endpoint's HTTP status when it answered a failed refresh. Absent (not
+        /// `null`) when unknown, so records written before the field existed hash the same.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_status: Option<u16>,
+        /// The token endpoint's sanitized OAuth error code of a failed refresh. Absent when none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_code: Option<String>,
+    },
+    /// A consent did not complete: unknown or expired state, the provider's error callback
+    /// (e.g. `access_denied`), a rejected code exchange (PKCE failure), a callback by another
+    /// principal than the one the link was issued to, or an identity refusal. Never the state,
+    /// the code or a token.
+    ConsentFailed {
+        /// Why, as a stable snake_case word (e.g. `unknown_state`, `provider_error`).
+        reason: String,
+        /// The provider's sanitized error code, if it gave one.
+        error_code: Option<String>,
+    },
+    /// A connected account was removed on purpose (forgotten, or replaced by a consent as
+    /// another upstream user after it was disconnected).
+    AccountRemoved {
+        /// Why, as a stable snake_case word (`forgotten`, `replaced`).
+        reason: String,
     },
     /// An operator was alerted.
     OperatorAlert {
@@ -250,6 +273,8 @@ impl AuditEvent {
             AuditEvent::Handoff { .. } => "handoff",
             AuditEvent::ConsentCompleted { .. } => "consent_completed",
             AuditEvent::TokenRefresh { .. } => "token_refresh",
+            AuditEvent::ConsentFailed { .. } => "consent_failed",
+            AuditEvent::AccountRemoved { .. } => "account_removed",
             AuditEvent::OperatorAlert { .. } => "operator_alert",
             AuditEvent::RunFinished { .. } => "run_finished",
         }

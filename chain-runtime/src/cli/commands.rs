@@ -2,13 +2,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::output::{self, SyncWriter, table};
-use super::{Args, AuditCmd, CliError, CliSetup, CliStores, Cmd, RunsCmd, open_audit, open_runs};
+use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd, open_audit, open_runs};
 use crate::audit::{AuditStore, Checkpoint, SqliteAuditStore, WriteKind, verify_jsonl};
 use crate::chain::ChainMeta;
 use crate::store::{RunRecord, RunStore, SqliteRunStore};
@@ -79,12 +78,16 @@ pub(super) async fn dispatch(
             let meta = find_chain(&chain)?;
             out.line(&meta.manifest().to_json())
         }
-        Cmd::Graph { chain } => {
+        Cmd::Graph { chain, format } => {
             let meta = find_chain(&chain)?;
             if out.json {
                 out.json(&meta.graph)
             } else {
-                out.text(&meta.graph.mermaid())
+                out.text(&crate::graph_render::render(
+                    &meta.graph,
+                    format,
+                    &crate::graph_render::Highlight::none(),
+                ))
             }
         }
     }
@@ -282,14 +285,13 @@ async fn runs_resume(
 ) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
     let before = get_run(&runs, db, run_id).await?;
-    let factory = setup.engine.as_ref().ok_or(CliError::NoEngine)?;
-    let audit = open_audit(db).await?;
-    let stores = CliStores {
-        path: db.to_owned(),
-        runs: Arc::new(runs),
-        audit: Arc::new(audit),
-    };
-    let engine = factory(stores).await.map_err(CliError::EngineSetup)?;
+    let factory = setup.runtime.as_ref().ok_or(CliError::NoEngine)?;
+    let runtime = factory(db)
+        .map_err(CliError::EngineSetup)?
+        .open()
+        .await
+        .map_err(|e| CliError::EngineSetup(e.to_string()))?;
+    let engine = runtime.engine;
     let report = engine.resume(run_id).await.map_err(CliError::engine)?;
     if out.json {
         return out.json(&json!({

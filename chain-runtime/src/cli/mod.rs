@@ -1,20 +1,20 @@
 //! The command-line tool over a chain-runtime database, as a library entry point (feature `cli`).
 //!
 //! The tool needs the user's chains: `scopes CHAIN` and `graph CHAIN` read the registrations
-//! that `#[chain]` leaves in the binary, and `runs resume` drives a run through an [`Engine`]
+//! that `#[chain]` leaves in the binary, and `runs resume` drives a run through an [`Engine`](crate::Engine)
 //! with the chain registered. So the tool is not a fixed binary: each application builds its own
 //! in a few lines, supplying how to build its engine from the opened stores.
 //!
 //! ```no_run
-//! use chain_runtime::cli::{CliSetup, CliStores};
-//! use chain_runtime::engine::{Engine, StaticGrants};
-//! use std::sync::Arc;
+//! use chain_runtime::Runtime;
+//! use chain_runtime::cli::CliSetup;
+//! use chain_runtime::vault::VaultKey;
 //!
 //! fn main() -> std::process::ExitCode {
-//!     chain_runtime::cli::main(CliSetup::new("chainctl").engine(|stores: CliStores| async move {
-//!         let engine = Engine::new(stores.runs, stores.audit, Arc::new(StaticGrants::new()));
-//!         // engine.register::<my_app::escalate_deal>();
-//!         Ok::<_, std::convert::Infallible>(engine)
+//!     chain_runtime::cli::main(CliSetup::new("chainctl").runtime(|db: &std::path::Path| {
+//!         let key = VaultKey::from_env("CHAIN_VAULT_KEY")?;
+//!         Ok::<_, chain_runtime::vault::KeyError>(Runtime::sqlite(db).vault_key(key))
+//!         // .chain::<my_app::escalate_deal>()
 //!     }))
 //! }
 //! ```
@@ -36,7 +36,7 @@
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
-//! | `graph CHAIN` | the chain's decision graph as Mermaid (`--json`: as JSON) |
+//! | `graph CHAIN [--format mermaid\|dot\|svg]` | the chain's decision graph as a picture (`--json`: as JSON) |
 //!
 //! `audit why`, `audit history` and `audit activity` verify the chain first and refuse to answer
 //! from a broken one.
@@ -51,70 +51,54 @@ mod output;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::audit::{AuditError, ChainBreak, SqliteAuditStore};
-use crate::engine::{Engine, EngineError};
-use crate::exec::BoxFuture;
+use crate::engine::EngineError;
+use crate::runtime::RuntimeBuilder;
 use crate::store::{SqliteRunStore, StoreError};
 
-/// The stores the tool opened on the database file, handed to the engine factory.
-#[derive(Clone, Debug)]
-pub struct CliStores {
-    /// The database file.
-    pub path: PathBuf,
-    /// The run store on it.
-    pub runs: Arc<SqliteRunStore>,
-    /// The audit trail on it.
-    pub audit: Arc<SqliteAuditStore>,
-}
+/// Given the database file, how to wire the application's runtime (credentials and chains).
+type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + Sync + 'static;
 
-type EngineFactory =
-    dyn Fn(CliStores) -> BoxFuture<'static, Result<Engine, String>> + Send + Sync + 'static;
-
-/// What an application supplies to the tool: its name and how to build its engine.
+/// What an application supplies to the tool: its name and how to wire its runtime.
 pub struct CliSetup {
     name: String,
-    engine: Option<Box<EngineFactory>>,
+    runtime: Option<Box<RuntimeFactory>>,
 }
 
 impl fmt::Debug for CliSetup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CliSetup")
             .field("name", &self.name)
-            .field("engine", &self.engine.is_some())
+            .field("runtime", &self.runtime.is_some())
             .finish()
     }
 }
 
 impl CliSetup {
-    /// A tool called `name` (shown in help and usage) with no engine: every command but
+    /// A tool called `name` (shown in help and usage) with no runtime: every command but
     /// `runs resume` works.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            engine: None,
+            runtime: None,
         }
     }
 
-    /// How to build the engine for `runs resume`: given the opened stores, return an
-    /// [`Engine`] on them with the application's credentials and its chains registered.
-    pub fn engine<F, Fut, E>(mut self, factory: F) -> Self
+    /// How to wire the runtime for `runs resume`: given the database file (which exists),
+    /// return a [`RuntimeBuilder`] on it with the application's credentials and its chains.
+    /// The tool opens it.
+    pub fn runtime<F, E>(mut self, factory: F) -> Self
     where
-        F: Fn(CliStores) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Engine, E>> + Send + 'static,
+        F: Fn(&Path) -> Result<RuntimeBuilder, E> + Send + Sync + 'static,
         E: fmt::Display,
     {
-        self.engine = Some(Box::new(move |stores| {
-            let fut = factory(stores);
-            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
-        }));
+        self.runtime = Some(Box::new(move |db| factory(db).map_err(|e| e.to_string())));
         self
     }
 
@@ -167,14 +151,14 @@ pub enum CliError {
         /// The chains this binary knows (paths).
         known: Vec<String>,
     },
-    /// The binary was built without an engine factory.
+    /// The binary was built without a runtime factory.
     #[error(
-        "`runs resume` needs the application's engine, and this binary has none; build the tool \
-         with `CliSetup::engine(..)` registering your chains"
+        "`runs resume` needs the application's runtime, and this binary has none; build the tool \
+         with `CliSetup::runtime(..)` registering your chains"
     )]
     NoEngine,
-    /// The engine factory failed.
-    #[error("building the engine failed: {0}")]
+    /// Wiring the runtime failed.
+    #[error("building the runtime failed: {0}")]
     EngineSetup(String),
     /// The audit chain is broken: the first bad record is named.
     #[error("{0}")]
@@ -285,10 +269,13 @@ enum Cmd {
         /// The chain's name or path.
         chain: String,
     },
-    /// A chain's decision graph as Mermaid (`--json`: as JSON).
+    /// A chain's decision graph as a picture (`--json`: as JSON).
     Graph {
         /// The chain's name or path.
         chain: String,
+        /// `mermaid`, `dot` (Graphviz) or `svg`.
+        #[arg(long, default_value = "mermaid")]
+        format: crate::graph_render::Format,
     },
 }
 

@@ -3,7 +3,8 @@
 
 use secrecy::ExposeSecret;
 
-use super::{Emulator, Jira, Provider, Salesforce, SandboxError, Slack};
+use super::{Emulator, Github, Google, Jira, Microsoft, Provider, Salesforce, SandboxError, Slack};
+use crate::vault::presets::{self, OAuthClient};
 use crate::vault::{
     AccountInfo, ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, Vault, VaultError,
 };
@@ -50,6 +51,16 @@ impl<P: Provider> Emulator<P> {
         Ok(config)
     }
 
+    /// The registration of this emulator's client, for a preset.
+    pub fn oauth_client(&self) -> OAuthClient {
+        let state = self.shared.lock();
+        OAuthClient::new(
+            state.oauth.client.client_id.clone(),
+            state.oauth.client.client_secret.expose_secret().to_owned(),
+            REDIRECT_URI,
+        )
+    }
+
     /// Runs the whole consent flow for `principal_id` on this emulator: the vault builds the
     /// link, the emulator approves it as the user selected with [`Emulator::approve_as`], and the
     /// vault completes the callback (state, PKCE verifier, code exchange, subject check).
@@ -63,7 +74,9 @@ impl<P: Provider> Emulator<P> {
         let request = vault.consent_link(principal_id, connector, scopes).await?;
         let consent = self.consent(request.url.as_str())?;
         match (consent.code, consent.state) {
-            (Some(code), Some(state)) => Ok(vault.complete_consent(&state, &code).await?),
+            (Some(code), Some(state)) => {
+                Ok(vault.complete_consent(principal_id, &state, &code).await?)
+            }
             _ => Err(ConnectError::Declined {
                 connector: connector.to_owned(),
                 error: consent
@@ -115,5 +128,35 @@ impl Slack {
             .with_subject(SubjectSource::TokenResponse {
                 pointers: vec!["/team/id".into(), "/authed_user/id".into()],
             }))
+    }
+}
+
+impl Github {
+    /// [`presets::github`] pointed at this emulator.
+    pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
+        presets::at_origin(
+            presets::github(connector, &self.oauth_client())?,
+            self.base_url(),
+        )
+    }
+}
+
+impl Google {
+    /// [`presets::google`] pointed at this emulator.
+    pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
+        presets::at_origin(
+            presets::google(connector, &self.oauth_client())?,
+            self.base_url(),
+        )
+    }
+}
+
+impl Microsoft {
+    /// [`presets::microsoft`] for this emulator's tenant, pointed at this emulator.
+    pub fn provider_config(&self, connector: &str) -> Result<ProviderConfig, VaultError> {
+        presets::at_origin(
+            presets::microsoft(connector, &self.oauth_client(), self.tenant())?,
+            self.base_url(),
+        )
     }
 }

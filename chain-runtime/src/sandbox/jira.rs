@@ -15,11 +15,13 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_uuid};
-use super::server::{
-    ApiCall, ApiCtx, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx,
-    authorize_endpoint, epoch_secs, params, run_api, token_endpoint,
-};
+use super::api::{ApiCall, run_api};
+use super::client::{ClientConfig, Rotation, random_uuid};
+use super::endpoints::{authorize_endpoint, params, token_endpoint};
+use super::oauth::{Issued, TokenError};
+use super::server::ConnKill;
+use super::state::{Shared, epoch_secs};
+use super::wire::{ApiCtx, ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
 
 /// Marker type of the Jira emulator (see [`Jira`](super::Jira)).
@@ -98,6 +100,7 @@ impl ProviderImpl for JiraApi {
             client: ClientConfig::new("sandbox-client", "sandbox-secret"),
             access_token_lifetime: Duration::from_secs(3600),
             rotation: Rotation::WithLeeway(Duration::from_secs(600)),
+            refresh_tokens: true,
         }
     }
 

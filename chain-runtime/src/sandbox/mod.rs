@@ -1,11 +1,14 @@
-//! Local HTTP emulators of Salesforce, Jira Cloud (Atlassian 3LO) and Slack, for tests.
+//! Local HTTP emulators of Salesforce, Jira Cloud (Atlassian 3LO), Slack, GitHub, Google
+//! (Calendar) and Microsoft (Entra ID + Graph), for tests.
 //!
 //! Each emulator is a real HTTP server on `127.0.0.1` with an ephemeral port, with the
 //! provider's OAuth endpoints (authorize with PKCE S256, token, revoke, and Salesforce's
 //! introspection), a small slice of its API, and the failure shapes of
 //! `provider-semantics.md`: Salesforce's `INVALID_SESSION_ID` arrays and 403 rate limits,
 //! Atlassian's 401 "scope does not match" and 403 dead refresh, Slack's HTTP 200
-//! `{"ok":false}` errors. Faults are injected per account (upstream subject) with plain
+//! `{"ok":false}` errors, GitHub's 200 token errors and scope-hiding 404s, Google's
+//! `ErrorInfo` reasons and `invalid_grant`, Microsoft's `AADSTS` codes and claims
+//! challenges. Each speaks HTTP/1.1 with keep-alive. Faults are injected per account (upstream subject) with plain
 //! methods; a [`Ledger`] records every API call, every effective write and every token
 //! request so tests can assert exactly-once effects, a single principal, and "exactly one
 //! refresh".
@@ -58,30 +61,43 @@
 //! # let _ = code; Ok(()) }
 //! ```
 
+mod api;
+mod client;
 mod connect;
+mod endpoints;
 mod faults;
+mod github;
+mod google;
 mod jira;
 mod ledger;
+mod microsoft;
 mod oauth;
 mod salesforce;
 mod server;
 mod slack;
+mod state;
+mod wire;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use client::{ClientConfig, Rotation, pkce_challenge};
 pub use connect::{ConnectError, REDIRECT_URI};
 pub use faults::FaultKind;
+pub use github::GithubApi;
+pub use google::GoogleApi;
 pub use jira::JiraApi;
 pub use ledger::{CallRecord, GrantId, Ledger, LedgerError, TokenRequestRecord, WriteRecord};
-pub use oauth::{ClientConfig, Rotation, pkce_challenge};
+pub use microsoft::MicrosoftApi;
 pub use salesforce::SalesforceApi;
 pub use slack::SlackApi;
 
 use self::oauth::{AuthorizeOutcome, OAuthState, User};
-use self::server::{ProviderImpl, ServerHandle, Shared, StateInner};
+use self::server::ServerHandle;
+use self::state::{Shared, StateInner};
+use self::wire::ProviderImpl;
 
 /// The Salesforce emulator.
 pub type Salesforce = Emulator<SalesforceApi>;
@@ -89,13 +105,23 @@ pub type Salesforce = Emulator<SalesforceApi>;
 pub type Jira = Emulator<JiraApi>;
 /// The Slack emulator.
 pub type Slack = Emulator<SlackApi>;
+/// The GitHub emulator (GitHub App user tokens; [`Github::oauth_app_config`] for an OAuth app).
+pub type Github = Emulator<GithubApi>;
+/// The Google emulator (OAuth, OIDC, Calendar v3).
+pub type Google = Emulator<GoogleApi>;
+/// The Microsoft emulator (Entra ID v2, Graph v1.0).
+pub type Microsoft = Emulator<MicrosoftApi>;
 
-/// A provider an [`Emulator`] can emulate: [`SalesforceApi`], [`JiraApi`] or [`SlackApi`].
+/// A provider an [`Emulator`] can emulate: [`SalesforceApi`], [`JiraApi`], [`SlackApi`],
+/// [`GithubApi`], [`GoogleApi`] or [`MicrosoftApi`].
 /// Sealed: the wire shapes live inside this crate.
 pub trait Provider: ProviderImpl {}
 impl Provider for SalesforceApi {}
 impl Provider for JiraApi {}
 impl Provider for SlackApi {}
+impl Provider for GithubApi {}
+impl Provider for GoogleApi {}
+impl Provider for MicrosoftApi {}
 
 /// Why the sandbox could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +167,9 @@ pub struct EmulatorConfig {
     pub access_token_lifetime: Duration,
     /// What a refresh does to the refresh token it used.
     pub rotation: Rotation,
+    /// Whether the code exchange issues refresh tokens at all (`false`: GitHub OAuth apps,
+    /// whose access tokens never expire).
+    pub refresh_tokens: bool,
 }
 
 impl EmulatorConfig {
@@ -153,6 +182,12 @@ impl EmulatorConfig {
     /// Sets the access-token lifetime (e.g. seconds, so tests see tokens expire soon).
     pub fn with_access_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.access_token_lifetime = lifetime;
+        self
+    }
+
+    /// Sets whether refresh tokens are issued.
+    pub fn with_refresh_tokens(mut self, issue: bool) -> Self {
+        self.refresh_tokens = issue;
         self
     }
 
@@ -233,7 +268,7 @@ impl<P: Provider> Emulator<P> {
         let base_url = format!("http://{addr}");
         let tenant = P::new_tenant();
         let (access_prefix, refresh_prefix) = P::token_prefixes(&tenant);
-        let oauth = OAuthState::new(
+        let mut oauth = OAuthState::new(
             config.client,
             config.access_token_lifetime,
             config.rotation,
@@ -241,6 +276,8 @@ impl<P: Provider> Emulator<P> {
             access_prefix,
             refresh_prefix,
         );
+        oauth.offline_param = P::OFFLINE_PARAM;
+        oauth.issue_refresh = config.refresh_tokens;
         let shared = Arc::new(Shared::<P> {
             base_url: base_url.clone(),
             tenant: tenant.clone(),

@@ -1,120 +1,15 @@
 //! The provider-neutral OAuth 2.0 authorization server behind every emulator:
-//! clients, users, consent, codes with PKCE S256, grants, access and refresh tokens.
+//! users, consent, codes with PKCE S256, grants, access and refresh tokens.
 //!
 //! Provider modules only translate its outcomes into their wire shapes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
+use super::client::{ClientConfig, Rotation, pkce_challenge, random_string, split_scopes};
 use super::ledger::GrantId;
-
-/// The OAuth client (connected app) an emulator accepts.
-#[derive(Clone)]
-pub struct ClientConfig {
-    /// The `client_id` (Salesforce "consumer key").
-    pub client_id: String,
-    /// The `client_secret`; a token request with another secret is rejected with the
-    /// provider's invalid-client shape.
-    pub client_secret: SecretString,
-    /// Registered redirect URIs. Empty means "accept any redirect URI" (tests bind
-    /// their callback servers on ephemeral ports); the token request must still repeat
-    /// the exact URI the authorize request used.
-    pub redirect_uris: Vec<String>,
-}
-
-impl ClientConfig {
-    /// A client with this id and secret, accepting any redirect URI.
-    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
-        Self {
-            client_id: client_id.into(),
-            client_secret: SecretString::from(client_secret.into()),
-            redirect_uris: Vec::new(),
-        }
-    }
-
-    /// Registers a redirect URI; once one is registered, others are refused.
-    pub fn with_redirect_uri(mut self, uri: impl Into<String>) -> Self {
-        self.redirect_uris.push(uri.into());
-        self
-    }
-}
-
-impl fmt::Debug for ClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
-            .field("redirect_uris", &self.redirect_uris)
-            .finish()
-    }
-}
-
-/// What a refresh does to the refresh token it used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rotation {
-    /// The refresh token is reused; refresh responses carry no new one (Salesforce default).
-    Never,
-    /// Every refresh returns a new refresh token and the used one dies at once
-    /// (Slack; Salesforce with rotation enabled).
-    Immediate,
-    /// Every refresh returns a new refresh token; the used one stays usable for this
-    /// leeway after its first use, then dies (Atlassian: 10 minutes).
-    WithLeeway(Duration),
-}
-
-/// Computes the PKCE S256 `code_challenge` of a `code_verifier`
-/// (`BASE64URL-NOPAD(SHA256(verifier))`, RFC 7636 §4.2).
-pub fn pkce_challenge(verifier: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-}
-
-/// A fresh random URL-safe string of `bytes` random bytes.
-pub fn random_string(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::fill(&mut buf[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
-/// A random UUID-shaped string (`8-4-4-4-12` lower-case hex).
-pub fn random_uuid() -> String {
-    let mut buf = [0u8; 16];
-    rand::fill(&mut buf[..]);
-    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
-/// Random alphanumeric upper-case characters (ids like Slack's `T0123ABCD`).
-pub fn random_upper(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ0123456789";
-    let mut buf = vec![0u8; len];
-    rand::fill(&mut buf[..]);
-    buf.iter()
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-        .collect()
-}
-
-/// Splits a scope parameter on spaces and commas (Slack uses commas, the rest spaces).
-pub fn split_scopes(s: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for part in s.split([' ', ',', '+']).filter(|p| !p.is_empty()) {
-        if !out.iter().any(|o| o == part) {
-            out.push(part.to_owned());
-        }
-    }
-    out
-}
 
 pub struct User {
     pub login: String,
@@ -126,6 +21,8 @@ struct Code {
     challenge: String,
     scopes: Vec<String>,
     subject: String,
+    /// The authorize request carried the provider's offline-access parameter (if it has one).
+    offline: bool,
     expires_at: Instant,
 }
 
@@ -221,6 +118,11 @@ pub struct OAuthState {
     pub users: BTreeMap<String, User>,
     pub approver: Option<String>,
     pub untick_next: Vec<String>,
+    /// The authorize parameter without which no refresh token is issued (Google
+    /// `access_type=offline`); `None`: refresh tokens do not depend on a parameter.
+    pub offline_param: Option<(&'static str, &'static str)>,
+    /// Whether refresh tokens are issued at all (GitHub OAuth apps: never).
+    pub issue_refresh: bool,
     codes: HashMap<String, Code>,
     pub grants: BTreeMap<GrantId, Grant>,
     access: HashMap<String, Access>,
@@ -250,6 +152,8 @@ impl OAuthState {
             users: BTreeMap::new(),
             approver: None,
             untick_next: Vec::new(),
+            offline_param: None,
+            issue_refresh: true,
             codes: HashMap::new(),
             grants: BTreeMap::new(),
             access: HashMap::new(),
@@ -326,10 +230,22 @@ impl OAuthState {
         };
         let requested = split_scopes(get("scope").or(get("user_scope")).unwrap_or(""));
         let untick = std::mem::take(&mut self.untick_next);
-        let scopes: Vec<String> = requested
+        let mut scopes: Vec<String> = requested
             .into_iter()
             .filter(|s| !untick.contains(s))
             .collect();
+        // Incremental authorization (Google): the new grant also carries what the user
+        // granted this client before.
+        if get("include_granted_scopes") == Some("true") {
+            for s in self.granted_scopes(&subject).unwrap_or_default() {
+                if !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+        }
+        let offline = self
+            .offline_param
+            .is_none_or(|(name, value)| get(name) == Some(value));
         let code = random_string(24);
         self.note_secret(&code);
         self.codes.insert(
@@ -340,6 +256,7 @@ impl OAuthState {
                 challenge: challenge.to_owned(),
                 scopes,
                 subject,
+                offline,
                 expires_at: now + Duration::from_secs(600),
             },
         );
@@ -406,11 +323,13 @@ impl OAuthState {
         }
         let grant = GrantId(self.next_grant);
         self.next_grant += 1;
-        let with_refresh = self.refresh_scopes.is_empty()
-            || entry
-                .scopes
-                .iter()
-                .any(|s| self.refresh_scopes.contains(&s.as_str()));
+        let with_refresh = self.issue_refresh
+            && entry.offline
+            && (self.refresh_scopes.is_empty()
+                || entry
+                    .scopes
+                    .iter()
+                    .any(|s| self.refresh_scopes.contains(&s.as_str())));
         self.grants.insert(
             grant,
             Grant {
@@ -441,6 +360,13 @@ impl OAuthState {
             Rotation::Never => false,
             Rotation::Immediate => {
                 rt.dies_at = Some(now);
+                true
+            }
+            Rotation::ImmediateWithAccess => {
+                rt.dies_at = Some(now);
+                for a in self.access.values_mut().filter(|a| a.grant == grant_id) {
+                    a.revoked = true;
+                }
                 true
             }
             Rotation::WithLeeway(leeway) => {

@@ -14,12 +14,13 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_upper};
-use super::server::{
-    ApiCall, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx,
-    authorize_endpoint, check_client_of, epoch_millis, epoch_secs, no_store, params, run_api,
-    token_endpoint,
-};
+use super::api::{ApiCall, run_api};
+use super::client::{ClientConfig, Rotation, random_upper};
+use super::endpoints::{authorize_endpoint, check_client_of, no_store, params, token_endpoint};
+use super::oauth::{Issued, TokenError};
+use super::server::ConnKill;
+use super::state::{Shared, epoch_millis, epoch_secs};
+use super::wire::{ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
 
 /// Marker type of the Salesforce emulator (see [`Salesforce`](super::Salesforce)).
@@ -77,6 +78,7 @@ impl ProviderImpl for SalesforceApi {
             client: ClientConfig::new("sandbox-client", "sandbox-secret"),
             access_token_lifetime: Duration::from_secs(2 * 3600),
             rotation: Rotation::Never,
+            refresh_tokens: true,
         }
     }
 

@@ -14,11 +14,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde_json::{Value, json};
 
-use super::oauth::{ClientConfig, Issued, Rotation, TokenError, random_upper};
-use super::server::{
-    ApiCall, ApiFailure, ApiReply, ConnKill, OpResult, ProviderImpl, Shared, TokenCtx,
-    authorize_endpoint, bearer, epoch_secs, params, run_api, token_endpoint,
-};
+use super::api::{ApiCall, run_api};
+use super::client::{ClientConfig, Rotation, random_upper};
+use super::endpoints::{authorize_endpoint, bearer, params, token_endpoint};
+use super::oauth::{Issued, TokenError};
+use super::server::ConnKill;
+use super::state::{Shared, epoch_secs};
+use super::wire::{ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
 
 /// Marker type of the Slack emulator (see [`Slack`](super::Slack)).
@@ -55,6 +57,7 @@ impl ProviderImpl for SlackApi {
             client: ClientConfig::new("sandbox-client", "sandbox-secret"),
             access_token_lifetime: Duration::from_secs(43_200),
             rotation: Rotation::Immediate,
+            refresh_tokens: true,
         }
     }
 

@@ -108,6 +108,8 @@ pub enum VaultError {
         principal_id: String,
         /// The connector.
         connector: String,
+        /// The token endpoint's HTTP status.
+        status: u16,
         /// The provider's error code.
         error_code: Option<String>,
     },
@@ -188,7 +190,8 @@ pub enum VaultError {
     #[error(
         "identity drift: principal `{principal_id}` re-consented to `{connector}` as upstream subject \
          `{new_subject}`, but the connected account belongs to `{stored_subject}`; refused, the stored account \
-         is unchanged (disconnect it first to switch upstream users)"
+         is unchanged. To switch upstream users, disconnect it first (`Vault::disconnect`) and consent \
+         again, or replace it explicitly with `Vault::forget_account`"
     )]
     IdentityDrift {
         /// The principal.
@@ -199,6 +202,50 @@ pub enum VaultError {
         stored_subject: String,
         /// The subject the new consent returned.
         new_subject: String,
+    },
+    /// The consent callback landed for another principal than the one the consent link was
+    /// issued to: refused before the code exchange, and the link is used up.
+    #[error(
+        "the consent callback for `{connector}` was completed by principal `{principal_id}`, but the \
+         consent link was issued to another principal; refused (the link is used up, start a new consent)"
+    )]
+    ConsentPrincipalMismatch {
+        /// The principal who completed the callback.
+        principal_id: String,
+        /// The connector.
+        connector: String,
+    },
+    /// The provider sent the user back with an OAuth error (e.g. `access_denied`); the pending
+    /// consent is ended.
+    #[error(
+        "the `{connector}` consent of principal `{principal_id}` was not granted: the provider answered `{error_code}`"
+    )]
+    ConsentDenied {
+        /// The principal.
+        principal_id: String,
+        /// The connector.
+        connector: String,
+        /// The provider's sanitized error code.
+        error_code: String,
+    },
+    /// The redirect URL of a consent callback carries neither `code` and `state` nor `error`.
+    #[error("the consent callback URL is not a consent redirect: {reason}")]
+    MalformedCallback {
+        /// What is wrong (never the URL itself: it carries the code).
+        reason: String,
+    },
+    /// The upstream user of a new consent is already bound to another principal's account on the
+    /// same connector, and [`SharedSubjectPolicy::Refuse`](crate::vault::SharedSubjectPolicy)
+    /// is in force: refused, and the new grant is revoked.
+    #[error(
+        "the `{connector}` upstream user of this consent is already connected to another principal; \
+         refused (one upstream user belongs to one principal)"
+    )]
+    SubjectAlreadyBound {
+        /// The principal who consented.
+        principal_id: String,
+        /// The connector.
+        connector: String,
     },
     /// The upstream subject could not be determined.
     #[error("cannot determine the upstream subject for `{connector}`: {reason}")]

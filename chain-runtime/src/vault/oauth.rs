@@ -33,7 +33,6 @@ pub(crate) struct TokenSet {
     pub(crate) access_token: AccessToken,
     pub(crate) refresh_token: Option<RefreshToken>,
     pub(crate) expires_in: Option<i64>,
-    pub(crate) issued_at_ms: Option<i64>,
     pub(crate) scope: Option<String>,
     pub(crate) body: RawJson,
 }
@@ -56,8 +55,10 @@ pub(crate) enum TokenOutcome {
 pub struct Introspection {
     /// Whether the token is active. `false` says nothing about why (expired or revoked).
     pub active: bool,
-    /// `exp`, unix seconds.
+    /// `exp`, unix seconds, on the provider's clock.
     pub expires_at: Option<i64>,
+    /// `iat`, unix seconds, on the provider's clock.
+    pub issued_at: Option<i64>,
     /// `scope`, split with the provider's separator.
     pub scopes: Vec<String>,
     /// `sub`.
@@ -86,17 +87,22 @@ impl TokenKind {
 
 /// Keeps an error code only if it looks like one (so a body can never smuggle a secret into an error).
 fn sane_error_code(value: Option<&serde_json::Value>) -> Option<String> {
-    let code = value?.as_str()?;
+    Some(sanitize_error_code(value?.as_str()?))
+}
+
+/// An OAuth error code as it may be logged and audited: itself when it looks like one (short,
+/// `[A-Za-z0-9_.:-]`), else `unrecognized_error_code`.
+pub(crate) fn sanitize_error_code(code: &str) -> String {
     let ok = !code.is_empty()
         && code.len() <= 64
         && code
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-    Some(if ok {
+    if ok {
         code.to_owned()
     } else {
         "unrecognized_error_code".to_owned()
-    })
+    }
 }
 
 /// Classification of token-endpoint error codes, used when `classify` sees a success status
@@ -121,6 +127,43 @@ fn fallback_class(code: Option<&str>) -> FailureClass {
         ) => FailureClass::InvalidClient,
         Some("ratelimited" | "slow_down") => FailureClass::RateLimited,
         _ => FailureClass::ServerError,
+    }
+}
+
+/// The class of a token-endpoint error response. `error_code` is the sanitized `error` field of
+/// a JSON body, `None` when the body carries none (an HTML error page, a proxy's 400, an empty
+/// body).
+///
+/// Only a well-formed OAuth error may mean the grant is gone: a body without an `error` code is
+/// never [`FailureClass::GrantRevoked`] (nor [`FailureClass::InvalidClient`] unless the status is
+/// 401), whatever the status, because a proxy or load balancer can answer a token request with
+/// an HTML 400. Such answers are transient: the grant is kept and the refresh retried.
+/// This is the one place to switch to the classifier's own token-error function.
+pub(crate) fn token_error_class(
+    provider: &ProviderConfig,
+    reply: &HttpReply,
+    error_code: Option<&str>,
+) -> FailureClass {
+    let verdict = classify(
+        &provider.provider,
+        RequestKind::TokenRefresh,
+        reply.status,
+        &reply.headers,
+        &reply.body,
+    )
+    .class;
+    let verdict = if verdict == FailureClass::Ok {
+        fallback_class(error_code)
+    } else {
+        verdict
+    };
+    if error_code.is_some() {
+        return verdict;
+    }
+    match verdict {
+        FailureClass::GrantRevoked => FailureClass::ServerError,
+        FailureClass::InvalidClient if reply.status != 401 => FailureClass::ServerError,
+        other => other,
     }
 }
 
@@ -151,7 +194,25 @@ pub(crate) async fn send(
         timed_out: e.is_timeout(),
     };
     let exchange = async {
-        let response = request.send().await.map_err(transport)?;
+        // A pooled connection the peer already closed (after an early error response) fails the
+        // request before any response arrives: retry once, on a fresh connection, before it
+        // counts as a failure. Timeouts are not retried (the bound is already spent).
+        let retry = request.try_clone();
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if !e.is_timeout() && (e.is_request() || e.is_connect()) => match retry {
+                Some(retry) => {
+                    tracing::debug!(
+                        connector,
+                        operation,
+                        "vault request failed before a response; retrying once"
+                    );
+                    retry.send().await.map_err(transport)?
+                }
+                None => return Err(transport(e)),
+            },
+            Err(e) => return Err(transport(e)),
+        };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         if response
@@ -263,19 +324,7 @@ fn parse_token_reply(
 
     if !success_status || is_error_body {
         let error_code = json.as_ref().and_then(|v| sane_error_code(v.get("error")));
-        let verdict = classify(
-            &provider.provider,
-            RequestKind::TokenRefresh,
-            reply.status,
-            &reply.headers,
-            &reply.body,
-        )
-        .class;
-        let class = if verdict == FailureClass::Ok {
-            fallback_class(error_code.as_deref())
-        } else {
-            verdict
-        };
+        let class = token_error_class(provider, &reply, error_code.as_deref());
         return Ok(TokenOutcome::Rejected {
             status: reply.status,
             class,
@@ -311,7 +360,6 @@ fn parse_token_reply(
             }
         },
     };
-    let issued_at_ms = json.get("issued_at").and_then(number);
     let scope = match json.get("scope") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -328,7 +376,6 @@ fn parse_token_reply(
         access_token,
         refresh_token,
         expires_in,
-        issued_at_ms,
         scope,
         body: RawJson(json),
     }))
@@ -397,6 +444,7 @@ pub(crate) async fn introspect(
             .and_then(|a| a.as_bool())
             .unwrap_or(false),
         expires_at: json.get("exp").and_then(number),
+        issued_at: json.get("iat").and_then(number),
         scopes: json
             .get("scope")
             .and_then(|s| s.as_str())
@@ -566,6 +614,44 @@ mod tests {
     }
 
     #[test]
+    fn only_a_well_formed_oauth_error_revokes() {
+        let class = |status, body: &str| match parse_token_reply(
+            &provider(),
+            "refresh",
+            reply(status, body),
+        )
+        .unwrap()
+        {
+            TokenOutcome::Rejected { class, .. } => class,
+            TokenOutcome::Tokens(_) => panic!("not a rejection"),
+        };
+        assert_eq!(
+            class(400, r#"{"error":"invalid_grant"}"#),
+            FailureClass::GrantRevoked
+        );
+        for (status, body) in [
+            (400, "<html><body>Bad Request</body></html>"),
+            (400, ""),
+            (400, r#"{"message":"bad request"}"#),
+            (403, "<html>Forbidden</html>"),
+        ] {
+            assert_eq!(
+                class(status, body),
+                FailureClass::ServerError,
+                "{status} {body}"
+            );
+        }
+        assert_eq!(
+            class(401, "<html>Unauthorized</html>"),
+            FailureClass::InvalidClient
+        );
+        assert_eq!(
+            class(401, r#"{"error":"invalid_client"}"#),
+            FailureClass::InvalidClient
+        );
+    }
+
+    #[test]
     fn malformed_bodies_name_no_content() {
         for body in [
             "<html>secret-xyz</html>",
@@ -601,7 +687,6 @@ mod tests {
             panic!()
         };
         assert_eq!(t.expires_in, Some(3600));
-        assert_eq!(t.issued_at_ms, Some(1_700_000_000_000));
         let code = sane_error_code(Some(&serde_json::json!("leaked token abc def")));
         assert_eq!(code.as_deref(), Some("unrecognized_error_code"));
     }

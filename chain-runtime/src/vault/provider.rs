@@ -125,6 +125,14 @@ pub struct ProviderConfig {
     /// The provider's classification quirks as data, consulted before everything else the
     /// classifier knows (see [`crate::classify::rules`]).
     pub classification_rules: Option<crate::classify::RuleSet>,
+    /// Scopes the provider needs for the credential's own lifecycle rather than for any step:
+    /// refresh (`offline_access`, Salesforce `refresh_token`) or identity (`openid`, Atlassian
+    /// `read:me`). Every consent link asks for them, and least-privilege checks must not report
+    /// them as unused.
+    pub lifecycle_scopes: Vec<String>,
+    /// The header that carries a step's idempotency key on every call, or `None` to send
+    /// none (providers that ignore it). Default `Idempotency-Key`.
+    pub idempotency_header: Option<String>,
 }
 
 impl ProviderConfig {
@@ -159,7 +167,29 @@ impl ProviderConfig {
             consent_ttl: Duration::from_secs(10 * 60),
             extra_authorize_params: Vec::new(),
             classification_rules: None,
+            lifecycle_scopes: Vec::new(),
+            idempotency_header: Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned()),
         })
+    }
+
+    /// Adds scopes every consent link asks for (see [`ProviderConfig::lifecycle_scopes`]).
+    pub fn with_lifecycle_scopes<S: AsRef<str>>(
+        mut self,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Self {
+        for s in scopes {
+            let s = s.as_ref();
+            if !self.lifecycle_scopes.iter().any(|l| l == s) {
+                self.lifecycle_scopes.push(s.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Sets the idempotency header name; `None` sends no idempotency header.
+    pub fn with_idempotency_header(mut self, header: Option<&str>) -> Self {
+        self.idempotency_header = header.map(str::to_owned);
+        self
     }
 
     /// Sets the RFC 7009 revocation endpoint.
@@ -235,6 +265,13 @@ impl ProviderConfig {
     }
 }
 
+/// The idempotency header [`ProviderConfig::new`] sets.
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+fn default_idempotency_header() -> Option<String> {
+    Some(DEFAULT_IDEMPOTENCY_HEADER.to_owned())
+}
+
 /// The stored form of a [`ProviderConfig`] without its client secret (format version 1).
 /// Field names are stable: the `config` column of `vault_providers`.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -257,6 +294,10 @@ struct ProviderRecord {
     extra_authorize_params: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     classification_rules: Option<crate::classify::RuleSet>,
+    #[serde(default)]
+    lifecycle_scopes: Vec<String>,
+    #[serde(default = "default_idempotency_header")]
+    idempotency_header: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -306,6 +347,8 @@ impl ProviderConfig {
             consent_ttl: self.consent_ttl,
             extra_authorize_params: self.extra_authorize_params.clone(),
             classification_rules: self.classification_rules.clone(),
+            lifecycle_scopes: self.lifecycle_scopes.clone(),
+            idempotency_header: self.idempotency_header.clone(),
         };
         serde_json::to_string(&record).map_err(|e| VaultError::Config {
             connector: self.connector.clone(),
@@ -368,6 +411,8 @@ impl ProviderConfig {
             consent_ttl: r.consent_ttl,
             extra_authorize_params: r.extra_authorize_params,
             classification_rules: r.classification_rules,
+            lifecycle_scopes: r.lifecycle_scopes,
+            idempotency_header: r.idempotency_header,
         })
     }
 }

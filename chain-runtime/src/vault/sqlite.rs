@@ -248,6 +248,53 @@ impl AccountStore for SqliteStore {
         })
     }
 
+    fn delete_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+        expected_rt_version: i64,
+    ) -> StoreFuture<'_, bool> {
+        let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM vault_accounts WHERE principal_id = ?1 AND connector = ?2 AND rt_version = ?3",
+                    params![principal_id, connector, expected_rt_version],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn accounts_with_subject(
+        &self,
+        connector: &str,
+        upstream_subject: &str,
+    ) -> StoreFuture<'_, Vec<StoredAccount>> {
+        let (connector, subject) = (connector.to_owned(), upstream_subject.to_owned());
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts \
+                     WHERE connector = ?1 AND upstream_subject = ?2 ORDER BY principal_id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![connector, subject], account_from_row)
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut account, scopes, status) = row.map_err(backend)?;
+                account.granted_scopes = scopes_from_text(&scopes)?;
+                account.status = AccountStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown account status `{status}`"))
+                })?;
+                out.push(account);
+            }
+            Ok(out)
+        })
+    }
+
     fn put_consent(&self, c: StoredConsent) -> StoreFuture<'_, ()> {
         self.run(move |conn| {
             let scopes = scopes_to_text(&c.scopes)?;

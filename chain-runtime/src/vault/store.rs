@@ -162,6 +162,22 @@ pub trait AccountStore: Send + Sync + 'static {
         expected_rt_version: i64,
     ) -> StoreFuture<'_, bool>;
 
+    /// Deletes the account of (principal, connector) if its stored `rt_version` equals
+    /// `expected_rt_version`; returns whether it did.
+    fn delete_account(
+        &self,
+        principal_id: &str,
+        connector: &str,
+        expected_rt_version: i64,
+    ) -> StoreFuture<'_, bool>;
+
+    /// Every account (any principal, any status) on `connector` bound to `upstream_subject`.
+    fn accounts_with_subject(
+        &self,
+        connector: &str,
+        upstream_subject: &str,
+    ) -> StoreFuture<'_, Vec<StoredAccount>>;
+
     /// Stores a pending consent.
     fn put_consent(&self, consent: StoredConsent) -> StoreFuture<'_, ()>;
 

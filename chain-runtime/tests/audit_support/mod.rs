@@ -140,6 +140,8 @@ pub async fn simulate_run(
             AuditEvent::TokenRefresh {
                 failure_class: None,
                 expires_at_unix_ms: Some(t0 + 3_600_000),
+                http_status: None,
+                error_code: None,
             },
         )
         .at(t0 + 25)

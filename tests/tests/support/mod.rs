@@ -44,6 +44,12 @@ fn rand_byte() -> u8 {
     (h.finish() & 0xff) as u8
 }
 
+/// Installs the `ring` rustls provider for the test's own HTTP clients (the vault installs
+/// one itself when it builds its client).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The oidc-provider server, killed on drop.
 pub struct OAuthServer {
     child: Child,
@@ -259,7 +265,7 @@ async fn proxy_handler(
 
 impl TokenProxy {
     pub async fn start(upstream: &str) -> Self {
-        chain_runtime::vault::ensure_tls_provider();
+        install_tls_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let proxy = TokenProxy {
@@ -371,11 +377,13 @@ impl Harness {
             clock,
             ..VaultOptions::default()
         };
-        let vault = Vault::open_sqlite(path, VaultKey::from_bytes(key), options)
+        let runtime = chain_runtime::Runtime::sqlite(path)
+            .vault_key_with(VaultKey::from_bytes(key), options)
+            .provider(self.provider())
+            .open()
             .await
             .unwrap();
-        vault.register_provider(self.provider()).await.unwrap();
-        vault
+        runtime.vault().unwrap().clone()
     }
 }
 
@@ -386,7 +394,7 @@ pub async fn authorize(
     login_hint: &str,
     deny_scope: Option<&str>,
 ) -> (String, String) {
-    chain_runtime::vault::ensure_tls_provider();
+    install_tls_provider();
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -438,7 +446,10 @@ pub async fn connect(
         .await
         .unwrap();
     let (state, code) = authorize(&link.url, login, None).await;
-    vault.complete_consent(&state, &code).await.unwrap()
+    vault
+        .complete_consent(principal, &state, &code)
+        .await
+        .unwrap()
 }
 
 /// A `MakeWriter` collecting all log output in memory.
