@@ -98,15 +98,12 @@ pub(super) fn token_code_class(code: &str) -> Option<FailureClass> {
 
 /// The class of a token-endpoint failure without a well-formed, known OAuth error code (an HTML
 /// page from a proxy, an empty body, a code nobody documents): transient, never revocation. Only
-/// the shapes that can only be the client's configuration go to the operator: a 401 carrying a
-/// `WWW-Authenticate` challenge (RFC 6749 §5.2: the client authentication failed) and a token
-/// URL that does not exist or does not take a form POST (404, 405, 406, 415).
+/// the shapes that can only be the client's configuration go to the operator (never to a
+/// re-consent): a 401 (RFC 6749 §5.2: the client authentication failed) and a token URL that
+/// does not exist or does not take a form POST (404, 405, 406, 415).
 pub(super) fn token_status_class(r: &Response<'_>) -> FailureClass {
     match r.status {
-        401 if r.headers.contains_key(http::header::WWW_AUTHENTICATE) => {
-            FailureClass::InvalidClient
-        }
-        404 | 405 | 406 | 415 => FailureClass::InvalidClient,
+        401 | 404 | 405 | 406 | 415 => FailureClass::InvalidClient,
         _ => FailureClass::ServerError,
     }
 }
