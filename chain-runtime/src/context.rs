@@ -228,6 +228,20 @@ pub struct ChainCtx<P> {
     principal: P,
     driver: Arc<dyn RunDriver>,
     site: AtomicU32,
+    usage: ToolUsage,
+}
+
+/// What one run of a chain body has used of its model-turn and tool-call limits (the chain's
+/// `max_model_turns`, `max_tool_calls`, `max_rejected_tool_calls`), over all its
+/// conversations. A replay re-runs the body from the start, so it counts the same again.
+#[derive(Debug, Default)]
+pub(crate) struct ToolUsage {
+    /// Model turns taken.
+    pub(crate) turns: AtomicU32,
+    /// Tool calls the models made.
+    pub(crate) calls: AtomicU32,
+    /// Tool calls refused (unknown tool, invalid arguments).
+    pub(crate) rejected: AtomicU32,
 }
 
 impl<P: Principal> std::fmt::Debug for ChainCtx<P> {
@@ -244,7 +258,13 @@ impl<P: Principal> ChainCtx<P> {
             principal,
             driver,
             site: AtomicU32::new(0),
+            usage: ToolUsage::default(),
         }
+    }
+
+    /// What this run has used of its model-turn and tool-call limits.
+    pub(crate) fn usage(&self) -> &ToolUsage {
+        &self.usage
     }
 
     /// The principal this run acts for.

@@ -143,16 +143,21 @@ async fn lists_the_chains_as_tools() {
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(names, ["escalate_deal", "escalate_and_note"]);
     let tool = &tools[0];
-    assert!(
-        tool.description
-            .as_deref()
-            .unwrap_or("")
-            .contains("open_issue")
+    // The generated definition: the chain's doc comment and the JSON Schema of its inputs,
+    // named after its parameters.
+    assert_eq!(
+        tool.description.as_deref(),
+        Some("Escalates a deal across Salesforce, Jira and Slack.")
     );
     assert_eq!(
         tool.input_schema.get("type"),
         Some(&serde_json::json!("object"))
     );
+    assert_eq!(
+        tool.input_schema.get("required"),
+        Some(&serde_json::json!(["deal"]))
+    );
+    assert!(tool.input_schema["properties"]["deal"].is_object());
     assert!(tool.output_schema.is_some());
     client.cancel().await.unwrap();
 }

@@ -13,15 +13,14 @@ use crate::step::{Effect, ErasedStepCall, StepError, StepMeta};
 use crate::tool::{ToolFormat, validate};
 
 /// The conversation a chain holds with a model: the model's name (see
-/// [`crate::model::register_model`]), the messages so far, and what the run used of its
-/// limits. Rebuilt identically on replay, since every turn and tool result is journaled.
+/// [`crate::model::register_model`]), the messages so far and its turn count. Rebuilt
+/// identically on replay, since every turn and tool result is journaled. The chain's limits
+/// count per run, over all its conversations.
 #[derive(Clone, Debug)]
 pub struct Conversation {
     model: String,
     messages: Vec<Message>,
     turns: u32,
-    calls: u32,
-    rejected: u32,
 }
 
 impl Conversation {
@@ -31,8 +30,6 @@ impl Conversation {
             model: model.into(),
             messages: Vec::new(),
             turns: 0,
-            calls: 0,
-            rejected: 0,
         }
     }
 
@@ -143,7 +140,8 @@ impl<P: Principal> ChainCtx<P> {
         chat: &mut Conversation,
     ) -> Result<Option<String>, ChainError> {
         let limits = tools.chain.tool_limits;
-        if chat.turns >= limits.max_model_turns {
+        // The limits are per run: counted on the run's context, over all its conversations.
+        if bump(&self.usage().turns) > limits.max_model_turns {
             return Err(limit("model turns", limits.max_model_turns));
         }
         chat.turns += 1;
@@ -184,8 +182,7 @@ impl<P: Principal> ChainCtx<P> {
             return Ok(Some(response.text.unwrap_or_default()));
         }
         for call in &response.tool_calls {
-            chat.calls += 1;
-            if chat.calls > limits.max_tool_calls {
+            if bump(&self.usage().calls) > limits.max_tool_calls {
                 return Err(limit("tool calls", limits.max_tool_calls));
             }
             let (content, is_error) = match self.prepare(tools, call) {
@@ -197,10 +194,10 @@ impl<P: Principal> ChainCtx<P> {
                     },
                     Err(decode) => {
                         let reason = format!("invalid arguments for `{}`: {decode}", call.name);
-                        (self.reject(tools, chat, reason).await?, true)
+                        (self.reject(tools, reason).await?, true)
                     }
                 },
-                Err(reason) => (self.reject(tools, chat, reason).await?, true),
+                Err(reason) => (self.reject(tools, reason).await?, true),
             };
             chat.messages.push(Message::Tool {
                 call_id: call.id.clone(),
@@ -242,12 +239,7 @@ impl<P: Principal> ChainCtx<P> {
 
     /// Journals and audits a rejected call (once: a replay returns the journaled rejection),
     /// counts it, and returns the tool result the model gets.
-    async fn reject(
-        &self,
-        tools: &Toolset<P>,
-        chat: &mut Conversation,
-        reason: String,
-    ) -> Result<String, ChainError> {
+    async fn reject(&self, tools: &Toolset<P>, reason: String) -> Result<String, ChainError> {
         let message = reason.clone();
         let rejected: ErasedStepCall =
             Box::new(move |_, _| Box::pin(async move { Err(StepError::Domain(message)) }));
@@ -260,11 +252,17 @@ impl<P: Principal> ChainCtx<P> {
             Err(other) => return Err(ChainError::Step(other)),
             Ok(_) => reason,
         };
-        chat.rejected += 1;
         let max = tools.chain.tool_limits.max_rejected_tool_calls;
-        if chat.rejected > max {
+        if bump(&self.usage().rejected) > max {
             return Err(limit("rejected tool calls", max));
         }
         Ok(json!({ "error": text }).to_string())
     }
+}
+
+/// Adds one to a run's counter and returns the new count.
+fn bump(counter: &std::sync::atomic::AtomicU32) -> u32 {
+    counter
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        .saturating_add(1)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::driver::Driver;
 use super::{Engine, EngineError};
 use crate::chain::ChainMeta;
-use crate::store::{Lease, RunRecord, RunState};
+use crate::store::{Lease, RunRecord, RunState, RunStore};
 
 /// Drives `run` of `meta` under `lease` until it completes, suspends, is compensated, blocks
 /// or fails (`retry`: the step a resume retries). The lease is released on every path.
@@ -18,12 +18,40 @@ pub(super) async fn drive(
     retry: Option<String>,
 ) -> Result<RunState, EngineError> {
     let store = Arc::clone(&engine.inner.store);
+    let mut abandoned = ReleaseIfAbandoned {
+        store: Arc::clone(&store),
+        lease: Some(lease.clone()),
+    };
     let result = drive_leased(engine, meta, run, &lease, retry).await;
+    abandoned.lease = None;
     if result.is_err() {
         // `finish` releases the lease on every path it reaches; this covers the rest.
         let _ = store.release_run(&lease).await;
     }
     result
+}
+
+/// Releases the lease when the future driving the run is dropped before it finishes (its task
+/// was aborted or its caller gave up): nobody drives the run any more, so another driver may
+/// claim it at once instead of after the lease expires. A process that dies releases nothing;
+/// its lease expires, or its holder lock tells the next claimer it is gone.
+struct ReleaseIfAbandoned {
+    store: Arc<dyn RunStore>,
+    lease: Option<Lease>,
+}
+
+impl Drop for ReleaseIfAbandoned {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.store);
+            runtime.spawn(async move {
+                let _ = store.release_run(&lease).await;
+            });
+        }
+    }
 }
 
 async fn drive_leased(

@@ -260,7 +260,7 @@ impl McpServer {
                 (tool.start)(
                     self.inner.engine.clone(),
                     identity.subject.clone(),
-                    tools::input_tuple(&arguments),
+                    tools::input_tuple(&tool.spec, &arguments),
                 )
                 .await
             }

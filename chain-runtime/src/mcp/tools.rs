@@ -1,9 +1,10 @@
 //! The tool a chain is exposed as: name, description, schemas, and how MCP arguments become the
 //! chain's input tuple.
 //!
-//! This is the one place that reads tool metadata off a [`ChainMeta`]; when `#[chain]`
-//! generates richer definitions (parameter names, doc comments, JSON Schemas), only this file
-//! changes.
+//! This is the one place that reads tool metadata off a [`ChainMeta`]: the generated tool
+//! definition (doc comment, JSON Schemas of the inputs and output) when the chain's types
+//! implement `JsonSchema`, otherwise a description built from the step list and an open
+//! object schema.
 
 use std::sync::Arc;
 
@@ -22,10 +23,25 @@ pub(crate) struct ToolSpec {
     pub input_schema: Arc<Map<String, Value>>,
     /// The structured result's schema, when known.
     pub output_schema: Option<Arc<Map<String, Value>>>,
+    /// The chain's parameter names, in declaration order.
+    pub params: &'static [&'static str],
 }
 
 /// The tool definition of `meta`.
 pub(crate) fn tool_spec(meta: &ChainMeta) -> ToolSpec {
+    if let Some(def) = meta.tool_definition() {
+        return ToolSpec {
+            name: def.name,
+            description: def.description,
+            input_schema: Arc::new(as_object(def.input_schema)),
+            output_schema: Some(Arc::new(as_object(json!({
+                "type": "object",
+                "properties": { "result": def.output_schema },
+                "required": ["result"],
+            })))),
+            params: meta.params,
+        };
+    }
     let steps: Vec<String> = meta
         .steps
         .iter()
@@ -49,6 +65,7 @@ pub(crate) fn tool_spec(meta: &ChainMeta) -> ToolSpec {
             "properties": { "result": { "description": "The chain's output." } },
             "required": ["result"],
         })))),
+        params: meta.params,
     }
 }
 
@@ -60,10 +77,19 @@ fn as_object(v: Value) -> Map<String, Value> {
 }
 
 /// The chain's input tuple (as a JSON array) from the MCP arguments object: one element per
-/// parameter, in declaration order. Without parameter names the object's values are taken in
+/// parameter, in declaration order (a missing one is `null`, which the chain's input type
+/// refuses unless it is optional). Without parameter names the object's values are taken in
 /// key order, which is exact for single-parameter chains.
-pub(crate) fn input_tuple(arguments: &Map<String, Value>) -> Value {
-    Value::Array(arguments.values().cloned().collect())
+pub(crate) fn input_tuple(spec: &ToolSpec, arguments: &Map<String, Value>) -> Value {
+    if spec.params.is_empty() {
+        return Value::Array(arguments.values().cloned().collect());
+    }
+    Value::Array(
+        spec.params
+            .iter()
+            .map(|p| arguments.get(*p).cloned().unwrap_or(Value::Null))
+            .collect(),
+    )
 }
 
 /// The structured content of a completed call: the output under `result`.
