@@ -37,9 +37,9 @@ use std::sync::Arc;
 use crate::accounts::AccountDirectory;
 use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
 use crate::context::Chain;
-use crate::engine::{Engine, Notifier, TracingNotifier};
-use crate::store::{RunStore, SqliteRunStore, StoreError};
-use crate::vault::{ProviderConfig, Vault, VaultError, VaultKey, VaultOptions};
+use crate::engine::{Engine, EngineError, Notifier, TracingNotifier};
+use crate::store::{RunState, RunStore, SqliteRunStore, StoreError};
+use crate::vault::{ConsentRequest, ProviderConfig, Vault, VaultError, VaultKey, VaultOptions};
 
 /// A wired runtime: the engine with its stores, and the vault it takes credentials from.
 #[derive(Clone, Debug)]
@@ -75,6 +75,30 @@ impl Runtime {
     /// The vault, or [`RuntimeError::NoVault`] when the runtime was built without a key.
     pub fn vault(&self) -> Result<&Vault, RuntimeError> {
         self.vault.as_ref().ok_or(RuntimeError::NoVault)
+    }
+
+    /// The consent link a suspended run waits on: for the run's principal, on the connector
+    /// it stopped at, asking for the scopes and authentication parameters the suspension
+    /// recorded (what was granted, what the chain needs, a step-up's `acr_values`). After the
+    /// consent completes, [`Engine::resume`] continues the run where it stopped.
+    pub async fn consent_link_for(&self, run_id: &str) -> Result<ConsentRequest, RuntimeError> {
+        let run = self.engine.run_status(run_id).await?;
+        let RunState::Suspended {
+            connector,
+            consent_scopes,
+            consent_params,
+            ..
+        } = &run.state
+        else {
+            return Err(RuntimeError::NotSuspended {
+                run_id: run_id.to_owned(),
+                state: run.state.kind().to_owned(),
+            });
+        };
+        Ok(self
+            .vault()?
+            .consent_link_with(&run.principal_id, connector, consent_scopes, consent_params)
+            .await?)
     }
 }
 
@@ -207,7 +231,7 @@ impl RuntimeBuilder {
     }
 }
 
-/// Why a runtime could not be opened.
+/// Why a runtime could not be opened, or could not do what was asked of it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
@@ -228,4 +252,15 @@ pub enum RuntimeError {
     /// The run journal could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The engine could not read the run.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A consent link was asked for a run that does not wait on a consent.
+    #[error("run `{run_id}` is {state}, not suspended: it waits on no consent")]
+    NotSuspended {
+        /// The run.
+        run_id: String,
+        /// Its state (`completed`, `blocked`, ...).
+        state: String,
+    },
 }

@@ -167,6 +167,8 @@ pub struct Demo {
     pub subjects: [String; 3],
     /// The SQLite file.
     pub db: PathBuf,
+    /// Everything above, wired (consent links for suspended runs).
+    pub runtime: Runtime,
 }
 
 /// The opportunity the demo escalates.
@@ -198,7 +200,7 @@ impl Demo {
             audit,
             runs,
             ..
-        } = runtime;
+        } = runtime.clone();
 
         let user = UserId("alice".into());
         let subjects = [
@@ -222,6 +224,7 @@ impl Demo {
             user,
             subjects,
             db: db.to_owned(),
+            runtime,
         })
     }
 
@@ -335,23 +338,11 @@ impl Demo {
         };
 
         if let RunState::Suspended {
-            reason,
-            connector,
-            consent_scopes,
-            consent_params,
-            ..
+            reason, connector, ..
         } = &state
         {
             timeline.push(format!("suspended: {reason}"));
-            let link = self
-                .vault
-                .consent_link_with(
-                    &self.user.identifier(),
-                    connector,
-                    consent_scopes,
-                    consent_params,
-                )
-                .await?;
+            let link = self.runtime.consent_link_for(&run_id).await?;
             consent_links.push(link.url.to_string());
             if scenario == Scenario::Drift {
                 let intruder = self.sandbox.slack.add_user("mallory");

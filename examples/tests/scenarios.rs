@@ -233,3 +233,19 @@ async fn reconsent_by_another_user_is_refused() {
     );
     assert_one_identity_per_provider(&r);
 }
+
+#[tokio::test]
+async fn a_consent_link_is_only_for_a_suspended_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = Demo::start(&dir.path().join("chains.db"))
+        .await
+        .expect("demo starts");
+    let r = demo.play(Scenario::Happy).await.expect("scenario plays");
+    let run_id = r.run_id.expect("the run started");
+    let err = demo.runtime.consent_link_for(&run_id).await.unwrap_err();
+    assert!(
+        matches!(&err, chain_runtime::RuntimeError::NotSuspended { state, .. } if state == "completed"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not suspended"), "{err}");
+}
