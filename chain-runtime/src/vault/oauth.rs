@@ -90,19 +90,13 @@ fn sane_error_code(value: Option<&serde_json::Value>) -> Option<String> {
     Some(sanitize_error_code(value?.as_str()?))
 }
 
-/// An OAuth error code as it may be logged and audited: itself when it looks like one (short,
-/// `[A-Za-z0-9_.:-]`), else `unrecognized_error_code`.
+/// An OAuth error code as it may be logged and audited: itself when it is shaped like a code
+/// ([`crate::classify::sanitized_code`], the one rule for every provider code), else
+/// `unrecognized_error_code`.
 pub(crate) fn sanitize_error_code(code: &str) -> String {
-    let ok = !code.is_empty()
-        && code.len() <= 64
-        && code
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-    if ok {
-        code.to_owned()
-    } else {
-        "unrecognized_error_code".to_owned()
-    }
+    crate::classify::sanitized_code(code)
+        .unwrap_or("unrecognized_error_code")
+        .to_owned()
 }
 
 /// Classification of token-endpoint error codes, used when `classify` sees a success status
