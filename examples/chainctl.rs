@@ -33,7 +33,7 @@ fn runtime(db: &Path) -> Result<RuntimeBuilder, String> {
             "`runs resume` calls the providers with the credentials in the vault, and needs its key: {e}"
         )
     })?;
-    Ok(Runtime::sqlite(db)
+    Ok(Runtime::at(&db.to_string_lossy())
         .vault_key(key)
         .chain::<escalate_deal>()
         .chain::<escalate_and_note>())

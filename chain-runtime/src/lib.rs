@@ -28,6 +28,8 @@ pub mod manifest;
 pub mod mcp;
 pub mod model;
 pub mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod preflight;
 pub mod principal;
 pub mod registry;
@@ -55,7 +57,7 @@ pub use error::{ChainError, StepError};
 pub use future::BoxFuture;
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
+pub use runtime::{DatabaseLocation, Runtime, RuntimeBuilder, RuntimeError};
 pub use schemars;
 pub use step::{CompensatorMeta, Effect, RecordRef, StepMeta};
 pub use store::RunState;

@@ -43,7 +43,8 @@
 mod chain_hash;
 mod export;
 mod record;
-mod seal;
+pub(crate) mod rows;
+pub(crate) mod seal;
 pub(crate) mod sqlite;
 mod verify;
 

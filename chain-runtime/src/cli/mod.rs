@@ -13,7 +13,7 @@
 //! fn main() -> std::process::ExitCode {
 //!     chain_runtime::cli::main(CliSetup::new("chainctl").runtime(|db: &std::path::Path| {
 //!         let key = VaultKey::from_env("CHAIN_VAULT_KEY")?;
-//!         Ok::<_, chain_runtime::vault::KeyError>(Runtime::sqlite(db).vault_key(key))
+//!         Ok::<_, chain_runtime::vault::KeyError>(Runtime::at(&db.to_string_lossy()).vault_key(key))
 //!         // .chain::<my_app::escalate_deal>()
 //!     }))
 //! }
@@ -61,10 +61,12 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::audit::{AuditError, ChainBreak, SqliteAuditStore};
+use std::sync::Arc;
+
+use crate::audit::{AuditError, AuditStore, ChainBreak, SqliteAuditStore};
 use crate::engine::EngineError;
 use crate::runtime::RuntimeBuilder;
-use crate::store::{SqliteRunStore, StoreError};
+use crate::store::{RunStore, SqliteRunStore, StoreError};
 
 /// Given the database file, how to wire the application's runtime (credentials and chains).
 type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + Sync + 'static;
@@ -464,18 +466,64 @@ fn report(result: Result<(), CliError>) -> ExitCode {
     }
 }
 
-/// Checks the database file exists (never creating it) and opens the run store on it.
-async fn open_runs(path: &Path) -> Result<SqliteRunStore, CliError> {
-    check_db(path)?;
-    SqliteRunStore::open(path)
-        .await
-        .map_err(|e| db_error(path, e))
+/// The PostgreSQL URL `--db` names, if it names one (`postgres://…`, `postgresql://…`).
+fn postgres_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| {
+        matches!(
+            crate::runtime::DatabaseLocation::parse(p),
+            crate::runtime::DatabaseLocation::Postgres(_)
+        )
+    })
 }
 
-/// Checks the database file exists (never creating it) and opens the audit trail on it.
-async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
+/// Opens the existing PostgreSQL database at `url` (creating nothing); errors name the
+/// database without the URL's password.
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<crate::postgres::PgDatabase, CliError> {
+    crate::postgres::PgDatabase::connect_existing(url)
+        .await
+        .map_err(|e| CliError::Database {
+            path: PathBuf::from(crate::runtime::redact_url(url)),
+            reason: e.message,
+        })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(url: &str) -> Result<std::convert::Infallible, CliError> {
+    Err(CliError::Database {
+        path: PathBuf::from(crate::runtime::redact_url(url)),
+        reason: "this build has no PostgreSQL backend (chain-runtime feature `postgres`)".into(),
+    })
+}
+
+/// Checks the database exists (never creating it) and opens the run store on it.
+async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
+    if let Some(url) = postgres_url(path) {
+        let db = open_postgres(url).await?;
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(
+            crate::postgres::PgJournal::on(db)
+                .await
+                .map_err(|e| db_error(path, e))?,
+        ));
+    }
     check_db(path)?;
-    SqliteAuditStore::open(path).await.map_err(|e| match e {
+    Ok(Arc::new(
+        SqliteRunStore::open(path)
+            .await
+            .map_err(|e| db_error(path, e))?,
+    ))
+}
+
+/// Checks the database exists (never creating it) and opens the audit trail on it.
+async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
+    if let Some(url) = postgres_url(path) {
+        let db = open_postgres(url).await?;
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(crate::postgres::PgAuditStore::on(db)));
+    }
+    check_db(path)?;
+    let store = SqliteAuditStore::open(path).await.map_err(|e| match e {
         AuditError::Backend(inner) => CliError::Database {
             path: path.to_owned(),
             reason: inner,
@@ -484,7 +532,8 @@ async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
             path: path.to_owned(),
             reason: other.to_string(),
         },
-    })
+    })?;
+    Ok(Arc::new(store))
 }
 
 /// The tables a chain-runtime database has; a file without them is refused before any store

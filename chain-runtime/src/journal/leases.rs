@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS run_leases (
 );
 ";
 
-fn ttl_ms() -> i64 {
+pub(crate) fn ttl_ms() -> i64 {
     i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX)
 }
 

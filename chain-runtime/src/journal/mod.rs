@@ -28,8 +28,9 @@
 //! holder is detected. A PostgreSQL journal claims the same row with `SELECT … FOR UPDATE` and
 //! guards each write with `WHERE token = $lease_token`, without any change to the engine.
 
-mod leases;
+pub(crate) mod leases;
 mod memory;
+pub(crate) mod rows;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -162,7 +163,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntryKind::Step => "step",
             EntryKind::Record => "record",

@@ -15,9 +15,10 @@ use std::sync::{Arc, Weak};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::leases::{self, Holder};
+use super::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, RunText, decode, encode_opt};
 use super::{
-    Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, EntryKind, JournalEntry,
-    JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit, WriterStats,
+    Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, JournalEntry, JournalError,
+    JournalWrite, Lease, RunJournal, RunRecord, Unit, WriterStats,
 };
 use crate::audit::sqlite::Presealed;
 use crate::sqlite::{Database, Durability, Tx};
@@ -98,11 +99,7 @@ fn apply(
     match write {
         JournalWrite::Entry { entry, node } => {
             let run_id = needs_run()?;
-            let result = entry
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
+            let result = encode_opt(entry.result.as_ref())?;
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -121,11 +118,7 @@ fn apply(
         }
         JournalWrite::Compensation(entry) => {
             let run_id = needs_run()?;
-            let result = entry
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
+            let result = encode_opt(entry.result.as_ref())?;
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO journal_compensations (run_id, step_id, compensator, attempt, result) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -182,6 +175,7 @@ fn commit_in(
 }
 
 fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
+    let text = RunText::of(run)?;
     conn.prepare_cached(
         "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
          principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
@@ -191,13 +185,13 @@ fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
         run.run_id,
         run.chain,
         run.chain_version,
-        serde_json::to_string(&run.step_versions)?,
-        serde_json::to_string(&run.principal)?,
+        text.step_versions,
+        text.principal,
         run.principal_id,
-        serde_json::to_string(&run.input)?,
-        serde_json::to_string(&run.subjects)?,
+        text.input,
+        text.subjects,
         run.parent_run_id,
-        serde_json::to_string(&run.state)?,
+        text.state,
         run.state.kind(),
         run.node,
         run.created_unix_ms,
@@ -387,28 +381,18 @@ impl RunJournal for SqliteJournal {
                  WHERE run_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map([run_id], |row| {
-                Ok((
-                    row.get::<_, u32>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, u32>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                ))
+                Ok(EntryRow {
+                    seq: row.get(0)?,
+                    step_id: row.get(1)?,
+                    kind: row.get(2)?,
+                    name: row.get(3)?,
+                    attempt: row.get(4)?,
+                    result: row.get(5)?,
+                })
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, step_id, kind, name, attempt, result) = row?;
-                out.push(JournalEntry {
-                    seq,
-                    kind: EntryKind::parse(&kind).ok_or_else(|| {
-                        JournalError::Corrupt(format!("unknown entry kind `{kind}`"))
-                    })?,
-                    step_id,
-                    name,
-                    attempt,
-                    result: result.as_deref().map(decode).transpose()?,
-                });
+                out.push(row?.decode()?);
             }
             Ok(out)
         }))
@@ -425,22 +409,16 @@ impl RunJournal for SqliteJournal {
                  WHERE run_id = ?1 ORDER BY rowid",
             )?;
             let rows = stmt.query_map([run_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                ))
+                Ok(CompensationRow {
+                    step_id: row.get(0)?,
+                    compensator: row.get(1)?,
+                    attempt: row.get(2)?,
+                    result: row.get(3)?,
+                })
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (step_id, compensator, attempt, result) = row?;
-                out.push(CompensationEntry {
-                    step_id,
-                    compensator,
-                    attempt,
-                    result: result.as_deref().map(decode).transpose()?,
-                });
+                out.push(row?.decode()?);
             }
             Ok(out)
         }))
@@ -465,52 +443,20 @@ impl RunJournal for SqliteJournal {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JournalError> {
-    Ok(serde_json::from_str(text)?)
-}
-
-const RUN_COLUMNS: &str = "run_id, chain, chain_version, step_versions, principal, principal_id, \
-                           input, subjects, parent_run_id, state, node, created_ms";
-
 fn row_to_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord, JournalError>> {
-    let texts: [String; 8] = [
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-    ];
-    let parent: Option<String> = row.get(8)?;
-    let state: String = row.get(9)?;
-    let node: u32 = row.get(10)?;
-    let created: i64 = row.get(11)?;
-    let [
-        run_id,
-        chain,
-        chain_version,
-        steps,
-        principal,
-        principal_id,
-        input,
-        subjects,
-    ] = texts;
-    Ok((|| {
-        Ok(RunRecord {
-            run_id,
-            chain,
-            chain_version,
-            step_versions: decode(&steps)?,
-            principal: decode(&principal)?,
-            principal_id,
-            input: decode(&input)?,
-            subjects: decode(&subjects)?,
-            parent_run_id: parent,
-            state: decode(&state)?,
-            node,
-            created_unix_ms: created,
-        })
-    })())
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        chain: row.get(1)?,
+        chain_version: row.get(2)?,
+        step_versions: row.get(3)?,
+        principal: row.get(4)?,
+        principal_id: row.get(5)?,
+        input: row.get(6)?,
+        subjects: row.get(7)?,
+        parent_run_id: row.get(8)?,
+        state: row.get(9)?,
+        node: row.get(10)?,
+        created_ms: row.get(11)?,
+    }
+    .decode())
 }
