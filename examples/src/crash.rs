@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
-use chain_runtime::audit::AuditStore;
 use chain_runtime::engine::idempotency_key;
 use chain_runtime::journal::{
     Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, EntryKind, EntryResult,
@@ -1117,7 +1116,7 @@ impl CrashHarness {
     pub async fn journal_agrees_with_audit(&self, run_id: &str) -> Result<(), DemoError> {
         use std::collections::BTreeMap;
 
-        use chain_runtime::audit::{AuditEvent, AuditStore as _};
+        use chain_runtime::audit::AuditEvent;
 
         let journal = self.demo.runs.journal(run_id).await?;
         let history = self.demo.audit.run_history(run_id).await?;

@@ -107,6 +107,13 @@ pub fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A store shows as its kind only (its records are not for logs).
+impl std::fmt::Debug for dyn AuditStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn AuditStore")
+    }
+}
+
 /// Storage of the audit trail. Implementations must serialize appends into one linear chain.
 pub trait AuditStore: Send + Sync {
     /// Appends a record at the head of the chain and returns it sealed (`seq`, `prev_hash`,

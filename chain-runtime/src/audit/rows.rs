@@ -34,6 +34,7 @@ pub(crate) const COLUMNS: [&str; 16] = [
 ];
 
 /// Columns holding integers (the others hold text).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) const INT_COLUMNS: [&str; 3] = ["seq", "format", "time_unix_ms"];
 
 /// Columns holding JSON text.

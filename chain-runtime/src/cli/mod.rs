@@ -476,36 +476,57 @@ fn postgres_url(path: &Path) -> Option<&str> {
     })
 }
 
-/// Opens the existing PostgreSQL database at `url` (creating nothing); errors name the
-/// database without the URL's password.
+/// The refusal of a PostgreSQL database, naming it without the URL's password.
+fn postgres_error(url: &str, reason: String) -> CliError {
+    CliError::Database {
+        path: PathBuf::from(crate::runtime::redact_url(url)),
+        reason,
+    }
+}
+
+/// Opens the run journal in the existing PostgreSQL database at `url` (creating nothing).
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str) -> Result<crate::postgres::PgDatabase, CliError> {
-    crate::postgres::PgDatabase::connect_existing(url)
+async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
+    let db = crate::postgres::PgDatabase::connect_existing(url)
         .await
-        .map_err(|e| CliError::Database {
-            path: PathBuf::from(crate::runtime::redact_url(url)),
-            reason: e.message,
-        })
+        .map_err(|e| postgres_error(url, e.message))?;
+    let journal = crate::postgres::PgJournal::on(db)
+        .await
+        .map_err(|e| postgres_error(url, e.to_string()))?;
+    Ok(Arc::new(journal))
+}
+
+/// Opens the audit trail in the existing PostgreSQL database at `url` (creating nothing).
+#[cfg(feature = "postgres")]
+async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
+    let db = crate::postgres::PgDatabase::connect_existing(url)
+        .await
+        .map_err(|e| postgres_error(url, e.message))?;
+    Ok(Arc::new(crate::postgres::PgAuditStore::on(db)))
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn open_postgres(url: &str) -> Result<std::convert::Infallible, CliError> {
-    Err(CliError::Database {
-        path: PathBuf::from(crate::runtime::redact_url(url)),
-        reason: "this build has no PostgreSQL backend (chain-runtime feature `postgres`)".into(),
-    })
+async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
+    Err(no_postgres(url))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
+    Err(no_postgres(url))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn no_postgres(url: &str) -> CliError {
+    postgres_error(
+        url,
+        "this build has no PostgreSQL backend (chain-runtime feature `postgres`)".into(),
+    )
 }
 
 /// Checks the database exists (never creating it) and opens the run store on it.
 async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
     if let Some(url) = postgres_url(path) {
-        let db = open_postgres(url).await?;
-        #[cfg(feature = "postgres")]
-        return Ok(Arc::new(
-            crate::postgres::PgJournal::on(db)
-                .await
-                .map_err(|e| db_error(path, e))?,
-        ));
+        return postgres_runs(url).await;
     }
     check_db(path)?;
     Ok(Arc::new(
@@ -518,9 +539,7 @@ async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
 /// Checks the database exists (never creating it) and opens the audit trail on it.
 async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
     if let Some(url) = postgres_url(path) {
-        let db = open_postgres(url).await?;
-        #[cfg(feature = "postgres")]
-        return Ok(Arc::new(crate::postgres::PgAuditStore::on(db)));
+        return postgres_audit(url).await;
     }
     check_db(path)?;
     let store = SqliteAuditStore::open(path).await.map_err(|e| match e {

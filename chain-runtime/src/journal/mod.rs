@@ -378,6 +378,13 @@ pub struct Committed {
     pub audit: Vec<AuditRecord>,
 }
 
+/// A journal shows as its kind only.
+impl std::fmt::Debug for dyn RunJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn RunJournal")
+    }
+}
+
 /// Storage of runs, journals, compensations and alerts. See the module docs for units of work
 /// and leases.
 pub trait RunJournal: Send + Sync {

@@ -69,6 +69,28 @@ async fn is_gone(
     Ok(row.try_get::<_, bool>(0).map_err(DbError::from)?)
 }
 
+/// How long a claim watches a live-looking holder: a handle dropped a moment ago still holds
+/// its lock until PostgreSQL has seen its session end.
+const GONE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether `other` is gone, watching it for up to [`GONE_GRACE`].
+async fn is_gone_soon(
+    tx: &impl GenericClient,
+    holder: &Holder,
+    other: &str,
+) -> Result<bool, JournalError> {
+    let deadline = tokio::time::Instant::now() + GONE_GRACE;
+    loop {
+        if is_gone(tx, holder, other).await? {
+            return Ok(true);
+        }
+        if other == holder.id || tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 /// Claims `run_id` for `owner` in the open transaction.
 pub(crate) async fn claim(
     tx: &impl GenericClient,
@@ -108,8 +130,9 @@ pub(crate) async fn claim(
             let held_in: String = row.try_get(1).map_err(DbError::from)?;
             let token: i64 = row.try_get(2).map_err(DbError::from)?;
             let expires_ms: i64 = row.try_get(3).map_err(DbError::from)?;
-            let free =
-                expires_ms == 0 || expires_ms < now_ms || is_gone(tx, holder, &held_in).await?;
+            let free = expires_ms == 0
+                || expires_ms < now_ms
+                || is_gone_soon(tx, holder, &held_in).await?;
             if !free {
                 return Err(JournalError::Claimed {
                     run_id: run_id.to_owned(),
