@@ -490,6 +490,40 @@ impl RunJournal for PausingStore {
     fn database(&self) -> Option<DatabaseId> {
         self.inner.database()
     }
+
+    fn submit_run<'a>(
+        &'a self,
+        run: RunRecord,
+        audit: Vec<chain_runtime::audit::NewRecord>,
+    ) -> BoxFuture<'a, Result<Vec<chain_runtime::audit::AuditRecord>, JournalError>> {
+        self.inner.submit_run(run, audit)
+    }
+
+    fn claim_runnable<'a>(
+        &'a self,
+        owner: &'a str,
+        drivable: &'a [chain_runtime::journal::Drivable],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<chain_runtime::journal::Claim>, JournalError>> {
+        Box::pin(async move {
+            let claims = self.inner.claim_runnable(owner, drivable, limit).await?;
+            for claim in &claims {
+                say("claimed", &claim.run.run_id);
+            }
+            Ok(claims)
+        })
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        leases: &'a [Lease],
+    ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
+        self.inner.renew_leases(leases)
+    }
+
+    fn wakeups(&self) -> Option<chain_runtime::journal::Wakeups> {
+        self.inner.wakeups()
+    }
 }
 
 /// What the child does.
