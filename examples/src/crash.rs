@@ -306,6 +306,12 @@ impl KillPoint {
         }
     }
 
+    /// Where a child stops in the journal for this kill point (`None` for the kill points the
+    /// emulators reach: a held call, a lost response).
+    pub fn journal_pause(self) -> Option<Pause> {
+        self.pause()
+    }
+
     fn pause(self) -> Option<Pause> {
         let at = match self {
             KillPoint::AfterIntent(_) => PauseAt::AfterIntent,
@@ -505,13 +511,7 @@ impl RunJournal for PausingStore {
         drivable: &'a [chain_runtime::journal::Drivable],
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<chain_runtime::journal::Claim>, JournalError>> {
-        Box::pin(async move {
-            let claims = self.inner.claim_runnable(owner, drivable, limit).await?;
-            for claim in &claims {
-                say("claimed", &claim.run.run_id);
-            }
-            Ok(claims)
-        })
+        self.inner.claim_runnable(owner, drivable, limit)
     }
 
     fn renew_leases<'a>(
@@ -785,6 +785,34 @@ impl CrashHarness {
             deal: self.demo.deal(),
             pause,
         }
+    }
+
+    /// The environment a child process on this harness's database and emulators needs (the
+    /// spec with `pause`, the vault key, each client secret), for children other than
+    /// [`child_main`] (the worker processes of `examples::workers`).
+    pub fn child_env(&self, pause: Option<Pause>) -> Result<Vec<(String, String)>, DemoError> {
+        use chain_runtime::sandbox::{Jira, Salesforce, Slack};
+        let mut env = vec![
+            (
+                ENV_SPEC.to_owned(),
+                serde_json::to_string(&self.spec(pause))?,
+            ),
+            (
+                ENV_VAULT_KEY.to_owned(),
+                self.key.expose_secret().to_owned(),
+            ),
+        ];
+        for (connector, secret) in [
+            (
+                "salesforce",
+                Salesforce::default_config().client.client_secret,
+            ),
+            ("jira", Jira::default_config().client.client_secret),
+            ("slack", Slack::default_config().client.client_secret),
+        ] {
+            env.push((secret_var(connector), secret.expose_secret().to_owned()));
+        }
+        Ok(env)
     }
 
     fn spawn(&self, phase: Phase, pause: Option<Pause>) -> Result<Running, DemoError> {

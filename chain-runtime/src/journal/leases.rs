@@ -211,24 +211,29 @@ pub(crate) fn renew(
     Ok(())
 }
 
-/// Renews one lease if it is still current; returns whether it is.
+/// Renews one lease if it is still current; returns false only when another claim superseded
+/// it (a lease its holder released is not renewed, and not superseded either).
 pub(crate) fn renew_one(
     conn: &Connection,
     lease: &Lease,
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<bool, JournalError> {
+    let token = i64::try_from(lease.token).unwrap_or(-1);
     let n = conn
         .prepare_cached(
             "UPDATE run_leases SET expires_ms = ?3 \
              WHERE run_id = ?1 AND token = ?2 AND expires_ms > 0",
         )?
-        .execute(params![
-            lease.run_id,
-            i64::try_from(lease.token).unwrap_or(-1),
-            now_ms.saturating_add(ttl_ms)
-        ])?;
-    Ok(n == 1)
+        .execute(params![lease.run_id, token, now_ms.saturating_add(ttl_ms)])?;
+    if n == 1 {
+        return Ok(true);
+    }
+    let current: Option<i64> = conn
+        .prepare_cached("SELECT token FROM run_leases WHERE run_id = ?1")?
+        .query_row([&lease.run_id], |r| r.get(0))
+        .optional()?;
+    Ok(current == Some(token))
 }
 
 /// Up to `limit` run ids that are runnable now (see [`super::queue`]) among the `drivable`

@@ -149,12 +149,7 @@ impl RunJournal for MemoryJournal {
         &'a self,
         leases: &'a [Lease],
     ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
-        Box::pin(async move {
-            Ok(leases
-                .iter()
-                .map(|l| self.leases.check(l).is_ok())
-                .collect())
-        })
+        Box::pin(async move { Ok(leases.iter().map(|l| !self.leases.superseded(l)).collect()) })
     }
 
     fn wakeups(&self) -> Option<Wakeups> {
@@ -337,6 +332,18 @@ impl LocalLeases {
         if guard.1.get(&lease.run_id).map(|(_, t)| *t) == Some(lease.token) {
             guard.1.remove(&lease.run_id);
         }
+    }
+
+    /// Whether another claim took the run after `lease` (a released lease is not superseded).
+    fn superseded(&self, lease: &Lease) -> bool {
+        let guard = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard
+            .1
+            .get(&lease.run_id)
+            .is_some_and(|(_, token)| *token != lease.token)
     }
 
     fn check(&self, lease: &Lease) -> Result<(), JournalError> {

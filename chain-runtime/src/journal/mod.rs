@@ -520,11 +520,13 @@ pub trait RunJournal: Send + Sync {
     }
 
     /// Renews `leases` (each one lease TTL ahead, in one transaction) and tells, per lease and
-    /// in order, whether it is still the run's current lease. A lease is current while its
-    /// token is the run's token and it was not released; an expired lease nobody claimed since
-    /// is current again after the renewal (no other writer can have written). A `false` is
-    /// final: the holder must stop driving that run and never write for it again (its writes
-    /// would fail with [`JournalError::LeaseLost`] anyway).
+    /// in order, whether it is still the holder's: `false` exactly when another claim
+    /// superseded it (the run's token moved on). A lease whose token is the run's token is
+    /// renewed unless it was released (a released lease stays released and still reports
+    /// `true`: nobody else took it); an expired lease nobody claimed since is live again after
+    /// the renewal (no other writer can have written). A `false` is final: the holder must stop
+    /// driving that run and never write for it again (its writes would fail with
+    /// [`JournalError::LeaseLost`] anyway).
     ///
     /// The default refuses: a journal without workers support.
     fn renew_leases<'a>(
