@@ -464,27 +464,31 @@ fn report(result: Result<(), CliError>) -> ExitCode {
     }
 }
 
-/// Checks the database file exists (never creating it) and opens the run store on it.
+/// Checks the database file exists (never creating it) and opens the run store on it
+/// read-only (no migration, no writer, no lease holder).
 async fn open_runs(path: &Path) -> Result<SqliteRunStore, CliError> {
     check_db(path)?;
-    SqliteRunStore::open(path)
+    SqliteRunStore::open_read_only(path)
         .await
         .map_err(|e| db_error(path, e))
 }
 
-/// Checks the database file exists (never creating it) and opens the audit trail on it.
+/// Checks the database file exists (never creating it) and opens the audit trail on it
+/// read-only.
 async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
     check_db(path)?;
-    SqliteAuditStore::open(path).await.map_err(|e| match e {
-        AuditError::Backend(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: inner,
-        },
-        other => CliError::Database {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
-    })
+    SqliteAuditStore::open_read_only(path)
+        .await
+        .map_err(|e| match e {
+            AuditError::Backend(inner) => CliError::Database {
+                path: path.to_owned(),
+                reason: inner,
+            },
+            other => CliError::Database {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })
 }
 
 /// The tables a chain-runtime database has; a file without them is refused before any store
@@ -498,10 +502,7 @@ fn check_tables(path: &Path) -> Result<(), CliError> {
         path: path.to_owned(),
         reason,
     };
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        rusqlite::Connection::open_with_flags(path, flags).map_err(|e| refuse(e.to_string()))?;
+    let conn = crate::sqlite::open_read_only_connection(path).map_err(|e| refuse(e.message))?;
     for table in EXPECTED_TABLES {
         let found: i64 = conn
             .query_row(

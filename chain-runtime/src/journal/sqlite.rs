@@ -73,7 +73,16 @@ pub struct SqliteJournal {
 
 struct Inner {
     db: Database,
-    holder: Holder,
+    /// `None`: opened read-only, no run can be claimed.
+    holder: Option<Holder>,
+}
+
+impl Inner {
+    fn holder(&self) -> Result<&Holder, JournalError> {
+        self.holder.as_ref().ok_or_else(|| {
+            JournalError::Backend("the run journal is open read-only: no run can be claimed".into())
+        })
+    }
 }
 
 impl std::fmt::Debug for SqliteJournal {
@@ -218,7 +227,9 @@ fn heartbeat(inner: Weak<Inner>) {
     loop {
         std::thread::sleep(leases::HEARTBEAT);
         let Some(inner) = inner.upgrade() else { return };
-        let holder = inner.holder.id.clone();
+        let Some(holder) = inner.holder.as_ref().map(|h| h.id.clone()) else {
+            return;
+        };
         let renewed =
             futures::executor::block_on(inner.db.write(Durability::Deferred, move |tx| {
                 leases::renew(tx.conn(), &holder, crate::audit::now_unix_ms())
@@ -241,7 +252,7 @@ impl SqliteJournal {
         db.ensure_schema(SCHEMA).await?;
         db.ensure_schema(leases::SCHEMA).await?;
         crate::audit::sqlite::ensure_schema(&db).await?;
-        let holder = Holder::new(db.path())?;
+        let holder = Some(Holder::new(db.path())?);
         let inner = Arc::new(Inner { db, holder });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -251,6 +262,16 @@ impl SqliteJournal {
                 JournalError::Background(format!("cannot start the lease heartbeat: {e}"))
             })?;
         Ok(Self { inner })
+    }
+
+    /// Opens the journal of the existing SQLite file at `path` read-only, for inspection
+    /// (see [`Database::open_read_only`]): no table is created, no lease holder file is made,
+    /// no heartbeat runs; every write (creating or claiming a run, committing) fails.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let db = Database::open_read_only(path).await?;
+        Ok(Self {
+            inner: Arc::new(Inner { db, holder: None }),
+        })
     }
 
     /// The database file.
@@ -290,7 +311,7 @@ impl RunJournal for SqliteJournal {
             insert_run(tx.conn(), &run)?;
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run.run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
@@ -308,7 +329,7 @@ impl RunJournal for SqliteJournal {
         Box::pin(self.inner.db.write(Durability::Sync, move |tx| {
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
