@@ -136,6 +136,18 @@ pub enum AuditEvent {
         /// Preflight's result.
         preflight: PreflightSummary,
     },
+    /// Preflight refused to start (or resume) a run: the principal's grant on the record's
+    /// connector lacks scopes the chain needs. One record per refused connector; nothing else
+    /// was written.
+    PreflightRefused {
+        /// The chain's name.
+        chain: String,
+        /// The scopes the chain needs there that are not granted (all of them when no account
+        /// is connected).
+        missing_scopes: Vec<String>,
+        /// Whether the principal has an account on the connector at all.
+        connected: bool,
+    },
     /// A step call is about to be made (intent).
     StepAttempt {
         /// The step function's name.
@@ -264,6 +276,7 @@ impl AuditEvent {
     pub fn type_name(&self) -> &'static str {
         match self {
             AuditEvent::RunStarted { .. } => "run_started",
+            AuditEvent::PreflightRefused { .. } => "preflight_refused",
             AuditEvent::StepAttempt { .. } => "step_attempt",
             AuditEvent::StepOutcome { .. } => "step_outcome",
             AuditEvent::CompensationAttempt { .. } => "compensation_attempt",

@@ -33,6 +33,7 @@
 mod compensate;
 mod driver;
 mod error;
+mod gate;
 mod ids;
 mod notify;
 mod outcome;
@@ -239,12 +240,8 @@ impl Engine {
         let manifest = ScopeManifest::for_chain(meta);
         let grants = self.inner.credentials.grants(&principal_id).await?;
         let pf = preflight_manifest(&manifest, &principal_id, &grants);
-        if !pf.is_ready() {
-            return Err(EngineError::PreflightNotReady {
-                chain: meta.path(),
-                consents: pf.consents_needed().into_iter().cloned().collect(),
-            });
-        }
+        self.preflight_gate(&meta.path(), &principal_id, None, &pf)
+            .await?;
         let mut subjects = BTreeMap::new();
         for connector in manifest.connectors.keys() {
             let subject = self
@@ -370,12 +367,8 @@ impl Engine {
         let manifest = ScopeManifest::for_chain(meta);
         let grants = self.inner.credentials.grants(&run.principal_id).await?;
         let pf = preflight_manifest(&manifest, &run.principal_id, &grants);
-        if !pf.is_ready() {
-            return Err(EngineError::PreflightNotReady {
-                chain: run.chain.clone(),
-                consents: pf.consents_needed().into_iter().cloned().collect(),
-            });
-        }
+        self.preflight_gate(&run.chain, &run.principal_id, Some(run_id), &pf)
+            .await?;
         for (connector, recorded) in &run.subjects {
             let Some(recorded) = recorded else { continue };
             let current = self

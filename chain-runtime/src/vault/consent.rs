@@ -27,6 +27,34 @@ fn consent_aad(state_hash: &[u8], principal_id: &str, connector: &str) -> Vec<u8
 }
 
 impl Vault {
+    /// The scopes every consent on `connector` for `principal_id` asks for besides the
+    /// caller's: when the account needs re-authorization, everything its revoked grant held (a
+    /// re-consent asks again for e.g. `offline_access`, not only for what a step needs now),
+    /// then the provider's lifecycle scopes. In that order, without repeats.
+    pub async fn reconsent_scopes(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let provider = self.provider(connector)?;
+        let previous: Vec<String> = match self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        {
+            Some(a) if a.status == AccountStatus::NeedsReauthorization => a.granted_scopes,
+            _ => Vec::new(),
+        };
+        let mut held: Vec<String> = Vec::new();
+        for s in previous.iter().chain(provider.lifecycle_scopes.iter()) {
+            if !s.is_empty() && !held.contains(s) {
+                held.push(s.clone());
+            }
+        }
+        Ok(held)
+    }
+
     /// Creates a consent link for (principal, connector, scopes), also asking for the provider's
     /// lifecycle scopes and, when the account needs re-authorization, for every scope its
     /// revoked grant held: PKCE S256 with the verifier kept
@@ -62,23 +90,12 @@ impl Vault {
             "scope",
         ];
         let provider = self.provider(connector)?;
-        // Re-consent after the provider revoked the grant asks again for everything it held
-        // (e.g. `offline_access`), not only for what the caller needs now.
-        let previous: Vec<String> = match self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        {
-            Some(a) if a.status == AccountStatus::NeedsReauthorization => a.granted_scopes,
-            _ => Vec::new(),
-        };
+        let held = self.reconsent_scopes(principal_id, connector).await?;
         let mut wanted: Vec<String> = Vec::new();
         for s in scopes
             .iter()
             .map(|s| s.as_ref().trim())
-            .chain(previous.iter().map(String::as_str))
-            .chain(provider.lifecycle_scopes.iter().map(String::as_str))
+            .chain(held.iter().map(String::as_str))
             .filter(|s| !s.is_empty())
         {
             if !wanted.iter().any(|w| w == s) {
