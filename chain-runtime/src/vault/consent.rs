@@ -367,28 +367,11 @@ impl Vault {
         principal_id: &str,
         redirect: &str,
     ) -> Result<AccountInfo, VaultError> {
-        let url = url::Url::parse(redirect).map_err(|_| VaultError::MalformedCallback {
-            reason: "not an absolute URL".into(),
-        })?;
-        let param = |name: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| Zeroizing::new(v.into_owned()))
-        };
-        let Some(state) = param("state") else {
-            return Err(VaultError::MalformedCallback {
-                reason: "it has no `state` parameter".into(),
-            });
-        };
-        if let Some(error) = param("error") {
-            return Err(self.fail_consent(principal_id, &state, &error).await?);
+        let (state, outcome) = parse_redirect(redirect)?;
+        match outcome {
+            Callback::Error(error) => Err(self.fail_consent(principal_id, &state, &error).await?),
+            Callback::Code(code) => self.complete_consent(principal_id, &state, &code).await,
         }
-        let Some(code) = param("code") else {
-            return Err(VaultError::MalformedCallback {
-                reason: "it has neither `code` nor `error`".into(),
-            });
-        };
-        self.complete_consent(principal_id, &state, &code).await
     }
 
     pub(super) async fn revoke_quietly(&self, provider: &ProviderConfig, tokens: &TokenSet) {
@@ -413,3 +396,42 @@ impl Vault {
         }
     }
 }
+
+/// What a provider's redirect back to the application carries besides `state`.
+pub(crate) enum Callback {
+    /// The authorization code (a secret until exchanged).
+    Code(Zeroizing<String>),
+    /// The provider's `error` parameter, as sent (sanitized before it is stored).
+    Error(Zeroizing<String>),
+}
+
+/// Reads `state` and then `error` (which wins) or `code` from the query of the redirect URL
+/// the provider sent the user back to. A refusal never quotes the URL: it carries the code.
+pub(crate) fn parse_redirect(redirect: &str) -> Result<(Zeroizing<String>, Callback), VaultError> {
+    let url = url::Url::parse(redirect).map_err(|_| VaultError::MalformedCallback {
+        reason: "not an absolute URL".into(),
+    })?;
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| Zeroizing::new(v.into_owned()))
+    };
+    let Some(state) = param("state") else {
+        return Err(VaultError::MalformedCallback {
+            reason: "it has no `state` parameter".into(),
+        });
+    };
+    if let Some(error) = param("error") {
+        return Ok((state, Callback::Error(error)));
+    }
+    let Some(code) = param("code") else {
+        return Err(VaultError::MalformedCallback {
+            reason: "it has neither `code` nor `error`".into(),
+        });
+    };
+    Ok((state, Callback::Code(code)))
+}
+
+#[cfg(test)]
+#[path = "consent_props.rs"]
+mod props;

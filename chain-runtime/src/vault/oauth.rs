@@ -530,6 +530,10 @@ pub(crate) fn subject_from(json: &RawJson, pointers: &[String]) -> Result<String
 }
 
 #[cfg(test)]
+#[path = "oauth_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::vault::secret::ClientSecret;
@@ -556,8 +560,9 @@ mod tests {
 
     #[test]
     fn ok_false_with_200_is_a_rejection() {
+        // Slack's envelope: its code table says `invalid_refresh_token` revokes.
         let out = parse_token_reply(
-            &provider(),
+            &provider().with_provider("slack"),
             "refresh",
             reply(200, r#"{"ok":false,"error":"invalid_refresh_token"}"#),
         )
@@ -572,8 +577,9 @@ mod tests {
             ),
             "{out:?}"
         );
+        // GitHub's: a token error with HTTP 200.
         let out = parse_token_reply(
-            &provider(),
+            &provider().with_provider("github"),
             "refresh",
             reply(200, r#"{"error":"incorrect_client_credentials"}"#),
         )
