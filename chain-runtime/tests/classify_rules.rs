@@ -162,7 +162,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
 
     // A missing scope named by the rules' pointer: suspended for consent to that scope.
     let report = engine
-        .start::<acme_chain>(user.clone(), (format!("{api}/scope"),))
+        .start::<acme_chain>(user.clone(), format!("{api}/scope"))
         .await
         .unwrap();
     match &report.state {
@@ -182,7 +182,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
 
     // A rate limit the rules recognise on a 400, with their reset header: waited out, retried.
     let report = engine
-        .start::<acme_chain>(user.clone(), (format!("{api}/slow"),))
+        .start::<acme_chain>(user.clone(), format!("{api}/slow"))
         .await
         .unwrap();
     match &report.state {
@@ -193,7 +193,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
 
     // A revocation the rules recognise: the account now needs a new consent.
     let report = engine
-        .start::<acme_chain>(user.clone(), (format!("{api}/gone"),))
+        .start::<acme_chain>(user.clone(), format!("{api}/gone"))
         .await
         .unwrap();
     assert!(

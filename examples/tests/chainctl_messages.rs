@@ -55,7 +55,7 @@ async fn a_refused_resume_says_what_to_do_and_is_audited() {
     demo.sandbox.slack.revoke_grant(&demo.subjects[2]);
     let run = demo
         .engine
-        .start::<escalate_deal>(demo.user.clone(), (demo.deal(),))
+        .start::<escalate_deal>(demo.user.clone(), demo.deal())
         .await
         .unwrap();
     assert_eq!(run.state.kind(), "suspended", "{run:?}");

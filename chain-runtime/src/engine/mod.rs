@@ -41,6 +41,7 @@ mod replay;
 mod report;
 mod runner;
 mod version;
+mod waiting;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -202,13 +203,17 @@ impl Engine {
     }
 
     /// Starts a run of `C` for `principal` and drives it until it completes, suspends, is
-    /// compensated, blocks or fails. Preflight runs first: when consents are missing nothing
-    /// is written and [`EngineError::PreflightNotReady`] lists them.
+    /// compensated, blocks or fails. `input` is the chain's parameters as written in its
+    /// signature: the value itself for a chain with one parameter, else their tuple (see
+    /// [`IntoInput`](crate::IntoInput)). Preflight runs first: when consents are missing
+    /// nothing but the refusal's audit records is written and
+    /// [`EngineError::PreflightNotReady`] lists them.
     pub async fn start<C: Chain>(
         &self,
         principal: C::Principal,
-        input: C::Input,
+        input: impl crate::IntoInput<C::Input>,
     ) -> Result<RunReport<C::Output>, EngineError> {
+        let input: C::Input = input.into_input();
         let meta: &'static ChainMeta = &C::META;
         self.register_meta(meta);
         let principal_json = encode(&principal, "principal")?;
