@@ -159,6 +159,22 @@ pub enum AuditEvent {
         /// The idempotency key sent with the call, if any (not a secret).
         idempotency_key: Option<String>,
     },
+    /// One HTTP attempt of a step's (or a compensator's) call, retries included: the step
+    /// attempt's records say what the call was for, these say what each request got.
+    HttpAttempt {
+        /// The step (or compensator) function's name.
+        step: String,
+        /// The attempt's number within its request, from 1.
+        http_attempt: u32,
+        /// The HTTP method.
+        method: String,
+        /// The response status; 0 when no response arrived.
+        status: u16,
+        /// The failure class (snake_case) when the response was not a success.
+        failure_class: Option<String>,
+        /// The wait before the next attempt, in milliseconds, when the client retries.
+        wait_ms: Option<u64>,
+    },
     /// A step call's result.
     StepOutcome {
         /// The step function's name.
@@ -278,6 +294,7 @@ impl AuditEvent {
             AuditEvent::RunStarted { .. } => "run_started",
             AuditEvent::PreflightRefused { .. } => "preflight_refused",
             AuditEvent::StepAttempt { .. } => "step_attempt",
+            AuditEvent::HttpAttempt { .. } => "http_attempt",
             AuditEvent::StepOutcome { .. } => "step_outcome",
             AuditEvent::CompensationAttempt { .. } => "compensation_attempt",
             AuditEvent::CompensationOutcome { .. } => "compensation_outcome",

@@ -30,6 +30,7 @@
 //!
 //! [`ChainCtx::record`]: crate::ChainCtx::record
 
+mod attempts;
 mod compensate;
 mod driver;
 mod error;

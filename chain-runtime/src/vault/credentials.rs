@@ -117,6 +117,7 @@ impl AccountDirectory for Vault {
                 idempotency_header,
             }),
             policy: self.retry_policy(),
+            observer: None,
         })
     }
 }
