@@ -314,6 +314,9 @@ async fn google_without_the_calendar_scope_is_refused_before_any_write() {
     );
 }
 
+/// An audited HTTP attempt: step, number, status, class, whether a wait followed, subject.
+type Attempt = (String, u32, u16, Option<String>, bool, Option<String>);
+
 #[tokio::test]
 async fn graph_unavailable_compensates_steps_2_and_1_as_the_same_user() {
     let w = World::start(&[]).await;
@@ -325,7 +328,7 @@ async fn graph_unavailable_compensates_steps_2_and_1_as_the_same_user() {
     assert_eq!(w.g.live_events(), 0);
     // Every HTTP attempt is audited, retries with their wait, each under the account in use.
     let history = w.rt.audit.run_history(&run_id).await.unwrap();
-    let attempts: Vec<(String, u32, u16, Option<String>, bool, Option<String>)> = history
+    let attempts: Vec<Attempt> = history
         .into_iter()
         .filter_map(|r| match r.event {
             AuditEvent::HttpAttempt {
