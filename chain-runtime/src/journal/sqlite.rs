@@ -77,7 +77,8 @@ pub struct SqliteJournal {
 
 struct Inner {
     db: Database,
-    holder: Holder,
+    /// `None`: opened read-only, no run can be claimed.
+    holder: Option<Holder>,
     /// The lease TTL in milliseconds (see [`SqliteJournal::set_lease_ttl`]).
     ttl_ms: AtomicI64,
     wakeups: Wakeups,
@@ -86,6 +87,12 @@ struct Inner {
 impl Inner {
     fn ttl_ms(&self) -> i64 {
         self.ttl_ms.load(Ordering::Relaxed)
+    }
+
+    fn holder(&self) -> Result<&Holder, JournalError> {
+        self.holder.as_ref().ok_or_else(|| {
+            JournalError::Backend("the run journal is open read-only: no run can be claimed".into())
+        })
     }
 }
 
@@ -104,13 +111,15 @@ fn heartbeat(inner: Weak<Inner>) {
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let Some(inner) = inner.upgrade() else { return };
+        let Some(holder) = inner.holder.as_ref().map(|h| h.id.clone()) else {
+            return;
+        };
         let ttl_ms = inner.ttl_ms();
         let every = Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(0));
         if last.elapsed() < every {
             continue;
         }
         last = std::time::Instant::now();
-        let holder = inner.holder.id.clone();
         let renewed =
             futures::executor::block_on(inner.db.write(Durability::Deferred, move |tx| {
                 leases::renew(tx.conn(), &holder, crate::audit::now_unix_ms(), ttl_ms)
@@ -134,7 +143,7 @@ impl SqliteJournal {
         db.ensure_schema(leases::SCHEMA).await?;
         db.ensure_schema(leases::RUNNABLE_INDEX).await?;
         crate::audit::sqlite::ensure_schema(&db).await?;
-        let holder = Holder::new(db.path())?;
+        let holder = Some(Holder::new(db.path())?);
         let inner = Arc::new(Inner {
             db,
             holder,
@@ -158,6 +167,21 @@ impl SqliteJournal {
     pub fn set_lease_ttl(&self, ttl: Duration) {
         let ms = leases::millis(ttl).max(30);
         self.inner.ttl_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Opens the journal of the existing SQLite file at `path` read-only, for inspection
+    /// (see [`Database::open_read_only`]): no table is created, no lease holder file is made,
+    /// no heartbeat runs; every write (creating or claiming a run, committing) fails.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let db = Database::open_read_only(path).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                holder: None,
+                ttl_ms: AtomicI64::new(leases::millis(leases::LEASE_TTL)),
+                wakeups: Wakeups::new(),
+            }),
+        })
     }
 
     /// The database file.
@@ -197,7 +221,7 @@ impl RunJournal for SqliteJournal {
             insert_run(tx.conn(), &run)?;
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run.run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
@@ -216,7 +240,7 @@ impl RunJournal for SqliteJournal {
         Box::pin(self.inner.db.write(Durability::Sync, move |tx| {
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
@@ -278,7 +302,8 @@ impl RunJournal for SqliteJournal {
                 .write(Durability::Sync, move |tx| {
                     let conn = tx.conn();
                     let now = crate::audit::now_unix_ms();
-                    let ids = leases::runnable(conn, &inner.holder, &keys, now, limit)?;
+                    let holder = inner.holder()?;
+                    let ids = leases::runnable(conn, holder, &keys, now, limit)?;
                     let mut out = Vec::with_capacity(ids.len());
                     for run_id in ids {
                         let Some(run) = conn
@@ -293,7 +318,7 @@ impl RunJournal for SqliteJournal {
                         };
                         let (lease, recovered) = leases::claim_reporting(
                             conn,
-                            &inner.holder,
+                            holder,
                             &run_id,
                             &owner,
                             now,
