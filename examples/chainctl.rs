@@ -30,7 +30,8 @@ const VAULT_KEY_ENV: &str = "CHAIN_VAULT_KEY";
 fn runtime(db: &Path) -> Result<RuntimeBuilder, String> {
     let key = VaultKey::from_env(VAULT_KEY_ENV).map_err(|e| {
         format!(
-            "`runs resume` calls the providers with the credentials in the vault, and needs its key: {e}"
+            "`runs resume` calls the providers with the credentials in the vault, and needs the \
+             key the application's vault was created with (a new key cannot open it): {e}"
         )
     })?;
     Ok(Runtime::at(&db.to_string_lossy())

