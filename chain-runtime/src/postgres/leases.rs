@@ -13,7 +13,6 @@
 
 use deadpool_postgres::GenericClient;
 
-use crate::journal::leases::ttl_ms;
 use crate::journal::{JournalError, Lease};
 use crate::sqlite::DbError;
 
@@ -91,15 +90,17 @@ async fn is_gone_soon(
     }
 }
 
-/// Claims `run_id` for `owner` in the open transaction.
+/// Claims `run_id` for `owner` in the open transaction, for `ttl_ms`; also tells whether the
+/// previous lease was taken back without a release (it expired, or its holder is gone).
 pub(crate) async fn claim(
     tx: &impl GenericClient,
     holder: &Holder,
     run_id: &str,
     owner: &str,
     now_ms: i64,
-) -> Result<Lease, JournalError> {
-    let expires = now_ms.saturating_add(ttl_ms());
+    ttl_ms: i64,
+) -> Result<(Lease, bool), JournalError> {
+    let expires = now_ms.saturating_add(ttl_ms);
     let current = tx
         .query_opt(
             "SELECT owner, holder, token, expires_ms FROM run_leases WHERE run_id = $1 FOR UPDATE",
@@ -107,6 +108,7 @@ pub(crate) async fn claim(
         )
         .await
         .map_err(DbError::from)?;
+    let mut recovered = false;
     let token: i64 = match current {
         None => {
             let inserted = tx
@@ -139,6 +141,7 @@ pub(crate) async fn claim(
                     owner: held_by,
                 });
             }
+            recovered = expires_ms != 0;
             tx.execute(
                 "UPDATE run_leases SET owner = $2, holder = $3, token = $4, expires_ms = $5 \
                  WHERE run_id = $1",
@@ -149,11 +152,12 @@ pub(crate) async fn claim(
             token + 1
         }
     };
-    Ok(Lease {
+    let lease = Lease {
         run_id: run_id.to_owned(),
         owner: owner.to_owned(),
         token: u64::try_from(token).unwrap_or(0),
-    })
+    };
+    Ok((lease, recovered))
 }
 
 /// Fails with [`JournalError::LeaseLost`] unless `lease` is the run's current lease. Locks the
@@ -190,18 +194,134 @@ pub(crate) async fn release(
     Ok(())
 }
 
-/// Renews every live lease of `holder`.
+/// Renews every live lease of `holder`, `ttl_ms` ahead.
 pub(crate) async fn renew(
     client: &impl GenericClient,
     holder: &str,
     now_ms: i64,
+    ttl_ms: i64,
 ) -> Result<(), JournalError> {
     client
         .execute(
             "UPDATE run_leases SET expires_ms = $2 WHERE holder = $1 AND expires_ms > 0",
-            &[&holder, &now_ms.saturating_add(ttl_ms())],
+            &[&holder, &now_ms.saturating_add(ttl_ms)],
         )
         .await
         .map_err(DbError::from)?;
     Ok(())
+}
+
+/// The channel every submit and release notifies, and every journal listens on.
+pub(crate) const CHANNEL: &str = "chain_runnable";
+
+/// Tells every listening worker (at commit) that a run may have become runnable.
+pub(crate) async fn notify(tx: &impl GenericClient) -> Result<(), JournalError> {
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Renews one lease if it is still current; returns false only when another claim superseded
+/// it (a lease its holder released is not renewed, and not superseded either).
+pub(crate) async fn renew_one(
+    tx: &impl GenericClient,
+    lease: &Lease,
+    expires_ms: i64,
+) -> Result<bool, JournalError> {
+    let token = i64::try_from(lease.token).unwrap_or(-1);
+    let renewed = tx
+        .execute(
+            "UPDATE run_leases SET expires_ms = $3 WHERE run_id = $1 AND token = $2 AND expires_ms > 0",
+            &[&lease.run_id, &token, &expires_ms],
+        )
+        .await
+        .map_err(DbError::from)?;
+    if renewed == 1 {
+        return Ok(true);
+    }
+    let current = tx
+        .query_opt(
+            "SELECT token FROM run_leases WHERE run_id = $1",
+            &[&lease.run_id],
+        )
+        .await
+        .map_err(DbError::from)?;
+    Ok(match current {
+        Some(row) => row.try_get::<_, i64>(0).map_err(DbError::from)? == token,
+        None => false,
+    })
+}
+
+/// Which runs are runnable among the drivable `(chain, version)` pairs.
+const RUNNABLE: &str = "r.state_kind IN ('running', 'compensating') \
+     AND (r.chain, r.chain_version) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+/// Up to `limit` run ids that are runnable now (see `crate::journal::queue`) among the
+/// drivable `chains`/`versions` (pairwise), oldest first, their run rows locked in the open
+/// transaction; rows another claimer has locked are skipped (`FOR UPDATE SKIP LOCKED`).
+pub(crate) async fn runnable(
+    tx: &impl GenericClient,
+    holder: &Holder,
+    chains: &[String],
+    versions: &[String],
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, JournalError> {
+    let free = tx
+        .prepare_cached(&format!(
+            "SELECT r.run_id FROM run_runs r LEFT JOIN run_leases l ON l.run_id = r.run_id \
+             WHERE {RUNNABLE} AND (l.run_id IS NULL OR l.expires_ms = 0 OR l.expires_ms < $3) \
+             ORDER BY r.created_ms, r.run_id LIMIT $4 FOR UPDATE OF r SKIP LOCKED"
+        ))
+        .await
+        .map_err(DbError::from)?;
+    let mut out: Vec<String> = tx
+        .query(&free, &[&chains, &versions, &now_ms, &limit])
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(DbError::from)?;
+    if i64::try_from(out.len()).unwrap_or(i64::MAX) >= limit {
+        return Ok(out);
+    }
+    // Live leases of holders that died: few holders, each checked once by its session lock.
+    let holders: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT holder FROM run_leases WHERE expires_ms >= $1 AND holder <> $2",
+            &[&now_ms, &holder.id],
+        )
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(DbError::from)?;
+    let of_holder = tx
+        .prepare_cached(&format!(
+            "SELECT r.run_id FROM run_runs r JOIN run_leases l ON l.run_id = r.run_id \
+             WHERE {RUNNABLE} AND l.holder = $3 AND l.expires_ms >= $4 \
+             ORDER BY r.created_ms, r.run_id LIMIT $5 FOR UPDATE OF r SKIP LOCKED"
+        ))
+        .await
+        .map_err(DbError::from)?;
+    for other in holders {
+        let left = limit - i64::try_from(out.len()).unwrap_or(i64::MAX);
+        if left <= 0 {
+            break;
+        }
+        if !is_gone(tx, holder, &other).await? {
+            continue;
+        }
+        let more = tx
+            .query(&of_holder, &[&chains, &versions, &other, &now_ms, &left])
+            .await
+            .map_err(DbError::from)?;
+        for row in more {
+            out.push(row.try_get(0).map_err(DbError::from)?);
+        }
+    }
+    Ok(out)
 }

@@ -36,7 +36,7 @@ use tokio_postgres::error::SqlState;
 pub use audit::PgAuditStore;
 pub use journal::PgJournal;
 pub use migrate::SCHEMA_VERSION;
-pub use vault::PgAccountStore;
+pub use vault::{PgAccountStore, REFRESH_LOCK_WAIT};
 
 use crate::sqlite::{DatabaseId, DbError};
 
@@ -202,6 +202,29 @@ impl PgDatabase {
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         Ok(self.inner.pool.get().await?)
+    }
+
+    /// A connection of its own, outside the pool, that calls `on_notify` for every
+    /// notification (`LISTEN`) it receives.
+    pub(crate) async fn listening(
+        &self,
+        on_notify: impl Fn() + Send + 'static,
+    ) -> Result<tokio_postgres::Client, DbError> {
+        let (client, mut connection) = self.inner.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            loop {
+                match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => on_notify(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "a listening PostgreSQL connection ended");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        Ok(client)
     }
 
     /// A connection of its own, outside the pool (for session state such as advisory locks
