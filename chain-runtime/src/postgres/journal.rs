@@ -438,8 +438,13 @@ impl RunJournal for PgJournal {
                     continue;
                 };
                 let run = run_row(&row)?;
-                let (lease, recovered) =
-                    leases::claim(&tx, holder, &run_id, owner, now, ttl).await?;
+                // Never wait here: the run rows are locked, a wait could close a lock cycle
+                // with the holder's own write.
+                let Some((lease, recovered)) =
+                    leases::try_claim(&tx, holder, &run_id, owner, now, ttl).await?
+                else {
+                    continue;
+                };
                 out.push(Claim {
                     run,
                     lease,
@@ -459,9 +464,12 @@ impl RunJournal for PgJournal {
             let mut client = self.client().await?;
             let tx = begin(&mut client, Durability::Deferred).await?;
             let expires = crate::audit::now_unix_ms().saturating_add(self.inner.ttl_ms());
-            let mut out = Vec::with_capacity(leases.len());
-            for lease in leases {
-                out.push(leases::renew_one(&tx, lease, expires).await?);
+            let mut out = vec![false; leases.len()];
+            // In run order, as every other multi-row lease update.
+            let mut order: Vec<usize> = (0..leases.len()).collect();
+            order.sort_by(|&a, &b| leases[a].run_id.cmp(&leases[b].run_id));
+            for i in order {
+                out[i] = leases::renew_one(&tx, &leases[i], expires).await?;
             }
             tx.commit().await.map_err(db)?;
             Ok(out)

@@ -203,7 +203,11 @@ pub(crate) async fn renew(
 ) -> Result<(), JournalError> {
     client
         .execute(
-            "UPDATE run_leases SET expires_ms = $2 WHERE holder = $1 AND expires_ms > 0",
+            // Rows a write or a claim has locked are skipped (renewed next time): the heartbeat
+            // never waits, so it can be in no lock cycle.
+            "UPDATE run_leases SET expires_ms = $2 WHERE run_id IN (SELECT run_id FROM \
+             run_leases WHERE holder = $1 AND expires_ms > 0 ORDER BY run_id \
+             FOR UPDATE SKIP LOCKED)",
             &[&holder, &now_ms.saturating_add(ttl_ms)],
         )
         .await
@@ -223,34 +227,113 @@ pub(crate) async fn notify(tx: &impl GenericClient) -> Result<(), JournalError> 
 }
 
 /// Renews one lease if it is still current; returns false only when another claim superseded
-/// it (a lease its holder released is not renewed, and not superseded either).
+/// it (a lease its holder released is not renewed, and not superseded either). Never waits: a
+/// lease row another transaction has locked is only read (and renewed next time).
 pub(crate) async fn renew_one(
     tx: &impl GenericClient,
     lease: &Lease,
     expires_ms: i64,
 ) -> Result<bool, JournalError> {
     let token = i64::try_from(lease.token).unwrap_or(-1);
-    let renewed = tx
-        .execute(
-            "UPDATE run_leases SET expires_ms = $3 WHERE run_id = $1 AND token = $2 AND expires_ms > 0",
-            &[&lease.run_id, &token, &expires_ms],
-        )
-        .await
-        .map_err(DbError::from)?;
-    if renewed == 1 {
-        return Ok(true);
-    }
-    let current = tx
+    let locked = tx
         .query_opt(
-            "SELECT token FROM run_leases WHERE run_id = $1",
+            "SELECT token, expires_ms FROM run_leases WHERE run_id = $1 FOR UPDATE SKIP LOCKED",
             &[&lease.run_id],
         )
         .await
         .map_err(DbError::from)?;
-    Ok(match current {
-        Some(row) => row.try_get::<_, i64>(0).map_err(DbError::from)? == token,
-        None => false,
-    })
+    let current = match locked {
+        Some(row) => {
+            let current: i64 = row.try_get(0).map_err(DbError::from)?;
+            let expires: i64 = row.try_get(1).map_err(DbError::from)?;
+            if current == token && expires > 0 {
+                tx.execute(
+                    "UPDATE run_leases SET expires_ms = $2 WHERE run_id = $1",
+                    &[&lease.run_id, &expires_ms],
+                )
+                .await
+                .map_err(DbError::from)?;
+            }
+            Some(current)
+        }
+        None => tx
+            .query_opt(
+                "SELECT token FROM run_leases WHERE run_id = $1",
+                &[&lease.run_id],
+            )
+            .await
+            .map_err(DbError::from)?
+            .map(|row| row.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(DbError::from)?,
+    };
+    Ok(current == Some(token))
+}
+
+/// Claims `run_id` (whose run row the transaction has locked) for `owner` if its lease is
+/// free now, without waiting: `None` when another transaction has its lease row locked (a
+/// write of the holder, another claim) or the lease is live.
+pub(crate) async fn try_claim(
+    tx: &impl GenericClient,
+    holder: &Holder,
+    run_id: &str,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<Option<(Lease, bool)>, JournalError> {
+    let expires = now_ms.saturating_add(ttl_ms);
+    let exists = tx
+        .query_opt("SELECT 1 FROM run_leases WHERE run_id = $1", &[&run_id])
+        .await
+        .map_err(DbError::from)?
+        .is_some();
+    if !exists {
+        let inserted = tx
+            .execute(
+                "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (run_id) DO NOTHING",
+                &[&run_id, &owner, &holder.id, &expires],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let lease = Lease {
+            run_id: run_id.to_owned(),
+            owner: owner.to_owned(),
+            token: 1,
+        };
+        return Ok((inserted == 1).then_some((lease, false)));
+    }
+    let Some(row) = tx
+        .query_opt(
+            "SELECT holder, token, expires_ms FROM run_leases WHERE run_id = $1 \
+             FOR UPDATE SKIP LOCKED",
+            &[&run_id],
+        )
+        .await
+        .map_err(DbError::from)?
+    else {
+        return Ok(None);
+    };
+    let held_in: String = row.try_get(0).map_err(DbError::from)?;
+    let token: i64 = row.try_get(1).map_err(DbError::from)?;
+    let expires_ms: i64 = row.try_get(2).map_err(DbError::from)?;
+    let free = expires_ms == 0 || expires_ms < now_ms || is_gone(tx, holder, &held_in).await?;
+    if !free {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE run_leases SET owner = $2, holder = $3, token = $4, expires_ms = $5 \
+         WHERE run_id = $1",
+        &[&run_id, &owner, &holder.id, &(token + 1), &expires],
+    )
+    .await
+    .map_err(DbError::from)?;
+    let lease = Lease {
+        run_id: run_id.to_owned(),
+        owner: owner.to_owned(),
+        token: u64::try_from(token + 1).unwrap_or(0),
+    };
+    Ok(Some((lease, expires_ms != 0)))
 }
 
 /// Which runs are runnable among the drivable `(chain, version)` pairs.
