@@ -52,7 +52,11 @@ async fn chainctl_reads_a_postgres_database() {
     let db = Backend::Postgres.database(dir.path(), "cli").await;
     let grants = Arc::new(StaticGrants::new());
     grants.connect("alice", "crm", ["crm.write"], "crm-alice");
-    let runtime = db.runtime().credentials(grants).open().await.unwrap();
+    let runtime = chain_runtime::Runtime::at(&db.location)
+        .credentials(grants)
+        .open()
+        .await
+        .unwrap();
     let report = runtime
         .engine
         .start::<twice>(User("alice".into()), (1,))

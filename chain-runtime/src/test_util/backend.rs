@@ -8,7 +8,6 @@ use std::sync::Arc;
 use crate::audit::{AuditStore, SqliteAuditStore};
 use crate::journal::{RunJournal, SqliteJournal};
 use crate::postgres::{PgAccountStore, PgAuditStore, PgDatabase, PgJournal};
-use crate::runtime::{DatabaseLocation, Runtime, RuntimeBuilder};
 use crate::vault::{AccountStore, SqliteStore, Vault, VaultError, VaultKey, VaultOptions};
 
 /// A storage backend to run a test against.
@@ -52,15 +51,17 @@ impl TestDatabase {
     /// [`TestDatabase::location_path`] gave it (for example to a child process).
     pub fn at(location: impl AsRef<Path>) -> Self {
         let location = location.as_ref().to_string_lossy().into_owned();
-        let backend = match DatabaseLocation::parse(&location) {
-            DatabaseLocation::Postgres(_) => Backend::Postgres,
-            _ => Backend::Sqlite,
-        };
+        let backend =
+            if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+                Backend::Postgres
+            } else {
+                Backend::Sqlite
+            };
         Self { backend, location }
     }
 
     /// The location as a path argument, for helpers that take a database path
-    /// ([`TestDatabase::at`] reads it back; [`Runtime::at`] takes its text).
+    /// ([`TestDatabase::at`] reads it back; `Runtime::at` takes its text).
     pub fn location_path(&self) -> PathBuf {
         PathBuf::from(&self.location)
     }
@@ -80,16 +81,6 @@ impl TestDatabase {
                 Vault::open(Arc::new(PgAccountStore::on(db)), key, options).await
             }
         }
-    }
-
-    /// A runtime builder on this database.
-    pub fn runtime(&self) -> RuntimeBuilder {
-        Runtime::on(self.database_location())
-    }
-
-    /// The location as the runtime takes it.
-    pub fn database_location(&self) -> DatabaseLocation {
-        DatabaseLocation::parse(&self.location)
     }
 
     /// The SQLite file, for SQLite.
