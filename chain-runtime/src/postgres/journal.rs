@@ -306,7 +306,15 @@ impl PgJournal {
         durability: Durability,
     ) -> Result<Committed, JournalError> {
         let mut client = self.client().await?;
-        let tx = begin(&mut client, durability).await?;
+        // A unit that appends to the chain holds the head's lock until it commits: commit
+        // without waiting for the fsync, then wait for it with the lock released.
+        let flush_after = durability == Durability::Sync && !audit.is_empty();
+        let mode = if flush_after {
+            Durability::Deferred
+        } else {
+            durability
+        };
+        let tx = begin(&mut client, mode).await?;
         if let Some(lease) = lease {
             leases::check(&tx, lease).await?;
         }
@@ -319,6 +327,9 @@ impl PgJournal {
         }
         let audit = super::audit::append_in(&tx, audit).await?;
         tx.commit().await.map_err(db)?;
+        if flush_after {
+            PgDatabase::flush_wal(&client).await?;
+        }
         Ok(Committed {
             applied: true,
             audit,
