@@ -43,10 +43,7 @@ async fn crash_while_compensating(at: PauseAt, step: CrashStep) {
 
     // Spelled out for the undo the kill interrupted: one committed undo, and a replay exactly
     // when the killed process had already sent it (the recovery resends it, same key).
-    let ledger = match step.connector() {
-        "jira" => harness.demo.sandbox.jira.ledger(),
-        _ => harness.demo.sandbox.salesforce.ledger(),
-    };
+    let ledger = test_support::world::ledger(&harness.demo.sandbox, step.connector());
     let step_id = ChildChain::Escalate.step_id(step);
     let undo = idempotency_key(&outcome.run_id, &format!("{step_id}/undo"));
     ledger.exactly_once(&undo).unwrap();

@@ -1,7 +1,8 @@
 //! Helpers shared by every test location of the workspace (`tests/tests`, `chain-runtime/tests`,
 //! `examples/tests`), so each is written once:
 //!
-//! - [`logs`]: log capture; [`db`]: a database's bytes with its WAL;
+//! - [`logs`]: log capture; [`db`]: a database's bytes with its WAL; [`vault`]: opening a
+//!   vault;
 //! - [`principal`]: the `UserId` principal of the tests' chains;
 //! - [`world`]: the provider emulators, a vault, an audit trail and an engine on one SQLite
 //!   file; [`sleeper`]: a retry sleeper that records waits instead of sleeping;
@@ -17,6 +18,7 @@ pub mod oauth;
 pub mod principal;
 pub mod sleeper;
 pub mod tls;
+pub mod vault;
 pub mod world;
 
 pub use principal::{UserId, alice, bob};

@@ -164,16 +164,21 @@ impl SandboxWorld {
 
     /// A snapshot of `connector`'s ledger.
     pub fn ledger(&self, connector: &str) -> Ledger {
-        let sb = &self.sandbox;
-        match connector {
-            "salesforce" => sb.salesforce.ledger(),
-            "jira" => sb.jira.ledger(),
-            _ => sb.slack.ledger(),
-        }
+        ledger(&self.sandbox, connector)
     }
 
     /// Every API call `connector`'s emulator saw.
     pub fn calls(&self, connector: &str) -> Vec<CallRecord> {
         self.ledger(connector).calls().to_vec()
+    }
+}
+
+/// A snapshot of the ledger of `connector`'s emulator in `sandbox` (`salesforce`, `jira`, or
+/// anything else for Slack).
+pub fn ledger(sandbox: &Sandbox, connector: &str) -> Ledger {
+    match connector {
+        "salesforce" => sandbox.salesforce.ledger(),
+        "jira" => sandbox.jira.ledger(),
+        _ => sandbox.slack.ledger(),
     }
 }
