@@ -18,15 +18,8 @@ use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{ModelFault, ScriptedModel, ScriptedTurn};
 use chain_runtime::store::{EntryKind, EntryResult, RunState, RunStore, SqliteRunStore};
 use serde_json::{Value, json};
+use test_support::UserId;
 use tokio::sync::Notify;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct UserId(String);
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
 
 /// A note.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -167,7 +160,7 @@ fn grants(with_pager: bool) -> Arc<StaticGrants> {
 }
 
 async fn env_with(grants: Arc<StaticGrants>, retry: RetryPolicy) -> Env {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    test_support::tls::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.db");
     let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());

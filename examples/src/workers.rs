@@ -83,14 +83,14 @@ pub async fn worker_main(args: &[String]) -> Result<(), DemoError> {
         builder = builder.provider(provider_config(provider, ClientSecret::new(secret))?);
     }
     let pause = spec.pause.clone();
+    if let Some(ms) = env_u64(ENV_LEASE_MS)? {
+        builder = builder.lease_ttl(Duration::from_millis(ms));
+    }
     let runtime = builder
         .chain::<escalate_deal>()
         .run_store_layer(move |runs| Arc::new(PausingStore::new(runs, pause)))
         .open()
         .await?;
-    if let Some(ms) = env_u64(ENV_LEASE_MS)? {
-        runtime.runs.set_lease_ttl(Duration::from_millis(ms));
-    }
     match args.first().map(String::as_str) {
         Some("work") => work(&runtime).await,
         Some("refresh") => {
@@ -383,7 +383,6 @@ pub async fn wait_terminal(
     ids: &[String],
     deadline: Instant,
 ) -> Result<(), DemoError> {
-    use chain_runtime::journal::RunJournal as _;
     loop {
         let runs = demo.runs.list_runs().await?;
         let done = runs
@@ -406,8 +405,6 @@ pub async fn wait_terminal(
 /// audit trail agree for each run, that no operator alert was raised, and that the audit
 /// chain verifies.
 pub async fn verify_runs(harness: &CrashHarness, ids: &[String]) -> Result<(), DemoError> {
-    use chain_runtime::audit::AuditStore as _;
-    use chain_runtime::journal::RunJournal as _;
     let demo = &harness.demo;
     let sb = &demo.sandbox;
     let ledgers = [

@@ -265,8 +265,6 @@ fn every_kill_point_is_a_worker_test() {
 
 /// A snapshot of what the journal and the audit trail hold for `run_id`.
 async fn snapshot(harness: &CrashHarness, run_id: &str) -> (String, usize, usize) {
-    use chain_runtime::audit::AuditStore as _;
-    use chain_runtime::journal::RunJournal as _;
     let demo = &harness.demo;
     let journal = demo.runs.journal(run_id).await.unwrap();
     let run = demo.runs.get_run(run_id).await.unwrap().unwrap();

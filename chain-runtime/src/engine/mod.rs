@@ -30,9 +30,11 @@
 //!
 //! [`ChainCtx::record`]: crate::ChainCtx::record
 
+mod attempts;
 mod compensate;
 mod driver;
 mod error;
+mod gate;
 mod ids;
 mod notify;
 mod outcome;
@@ -41,6 +43,7 @@ mod replay;
 mod report;
 mod runner;
 mod version;
+mod waiting;
 mod worker;
 
 use std::collections::{BTreeSet, HashMap};
@@ -202,13 +205,17 @@ impl Engine {
     }
 
     /// Starts a run of `C` for `principal` and drives it until it completes, suspends, is
-    /// compensated, blocks or fails. Preflight runs first: when consents are missing nothing
-    /// is written and [`EngineError::PreflightNotReady`] lists them.
+    /// compensated, blocks or fails. `input` is the chain's parameters as written in its
+    /// signature: the value itself for a chain with one parameter, else their tuple (see
+    /// [`IntoInput`](crate::IntoInput)). Preflight runs first: when consents are missing
+    /// nothing but the refusal's audit records is written and
+    /// [`EngineError::PreflightNotReady`] lists them.
     pub async fn start<C: Chain>(
         &self,
         principal: C::Principal,
-        input: C::Input,
+        input: impl crate::IntoInput<C::Input>,
     ) -> Result<RunReport<C::Output>, EngineError> {
+        let input: C::Input = input.into_input();
         let meta: &'static ChainMeta = &C::META;
         self.register_meta(meta);
         let principal_json = encode(&principal, "principal")?;
@@ -330,12 +337,8 @@ impl Engine {
         let manifest = ScopeManifest::for_chain(meta);
         let grants = self.inner.credentials.grants(&run.principal_id).await?;
         let pf = preflight_manifest(&manifest, &run.principal_id, &grants);
-        if !pf.is_ready() {
-            return Err(EngineError::PreflightNotReady {
-                chain: run.chain.clone(),
-                consents: pf.consents_needed().into_iter().cloned().collect(),
-            });
-        }
+        self.preflight_gate(&run.chain, &run.principal_id, Some(run_id), &pf)
+            .await?;
         for (connector, recorded) in &run.subjects {
             let Some(recorded) = recorded else { continue };
             let current = self

@@ -27,12 +27,8 @@ impl Engine {
         let manifest = ScopeManifest::for_chain(meta);
         let grants = self.inner.credentials.grants(&principal_id).await?;
         let pf = preflight_manifest(&manifest, &principal_id, &grants);
-        if !pf.is_ready() {
-            return Err(EngineError::PreflightNotReady {
-                chain: meta.path(),
-                consents: pf.consents_needed().into_iter().cloned().collect(),
-            });
-        }
+        self.preflight_gate(&meta.path(), &principal_id, None, &pf)
+            .await?;
         let mut subjects = BTreeMap::new();
         for connector in manifest.connectors.keys() {
             let subject = self

@@ -34,9 +34,10 @@
 //! ([`RunJournal::renew_leases`]) and waits on [`Wakeups`] when there is nothing to claim; see
 //! [`queue`] for what makes a run runnable.
 
-mod leases;
+pub(crate) mod leases;
 mod memory;
 pub mod queue;
+pub(crate) mod rows;
 mod sqlite;
 mod sqlite_write;
 
@@ -45,6 +46,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use leases::LEASE_TTL;
 pub use memory::MemoryJournal;
 pub use queue::{Claim, Drivable, WakeupReceiver, Wakeups};
 pub use sqlite::SqliteJournal;
@@ -171,7 +173,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntryKind::Step => "step",
             EntryKind::Record => "record",
@@ -384,6 +386,13 @@ pub struct Committed {
     pub applied: bool,
     /// The unit's audit records, sealed.
     pub audit: Vec<AuditRecord>,
+}
+
+/// A journal shows as its kind only.
+impl std::fmt::Debug for dyn RunJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn RunJournal")
+    }
 }
 
 /// Storage of runs, journals, compensations and alerts. See the module docs for units of work

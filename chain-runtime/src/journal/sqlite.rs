@@ -17,10 +17,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::leases::{self, Holder};
+use super::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, decode};
 use super::sqlite_write::{commit_in, insert_run};
 use super::{
-    Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, EntryKind,
-    JournalEntry, JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups, WriterStats,
+    Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, JournalEntry,
+    JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups, WriterStats,
 };
 use crate::audit::{AuditRecord, NewRecord};
 use crate::sqlite::{Database, Durability};
@@ -76,7 +77,8 @@ pub struct SqliteJournal {
 
 struct Inner {
     db: Database,
-    holder: Holder,
+    /// `None`: opened read-only, no run can be claimed.
+    holder: Option<Holder>,
     /// The lease TTL in milliseconds (see [`SqliteJournal::set_lease_ttl`]).
     ttl_ms: AtomicI64,
     wakeups: Wakeups,
@@ -85,6 +87,12 @@ struct Inner {
 impl Inner {
     fn ttl_ms(&self) -> i64 {
         self.ttl_ms.load(Ordering::Relaxed)
+    }
+
+    fn holder(&self) -> Result<&Holder, JournalError> {
+        self.holder.as_ref().ok_or_else(|| {
+            JournalError::Backend("the run journal is open read-only: no run can be claimed".into())
+        })
     }
 }
 
@@ -103,13 +111,15 @@ fn heartbeat(inner: Weak<Inner>) {
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let Some(inner) = inner.upgrade() else { return };
+        let Some(holder) = inner.holder.as_ref().map(|h| h.id.clone()) else {
+            return;
+        };
         let ttl_ms = inner.ttl_ms();
         let every = Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(0));
         if last.elapsed() < every {
             continue;
         }
         last = std::time::Instant::now();
-        let holder = inner.holder.id.clone();
         let renewed =
             futures::executor::block_on(inner.db.write(Durability::Deferred, move |tx| {
                 leases::renew(tx.conn(), &holder, crate::audit::now_unix_ms(), ttl_ms)
@@ -133,7 +143,7 @@ impl SqliteJournal {
         db.ensure_schema(leases::SCHEMA).await?;
         db.ensure_schema(leases::RUNNABLE_INDEX).await?;
         crate::audit::sqlite::ensure_schema(&db).await?;
-        let holder = Holder::new(db.path())?;
+        let holder = Some(Holder::new(db.path())?);
         let inner = Arc::new(Inner {
             db,
             holder,
@@ -157,6 +167,21 @@ impl SqliteJournal {
     pub fn set_lease_ttl(&self, ttl: Duration) {
         let ms = leases::millis(ttl).max(30);
         self.inner.ttl_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Opens the journal of the existing SQLite file at `path` read-only, for inspection
+    /// (see [`Database::open_read_only`]): no table is created, no lease holder file is made,
+    /// no heartbeat runs; every write (creating or claiming a run, committing) fails.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let db = Database::open_read_only(path).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                holder: None,
+                ttl_ms: AtomicI64::new(leases::millis(leases::LEASE_TTL)),
+                wakeups: Wakeups::new(),
+            }),
+        })
     }
 
     /// The database file.
@@ -196,7 +221,7 @@ impl RunJournal for SqliteJournal {
             insert_run(tx.conn(), &run)?;
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run.run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
@@ -215,7 +240,7 @@ impl RunJournal for SqliteJournal {
         Box::pin(self.inner.db.write(Durability::Sync, move |tx| {
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
@@ -277,7 +302,8 @@ impl RunJournal for SqliteJournal {
                 .write(Durability::Sync, move |tx| {
                     let conn = tx.conn();
                     let now = crate::audit::now_unix_ms();
-                    let ids = leases::runnable(conn, &inner.holder, &keys, now, limit)?;
+                    let holder = inner.holder()?;
+                    let ids = leases::runnable(conn, holder, &keys, now, limit)?;
                     let mut out = Vec::with_capacity(ids.len());
                     for run_id in ids {
                         let Some(run) = conn
@@ -292,7 +318,7 @@ impl RunJournal for SqliteJournal {
                         };
                         let (lease, recovered) = leases::claim_reporting(
                             conn,
-                            &inner.holder,
+                            holder,
                             &run_id,
                             &owner,
                             now,
@@ -393,28 +419,18 @@ impl RunJournal for SqliteJournal {
                  WHERE run_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map([run_id], |row| {
-                Ok((
-                    row.get::<_, u32>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, u32>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                ))
+                Ok(EntryRow {
+                    seq: row.get(0)?,
+                    step_id: row.get(1)?,
+                    kind: row.get(2)?,
+                    name: row.get(3)?,
+                    attempt: row.get(4)?,
+                    result: row.get(5)?,
+                })
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, step_id, kind, name, attempt, result) = row?;
-                out.push(JournalEntry {
-                    seq,
-                    kind: EntryKind::parse(&kind).ok_or_else(|| {
-                        JournalError::Corrupt(format!("unknown entry kind `{kind}`"))
-                    })?,
-                    step_id,
-                    name,
-                    attempt,
-                    result: result.as_deref().map(decode).transpose()?,
-                });
+                out.push(row?.decode()?);
             }
             Ok(out)
         }))
@@ -431,22 +447,16 @@ impl RunJournal for SqliteJournal {
                  WHERE run_id = ?1 ORDER BY rowid",
             )?;
             let rows = stmt.query_map([run_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                ))
+                Ok(CompensationRow {
+                    step_id: row.get(0)?,
+                    compensator: row.get(1)?,
+                    attempt: row.get(2)?,
+                    result: row.get(3)?,
+                })
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (step_id, compensator, attempt, result) = row?;
-                out.push(CompensationEntry {
-                    step_id,
-                    compensator,
-                    attempt,
-                    result: result.as_deref().map(decode).transpose()?,
-                });
+                out.push(row?.decode()?);
             }
             Ok(out)
         }))
@@ -471,52 +481,20 @@ impl RunJournal for SqliteJournal {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JournalError> {
-    Ok(serde_json::from_str(text)?)
-}
-
-const RUN_COLUMNS: &str = "run_id, chain, chain_version, step_versions, principal, principal_id, \
-                           input, subjects, parent_run_id, state, node, created_ms";
-
 fn row_to_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord, JournalError>> {
-    let texts: [String; 8] = [
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-    ];
-    let parent: Option<String> = row.get(8)?;
-    let state: String = row.get(9)?;
-    let node: u32 = row.get(10)?;
-    let created: i64 = row.get(11)?;
-    let [
-        run_id,
-        chain,
-        chain_version,
-        steps,
-        principal,
-        principal_id,
-        input,
-        subjects,
-    ] = texts;
-    Ok((|| {
-        Ok(RunRecord {
-            run_id,
-            chain,
-            chain_version,
-            step_versions: decode(&steps)?,
-            principal: decode(&principal)?,
-            principal_id,
-            input: decode(&input)?,
-            subjects: decode(&subjects)?,
-            parent_run_id: parent,
-            state: decode(&state)?,
-            node,
-            created_unix_ms: created,
-        })
-    })())
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        chain: row.get(1)?,
+        chain_version: row.get(2)?,
+        step_versions: row.get(3)?,
+        principal: row.get(4)?,
+        principal_id: row.get(5)?,
+        input: row.get(6)?,
+        subjects: row.get(7)?,
+        parent_run_id: row.get(8)?,
+        state: row.get(9)?,
+        node: row.get(10)?,
+        created_ms: row.get(11)?,
+    }
+    .decode())
 }

@@ -4,6 +4,7 @@
 use rusqlite::{Connection, params};
 
 use super::leases;
+use super::rows::{RunText, encode_opt};
 use super::{Committed, JournalError, JournalWrite, Lease, RunRecord};
 use crate::audit::sqlite::Presealed;
 use crate::sqlite::Tx;
@@ -22,11 +23,7 @@ fn apply(
     match write {
         JournalWrite::Entry { entry, node } => {
             let run_id = needs_run()?;
-            let result = entry
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
+            let result = encode_opt(entry.result.as_ref())?;
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -45,11 +42,7 @@ fn apply(
         }
         JournalWrite::Compensation(entry) => {
             let run_id = needs_run()?;
-            let result = entry
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
+            let result = encode_opt(entry.result.as_ref())?;
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO journal_compensations (run_id, step_id, compensator, attempt, result) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -106,6 +99,7 @@ pub(super) fn commit_in(
 }
 
 pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
+    let text = RunText::of(run)?;
     conn.prepare_cached(
         "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
          principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
@@ -115,13 +109,13 @@ pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), Journ
         run.run_id,
         run.chain,
         run.chain_version,
-        serde_json::to_string(&run.step_versions)?,
-        serde_json::to_string(&run.principal)?,
+        text.step_versions,
+        text.principal,
         run.principal_id,
-        serde_json::to_string(&run.input)?,
-        serde_json::to_string(&run.subjects)?,
+        text.input,
+        text.subjects,
         run.parent_run_id,
-        serde_json::to_string(&run.state)?,
+        text.state,
         run.state.kind(),
         run.node,
         run.created_unix_ms,

@@ -40,6 +40,7 @@ pub mod presets;
 mod provider;
 mod refresh;
 mod registry;
+pub(crate) mod rows;
 mod secret;
 mod sqlite;
 mod store;
