@@ -248,8 +248,12 @@ async fn child(db: PathBuf) {
         }
         let _ = eof_tx.send(());
     });
+    // A second handle on the file shares the process's writer, and its counters.
+    let writer = chain_runtime::journal::SqliteJournal::open(&db)
+        .await
+        .expect("journal handle");
     let _ = go_rx.await;
-    let before = rt.runs.writer_stats();
+    let before = writer.writer_stats();
     let options = WorkerOptions {
         concurrency: CONCURRENCY,
         poll_every: Duration::from_millis(20),
@@ -260,7 +264,7 @@ async fn child(db: PathBuf) {
             let _ = eof_rx.await;
         })
         .await;
-    let after = rt.runs.writer_stats();
+    let after = writer.writer_stats();
     println!(
         "stats {} {} {}",
         after.writes - before.writes,
