@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
-use chain_runtime::engine::{StaticGrants, WorkerOptions};
+use chain_runtime::engine::WorkerOptions;
 use chain_runtime::prelude::*;
+use chain_runtime::test_util::StaticGrants;
 use rusqlite::Connection;
 
 const STEPS: u32 = 4;
