@@ -34,7 +34,7 @@ fn runtime(db: &Path) -> Result<RuntimeBuilder, String> {
              key the application's vault was created with (a new key cannot open it): {e}"
         )
     })?;
-    Ok(Runtime::sqlite(db)
+    Ok(Runtime::at(&db.to_string_lossy())
         .vault_key(key)
         .chain::<escalate_deal>()
         .chain::<escalate_and_note>())

@@ -29,6 +29,8 @@ pub mod manifest;
 pub mod mcp;
 pub mod model;
 pub mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod preflight;
 pub mod principal;
 pub mod registry;
@@ -58,7 +60,7 @@ pub use future::BoxFuture;
 pub use input::IntoInput;
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
+pub use runtime::{DatabaseLocation, Runtime, RuntimeBuilder, RuntimeError};
 pub use runtime_consent::ConsentResumed;
 pub use schemars;
 pub use step::{CompensatorMeta, Effect, RecordRef, StepMeta};

@@ -7,7 +7,7 @@
 //!   the audit trail: chain, principal, connector and the missing scopes, no secret.
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use chain_runtime::audit::{AuditEvent, AuditStore, Outcome};
+use chain_runtime::audit::{AuditEvent, Outcome};
 use chain_runtime::vault::VaultKey;
 use examples::demo::{CONSENT_SCOPES, Demo};
 use examples::escalate::escalate_deal;

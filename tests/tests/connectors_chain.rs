@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chain_runtime::audit::{AuditEvent, AuditRecord, AuditStore};
+use chain_runtime::audit::{AuditEvent, AuditRecord};
 use chain_runtime::engine::EngineError;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{Emulator, Github, Google, Ledger, Microsoft, Provider, WriteRecord};

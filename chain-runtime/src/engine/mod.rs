@@ -38,13 +38,15 @@ mod gate;
 mod ids;
 mod notify;
 mod outcome;
+mod prepare;
 mod replay;
 mod report;
 mod runner;
 mod version;
 mod waiting;
+mod worker;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
@@ -55,23 +57,20 @@ pub use ids::idempotency_key;
 pub use notify::{Notifier, NotifyError, TracingNotifier, WebhookNotifier};
 pub use report::RunReport;
 pub use version::chain_version;
+pub use worker::{EventHook, WorkerEvent, WorkerOptions, WorkerReport};
 
 /// The account directory port under its old name; see [`AccountDirectory`].
 pub use crate::accounts::AccountDirectory as Credentials;
 /// The account lookup error under its old name; see [`AccountLookupError`].
 pub use crate::accounts::AccountLookupError as CredentialsError;
 pub use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
-#[cfg(feature = "test-util")]
-pub use crate::test_util::StaticGrants;
 
 use crate::audit::AuditStore;
-use crate::audit::{
-    AlertSeverity, AuditEvent, ConnectorScopes, NewRecord, Outcome, PreflightSummary,
-};
+use crate::audit::{AlertSeverity, AuditEvent, NewRecord, Outcome};
 use crate::chain::{ChainMeta, HandoffRequest};
 use crate::context::Chain;
 use crate::manifest::ScopeManifest;
-use crate::preflight::{Preflight, preflight_manifest};
+use crate::preflight::preflight_manifest;
 use crate::principal::Principal as _;
 use crate::step::RecordRef;
 use crate::store::{Alert, Lease, RunRecord, RunState, RunStore, StoreError};
@@ -243,35 +242,9 @@ impl Engine {
         input: Value,
         parent_run_id: Option<String>,
     ) -> Result<RunState, EngineError> {
-        let manifest = ScopeManifest::for_chain(meta);
-        let grants = self.inner.credentials.grants(&principal_id).await?;
-        let pf = preflight_manifest(&manifest, &principal_id, &grants);
-        self.preflight_gate(&meta.path(), &principal_id, None, &pf)
+        let (run, started) = self
+            .prepare_run(meta, run_id, principal, principal_id, input, parent_run_id)
             .await?;
-        let mut subjects = BTreeMap::new();
-        for connector in manifest.connectors.keys() {
-            let subject = self
-                .inner
-                .credentials
-                .upstream_subject(&principal_id, connector)
-                .await?;
-            subjects.insert(connector.clone(), subject);
-        }
-        let (chain_version, step_versions) = chain_version(meta);
-        let run = RunRecord {
-            run_id: run_id.clone(),
-            chain: meta.path(),
-            chain_version: chain_version.clone(),
-            step_versions,
-            principal,
-            principal_id: principal_id.clone(),
-            input,
-            subjects,
-            parent_run_id,
-            state: RunState::Running,
-            node: crate::graph::START,
-            created_unix_ms: crate::audit::now_unix_ms(),
-        };
         let lease = self
             .inner
             .store
@@ -282,18 +255,7 @@ impl Engine {
             self,
             Some(&lease),
             crate::journal::Unit::of(Vec::new())
-                .audit(
-                    NewRecord::new(
-                        principal_id,
-                        Outcome::Info,
-                        AuditEvent::RunStarted {
-                            chain: meta.path(),
-                            chain_version,
-                            preflight: preflight_summary(&pf),
-                        },
-                    )
-                    .run(&run_id),
-                )
+                .audit(started)
                 .deferred(),
         )
         .await;
@@ -561,21 +523,6 @@ impl Engine {
 fn encode<T: Serialize>(value: &T, what: &str) -> Result<Value, EngineError> {
     serde_json::to_value(value)
         .map_err(|e| EngineError::Codec(format!("the run's {what} does not encode as JSON: {e}")))
-}
-
-fn preflight_summary(pf: &Preflight) -> PreflightSummary {
-    PreflightSummary {
-        passed: pf.is_ready(),
-        missing: Vec::new(),
-        unused: pf
-            .unused_scopes()
-            .into_iter()
-            .map(|(connector, scopes)| ConnectorScopes {
-                connector: connector.to_owned(),
-                scopes: scopes.iter().cloned().collect(),
-            })
-            .collect(),
-    }
 }
 
 /// The records a set of touched lists names, without repeats.

@@ -105,9 +105,19 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
-/// Identifies one open database, so that stores can tell whether they share transactions.
+/// Identifies one open database of any backend (a SQLite file, a PostgreSQL database), so
+/// that stores can tell whether they share transactions: a run journal and an audit store
+/// with equal ids commit a unit's journal writes and audit records in one transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DatabaseId(u64);
+
+impl DatabaseId {
+    /// A new identity, never handed out before in this process.
+    pub(crate) fn fresh() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        DatabaseId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// How many writes the writer thread applied, in how many transactions and how many of those
 /// were synchronous (one fsync each).
@@ -314,7 +324,6 @@ impl Database {
         {
             return Ok(Self { shared });
         }
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let writer_stats = Arc::clone(&stats);
@@ -324,7 +333,7 @@ impl Database {
             .spawn(move || writer_loop(conn, rx, writer_stats, witness))
             .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
         let shared = Arc::new(Shared {
-            id: DatabaseId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            id: DatabaseId::fresh(),
             path: canonical.clone(),
             stats,
             writer: Some(tx),
