@@ -760,6 +760,13 @@ impl Running {
         Ok(())
     }
 
+    /// Keeps the lines the child printed that were not read yet.
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// Waits for the process to exit by itself.
     async fn wait_exit(
         &mut self,
@@ -1136,9 +1143,7 @@ impl CrashHarness {
             first.kill()?;
         }
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         self.journal_agrees_with_audit(&run_id)
             .await
             .map_err(|e| format!("after the kill {delay:?} into the run: {e}"))?;
@@ -1225,9 +1230,7 @@ impl CrashHarness {
         }
         first.kill()?;
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         // The killed process's held request must be dropped by the provider, unprocessed.
         let drop_deadline = Instant::now() + WAIT;
         while self.held_calls(connector) > 0 {
@@ -1415,9 +1418,7 @@ impl CrashHarness {
         first.line("pause ", deadline).await?;
         first.kill()?;
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         let label = format!("{at:?} of the undo of `{}`", step.name());
         self.journal_agrees_with_audit(&run_id)
             .await
