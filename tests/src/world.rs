@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chain_runtime::Runtime;
-use chain_runtime::audit::SqliteAuditStore;
+use chain_runtime::audit::AuditStore;
 use chain_runtime::engine::Engine;
 use chain_runtime::sandbox::{CallRecord, ConnectError, Ledger, Sandbox};
-use chain_runtime::store::SqliteRunStore;
+use chain_runtime::store::RunStore;
 use chain_runtime::vault::{AccountInfo, Vault, VaultKey, VaultOptions};
 
 use crate::sleeper::RecordingSleeper;
@@ -40,9 +40,9 @@ pub struct SandboxWorld {
     /// The engine over the vault, the audit trail and the run journal.
     pub engine: Engine,
     /// The audit trail.
-    pub audit: Arc<SqliteAuditStore>,
+    pub audit: Arc<dyn AuditStore>,
     /// The run journal.
-    pub runs: Arc<SqliteRunStore>,
+    pub runs: Arc<dyn RunStore>,
     /// Every retry wait of a step call (the vault's sleeper): recorded, never slept.
     pub waits: Arc<RecordingSleeper>,
     /// The database file.
