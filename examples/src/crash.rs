@@ -1197,11 +1197,25 @@ impl CrashHarness {
         if !first.exited() {
             first.kill()?;
         }
+        let label = format!("the kill {delay:?} into the run");
+        self.killed_then_recovered(first, run_id, started, &label)
+            .await
+    }
+
+    /// After `first` (which started `run_id` at `started`) was killed at `label`: checks that
+    /// the journal and the audit trail agree, recovers in a new child, and says what happened.
+    async fn killed_then_recovered(
+        &self,
+        mut first: Running,
+        run_id: String,
+        started: Instant,
+        label: &str,
+    ) -> Result<CrashOutcome, DemoError> {
         let to_kill = started.elapsed();
         first.drain();
         self.journal_agrees_with_audit(&run_id)
             .await
-            .map_err(|e| format!("after the kill {delay:?} into the run: {e}"))?;
+            .map_err(|e| format!("after {label}: {e}"))?;
         let (mine, recovery) = self.recover_run(&run_id).await?;
         Ok(CrashOutcome {
             kill_points: Vec::new(),
@@ -1472,22 +1486,9 @@ impl CrashHarness {
         let run_id = first.line("run ", deadline).await?;
         first.line("pause ", deadline).await?;
         first.kill()?;
-        let to_kill = started.elapsed();
-        first.drain();
-        let label = format!("{at:?} of the undo of `{}`", step.name());
-        self.journal_agrees_with_audit(&run_id)
+        let label = format!("the kill at {at:?} of the undo of `{}`", step.name());
+        self.killed_then_recovered(first, run_id, started, &label)
             .await
-            .map_err(|e| format!("after the kill at {label}: {e}"))?;
-        let (mine, recovery) = self.recover_run(&run_id).await?;
-        Ok(CrashOutcome {
-            kill_points: Vec::new(),
-            run_id,
-            recovered_state: mine.state,
-            reason: mine.reason,
-            to_kill: vec![to_kill],
-            recovery,
-            before_kill: std::mem::take(&mut first.seen),
-        })
     }
 
     /// Checks that the run ended Compensated and that each compensated write and its undo

@@ -55,6 +55,13 @@ async fn consent_and_script(agent: &AgentDemo) {
     agent.script(false);
 }
 
+/// How many writes `connector`'s emulator committed.
+fn committed(agent: &AgentDemo, connector: &str) -> usize {
+    test_support::world::ledger(&agent.demo.sandbox, connector)
+        .committed_writes()
+        .count()
+}
+
 /// The `role: tool` message contents of one recorded request.
 fn tool_results(request: &Value) -> Vec<String> {
     request["messages"]
@@ -116,16 +123,7 @@ async fn preflight_refuses_before_anything_runs() {
     let jira = consents.iter().find(|c| c.connector == "jira").unwrap();
     assert!(jira.scopes.contains("read:jira-work") && jira.scopes.contains("write:jira-work"));
     assert!(agent.model.requests().is_empty());
-    assert_eq!(
-        agent
-            .demo
-            .sandbox
-            .salesforce
-            .ledger()
-            .committed_writes()
-            .count(),
-        0
-    );
+    assert_eq!(committed(&agent, "salesforce"), 0);
 }
 
 #[tokio::test]
@@ -137,16 +135,7 @@ async fn unknown_tools_and_invalid_arguments_are_fed_back_and_never_run() {
     assert!(report.rejected[0].contains("unknown tool `delete_opportunity`"));
     assert!(report.rejected[1].contains("required field `previous`"));
     // Neither ran: one stage write, and it is the valid call's.
-    assert_eq!(
-        agent
-            .demo
-            .sandbox
-            .salesforce
-            .ledger()
-            .committed_writes()
-            .count(),
-        1
-    );
+    assert_eq!(committed(&agent, "salesforce"), 1);
     let results = tool_results(&agent.model.requests()[2]);
     assert_eq!(
         results.len(),
@@ -179,16 +168,7 @@ async fn a_crash_mid_run_is_replayed_without_asking_the_model_again() {
     assert_eq!(report.model_turns, 5);
     let jira = agent.demo.sandbox.jira.ledger();
     assert_eq!(jira.committed_writes().count(), 1, "the issue exists once");
-    assert_eq!(
-        agent
-            .demo
-            .sandbox
-            .salesforce
-            .ledger()
-            .committed_writes()
-            .count(),
-        1
-    );
+    assert_eq!(committed(&agent, "salesforce"), 1);
 }
 
 #[tokio::test]
@@ -215,10 +195,7 @@ async fn a_revocation_suspends_and_the_resume_continues_the_conversation() {
     let results = tool_results(&agent.model.requests()[4]);
     assert_eq!(results.len(), 4);
     assert!(results[3].contains("\"ts\""), "{results:?}");
-    assert_eq!(
-        agent.demo.sandbox.slack.ledger().committed_writes().count(),
-        1
-    );
+    assert_eq!(committed(&agent, "slack"), 1);
 }
 
 #[tokio::test]
