@@ -10,13 +10,14 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore};
-use chain_runtime::engine::{Engine, EngineError, StaticGrants};
+use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::graph::{EdgeKind, NodeKind};
 use chain_runtime::model::{OpenAiCompatible, register_model};
 use chain_runtime::policy::RetryPolicy;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{ModelFault, ScriptedModel, ScriptedTurn};
 use chain_runtime::store::{EntryKind, EntryResult, RunState, RunStore, SqliteRunStore};
+use chain_runtime::test_util::StaticGrants;
 use serde_json::{Value, json};
 use test_support::UserId;
 use tokio::sync::Notify;
