@@ -793,6 +793,13 @@ impl Running {
         Ok(())
     }
 
+    /// Keeps the lines the child printed that were not read yet.
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// Waits for the process to exit by itself.
     async fn wait_exit(
         &mut self,
@@ -938,11 +945,21 @@ impl CrashHarness {
     /// spec with `pause`, the vault key, each client secret), for children other than
     /// [`child_main`] (the worker processes of `examples::workers`).
     pub fn child_env(&self, pause: Option<Pause>) -> Result<Vec<(String, String)>, DemoError> {
+        self.env_with(pause, false)
+    }
+
+    /// [`CrashHarness::child_env`]; with `hold_retries` the child's retry backoffs wait for
+    /// the kill.
+    fn env_with(
+        &self,
+        pause: Option<Pause>,
+        hold_retries: bool,
+    ) -> Result<Vec<(String, String)>, DemoError> {
         use chain_runtime::sandbox::{Jira, Salesforce, Slack};
         let mut env = vec![
             (
                 ENV_SPEC.to_owned(),
-                serde_json::to_string(&self.spec(pause, false))?,
+                serde_json::to_string(&self.spec(pause, hold_retries))?,
             ),
             (
                 ENV_VAULT_KEY.to_owned(),
@@ -973,29 +990,13 @@ impl CrashHarness {
         pause: Option<Pause>,
         hold_retries: bool,
     ) -> Result<Running, DemoError> {
-        use chain_runtime::sandbox::{Jira, Salesforce, Slack};
-        let secrets = [
-            (
-                "salesforce",
-                Salesforce::default_config().client.client_secret,
-            ),
-            ("jira", Jira::default_config().client.client_secret),
-            ("slack", Slack::default_config().client.client_secret),
-        ];
         let mut command = (self.child)();
         command
             .arg(phase.arg())
-            .env(
-                ENV_SPEC,
-                serde_json::to_string(&self.spec(pause, hold_retries))?,
-            )
-            .env(ENV_VAULT_KEY, self.key.expose_secret())
+            .envs(self.env_with(pause, hold_retries)?)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (connector, secret) in &secrets {
-            command.env(secret_var(connector), secret.expose_secret());
-        }
         let mut child = command.spawn()?;
         let (tx, lines) = mpsc::unbounded_channel();
         if let Some(stdout) = child.stdout.take() {
@@ -1196,13 +1197,25 @@ impl CrashHarness {
         if !first.exited() {
             first.kill()?;
         }
+        let label = format!("the kill {delay:?} into the run");
+        self.killed_then_recovered(first, run_id, started, &label)
+            .await
+    }
+
+    /// After `first` (which started `run_id` at `started`) was killed at `label`: checks that
+    /// the journal and the audit trail agree, recovers in a new child, and says what happened.
+    async fn killed_then_recovered(
+        &self,
+        mut first: Running,
+        run_id: String,
+        started: Instant,
+        label: &str,
+    ) -> Result<CrashOutcome, DemoError> {
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         self.journal_agrees_with_audit(&run_id)
             .await
-            .map_err(|e| format!("after the kill {delay:?} into the run: {e}"))?;
+            .map_err(|e| format!("after {label}: {e}"))?;
         let (mine, recovery) = self.recover_run(&run_id).await?;
         Ok(CrashOutcome {
             kill_points: Vec::new(),
@@ -1286,9 +1299,7 @@ impl CrashHarness {
         }
         first.kill()?;
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         // The killed process's held request must be dropped by the provider, unprocessed.
         let drop_deadline = Instant::now() + WAIT;
         while self.held_calls(connector) > 0 {
@@ -1475,24 +1486,9 @@ impl CrashHarness {
         let run_id = first.line("run ", deadline).await?;
         first.line("pause ", deadline).await?;
         first.kill()?;
-        let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
-        let label = format!("{at:?} of the undo of `{}`", step.name());
-        self.journal_agrees_with_audit(&run_id)
+        let label = format!("the kill at {at:?} of the undo of `{}`", step.name());
+        self.killed_then_recovered(first, run_id, started, &label)
             .await
-            .map_err(|e| format!("after the kill at {label}: {e}"))?;
-        let (mine, recovery) = self.recover_run(&run_id).await?;
-        Ok(CrashOutcome {
-            kill_points: Vec::new(),
-            run_id,
-            recovered_state: mine.state,
-            reason: mine.reason,
-            to_kill: vec![to_kill],
-            recovery,
-            before_kill: std::mem::take(&mut first.seen),
-        })
     }
 
     /// Checks that the run ended Compensated and that each compensated write and its undo

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use chain_runtime::Runtime;
 use chain_runtime::audit::AuditStore;
 use chain_runtime::engine::Engine;
-use chain_runtime::sandbox::{CallRecord, Ledger, Sandbox};
+use chain_runtime::sandbox::{CallRecord, ConnectError, Ledger, Sandbox};
 use chain_runtime::store::RunStore;
-use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
+use chain_runtime::vault::{AccountInfo, Vault, VaultKey, VaultOptions};
 
 use crate::sleeper::RecordingSleeper;
 
@@ -107,37 +107,20 @@ impl SandboxWorld {
     /// Adds the upstream user `login` at every emulator and makes it the one who approves
     /// the next consents there.
     pub fn add_user(&self, login: &str) -> Subjects {
-        let sb = &self.sandbox;
-        let email = format!("{login}@acme.example");
-        let subjects = [
-            sb.salesforce.add_user(&email),
-            sb.jira.add_user(&email),
-            sb.slack.add_user(login),
-        ];
+        let subjects = add_user(&self.sandbox, login);
         self.approve_as(&subjects);
         subjects
     }
 
     /// Makes `subjects` the user who approves the next consent at every emulator.
     pub fn approve_as(&self, subjects: &Subjects) {
-        let sb = &self.sandbox;
-        let approve = |r: Result<(), _>| r.unwrap_or_else(|e| panic!("approve_as: {e}"));
-        approve(sb.salesforce.approve_as(&subjects[0]));
-        approve(sb.jira.approve_as(&subjects[1]));
-        approve(sb.slack.approve_as(&subjects[2]));
+        approve_as(&self.sandbox, subjects);
     }
 
     /// Connects `principal`'s account on `connector` with `scopes` through the real consent
     /// flow (approved by whoever [`SandboxWorld::approve_as`] named).
     pub async fn connect(&self, principal: &str, connector: &str, scopes: &[&str]) {
-        let sb = &self.sandbox;
-        let v = &self.vault;
-        let connected = match connector {
-            "salesforce" => sb.salesforce.connect(v, principal, connector, scopes).await,
-            "jira" => sb.jira.connect(v, principal, connector, scopes).await,
-            _ => sb.slack.connect(v, principal, connector, scopes).await,
-        };
-        if let Err(e) = connected {
+        if let Err(e) = connect(&self.sandbox, &self.vault, principal, connector, scopes).await {
             panic!("{principal} could not connect {connector}: {e}");
         }
     }
@@ -181,4 +164,54 @@ pub fn ledger(sandbox: &Sandbox, connector: &str) -> Ledger {
         "jira" => sandbox.jira.ledger(),
         _ => sandbox.slack.ledger(),
     }
+}
+
+/// Makes `subjects` the user who approves the next consent at every emulator of `sandbox`.
+pub fn approve_as(sandbox: &Sandbox, subjects: &Subjects) {
+    let approve = |r: Result<(), _>| r.unwrap_or_else(|e| panic!("approve_as: {e}"));
+    approve(sandbox.salesforce.approve_as(&subjects[0]));
+    approve(sandbox.jira.approve_as(&subjects[1]));
+    approve(sandbox.slack.approve_as(&subjects[2]));
+}
+
+/// Connects `principal`'s account on `connector` (`salesforce`, `jira`, or anything else for
+/// Slack) in `vault` with `scopes`, through the consent flow of `sandbox`'s emulator.
+pub async fn connect(
+    sandbox: &Sandbox,
+    vault: &Vault,
+    principal: &str,
+    connector: &str,
+    scopes: &[&str],
+) -> Result<AccountInfo, ConnectError> {
+    match connector {
+        "salesforce" => {
+            sandbox
+                .salesforce
+                .connect(vault, principal, connector, scopes)
+                .await
+        }
+        "jira" => {
+            sandbox
+                .jira
+                .connect(vault, principal, connector, scopes)
+                .await
+        }
+        _ => {
+            sandbox
+                .slack
+                .connect(vault, principal, connector, scopes)
+                .await
+        }
+    }
+}
+
+/// Adds the upstream user `login` (`login@acme.example` where an email is the login) at every
+/// emulator of `sandbox`; returns its subjects.
+pub fn add_user(sandbox: &Sandbox, login: &str) -> Subjects {
+    let email = format!("{login}@acme.example");
+    [
+        sandbox.salesforce.add_user(&email),
+        sandbox.jira.add_user(&email),
+        sandbox.slack.add_user(login),
+    ]
 }

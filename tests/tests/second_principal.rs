@@ -326,36 +326,33 @@ async fn server_error_backoffs_are_exponential() {
     assert_eq!(w.waits(), [base, base * 2]);
 }
 
-/// Least-privilege warnings from the vault's real grants: alice's Salesforce consent carries
-/// `refresh_token`, which no step of `read_stage` needs but the Salesforce preset declares as a
-/// lifecycle scope (refresh), so it is not reported; a chain on Slack alone has none either.
-/// Bob's grants (a wider Slack consent) never show up in alice's preflight.
+/// Least-privilege warnings from the vault's real grants: alice's Slack consent carries
+/// `users:read`, which no step of `post_message` needs; a chain on Salesforce alone reports
+/// nothing (alice's `refresh_token` there is the provider's lifecycle scope, never unused).
+/// Bob's grants (another extra Slack scope) never show up in alice's preflight.
 #[tokio::test]
 async fn unused_scopes_come_from_the_principals_own_grants() {
     use chain_runtime::engine::Credentials;
     use chain_runtime::preflight::preflight;
     let w = World::start().await;
+    w.sandbox.slack.approve_as(&w.alice[2]).unwrap();
+    w.connect("alice", "slack", &["chat:write", "users:read"])
+        .await;
     w.sandbox.slack.approve_as(&w.bob[2]).unwrap();
-    w.sandbox
-        .slack
-        .connect(&w.vault, "bob", "slack", &["chat:write", "channels:read"])
-        .await
-        .unwrap();
+    w.connect("bob", "slack", &["chat:write", "channels:read"])
+        .await;
     let alice = w.vault.grants("alice").await.unwrap();
     let stage = preflight(&read_stage::META, &w.alice(), &alice);
     assert!(stage.is_ready());
-    let unused: Vec<(&str, Vec<String>)> = stage
+    assert!(stage.unused_scopes().is_empty(), "{stage:?}");
+    let post = preflight(&post_message::META, &w.alice(), &alice);
+    assert!(post.is_ready());
+    let unused: Vec<(&str, Vec<String>)> = post
         .unused_scopes()
         .into_iter()
         .map(|(c, s)| (c, s.iter().cloned().collect()))
         .collect();
-    assert!(
-        unused.is_empty(),
-        "lifecycle scopes are not unused: {unused:?}"
-    );
-    let post = preflight(&post_message::META, &w.alice(), &alice);
-    assert!(post.is_ready());
-    assert!(post.unused_scopes().is_empty(), "{post:?}");
+    assert_eq!(unused, [("slack", vec!["users:read".to_owned()])]);
 
     let bob = w.vault.grants("bob").await.unwrap();
     let post = preflight(&post_message::META, &test_support::bob(), &bob);
