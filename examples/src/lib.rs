@@ -7,3 +7,4 @@ pub mod crash;
 pub mod demo;
 pub mod escalate;
 pub mod mcp_demo;
+pub mod urgent;

@@ -30,6 +30,7 @@
 //!
 //! [`ChainCtx::record`]: crate::ChainCtx::record
 
+mod approval;
 mod compensate;
 mod driver;
 mod error;
@@ -39,6 +40,7 @@ mod outcome;
 mod replay;
 mod report;
 mod runner;
+mod suspend;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -47,6 +49,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use approval::ApprovalError;
 pub use error::EngineError;
 pub use ids::idempotency_key;
 pub use notify::{Notifier, NotifyError, TracingNotifier, WebhookNotifier};
@@ -84,6 +87,7 @@ pub(crate) struct EngineInner {
     pub(crate) notifier: Arc<dyn Notifier>,
     chains: RwLock<HashMap<String, &'static ChainMeta>>,
     pub(crate) owner: String,
+    pub(crate) approvals: RwLock<crate::approval::ApprovalPolicy>,
 }
 
 /// The durable execution engine. Cheap to clone (an `Arc` inside); many runs at once.
@@ -155,6 +159,7 @@ impl Engine {
                 notifier,
                 chains: RwLock::default(),
                 owner: new_id("engine-"),
+                approvals: RwLock::default(),
             }),
         }
     }

@@ -40,6 +40,7 @@ use serde_json::Value;
 pub use memory::MemoryJournal;
 pub use sqlite::SqliteJournal;
 
+use crate::approval::PendingApproval;
 use crate::audit::{AuditError, AuditRecord, NewRecord};
 use crate::error::StepError;
 pub use crate::future::BoxFuture;
@@ -84,6 +85,9 @@ pub enum RunState {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         consent_params: Vec<(String, String)>,
     },
+    /// A step that needs a person's approval is about to run: the run waits for the decision
+    /// (see [`PendingApproval`]).
+    AwaitingApproval(Box<PendingApproval>),
     /// Completed writes are being undone.
     Compensating,
     /// Every completed write was undone.
@@ -107,6 +111,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Completed { .. } => "completed",
             RunState::Suspended { .. } => "suspended",
+            RunState::AwaitingApproval(_) => "awaiting_approval",
             RunState::Compensating => "compensating",
             RunState::Compensated => "compensated",
             RunState::Blocked { .. } => "blocked",
@@ -159,6 +164,8 @@ pub enum EntryKind {
     Record,
     /// A handoff to a child run.
     Handoff,
+    /// A person's decision on a step that needs approval (no result while it is pending).
+    Approval,
 }
 
 impl EntryKind {
@@ -167,6 +174,7 @@ impl EntryKind {
             EntryKind::Step => "step",
             EntryKind::Record => "record",
             EntryKind::Handoff => "handoff",
+            EntryKind::Approval => "approval",
         }
     }
 
@@ -175,6 +183,7 @@ impl EntryKind {
             "step" => Some(EntryKind::Step),
             "record" => Some(EntryKind::Record),
             "handoff" => Some(EntryKind::Handoff),
+            "approval" => Some(EntryKind::Approval),
             _ => None,
         }
     }

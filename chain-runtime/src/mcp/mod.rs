@@ -376,6 +376,10 @@ impl McpServer {
                 "run {} failed: {error}",
                 report.run_id
             ))),
+            RunState::AwaitingApproval(request) => Ok(tool_error(&format!(
+                "run {} waits for a person's approval of `{}` ({})",
+                report.run_id, request.step, request.reason
+            ))),
             RunState::Running | RunState::Compensating => Ok(tool_error(&format!(
                 "run {} is still being driven elsewhere; retry later",
                 report.run_id
