@@ -30,10 +30,11 @@ const VAULT_KEY_ENV: &str = "CHAIN_VAULT_KEY";
 fn runtime(db: &Path) -> Result<RuntimeBuilder, String> {
     let key = VaultKey::from_env(VAULT_KEY_ENV).map_err(|e| {
         format!(
-            "`runs resume` calls the providers with the credentials in the vault, and needs its key: {e}"
+            "`runs resume` calls the providers with the credentials in the vault, and needs the \
+             key the application's vault was created with (a new key cannot open it): {e}"
         )
     })?;
-    Ok(Runtime::sqlite(db)
+    Ok(Runtime::at(&db.to_string_lossy())
         .vault_key(key)
         .chain::<escalate_deal>()
         .chain::<escalate_and_note>())

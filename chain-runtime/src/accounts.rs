@@ -2,6 +2,8 @@
 //! (grants for preflight, upstream subjects for the identity checks, account facts for the
 //! audit trail) and how a step reaches its connector. The vault implements it.
 
+use std::collections::BTreeSet;
+
 use crate::future::BoxFuture;
 use crate::preflight::Grants;
 use crate::token::ConnectorAccess;
@@ -22,6 +24,24 @@ pub trait AccountDirectory: Send + Sync {
         principal_id: &'a str,
         connector: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, AccountLookupError>>;
+
+    /// The scopes a new consent on `connector` must keep so that it never narrows the
+    /// principal's grant: the scopes of the account's grant whatever its state (a grant the
+    /// provider revoked included) and the provider's lifecycle scopes. The engine records them
+    /// (with what the chain needs) in a suspended run, so the suspension names the same set
+    /// the consent link asks for. Default: the active grant from [`AccountDirectory::grants`].
+    fn held_scopes<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeSet<String>, AccountLookupError>> {
+        Box::pin(async move {
+            let grants = self.grants(principal_id).await?;
+            let mut held = grants.get(connector).cloned().unwrap_or_default();
+            held.extend(grants.lifecycle(connector));
+            Ok(held)
+        })
+    }
 
     /// The connected account a step on `connector` uses, for the audit trail (account, grant
     /// and scopes at call time). `None` when unknown.

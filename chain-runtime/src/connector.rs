@@ -25,7 +25,9 @@ use serde::de::DeserializeOwned;
 use crate::classify::{self, FailureClass, RequestKind};
 use crate::error::StepError;
 use crate::policy::{Action, AttemptState};
-use crate::token::{ConnectorAccess, RequestBody, TokenError, TokenRequest, TokenSource};
+use crate::token::{
+    ConnectorAccess, HttpAttempt, RequestBody, TokenError, TokenRequest, TokenSource,
+};
 
 /// The connector client of one step execution: bound to the run's principal and the step's
 /// connector, it sends the step's idempotency key with every request.
@@ -191,7 +193,9 @@ impl StepRequest<'_> {
             },
         };
         let mut state = AttemptState::default();
+        let mut number = 0u32;
         loop {
+            number += 1;
             state.now = Some(std::time::SystemTime::now());
             let (status, headers, body) = match source.send(&request).await {
                 Ok(response) => {
@@ -218,6 +222,21 @@ impl StepRequest<'_> {
                 .policy
                 .decide(&provider, &classification, &state);
             tracing::debug!(connector = %connector, status, class = ?decision.class, action = ?decision.action, "step call classified");
+            if let Some(observer) = &http.access.observer {
+                let wait = match &decision.action {
+                    Action::Backoff { wait } | Action::RetrySameKey { wait } => Some(*wait),
+                    _ => None,
+                };
+                observer
+                    .attempt(HttpAttempt {
+                        number,
+                        method: request.method.to_string(),
+                        status,
+                        class: decision.class,
+                        wait,
+                    })
+                    .await;
+            }
             match decision.action {
                 Action::Proceed => {
                     return Ok(StepResponse {

@@ -308,12 +308,15 @@ impl<P: Principal> ChainCtx<P> {
     /// a second user) and returns its output. The child run has its own run id, preflight and
     /// audit trail, linked to this run; this run's principal does not change. The child's
     /// result is journaled here like a step's, so a resumed parent does not start it again.
+    /// `input` is taken as by [`Engine::start`](crate::engine::Engine::start): the value itself
+    /// for a chain with one parameter, else the tuple.
     pub async fn handoff<C: Chain>(
         &self,
         principal: C::Principal,
-        input: C::Input,
+        input: impl crate::IntoInput<C::Input>,
         reason: &str,
     ) -> Result<C::Output, ChainError> {
+        let input: C::Input = input.into_input();
         let encode = |what: &str, e: serde_json::Error| {
             ChainError::Step(StepError::Runtime(format!(
                 "handoff to `{}`: the {what} does not encode: {e}",

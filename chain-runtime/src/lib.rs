@@ -23,16 +23,20 @@ pub mod error;
 pub mod future;
 pub mod graph;
 pub mod graph_render;
+pub mod input;
 pub mod journal;
 pub mod manifest;
 #[cfg(feature = "mcp")]
 pub mod mcp;
 pub mod model;
 pub mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod preflight;
 pub mod principal;
 pub mod registry;
 pub mod runtime;
+mod runtime_consent;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 #[cfg(feature = "server")]
@@ -54,9 +58,11 @@ pub use context::{Chain, ChainCtx, Step, StepCtx};
 pub use engine::{Engine, EngineError, RunReport};
 pub use error::{ChainError, StepError};
 pub use future::BoxFuture;
+pub use input::IntoInput;
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
+pub use runtime::{DatabaseLocation, Runtime, RuntimeBuilder, RuntimeError};
+pub use runtime_consent::ConsentResumed;
 pub use schemars;
 pub use step::{CompensatorMeta, Effect, RecordRef, StepMeta};
 pub use store::RunState;
@@ -65,8 +71,8 @@ pub use store::RunState;
 pub mod prelude {
     pub use crate::agent::{Conversation, Toolset};
     pub use crate::{
-        Chain, ChainCtx, ChainError, Principal, RecordRef, StepCtx, StepError, chain, compensator,
-        step, toolset,
+        Chain, ChainCtx, ChainError, IntoInput, Principal, RecordRef, StepCtx, StepError, chain,
+        compensator, step, toolset,
     };
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

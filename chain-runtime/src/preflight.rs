@@ -9,9 +9,20 @@ use crate::chain::ChainMeta;
 use crate::manifest::ScopeManifest;
 use crate::principal::Principal;
 
-/// The scopes a principal has granted, per connector (only connectors with an account).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Grants(BTreeMap<String, BTreeSet<String>>);
+/// The scopes a principal has granted, per connector (only connectors with an account), and
+/// the provider's lifecycle scopes per connector (see [`Grants::with_lifecycle`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    granted: BTreeMap<String, BTreeSet<String>>,
+    lifecycle: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Serialized as the granted scopes per connector.
+impl Serialize for Grants {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.granted.serialize(serializer)
+    }
+}
 
 impl Grants {
     /// No connected accounts.
@@ -35,15 +46,35 @@ impl Grants {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.0.insert(
+        self.granted.insert(
             connector.to_owned(),
             scopes.into_iter().map(Into::into).collect(),
         );
     }
 
+    /// Declares the scopes the provider of `connector` needs for the credential's own
+    /// lifecycle (refresh, identity: `offline_access`, `openid`, …) rather than for any step.
+    /// Preflight never reports them as unused.
+    pub fn with_lifecycle<I, S>(mut self, connector: &str, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.lifecycle.insert(
+            connector.to_owned(),
+            scopes.into_iter().map(Into::into).collect(),
+        );
+        self
+    }
+
     /// The scopes granted on `connector`, or `None` when no account is connected.
     pub fn get(&self, connector: &str) -> Option<&BTreeSet<String>> {
-        self.0.get(connector)
+        self.granted.get(connector)
+    }
+
+    /// The lifecycle scopes declared for `connector` (empty when none).
+    pub fn lifecycle(&self, connector: &str) -> BTreeSet<String> {
+        self.lifecycle.get(connector).cloned().unwrap_or_default()
     }
 }
 
@@ -88,7 +119,8 @@ pub struct ConnectorCheck {
     pub granted: Option<BTreeSet<String>>,
     /// Ready or what is missing.
     pub status: ConnectorStatus,
-    /// Granted scopes no reachable step needs: a least-privilege warning.
+    /// Granted scopes no reachable step needs, the provider's lifecycle scopes excepted: a
+    /// least-privilege warning.
     pub unused: BTreeSet<String>,
 }
 
@@ -123,7 +155,8 @@ impl Preflight {
             .collect()
     }
 
-    /// Granted-but-unused scopes per connector (least-privilege warnings).
+    /// Granted-but-unused scopes per connector (least-privilege warnings), the providers'
+    /// lifecycle scopes excepted.
     pub fn unused_scopes(&self) -> BTreeMap<&str, &BTreeSet<String>> {
         self.connectors
             .iter()
@@ -155,6 +188,7 @@ pub fn preflight_manifest(manifest: &ScopeManifest, principal: &str, grants: &Gr
         .keys()
         .map(|connector| {
             let required = manifest.scopes(connector);
+            let lifecycle = grants.lifecycle(connector);
             let granted = grants.get(connector).cloned();
             let consent = |scopes: BTreeSet<String>| ConsentNeeded {
                 principal: principal.to_owned(),
@@ -170,7 +204,11 @@ pub fn preflight_manifest(manifest: &ScopeManifest, principal: &str, grants: &Gr
                 ),
                 Some(granted) => {
                     let missing: BTreeSet<String> = required.difference(granted).cloned().collect();
-                    let unused = granted.difference(&required).cloned().collect();
+                    let unused = granted
+                        .iter()
+                        .filter(|s| !required.contains(*s) && !lifecycle.contains(*s))
+                        .cloned()
+                        .collect();
                     let status = if missing.is_empty() {
                         ConnectorStatus::Ready
                     } else {
@@ -209,4 +247,49 @@ pub fn preflight<P: Principal>(chain: &ChainMeta, principal: &P, grants: &Grants
         &principal.identifier(),
         grants,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(connector: &str, scopes: &[&str]) -> ScopeManifest {
+        let mut connectors = BTreeMap::new();
+        connectors.insert(
+            connector.to_owned(),
+            scopes
+                .iter()
+                .map(|s| ((*s).to_owned(), Default::default()))
+                .collect(),
+        );
+        ScopeManifest {
+            chain: "demo".into(),
+            principal: "UserId".into(),
+            connectors,
+        }
+    }
+
+    #[test]
+    fn lifecycle_scopes_are_never_reported_unused() {
+        let m = manifest("graph", &["Mail.Send"]);
+        let granted = ["Mail.Send", "offline_access", "openid", "Mail.Read"];
+        let plain = preflight_manifest(&m, "u", &Grants::new().with("graph", granted));
+        assert_eq!(
+            plain.connectors["graph"].unused,
+            BTreeSet::from(["Mail.Read", "offline_access", "openid"].map(String::from))
+        );
+        let declared = Grants::new()
+            .with("graph", granted)
+            .with_lifecycle("graph", ["offline_access", "openid"]);
+        let report = preflight_manifest(&m, "u", &declared);
+        assert!(report.is_ready());
+        assert_eq!(
+            report.connectors["graph"].unused,
+            BTreeSet::from(["Mail.Read".to_owned()])
+        );
+        assert_eq!(
+            serde_json::to_value(&declared).unwrap()["graph"][0],
+            "Mail.Read"
+        );
+    }
 }

@@ -1,6 +1,8 @@
-//! One call from a database file to a wired runtime: the vault, the audit trail, the run
-//! journal and the engine on one SQLite file, with the vault's consent and refresh events going
-//! into the same audit trail as the runs.
+//! One call from a database to a wired runtime: the vault, the audit trail, the run journal and
+//! the engine on one SQLite file ([`Runtime::sqlite`]) or one PostgreSQL database
+//! ([`Runtime::postgres`], feature `postgres`), with the vault's consent and refresh events
+//! going into the same audit trail as the runs, and each step's journal write and audit
+//! record committed in one transaction.
 //!
 //! ```no_run
 //! # use chain_runtime::prelude::*;
@@ -39,10 +41,67 @@ use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
 use crate::context::Chain;
 use crate::engine::{Engine, EngineError, Notifier, TracingNotifier};
 use crate::store::{RunState, RunStore, SqliteRunStore, StoreError};
-use crate::vault::{ConsentRequest, ProviderConfig, Vault, VaultError, VaultKey, VaultOptions};
+use crate::vault::{
+    AccountStore, ConsentRequest, ProviderConfig, SqliteStore, Vault, VaultError, VaultKey,
+    VaultOptions,
+};
+
+/// Where a runtime keeps its journal, audit trail and vault.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DatabaseLocation {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by connection URL (feature `postgres`).
+    Postgres(String),
+}
+
+impl DatabaseLocation {
+    /// `postgres://…` and `postgresql://…` URLs name a PostgreSQL database; anything else is
+    /// the path of a SQLite file.
+    pub fn parse(location: &str) -> Self {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            DatabaseLocation::Postgres(location.to_owned())
+        } else {
+            DatabaseLocation::Sqlite(PathBuf::from(location))
+        }
+    }
+
+    /// The SQLite file, when it is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            DatabaseLocation::Sqlite(path) => Some(path),
+            DatabaseLocation::Postgres(_) => None,
+        }
+    }
+}
+
+/// The URL's password is never shown.
+impl fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseLocation::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            DatabaseLocation::Postgres(url) => {
+                f.debug_tuple("Postgres").field(&redact_url(url)).finish()
+            }
+        }
+    }
+}
+
+/// `url` without the password of its user-info part.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
+}
 
 /// A wired runtime: the engine with its stores, and the vault it takes credentials from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Runtime {
     /// The engine, with every chain named in the builder registered.
@@ -51,24 +110,54 @@ pub struct Runtime {
     /// [`RuntimeBuilder::vault_key`]).
     pub vault: Option<Vault>,
     /// The audit trail: runs, steps, consents and token refreshes.
-    pub audit: Arc<SqliteAuditStore>,
+    pub audit: Arc<dyn AuditStore>,
     /// The run journal.
-    pub runs: Arc<SqliteRunStore>,
-    /// The database file.
-    pub path: PathBuf,
+    pub runs: Arc<dyn RunStore>,
+    /// Where the journal, the audit trail and the vault are.
+    pub database: DatabaseLocation,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("engine", &self.engine)
+            .field("vault", &self.vault)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runtime {
     /// Starts wiring a runtime on the SQLite database at `path` (created when missing).
     pub fn sqlite(path: impl AsRef<Path>) -> RuntimeBuilder {
+        Self::on(DatabaseLocation::Sqlite(path.as_ref().to_owned()))
+    }
+
+    /// Starts wiring a runtime on the PostgreSQL database at `url`
+    /// (`postgres://user[:password]@host[:port]/dbname`; its tables are created or migrated
+    /// when the runtime opens). Any number of processes may open runtimes on one database.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(url: impl Into<String>) -> RuntimeBuilder {
+        Self::on(DatabaseLocation::Postgres(url.into()))
+    }
+
+    /// Starts wiring a runtime on `location`: a `postgres://` URL or a SQLite file's path
+    /// (see [`DatabaseLocation::parse`]).
+    pub fn at(location: &str) -> RuntimeBuilder {
+        Self::on(DatabaseLocation::parse(location))
+    }
+
+    /// Starts wiring a runtime on `database`.
+    pub fn on(database: DatabaseLocation) -> RuntimeBuilder {
         RuntimeBuilder {
-            path: path.as_ref().to_owned(),
+            database,
             vault: None,
             credentials: None,
             providers: Vec::new(),
             chains: Vec::new(),
             notifier: None,
             layer: None,
+            lease_ttl: None,
         }
     }
 
@@ -109,19 +198,20 @@ type RunStoreLayer = Box<dyn FnOnce(Arc<dyn RunStore>) -> Arc<dyn RunStore> + Se
 /// [`RuntimeBuilder::open`].
 #[must_use = "a builder does nothing until `open` is awaited"]
 pub struct RuntimeBuilder {
-    path: PathBuf,
+    database: DatabaseLocation,
     vault: Option<(VaultKey, VaultOptions)>,
     credentials: Option<Arc<dyn AccountDirectory>>,
     providers: Vec<ProviderConfig>,
     chains: Vec<fn(&Engine)>,
     notifier: Option<Arc<dyn Notifier>>,
     layer: Option<RunStoreLayer>,
+    lease_ttl: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for RuntimeBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RuntimeBuilder")
-            .field("path", &self.path)
+            .field("database", &self.database)
             .field("vault", &self.vault.is_some())
             .field("credentials", &self.credentials.is_some())
             .field(
@@ -177,6 +267,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a run's lease lives without renewal (default
+    /// [`LEASE_TTL`](crate::journal::LEASE_TTL)). A shorter TTL lets another worker take
+    /// over a stalled (paused, partitioned) worker's runs sooner; a dead worker on the same
+    /// machine is noticed at once whatever the TTL.
+    pub fn lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
     /// Drives runs through `layer(journal)` instead of the journal itself, for example a
     /// wrapper that pauses or fails at chosen writes in a crash test. [`Runtime::runs`] stays
     /// the unwrapped journal.
@@ -191,16 +290,14 @@ impl RuntimeBuilder {
     /// Opens the stores, the vault (registering the providers and attaching the audit trail)
     /// and the engine (registering the chains).
     pub async fn open(self) -> Result<Runtime, RuntimeError> {
-        let audit = Arc::new(SqliteAuditStore::open(&self.path).await?);
-        let runs = Arc::new(SqliteRunStore::open(&self.path).await?);
+        let (audit, runs, accounts) = open_stores(&self.database, self.lease_ttl).await?;
         let vault = match self.vault {
             Some((key, options)) => {
-                let vault = Vault::open_sqlite(&self.path, key, options).await?;
+                let vault = Vault::open(accounts, key, options).await?;
                 for provider in self.providers {
                     vault.register_provider(provider).await?;
                 }
-                let trail: Arc<dyn AuditStore> = audit.clone();
-                vault.attach_audit(trail);
+                vault.attach_audit(audit.clone());
                 Some(vault)
             }
             None if !self.providers.is_empty() => return Err(RuntimeError::NoVault),
@@ -226,8 +323,49 @@ impl RuntimeBuilder {
             vault,
             audit,
             runs,
-            path: self.path,
+            database: self.database,
         })
+    }
+}
+
+/// The audit trail, the run journal and the vault's account store on `database`.
+type Stores = (
+    Arc<dyn AuditStore>,
+    Arc<dyn RunStore>,
+    Arc<dyn AccountStore>,
+);
+
+async fn open_stores(
+    database: &DatabaseLocation,
+    lease_ttl: Option<std::time::Duration>,
+) -> Result<Stores, RuntimeError> {
+    match database {
+        DatabaseLocation::Sqlite(path) => {
+            let db = crate::sqlite::Database::open(path)
+                .await
+                .map_err(|e| RuntimeError::Store(e.into()))?;
+            let audit = SqliteAuditStore::on(db.clone()).await?;
+            let runs = SqliteRunStore::on(db.clone()).await?;
+            if let Some(ttl) = lease_ttl {
+                runs.set_lease_ttl(ttl);
+            }
+            let accounts = SqliteStore::on(db).await.map_err(VaultError::from)?;
+            Ok((Arc::new(audit), Arc::new(runs), Arc::new(accounts)))
+        }
+        #[cfg(feature = "postgres")]
+        DatabaseLocation::Postgres(url) => {
+            use crate::postgres::{PgAccountStore, PgAuditStore, PgDatabase, PgJournal};
+            let db = PgDatabase::connect(url)
+                .await
+                .map_err(|e| RuntimeError::Store(e.into()))?;
+            let audit = PgAuditStore::on(db.clone());
+            let runs = PgJournal::on(db.clone()).await?;
+            let _ = lease_ttl; // PgJournal::set_lease_ttl: pg helper wires it
+            let accounts = PgAccountStore::on(db);
+            Ok((Arc::new(audit), Arc::new(runs), Arc::new(accounts)))
+        }
+        #[cfg(not(feature = "postgres"))]
+        DatabaseLocation::Postgres(_) => Err(RuntimeError::NoPostgres),
     }
 }
 
@@ -255,6 +393,9 @@ pub enum RuntimeError {
     /// The engine could not read the run.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A PostgreSQL URL was given to a build without the `postgres` feature.
+    #[error("this build has no PostgreSQL backend: enable chain-runtime's `postgres` feature")]
+    NoPostgres,
     /// A consent link was asked for a run that does not wait on a consent.
     #[error("run `{run_id}` is {state}, not suspended: it waits on no consent")]
     NotSuspended {

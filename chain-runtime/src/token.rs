@@ -95,11 +95,45 @@ pub enum TokenError {
     Other(String),
 }
 
-/// What a step execution calls its connector with: the token source and the retry policy.
+/// What a step execution calls its connector with: the token source, the retry policy and
+/// who hears of each HTTP attempt.
 #[derive(Clone, Debug)]
 pub struct ConnectorAccess {
     /// Sends the step's requests with the principal's credential.
     pub source: Arc<dyn TokenSource>,
     /// How failed calls are retried.
     pub policy: RetryPolicy,
+    /// Told of every HTTP attempt, retries included (the engine audits each one); `None`:
+    /// nobody is.
+    pub observer: Option<Arc<dyn AttemptObserver>>,
+}
+
+impl ConnectorAccess {
+    /// This access with `observer` told of every HTTP attempt.
+    pub fn observed(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+}
+
+/// One HTTP attempt of a step's request, as the connector client classified it. Never a
+/// header, a body, a query string or a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAttempt {
+    /// The attempt's number within its request, from 1 (retries count up).
+    pub number: u32,
+    /// The HTTP method.
+    pub method: String,
+    /// The response status; 0 when no response arrived (connection failure, timeout).
+    pub status: u16,
+    /// How the response was classified.
+    pub class: crate::classify::FailureClass,
+    /// How long the client waits before the next attempt, when it retries after a wait.
+    pub wait: Option<std::time::Duration>,
+}
+
+/// Hears of every HTTP attempt of a step's connector client (see [`ConnectorAccess::observer`]).
+pub trait AttemptObserver: Send + Sync + fmt::Debug {
+    /// `attempt` was made and classified; the client goes on when the future resolves.
+    fn attempt(&self, attempt: HttpAttempt) -> BoxFuture<'_, ()>;
 }

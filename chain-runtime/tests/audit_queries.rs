@@ -1,15 +1,33 @@
-//! who_authorized, run history, time-range activity and concurrent appends on a real SQLite
-//! audit store.
+//! who_authorized, run history, time-range activity and concurrent appends on a real audit
+//! store, SQLite and PostgreSQL (the group-commit tests at the end are SQLite's writer).
 
 mod audit_support;
 
 use std::collections::BTreeSet;
 
 use audit_support::{accounts_of, failed_write, simulate_run};
+use std::sync::Arc;
+
 use chain_runtime::audit::{
     AlertSeverity, AuditEvent, AuditStore, NewRecord, Outcome, RecordRef, SqliteAuditStore,
     WriteKind, verify_jsonl,
 };
+use chain_runtime::test_util::backend::Backend;
+
+chain_runtime::backend_tests!(
+    who_authorized_names_the_one_principal_and_each_connectors_grant,
+    who_authorized_lists_compensations_too,
+    run_history_and_principal_activity_in_a_time_range,
+    concurrent_appends_from_many_tasks_and_connections_form_one_chain,
+    records_have_no_field_for_secrets,
+);
+
+async fn backend_store(backend: Backend) -> (tempfile::TempDir, Arc<dyn AuditStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "runtime").await;
+    let store = db.audit().await;
+    (dir, store)
+}
 
 async fn store() -> (tempfile::TempDir, SqliteAuditStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -19,13 +37,12 @@ async fn store() -> (tempfile::TempDir, SqliteAuditStore) {
     (dir, store)
 }
 
-#[tokio::test]
-async fn who_authorized_names_the_one_principal_and_each_connectors_grant() {
-    let (_dir, store) = store().await;
-    let touched = simulate_run(&store, "alice", "run-a", "1", 1_000).await;
+async fn who_authorized_names_the_one_principal_and_each_connectors_grant(backend: Backend) {
+    let (_dir, store) = backend_store(backend).await;
+    let touched = simulate_run(store.as_ref(), "alice", "run-a", "1", 1_000).await;
     // Noise: bob's own run on other records, and bob's forbidden attempt on alice's opportunity.
-    simulate_run(&store, "bob", "run-b", "2", 2_000).await;
-    failed_write(&store, "bob", "run-c", touched[0].clone(), 3_000).await;
+    simulate_run(store.as_ref(), "bob", "run-b", "2", 2_000).await;
+    failed_write(store.as_ref(), "bob", "run-c", touched[0].clone(), 3_000).await;
     store.verify(None).await.unwrap();
 
     let alice = accounts_of("alice");
@@ -73,10 +90,9 @@ async fn who_authorized_names_the_one_principal_and_each_connectors_grant() {
     );
 }
 
-#[tokio::test]
-async fn who_authorized_lists_compensations_too() {
-    let (_dir, store) = store().await;
-    let touched = simulate_run(&store, "alice", "run-a", "7", 1_000).await;
+async fn who_authorized_lists_compensations_too(backend: Backend) {
+    let (_dir, store) = backend_store(backend).await;
+    let touched = simulate_run(store.as_ref(), "alice", "run-a", "7", 1_000).await;
     let issue = touched[1].clone();
     let jira = &accounts_of("alice")[1];
     for (outcome, event) in [
@@ -127,12 +143,11 @@ async fn who_authorized_lists_compensations_too() {
     assert!(writes[0].seq < writes[1].seq);
 }
 
-#[tokio::test]
-async fn run_history_and_principal_activity_in_a_time_range() {
-    let (_dir, store) = store().await;
-    simulate_run(&store, "alice", "run-a", "1", 10_000).await; // times 10_000..=10_050
-    simulate_run(&store, "bob", "run-b", "2", 20_000).await; // 20_000..=20_050
-    simulate_run(&store, "alice", "run-c", "3", 30_000).await; // 30_000..=30_050
+async fn run_history_and_principal_activity_in_a_time_range(backend: Backend) {
+    let (_dir, store) = backend_store(backend).await;
+    simulate_run(store.as_ref(), "alice", "run-a", "1", 10_000).await; // times 10_000..=10_050
+    simulate_run(store.as_ref(), "bob", "run-b", "2", 20_000).await; // 20_000..=20_050
+    simulate_run(store.as_ref(), "alice", "run-c", "3", 30_000).await; // 30_000..=30_050
     // A handoff from alice's run to a child run of carol's, and an operator alert.
     store
         .append(
@@ -213,21 +228,36 @@ async fn run_history_and_principal_activity_in_a_time_range() {
     assert!(store.run_history("run-zzz").await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_appends_from_many_tasks_and_connections_form_one_chain() {
+async fn concurrent_appends_from_many_tasks_and_connections_form_one_chain(backend: Backend) {
     const TASKS: usize = 16;
     const PER_TASK: usize = 50;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runtime.db");
-    // Four independent connections to the same file: appends are serialized by SQLite's
-    // BEGIN IMMEDIATE, not only by one in-process lock.
-    let mut stores = Vec::new();
-    for _ in 0..4 {
-        stores.push(SqliteAuditStore::open(&path).await.unwrap());
+    let db = backend.database(dir.path(), "runtime").await;
+    // Four handles on the same database: appends are serialized by the database (SQLite's
+    // BEGIN IMMEDIATE, PostgreSQL's lock on the chain head), not only by one in-process lock.
+    // On PostgreSQL each handle has its own connection pool (another URL spelling).
+    let mut stores: Vec<Arc<dyn AuditStore>> = Vec::new();
+    let mut sqlite_handles = Vec::new();
+    for n in 0..4 {
+        stores.push(match db.path() {
+            Some(path) => {
+                let store = SqliteAuditStore::open(path).await.unwrap();
+                sqlite_handles.push(store.clone());
+                Arc::new(store)
+            }
+            None => Arc::new(
+                chain_runtime::postgres::PgAuditStore::open(&format!(
+                    "{}?application_name=handle{n}",
+                    db.location
+                ))
+                .await
+                .unwrap(),
+            ),
+        });
     }
     let mut handles = Vec::new();
     for task in 0..TASKS {
-        let store = stores[task % stores.len()].clone();
+        let store = Arc::clone(&stores[task % stores.len()]);
         handles.push(tokio::spawn(async move {
             for i in 0..PER_TASK {
                 let record = NewRecord::new(
@@ -254,9 +284,14 @@ async fn concurrent_appends_from_many_tasks_and_connections_form_one_chain() {
     let total = (TASKS * PER_TASK) as u64;
     // The handles on one file share the process's one writer thread: they report the same
     // counters, which count every append (and the schema set-up).
-    let stats: Vec<_> = stores.iter().map(SqliteAuditStore::writer_stats).collect();
-    assert!(stats.windows(2).all(|w| w[0] == w[1]), "{stats:?}");
-    assert!(stats[0].writes >= total && stats[0].commits <= stats[0].writes);
+    if !sqlite_handles.is_empty() {
+        let stats: Vec<_> = sqlite_handles
+            .iter()
+            .map(SqliteAuditStore::writer_stats)
+            .collect();
+        assert!(stats.windows(2).all(|w| w[0] == w[1]), "{stats:?}");
+        assert!(stats[0].writes >= total && stats[0].commits <= stats[0].writes);
+    }
     let verified = stores[0].verify(None).await.unwrap();
     assert_eq!(verified.records, total);
     assert_eq!(verified.head.as_ref().map(|h| h.seq), Some(total));
@@ -276,10 +311,9 @@ async fn concurrent_appends_from_many_tasks_and_connections_form_one_chain() {
     verify_jsonl(out.as_slice(), verified.head).unwrap();
 }
 
-#[tokio::test]
-async fn records_have_no_field_for_secrets() {
-    let (_dir, store) = store().await;
-    simulate_run(&store, "alice", "run-a", "1", 1_000).await;
+async fn records_have_no_field_for_secrets(backend: Backend) {
+    let (_dir, store) = backend_store(backend).await;
+    simulate_run(store.as_ref(), "alice", "run-a", "1", 1_000).await;
     let mut out = Vec::new();
     store.export_jsonl(&mut out).await.unwrap();
     fn keys(v: &serde_json::Value, acc: &mut BTreeSet<String>) {

@@ -1,5 +1,6 @@
-//! Tampering with a real SQLite audit store and with JSON Lines exports: verification must name
-//! the first bad record, the same way on the store and on its export.
+//! Tampering with a real audit store's tables (SQLite and PostgreSQL) and with JSON Lines
+//! exports: verification must name the first bad record, the same way on the store and on its
+//! export.
 
 mod audit_support;
 
@@ -8,55 +9,94 @@ use chain_runtime::audit::{
     AuditError, AuditStore, BreakProblem, ChainBreak, Checkpoint, SqliteAuditStore, record_hash,
     verify_jsonl,
 };
+use std::sync::Arc;
+
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use rusqlite::Connection;
 use serde_json::Value;
 
+chain_runtime::backend_tests!(
+    intact_store_and_export_verify_with_checkpoint,
+    editing_a_column_is_caught_at_that_record,
+    editing_inside_the_event_json_or_scopes_is_caught,
+    deleting_a_record_is_caught_at_its_successor,
+    deleting_and_renumbering_is_caught_by_the_hash_link,
+    swapping_two_records_is_caught_at_the_first,
+    inserting_a_forged_record_is_caught,
+    truncating_the_tail_is_caught_against_a_checkpoint,
+    rewritten_history_is_caught_by_the_checkpoint,
+    a_checkpoint_from_another_chain_does_not_match,
+    editing_the_lookup_index_is_caught,
+);
+
 struct Fixture {
     _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    store: SqliteAuditStore,
+    db: TestDatabase,
+    store: Arc<dyn AuditStore>,
     checkpoint: Checkpoint,
 }
 
 /// A store holding one simulated run (11 records), its head checkpoint taken after verifying.
-async fn fixture() -> Fixture {
+async fn fixture_on(backend: Backend) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runtime.db");
-    let store = SqliteAuditStore::open(&path).await.unwrap();
-    simulate_run(&store, "alice", "run-1", "1", 1_700_000_000_000).await;
+    let db = backend.database(dir.path(), "runtime").await;
+    let store = db.audit().await;
+    simulate_run(store.as_ref(), "alice", "run-1", "1", 1_700_000_000_000).await;
     let verified = store.verify(None).await.unwrap();
     assert_eq!(verified.records, 11);
     let checkpoint = verified.head.clone().unwrap();
     assert_eq!(store.head().await.unwrap(), Some(checkpoint.clone()));
     Fixture {
         _dir: dir,
-        path,
+        db,
         store,
         checkpoint,
     }
 }
 
-/// Runs raw SQL on the database file through a separate connection, as an attacker would.
-fn tamper(path: &std::path::Path, sql: &str) {
-    let conn = Connection::open(path).unwrap();
-    conn.execute_batch(sql).unwrap();
+/// The SQLite fixture, for the export and file tests.
+async fn fixture() -> Fixture {
+    fixture_on(Backend::Sqlite).await
 }
 
-async fn export(store: &SqliteAuditStore) -> Vec<u8> {
+async fn pg_client(db: &TestDatabase) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.location, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Runs raw SQL on the database through a separate connection, as an attacker would.
+async fn tamper(db: &TestDatabase, sql: &str) {
+    match db.path() {
+        Some(path) => Connection::open(path).unwrap().execute_batch(sql).unwrap(),
+        None => pg_client(db).await.batch_execute(sql).await.unwrap(),
+    }
+}
+
+/// `text` as an SQL literal (`NULL` for none).
+fn sql_literal(text: Option<&str>) -> String {
+    text.map_or("NULL".to_owned(), |t| {
+        format!("'{}'", t.replace('\'', "''"))
+    })
+}
+
+async fn export(store: &dyn AuditStore) -> Vec<u8> {
     let mut out = Vec::new();
     store.export_jsonl(&mut out).await.unwrap();
     out
 }
 
-/// Verifies the store (through a freshly opened store on the same file) and its export, asserts
-/// both fail the same way, and returns the break.
-async fn broken(path: &std::path::Path, checkpoint: Option<Checkpoint>) -> ChainBreak {
-    let store = SqliteAuditStore::open(path).await.unwrap();
+/// Verifies the store (through a freshly opened store on the same database) and its export,
+/// asserts both fail the same way, and returns the break.
+async fn broken(db: &TestDatabase, checkpoint: Option<Checkpoint>) -> ChainBreak {
+    let store = db.audit().await;
     let on_store = match store.verify(checkpoint.clone()).await {
         Err(AuditError::ChainBroken(b)) => b,
         other => panic!("store verification should fail, got {other:?}"),
     };
-    let exported = export(&store).await;
+    let exported = export(store.as_ref()).await;
     let on_export = match verify_jsonl(exported.as_slice(), checkpoint) {
         Err(AuditError::ChainBroken(b)) => b,
         other => panic!("export verification should fail, got {other:?}"),
@@ -74,40 +114,48 @@ async fn broken(path: &std::path::Path, checkpoint: Option<Checkpoint>) -> Chain
     on_store
 }
 
-fn hash_of(path: &std::path::Path, seq: i64) -> String {
-    let conn = Connection::open(path).unwrap();
-    conn.query_row(
-        "SELECT hash FROM audit_records WHERE seq = ?1",
-        [seq],
-        |r| r.get(0),
-    )
-    .unwrap()
+async fn hash_of(db: &TestDatabase, seq: i64) -> String {
+    match db.path() {
+        Some(path) => Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT hash FROM audit_records WHERE seq = ?1",
+                [seq],
+                |r| r.get(0),
+            )
+            .unwrap(),
+        None => pg_client(db)
+            .await
+            .query_one("SELECT hash FROM audit_records WHERE seq = $1", &[&seq])
+            .await
+            .unwrap()
+            .get(0),
+    }
 }
 
-#[tokio::test]
-async fn intact_store_and_export_verify_with_checkpoint() {
-    let f = fixture().await;
+async fn intact_store_and_export_verify_with_checkpoint(backend: Backend) {
+    let f = fixture_on(backend).await;
     let verified = f.store.verify(Some(f.checkpoint.clone())).await.unwrap();
     assert_eq!(verified.records, 11);
-    let exported = export(&f.store).await;
+    let exported = export(f.store.as_ref()).await;
     let from_export = verify_jsonl(exported.as_slice(), Some(f.checkpoint.clone())).unwrap();
     assert_eq!(from_export, verified);
     // A checkpoint in the middle of the chain is fine too.
     let mid = Checkpoint {
         seq: 4,
-        hash: hash_of(&f.path, 4),
+        hash: hash_of(&f.db, 4).await,
     };
     f.store.verify(Some(mid)).await.unwrap();
 }
 
-#[tokio::test]
-async fn editing_a_column_is_caught_at_that_record() {
-    let f = fixture().await;
+async fn editing_a_column_is_caught_at_that_record(backend: Backend) {
+    let f = fixture_on(backend).await;
     tamper(
-        &f.path,
+        &f.db,
         "UPDATE audit_records SET principal = 'mallory' WHERE seq = 4",
-    );
-    let b = broken(&f.path, None).await;
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (4, Some(4)));
     assert!(
         matches!(b.problem, BreakProblem::HashMismatch { .. }),
@@ -115,26 +163,31 @@ async fn editing_a_column_is_caught_at_that_record() {
     );
 }
 
-#[tokio::test]
-async fn editing_inside_the_event_json_or_scopes_is_caught() {
-    let f = fixture().await;
+async fn editing_inside_the_event_json_or_scopes_is_caught(backend: Backend) {
+    let f = fixture_on(backend).await;
+    let edit = match backend {
+        Backend::Sqlite => "json_set(event, '$.step', 'harmless')",
+        Backend::Postgres => "jsonb_set(event::jsonb, '{step}', '\"harmless\"')::text",
+    };
     tamper(
-        &f.path,
-        "UPDATE audit_records SET event = json_set(event, '$.step', 'harmless') WHERE seq = 7",
-    );
-    let b = broken(&f.path, None).await;
+        &f.db,
+        &format!("UPDATE audit_records SET event = {edit} WHERE seq = 7"),
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (7, Some(7)));
     assert!(
         matches!(b.problem, BreakProblem::HashMismatch { .. }),
         "{b}"
     );
 
-    let f = fixture().await;
+    let f = fixture_on(backend).await;
     tamper(
-        &f.path,
+        &f.db,
         r#"UPDATE audit_records SET scopes = '["api"]' WHERE seq = 5"#,
-    );
-    let b = broken(&f.path, None).await;
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (5, Some(5)));
     assert!(
         matches!(b.problem, BreakProblem::HashMismatch { .. }),
@@ -142,12 +195,13 @@ async fn editing_inside_the_event_json_or_scopes_is_caught() {
     );
 
     // Back-dating a record by one millisecond is an edit as well.
-    let f = fixture().await;
+    let f = fixture_on(backend).await;
     tamper(
-        &f.path,
+        &f.db,
         "UPDATE audit_records SET time_unix_ms = time_unix_ms - 1 WHERE seq = 2",
-    );
-    let b = broken(&f.path, None).await;
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (2, Some(2)));
     assert!(
         matches!(b.problem, BreakProblem::HashMismatch { .. }),
@@ -155,11 +209,10 @@ async fn editing_inside_the_event_json_or_scopes_is_caught() {
     );
 }
 
-#[tokio::test]
-async fn deleting_a_record_is_caught_at_its_successor() {
-    let f = fixture().await;
-    tamper(&f.path, "DELETE FROM audit_records WHERE seq = 5");
-    let b = broken(&f.path, None).await;
+async fn deleting_a_record_is_caught_at_its_successor(backend: Backend) {
+    let f = fixture_on(backend).await;
+    tamper(&f.db, "DELETE FROM audit_records WHERE seq = 5").await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (5, Some(6)));
     assert_eq!(
         b.problem,
@@ -170,15 +223,17 @@ async fn deleting_a_record_is_caught_at_its_successor() {
     );
 }
 
-#[tokio::test]
-async fn deleting_and_renumbering_is_caught_by_the_hash_link() {
-    let f = fixture().await;
+async fn deleting_and_renumbering_is_caught_by_the_hash_link(backend: Backend) {
+    let f = fixture_on(backend).await;
     tamper(
-        &f.path,
+        &f.db,
+        // (through an offset: PostgreSQL checks the key row by row)
         "DELETE FROM audit_records WHERE seq = 5;
-         UPDATE audit_records SET seq = seq - 1 WHERE seq > 5;",
-    );
-    let b = broken(&f.path, None).await;
+         UPDATE audit_records SET seq = seq + 1000 WHERE seq > 5;
+         UPDATE audit_records SET seq = seq - 1001 WHERE seq > 1000;",
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (5, Some(5)));
     assert!(
         matches!(b.problem, BreakProblem::PrevHashMismatch { .. }),
@@ -186,16 +241,16 @@ async fn deleting_and_renumbering_is_caught_by_the_hash_link() {
     );
 }
 
-#[tokio::test]
-async fn swapping_two_records_is_caught_at_the_first() {
-    let f = fixture().await;
+async fn swapping_two_records_is_caught_at_the_first(backend: Backend) {
+    let f = fixture_on(backend).await;
     tamper(
-        &f.path,
+        &f.db,
         "UPDATE audit_records SET seq = -1 WHERE seq = 3;
          UPDATE audit_records SET seq = 3 WHERE seq = 8;
          UPDATE audit_records SET seq = 8 WHERE seq = -1;",
-    );
-    let b = broken(&f.path, None).await;
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (3, Some(3)));
     assert!(
         matches!(b.problem, BreakProblem::PrevHashMismatch { .. }),
@@ -203,20 +258,20 @@ async fn swapping_two_records_is_caught_at_the_first() {
     );
 }
 
-#[tokio::test]
-async fn inserting_a_forged_record_is_caught() {
+async fn inserting_a_forged_record_is_caught(backend: Backend) {
     // Naive forgery at the tail: the hash is made up.
-    let f = fixture().await;
+    let f = fixture_on(backend).await;
     let head = f.checkpoint.hash.clone();
     tamper(
-        &f.path,
+        &f.db,
         &format!(
             "INSERT INTO audit_records SELECT 12, format, time_unix_ms, run_id, step_id, 'mallory',
                 connector, account_id, upstream_subject, grant_id, scopes, '[]', outcome, event,
                 '{head}', 'feedface' FROM audit_records WHERE seq = 9"
         ),
-    );
-    let b = broken(&f.path, None).await;
+    )
+    .await;
+    let b = broken(&f.db, None).await;
     assert_eq!((b.position, b.seq), (12, Some(12)));
     assert!(
         matches!(b.problem, BreakProblem::HashMismatch { .. }),
@@ -225,45 +280,44 @@ async fn inserting_a_forged_record_is_caught() {
 
     // A capable forger: makes room in the middle (renumbering records and index), links the
     // forged record to its predecessor and computes its hash with the public algorithm.
-    let f = fixture().await;
-    let conn = Connection::open(&f.path).unwrap();
-    let store_view = SqliteAuditStore::open(&f.path).await.unwrap();
+    let f = fixture_on(backend).await;
+    let store_view = f.db.audit().await;
     let mut forged: Value = store_view.scan_raw(Some(8), 1).await.unwrap().remove(0);
     forged["seq"] = 10.into();
     forged["principal"] = "mallory".into();
     forged["records"] = serde_json::json!([]);
-    forged["prev_hash"] = hash_of(&f.path, 9).into();
+    forged["prev_hash"] = hash_of(&f.db, 9).await.into();
     forged["hash"] = record_hash(&forged).into();
-    conn.execute_batch(
-        "UPDATE audit_records SET seq = seq + 1000 WHERE seq >= 10;
-         UPDATE audit_records SET seq = seq - 999 WHERE seq >= 1000;
-         UPDATE audit_record_refs SET seq = seq + 1 WHERE seq >= 10;",
+    let text = |k: &str| sql_literal(forged[k].as_str());
+    let json = |k: &str| sql_literal(Some(&forged[k].to_string()));
+    let insert = format!(
+        "INSERT INTO audit_records VALUES (10, 1, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        forged["time_unix_ms"].as_i64().unwrap(),
+        text("run_id"),
+        text("step_id"),
+        text("principal"),
+        text("connector"),
+        text("account_id"),
+        text("upstream_subject"),
+        text("grant_id"),
+        json("scopes"),
+        json("records"),
+        text("outcome"),
+        json("event"),
+        text("prev_hash"),
+        text("hash"),
+    );
+    tamper(
+        &f.db,
+        &format!(
+            "UPDATE audit_records SET seq = seq + 1000 WHERE seq >= 10;
+             UPDATE audit_records SET seq = seq - 999 WHERE seq >= 1000;
+             UPDATE audit_record_refs SET seq = seq + 1 WHERE seq >= 10;
+             {insert};"
+        ),
     )
-    .unwrap();
-    let text = |k: &str| forged[k].as_str().map(str::to_owned);
-    let json = |k: &str| forged[k].to_string();
-    conn.execute(
-        "INSERT INTO audit_records VALUES (10, 1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        rusqlite::params![
-            forged["time_unix_ms"].as_i64(),
-            text("run_id"),
-            text("step_id"),
-            text("principal"),
-            text("connector"),
-            text("account_id"),
-            text("upstream_subject"),
-            text("grant_id"),
-            json("scopes"),
-            json("records"),
-            text("outcome"),
-            json("event"),
-            text("prev_hash"),
-            text("hash"),
-        ],
-    )
-    .unwrap();
-    drop(conn);
-    let b = broken(&f.path, None).await;
+    .await;
+    let b = broken(&f.db, None).await;
     // The forged record is self-consistent; the chain breaks at the record it displaced.
     assert_eq!((b.position, b.seq), (11, Some(11)));
     assert!(
@@ -272,17 +326,17 @@ async fn inserting_a_forged_record_is_caught() {
     );
 }
 
-#[tokio::test]
-async fn truncating_the_tail_is_caught_against_a_checkpoint() {
-    let f = fixture().await;
+async fn truncating_the_tail_is_caught_against_a_checkpoint(backend: Backend) {
+    let f = fixture_on(backend).await;
     tamper(
-        &f.path,
+        &f.db,
         "DELETE FROM audit_records WHERE seq > 7; DELETE FROM audit_record_refs WHERE seq > 7;",
-    );
+    )
+    .await;
     // Without a checkpoint an exported truncated chain is indistinguishable from a shorter
     // one...
-    let store = SqliteAuditStore::open(&f.path).await.unwrap();
-    let exported = export(&store).await;
+    let store = f.db.audit().await;
+    let exported = export(store.as_ref()).await;
     assert_eq!(verify_jsonl(exported.as_slice(), None).unwrap().records, 7);
     // ...but the store knows the head it last committed (its head witness)...
     let b = match store.verify(None).await {
@@ -297,7 +351,7 @@ async fn truncating_the_tail_is_caught_against_a_checkpoint() {
         }
     );
     // ...with one it is caught.
-    let b = broken(&f.path, Some(f.checkpoint.clone())).await;
+    let b = broken(&f.db, Some(f.checkpoint.clone())).await;
     assert_eq!((b.position, b.seq), (8, None));
     assert_eq!(
         b.problem,
@@ -308,10 +362,9 @@ async fn truncating_the_tail_is_caught_against_a_checkpoint() {
     );
 }
 
-#[tokio::test]
-async fn rewritten_history_is_caught_by_the_checkpoint() {
+async fn rewritten_history_is_caught_by_the_checkpoint(backend: Backend) {
     // The strongest attacker: edits record 4 and recomputes every later hash and link.
-    let f = fixture().await;
+    let f = fixture_on(backend).await;
     let mut values = f.store.scan_raw(None, 100).await.unwrap();
     values[3]["principal"] = "mallory".into();
     for i in 3..values.len() {
@@ -322,34 +375,24 @@ async fn rewritten_history_is_caught_by_the_checkpoint() {
         let h = record_hash(&values[i]);
         values[i]["hash"] = h.into();
     }
-    let conn = Connection::open(&f.path).unwrap();
+    let mut sql = String::new();
     for v in &values[3..] {
-        conn.execute(
-            "UPDATE audit_records SET principal = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
-            rusqlite::params![
-                v["principal"].as_str(),
-                v["prev_hash"].as_str(),
-                v["hash"].as_str(),
-                v["seq"].as_i64()
-            ],
-        )
-        .unwrap();
+        sql.push_str(&format!(
+            "UPDATE audit_records SET principal = {}, prev_hash = {}, hash = {} WHERE seq = {};\n",
+            sql_literal(v["principal"].as_str()),
+            sql_literal(v["prev_hash"].as_str()),
+            sql_literal(v["hash"].as_str()),
+            v["seq"].as_i64().unwrap()
+        ));
     }
-    drop(conn);
+    tamper(&f.db, &sql).await;
     // Self-consistent without a checkpoint (the documented limit of a keyless chain)...
-    let exported = export(&SqliteAuditStore::open(&f.path).await.unwrap()).await;
+    let exported = export(f.db.audit().await.as_ref()).await;
     verify_jsonl(exported.as_slice(), None).unwrap();
     // (the store itself still knows the hash of the head it last committed)
-    assert!(
-        SqliteAuditStore::open(&f.path)
-            .await
-            .unwrap()
-            .verify(None)
-            .await
-            .is_err()
-    );
+    assert!(f.db.audit().await.verify(None).await.is_err());
     // ...but not against the checkpoint kept elsewhere.
-    let b = broken(&f.path, Some(f.checkpoint.clone())).await;
+    let b = broken(&f.db, Some(f.checkpoint.clone())).await;
     assert_eq!((b.position, b.seq), (11, Some(11)));
     assert!(
         matches!(b.problem, BreakProblem::CheckpointMismatch { .. }),
@@ -357,14 +400,13 @@ async fn rewritten_history_is_caught_by_the_checkpoint() {
     );
 }
 
-#[tokio::test]
-async fn a_checkpoint_from_another_chain_does_not_match() {
-    let f = fixture().await;
+async fn a_checkpoint_from_another_chain_does_not_match(backend: Backend) {
+    let f = fixture_on(backend).await;
     let wrong = Checkpoint {
         seq: 6,
         hash: "ab".repeat(32),
     };
-    let b = broken(&f.path, Some(wrong)).await;
+    let b = broken(&f.db, Some(wrong)).await;
     assert_eq!((b.position, b.seq), (6, Some(6)));
     assert!(
         matches!(b.problem, BreakProblem::CheckpointMismatch { .. }),
@@ -372,17 +414,17 @@ async fn a_checkpoint_from_another_chain_does_not_match() {
     );
 }
 
-#[tokio::test]
-async fn editing_the_lookup_index_is_caught() {
-    let f = fixture().await;
+async fn editing_the_lookup_index_is_caught(backend: Backend) {
+    let f = fixture_on(backend).await;
     // Hiding the Jira write from who_authorized by deleting its index row.
     let before = f.store.who_authorized("jira", "OPS-1").await.unwrap();
     assert_eq!(before.len(), 1);
     let seq = before[0].seq;
     tamper(
-        &f.path,
+        &f.db,
         &format!("DELETE FROM audit_record_refs WHERE seq = {seq}"),
-    );
+    )
+    .await;
     assert!(
         f.store
             .who_authorized("jira", "OPS-1")
@@ -405,7 +447,7 @@ async fn editing_the_lookup_index_is_caught() {
 
 async fn exported_lines() -> (Vec<String>, Checkpoint) {
     let f = fixture().await;
-    let text = String::from_utf8(export(&f.store).await).unwrap();
+    let text = String::from_utf8(export(f.store.as_ref()).await).unwrap();
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 11);
     (lines, f.checkpoint)
@@ -535,16 +577,17 @@ async fn tampered_exports_are_caught_at_the_first_bad_line() {
 async fn a_deleted_wal_file_is_caught_by_the_head_witness() {
     let f = fixture().await;
     // Move everything so far into the database file, then commit more, which stays in the WAL.
-    tamper(&f.path, "PRAGMA wal_checkpoint(TRUNCATE);");
-    simulate_run(&f.store, "alice", "run-2", "2", 1_700_000_100_000).await;
+    tamper(&f.db, "PRAGMA wal_checkpoint(TRUNCATE);").await;
+    let path = f.db.path().unwrap().to_owned();
+    simulate_run(f.store.as_ref(), "alice", "run-2", "2", 1_700_000_100_000).await;
     let head = f.store.verify(None).await.unwrap().head.unwrap();
     assert_eq!(head.seq, 22);
     // What a deleted -wal leaves: the database file as of the checkpoint (copied while the
     // store is open, so nothing is checkpointed on close), with the witness beside it.
-    let copy = f.path.with_file_name("copy.db");
-    std::fs::copy(&f.path, &copy).unwrap();
+    let copy = path.with_file_name("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
     let witness = |p: &std::path::Path| format!("{}-audit-head", p.display());
-    std::fs::copy(witness(&f.path), witness(&copy)).unwrap();
+    std::fs::copy(witness(&path), witness(&copy)).unwrap();
     let store = SqliteAuditStore::open(&copy).await.unwrap();
     let b = match store.verify(None).await {
         Err(AuditError::ChainBroken(b)) => b,

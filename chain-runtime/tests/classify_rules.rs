@@ -162,7 +162,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
 
     // A missing scope named by the rules' pointer: suspended for consent to that scope.
     let report = engine
-        .start::<acme_chain>(user.clone(), (format!("{api}/scope"),))
+        .start::<acme_chain>(user.clone(), format!("{api}/scope"))
         .await
         .unwrap();
     match &report.state {
@@ -182,7 +182,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
 
     // A rate limit the rules recognise on a 400, with their reset header: waited out, retried.
     let report = engine
-        .start::<acme_chain>(user.clone(), (format!("{api}/slow"),))
+        .start::<acme_chain>(user.clone(), format!("{api}/slow"))
         .await
         .unwrap();
     match &report.state {
@@ -193,7 +193,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
 
     // A revocation the rules recognise: the account now needs a new consent.
     let report = engine
-        .start::<acme_chain>(user.clone(), (format!("{api}/gone"),))
+        .start::<acme_chain>(user.clone(), format!("{api}/gone"))
         .await
         .unwrap();
     assert!(
@@ -203,4 +203,88 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
     );
     let account = vault.account("alice", "acme").await.unwrap();
     assert_eq!(account.status, AccountStatus::NeedsReauthorization);
+}
+
+/// What the test token endpoint answers, set by the test.
+type Reply = Arc<std::sync::Mutex<(u16, &'static str)>>;
+
+/// A token endpoint that answers every request with the current `reply`.
+async fn start_token_endpoint(reply: Reply) -> String {
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || {
+            let (status, body) = *reply.lock().unwrap();
+            async move {
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/json")],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/token")
+}
+
+/// The vault's refresh path classifies token-endpoint errors with the provider's rules and the
+/// classifier's one token-code table: a code only the rules know revokes the grant; a code the
+/// table does not give this provider (`token_revoked` is Slack's) is transient, even inside an
+/// HTTP 200, and the account stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_path_classifies_with_the_providers_rules_and_the_one_code_table() {
+    const TOKEN_RULES: &str = r#"
+code_pointers = ["/error"]
+
+[token_codes]
+acme_session_ended = "grant_revoked"
+"#;
+    let idp = Salesforce::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_sqlite(
+        &dir.path().join("acme.db"),
+        VaultKey::generate(),
+        VaultOptions::default(),
+    )
+    .await
+    .unwrap();
+    let config = idp
+        .provider_config("acme")
+        .unwrap()
+        .with_provider("acme")
+        .with_classification_rules(RuleSet::from_toml(TOKEN_RULES).unwrap());
+    vault.register_provider(config.clone()).await.unwrap();
+    let subject = idp.add_user("alice@acme.example");
+    idp.approve_as(&subject).unwrap();
+    idp.connect(&vault, "alice", "acme", &["api", "refresh_token"])
+        .await
+        .unwrap();
+
+    // The same provider, its token endpoint now answering with errors.
+    let mut broken = config.clone();
+    let reply: Reply = Arc::new(std::sync::Mutex::new((200, r#"{"error":"token_revoked"}"#)));
+    broken.token_url = start_token_endpoint(reply.clone()).await.parse().unwrap();
+    vault.register_provider(broken).await.unwrap();
+
+    let version = vault.account("alice", "acme").await.unwrap().token_version;
+    let transient = vault.refresh_after_expiry("alice", "acme", version).await;
+    assert!(transient.is_err(), "{transient:?}");
+    let account = vault.account("alice", "acme").await.unwrap();
+    assert_eq!(
+        account.status,
+        AccountStatus::Active,
+        "an undocumented code is not a revocation: {transient:?}"
+    );
+
+    *reply.lock().unwrap() = (400, r#"{"error":"acme_session_ended"}"#);
+    let revoked = vault.refresh_after_expiry("alice", "acme", version).await;
+    assert!(revoked.is_err(), "{revoked:?}");
+    let account = vault.account("alice", "acme").await.unwrap();
+    assert_eq!(
+        account.status,
+        AccountStatus::NeedsReauthorization,
+        "the rules say `acme_session_ended` revokes: {revoked:?}"
+    );
 }

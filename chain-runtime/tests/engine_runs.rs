@@ -1,5 +1,6 @@
-//! Engine tests on real SQLite files: journal, compensation, suspension and resume, crash
-//! recovery, divergence, handoff, alerts.
+//! Engine tests on real databases, each test once on a SQLite file and once on a PostgreSQL
+//! database: journal, compensation, suspension and resume, crash recovery, divergence,
+//! handoff, alerts.
 //!
 //! Steps follow a per-test script (keyed by a tag that is the chain's input): which calls
 //! fail with which error, which block until released, and a log of every step and
@@ -15,6 +16,7 @@ use chain_runtime::classify::FailureClass;
 use chain_runtime::engine::{Engine, EngineError, StaticGrants, WebhookNotifier};
 use chain_runtime::prelude::*;
 use chain_runtime::store::{EntryResult, RunState, RunStore, SqliteRunStore};
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use tokio::sync::Notify;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,8 +341,20 @@ async fn with_approval(ctx: &ChainCtx<UserId>, tag: Tag) -> Result<String, Chain
 struct Env {
     engine: Engine,
     grants: Arc<StaticGrants>,
-    audit: Arc<SqliteAuditStore>,
-    store: Arc<SqliteRunStore>,
+    audit: Arc<dyn AuditStore>,
+    store: Arc<dyn RunStore>,
+}
+
+/// A test's database and the directory a SQLite one lives in.
+struct Db {
+    _dir: tempfile::TempDir,
+    db: TestDatabase,
+}
+
+async fn test_db(backend: Backend) -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "runs").await;
+    Db { _dir: dir, db }
 }
 
 fn connect_all(grants: &StaticGrants, principal: &str) {
@@ -370,14 +384,15 @@ fn connect_all(grants: &StaticGrants, principal: &str) {
     );
 }
 
-async fn open_engine(dir: &tempfile::TempDir, grants: Arc<StaticGrants>) -> Env {
-    let path = dir.path().join("runs.sqlite");
+async fn open_engine(dir: &Db, grants: Arc<StaticGrants>) -> Env {
     let Runtime {
         engine,
         audit,
         runs: store,
         ..
-    } = Runtime::sqlite(&path)
+    } = dir
+        .db
+        .runtime()
         .credentials(grants.clone())
         .open()
         .await
@@ -390,8 +405,8 @@ async fn open_engine(dir: &tempfile::TempDir, grants: Arc<StaticGrants>) -> Env 
     }
 }
 
-async fn setup() -> (tempfile::TempDir, Env) {
-    let dir = tempfile::tempdir().unwrap();
+async fn setup(backend: Backend) -> (Db, Env) {
+    let dir = test_db(backend).await;
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
     connect_all(&grants, "boss");
@@ -419,9 +434,32 @@ fn count(events: &[String], name: &str) -> usize {
 
 // ---- tests -------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn compensate_policy_undoes_completed_writes_in_reverse_for_failures_at_each_step() {
-    let (_dir, env) = setup().await;
+chain_runtime::backend_tests!(
+    compensate_policy_undoes_completed_writes_in_reverse_for_failures_at_each_step,
+    suspend_policy_keeps_writes_and_resume_continues_at_the_failed_step,
+    a_failing_compensator_does_not_stop_the_others_and_blocks_the_run,
+    an_irreversible_write_left_in_place_blocks_with_an_alert_naming_its_records,
+    resume_refuses_runs_that_are_not_suspended,
+    two_concurrent_resumes_one_wins,
+    resume_refuses_a_reconsent_on_another_upstream_subject,
+    a_body_that_diverges_from_its_journal_is_blocked_not_reexecuted,
+    recorded_values_are_replayed_on_resume,
+    resume_across_a_changed_chain_version_is_refused_naming_the_step,
+    a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_steps,
+    an_intent_without_result_blocks_the_run_instead_of_redoing_the_write,
+    an_unknown_outcome_is_settled_by_the_steps_reconcile_hook,
+    fifty_concurrent_runs_on_one_store_complete,
+    handoff_starts_a_child_run_under_another_principal,
+    preflight_not_ready_writes_nothing_and_returns_the_consents,
+    the_idempotency_key_is_derived_from_run_id_and_step_id,
+    webhook_notifier_posts_alerts_as_json,
+    a_crash_during_compensation_resumes_the_compensation_on_recovery,
+);
+
+async fn compensate_policy_undoes_completed_writes_in_reverse_for_failures_at_each_step(
+    backend: Backend,
+) {
+    let (_dir, env) = setup(backend).await;
     for k in 1..=3usize {
         let t = tag("comp");
         let failing = ["s1", "s2", "s3"][k - 1];
@@ -472,9 +510,8 @@ async fn compensate_policy_undoes_completed_writes_in_reverse_for_failures_at_ea
     env.audit.verify(None).await.unwrap();
 }
 
-#[tokio::test]
-async fn suspend_policy_keeps_writes_and_resume_continues_at_the_failed_step() {
-    let (_dir, env) = setup().await;
+async fn suspend_policy_keeps_writes_and_resume_continues_at_the_failed_step(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     for k in 1..=3usize {
         let t = tag("susp");
         let (failing, connector) = [("s1", "crm"), ("s2", "tickets"), ("s3", "docs")][k - 1];
@@ -546,9 +583,8 @@ async fn suspend_policy_keeps_writes_and_resume_continues_at_the_failed_step() {
     }
 }
 
-#[tokio::test]
-async fn a_failing_compensator_does_not_stop_the_others_and_blocks_the_run() {
-    let (_dir, env) = setup().await;
+async fn a_failing_compensator_does_not_stop_the_others_and_blocks_the_run(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("compfail");
     fail(&t, "s3", StepError::domain("docs said no"));
     fail(
@@ -588,9 +624,10 @@ async fn a_failing_compensator_does_not_stop_the_others_and_blocks_the_run() {
     assert_eq!(count(&ev, "operator_alert"), 1);
 }
 
-#[tokio::test]
-async fn an_irreversible_write_left_in_place_blocks_with_an_alert_naming_its_records() {
-    let (_dir, env) = setup().await;
+async fn an_irreversible_write_left_in_place_blocks_with_an_alert_naming_its_records(
+    backend: Backend,
+) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("irrev");
     fail(&t, "s3", StepError::domain("docs said no"));
     let report = env
@@ -617,9 +654,8 @@ async fn an_irreversible_write_left_in_place_blocks_with_an_alert_naming_its_rec
     assert_eq!(count(&ev, "operator_alert"), 1);
 }
 
-#[tokio::test]
-async fn resume_refuses_runs_that_are_not_suspended() {
-    let (_dir, env) = setup().await;
+async fn resume_refuses_runs_that_are_not_suspended(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("done");
     let report = env
         .engine
@@ -635,9 +671,8 @@ async fn resume_refuses_runs_that_are_not_suspended() {
     assert!(matches!(err, EngineError::NotFound { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn two_concurrent_resumes_one_wins() {
-    let (_dir, env) = setup().await;
+async fn two_concurrent_resumes_one_wins(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("double");
     fail(&t, "s2", revoked("tickets"));
     let report = env
@@ -664,9 +699,8 @@ async fn two_concurrent_resumes_one_wins() {
     assert_eq!(calls(&t, "s3"), 1);
 }
 
-#[tokio::test]
-async fn resume_refuses_a_reconsent_on_another_upstream_subject() {
-    let (_dir, env) = setup().await;
+async fn resume_refuses_a_reconsent_on_another_upstream_subject(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("drift");
     fail(&t, "s2", revoked("tickets"));
     let report = env
@@ -702,9 +736,8 @@ async fn resume_refuses_a_reconsent_on_another_upstream_subject() {
     assert!(matches!(resumed.state, RunState::Completed { .. }));
 }
 
-#[tokio::test]
-async fn a_body_that_diverges_from_its_journal_is_blocked_not_reexecuted() {
-    let (_dir, env) = setup().await;
+async fn a_body_that_diverges_from_its_journal_is_blocked_not_reexecuted(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("diverge");
     fail(&t, "s3", revoked("docs"));
     let report = env
@@ -730,9 +763,8 @@ async fn a_body_that_diverges_from_its_journal_is_blocked_not_reexecuted() {
     );
 }
 
-#[tokio::test]
-async fn recorded_values_are_replayed_on_resume() {
-    let (_dir, env) = setup().await;
+async fn recorded_values_are_replayed_on_resume(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("record");
     fail(&t, "s2", revoked("tickets"));
     let before = RECORD_PRODUCED.load(Ordering::SeqCst);
@@ -761,9 +793,8 @@ async fn recorded_values_are_replayed_on_resume() {
     assert_eq!(calls(&t, "s1"), 1);
 }
 
-#[tokio::test]
-async fn resume_across_a_changed_chain_version_is_refused_naming_the_step() {
-    let (dir, env) = setup().await;
+async fn resume_across_a_changed_chain_version_is_refused_naming_the_step(backend: Backend) {
+    let (dir, env) = setup(backend).await;
     let t = tag("version");
     fail(&t, "s2", revoked("tickets"));
     let report = env
@@ -772,12 +803,17 @@ async fn resume_across_a_changed_chain_version_is_refused_naming_the_step() {
         .await
         .unwrap();
     // Simulate a run recorded by an older build whose `s2` was declared differently.
-    let conn = rusqlite::Connection::open(dir.path().join("runs.sqlite")).unwrap();
-    conn.execute(
-        "UPDATE run_runs SET chain_version = 'old', step_versions = json_set(step_versions, '$.s2', 'old') WHERE run_id = ?1",
-        [&report.run_id],
-    )
-    .unwrap();
+    let edited = match backend {
+        Backend::Sqlite => "json_set(step_versions, '$.s2', 'old')",
+        Backend::Postgres => "jsonb_set(step_versions::jsonb, '{s2}', '\"old\"')::text",
+    };
+    dir.db
+        .execute_batch(&format!(
+            "UPDATE run_runs SET chain_version = 'old', step_versions = {edited} \
+             WHERE run_id = '{}'",
+            report.run_id
+        ))
+        .await;
     let err = env.engine.resume(&report.run_id).await.unwrap_err();
     let EngineError::ChainChanged { steps, .. } = &err else {
         panic!("{err}")
@@ -806,9 +842,10 @@ async fn crash_at<C: Chain<Principal = UserId, Input = (Tag,)>>(
     unblock(t, blocked);
 }
 
-#[tokio::test]
-async fn a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_steps() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_steps(
+    backend: Backend,
+) {
+    let dir = test_db(backend).await;
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
     let t = tag("crash");
@@ -835,9 +872,8 @@ async fn a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_st
     assert_eq!(count(&ev, "resumed"), 1);
 }
 
-#[tokio::test]
-async fn an_intent_without_result_blocks_the_run_instead_of_redoing_the_write() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_intent_without_result_blocks_the_run_instead_of_redoing_the_write(backend: Backend) {
+    let dir = test_db(backend).await;
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
     let t = tag("unknown");
@@ -863,10 +899,9 @@ async fn an_intent_without_result_blocks_the_run_instead_of_redoing_the_write() 
 /// An unknown outcome of a step with a `reconcile` hook: the hook reads back whether the write
 /// happened. Found: its result is journaled and the body is not redone. Not found: the body
 /// runs (once).
-#[tokio::test]
-async fn an_unknown_outcome_is_settled_by_the_steps_reconcile_hook() {
+async fn an_unknown_outcome_is_settled_by_the_steps_reconcile_hook(backend: Backend) {
     for reached_provider in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_db(backend).await;
         let grants = Arc::new(StaticGrants::new());
         connect_all(&grants, "alice");
         let t = tag("reconcile");
@@ -903,10 +938,14 @@ async fn an_unknown_outcome_is_settled_by_the_steps_reconcile_hook() {
     }
 }
 
-#[tokio::test]
-async fn fifty_concurrent_runs_on_one_store_complete() {
-    let (_dir, env) = setup().await;
-    let start = env.store.writer_stats();
+async fn fifty_concurrent_runs_on_one_store_complete(backend: Backend) {
+    let (dir, env) = setup(backend).await;
+    // The SQLite file's shared writer counts every write; PostgreSQL has no such writer.
+    let writer = match dir.db.path() {
+        Some(path) => Some(SqliteRunStore::open(path).await.unwrap()),
+        None => None,
+    };
+    let start = writer.as_ref().map(SqliteRunStore::writer_stats);
     let mut set = tokio::task::JoinSet::new();
     let mut tags = Vec::new();
     for _ in 0..50 {
@@ -932,20 +971,21 @@ async fn fifty_concurrent_runs_on_one_store_complete() {
             .count(),
         50
     );
-    let stats = env.store.writer_stats();
-    let (writes, commits) = (stats.writes - start.writes, stats.commits - start.commits);
-    // 50 runs × (insert, run_started, 3 × (intent + attempt record), 3 × (result + outcome
-    // record), final state + run_finished, lease release): the journal and the audit trail
-    // share one writer and each step write carries its audit record.
-    assert_eq!(writes, 50 * 10);
-    assert!(commits <= writes);
-    eprintln!("group commit: {writes} writes in {commits} transactions");
+    if let (Some(writer), Some(start)) = (&writer, start) {
+        let stats = writer.writer_stats();
+        let (writes, commits) = (stats.writes - start.writes, stats.commits - start.commits);
+        // 50 runs × (insert, run_started, 3 × (intent + attempt record), 3 × (result + outcome
+        // record), final state + run_finished, lease release): the journal and the audit trail
+        // share one writer and each step write carries its audit record.
+        assert_eq!(writes, 50 * 10);
+        assert!(commits <= writes);
+        eprintln!("group commit: {writes} writes in {commits} transactions");
+    }
     env.audit.verify(None).await.unwrap();
 }
 
-#[tokio::test]
-async fn handoff_starts_a_child_run_under_another_principal() {
-    let (_dir, env) = setup().await;
+async fn handoff_starts_a_child_run_under_another_principal(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("handoff");
     let report = env
         .engine
@@ -990,9 +1030,8 @@ async fn handoff_starts_a_child_run_under_another_principal() {
     assert_eq!(log(&t), ["s1", "keyed", "s3"]);
 }
 
-#[tokio::test]
-async fn preflight_not_ready_writes_nothing_and_returns_the_consents() {
-    let (_dir, env) = setup().await;
+async fn preflight_not_ready_writes_nothing_and_returns_the_consents(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     env.grants
         .connect("carol", "crm", ["crm.write"], "crm-carol");
     let err = env
@@ -1008,9 +1047,8 @@ async fn preflight_not_ready_writes_nothing_and_returns_the_consents() {
     assert!(env.engine.list_runs().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn the_idempotency_key_is_derived_from_run_id_and_step_id() {
-    let (_dir, env) = setup().await;
+async fn the_idempotency_key_is_derived_from_run_id_and_step_id(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
     let t = tag("key");
     let report = env
         .engine
@@ -1022,8 +1060,7 @@ async fn the_idempotency_key_is_derived_from_run_id_and_step_id() {
     assert_eq!(key, format!("{expected}|alice"));
 }
 
-#[tokio::test]
-async fn webhook_notifier_posts_alerts_as_json() {
+async fn webhook_notifier_posts_alerts_as_json(backend: Backend) {
     use axum::{Json, Router, routing::post as http_post};
     let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let sink = received.clone();
@@ -1041,12 +1078,13 @@ async fn webhook_notifier_posts_alerts_as_json() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.sqlite");
+    let dir = test_db(backend).await;
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
     let notifier = Arc::new(WebhookNotifier::new(format!("http://{addr}/alerts")).unwrap());
-    let engine = Runtime::sqlite(&path)
+    let engine = dir
+        .db
+        .runtime()
         .credentials(grants)
         .notifier(notifier)
         .open()
@@ -1092,9 +1130,8 @@ async fn the_in_memory_store_runs_suspends_and_resumes_too() {
     assert_eq!(log(&t), ["s1", "s2", "s3", "s3"]);
 }
 
-#[tokio::test]
-async fn a_crash_during_compensation_resumes_the_compensation_on_recovery() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_crash_during_compensation_resumes_the_compensation_on_recovery(backend: Backend) {
+    let dir = test_db(backend).await;
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
     let t = tag("compcrash");

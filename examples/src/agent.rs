@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use chain_runtime::audit::{AuditEvent, AuditStore, SqliteAuditStore};
+use chain_runtime::audit::{AuditEvent, SqliteAuditStore};
 use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::model::{OpenAiCompatible, register_model};
 use chain_runtime::policy::RetryPolicy;
 use chain_runtime::preflight::ConsentNeeded;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{ScriptedModel, ScriptedTurn};
-use chain_runtime::store::{EntryKind, RunState, RunStore, SqliteRunStore};
+use chain_runtime::store::{EntryKind, RunState, SqliteRunStore};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
-use chain_runtime::audit::AuditStore;
 use chain_runtime::engine::idempotency_key;
 use chain_runtime::journal::{
     Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, EntryKind, EntryResult,
@@ -306,6 +305,12 @@ impl KillPoint {
         }
     }
 
+    /// Where a child stops in the journal for this kill point (`None` for the kill points the
+    /// emulators reach: a held call, a lost response).
+    pub fn journal_pause(self) -> Option<Pause> {
+        self.pause()
+    }
+
     fn pause(self) -> Option<Pause> {
         let at = match self {
             KillPoint::AfterIntent(_) => PauseAt::AfterIntent,
@@ -489,6 +494,34 @@ impl RunJournal for PausingStore {
 
     fn database(&self) -> Option<DatabaseId> {
         self.inner.database()
+    }
+
+    fn submit_run<'a>(
+        &'a self,
+        run: RunRecord,
+        audit: Vec<chain_runtime::audit::NewRecord>,
+    ) -> BoxFuture<'a, Result<Vec<chain_runtime::audit::AuditRecord>, JournalError>> {
+        self.inner.submit_run(run, audit)
+    }
+
+    fn claim_runnable<'a>(
+        &'a self,
+        owner: &'a str,
+        drivable: &'a [chain_runtime::journal::Drivable],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<chain_runtime::journal::Claim>, JournalError>> {
+        self.inner.claim_runnable(owner, drivable, limit)
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        leases: &'a [Lease],
+    ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
+        self.inner.renew_leases(leases)
+    }
+
+    fn wakeups(&self) -> Option<chain_runtime::journal::Wakeups> {
+        self.inner.wakeups()
     }
 }
 
@@ -751,6 +784,34 @@ impl CrashHarness {
             deal: self.demo.deal(),
             pause,
         }
+    }
+
+    /// The environment a child process on this harness's database and emulators needs (the
+    /// spec with `pause`, the vault key, each client secret), for children other than
+    /// [`child_main`] (the worker processes of `examples::workers`).
+    pub fn child_env(&self, pause: Option<Pause>) -> Result<Vec<(String, String)>, DemoError> {
+        use chain_runtime::sandbox::{Jira, Salesforce, Slack};
+        let mut env = vec![
+            (
+                ENV_SPEC.to_owned(),
+                serde_json::to_string(&self.spec(pause))?,
+            ),
+            (
+                ENV_VAULT_KEY.to_owned(),
+                self.key.expose_secret().to_owned(),
+            ),
+        ];
+        for (connector, secret) in [
+            (
+                "salesforce",
+                Salesforce::default_config().client.client_secret,
+            ),
+            ("jira", Jira::default_config().client.client_secret),
+            ("slack", Slack::default_config().client.client_secret),
+        ] {
+            env.push((secret_var(connector), secret.expose_secret().to_owned()));
+        }
+        Ok(env)
     }
 
     fn spawn(&self, phase: Phase, pause: Option<Pause>) -> Result<Running, DemoError> {
@@ -1117,7 +1178,7 @@ impl CrashHarness {
     pub async fn journal_agrees_with_audit(&self, run_id: &str) -> Result<(), DemoError> {
         use std::collections::BTreeMap;
 
-        use chain_runtime::audit::{AuditEvent, AuditStore as _};
+        use chain_runtime::audit::AuditEvent;
 
         let journal = self.demo.runs.journal(run_id).await?;
         let history = self.demo.audit.run_history(run_id).await?;

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore, WriteKind};
+use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, WriteKind};
 use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::sandbox::Sandbox;
-use chain_runtime::store::{RunState, RunStore, SqliteRunStore};
+use chain_runtime::store::{RunState, RunStore};
 use chain_runtime::vault::{Vault, VaultKey};
 use chain_runtime::{Principal, Runtime};
 use serde::Serialize;
@@ -158,9 +158,9 @@ pub struct Demo {
     /// The engine.
     pub engine: Engine,
     /// The audit trail.
-    pub audit: Arc<SqliteAuditStore>,
+    pub audit: Arc<dyn AuditStore>,
     /// The run journal.
-    pub runs: Arc<SqliteRunStore>,
+    pub runs: Arc<dyn RunStore>,
     /// The user the chain runs for.
     pub user: UserId,
     /// Upstream subjects of the user: (salesforce, jira, slack).

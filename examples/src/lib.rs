@@ -8,3 +8,4 @@ pub mod demo;
 pub mod escalate;
 pub mod mcp_demo;
 pub mod urgent;
+pub mod workers;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chain_runtime::approval::{ApprovalAuthorizer, ApprovalPolicy, PendingApproval};
-use chain_runtime::audit::{AuditEvent, AuditRecord, AuditStore};
+use chain_runtime::audit::{AuditEvent, AuditRecord};
 use chain_runtime::engine::ApprovalError;
 use chain_runtime::journal::{
     Alert, BoxFuture, Committed, CompensationEntry, EntryKind, JournalEntry, JournalError,

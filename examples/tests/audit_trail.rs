@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, WriteKind};
+use chain_runtime::audit::{AuditEvent, Outcome, WriteKind};
 use chain_runtime::registry;
 use examples::demo::{Demo, Scenario};
 use examples::escalate::escalate_deal;

@@ -6,7 +6,6 @@
 
 use std::process::Command;
 
-use chain_runtime::audit::AuditStore;
 use chain_runtime::vault::AccountInfo;
 use examples::crash::{CrashHarness, CrashStep, KillPoint};
 use examples::demo::{CONSENT_SCOPES, OPPORTUNITY};

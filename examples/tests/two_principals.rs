@@ -6,7 +6,7 @@
 //! With a single connected principal "one identity per provider" holds by construction; these
 //! tests are the ones that fail when the vault hands a run another principal's account.
 
-use chain_runtime::audit::{AuditStore, WriteKind};
+use chain_runtime::audit::WriteKind;
 use chain_runtime::engine::{EngineError, idempotency_key};
 use chain_runtime::sandbox::{ConnectError, WriteRecord};
 use chain_runtime::store::RunState;

@@ -19,12 +19,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chain_runtime::Runtime;
-use chain_runtime::audit::{AuditEvent, AuditRecord, AuditStore, SqliteAuditStore};
+use chain_runtime::audit::{AuditEvent, AuditRecord, AuditStore};
 use chain_runtime::classify::FailureClass;
 use chain_runtime::engine::Engine;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{FaultKind, Sandbox};
-use chain_runtime::store::{EntryResult, JournalEntry, RunState, RunStore, SqliteRunStore};
+use chain_runtime::store::{EntryResult, JournalEntry, RunState, RunStore};
 use chain_runtime::vault::{
     AccountStatus, ClientSecret, ProviderConfig, SubjectSource, Vault, VaultKey,
 };
@@ -232,8 +232,8 @@ struct World {
     sandbox: Sandbox,
     vault: Vault,
     engine: Engine,
-    audit: Arc<SqliteAuditStore>,
-    runs: Arc<SqliteRunStore>,
+    audit: Arc<dyn AuditStore>,
+    runs: Arc<dyn RunStore>,
     user: UserId,
     /// Upstream subjects of the user at Salesforce, Jira, Slack.
     sf: String,

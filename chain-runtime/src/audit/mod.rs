@@ -43,7 +43,8 @@
 mod chain_hash;
 mod export;
 mod record;
-mod seal;
+pub(crate) mod rows;
+pub(crate) mod seal;
 pub(crate) mod sqlite;
 mod verify;
 
@@ -104,6 +105,13 @@ pub fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// A store shows as its kind only (its records are not for logs).
+impl std::fmt::Debug for dyn AuditStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn AuditStore")
+    }
 }
 
 /// Storage of the audit trail. Implementations must serialize appends into one linear chain.

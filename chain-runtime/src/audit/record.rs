@@ -136,6 +136,18 @@ pub enum AuditEvent {
         /// Preflight's result.
         preflight: PreflightSummary,
     },
+    /// Preflight refused to start (or resume) a run: the principal's grant on the record's
+    /// connector lacks scopes the chain needs. One record per refused connector; nothing else
+    /// was written.
+    PreflightRefused {
+        /// The chain's name.
+        chain: String,
+        /// The scopes the chain needs there that are not granted (all of them when no account
+        /// is connected).
+        missing_scopes: Vec<String>,
+        /// Whether the principal has an account on the connector at all.
+        connected: bool,
+    },
     /// A step call is about to be made (intent).
     StepAttempt {
         /// The step function's name.
@@ -146,6 +158,22 @@ pub enum AuditEvent {
         effect: Effect,
         /// The idempotency key sent with the call, if any (not a secret).
         idempotency_key: Option<String>,
+    },
+    /// One HTTP attempt of a step's (or a compensator's) call, retries included: the step
+    /// attempt's records say what the call was for, these say what each request got.
+    HttpAttempt {
+        /// The step (or compensator) function's name.
+        step: String,
+        /// The attempt's number within its request, from 1.
+        http_attempt: u32,
+        /// The HTTP method.
+        method: String,
+        /// The response status; 0 when no response arrived.
+        status: u16,
+        /// The failure class (snake_case) when the response was not a success.
+        failure_class: Option<String>,
+        /// The wait before the next attempt, in milliseconds, when the client retries.
+        wait_ms: Option<u64>,
     },
     /// A step call's result.
     StepOutcome {
@@ -288,7 +316,9 @@ impl AuditEvent {
     pub fn type_name(&self) -> &'static str {
         match self {
             AuditEvent::RunStarted { .. } => "run_started",
+            AuditEvent::PreflightRefused { .. } => "preflight_refused",
             AuditEvent::StepAttempt { .. } => "step_attempt",
+            AuditEvent::HttpAttempt { .. } => "http_attempt",
             AuditEvent::StepOutcome { .. } => "step_outcome",
             AuditEvent::CompensationAttempt { .. } => "compensation_attempt",
             AuditEvent::CompensationOutcome { .. } => "compensation_outcome",

@@ -22,7 +22,6 @@
 //!
 //! Reads use the shared reader pool and never wait for the writer.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
@@ -30,13 +29,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::chain_hash::GENESIS_HASH;
-use super::record::{
-    AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, NewRecord, Outcome, RecordRef,
-    WriteKind,
+use super::record::{AuditRecord, Authorization, Checkpoint, NewRecord};
+use super::rows::{
+    self, COLUMNS, IndexedVerifier, select_columns, seq_to_sql, to_authorization, value_to_record,
 };
 use super::seal::Columns;
 pub(crate) use super::seal::Presealed;
-use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
+use super::verify::Verified;
 use super::{AuditError, AuditStore, BoxFuture};
 use crate::sqlite::{Database, DatabaseId, DbError, Durability, Tx, WriterStats};
 
@@ -71,33 +70,6 @@ CREATE TABLE IF NOT EXISTS audit_record_refs (
 CREATE INDEX IF NOT EXISTS audit_record_refs_lookup
     ON audit_record_refs (connector, record_id, seq);
 ";
-
-/// The record columns, in [`AuditRecord`] field order; their names are the field names.
-const COLUMNS: [&str; 16] = [
-    "seq",
-    "format",
-    "time_unix_ms",
-    "run_id",
-    "step_id",
-    "principal",
-    "connector",
-    "account_id",
-    "upstream_subject",
-    "grant_id",
-    "scopes",
-    "records",
-    "outcome",
-    "event",
-    "prev_hash",
-    "hash",
-];
-
-/// Columns holding JSON text.
-const JSON_COLUMNS: [&str; 3] = ["scopes", "records", "event"];
-
-fn select_columns() -> String {
-    COLUMNS.join(", ")
-}
 
 /// An audit store in a SQLite file; see the module docs. Clones share the database.
 #[derive(Clone)]
@@ -135,6 +107,15 @@ impl SqliteAuditStore {
     /// process's shared [`Database`] for that file.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
         Self::on(Database::open(path).await?).await
+    }
+
+    /// Opens the audit trail of the existing SQLite file at `path` read-only, for inspection
+    /// and verification (see [`Database::open_read_only`]): no table is created and every
+    /// append fails.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, AuditError> {
+        Ok(Self {
+            db: Database::open_read_only(path).await?,
+        })
     }
 
     /// Opens the audit store on `db`.
@@ -208,30 +189,18 @@ fn read_head(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    head.map(|(seq, hash)| {
-        u64::try_from(seq)
-            .map(|seq| Checkpoint { seq, hash })
-            .map_err(|_| AuditError::Corrupt {
-                seq,
-                reason: "the head record has a negative seq".into(),
-            })
-    })
-    .transpose()
+    head.map(|(seq, hash)| rows::checkpoint(seq, hash))
+        .transpose()
 }
 
 /// Converts one SQLite value to JSON, faithfully (a tampered value stays visible as such).
-fn sql_to_json(value: ValueRef<'_>, json_column: bool) -> Value {
+fn sql_to_json(value: ValueRef<'_>, column: &str) -> Value {
     match value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::from(i),
         ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
         ValueRef::Text(bytes) => {
-            let text = String::from_utf8_lossy(bytes).into_owned();
-            if json_column {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            } else {
-                Value::String(text)
-            }
+            rows::text_value(String::from_utf8_lossy(bytes).into_owned(), column)
         }
         ValueRef::Blob(bytes) => {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -244,18 +213,10 @@ fn sql_to_json(value: ValueRef<'_>, json_column: bool) -> Value {
 fn row_to_value(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
     let mut map = serde_json::Map::new();
     for (i, name) in COLUMNS.iter().enumerate() {
-        let value = sql_to_json(row.get_ref(i)?, JSON_COLUMNS.contains(name));
+        let value = sql_to_json(row.get_ref(i)?, name);
         map.insert((*name).to_owned(), value);
     }
     Ok(Value::Object(map))
-}
-
-fn value_to_record(value: Value) -> Result<AuditRecord, AuditError> {
-    let seq = value.get("seq").and_then(Value::as_i64).unwrap_or(-1);
-    serde_json::from_value(value).map_err(|e| AuditError::Corrupt {
-        seq,
-        reason: e.to_string(),
-    })
 }
 
 fn query_records(
@@ -272,13 +233,6 @@ fn query_records(
         .query_map(params, row_to_value)?
         .collect::<Result<Vec<_>, _>>()?;
     values.into_iter().map(value_to_record).collect()
-}
-
-fn seq_to_sql(seq: u64) -> Result<i64, AuditError> {
-    i64::try_from(seq).map_err(|_| AuditError::Corrupt {
-        seq: i64::MAX,
-        reason: format!("seq {seq} does not fit SQLite's integer"),
-    })
 }
 
 /// Inserts one sealed record and its `audit_record_refs` rows.
@@ -320,123 +274,33 @@ fn insert_record(
     Ok(())
 }
 
-type RefKey = (String, String, String);
-
-fn refs_of(value: &Value) -> Vec<RefKey> {
-    let mut refs: Vec<RefKey> = value
-        .get("records")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| serde_json::from_value::<RecordRef>(item.clone()).ok())
-                .map(|r| (r.connector, r.kind, r.id))
-                .collect()
-        })
-        .unwrap_or_default();
-    refs.sort();
-    refs
-}
-
 fn verify_blocking(
     conn: &mut Connection,
     checkpoint: Option<Checkpoint>,
 ) -> Result<Verified, AuditError> {
     // One read transaction: a consistent snapshot even while others append.
     let tx = conn.transaction()?;
-    let mut index: BTreeMap<i64, Vec<RefKey>> = BTreeMap::new();
-    {
+    let refs = {
         let mut stmt =
             tx.prepare("SELECT seq, connector, kind, record_id FROM audit_record_refs")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let key = (
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-            );
-            index.entry(row.get(0)?).or_default().push(key);
-        }
-    }
-    for refs in index.values_mut() {
-        refs.sort();
-    }
-    let mut verifier = ChainVerifier::new(checkpoint);
-    {
-        let mut stmt = tx.prepare(&format!(
-            "SELECT {} FROM audit_records ORDER BY seq",
-            select_columns()
-        ))?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let value = row_to_value(row)?;
-            let record = verifier.push(&value).map_err(AuditError::ChainBroken)?;
-            let seq_sql = seq_to_sql(record.seq)?;
-            let indexed = index.remove(&seq_sql).unwrap_or_default();
-            if indexed != refs_of(&value) {
-                return Err(AuditError::ChainBroken(ChainBreak {
-                    position: record.seq,
-                    seq: Some(record.seq),
-                    problem: BreakProblem::IndexMismatch {
-                        reason: format!(
-                            "audit_record_refs has {} row(s) for this record, the record lists {}",
-                            indexed.len(),
-                            record.records.len()
-                        ),
-                    },
-                }));
-            }
-        }
-    }
-    let verified = verifier.finish().map_err(AuditError::ChainBroken)?;
-    if let Some((&seq, _)) = index.iter().next() {
-        return Err(AuditError::ChainBroken(ChainBreak {
-            position: u64::try_from(seq).unwrap_or(0),
-            seq: u64::try_from(seq).ok(),
-            problem: BreakProblem::IndexMismatch {
-                reason: format!("audit_record_refs has rows for seq {seq}, which has no record"),
-            },
-        }));
-    }
-    Ok(verified)
-}
-
-fn to_authorization(record: AuditRecord, connector: &str, record_id: &str) -> Vec<Authorization> {
-    let write = match &record.event {
-        AuditEvent::StepOutcome {
-            step,
-            effect: Effect::Write,
-            ..
-        } if record.outcome == Outcome::Succeeded => WriteKind::Step { step: step.clone() },
-        AuditEvent::CompensationOutcome {
-            compensator,
-            compensates_step_id,
-            ..
-        } => WriteKind::Compensation {
-            compensator: compensator.clone(),
-            compensates_step_id: compensates_step_id.clone(),
-        },
-        _ => return Vec::new(),
+        stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                (row.get(1)?, row.get(2)?, row.get(3)?),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?
     };
-    record
-        .records
-        .iter()
-        .filter(|r| r.connector == connector && r.id == record_id)
-        .map(|r| Authorization {
-            seq: record.seq,
-            time_unix_ms: record.time_unix_ms,
-            principal: record.principal.clone(),
-            account_id: record.account_id.clone(),
-            upstream_subject: record.upstream_subject.clone(),
-            grant_id: record.grant_id.clone(),
-            scopes: record.scopes.clone(),
-            run_id: record.run_id.clone(),
-            step_id: record.step_id.clone(),
-            record: r.clone(),
-            write: write.clone(),
-            outcome: record.outcome,
-        })
-        .collect()
+    let mut verifier = IndexedVerifier::new(checkpoint, refs);
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {} FROM audit_records ORDER BY seq",
+        select_columns()
+    ))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        verifier.push(&row_to_value(row)?)?;
+    }
+    verifier.finish()
 }
 
 impl AuditStore for SqliteAuditStore {
@@ -533,43 +397,8 @@ impl AuditStore for SqliteAuditStore {
             let witness = crate::sqlite::read_head_witness(&path)
                 .map_err(AuditError::Background)?
                 .map(|(seq, hash)| Checkpoint { seq, hash });
-            // Without a checkpoint of the caller's, the witness is one: a chain that ends
-            // before it, or has another hash there, is reported.
-            let by_witness = checkpoint.is_none() && witness.is_some();
-            let verified = match verify_blocking(conn, checkpoint.or(witness.clone())) {
-                Err(AuditError::ChainBroken(ChainBreak {
-                    position,
-                    seq,
-                    problem:
-                        BreakProblem::Truncated {
-                            checkpoint_seq,
-                            last_seq,
-                        },
-                })) if by_witness => {
-                    return Err(AuditError::ChainBroken(ChainBreak {
-                        position,
-                        seq,
-                        problem: BreakProblem::BehindWitness {
-                            witness_seq: checkpoint_seq,
-                            last_seq,
-                        },
-                    }));
-                }
-                other => other?,
-            };
-            if let Some(w) = witness
-                && w.seq > verified.records
-            {
-                return Err(AuditError::ChainBroken(ChainBreak {
-                    position: verified.records + 1,
-                    seq: None,
-                    problem: BreakProblem::BehindWitness {
-                        witness_seq: w.seq,
-                        last_seq: verified.records,
-                    },
-                }));
-            }
-            Ok(verified)
+            // Without a checkpoint of the caller's, the witness is one.
+            rows::verify_with_witness(checkpoint, witness, |c| verify_blocking(conn, c))
         }))
     }
 }

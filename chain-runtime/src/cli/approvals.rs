@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::output::{self, table};
 use super::{CliError, CliSetup, open_runs};
 use crate::approval::PendingApproval;
-use crate::audit::{AuditEvent, AuditStore, Authorization, SqliteAuditStore};
-use crate::store::{RunState, RunStore};
+use crate::audit::{AuditEvent, AuditStore, Authorization};
+use crate::store::RunState;
 
 /// `approvals ...`.
 #[derive(Debug, Subcommand)]
@@ -197,7 +197,7 @@ async fn decide(
 /// For each write `audit why` lists, who approved the step that made it (when the step
 /// needed approval): the `approval_decided` record of the same run and step id.
 pub(super) async fn approvers(
-    audit: &SqliteAuditStore,
+    audit: &dyn AuditStore,
     writes: &[Authorization],
 ) -> Result<Vec<Option<String>>, CliError> {
     let mut out = Vec::with_capacity(writes.len());

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::output::{self, SyncWriter, table};
 use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd, open_audit, open_runs};
-use crate::audit::{AuditStore, Checkpoint, SqliteAuditStore, WriteKind, verify_jsonl};
+use crate::audit::{AuditStore, Checkpoint, WriteKind, verify_jsonl};
 use crate::chain::ChainMeta;
-use crate::store::{RunRecord, RunStore, SqliteRunStore};
+use crate::store::{RunRecord, RunStore};
 
 /// Where output goes, and how.
 struct Out<'a> {
@@ -148,7 +148,7 @@ fn chains(out: &mut Out<'_>) -> Result<(), CliError> {
     ))
 }
 
-async fn get_run(runs: &SqliteRunStore, db: &Path, run_id: &str) -> Result<RunRecord, CliError> {
+async fn get_run(runs: &dyn RunStore, db: &Path, run_id: &str) -> Result<RunRecord, CliError> {
     runs.get_run(run_id)
         .await
         .map_err(|e| super::db_error(db, e))?
@@ -182,7 +182,7 @@ async fn runs_list(db: &Path, out: &mut Out<'_>) -> Result<(), CliError> {
 
 async fn runs_show(db: &Path, run_id: &str, out: &mut Out<'_>) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
-    let run = get_run(&runs, db, run_id).await?;
+    let run = get_run(runs.as_ref(), db, run_id).await?;
     let dberr = |e| super::db_error(db, e);
     let journal = runs.journal(run_id).await.map_err(dberr)?;
     let compensations = runs.compensations(run_id).await.map_err(dberr)?;
@@ -294,7 +294,7 @@ async fn runs_resume(
     out: &mut Out<'_>,
 ) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
-    let before = get_run(&runs, db, run_id).await?;
+    let before = get_run(runs.as_ref(), db, run_id).await?;
     let factory = setup.runtime.as_ref().ok_or(CliError::NoEngine)?;
     let runtime = factory(db)
         .map_err(CliError::EngineSetup)?
@@ -329,7 +329,7 @@ fn read_checkpoint(path: &Path) -> Result<Checkpoint, CliError> {
 }
 
 /// Verifies the whole store; a broken chain is [`CliError::ChainBroken`].
-async fn verified_audit(db: &Path) -> Result<SqliteAuditStore, CliError> {
+async fn verified_audit(db: &Path) -> Result<std::sync::Arc<dyn AuditStore>, CliError> {
     let audit = open_audit(db).await?;
     audit.verify(None).await.map_err(CliError::audit)?;
     Ok(audit)
@@ -394,7 +394,7 @@ async fn audit_why(
         .who_authorized(connector, record_id)
         .await
         .map_err(CliError::audit)?;
-    let approvers = super::approvals::approvers(&audit, &writes).await?;
+    let approvers = super::approvals::approvers(audit.as_ref(), &writes).await?;
     if out.json {
         return out.json(&super::approvals::with_approvers(&writes, &approvers));
     }

@@ -13,7 +13,7 @@
 //! fn main() -> std::process::ExitCode {
 //!     chain_runtime::cli::main(CliSetup::new("chainctl").runtime(|db: &std::path::Path| {
 //!         let key = VaultKey::from_env("CHAIN_VAULT_KEY")?;
-//!         Ok::<_, chain_runtime::vault::KeyError>(Runtime::sqlite(db).vault_key(key))
+//!         Ok::<_, chain_runtime::vault::KeyError>(Runtime::at(&db.to_string_lossy()).vault_key(key))
 //!         // .chain::<my_app::escalate_deal>()
 //!     }))
 //! }
@@ -64,10 +64,12 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::audit::{AuditError, ChainBreak, SqliteAuditStore};
+use std::sync::Arc;
+
+use crate::audit::{AuditError, AuditStore, ChainBreak, SqliteAuditStore};
 use crate::engine::EngineError;
 use crate::runtime::RuntimeBuilder;
-use crate::store::{SqliteRunStore, StoreError};
+use crate::store::{RunStore, SqliteRunStore, StoreError};
 
 /// Given the database file, how to wire the application's runtime (credentials and chains).
 type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + Sync + 'static;
@@ -473,27 +475,97 @@ fn report(result: Result<(), CliError>) -> ExitCode {
     }
 }
 
-/// Checks the database file exists (never creating it) and opens the run store on it.
-async fn open_runs(path: &Path) -> Result<SqliteRunStore, CliError> {
-    check_db(path)?;
-    SqliteRunStore::open(path)
-        .await
-        .map_err(|e| db_error(path, e))
+/// The PostgreSQL URL `--db` names, if it names one (`postgres://…`, `postgresql://…`).
+fn postgres_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| {
+        matches!(
+            crate::runtime::DatabaseLocation::parse(p),
+            crate::runtime::DatabaseLocation::Postgres(_)
+        )
+    })
 }
 
-/// Checks the database file exists (never creating it) and opens the audit trail on it.
-async fn open_audit(path: &Path) -> Result<SqliteAuditStore, CliError> {
+/// The refusal of a PostgreSQL database, naming it without the URL's password.
+fn postgres_error(url: &str, reason: String) -> CliError {
+    CliError::Database {
+        path: PathBuf::from(crate::runtime::redact_url(url)),
+        reason,
+    }
+}
+
+/// Opens the run journal in the existing PostgreSQL database at `url` (creating nothing).
+#[cfg(feature = "postgres")]
+async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
+    let db = crate::postgres::PgDatabase::connect_existing(url)
+        .await
+        .map_err(|e| postgres_error(url, e.message))?;
+    let journal = crate::postgres::PgJournal::on(db)
+        .await
+        .map_err(|e| postgres_error(url, e.to_string()))?;
+    Ok(Arc::new(journal))
+}
+
+/// Opens the audit trail in the existing PostgreSQL database at `url` (creating nothing).
+#[cfg(feature = "postgres")]
+async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
+    let db = crate::postgres::PgDatabase::connect_existing(url)
+        .await
+        .map_err(|e| postgres_error(url, e.message))?;
+    Ok(Arc::new(crate::postgres::PgAuditStore::on(db)))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
+    Err(no_postgres(url))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
+    Err(no_postgres(url))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn no_postgres(url: &str) -> CliError {
+    postgres_error(
+        url,
+        "this build has no PostgreSQL backend (chain-runtime feature `postgres`)".into(),
+    )
+}
+
+/// Checks the database exists (never creating it) and opens the run store on it
+/// read-only (no migration, no writer, no lease holder).
+async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
+    if let Some(url) = postgres_url(path) {
+        return postgres_runs(url).await;
+    }
     check_db(path)?;
-    SqliteAuditStore::open(path).await.map_err(|e| match e {
-        AuditError::Backend(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: inner,
-        },
-        other => CliError::Database {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
-    })
+    Ok(Arc::new(
+        SqliteRunStore::open_read_only(path)
+            .await
+            .map_err(|e| db_error(path, e))?,
+    ))
+}
+
+/// Checks the database exists (never creating it) and opens the audit trail on it
+/// read-only.
+async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
+    if let Some(url) = postgres_url(path) {
+        return postgres_audit(url).await;
+    }
+    check_db(path)?;
+    let store = SqliteAuditStore::open_read_only(path)
+        .await
+        .map_err(|e| match e {
+            AuditError::Backend(inner) => CliError::Database {
+                path: path.to_owned(),
+                reason: inner,
+            },
+            other => CliError::Database {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
+    Ok(Arc::new(store))
 }
 
 /// The tables a chain-runtime database has; a file without them is refused before any store
@@ -507,10 +579,7 @@ fn check_tables(path: &Path) -> Result<(), CliError> {
         path: path.to_owned(),
         reason,
     };
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        rusqlite::Connection::open_with_flags(path, flags).map_err(|e| refuse(e.to_string()))?;
+    let conn = crate::sqlite::open_read_only_connection(path).map_err(|e| refuse(e.message))?;
     for table in EXPECTED_TABLES {
         let found: i64 = conn
             .query_row(

@@ -169,7 +169,13 @@ pub(crate) async fn compensate(
                     .credentials
                     .connector_access(&run.principal_id, compensator.connector)
                 {
-                    env = env.with_access(access);
+                    let audit = engine.attempt_audit(
+                        run,
+                        &undo_id,
+                        compensator.name,
+                        compensator.connector,
+                    );
+                    env = env.with_access(access.observed(audit));
                 }
                 let result = match step.compensate {
                     Some(undo) => undo(env.clone(), output.clone()).await,

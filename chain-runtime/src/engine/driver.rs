@@ -256,7 +256,10 @@ impl Driver {
             .credentials
             .connector_access(&self.run.principal_id, meta.connector)
         {
-            env = env.with_access(access);
+            let audit = self
+                .engine
+                .attempt_audit(&self.run, &step_id, meta.name, meta.connector);
+            env = env.with_access(access.observed(audit));
         }
         let result = call(env.clone(), mode).await;
         let touched = env.touched();

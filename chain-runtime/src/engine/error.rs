@@ -9,14 +9,13 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    /// Preflight found missing consents; nothing was written.
-    #[error(
-        "chain `{chain}` cannot start: the principal must first consent to {}",
-        describe_consents(.consents)
-    )]
+    /// Preflight found missing consents; nothing but the refusal's audit records was written.
+    #[error("{}", not_ready(.chain, .run_id.as_deref(), .consents))]
     PreflightNotReady {
         /// The chain.
         chain: String,
+        /// The run being resumed; `None` when a new run was refused.
+        run_id: Option<String>,
         /// The consents to ask for.
         consents: Vec<ConsentNeeded>,
     },
@@ -92,6 +91,20 @@ pub enum EngineError {
     /// The account directory failed.
     #[error(transparent)]
     Credentials(#[from] AccountLookupError),
+}
+
+/// The refusal in words: a new run "cannot start", a suspended one "cannot resume yet".
+fn not_ready(chain: &str, run_id: Option<&str>, consents: &[ConsentNeeded]) -> String {
+    let consents = describe_consents(consents);
+    match run_id {
+        None => {
+            format!("chain `{chain}` cannot start: the principal must first consent to {consents}")
+        }
+        Some(run_id) => format!(
+            "run `{run_id}` of chain `{chain}` cannot resume yet (it stays suspended, nothing was \
+             changed): the principal must first consent to {consents}"
+        ),
+    }
 }
 
 pub(super) fn describe_consents(consents: &[ConsentNeeded]) -> String {

@@ -31,19 +31,24 @@
 //! [`ChainCtx::record`]: crate::ChainCtx::record
 
 mod approval;
+mod attempts;
 mod compensate;
 mod driver;
 mod error;
+mod gate;
 mod ids;
 mod notify;
 mod outcome;
+mod prepare;
 mod replay;
 mod report;
 mod runner;
 mod suspend;
 mod version;
+mod waiting;
+mod worker;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
@@ -55,6 +60,7 @@ pub use ids::idempotency_key;
 pub use notify::{Notifier, NotifyError, TracingNotifier, WebhookNotifier};
 pub use report::RunReport;
 pub use version::chain_version;
+pub use worker::{EventHook, WorkerEvent, WorkerOptions, WorkerReport};
 
 /// The account directory port under its old name; see [`AccountDirectory`].
 pub use crate::accounts::AccountDirectory as Credentials;
@@ -65,13 +71,11 @@ pub use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
 pub use crate::test_util::StaticGrants;
 
 use crate::audit::AuditStore;
-use crate::audit::{
-    AlertSeverity, AuditEvent, ConnectorScopes, NewRecord, Outcome, PreflightSummary,
-};
+use crate::audit::{AlertSeverity, AuditEvent, NewRecord, Outcome};
 use crate::chain::{ChainMeta, HandoffRequest};
 use crate::context::Chain;
 use crate::manifest::ScopeManifest;
-use crate::preflight::{Preflight, preflight_manifest};
+use crate::preflight::preflight_manifest;
 use crate::principal::Principal as _;
 use crate::step::RecordRef;
 use crate::store::{Alert, Lease, RunRecord, RunState, RunStore, StoreError};
@@ -206,13 +210,17 @@ impl Engine {
     }
 
     /// Starts a run of `C` for `principal` and drives it until it completes, suspends, is
-    /// compensated, blocks or fails. Preflight runs first: when consents are missing nothing
-    /// is written and [`EngineError::PreflightNotReady`] lists them.
+    /// compensated, blocks or fails. `input` is the chain's parameters as written in its
+    /// signature: the value itself for a chain with one parameter, else their tuple (see
+    /// [`IntoInput`](crate::IntoInput)). Preflight runs first: when consents are missing
+    /// nothing but the refusal's audit records is written and
+    /// [`EngineError::PreflightNotReady`] lists them.
     pub async fn start<C: Chain>(
         &self,
         principal: C::Principal,
-        input: C::Input,
+        input: impl crate::IntoInput<C::Input>,
     ) -> Result<RunReport<C::Output>, EngineError> {
+        let input: C::Input = input.into_input();
         let meta: &'static ChainMeta = &C::META;
         self.register_meta(meta);
         let principal_json = encode(&principal, "principal")?;
@@ -241,39 +249,9 @@ impl Engine {
         input: Value,
         parent_run_id: Option<String>,
     ) -> Result<RunState, EngineError> {
-        let manifest = ScopeManifest::for_chain(meta);
-        let grants = self.inner.credentials.grants(&principal_id).await?;
-        let pf = preflight_manifest(&manifest, &principal_id, &grants);
-        if !pf.is_ready() {
-            return Err(EngineError::PreflightNotReady {
-                chain: meta.path(),
-                consents: pf.consents_needed().into_iter().cloned().collect(),
-            });
-        }
-        let mut subjects = BTreeMap::new();
-        for connector in manifest.connectors.keys() {
-            let subject = self
-                .inner
-                .credentials
-                .upstream_subject(&principal_id, connector)
-                .await?;
-            subjects.insert(connector.clone(), subject);
-        }
-        let (chain_version, step_versions) = chain_version(meta);
-        let run = RunRecord {
-            run_id: run_id.clone(),
-            chain: meta.path(),
-            chain_version: chain_version.clone(),
-            step_versions,
-            principal,
-            principal_id: principal_id.clone(),
-            input,
-            subjects,
-            parent_run_id,
-            state: RunState::Running,
-            node: crate::graph::START,
-            created_unix_ms: crate::audit::now_unix_ms(),
-        };
+        let (run, started) = self
+            .prepare_run(meta, run_id, principal, principal_id, input, parent_run_id)
+            .await?;
         let lease = self
             .inner
             .store
@@ -284,18 +262,7 @@ impl Engine {
             self,
             Some(&lease),
             crate::journal::Unit::of(Vec::new())
-                .audit(
-                    NewRecord::new(
-                        principal_id,
-                        Outcome::Info,
-                        AuditEvent::RunStarted {
-                            chain: meta.path(),
-                            chain_version,
-                            preflight: preflight_summary(&pf),
-                        },
-                    )
-                    .run(&run_id),
-                )
+                .audit(started)
                 .deferred(),
         )
         .await;
@@ -375,12 +342,8 @@ impl Engine {
         let manifest = ScopeManifest::for_chain(meta);
         let grants = self.inner.credentials.grants(&run.principal_id).await?;
         let pf = preflight_manifest(&manifest, &run.principal_id, &grants);
-        if !pf.is_ready() {
-            return Err(EngineError::PreflightNotReady {
-                chain: run.chain.clone(),
-                consents: pf.consents_needed().into_iter().cloned().collect(),
-            });
-        }
+        self.preflight_gate(&run.chain, &run.principal_id, Some(run_id), &pf)
+            .await?;
         for (connector, recorded) in &run.subjects {
             let Some(recorded) = recorded else { continue };
             let current = self
@@ -567,21 +530,6 @@ impl Engine {
 fn encode<T: Serialize>(value: &T, what: &str) -> Result<Value, EngineError> {
     serde_json::to_value(value)
         .map_err(|e| EngineError::Codec(format!("the run's {what} does not encode as JSON: {e}")))
-}
-
-fn preflight_summary(pf: &Preflight) -> PreflightSummary {
-    PreflightSummary {
-        passed: pf.is_ready(),
-        missing: Vec::new(),
-        unused: pf
-            .unused_scopes()
-            .into_iter()
-            .map(|(connector, scopes)| ConnectorScopes {
-                connector: connector.to_owned(),
-                scopes: scopes.iter().cloned().collect(),
-            })
-            .collect(),
-    }
 }
 
 /// The records a set of touched lists names, without repeats.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::driver::Driver;
 use super::{Engine, EngineError};
 use crate::chain::ChainMeta;
-use crate::store::{Lease, RunRecord, RunState, RunStore};
+use crate::store::{Lease, RunRecord, RunState, RunStore, StoreError};
 
 /// Drives `run` of `meta` under `lease` until it completes, suspends, is compensated, blocks
 /// or fails (`retry`: the step a resume retries). The lease is released on every path.
@@ -61,7 +61,8 @@ async fn drive_leased(
     lease: &Lease,
     retry: Option<String>,
 ) -> Result<RunState, EngineError> {
-    let journal = engine.inner.store.journal(&run.run_id).await?;
+    let store = Arc::clone(&engine.inner.store);
+    let journal = store.journal(&run.run_id).await?;
     let run_id = run.run_id.clone();
     let (principal, input) = (run.principal.clone(), run.input.clone());
     let driver = Arc::new(Driver::new(
@@ -74,5 +75,22 @@ async fn drive_leased(
     ));
     let body = (meta.run)(driver.clone(), &principal, &input)
         .map_err(|e| EngineError::Codec(format!("run `{run_id}`: {e}")))?;
-    driver.finish(body.await).await
+    let body = body.await;
+    if body.is_err() && lease_lost(store.as_ref(), lease).await {
+        // The body failed because another driver took the run over (a write was fenced):
+        // this driver must not decide the run's end, alert or write anything more for it.
+        return Err(StoreError::LeaseLost(run_id).into());
+    }
+    driver.finish(body).await
+}
+
+/// Whether `lease` is known to be superseded (a journal that cannot tell says no).
+async fn lease_lost(store: &dyn RunStore, lease: &Lease) -> bool {
+    matches!(
+        store
+            .renew_leases(std::slice::from_ref(lease))
+            .await
+            .as_deref(),
+        Ok([false])
+    )
 }

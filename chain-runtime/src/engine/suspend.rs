@@ -24,13 +24,14 @@ impl Driver {
         else {
             return Err(EngineError::Codec("suspend without an auth failure".into()));
         };
-        let grants = self
+        // What the account held (a revoked grant included) ∪ needed ∪ chain-required: the same
+        // set the consent link asks for.
+        let mut scopes: BTreeSet<String> = self
             .engine
             .inner
             .credentials
-            .grants(&self.run.principal_id)
+            .held_scopes(&self.run.principal_id, &f.connector)
             .await?;
-        let mut scopes: BTreeSet<String> = grants.get(&f.connector).cloned().unwrap_or_default();
         scopes.extend(needed_scopes.iter().cloned());
         scopes.extend(ScopeManifest::for_chain(self.meta).scopes(&f.connector));
         let reason = match class {

@@ -27,17 +27,28 @@
 //! heartbeat, so any number of processes can share one file; see its module for how a dead
 //! holder is detected. A PostgreSQL journal claims the same row with `SELECT … FOR UPDATE` and
 //! guards each write with `WHERE token = $lease_token`, without any change to the engine.
+//!
+//! # Workers
+//! A run can also be submitted without being driven ([`RunJournal::submit_run`]) and claimed
+//! later by any worker process ([`RunJournal::claim_runnable`]), which renews its leases
+//! ([`RunJournal::renew_leases`]) and waits on [`Wakeups`] when there is nothing to claim; see
+//! [`queue`] for what makes a run runnable.
 
-mod leases;
+pub(crate) mod leases;
 mod memory;
+pub mod queue;
+pub(crate) mod rows;
 mod sqlite;
+mod sqlite_write;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use leases::LEASE_TTL;
 pub use memory::MemoryJournal;
+pub use queue::{Claim, Drivable, WakeupReceiver, Wakeups};
 pub use sqlite::SqliteJournal;
 
 use crate::approval::PendingApproval;
@@ -169,7 +180,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntryKind::Step => "step",
             EntryKind::Record => "record",
@@ -386,6 +397,13 @@ pub struct Committed {
     pub audit: Vec<AuditRecord>,
 }
 
+/// A journal shows as its kind only.
+impl std::fmt::Debug for dyn RunJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn RunJournal")
+    }
+}
+
 /// Storage of runs, journals, compensations and alerts. See the module docs for units of work
 /// and leases.
 pub trait RunJournal: Send + Sync {
@@ -481,6 +499,69 @@ pub trait RunJournal: Send + Sync {
         Box::pin(async move { self.commit(Some(lease), unit).await.map(drop) })
     }
 
+    /// Inserts `run` (state `running`, node 0) **runnable and unclaimed**: no lease is taken,
+    /// so any worker may claim it. `audit` (the run's `run_started` record) commits in the same
+    /// transaction, sealed on the chain head like a [`Unit`]'s records; a journal whose
+    /// [`RunJournal::database`] is `None` refuses non-empty `audit`. Durable when it returns
+    /// (an fsync, or a committed PostgreSQL transaction). Fails with
+    /// [`JournalError::Duplicate`] for a known run id. Signals [`RunJournal::wakeups`] after the
+    /// commit (PostgreSQL: `NOTIFY` inside the transaction).
+    ///
+    /// The default refuses: a journal without workers support.
+    fn submit_run<'a>(
+        &'a self,
+        run: RunRecord,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>, JournalError>> {
+        let _ = (run, audit);
+        Box::pin(async { Err(unsupported("submit_run")) })
+    }
+
+    /// Claims up to `limit` runnable runs (see [`queue`]) of the `drivable` chain builds for
+    /// `owner`, oldest first (by creation time, then run id), in one transaction. Each claim
+    /// is the same compare-and-set as [`RunJournal::claim_run`]: it bumps the run's fencing
+    /// token (the first claim of a run gets token 1), sets the owner and holder and an expiry
+    /// one lease TTL ahead, and reports in [`Claim::recovered`] whether the previous lease was
+    /// taken back without being released. Two concurrent claimers never get the same run;
+    /// neither waits on a run the other is claiming (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    /// Returns an empty list when nothing is runnable.
+    ///
+    /// The default refuses: a journal without workers support.
+    fn claim_runnable<'a>(
+        &'a self,
+        owner: &'a str,
+        drivable: &'a [Drivable],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, JournalError>> {
+        let _ = (owner, drivable, limit);
+        Box::pin(async { Err(unsupported("claim_runnable")) })
+    }
+
+    /// Renews `leases` (each one lease TTL ahead, in one transaction) and tells, per lease and
+    /// in order, whether it is still the holder's: `false` exactly when another claim
+    /// superseded it (the run's token moved on). A lease whose token is the run's token is
+    /// renewed unless it was released (a released lease stays released and still reports
+    /// `true`: nobody else took it); an expired lease nobody claimed since is live again after
+    /// the renewal (no other writer can have written). A `false` is final: the holder must stop
+    /// driving that run and never write for it again (its writes would fail with
+    /// [`JournalError::LeaseLost`] anyway).
+    ///
+    /// The default refuses: a journal without workers support.
+    fn renew_leases<'a>(
+        &'a self,
+        leases: &'a [Lease],
+    ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
+        let _ = leases;
+        Box::pin(async { Err(unsupported("renew_leases")) })
+    }
+
+    /// The wake-up port of this journal: signalled after [`RunJournal::submit_run`] and
+    /// [`RunJournal::release_run`] commit (in this process; PostgreSQL also in every process
+    /// listening on the database). `None`: workers only poll.
+    fn wakeups(&self) -> Option<Wakeups> {
+        None
+    }
+
     /// Stores an operator alert.
     fn insert_alert(&self, alert: Alert) -> BoxFuture<'_, Result<(), JournalError>> {
         let unit = Unit::of([JournalWrite::Alert(alert)]);
@@ -488,55 +569,8 @@ pub trait RunJournal: Send + Sync {
     }
 }
 
-/// In-process lease table shared by the embedded stores.
-#[derive(Debug, Default)]
-pub(crate) struct LocalLeases {
-    table: std::sync::Mutex<(u64, LeaseTable)>,
-}
-
-/// run id → (owner, fencing token).
-type LeaseTable = std::collections::HashMap<String, (String, u64)>;
-
-impl LocalLeases {
-    pub(crate) fn claim(&self, run_id: &str, owner: &str) -> Result<Lease, JournalError> {
-        let mut guard = self
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (counter, map) = &mut *guard;
-        if let Some((held_by, _)) = map.get(run_id) {
-            return Err(JournalError::Claimed {
-                run_id: run_id.to_owned(),
-                owner: held_by.clone(),
-            });
-        }
-        *counter += 1;
-        map.insert(run_id.to_owned(), (owner.to_owned(), *counter));
-        Ok(Lease {
-            run_id: run_id.to_owned(),
-            owner: owner.to_owned(),
-            token: *counter,
-        })
-    }
-
-    pub(crate) fn release(&self, lease: &Lease) {
-        let mut guard = self
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.1.get(&lease.run_id).map(|(_, t)| *t) == Some(lease.token) {
-            guard.1.remove(&lease.run_id);
-        }
-    }
-
-    pub(crate) fn check(&self, lease: &Lease) -> Result<(), JournalError> {
-        let guard = self
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match guard.1.get(&lease.run_id) {
-            Some((_, token)) if *token == lease.token => Ok(()),
-            _ => Err(JournalError::LeaseLost(lease.run_id.clone())),
-        }
-    }
+fn unsupported(what: &str) -> JournalError {
+    JournalError::Backend(format!(
+        "this run journal does not support workers (`{what}` is not implemented)"
+    ))
 }

@@ -10,17 +10,21 @@
 //! savepoint of the batch's transaction.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::leases::{self, Holder};
+use super::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, decode};
+use super::sqlite_write::{commit_in, insert_run};
 use super::{
-    Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, EntryKind, JournalEntry,
-    JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit, WriterStats,
+    Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, JournalEntry,
+    JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups, WriterStats,
 };
-use crate::audit::sqlite::Presealed;
-use crate::sqlite::{Database, Durability, Tx};
+use crate::audit::{AuditRecord, NewRecord};
+use crate::sqlite::{Database, Durability};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS run_runs (
@@ -73,7 +77,23 @@ pub struct SqliteJournal {
 
 struct Inner {
     db: Database,
-    holder: Holder,
+    /// `None`: opened read-only, no run can be claimed.
+    holder: Option<Holder>,
+    /// The lease TTL in milliseconds (see [`SqliteJournal::set_lease_ttl`]).
+    ttl_ms: AtomicI64,
+    wakeups: Wakeups,
+}
+
+impl Inner {
+    fn ttl_ms(&self) -> i64 {
+        self.ttl_ms.load(Ordering::Relaxed)
+    }
+
+    fn holder(&self) -> Result<&Holder, JournalError> {
+        self.holder.as_ref().ok_or_else(|| {
+            JournalError::Backend("the run journal is open read-only: no run can be claimed".into())
+        })
+    }
 }
 
 impl std::fmt::Debug for SqliteJournal {
@@ -84,144 +104,25 @@ impl std::fmt::Debug for SqliteJournal {
     }
 }
 
-/// Applies one journal write; returns false when its precondition does not hold.
-fn apply(
-    conn: &Connection,
-    run_id: Option<&str>,
-    write: &JournalWrite,
-) -> Result<bool, JournalError> {
-    let needs_run = || {
-        run_id.ok_or_else(|| {
-            JournalError::Backend("a journal write concerning a run needs the run's lease".into())
-        })
-    };
-    match write {
-        JournalWrite::Entry { entry, node } => {
-            let run_id = needs_run()?;
-            let result = entry
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                run_id,
-                entry.seq,
-                entry.step_id,
-                entry.kind.as_str(),
-                entry.name,
-                entry.attempt,
-                result
-            ])?;
-            conn.prepare_cached("UPDATE run_runs SET node = ?2 WHERE run_id = ?1 AND node != ?2")?
-                .execute(params![run_id, node])?;
-        }
-        JournalWrite::Compensation(entry) => {
-            let run_id = needs_run()?;
-            let result = entry
-                .result
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()?;
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO journal_compensations (run_id, step_id, compensator, attempt, result) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![run_id, entry.step_id, entry.compensator, entry.attempt, result])?;
-        }
-        JournalWrite::State { expected, state } => {
-            let run_id = needs_run()?;
-            let n = conn
-                .prepare_cached(
-                    "UPDATE run_runs SET state = ?2, state_kind = ?3 \
-                     WHERE run_id = ?1 AND (?4 IS NULL OR state_kind = ?4)",
-                )?
-                .execute(params![
-                    run_id,
-                    serde_json::to_string(state)?,
-                    state.kind(),
-                    expected
-                ])?;
-            return Ok(n == 1);
-        }
-        JournalWrite::Alert(alert) => {
-            conn.prepare_cached("INSERT INTO alert_alerts (run_id, alert) VALUES (?1, ?2)")?
-                .execute(params![alert.run_id, serde_json::to_string(alert)?])?;
-        }
-    }
-    Ok(true)
-}
-
-/// Commits `unit` in the writer's transaction: the lease check, the journal writes, then the
-/// audit records.
-fn commit_in(
-    tx: &mut Tx<'_>,
-    lease: Option<&Lease>,
-    writes: &[JournalWrite],
-    audit: Vec<Presealed>,
-) -> Result<Committed, JournalError> {
-    let conn = tx.conn();
-    if let Some(lease) = lease {
-        leases::check(conn, lease)?;
-    }
-    let run_id = lease.map(|l| l.run_id.as_str());
-    for write in writes {
-        if !apply(conn, run_id, write)? {
-            tx.roll_back();
-            return Ok(Committed::default());
-        }
-    }
-    let audit = crate::audit::sqlite::append_in(tx, audit)?;
-    Ok(Committed {
-        applied: true,
-        audit,
-    })
-}
-
-fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
-    conn.prepare_cached(
-        "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
-         principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        run.run_id,
-        run.chain,
-        run.chain_version,
-        serde_json::to_string(&run.step_versions)?,
-        serde_json::to_string(&run.principal)?,
-        run.principal_id,
-        serde_json::to_string(&run.input)?,
-        serde_json::to_string(&run.subjects)?,
-        run.parent_run_id,
-        serde_json::to_string(&run.state)?,
-        run.state.kind(),
-        run.node,
-        run.created_unix_ms,
-    ])
-    .map_err(|e| {
-        let e = crate::sqlite::DbError::from(e);
-        if e.constraint {
-            JournalError::Duplicate(run.run_id.clone())
-        } else {
-            e.into()
-        }
-    })?;
-    Ok(())
-}
-
-/// Renews `inner`'s leases every [`leases::HEARTBEAT`] until the journal is dropped.
+/// Renews `inner`'s leases every third of the lease TTL
+/// until the journal is dropped.
 fn heartbeat(inner: Weak<Inner>) {
+    let mut last = std::time::Instant::now();
     loop {
-        std::thread::sleep(leases::HEARTBEAT);
+        std::thread::sleep(Duration::from_millis(50));
         let Some(inner) = inner.upgrade() else { return };
-        let holder = inner.holder.id.clone();
+        let Some(holder) = inner.holder.as_ref().map(|h| h.id.clone()) else {
+            return;
+        };
+        let ttl_ms = inner.ttl_ms();
+        let every = Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(0));
+        if last.elapsed() < every {
+            continue;
+        }
+        last = std::time::Instant::now();
         let renewed =
             futures::executor::block_on(inner.db.write(Durability::Deferred, move |tx| {
-                leases::renew(tx.conn(), &holder, crate::audit::now_unix_ms())
+                leases::renew(tx.conn(), &holder, crate::audit::now_unix_ms(), ttl_ms)
             }));
         if let Err(e) = renewed {
             tracing::warn!(error = %e, "run journal: could not renew this process's run leases");
@@ -240,9 +141,15 @@ impl SqliteJournal {
     pub async fn on(db: Database) -> Result<Self, JournalError> {
         db.ensure_schema(SCHEMA).await?;
         db.ensure_schema(leases::SCHEMA).await?;
+        db.ensure_schema(leases::RUNNABLE_INDEX).await?;
         crate::audit::sqlite::ensure_schema(&db).await?;
-        let holder = Holder::new(db.path())?;
-        let inner = Arc::new(Inner { db, holder });
+        let holder = Some(Holder::new(db.path())?);
+        let inner = Arc::new(Inner {
+            db,
+            holder,
+            ttl_ms: AtomicI64::new(leases::millis(leases::LEASE_TTL)),
+            wakeups: Wakeups::new(),
+        });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("run-lease-heartbeat".into())
@@ -251,6 +158,30 @@ impl SqliteJournal {
                 JournalError::Background(format!("cannot start the lease heartbeat: {e}"))
             })?;
         Ok(Self { inner })
+    }
+
+    /// Sets how long this handle's leases live without a renewal (default
+    /// [`LEASE_TTL`](leases::LEASE_TTL)); the heartbeat renews them every third of it. A
+    /// shorter TTL lets another process take over a stalled (paused, partitioned) holder's runs
+    /// sooner; a dead holder is noticed at once whatever the TTL (its lock file).
+    pub fn set_lease_ttl(&self, ttl: Duration) {
+        let ms = leases::millis(ttl).max(30);
+        self.inner.ttl_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Opens the journal of the existing SQLite file at `path` read-only, for inspection
+    /// (see [`Database::open_read_only`]): no table is created, no lease holder file is made,
+    /// no heartbeat runs; every write (creating or claiming a run, committing) fails.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let db = Database::open_read_only(path).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                holder: None,
+                ttl_ms: AtomicI64::new(leases::millis(leases::LEASE_TTL)),
+                wakeups: Wakeups::new(),
+            }),
+        })
     }
 
     /// The database file.
@@ -290,10 +221,11 @@ impl RunJournal for SqliteJournal {
             insert_run(tx.conn(), &run)?;
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run.run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
+                inner.ttl_ms(),
             )
         }))
     }
@@ -308,19 +240,119 @@ impl RunJournal for SqliteJournal {
         Box::pin(self.inner.db.write(Durability::Sync, move |tx| {
             leases::claim(
                 tx.conn(),
-                &inner.holder,
+                inner.holder()?,
                 &run_id,
                 &owner,
                 crate::audit::now_unix_ms(),
+                inner.ttl_ms(),
             )
         }))
     }
 
     fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
         let lease = lease.clone();
+        Box::pin(async move {
+            self.inner
+                .db
+                .write(Durability::Deferred, move |tx| {
+                    leases::release(tx.conn(), &lease)
+                })
+                .await?;
+            self.inner.wakeups.notify();
+            Ok(())
+        })
+    }
+
+    fn submit_run<'a>(
+        &'a self,
+        run: RunRecord,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>, JournalError>> {
+        Box::pin(async move {
+            let audit = crate::audit::sqlite::preseal(audit)?;
+            let sealed = self
+                .inner
+                .db
+                .write(Durability::Sync, move |tx| {
+                    insert_run(tx.conn(), &run)?;
+                    Ok::<_, JournalError>(crate::audit::sqlite::append_in(tx, audit)?)
+                })
+                .await?;
+            self.inner.wakeups.notify();
+            Ok(sealed)
+        })
+    }
+
+    fn claim_runnable<'a>(
+        &'a self,
+        owner: &'a str,
+        drivable: &'a [Drivable],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, JournalError>> {
+        let inner = Arc::clone(&self.inner);
+        let owner = owner.to_owned();
+        let keys: Vec<String> = drivable.iter().map(Drivable::key).collect();
+        Box::pin(async move {
+            if limit == 0 || keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys = serde_json::to_string(&keys)?;
+            self.inner
+                .db
+                .write(Durability::Sync, move |tx| {
+                    let conn = tx.conn();
+                    let now = crate::audit::now_unix_ms();
+                    let holder = inner.holder()?;
+                    let ids = leases::runnable(conn, holder, &keys, now, limit)?;
+                    let mut out = Vec::with_capacity(ids.len());
+                    for run_id in ids {
+                        let Some(run) = conn
+                            .prepare_cached(&format!(
+                                "SELECT {RUN_COLUMNS} FROM run_runs WHERE run_id = ?1"
+                            ))?
+                            .query_row([&run_id], row_to_run)
+                            .optional()?
+                            .transpose()?
+                        else {
+                            continue;
+                        };
+                        let (lease, recovered) = leases::claim_reporting(
+                            conn,
+                            holder,
+                            &run_id,
+                            &owner,
+                            now,
+                            inner.ttl_ms(),
+                        )?;
+                        out.push(Claim {
+                            run,
+                            lease,
+                            recovered,
+                        });
+                    }
+                    Ok(out)
+                })
+                .await
+        })
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        leases: &'a [Lease],
+    ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
+        let inner = Arc::clone(&self.inner);
+        let leases = leases.to_vec();
         Box::pin(self.inner.db.write(Durability::Deferred, move |tx| {
-            leases::release(tx.conn(), &lease)
+            let now = crate::audit::now_unix_ms();
+            leases
+                .iter()
+                .map(|l| leases::renew_one(tx.conn(), l, now, inner.ttl_ms()))
+                .collect()
         }))
+    }
+
+    fn wakeups(&self) -> Option<Wakeups> {
+        Some(self.inner.wakeups.clone())
     }
 
     fn commit<'a>(
@@ -387,28 +419,18 @@ impl RunJournal for SqliteJournal {
                  WHERE run_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map([run_id], |row| {
-                Ok((
-                    row.get::<_, u32>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, u32>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                ))
+                Ok(EntryRow {
+                    seq: row.get(0)?,
+                    step_id: row.get(1)?,
+                    kind: row.get(2)?,
+                    name: row.get(3)?,
+                    attempt: row.get(4)?,
+                    result: row.get(5)?,
+                })
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, step_id, kind, name, attempt, result) = row?;
-                out.push(JournalEntry {
-                    seq,
-                    kind: EntryKind::parse(&kind).ok_or_else(|| {
-                        JournalError::Corrupt(format!("unknown entry kind `{kind}`"))
-                    })?,
-                    step_id,
-                    name,
-                    attempt,
-                    result: result.as_deref().map(decode).transpose()?,
-                });
+                out.push(row?.decode()?);
             }
             Ok(out)
         }))
@@ -425,22 +447,16 @@ impl RunJournal for SqliteJournal {
                  WHERE run_id = ?1 ORDER BY rowid",
             )?;
             let rows = stmt.query_map([run_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                ))
+                Ok(CompensationRow {
+                    step_id: row.get(0)?,
+                    compensator: row.get(1)?,
+                    attempt: row.get(2)?,
+                    result: row.get(3)?,
+                })
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (step_id, compensator, attempt, result) = row?;
-                out.push(CompensationEntry {
-                    step_id,
-                    compensator,
-                    attempt,
-                    result: result.as_deref().map(decode).transpose()?,
-                });
+                out.push(row?.decode()?);
             }
             Ok(out)
         }))
@@ -465,52 +481,20 @@ impl RunJournal for SqliteJournal {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JournalError> {
-    Ok(serde_json::from_str(text)?)
-}
-
-const RUN_COLUMNS: &str = "run_id, chain, chain_version, step_versions, principal, principal_id, \
-                           input, subjects, parent_run_id, state, node, created_ms";
-
 fn row_to_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord, JournalError>> {
-    let texts: [String; 8] = [
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-    ];
-    let parent: Option<String> = row.get(8)?;
-    let state: String = row.get(9)?;
-    let node: u32 = row.get(10)?;
-    let created: i64 = row.get(11)?;
-    let [
-        run_id,
-        chain,
-        chain_version,
-        steps,
-        principal,
-        principal_id,
-        input,
-        subjects,
-    ] = texts;
-    Ok((|| {
-        Ok(RunRecord {
-            run_id,
-            chain,
-            chain_version,
-            step_versions: decode(&steps)?,
-            principal: decode(&principal)?,
-            principal_id,
-            input: decode(&input)?,
-            subjects: decode(&subjects)?,
-            parent_run_id: parent,
-            state: decode(&state)?,
-            node,
-            created_unix_ms: created,
-        })
-    })())
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        chain: row.get(1)?,
+        chain_version: row.get(2)?,
+        step_versions: row.get(3)?,
+        principal: row.get(4)?,
+        principal_id: row.get(5)?,
+        input: row.get(6)?,
+        subjects: row.get(7)?,
+        parent_run_id: row.get(8)?,
+        state: row.get(9)?,
+        node: row.get(10)?,
+        created_ms: row.get(11)?,
+    }
+    .decode())
 }

@@ -172,23 +172,21 @@ impl WebServer {
         principal: &str,
         connector: &str,
     ) -> Vec<(String, Result<String, String>)> {
-        let mut out = Vec::new();
-        let Ok(runs) = self.engine.list_runs().await else {
-            return out;
-        };
-        for run in runs {
-            let waits =
-                matches!(&run.state, RunState::Suspended { connector: c, .. } if c == connector);
-            if run.principal_id != principal || !waits {
-                continue;
+        match self.engine.resume_waiting(principal, connector).await {
+            Ok(runs) => runs
+                .into_iter()
+                .map(|(run_id, result)| {
+                    let result = result
+                        .map(|state| state.kind().to_owned())
+                        .map_err(|e| e.to_string());
+                    (run_id, result)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(principal, connector, error = %e, "could not list the runs waiting on a consent");
+                Vec::new()
             }
-            let result = match self.engine.resume(&run.run_id).await {
-                Ok(report) => Ok(report.state.kind().to_owned()),
-                Err(e) => Err(e.to_string()),
-            };
-            out.push((run.run_id, result));
         }
-        out
     }
 }
 

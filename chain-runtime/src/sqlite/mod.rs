@@ -105,9 +105,19 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
-/// Identifies one open database, so that stores can tell whether they share transactions.
+/// Identifies one open database of any backend (a SQLite file, a PostgreSQL database), so
+/// that stores can tell whether they share transactions: a run journal and an audit store
+/// with equal ids commit a unit's journal writes and audit records in one transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DatabaseId(u64);
+
+impl DatabaseId {
+    /// A new identity, never handed out before in this process.
+    pub(crate) fn fresh() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        DatabaseId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// How many writes the writer thread applied, in how many transactions and how many of those
 /// were synchronous (one fsync each).
@@ -143,7 +153,8 @@ struct Shared {
     path: PathBuf,
     stats: Arc<Stats>,
     /// Dropping the last handle closes the channel; the writer drains the queue and ends.
-    writer: mpsc::Sender<Job>,
+    /// `None`: opened read-only, every write is refused.
+    writer: Option<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -196,7 +207,98 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Opens a read-only connection: no file is created, the journal mode is left as it is, and
+/// the connection refuses every write (`query_only`).
+///
+/// A WAL database needs its `-shm` index file; in a directory nobody may write to (a
+/// read-only copy, a backup on a read-only mount) it cannot be created. When that is why the
+/// open fails and there is no `-wal` file (so every commit is in the main file), the file is
+/// opened as immutable instead: SQLite then reads it without any side file.
+pub(crate) fn open_read_only_connection(path: &Path) -> Result<Connection, DbError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let refused = |e: rusqlite::Error| {
+        DbError::other(format!(
+            "cannot open the database `{}` read-only: {e}",
+            path.display()
+        ))
+    };
+    let probe = |conn: Connection| -> rusqlite::Result<Connection> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        // Reading the schema is what fails when the `-shm` file cannot be made.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(conn)
+    };
+    let first = Connection::open_with_flags(path, flags).and_then(probe);
+    let cant_open = matches!(
+        &first,
+        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::CannotOpen
+    );
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if !cant_open || Path::new(&wal).exists() {
+        return first.map_err(refused);
+    }
+    let mut uri = std::ffi::OsString::from("file:");
+    for part in path.as_os_str().to_string_lossy().split('/').enumerate() {
+        if part.0 > 0 {
+            uri.push("/");
+        }
+        uri.push(percent_encode_path_segment(part.1));
+    }
+    uri.push("?immutable=1");
+    Connection::open_with_flags(Path::new(&uri), flags | OpenFlags::SQLITE_OPEN_URI)
+        .and_then(probe)
+        .map_err(refused)
+}
+
+/// `segment` with every byte outside the unreserved set escaped, for a `file:` URI.
+fn percent_encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Database {
+    /// Opens the existing database file at `path` read-only, for inspection: nothing is
+    /// created (no file, no table), no migration runs, no writer thread starts, and every
+    /// write through this handle fails. It is never shared with a read-write handle of the
+    /// same process.
+    pub async fn open_read_only(path: impl AsRef<Path>) -> Result<Self, DbError> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            // Opening a connection proves the file is there and readable.
+            let conn = open_read_only_connection(&path)?;
+            static NEXT_ID: AtomicU64 = AtomicU64::new(u64::MAX / 2);
+            let canonical = std::fs::canonicalize(&path).map_err(|e| {
+                DbError::other(format!("cannot resolve the path `{}`: {e}", path.display()))
+            })?;
+            Ok(Self {
+                shared: Arc::new(Shared {
+                    id: DatabaseId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+                    path: canonical,
+                    stats: Arc::new(Stats::default()),
+                    writer: None,
+                    readers: Mutex::new(vec![conn]),
+                }),
+            })
+        })
+        .await
+        .map_err(|e| DbError::other(format!("opening the database failed: {e}")))?
+    }
+
+    /// Whether this handle was opened with [`Database::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.shared.writer.is_none()
+    }
+
     /// Opens the database file at `path` (creating it), or returns the handle already open in
     /// this process for the same file.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
@@ -222,7 +324,6 @@ impl Database {
         {
             return Ok(Self { shared });
         }
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let writer_stats = Arc::clone(&stats);
@@ -232,10 +333,10 @@ impl Database {
             .spawn(move || writer_loop(conn, rx, writer_stats, witness))
             .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
         let shared = Arc::new(Shared {
-            id: DatabaseId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            id: DatabaseId::fresh(),
             path: canonical.clone(),
             stats,
-            writer: tx,
+            writer: Some(tx),
             readers: Mutex::new(Vec::new()),
         });
         open.push((canonical, Arc::downgrade(&shared)));
@@ -276,8 +377,13 @@ impl Database {
         F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.shared
-            .writer
+        let writer = self.shared.writer.as_ref().ok_or_else(|| {
+            E::from(DbError::other(format!(
+                "the database `{}` is open read-only",
+                self.shared.path.display()
+            )))
+        })?;
+        writer
             .send(Job::new(durability, apply, reply))
             .map_err(|_| E::from(DbError::other("the database writer thread stopped")))?;
         answer
@@ -302,6 +408,7 @@ impl Database {
                 .pop();
             let mut conn = match pooled {
                 Some(c) => c,
+                None if shared.writer.is_none() => open_read_only_connection(&shared.path)?,
                 None => open_connection(&shared.path)?,
             };
             let result = f(&mut conn);

@@ -27,6 +27,34 @@ fn consent_aad(state_hash: &[u8], principal_id: &str, connector: &str) -> Vec<u8
 }
 
 impl Vault {
+    /// The scopes every consent on `connector` for `principal_id` asks for besides the
+    /// caller's: when the account needs re-authorization, everything its revoked grant held (a
+    /// re-consent asks again for e.g. `offline_access`, not only for what a step needs now),
+    /// then the provider's lifecycle scopes. In that order, without repeats.
+    pub async fn reconsent_scopes(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let provider = self.provider(connector)?;
+        let previous: Vec<String> = match self
+            .inner
+            .store
+            .get_account(principal_id, connector)
+            .await?
+        {
+            Some(a) if a.status == AccountStatus::NeedsReauthorization => a.granted_scopes,
+            _ => Vec::new(),
+        };
+        let mut held: Vec<String> = Vec::new();
+        for s in previous.iter().chain(provider.lifecycle_scopes.iter()) {
+            if !s.is_empty() && !held.contains(s) {
+                held.push(s.clone());
+            }
+        }
+        Ok(held)
+    }
+
     /// Creates a consent link for (principal, connector, scopes), also asking for the provider's
     /// lifecycle scopes and, when the account needs re-authorization, for every scope its
     /// revoked grant held: PKCE S256 with the verifier kept
@@ -62,23 +90,12 @@ impl Vault {
             "scope",
         ];
         let provider = self.provider(connector)?;
-        // Re-consent after the provider revoked the grant asks again for everything it held
-        // (e.g. `offline_access`), not only for what the caller needs now.
-        let previous: Vec<String> = match self
-            .inner
-            .store
-            .get_account(principal_id, connector)
-            .await?
-        {
-            Some(a) if a.status == AccountStatus::NeedsReauthorization => a.granted_scopes,
-            _ => Vec::new(),
-        };
+        let held = self.reconsent_scopes(principal_id, connector).await?;
         let mut wanted: Vec<String> = Vec::new();
         for s in scopes
             .iter()
             .map(|s| s.as_ref().trim())
-            .chain(previous.iter().map(String::as_str))
-            .chain(provider.lifecycle_scopes.iter().map(String::as_str))
+            .chain(held.iter().map(String::as_str))
             .filter(|s| !s.is_empty())
         {
             if !wanted.iter().any(|w| w == s) {
@@ -350,28 +367,11 @@ impl Vault {
         principal_id: &str,
         redirect: &str,
     ) -> Result<AccountInfo, VaultError> {
-        let url = url::Url::parse(redirect).map_err(|_| VaultError::MalformedCallback {
-            reason: "not an absolute URL".into(),
-        })?;
-        let param = |name: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| Zeroizing::new(v.into_owned()))
-        };
-        let Some(state) = param("state") else {
-            return Err(VaultError::MalformedCallback {
-                reason: "it has no `state` parameter".into(),
-            });
-        };
-        if let Some(error) = param("error") {
-            return Err(self.fail_consent(principal_id, &state, &error).await?);
+        let (state, outcome) = parse_redirect(redirect)?;
+        match outcome {
+            Callback::Error(error) => Err(self.fail_consent(principal_id, &state, &error).await?),
+            Callback::Code(code) => self.complete_consent(principal_id, &state, &code).await,
         }
-        let Some(code) = param("code") else {
-            return Err(VaultError::MalformedCallback {
-                reason: "it has neither `code` nor `error`".into(),
-            });
-        };
-        self.complete_consent(principal_id, &state, &code).await
     }
 
     pub(super) async fn revoke_quietly(&self, provider: &ProviderConfig, tokens: &TokenSet) {
@@ -396,3 +396,42 @@ impl Vault {
         }
     }
 }
+
+/// What a provider's redirect back to the application carries besides `state`.
+pub(crate) enum Callback {
+    /// The authorization code (a secret until exchanged).
+    Code(Zeroizing<String>),
+    /// The provider's `error` parameter, as sent (sanitized before it is stored).
+    Error(Zeroizing<String>),
+}
+
+/// Reads `state` and then `error` (which wins) or `code` from the query of the redirect URL
+/// the provider sent the user back to. A refusal never quotes the URL: it carries the code.
+pub(crate) fn parse_redirect(redirect: &str) -> Result<(Zeroizing<String>, Callback), VaultError> {
+    let url = url::Url::parse(redirect).map_err(|_| VaultError::MalformedCallback {
+        reason: "not an absolute URL".into(),
+    })?;
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| Zeroizing::new(v.into_owned()))
+    };
+    let Some(state) = param("state") else {
+        return Err(VaultError::MalformedCallback {
+            reason: "it has no `state` parameter".into(),
+        });
+    };
+    if let Some(error) = param("error") {
+        return Ok((state, Callback::Error(error)));
+    }
+    let Some(code) = param("code") else {
+        return Err(VaultError::MalformedCallback {
+            reason: "it has neither `code` nor `error`".into(),
+        });
+    };
+    Ok((state, Callback::Code(code)))
+}
+
+#[cfg(test)]
+#[path = "consent_props.rs"]
+mod props;

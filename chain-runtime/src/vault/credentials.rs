@@ -38,11 +38,34 @@ impl AccountDirectory for Vault {
         Box::pin(async move {
             let mut grants = Grants::new();
             for connector in self.connectors() {
+                if let Ok(provider) = self.provider(&connector) {
+                    grants = grants.with_lifecycle(&connector, provider.lifecycle_scopes.clone());
+                }
                 if let Some(account) = self.active_account(principal_id, &connector).await? {
                     grants.insert(&connector, account.granted_scopes);
                 }
             }
             Ok(grants)
+        })
+    }
+
+    fn held_scopes<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> BoxFuture<'a, Result<std::collections::BTreeSet<String>, AccountLookupError>> {
+        Box::pin(async move {
+            let mut held: std::collections::BTreeSet<String> = self
+                .active_account(principal_id, connector)
+                .await?
+                .map(|a| a.granted_scopes.into_iter().collect())
+                .unwrap_or_default();
+            held.extend(
+                self.reconsent_scopes(principal_id, connector)
+                    .await
+                    .map_err(lookup_failed)?,
+            );
+            Ok(held)
         })
     }
 
@@ -94,6 +117,7 @@ impl AccountDirectory for Vault {
                 idempotency_header,
             }),
             policy: self.retry_policy(),
+            observer: None,
         })
     }
 }

@@ -32,6 +32,7 @@ mod crypto;
 mod disconnect;
 mod error;
 mod expiry;
+mod file_lock;
 mod oauth;
 mod options;
 mod pending;
@@ -39,6 +40,7 @@ pub mod presets;
 mod provider;
 mod refresh;
 mod registry;
+pub(crate) mod rows;
 mod secret;
 mod sqlite;
 mod store;
@@ -64,8 +66,8 @@ pub use provider::{
 pub use secret::{AccessToken, ClientSecret, KeyError, PkceVerifier, RefreshToken, VaultKey};
 pub use sqlite::SqliteStore;
 pub use store::{
-    AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
-    StoredProvider,
+    AccountStatus, AccountStore, RefreshLock, Sealed, StoreError, StoreFuture, StoredAccount,
+    StoredConsent, StoredProvider,
 };
 pub use types::{AccountInfo, ConsentRequest};
 

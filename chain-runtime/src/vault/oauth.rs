@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use secrecy::zeroize::Zeroizing;
 
-use crate::classify::{FailureClass, RequestKind, classify};
+use crate::classify::{FailureClass, RequestKind, classify_with};
 
 use super::error::VaultError;
 use super::provider::{ClientAuth, ProviderConfig};
@@ -99,31 +99,6 @@ pub(crate) fn sanitize_error_code(code: &str) -> String {
         .to_owned()
 }
 
-/// Classification of token-endpoint error codes, used when `classify` sees a success status
-/// (Slack and GitHub report token errors with HTTP 200).
-fn fallback_class(code: Option<&str>) -> FailureClass {
-    match code {
-        Some(
-            "invalid_grant"
-            | "invalid_refresh_token"
-            | "bad_refresh_token"
-            | "bad_verification_code"
-            | "token_revoked"
-            | "token_expired"
-            | "expired_token",
-        ) => FailureClass::GrantRevoked,
-        Some(
-            "invalid_client"
-            | "invalid_client_id"
-            | "bad_client_secret"
-            | "incorrect_client_credentials"
-            | "unauthorized_client",
-        ) => FailureClass::InvalidClient,
-        Some("ratelimited" | "slow_down") => FailureClass::RateLimited,
-        _ => FailureClass::ServerError,
-    }
-}
-
 /// The class of a token-endpoint error response. `error_code` is the sanitized `error` field of
 /// a JSON body, `None` when the body carries none (an HTML error page, a proxy's 400, an empty
 /// body).
@@ -132,24 +107,31 @@ fn fallback_class(code: Option<&str>) -> FailureClass {
 /// never [`FailureClass::GrantRevoked`] (nor [`FailureClass::InvalidClient`] unless the status is
 /// 401), whatever the status, because a proxy or load balancer can answer a token request with
 /// an HTML 400. Such answers are transient: the grant is kept and the refresh retried.
-/// This is the one place to switch to the classifier's own token-error function.
+/// The provider's classification rules ([`ProviderConfig::classification_rules`]) apply
+/// first, as on every API call.
 pub(crate) fn token_error_class(
     provider: &ProviderConfig,
     reply: &HttpReply,
     error_code: Option<&str>,
 ) -> FailureClass {
-    let verdict = classify(
+    let rules = provider.classification_rules.as_ref();
+    let verdict = classify_with(
         &provider.provider,
+        rules,
         RequestKind::TokenRefresh,
         reply.status,
         &reply.headers,
         &reply.body,
     )
     .class;
-    let verdict = if verdict == FailureClass::Ok {
-        fallback_class(error_code)
-    } else {
-        verdict
+    // A token error inside a success status (Slack and GitHub answer HTTP 200): the code
+    // decides, by the provider's rules first, then by the classifier's one token-code table.
+    let verdict = match (verdict, error_code) {
+        (FailureClass::Ok, Some(code)) => rules
+            .and_then(|rules| rules.token_class(code))
+            .unwrap_or_else(|| crate::classify::token_error_class(&provider.provider, code)),
+        (FailureClass::Ok, None) => FailureClass::ServerError,
+        (verdict, _) => verdict,
     };
     if error_code.is_some() {
         return verdict;
@@ -401,8 +383,9 @@ pub(crate) async fn introspect(
         let class = if reply.status == 401 || error_code.as_deref() == Some("invalid_client") {
             FailureClass::InvalidClient
         } else {
-            classify(
+            classify_with(
                 &provider.provider,
+                provider.classification_rules.as_ref(),
                 RequestKind::TokenRefresh,
                 reply.status,
                 &reply.headers,
@@ -547,6 +530,10 @@ pub(crate) fn subject_from(json: &RawJson, pointers: &[String]) -> Result<String
 }
 
 #[cfg(test)]
+#[path = "oauth_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::vault::secret::ClientSecret;
@@ -573,8 +560,9 @@ mod tests {
 
     #[test]
     fn ok_false_with_200_is_a_rejection() {
+        // Slack's envelope: its code table says `invalid_refresh_token` revokes.
         let out = parse_token_reply(
-            &provider(),
+            &provider().with_provider("slack"),
             "refresh",
             reply(200, r#"{"ok":false,"error":"invalid_refresh_token"}"#),
         )
@@ -589,8 +577,9 @@ mod tests {
             ),
             "{out:?}"
         );
+        // GitHub's: a token error with HTTP 200.
         let out = parse_token_reply(
-            &provider(),
+            &provider().with_provider("github"),
             "refresh",
             reply(200, r#"{"error":"incorrect_client_credentials"}"#),
         )

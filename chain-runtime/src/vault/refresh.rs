@@ -6,7 +6,9 @@
 //! killed at any point leaves either the old refresh token (the provider never answered) or the
 //! new one stored.
 //!
-//! Single flight: one refresh per account at a time; whoever waited for it uses its result and
+//! Single flight: one refresh per account at a time, in this process (a lock per account) and
+//! across processes sharing the store (its [`refresh_lock`](super::AccountStore::refresh_lock),
+//! taken next, after which the account is read again); whoever waited for it uses its result and
 //! never refreshes again, and proactive refreshes of one account are at most one per
 //! [`VaultOptions::min_refresh_interval`](super::VaultOptions), so a clock that disagrees with
 //! the provider's cannot cause a refresh storm.
@@ -84,6 +86,12 @@ impl Vault {
         let seen_version = account.rt_version;
         let lock = self.account_lock(&account.account_id);
         let _guard = lock.lock().await;
+        // Then across processes: whoever held it before us has written its tokens.
+        let _shared = self
+            .inner
+            .store
+            .refresh_lock(principal_id, connector)
+            .await?;
         let account = self.load_active(principal_id, connector).await?;
         // Whoever held the lock before us wrote new tokens: use them, never refresh them again
         // (their expiry may look past on a clock that leads the provider's).

@@ -61,8 +61,10 @@ secret_string!(
 pub enum KeyError {
     /// The environment variable holding the key is not set.
     #[error(
-        "the vault key environment variable `{var}` is not set; generate a key with \
-         `VaultKey::generate()` and store its base64 form in `{var}` (32 random bytes)"
+        "the vault key environment variable `{var}` is not set; set it to the base64 key the \
+         vault was created with, from wherever the application keeps it (its secret store or \
+         deployment configuration): a vault opens only with the key that encrypted it. Only a \
+         new, empty vault takes a fresh key (`VaultKey::generate()`)"
     )]
     MissingEnv {
         /// The variable name.

@@ -11,9 +11,10 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use crate::sqlite::{Database, DbError, Durability};
 
+use super::rows::{ACCOUNT_COLUMNS, scopes_from_text, scopes_to_text, status_from_text};
 use super::store::{
-    AccountStatus, AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
-    StoredProvider,
+    AccountStatus, AccountStore, RefreshLock, Sealed, StoreError, StoreFuture, StoredAccount,
+    StoredConsent, StoredProvider,
 };
 
 const SCHEMA: &str = "
@@ -53,9 +54,6 @@ CREATE TABLE IF NOT EXISTS vault_providers (
     updated_at    INTEGER NOT NULL
 );
 ";
-
-const ACCOUNT_COLUMNS: &str = "principal_id, connector, account_id, upstream_subject, granted_scopes, \
-     access_token, refresh_token, expires_at, grant_id, consented_at, status, rt_version, updated_at";
 
 /// A SQLite-backed [`AccountStore`].
 #[derive(Clone)]
@@ -111,14 +109,6 @@ impl SqliteStore {
         let db = self.db.clone();
         Box::pin(async move { db.read(move |conn| f(conn)).await })
     }
-}
-
-fn scopes_to_text(scopes: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(scopes).map_err(backend)
-}
-
-fn scopes_from_text(text: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("granted_scopes: {e}")))
 }
 
 /// Runs `sql` with the account's thirteen columns bound as `?1`..`?13`, in [`ACCOUNT_COLUMNS`]
@@ -211,8 +201,7 @@ impl AccountStore for SqliteStore {
                 .map_err(backend)?;
             let Some((mut account, scopes, status)) = found else { return Ok(None) };
             account.granted_scopes = scopes_from_text(&scopes)?;
-            account.status = AccountStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown account status `{status}`")))?;
+            account.status = status_from_text(&status)?;
             Ok(Some(account))
         })
     }
@@ -285,9 +274,7 @@ impl AccountStore for SqliteStore {
             for row in rows {
                 let (mut account, scopes, status) = row.map_err(backend)?;
                 account.granted_scopes = scopes_from_text(&scopes)?;
-                account.status = AccountStatus::parse(&status).ok_or_else(|| {
-                    StoreError::Corrupt(format!("unknown account status `{status}`"))
-                })?;
+                account.status = status_from_text(&status)?;
                 out.push(account);
             }
             Ok(out)
@@ -396,5 +383,18 @@ impl AccountStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::Corrupt(format!("vault_providers: {e}")))
         })
+    }
+
+    /// An exclusive file lock beside the database; see the `file_lock` module.
+    fn refresh_lock<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> StoreFuture<'a, RefreshLock> {
+        Box::pin(super::file_lock::refresh_lock(
+            self.db.path(),
+            principal_id,
+            connector,
+        ))
     }
 }

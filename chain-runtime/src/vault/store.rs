@@ -2,7 +2,8 @@
 //!
 //! A store only ever sees ciphertext ([`Sealed`]) for secrets; encryption happens in the vault.
 //! Every write that changes tokens is a compare-and-swap on the account's token version, which is
-//! what makes refresh rotation-safe across processes sharing one database.
+//! what makes refresh rotation-safe across processes sharing one database; the refresh lock
+//! ([`AccountStore::refresh_lock`]) is what makes it single-flight across them.
 
 use std::fmt;
 use std::future::Future;
@@ -193,4 +194,55 @@ pub trait AccountStore: Send + Sync + 'static {
 
     /// Every stored provider configuration, ordered by connector.
     fn list_providers(&self) -> StoreFuture<'_, Vec<StoredProvider>>;
+
+    /// Takes the refresh lock of `principal_id`'s account on `connector`, waiting while another
+    /// holder (in any process sharing this store) has it; the lock is held until the returned
+    /// guard is dropped. The vault takes it around a refresh, after its in-process lock, and
+    /// re-reads the account once it holds it: a holder that refreshed before it has written the
+    /// new tokens (and a rotated refresh token) before releasing, so the waiter uses them
+    /// instead of refreshing again. That makes refresh single-flight across every process.
+    ///
+    /// Semantics an implementation must give: mutual exclusion per (principal, connector)
+    /// among all processes on the store; a lock whose holder dies is released (the operating
+    /// system's file lock, a database session's advisory lock — `pg_advisory_lock` on a
+    /// connection held by the guard — or a row lock held in an open transaction); waiting is
+    /// bounded (an error after a deadline, never a hang). The default is in-process only, for
+    /// a store that one process uses.
+    fn refresh_lock<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> StoreFuture<'a, RefreshLock> {
+        let _ = (principal_id, connector);
+        Box::pin(async { Ok(RefreshLock::in_process_only()) })
+    }
+}
+
+/// A held refresh lock of one account (see [`AccountStore::refresh_lock`]); dropping it
+/// releases the lock.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct RefreshLock {
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl RefreshLock {
+    /// A guard that holds something (a file lock, a database connection in a transaction, …)
+    /// until it is dropped.
+    pub fn holding(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: Some(Box::new(held)),
+        }
+    }
+
+    /// A guard that holds nothing: for a store that only one process uses (the vault's own
+    /// in-process lock is enough).
+    pub fn in_process_only() -> Self {
+        Self { _held: None }
+    }
+}
+
+impl fmt::Debug for RefreshLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshLock").finish_non_exhaustive()
+    }
 }

@@ -3,7 +3,7 @@
 
 use chain_runtime::audit::{
     AuditEvent, AuditStore, ConnectorScopes, Effect, NewRecord, Outcome, PreflightSummary,
-    RecordRef, SqliteAuditStore,
+    RecordRef,
 };
 
 /// One connector as a principal connected it.
@@ -81,7 +81,7 @@ fn step_pair(
 /// Jira and Slack (record ids suffixed with `tag`), with a read and a token refresh. Returns the
 /// refs written, in connector order. Times start at `t0` and grow.
 pub async fn simulate_run(
-    store: &SqliteAuditStore,
+    store: &dyn AuditStore,
     principal: &str,
     run: &str,
     tag: &str,
@@ -196,7 +196,7 @@ pub async fn simulate_run(
 
 /// A failed write attempt (forbidden) by `principal` on `target`.
 pub async fn failed_write(
-    store: &SqliteAuditStore,
+    store: &dyn AuditStore,
     principal: &str,
     run: &str,
     target: RecordRef,

@@ -185,3 +185,8 @@ impl AccountDirectory for StaticGrants {
         })
     }
 }
+
+#[cfg(feature = "postgres")]
+pub mod backend;
+#[cfg(feature = "postgres")]
+pub mod postgres;

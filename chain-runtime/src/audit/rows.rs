@@ -1,0 +1,257 @@
+//! What the database-backed audit stores (SQLite, PostgreSQL) share: the `audit_records`
+//! columns, how a stored row becomes the record object the verifier checks, the
+//! `audit_record_refs` index check, the `who_authorized` projection and the head witness rule.
+//! The backends differ only in how they fetch a column.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::AuditError;
+use super::record::{
+    AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, Outcome, RecordRef, WriteKind,
+};
+use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
+
+/// The record columns, in [`AuditRecord`] field order; their names are the field names.
+pub(crate) const COLUMNS: [&str; 16] = [
+    "seq",
+    "format",
+    "time_unix_ms",
+    "run_id",
+    "step_id",
+    "principal",
+    "connector",
+    "account_id",
+    "upstream_subject",
+    "grant_id",
+    "scopes",
+    "records",
+    "outcome",
+    "event",
+    "prev_hash",
+    "hash",
+];
+
+/// Columns holding integers (the others hold text).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) const INT_COLUMNS: [&str; 3] = ["seq", "format", "time_unix_ms"];
+
+/// Columns holding JSON text.
+pub(crate) const JSON_COLUMNS: [&str; 3] = ["scopes", "records", "event"];
+
+/// `seq, format, …, hash`.
+pub(crate) fn select_columns() -> String {
+    COLUMNS.join(", ")
+}
+
+/// The JSON value of a text column as stored: JSON columns parsed when they parse, the text
+/// itself otherwise (an edited column stays visible as edited).
+pub(crate) fn text_value(text: String, column: &str) -> Value {
+    if JSON_COLUMNS.contains(&column) {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    } else {
+        Value::String(text)
+    }
+}
+
+/// Decodes a record object rebuilt from a row.
+pub(crate) fn value_to_record(value: Value) -> Result<AuditRecord, AuditError> {
+    let seq = value.get("seq").and_then(Value::as_i64).unwrap_or(-1);
+    serde_json::from_value(value).map_err(|e| AuditError::Corrupt {
+        seq,
+        reason: e.to_string(),
+    })
+}
+
+/// A seq as a database integer.
+pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, AuditError> {
+    i64::try_from(seq).map_err(|_| AuditError::Corrupt {
+        seq: i64::MAX,
+        reason: format!("seq {seq} does not fit a 64-bit signed integer"),
+    })
+}
+
+/// The head `(seq, hash)` as stored, checked.
+pub(crate) fn checkpoint(seq: i64, hash: String) -> Result<Checkpoint, AuditError> {
+    u64::try_from(seq)
+        .map(|seq| Checkpoint { seq, hash })
+        .map_err(|_| AuditError::Corrupt {
+            seq,
+            reason: "the head record has a negative seq".into(),
+        })
+}
+
+/// One `audit_record_refs` row: connector, kind, record id.
+pub(crate) type RefKey = (String, String, String);
+
+fn refs_of(value: &Value) -> Vec<RefKey> {
+    let mut refs: Vec<RefKey> = value
+        .get("records")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| serde_json::from_value::<RecordRef>(item.clone()).ok())
+                .map(|r| (r.connector, r.kind, r.id))
+                .collect()
+        })
+        .unwrap_or_default();
+    refs.sort();
+    refs
+}
+
+/// The chain verifier plus the check that `audit_record_refs` indexes exactly each record's
+/// `records`.
+pub(crate) struct IndexedVerifier {
+    verifier: ChainVerifier,
+    index: BTreeMap<i64, Vec<RefKey>>,
+}
+
+impl IndexedVerifier {
+    /// Verifies against `checkpoint` with the index rows `refs` (seq, key).
+    pub(crate) fn new(
+        checkpoint: Option<Checkpoint>,
+        refs: impl IntoIterator<Item = (i64, RefKey)>,
+    ) -> Self {
+        let mut index: BTreeMap<i64, Vec<RefKey>> = BTreeMap::new();
+        for (seq, key) in refs {
+            index.entry(seq).or_default().push(key);
+        }
+        for keys in index.values_mut() {
+            keys.sort();
+        }
+        Self {
+            verifier: ChainVerifier::new(checkpoint),
+            index,
+        }
+    }
+
+    /// Checks the next stored record object (in `seq` order).
+    pub(crate) fn push(&mut self, value: &Value) -> Result<(), AuditError> {
+        let record = self.verifier.push(value).map_err(AuditError::ChainBroken)?;
+        let indexed = self
+            .index
+            .remove(&seq_to_sql(record.seq)?)
+            .unwrap_or_default();
+        if indexed != refs_of(value) {
+            return Err(AuditError::ChainBroken(ChainBreak {
+                position: record.seq,
+                seq: Some(record.seq),
+                problem: BreakProblem::IndexMismatch {
+                    reason: format!(
+                        "audit_record_refs has {} row(s) for this record, the record lists {}",
+                        indexed.len(),
+                        record.records.len()
+                    ),
+                },
+            }));
+        }
+        Ok(())
+    }
+
+    /// Ends the check: the chain's end, and no index rows left without a record.
+    pub(crate) fn finish(self) -> Result<Verified, AuditError> {
+        let verified = self.verifier.finish().map_err(AuditError::ChainBroken)?;
+        if let Some((&seq, _)) = self.index.iter().next() {
+            return Err(AuditError::ChainBroken(ChainBreak {
+                position: u64::try_from(seq).unwrap_or(0),
+                seq: u64::try_from(seq).ok(),
+                problem: BreakProblem::IndexMismatch {
+                    reason: format!(
+                        "audit_record_refs has rows for seq {seq}, which has no record"
+                    ),
+                },
+            }));
+        }
+        Ok(verified)
+    }
+}
+
+/// Verifies with `verify` against the caller's `checkpoint`, or else against the store's
+/// `witness` (the last head it committed, kept apart from the records): a chain that ends
+/// before the witness, or has another hash there, is reported as behind it.
+pub(crate) fn verify_with_witness(
+    checkpoint: Option<Checkpoint>,
+    witness: Option<Checkpoint>,
+    verify: impl FnOnce(Option<Checkpoint>) -> Result<Verified, AuditError>,
+) -> Result<Verified, AuditError> {
+    let by_witness = checkpoint.is_none() && witness.is_some();
+    let verified = match verify(checkpoint.or(witness.clone())) {
+        Err(AuditError::ChainBroken(ChainBreak {
+            position,
+            seq,
+            problem:
+                BreakProblem::Truncated {
+                    checkpoint_seq,
+                    last_seq,
+                },
+        })) if by_witness => {
+            return Err(AuditError::ChainBroken(ChainBreak {
+                position,
+                seq,
+                problem: BreakProblem::BehindWitness {
+                    witness_seq: checkpoint_seq,
+                    last_seq,
+                },
+            }));
+        }
+        other => other?,
+    };
+    if let Some(w) = witness
+        && w.seq > verified.records
+    {
+        return Err(AuditError::ChainBroken(ChainBreak {
+            position: verified.records + 1,
+            seq: None,
+            problem: BreakProblem::BehindWitness {
+                witness_seq: w.seq,
+                last_seq: verified.records,
+            },
+        }));
+    }
+    Ok(verified)
+}
+
+/// The authorizations of writes to `record_id` of `connector` that `record` holds.
+pub(crate) fn to_authorization(
+    record: AuditRecord,
+    connector: &str,
+    record_id: &str,
+) -> Vec<Authorization> {
+    let write = match &record.event {
+        AuditEvent::StepOutcome {
+            step,
+            effect: Effect::Write,
+            ..
+        } if record.outcome == Outcome::Succeeded => WriteKind::Step { step: step.clone() },
+        AuditEvent::CompensationOutcome {
+            compensator,
+            compensates_step_id,
+            ..
+        } => WriteKind::Compensation {
+            compensator: compensator.clone(),
+            compensates_step_id: compensates_step_id.clone(),
+        },
+        _ => return Vec::new(),
+    };
+    record
+        .records
+        .iter()
+        .filter(|r| r.connector == connector && r.id == record_id)
+        .map(|r| Authorization {
+            seq: record.seq,
+            time_unix_ms: record.time_unix_ms,
+            principal: record.principal.clone(),
+            account_id: record.account_id.clone(),
+            upstream_subject: record.upstream_subject.clone(),
+            grant_id: record.grant_id.clone(),
+            scopes: record.scopes.clone(),
+            run_id: record.run_id.clone(),
+            step_id: record.step_id.clone(),
+            record: r.clone(),
+            write: write.clone(),
+            outcome: record.outcome,
+        })
+        .collect()
+}

@@ -1,0 +1,96 @@
+//! One audit record per HTTP attempt of a step or compensator: the connector client tells the
+//! engine of each attempt (status, class, wait before the retry), and the engine appends an
+//! [`AuditEvent::HttpAttempt`] naming the run, the step, the principal and the account in use.
+
+use std::sync::Arc;
+
+use super::Engine;
+use super::driver::commit;
+use crate::audit::{AuditEvent, NewRecord, Outcome};
+use crate::classify::FailureClass;
+use crate::future::BoxFuture;
+use crate::journal::{RunRecord, Unit};
+use crate::token::{AttemptObserver, HttpAttempt};
+
+/// Audits the HTTP attempts of one step (or compensator) execution.
+pub(crate) struct AttemptAudit {
+    engine: Engine,
+    run: Arc<RunRecord>,
+    step_id: String,
+    step: &'static str,
+    connector: &'static str,
+}
+
+impl std::fmt::Debug for AttemptAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptAudit")
+            .field("run_id", &self.run.run_id)
+            .field("step_id", &self.step_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// The observer that audits each HTTP attempt of `step` (journal id `step_id`) of `run`
+    /// on `connector`.
+    pub(crate) fn attempt_audit(
+        &self,
+        run: &RunRecord,
+        step_id: &str,
+        step: &'static str,
+        connector: &'static str,
+    ) -> Arc<dyn AttemptObserver> {
+        Arc::new(AttemptAudit {
+            engine: self.clone(),
+            run: Arc::new(run.clone()),
+            step_id: step_id.to_owned(),
+            step,
+            connector,
+        })
+    }
+}
+
+/// A class as the audit trail spells it (snake_case).
+fn class_name(class: FailureClass) -> String {
+    serde_json::to_value(class)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{class:?}"))
+}
+
+impl AttemptObserver for AttemptAudit {
+    fn attempt(&self, attempt: HttpAttempt) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let ok = attempt.class == FailureClass::Ok;
+            let record = NewRecord::new(
+                self.run.principal_id.clone(),
+                if ok {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                },
+                AuditEvent::HttpAttempt {
+                    step: self.step.to_owned(),
+                    http_attempt: attempt.number,
+                    method: attempt.method,
+                    status: attempt.status,
+                    failure_class: (!ok).then(|| class_name(attempt.class)),
+                    wait_ms: attempt
+                        .wait
+                        .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+                },
+            )
+            .step(&self.step_id);
+            let record = self
+                .engine
+                .with_account(record, &self.run, self.connector)
+                .await;
+            // Deferred: on disk with the step's result or the next intent; a crash before
+            // that reads as a crash during the call, which the journal already handles.
+            let unit = Unit::of(Vec::new()).audit(record).deferred();
+            if let Err(e) = commit(&self.engine, None, unit).await {
+                tracing::error!(run_id = %self.run.run_id, step_id = %self.step_id, error = %e, "could not audit an HTTP attempt");
+            }
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! A new run's record: preflight, the upstream subject of each connector's account, the
+//! chain's version, and the `run_started` audit record, before anything is written.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{Engine, EngineError, chain_version};
+use crate::audit::{AuditEvent, ConnectorScopes, NewRecord, Outcome, PreflightSummary};
+use crate::chain::ChainMeta;
+use crate::journal::{RunRecord, RunState};
+use crate::manifest::ScopeManifest;
+use crate::preflight::{Preflight, preflight_manifest};
+
+impl Engine {
+    /// Preflight (refusing with [`EngineError::PreflightNotReady`]) and the record of a new
+    /// run, with its `run_started` audit record; nothing is written.
+    pub(super) async fn prepare_run(
+        &self,
+        meta: &'static ChainMeta,
+        run_id: String,
+        principal: Value,
+        principal_id: String,
+        input: Value,
+        parent_run_id: Option<String>,
+    ) -> Result<(RunRecord, NewRecord), EngineError> {
+        let manifest = ScopeManifest::for_chain(meta);
+        let grants = self.inner.credentials.grants(&principal_id).await?;
+        let pf = preflight_manifest(&manifest, &principal_id, &grants);
+        self.preflight_gate(&meta.path(), &principal_id, None, &pf)
+            .await?;
+        let mut subjects = BTreeMap::new();
+        for connector in manifest.connectors.keys() {
+            let subject = self
+                .inner
+                .credentials
+                .upstream_subject(&principal_id, connector)
+                .await?;
+            subjects.insert(connector.clone(), subject);
+        }
+        let (chain_version, step_versions) = chain_version(meta);
+        let run = RunRecord {
+            run_id: run_id.clone(),
+            chain: meta.path(),
+            chain_version: chain_version.clone(),
+            step_versions,
+            principal,
+            principal_id: principal_id.clone(),
+            input,
+            subjects,
+            parent_run_id,
+            state: RunState::Running,
+            node: crate::graph::START,
+            created_unix_ms: crate::audit::now_unix_ms(),
+        };
+        let started = NewRecord::new(
+            principal_id,
+            Outcome::Info,
+            AuditEvent::RunStarted {
+                chain: meta.path(),
+                chain_version,
+                preflight: preflight_summary(&pf),
+            },
+        )
+        .run(&run_id);
+        Ok((run, started))
+    }
+}
+
+pub(super) fn preflight_summary(pf: &Preflight) -> PreflightSummary {
+    PreflightSummary {
+        passed: pf.is_ready(),
+        missing: Vec::new(),
+        unused: pf
+            .unused_scopes()
+            .into_iter()
+            .map(|(connector, scopes)| ConnectorScopes {
+                connector: connector.to_owned(),
+                scopes: scopes.iter().cloned().collect(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,445 @@
+//! [`PgJournal`]: the run journal in PostgreSQL (tables as in the SQLite journal: `run_runs`,
+//! `run_leases`, `journal_entries`, `journal_compensations`, `alert_alerts`).
+
+use std::sync::{Arc, Weak};
+
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::PgDatabase;
+use super::leases::{self, Holder};
+use crate::audit::seal::Presealed;
+use crate::journal::leases::HEARTBEAT;
+use crate::journal::rows::{
+    CompensationRow, EntryRow, RUN_COLUMNS, RunRow, RunText, decode, encode_opt,
+};
+use crate::journal::{
+    Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, Durability, JournalEntry,
+    JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit,
+};
+use crate::sqlite::DbError;
+
+/// A run journal in a PostgreSQL database; see [`crate::postgres`]. Clones share the handle
+/// (and its leases' holder).
+///
+/// Leases are held by the handle: it renews them every `HEARTBEAT` (10 s) while it lives,
+/// each renewal 30 s ahead, and proves it is alive with a session advisory lock, so a run
+/// held by a dropped handle or a killed process is claimable at once, and one held by a
+/// paused or partitioned worker once its lease expired. A worker that lost its lease gets
+/// [`JournalError::LeaseLost`] on its next write: the fencing token is checked in the write's
+/// transaction.
+#[derive(Clone)]
+pub struct PgJournal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: PgDatabase,
+    holder: Holder,
+}
+
+impl std::fmt::Debug for PgJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgJournal")
+            .field("database", &self.inner.db.label())
+            .finish_non_exhaustive()
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> JournalError {
+    DbError::from(e).into()
+}
+
+async fn exec(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, JournalError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(db)?;
+    tx.execute(&stmt, params).await.map_err(db)
+}
+
+/// Applies one journal write; returns false when its precondition does not hold.
+async fn apply(
+    tx: &Transaction<'_>,
+    run_id: Option<&str>,
+    write: &JournalWrite,
+) -> Result<bool, JournalError> {
+    let needs_run = || {
+        run_id.ok_or_else(|| {
+            JournalError::Backend("a journal write concerning a run needs the run's lease".into())
+        })
+    };
+    match write {
+        JournalWrite::Entry { entry, node } => {
+            let run_id = needs_run()?;
+            let result = encode_opt(entry.result.as_ref())?;
+            let (seq, attempt, kind) = (
+                i64::from(entry.seq),
+                i64::from(entry.attempt),
+                entry.kind.as_str(),
+            );
+            let node = i64::from(*node);
+            let entry_params: [&(dyn ToSql + Sync); 7] = [
+                &run_id,
+                &seq,
+                &entry.step_id,
+                &kind,
+                &entry.name,
+                &attempt,
+                &result,
+            ];
+            let node_params: [&(dyn ToSql + Sync); 2] = [&run_id, &node];
+            let upsert = exec(
+                tx,
+                "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, seq) DO UPDATE SET \
+                 step_id = excluded.step_id, kind = excluded.kind, name = excluded.name, \
+                 attempt = excluded.attempt, result = excluded.result",
+                &entry_params,
+            );
+            let moved = exec(
+                tx,
+                "UPDATE run_runs SET node = $2 WHERE run_id = $1 AND node <> $2",
+                &node_params,
+            );
+            // Pipelined: both statements go out before either answer comes back.
+            let (upsert, moved) = futures::join!(upsert, moved);
+            upsert?;
+            moved?;
+        }
+        JournalWrite::Compensation(entry) => {
+            let run_id = needs_run()?;
+            let result = encode_opt(entry.result.as_ref())?;
+            // `ord` is taken anew on every write, so a replaced compensation moves last, as a
+            // replaced row does in the SQLite journal.
+            exec(
+                tx,
+                "INSERT INTO journal_compensations (run_id, step_id, compensator, attempt, result, ord) \
+                 VALUES ($1, $2, $3, $4, $5, nextval('journal_compensations_ord')) \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET compensator = excluded.compensator, \
+                 attempt = excluded.attempt, result = excluded.result, ord = excluded.ord",
+                &[
+                    &run_id,
+                    &entry.step_id,
+                    &entry.compensator,
+                    &i64::from(entry.attempt),
+                    &result,
+                ],
+            )
+            .await?;
+        }
+        JournalWrite::State { expected, state } => {
+            let run_id = needs_run()?;
+            let n = exec(
+                tx,
+                "UPDATE run_runs SET state = $2, state_kind = $3 \
+                 WHERE run_id = $1 AND ($4::text IS NULL OR state_kind = $4)",
+                &[
+                    &run_id,
+                    &serde_json::to_string(state)?,
+                    &state.kind(),
+                    expected,
+                ],
+            )
+            .await?;
+            return Ok(n == 1);
+        }
+        JournalWrite::Alert(alert) => {
+            exec(
+                tx,
+                "INSERT INTO alert_alerts (run_id, alert) VALUES ($1, $2)",
+                &[&alert.run_id, &serde_json::to_string(alert)?],
+            )
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+async fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), JournalError> {
+    let text = RunText::of(run)?;
+    let inserted = exec(
+        tx,
+        "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
+         principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (run_id) DO NOTHING",
+        &[
+            &run.run_id,
+            &run.chain,
+            &run.chain_version,
+            &text.step_versions,
+            &text.principal,
+            &run.principal_id,
+            &text.input,
+            &text.subjects,
+            &run.parent_run_id,
+            &text.state,
+            &run.state.kind(),
+            &i64::from(run.node),
+            &run.created_unix_ms,
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        return Err(JournalError::Duplicate(run.run_id.clone()));
+    }
+    Ok(())
+}
+
+/// Starts a transaction; a deferred one commits without waiting for the WAL flush.
+async fn begin<'c>(
+    client: &'c mut deadpool_postgres::Object,
+    durability: Durability,
+) -> Result<Transaction<'c>, JournalError> {
+    let tx = client.transaction().await.map_err(db)?;
+    if durability == Durability::Deferred {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(db)?;
+    }
+    Ok(tx)
+}
+
+/// Renews `inner`'s leases every [`HEARTBEAT`] until the journal is dropped.
+async fn heartbeat(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let renewed = async {
+            let client = inner.db.client().await?;
+            leases::renew(&client, &inner.holder.id, crate::audit::now_unix_ms()).await
+        };
+        if let Err(e) = renewed.await {
+            tracing::warn!(error = %e, "run journal: could not renew this process's run leases");
+        }
+    }
+}
+
+impl PgJournal {
+    /// Connects to the database at `url` (see [`PgDatabase::connect`]) and opens the journal.
+    pub async fn open(url: &str) -> Result<Self, JournalError> {
+        Self::on(PgDatabase::connect(url).await?).await
+    }
+
+    /// Opens the journal on `db`.
+    pub async fn on(db: PgDatabase) -> Result<Self, JournalError> {
+        let holder = Holder::new(db.dedicated().await?).await?;
+        let inner = Arc::new(Inner { db, holder });
+        tokio::spawn(heartbeat(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// The database.
+    pub fn db(&self) -> &PgDatabase {
+        &self.inner.db
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, JournalError> {
+        Ok(self.inner.db.client().await?)
+    }
+
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, JournalError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(db)?;
+        client.query(&stmt, params).await.map_err(db)
+    }
+
+    async fn commit_unit(
+        &self,
+        lease: Option<&Lease>,
+        writes: Vec<JournalWrite>,
+        audit: Vec<Presealed>,
+        durability: Durability,
+    ) -> Result<Committed, JournalError> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client, durability).await?;
+        if let Some(lease) = lease {
+            leases::check(&tx, lease).await?;
+        }
+        let run_id = lease.map(|l| l.run_id.as_str());
+        for write in &writes {
+            if !apply(&tx, run_id, write).await? {
+                tx.rollback().await.map_err(db)?;
+                return Ok(Committed::default());
+            }
+        }
+        let audit = super::audit::append_in(&tx, audit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Committed {
+            applied: true,
+            audit,
+        })
+    }
+}
+
+fn run_row(row: &Row) -> Result<RunRecord, JournalError> {
+    RunRow {
+        run_id: row.try_get(0).map_err(db)?,
+        chain: row.try_get(1).map_err(db)?,
+        chain_version: row.try_get(2).map_err(db)?,
+        step_versions: row.try_get(3).map_err(db)?,
+        principal: row.try_get(4).map_err(db)?,
+        principal_id: row.try_get(5).map_err(db)?,
+        input: row.try_get(6).map_err(db)?,
+        subjects: row.try_get(7).map_err(db)?,
+        parent_run_id: row.try_get(8).map_err(db)?,
+        state: row.try_get(9).map_err(db)?,
+        node: row.try_get(10).map_err(db)?,
+        created_ms: row.try_get(11).map_err(db)?,
+    }
+    .decode()
+}
+
+impl RunJournal for PgJournal {
+    fn create_run<'a>(
+        &'a self,
+        run: RunRecord,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<Lease, JournalError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            // Deferred: the run's first journal write (or its end) commits synchronously.
+            let tx = begin(&mut client, Durability::Deferred).await?;
+            insert_run(&tx, &run).await?;
+            let now = crate::audit::now_unix_ms();
+            let lease = leases::claim(&tx, &self.inner.holder, &run.run_id, owner, now).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(lease)
+        })
+    }
+
+    fn claim_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<Lease, JournalError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = begin(&mut client, Durability::Sync).await?;
+            let now = crate::audit::now_unix_ms();
+            let lease = leases::claim(&tx, &self.inner.holder, run_id, owner, now).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(lease)
+        })
+    }
+
+    fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            leases::release(&client, lease).await
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        lease: Option<&'a Lease>,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        Box::pin(async move {
+            let audit = crate::audit::sqlite::preseal(unit.audit)?;
+            self.commit_unit(lease, unit.writes, audit, unit.durability)
+                .await
+        })
+    }
+
+    fn database(&self) -> Option<DatabaseId> {
+        Some(self.inner.db.id())
+    }
+
+    fn get_run<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, JournalError>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM run_runs WHERE run_id = $1");
+            let rows = self.rows(&sql, &[&run_id]).await?;
+            rows.first().map(run_row).transpose()
+        })
+    }
+
+    fn list_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, JournalError>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM run_runs ORDER BY created_ms, run_id");
+            self.rows(&sql, &[]).await?.iter().map(run_row).collect()
+        })
+    }
+
+    fn journal<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<JournalEntry>, JournalError>> {
+        Box::pin(async move {
+            let rows = self
+                .rows(
+                    "SELECT seq, step_id, kind, name, attempt, result FROM journal_entries \
+                     WHERE run_id = $1 ORDER BY seq",
+                    &[&run_id],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    EntryRow {
+                        seq: row.try_get(0).map_err(db)?,
+                        step_id: row.try_get(1).map_err(db)?,
+                        kind: row.try_get(2).map_err(db)?,
+                        name: row.try_get(3).map_err(db)?,
+                        attempt: row.try_get(4).map_err(db)?,
+                        result: row.try_get(5).map_err(db)?,
+                    }
+                    .decode()
+                })
+                .collect()
+        })
+    }
+
+    fn compensations<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CompensationEntry>, JournalError>> {
+        Box::pin(async move {
+            let rows = self
+                .rows(
+                    "SELECT step_id, compensator, attempt, result FROM journal_compensations \
+                     WHERE run_id = $1 ORDER BY ord",
+                    &[&run_id],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    CompensationRow {
+                        step_id: row.try_get(0).map_err(db)?,
+                        compensator: row.try_get(1).map_err(db)?,
+                        attempt: row.try_get(2).map_err(db)?,
+                        result: row.try_get(3).map_err(db)?,
+                    }
+                    .decode()
+                })
+                .collect()
+        })
+    }
+
+    fn alerts<'a>(
+        &'a self,
+        run_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Alert>, JournalError>> {
+        Box::pin(async move {
+            let rows = self
+                .rows(
+                    "SELECT alert FROM alert_alerts WHERE ($1::text IS NULL OR run_id = $1) \
+                     ORDER BY id",
+                    &[&run_id],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| decode(&row.try_get::<_, String>(0).map_err(db)?))
+                .collect()
+        })
+    }
+}

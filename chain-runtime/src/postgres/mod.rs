@@ -1,0 +1,218 @@
+//! The PostgreSQL backend (feature `postgres`): the run journal, the audit trail and the
+//! vault's account store in one PostgreSQL database, shared by any number of worker processes
+//! on any number of machines.
+//!
+//! - [`PgDatabase`]: a connection pool (`deadpool-postgres` over `tokio-postgres`: prepared
+//!   statements cached per connection, no ORM) and the database's identity. Connecting runs
+//!   the versioned migrations ([`SCHEMA_VERSION`]) and refuses a database whose schema is
+//!   newer than this build.
+//! - [`PgJournal`]: [`crate::journal::RunJournal`]. A unit of work is ONE `BEGIN … COMMIT`
+//!   over the journal and audit tables: the lease check (`WHERE token = $n`, the row locked
+//!   `FOR SHARE` so a concurrent claim waits for the write), the journal writes, then the
+//!   audit records sealed on the chain head. Deferred units commit with
+//!   `synchronous_commit = off` (visible at once, made durable by the next WAL flush).
+//! - [`PgAuditStore`]: [`crate::audit::AuditStore`]. Every append locks the chain's head row
+//!   (`audit_head`, `SELECT … FOR UPDATE`), so appends of every worker form one linear chain;
+//!   the head row is also the witness a truncated tail is detected with.
+//! - [`PgAccountStore`]: [`crate::vault::AccountStore`]; secrets only ever sealed (`bytea`).
+//!
+//! Leases: see [`PgJournal`] for how a worker's death is noticed (its session advisory lock
+//! goes away with its connection) and how leases expire without a heartbeat.
+
+mod audit;
+mod journal;
+mod leases;
+mod migrate;
+mod vault;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+pub use audit::PgAuditStore;
+pub use journal::PgJournal;
+pub use migrate::SCHEMA_VERSION;
+pub use vault::PgAccountStore;
+
+use crate::sqlite::{DatabaseId, DbError};
+
+/// How many connections one [`PgDatabase`] keeps at most.
+pub const POOL_SIZE: usize = 16;
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let constraint = matches!(
+            e.code(),
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION
+                || *c == SqlState::NOT_NULL_VIOLATION
+                || *c == SqlState::CHECK_VIOLATION
+                || *c == SqlState::FOREIGN_KEY_VIOLATION
+        );
+        let message = match e.as_db_error() {
+            Some(db) => format!("PostgreSQL: {}: {}", db.severity(), db.message()),
+            None => format!("PostgreSQL: {e}"),
+        };
+        Self {
+            message,
+            constraint,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => DbError::other(format!("PostgreSQL connection pool: {other}")),
+        }
+    }
+}
+
+struct Inner {
+    id: DatabaseId,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// `host:port/dbname`, for messages (never the password).
+    label: String,
+}
+
+/// One PostgreSQL database: the pool every store on it shares and its identity (equal for
+/// every handle on the same URL in a process). Cheap to clone.
+#[derive(Clone)]
+pub struct PgDatabase {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PgDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgDatabase")
+            .field("database", &self.inner.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Databases open in this process, by URL.
+static OPEN: Mutex<Vec<(String, Weak<Inner>)>> = Mutex::new(Vec::new());
+
+fn label(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default)");
+    format!("{host}:{port}/{db}")
+}
+
+impl PgDatabase {
+    /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/dbname`,
+    /// or the key=value form), creating or migrating the runtime's tables, or returns the
+    /// handle already open in this process for the same URL. Fails when the database's
+    /// schema is newer than this build ([`SCHEMA_VERSION`]). TLS is not negotiated: reach the
+    /// database over a local network, a Unix socket or a TLS-terminating proxy.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        Self::open(url, true).await
+    }
+
+    /// Like [`PgDatabase::connect`], but creates and migrates nothing: fails unless the
+    /// database already has the runtime's tables at a version this build knows (for tools
+    /// that inspect a database, such as `chainctl`).
+    pub async fn connect_existing(url: &str) -> Result<Self, DbError> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> Result<Self, DbError> {
+        if let Some(inner) = Self::lookup(url) {
+            return Ok(Self { inner });
+        }
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| DbError::other(format!("not a PostgreSQL connection URL: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| DbError::other(format!("PostgreSQL connection pool: {e}")))?;
+        let label = label(&config);
+        let db = Self {
+            inner: Arc::new(Inner {
+                id: DatabaseId::fresh(),
+                pool,
+                config,
+                label,
+            }),
+        };
+        {
+            let mut client = db.client().await.map_err(|e| {
+                DbError::other(format!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    db.inner.label
+                ))
+            })?;
+            if create {
+                migrate::migrate(&mut client).await?;
+            } else {
+                migrate::existing(&client).await?;
+            }
+        }
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(inner) = open
+            .iter()
+            .find(|(u, _)| u == url)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return Ok(Self { inner });
+        }
+        open.push((url.to_owned(), Arc::downgrade(&db.inner)));
+        Ok(db)
+    }
+
+    fn lookup(url: &str) -> Option<Arc<Inner>> {
+        OPEN.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(u, _)| u == url)
+            .and_then(|(_, weak)| weak.upgrade())
+    }
+
+    /// This database's identity: a journal and an audit store with the same id commit a
+    /// unit's journal writes and audit records in one transaction.
+    pub fn id(&self) -> DatabaseId {
+        self.inner.id
+    }
+
+    /// `host:port/dbname` (no credentials).
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    /// A connection of its own, outside the pool (for session state such as advisory locks
+    /// that must live exactly as long as a handle).
+    pub(crate) async fn dedicated(&self) -> Result<tokio_postgres::Client, DbError> {
+        let (client, connection) = self.inner.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a dedicated PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+}

@@ -1,0 +1,267 @@
+//! The PostgreSQL backend's own guarantees: versioned migrations that refuse a newer schema,
+//! one transaction per unit of work, fencing, one chain across handles, tamper detection on
+//! the tables, and no plaintext secret anywhere in the database.
+
+use std::collections::BTreeMap;
+
+use chain_runtime::audit::{AuditEvent, AuditStore, BreakProblem, NewRecord, Outcome};
+use chain_runtime::postgres::{PgDatabase, SCHEMA_VERSION};
+use chain_runtime::store::{
+    EntryKind, JournalEntry, JournalError, JournalWrite, RunRecord, RunState, Unit,
+};
+use chain_runtime::test_util::backend::Backend;
+use tokio_postgres::NoTls;
+
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn run(id: &str) -> RunRecord {
+    RunRecord {
+        run_id: id.into(),
+        chain: "demo::chain".into(),
+        chain_version: "v1".into(),
+        step_versions: BTreeMap::new(),
+        principal: serde_json::json!("alice"),
+        principal_id: "alice".into(),
+        input: serde_json::json!({"n": 1}),
+        subjects: BTreeMap::new(),
+        parent_run_id: None,
+        state: RunState::Running,
+        node: 0,
+        created_unix_ms: 1,
+    }
+}
+
+fn entry(seq: u32) -> JournalEntry {
+    JournalEntry {
+        seq,
+        step_id: format!("demo/step#{seq}"),
+        kind: EntryKind::Step,
+        name: "step".into(),
+        attempt: 1,
+        result: None,
+    }
+}
+
+fn record(run: &str, n: i64) -> NewRecord {
+    NewRecord::new(
+        "alice",
+        Outcome::Info,
+        AuditEvent::RunFinished {
+            state: format!("state-{n}"),
+        },
+    )
+    .run(run)
+    .at(n)
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "schema").await;
+    // Two opens (as two workers would) migrate once.
+    PgDatabase::connect(&db.location).await.unwrap();
+    let client = raw(&db.location).await;
+    let version: i32 = client
+        .query_one("SELECT version FROM chain_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    // A newer build migrated the database: this build refuses it, before touching anything.
+    client
+        .execute(
+            "UPDATE chain_schema SET version = $1",
+            &[&(SCHEMA_VERSION + 1)],
+        )
+        .await
+        .unwrap();
+    // A fresh URL spelling: the process keeps open databases by URL.
+    let other_url = format!("{}?application_name=newer", db.location);
+    let err = PgDatabase::connect(&other_url).await.unwrap_err();
+    assert!(err.message.contains("newer than this build"), "{err}");
+    let err = PgDatabase::connect_existing(&other_url).await.unwrap_err();
+    assert!(err.message.contains("newer than this build"), "{err}");
+}
+
+#[tokio::test]
+async fn an_empty_database_is_not_a_runtime_database_for_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "empty").await;
+    let err = PgDatabase::connect_existing(&db.location)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("not a chain-runtime database"),
+        "{err}"
+    );
+    // …and it created nothing.
+    let tables: i64 = raw(&db.location)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_commits_journal_and_audit_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "unit").await;
+    let journal = db.journal().await;
+    let audit = db.audit().await;
+    assert_eq!(
+        journal.database(),
+        audit.database(),
+        "one database, one transaction"
+    );
+    let lease = journal.create_run(run("r1"), "engine-a").await.unwrap();
+    let committed = journal
+        .commit(
+            Some(&lease),
+            Unit::of([JournalWrite::Entry {
+                entry: entry(0),
+                node: 1,
+            }])
+            .audit(record("r1", 1)),
+        )
+        .await
+        .unwrap();
+    assert!(committed.applied);
+    assert_eq!(committed.audit.len(), 1);
+    // A unit whose state precondition fails writes nothing: neither the entry nor the record.
+    let skipped = journal
+        .commit(
+            Some(&lease),
+            Unit::of([
+                JournalWrite::Entry {
+                    entry: entry(1),
+                    node: 2,
+                },
+                JournalWrite::State {
+                    expected: Some("suspended"),
+                    state: RunState::Compensating,
+                },
+            ])
+            .audit(record("r1", 2)),
+        )
+        .await
+        .unwrap();
+    assert!(!skipped.applied);
+    assert_eq!(journal.journal("r1").await.unwrap().len(), 1);
+    assert_eq!(audit.run_history("r1").await.unwrap().len(), 1);
+    assert_eq!(journal.get_run("r1").await.unwrap().unwrap().node, 1);
+    audit.verify(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_lease_cannot_write_and_a_dropped_holder_frees_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "fencing").await;
+    let first = db.journal().await;
+    let second = db.journal().await;
+    let lease = first.create_run(run("r1"), "worker-1").await.unwrap();
+    // A live holder's lease is not taken.
+    match second.claim_run("r1", "worker-2").await {
+        Err(JournalError::Claimed { owner, .. }) => assert_eq!(owner, "worker-1"),
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+    // The holder goes away (its process died): its session lock goes with it.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let taken = loop {
+        match second.claim_run("r1", "worker-2").await {
+            Ok(lease) => break lease,
+            Err(JournalError::Claimed { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the run stayed claimed: {e}"),
+        }
+    };
+    assert!(taken.token > lease.token);
+    // The old token is fenced off, inside the write's transaction, units with audit included.
+    let audit = db.audit().await;
+    let third = db.journal().await;
+    let stale = third
+        .commit(
+            Some(&lease),
+            Unit::of([JournalWrite::Entry {
+                entry: entry(0),
+                node: 1,
+            }])
+            .audit(record("r1", 1)),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(JournalError::LeaseLost(_))),
+        "{stale:?}"
+    );
+    assert!(third.journal("r1").await.unwrap().is_empty());
+    assert!(audit.run_history("r1").await.unwrap().is_empty());
+    second.write_entry(&taken, entry(0), 1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_from_many_handles_form_one_chain_and_tampering_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "chain").await;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        // A handle per "worker", each on its own pool (distinct URL spellings).
+        let url = format!("{}?application_name=worker{w}", db.location);
+        tasks.push(tokio::spawn(async move {
+            let store = chain_runtime::postgres::PgAuditStore::open(&url)
+                .await
+                .unwrap();
+            for i in 0..25 {
+                store.append(record(&format!("w{w}"), i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let audit = db.audit().await;
+    let verified = audit.verify(None).await.unwrap();
+    assert_eq!(verified.records, 100);
+    let client = raw(&db.location).await;
+    // Edit one column of one record.
+    client
+        .execute(
+            "UPDATE audit_records SET principal = 'mallory' WHERE seq = 40",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = audit.verify(None).await.unwrap_err();
+    let brk = err.chain_break().expect("a chain break");
+    assert_eq!(brk.seq, Some(40), "{brk:?}");
+    client
+        .execute(
+            "UPDATE audit_records SET principal = 'alice' WHERE seq = 40",
+            &[],
+        )
+        .await
+        .unwrap();
+    audit.verify(None).await.unwrap();
+    // Drop the tail: the head row witnesses it.
+    client
+        .execute("DELETE FROM audit_records WHERE seq > 97", &[])
+        .await
+        .unwrap();
+    let err = audit.verify(None).await.unwrap_err();
+    assert!(
+        matches!(
+            err.chain_break().map(|b| &b.problem),
+            Some(BreakProblem::BehindWitness { .. })
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,350 @@
+//! Runnable runs and workers in one process: `Engine::submit`, the journal's
+//! `claim_runnable` / `renew_leases` / wake-ups on SQLite (two journal handles on one file are
+//! two lease holders, like two processes) and in memory, and `Engine::work` draining a queue
+//! with two engines on one file. The multi-process tests (SIGKILL, SIGSTOP, many workers) are
+//! in `examples/tests/workers.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use chain_runtime::Runtime;
+use chain_runtime::audit::{AuditStore, SqliteAuditStore};
+use chain_runtime::engine::{Engine, StaticGrants, WorkerEvent, WorkerOptions};
+use chain_runtime::journal::{Drivable, MemoryJournal, RunJournal, RunState, SqliteJournal};
+use chain_runtime::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The test principal.
+pub struct UserId(pub String);
+
+impl Principal for UserId {
+    fn identifier(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// Calls per (step, job).
+static CALLS: LazyLock<Mutex<HashMap<(String, u64), usize>>> = LazyLock::new(Mutex::default);
+
+fn called(step: &str, job: u64) {
+    *CALLS
+        .lock()
+        .unwrap()
+        .entry((step.to_owned(), job))
+        .or_default() += 1;
+}
+
+fn calls(step: &str, job: u64) -> usize {
+    CALLS
+        .lock()
+        .unwrap()
+        .get(&(step.to_owned(), job))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[step(connector = "crm", scopes = ["crm.read"], read)]
+async fn fetch(ctx: &StepCtx<UserId>, job: u64) -> Result<u64, StepError> {
+    let _ = ctx;
+    called("fetch", job);
+    Ok(job * 2)
+}
+
+#[step(connector = "crm", scopes = ["crm.write"], irreversible = "a test write")]
+async fn store(ctx: &StepCtx<UserId>, job: u64, value: u64) -> Result<u64, StepError> {
+    let _ = ctx;
+    called("store", job);
+    Ok(value + 1)
+}
+
+#[chain(principal = UserId)]
+async fn queued(ctx: &ChainCtx<UserId>, job: u64) -> Result<u64, ChainError> {
+    let value = fetch(ctx, job).await?;
+    Ok(store(ctx, job, value).await?)
+}
+
+fn grants() -> Arc<StaticGrants> {
+    let grants = Arc::new(StaticGrants::new());
+    grants.connect("alice", "crm", ["crm.read", "crm.write"], "crm-alice");
+    grants
+}
+
+async fn runtime(path: &std::path::Path) -> Runtime {
+    Runtime::sqlite(path)
+        .credentials(grants())
+        .chain::<queued>()
+        .open()
+        .await
+        .unwrap()
+}
+
+fn drivable(engine: &Engine) -> Vec<Drivable> {
+    engine
+        .drivable()
+        .into_iter()
+        .filter(|d| d.chain.ends_with("queued"))
+        .collect()
+}
+
+static JOB: AtomicUsize = AtomicUsize::new(1_000);
+
+fn job() -> u64 {
+    JOB.fetch_add(1, Ordering::Relaxed) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_run_is_claimed_once_and_again_after_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chains.db");
+    let rt = runtime(&path).await;
+    let other = SqliteJournal::open(&path).await.unwrap();
+    let mut wake = rt.runs.wakeups().unwrap().subscribe();
+
+    let run_id = rt
+        .engine
+        .submit::<queued>(UserId("alice".into()), (job(),))
+        .await
+        .unwrap();
+    assert!(
+        wake.wait(Duration::from_secs(10)).await,
+        "submit wakes workers"
+    );
+    let run = rt.engine.run_status(&run_id).await.unwrap();
+    assert_eq!(run.state, RunState::Running);
+    let history = rt.audit.run_history(&run_id).await.unwrap();
+    assert_eq!(
+        history.len(),
+        1,
+        "the run_started record commits with the run"
+    );
+
+    let drivable = drivable(&rt.engine);
+    assert_eq!(drivable.len(), 1);
+    let none: Vec<Drivable> = vec![Drivable {
+        chain: drivable[0].chain.clone(),
+        version: "another build".into(),
+    }];
+    assert!(
+        rt.runs
+            .claim_runnable("w0", &none, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let first = rt.runs.claim_runnable("w1", &drivable, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].run.run_id, run_id);
+    assert_eq!(first[0].lease.token, 1);
+    assert!(!first[0].recovered);
+    assert!(
+        other
+            .claim_runnable("w2", &drivable, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        rt.runs
+            .renew_leases(&[first[0].lease.clone()])
+            .await
+            .unwrap(),
+        [true]
+    );
+
+    rt.runs.release_run(&first[0].lease).await.unwrap();
+    assert!(
+        wake.wait(Duration::from_secs(10)).await,
+        "a release wakes workers"
+    );
+    let second = other.claim_runnable("w2", &drivable, 10).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].lease.token, 2);
+    assert!(!second[0].recovered, "a released lease is not a recovery");
+    assert_eq!(
+        rt.runs
+            .renew_leases(&[first[0].lease.clone()])
+            .await
+            .unwrap(),
+        [false],
+        "the first lease is superseded for good"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_runs_are_claimed_as_recoveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chains.db");
+    let rt = runtime(&path).await;
+    let drivable = drivable(&rt.engine);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            rt.engine
+                .submit::<queued>(UserId("alice".into()), (job(),))
+                .await
+                .unwrap(),
+        );
+    }
+    let dying = SqliteJournal::open(&path).await.unwrap();
+    let held = dying.claim_runnable("dying", &drivable, 2).await.unwrap();
+    assert_eq!(held.len(), 2);
+    let rest = rt.runs.claim_runnable("w", &drivable, 10).await.unwrap();
+    assert_eq!(rest.len(), 1, "two runs are held by a live holder");
+    assert!(!rest[0].recovered);
+    // The holder goes away without releasing (its lock file with it): its runs are free.
+    drop(dying);
+    let taken = rt.runs.claim_runnable("w", &drivable, 10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(taken.iter().all(|c| c.recovered && c.lease.token == 2));
+    let mut got: Vec<String> = taken.iter().map(|c| c.run.run_id.clone()).collect();
+    got.push(rest[0].run.run_id.clone());
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+}
+
+/// Waits until every run of `ids` is in a terminal state.
+async fn wait_terminal(journal: &dyn RunJournal, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = 0;
+        for id in ids {
+            let run = journal.get_run(id).await.unwrap().unwrap();
+            if run.state.is_terminal() {
+                done += 1;
+            }
+        }
+        if done == ids.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {} runs ended in time",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_file_drive_each_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chains.db");
+    let a = runtime(&path).await;
+    let b = runtime(&path).await;
+    let jobs: Vec<u64> = (0..40).map(|_| job()).collect();
+    let mut ids = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let rt = if i % 2 == 0 { &a } else { &b };
+        ids.push(
+            rt.engine
+                .submit::<queued>(UserId("alice".into()), (*job,))
+                .await
+                .unwrap(),
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for rt in [&a, &b] {
+        let engine = rt.engine.clone();
+        let mut stop = stop_rx.clone();
+        let events = events.clone();
+        let options = WorkerOptions {
+            concurrency: 4,
+            poll_every: Duration::from_millis(100),
+            on_event: Some(Arc::new(move |e: &WorkerEvent| {
+                events.lock().unwrap().push(e.clone())
+            })),
+            ..WorkerOptions::default()
+        };
+        workers.push(tokio::spawn(async move {
+            engine
+                .work(options, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    wait_terminal(a.runs.as_ref(), &ids).await;
+    stop_tx.send(true).unwrap();
+    let mut finished = 0;
+    for worker in workers {
+        let report = tokio::time::timeout(Duration::from_secs(30), worker)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.lost + report.failed, 0, "{report:?}");
+        finished += report.finished;
+    }
+    assert_eq!(finished, ids.len());
+    for (id, job) in ids.iter().zip(&jobs) {
+        let run = a.engine.run_status(id).await.unwrap();
+        assert_eq!(
+            run.state,
+            RunState::Completed {
+                output: serde_json::json!(job * 2 + 1)
+            }
+        );
+        assert_eq!((calls("fetch", *job), calls("store", *job)), (1, 1));
+    }
+    let claimed = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, WorkerEvent::Claimed { .. }))
+        .count();
+    assert_eq!(claimed, ids.len(), "each run was claimed exactly once");
+    a.audit.verify(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_drains_a_memory_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(MemoryJournal::new());
+    let audit = Arc::new(
+        SqliteAuditStore::open(dir.path().join("audit.db"))
+            .await
+            .unwrap(),
+    );
+    let engine = Engine::new(journal.clone(), audit.clone(), grants());
+    engine.register::<queued>();
+    let jobs: Vec<u64> = (0..10).map(|_| job()).collect();
+    let mut ids = Vec::new();
+    for job in &jobs {
+        ids.push(
+            engine
+                .submit::<queued>(UserId("alice".into()), (*job,))
+                .await
+                .unwrap(),
+        );
+    }
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .work(WorkerOptions::default(), async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    wait_terminal(journal.as_ref(), &ids).await;
+    stop_tx.send(true).unwrap();
+    let report = worker.await.unwrap();
+    assert_eq!((report.claimed, report.finished), (10, 10));
+    for id in &ids {
+        let history = audit.run_history(id).await.unwrap();
+        assert!(
+            history.len() >= 3,
+            "run_started, steps, the end: {history:?}"
+        );
+    }
+    for job in &jobs {
+        assert_eq!((calls("fetch", *job), calls("store", *job)), (1, 1));
+    }
+}
