@@ -266,6 +266,7 @@ mod tests {
             chain: "demo".into(),
             principal: "UserId".into(),
             connectors,
+            approvals: Default::default(),
         }
     }
 
