@@ -157,6 +157,12 @@ async fn decisions(urgent: &Urgent, run_id: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn the_caller_approves_in_a_form_during_the_call_on_2025_11_25() {
     let s = setup(ProtocolVersion::V_2025_11_25, Some(true)).await;
+    let tools = s.client.list_all_tools().await.unwrap();
+    let description = tools[0].description.clone().unwrap_or_default();
+    assert!(
+        description.contains("`open_urgent_issue` (pages the on-call team)"),
+        "{description}"
+    );
     let result = s.client.call_tool(call(&s.urgent)).await.unwrap();
     assert_eq!(result.is_error, Some(false), "{result:?}");
     let key = result.structured_content.unwrap()["result"]
