@@ -6,19 +6,12 @@ mod common;
 
 use chain_runtime::classify::{FailureClass, RequestKind, classify};
 use chain_runtime::sandbox::{Github, Google, Microsoft};
-use chain_runtime::vault::{Vault, VaultError, VaultKey, VaultOptions};
+use chain_runtime::vault::{Vault, VaultError};
 use common::*;
 use serde_json::{Value, json};
 
 async fn vault(dir: &tempfile::TempDir) -> Vault {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Vault::open_sqlite(
-        dir.path().join("vault.db"),
-        VaultKey::generate(),
-        VaultOptions::default(),
-    )
-    .await
-    .unwrap()
+    test_support::vault::open_vault(&dir.path().join("vault.db")).await
 }
 
 async fn refresh(vault: &Vault, connector: &str) -> Result<(), VaultError> {

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
-use chain_runtime::engine::{Engine, StaticGrants, WorkerEvent, WorkerOptions};
+use chain_runtime::engine::{Engine, WorkerEvent, WorkerOptions};
 use chain_runtime::journal::{Drivable, MemoryJournal, RunJournal, RunState, SqliteJournal};
 use chain_runtime::prelude::*;
+use chain_runtime::test_util::StaticGrants;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 /// The test principal.

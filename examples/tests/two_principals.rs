@@ -100,12 +100,7 @@ async fn world() -> World {
 
 impl World {
     fn ledger(&self, connector: &str) -> chain_runtime::sandbox::Ledger {
-        let sb = &self.demo.sandbox;
-        match connector {
-            "salesforce" => sb.salesforce.ledger(),
-            "jira" => sb.jira.ledger(),
-            _ => sb.slack.ledger(),
-        }
+        test_support::world::ledger(&self.demo.sandbox, connector)
     }
 
     /// Per connector, how many writes the emulator has seen so far.

@@ -6,8 +6,9 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::open::{db_error, open_audit, open_runs};
 use super::output::{self, SyncWriter, table};
-use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd, open_audit, open_runs};
+use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd};
 use crate::audit::{AuditStore, Checkpoint, WriteKind, verify_jsonl};
 use crate::chain::ChainMeta;
 use crate::store::{RunRecord, RunStore};
@@ -151,13 +152,13 @@ fn chains(out: &mut Out<'_>) -> Result<(), CliError> {
 async fn get_run(runs: &dyn RunStore, db: &Path, run_id: &str) -> Result<RunRecord, CliError> {
     runs.get_run(run_id)
         .await
-        .map_err(|e| super::db_error(db, e))?
+        .map_err(|e| db_error(db, e))?
         .ok_or_else(|| CliError::RunNotFound(run_id.to_owned()))
 }
 
 async fn runs_list(db: &Path, out: &mut Out<'_>) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
-    let list = runs.list_runs().await.map_err(|e| super::db_error(db, e))?;
+    let list = runs.list_runs().await.map_err(|e| db_error(db, e))?;
     if out.json {
         return out.json(&list);
     }
@@ -183,7 +184,7 @@ async fn runs_list(db: &Path, out: &mut Out<'_>) -> Result<(), CliError> {
 async fn runs_show(db: &Path, run_id: &str, out: &mut Out<'_>) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
     let run = get_run(runs.as_ref(), db, run_id).await?;
-    let dberr = |e| super::db_error(db, e);
+    let dberr = |e| db_error(db, e);
     let journal = runs.journal(run_id).await.map_err(dberr)?;
     let compensations = runs.compensations(run_id).await.map_err(dberr)?;
     let alerts = runs.alerts(Some(run_id)).await.map_err(dberr)?;

@@ -51,6 +51,7 @@
 
 mod approvals;
 mod commands;
+mod open;
 mod output;
 #[cfg(feature = "mcp")]
 mod serve;
@@ -64,12 +65,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use std::sync::Arc;
-
-use crate::audit::{AuditError, AuditStore, ChainBreak, SqliteAuditStore};
+use crate::audit::{AuditError, ChainBreak};
 use crate::engine::EngineError;
 use crate::runtime::RuntimeBuilder;
-use crate::store::{RunStore, SqliteRunStore, StoreError};
+use crate::store::StoreError;
 
 /// Given the database file, how to wire the application's runtime (credentials and chains).
 type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + Sync + 'static;
@@ -475,164 +474,9 @@ fn report(result: Result<(), CliError>) -> ExitCode {
     }
 }
 
-/// The PostgreSQL URL `--db` names, if it names one (`postgres://…`, `postgresql://…`).
-fn postgres_url(path: &Path) -> Option<&str> {
-    path.to_str().filter(|p| {
-        matches!(
-            crate::runtime::DatabaseLocation::parse(p),
-            crate::runtime::DatabaseLocation::Postgres(_)
-        )
-    })
-}
-
-/// The refusal of a PostgreSQL database, naming it without the URL's password.
-fn postgres_error(url: &str, reason: String) -> CliError {
-    CliError::Database {
-        path: PathBuf::from(crate::runtime::redact_url(url)),
-        reason,
-    }
-}
-
-/// Opens the run journal in the existing PostgreSQL database at `url` (creating nothing).
-#[cfg(feature = "postgres")]
-async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
-    let db = crate::postgres::PgDatabase::connect_existing(url)
-        .await
-        .map_err(|e| postgres_error(url, e.message))?;
-    let journal = crate::postgres::PgJournal::on(db)
-        .await
-        .map_err(|e| postgres_error(url, e.to_string()))?;
-    Ok(Arc::new(journal))
-}
-
-/// Opens the audit trail in the existing PostgreSQL database at `url` (creating nothing).
-#[cfg(feature = "postgres")]
-async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
-    let db = crate::postgres::PgDatabase::connect_existing(url)
-        .await
-        .map_err(|e| postgres_error(url, e.message))?;
-    Ok(Arc::new(crate::postgres::PgAuditStore::on(db)))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
-    Err(no_postgres(url))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
-    Err(no_postgres(url))
-}
-
-#[cfg(not(feature = "postgres"))]
-fn no_postgres(url: &str) -> CliError {
-    postgres_error(
-        url,
-        "this build has no PostgreSQL backend (chain-runtime feature `postgres`)".into(),
-    )
-}
-
-/// Checks the database exists (never creating it) and opens the run store on it
-/// read-only (no migration, no writer, no lease holder).
-async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
-    if let Some(url) = postgres_url(path) {
-        return postgres_runs(url).await;
-    }
-    check_db(path)?;
-    Ok(Arc::new(
-        SqliteRunStore::open_read_only(path)
-            .await
-            .map_err(|e| db_error(path, e))?,
-    ))
-}
-
-/// Checks the database exists (never creating it) and opens the audit trail on it
-/// read-only.
-async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
-    if let Some(url) = postgres_url(path) {
-        return postgres_audit(url).await;
-    }
-    check_db(path)?;
-    let store = SqliteAuditStore::open_read_only(path)
-        .await
-        .map_err(|e| match e {
-            AuditError::Backend(inner) => CliError::Database {
-                path: path.to_owned(),
-                reason: inner,
-            },
-            other => CliError::Database {
-                path: path.to_owned(),
-                reason: other.to_string(),
-            },
-        })?;
-    Ok(Arc::new(store))
-}
-
-/// The tables a chain-runtime database has; a file without them is refused before any store
-/// opens it (opening would create them).
-const EXPECTED_TABLES: [&str; 2] = ["run_runs", "audit_records"];
-
-/// Checks, on a read-only connection that creates nothing, that `path` is a SQLite database
-/// with the runtime's tables.
-fn check_tables(path: &Path) -> Result<(), CliError> {
-    let refuse = |reason: String| CliError::Database {
-        path: path.to_owned(),
-        reason,
-    };
-    let conn = crate::sqlite::open_read_only_connection(path).map_err(|e| refuse(e.message))?;
-    for table in EXPECTED_TABLES {
-        let found: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [table],
-                |row| row.get(0),
-            )
-            .map_err(|e| refuse(e.to_string()))?;
-        if found == 0 {
-            return Err(refuse(format!(
-                "not a chain-runtime database (no `{table}` table); chainctl reads existing \
-                 databases and creates nothing"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn check_db(path: &Path) -> Result<(), CliError> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => check_tables(path),
-        Ok(_) => Err(CliError::NotAFile(path.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(CliError::DatabaseMissing(path.to_owned()))
-        }
-        Err(e) => Err(CliError::io(
-            format!("cannot access database `{}`", path.display()),
-            e,
-        )),
-    }
-}
-
-/// A run-store error while opening or reading: a database problem, said plainly.
-fn db_error(path: &Path, e: StoreError) -> CliError {
-    match e {
-        StoreError::Backend(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: inner,
-        },
-        StoreError::Json(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: format!("a stored value does not decode: {inner}"),
-        },
-        StoreError::Corrupt(reason) => CliError::Database {
-            path: path.to_owned(),
-            reason,
-        },
-        other => CliError::Store(other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::open::check_db;
     use super::*;
 
     fn refused(path: &Path) -> String {

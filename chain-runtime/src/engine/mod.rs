@@ -67,8 +67,6 @@ pub use crate::accounts::AccountDirectory as Credentials;
 /// The account lookup error under its old name; see [`AccountLookupError`].
 pub use crate::accounts::AccountLookupError as CredentialsError;
 pub use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
-#[cfg(feature = "test-util")]
-pub use crate::test_util::StaticGrants;
 
 use crate::audit::AuditStore;
 use crate::audit::{AlertSeverity, AuditEvent, NewRecord, Outcome};
