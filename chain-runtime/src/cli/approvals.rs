@@ -7,8 +7,9 @@ use std::path::Path;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
+use super::open::{db_error, open_runs};
 use super::output::{self, table};
-use super::{CliError, CliSetup, open_runs};
+use super::{CliError, CliSetup};
 use crate::approval::PendingApproval;
 use crate::audit::{AuditEvent, AuditStore, Authorization};
 use crate::store::RunState;
@@ -88,7 +89,7 @@ async fn list(
     let pending: Vec<PendingApproval> = runs
         .list_runs()
         .await
-        .map_err(|e| super::db_error(db, e))?
+        .map_err(|e| db_error(db, e))?
         .into_iter()
         .filter_map(|run| match run.state {
             RunState::AwaitingApproval(request) => Some(*request),
@@ -154,7 +155,7 @@ async fn decide(
     let before = runs
         .get_run(run_id)
         .await
-        .map_err(|e| super::db_error(db, e))?
+        .map_err(|e| db_error(db, e))?
         .ok_or_else(|| CliError::RunNotFound(run_id.to_owned()))?;
     let factory = setup.runtime.as_ref().ok_or(CliError::NoEngine)?;
     let runtime = factory(db)
