@@ -55,6 +55,7 @@ pub(super) async fn dispatch(
         Cmd::Runs(RunsCmd::List) => runs_list(db, &mut out).await,
         Cmd::Runs(RunsCmd::Show { run }) => runs_show(db, &run, &mut out).await,
         Cmd::Runs(RunsCmd::Resume { run }) => runs_resume(db, &run, setup, &mut out).await,
+        Cmd::Approvals(cmd) => super::approvals::dispatch(db, out.json, cmd, setup, out.w).await,
         #[cfg(feature = "mcp")]
         Cmd::Serve { listen, principal } => {
             super::serve::serve(db, &listen, principal, setup, out.w).await
@@ -394,8 +395,9 @@ async fn audit_why(
         .who_authorized(connector, record_id)
         .await
         .map_err(CliError::audit)?;
+    let approvers = super::approvals::approvers(audit.as_ref(), &writes).await?;
     if out.json {
-        return out.json(&writes);
+        return out.json(&super::approvals::with_approvers(&writes, &approvers));
     }
     if writes.is_empty() {
         return out.line(&format!(
@@ -404,7 +406,8 @@ async fn audit_why(
     }
     let rows: Vec<Vec<String>> = writes
         .iter()
-        .map(|a| {
+        .zip(&approvers)
+        .map(|(a, approver)| {
             let write = match &a.write {
                 WriteKind::Step { step } => format!("step {step}"),
                 WriteKind::Compensation {
@@ -424,6 +427,7 @@ async fn audit_why(
                 output::opt(a.step_id.as_deref()),
                 write,
                 a.outcome.as_str().to_owned(),
+                output::opt(approver.as_deref()),
             ]
         })
         .collect();
@@ -440,6 +444,7 @@ async fn audit_why(
             "STEP ID",
             "WRITE",
             "OUTCOME",
+            "APPROVED BY",
         ],
         &rows,
     ))

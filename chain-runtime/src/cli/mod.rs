@@ -34,6 +34,8 @@
 //! | `audit activity PRINCIPAL [--from-ms T] [--to-ms T]` | everything a principal did in a time range |
 //! | `audit export [--out FILE]` | the trail as JSON Lines |
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
+//! | `approvals list [--principal ID]` | steps waiting for a person's approval: run, approval id, principal, step, reason, arguments, expiry |
+//! | `approvals approve\|deny RUN APPROVAL --approver ID` | decides one (the run's principal, or whom the application's approval policy authorizes) and drives the run on |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
 //! | `serve [--listen ADDR] [--principal ID]` | web pages, OAuth callback and MCP endpoint on one listener (features `server`, `mcp`; key in `CHAIN_MCP_KEY`) |
@@ -47,6 +49,7 @@
 //! `2` bad arguments; `3` the audit chain is broken (tampered). Errors go to stderr as one
 //! `error: …` message; the tool never panics on bad input and never creates a database.
 
+mod approvals;
 mod commands;
 mod open;
 mod output;
@@ -212,6 +215,9 @@ pub enum CliError {
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(EngineError),
+    /// A decision on an approval was refused.
+    #[error(transparent)]
+    Approval(crate::engine::ApprovalError),
     /// The run store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -285,6 +291,9 @@ enum Cmd {
     /// The audit trail: verify, why, history, export, verify-export.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Steps waiting for a person's approval: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
     /// The chains compiled into this binary.
     Chains,
     /// A chain's scope manifest (the minimal grant per connector) as JSON.

@@ -30,6 +30,7 @@
 //!
 //! [`ChainCtx::record`]: crate::ChainCtx::record
 
+mod approval;
 mod attempts;
 mod compensate;
 mod driver;
@@ -42,6 +43,7 @@ mod prepare;
 mod replay;
 mod report;
 mod runner;
+mod suspend;
 mod version;
 mod waiting;
 mod worker;
@@ -52,6 +54,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use approval::ApprovalError;
 pub use error::EngineError;
 pub use ids::idempotency_key;
 pub use notify::{Notifier, NotifyError, TracingNotifier, WebhookNotifier};
@@ -86,6 +89,7 @@ pub(crate) struct EngineInner {
     pub(crate) notifier: Arc<dyn Notifier>,
     chains: RwLock<HashMap<String, &'static ChainMeta>>,
     pub(crate) owner: String,
+    pub(crate) approvals: RwLock<crate::approval::ApprovalPolicy>,
 }
 
 /// The durable execution engine. Cheap to clone (an `Arc` inside); many runs at once.
@@ -157,6 +161,7 @@ impl Engine {
                 notifier,
                 chains: RwLock::default(),
                 owner: new_id("engine-"),
+                approvals: RwLock::default(),
             }),
         }
     }
