@@ -360,7 +360,9 @@ async fn open_stores(
                 .map_err(|e| RuntimeError::Store(e.into()))?;
             let audit = PgAuditStore::on(db.clone());
             let runs = PgJournal::on(db.clone()).await?;
-            let _ = lease_ttl; // PgJournal::set_lease_ttl: pg helper wires it
+            if let Some(ttl) = lease_ttl {
+                runs.set_lease_ttl(ttl);
+            }
             let accounts = PgAccountStore::on(db);
             Ok((Arc::new(audit), Arc::new(runs), Arc::new(accounts)))
         }

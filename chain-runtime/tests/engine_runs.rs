@@ -391,9 +391,7 @@ async fn open_engine(dir: &Db, grants: Arc<StaticGrants>) -> Env {
         audit,
         runs: store,
         ..
-    } = dir
-        .db
-        .runtime()
+    } = Runtime::at(&dir.db.location)
         .credentials(grants.clone())
         .open()
         .await
@@ -1083,9 +1081,7 @@ async fn webhook_notifier_posts_alerts_as_json(backend: Backend) {
     let grants = Arc::new(StaticGrants::new());
     connect_all(&grants, "alice");
     let notifier = Arc::new(WebhookNotifier::new(format!("http://{addr}/alerts")).unwrap());
-    let engine = dir
-        .db
-        .runtime()
+    let engine = Runtime::at(&dir.db.location)
         .credentials(grants)
         .notifier(notifier)
         .open()

@@ -674,7 +674,7 @@ pub async fn child_main(phase: Phase) -> Result<(), DemoError> {
         }),
         ..VaultOptions::default()
     };
-    let mut builder = Runtime::sqlite(&spec.db).vault_key_with(key, options);
+    let mut builder = Runtime::at(&spec.db.to_string_lossy()).vault_key_with(key, options);
     for provider in &spec.providers {
         let var = secret_var(&provider.connector);
         let secret = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;

@@ -185,7 +185,7 @@ impl Demo {
     pub async fn start_with_key(db: &Path, key: VaultKey) -> Result<Self, DemoError> {
         let sandbox = Sandbox::start().await?;
         // One file: journal, audit trail (runs, consents, refreshes) and vault.
-        let runtime = Runtime::sqlite(db)
+        let runtime = Runtime::at(&db.to_string_lossy())
             .vault_key(key)
             .provider(sandbox.salesforce.provider_config("salesforce")?)
             .provider(sandbox.jira.provider_config("jira")?)

@@ -76,7 +76,7 @@ pub async fn worker_main(args: &[String]) -> Result<(), DemoError> {
         .map_err(|_| format!("{ENV_SPEC} is not set: the worker is started by its parent"))?;
     let spec: ChildSpec = serde_json::from_str(&spec_text)?;
     let key = VaultKey::from_env(ENV_VAULT_KEY)?;
-    let mut builder = Runtime::sqlite(&spec.db).vault_key(key);
+    let mut builder = Runtime::at(&spec.db.to_string_lossy()).vault_key(key);
     for provider in &spec.providers {
         let var = secret_var(&provider.connector);
         let secret = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;

@@ -398,7 +398,7 @@ impl Harness {
             clock,
             ..VaultOptions::default()
         };
-        let runtime = chain_runtime::Runtime::sqlite(path)
+        let runtime = chain_runtime::Runtime::at(&path.to_string_lossy())
             .vault_key_with(VaultKey::from_bytes(key), options)
             .provider(self.provider())
             .open()

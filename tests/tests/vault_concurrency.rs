@@ -6,16 +6,19 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chain_runtime::test_util::backend::Backend;
 use chain_runtime::vault::{OffsetClock, TokenKind};
 use support::{CONNECTOR, Harness, connect};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn five_hundred_callers_one_refresh() {
+chain_runtime::backend_tests!(five_hundred_callers_one_refresh,);
+
+async fn five_hundred_callers_one_refresh(backend: Backend) {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let db_at = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
     let vault = h
-        .vault(&dir.path().join("vault.db"), [9; 32], Arc::clone(&clock))
+        .vault(&db_at.location_path(), [9; 32], Arc::clone(&clock))
         .await;
     vault
         .register_provider(h.provider().with_refresh_margin(Duration::from_secs(30)))

@@ -1,40 +1,53 @@
 //! The consent loop against the sandbox Salesforce, over real HTTP: consent bound to the
 //! principal who asked for it, the provider's error callback, the identity-drift remedies
 //! (disconnect, forget), one upstream user per principal, re-consent scopes after revocation,
-//! and the audit records of every refusal (never with the state, the code or a token).
+//! and the audit records of every refusal (never with the state, the code or a token). On
+//! SQLite and PostgreSQL.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chain_runtime::audit::{AuditEvent, AuditStore, SqliteAuditStore};
+use chain_runtime::audit::{AuditEvent, AuditStore};
 use chain_runtime::sandbox::Salesforce;
+use chain_runtime::test_util::backend::Backend;
 use chain_runtime::vault::{OffsetClock, Vault, VaultError, VaultKey, VaultOptions};
+
+chain_runtime::backend_tests!(
+    consent_is_bound_to_the_principal_who_asked,
+    the_providers_error_callback_ends_the_consent,
+    identity_drift_has_a_working_remedy,
+    an_upstream_user_belongs_to_one_principal,
+    reconsent_after_revocation_keeps_the_grant,
+);
 
 struct World {
     sf: Salesforce,
     vault: Vault,
-    audit: Arc<SqliteAuditStore>,
+    audit: Arc<dyn AuditStore>,
     clock: Arc<OffsetClock>,
     _dir: tempfile::TempDir,
 }
 
-async fn world() -> World {
+/// The vault and the audit trail: two SQLite files, or one PostgreSQL database.
+async fn world(backend: Backend) -> World {
     let sf = Salesforce::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "v").await;
+    let audit_db = match backend {
+        Backend::Sqlite => backend.database(dir.path(), "audit").await,
+        Backend::Postgres => db.clone(),
+    };
     let clock = Arc::new(OffsetClock::default());
     let options = VaultOptions {
         clock: clock.clone(),
         ..VaultOptions::default()
     };
-    let vault = Vault::open_sqlite(
-        dir.path().join("v.db"),
-        VaultKey::from_bytes([5; 32]),
-        options,
-    )
-    .await
-    .unwrap();
+    let vault = db
+        .open_vault(VaultKey::from_bytes([5; 32]), options)
+        .await
+        .unwrap();
     vault
         .register_provider(
             sf.provider_config("sf")
@@ -43,11 +56,7 @@ async fn world() -> World {
         )
         .await
         .unwrap();
-    let audit = Arc::new(
-        SqliteAuditStore::open(dir.path().join("audit.db"))
-            .await
-            .unwrap(),
-    );
+    let audit = audit_db.audit().await;
     vault.attach_audit(audit.clone());
     World {
         sf,
@@ -59,7 +68,7 @@ async fn world() -> World {
 }
 
 /// The `ConsentFailed` and `AccountRemoved` reasons recorded for `principal`, in order.
-async fn refusals(audit: &SqliteAuditStore, principal: &str) -> Vec<String> {
+async fn refusals(audit: &dyn AuditStore, principal: &str) -> Vec<String> {
     audit
         .principal_activity(principal, 0, i64::MAX)
         .await
@@ -76,7 +85,7 @@ async fn refusals(audit: &SqliteAuditStore, principal: &str) -> Vec<String> {
         .collect()
 }
 
-async fn audit_text(audit: &SqliteAuditStore) -> String {
+async fn audit_text(audit: &dyn AuditStore) -> String {
     let mut out = Vec::new();
     audit.export_jsonl(&mut out).await.unwrap();
     String::from_utf8(out).unwrap()
@@ -84,9 +93,8 @@ async fn audit_text(audit: &SqliteAuditStore) -> String {
 
 /// Issue 11 items 5 and 10, issue 12 item 3. A link issued to user-1 but landing on the
 /// callback for user-2 is refused before the code exchange, and audited for both.
-#[tokio::test]
-async fn consent_is_bound_to_the_principal_who_asked() {
-    let w = world().await;
+async fn consent_is_bound_to_the_principal_who_asked(backend: Backend) {
+    let w = world(backend).await;
     let alice = w.sf.add_user("alice@example.com");
     w.sf.approve_as(&alice).unwrap();
     let link = w
@@ -116,9 +124,12 @@ async fn consent_is_bound_to_the_principal_who_asked() {
             w.vault.account(who, "sf").await.unwrap_err(),
             VaultError::NotConnected { .. }
         ));
-        assert_eq!(refusals(&w.audit, who).await, vec!["principal_mismatch"]);
+        assert_eq!(
+            refusals(w.audit.as_ref(), who).await,
+            vec!["principal_mismatch"]
+        );
     }
-    let exported = audit_text(&w.audit).await;
+    let exported = audit_text(w.audit.as_ref()).await;
     assert!(!exported.contains(&link.state) && !exported.contains(&code));
 
     // The right principal completes a fresh link from the redirect URL.
@@ -138,9 +149,8 @@ async fn consent_is_bound_to_the_principal_who_asked() {
 
 /// Issue 11 item 10. The provider's error callback ends the pending consent with its sanitized
 /// error; unknown states are audited too.
-#[tokio::test]
-async fn the_providers_error_callback_ends_the_consent() {
-    let w = world().await;
+async fn the_providers_error_callback_ends_the_consent(backend: Backend) {
+    let w = world(backend).await;
     w.sf.clear_approver();
     let link = w
         .vault
@@ -180,22 +190,21 @@ async fn the_providers_error_callback_ends_the_consent() {
         matches!(&denied, VaultError::ConsentDenied { error_code, .. } if error_code == "unrecognized_error_code")
     );
     assert_eq!(
-        refusals(&w.audit, "user-1").await,
+        refusals(w.audit.as_ref(), "user-1").await,
         vec![
             "provider_error:access_denied",
             "unknown_state",
             "provider_error:unrecognized_error_code"
         ]
     );
-    assert!(!audit_text(&w.audit).await.contains(&link.state));
+    assert!(!audit_text(w.audit.as_ref()).await.contains(&link.state));
 }
 
 /// Issue 11 items 7 and 10. Re-consent as another upstream user is refused (and audited) while
 /// the account is connected; the advice works: after a disconnect the account is replaced, and
 /// `forget_account` removes it so any upstream user can be connected.
-#[tokio::test]
-async fn identity_drift_has_a_working_remedy() {
-    let w = world().await;
+async fn identity_drift_has_a_working_remedy(backend: Backend) {
+    let w = world(backend).await;
     let alice = w.sf.add_user("alice@example.com");
     let bob = w.sf.add_user("bob@example.com");
     w.sf.approve_as(&alice).unwrap();
@@ -238,15 +247,14 @@ async fn identity_drift_has_a_working_remedy() {
             .unwrap();
     assert_eq!(third.upstream_subject, alice);
     assert_eq!(
-        refusals(&w.audit, "user-1").await,
+        refusals(w.audit.as_ref(), "user-1").await,
         vec!["identity_drift", "removed:replaced", "removed:forgotten"]
     );
 }
 
 /// Issue 11 item 5. One upstream user cannot be bound to two principals (default policy).
-#[tokio::test]
-async fn an_upstream_user_belongs_to_one_principal() {
-    let w = world().await;
+async fn an_upstream_user_belongs_to_one_principal(backend: Backend) {
+    let w = world(backend).await;
     let alice = w.sf.add_user("alice@example.com");
     w.sf.approve_as(&alice).unwrap();
     w.sf.connect(&w.vault, "user-1", "sf", &["api"])
@@ -263,16 +271,15 @@ async fn an_upstream_user_belongs_to_one_principal() {
     );
     assert!(w.vault.account("user-2", "sf").await.is_err());
     assert_eq!(
-        refusals(&w.audit, "user-2").await,
+        refusals(w.audit.as_ref(), "user-2").await,
         vec!["subject_bound_to_another_principal"]
     );
 }
 
 /// Issue 11 item 6. After the provider revoked the grant, the re-consent link asks again for
 /// everything the revoked grant held, and always for the declared lifecycle scopes.
-#[tokio::test]
-async fn reconsent_after_revocation_keeps_the_grant() {
-    let w = world().await;
+async fn reconsent_after_revocation_keeps_the_grant(backend: Backend) {
+    let w = world(backend).await;
     let alice = w.sf.add_user("alice@example.com");
     w.sf.approve_as(&alice).unwrap();
     let link = w

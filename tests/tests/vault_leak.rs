@@ -1,7 +1,8 @@
-//! The leak test: a full flow with tracing at TRACE captured; then the captured logs, the SQLite
-//! files (including -wal), every error message and every Debug output are searched for every
-//! token and secret used (access and refresh tokens, id tokens, client secrets, the vault key,
-//! PKCE verifiers and authorization codes). None may appear.
+//! The leak test: a full flow with tracing at TRACE captured; then the captured logs, the
+//! database (the SQLite files including -wal; every PostgreSQL table's text), every error
+//! message and every Debug output are searched for every token and secret used (access and
+//! refresh tokens, id tokens, client secrets, the vault key, PKCE verifiers and authorization
+//! codes). None may appear.
 
 mod support;
 
@@ -9,28 +10,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use chain_runtime::test_util::backend::Backend;
 use chain_runtime::vault::{OffsetClock, TokenKind, VaultKey};
 use support::{CONNECTOR, Harness, LogBuffer, authorize};
+
+chain_runtime::backend_tests!(no_secret_in_logs_database_errors_or_debug);
+
+/// The process's log capture (one global subscriber for both backends' runs).
+fn logs() -> LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+    .clone()
+}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_in_logs_database_errors_or_debug() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+async fn no_secret_in_logs_database_errors_or_debug(backend: Backend) {
+    let logs = logs();
 
     let key_bytes: [u8; 32] = *b"leak-test-vault-key-32-bytes!!!!";
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let db = dir.path().join("vault.db");
+    let test_db = backend.database(dir.path(), "vault").await;
+    let db = test_db.location_path();
     let vault = h.vault(&db, key_bytes, Arc::clone(&clock)).await;
     vault
         .register_provider(h.provider().with_refresh_margin(Duration::from_secs(30)))
@@ -100,13 +114,10 @@ async fn no_secret_in_logs_database_errors_or_debug() {
         .await
         .unwrap();
     client.get(h.userinfo_url()).send().await.unwrap();
-    let e = chain_runtime::vault::Vault::open_sqlite(
-        &db,
-        VaultKey::from_bytes([1; 32]),
-        Default::default(),
-    )
-    .await
-    .unwrap_err();
+    let e = test_db
+        .open_vault(VaultKey::from_bytes([1; 32]), Default::default())
+        .await
+        .unwrap_err();
     record_err(&e, e.to_string());
     let e = vault
         .client("user-2", CONNECTOR)
@@ -166,7 +177,8 @@ async fn no_secret_in_logs_database_errors_or_debug() {
             .into_bytes(),
     );
 
-    // Read the database files while the vault is still open (the WAL holds recent pages) and after.
+    // Read the database files while the vault is still open (the WAL holds recent pages) and after;
+    // on PostgreSQL, every row of every table as text (bytea included).
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let read_files = |files: &mut Vec<(String, Vec<u8>)>| {
         for suffix in ["", "-wal", "-shm"] {
@@ -176,14 +188,26 @@ async fn no_secret_in_logs_database_errors_or_debug() {
             }
         }
     };
-    read_files(&mut files);
-    assert!(
-        files.iter().any(|(name, _)| name.ends_with("-wal")),
-        "expected a WAL file"
-    );
+    if backend == Backend::Sqlite {
+        read_files(&mut files);
+        assert!(
+            files.iter().any(|(name, _)| name.ends_with("-wal")),
+            "expected a WAL file"
+        );
+    } else {
+        let text = test_db.all_text().await;
+        files.push(("the PostgreSQL tables".into(), text.into_bytes()));
+    }
     drop(client);
     drop(vault);
-    read_files(&mut files);
+    if backend == Backend::Sqlite {
+        read_files(&mut files);
+    } else {
+        files.push((
+            "the PostgreSQL tables after disconnect".into(),
+            test_db.all_text().await.into_bytes(),
+        ));
+    }
 
     let log_text = logs.text();
     assert!(

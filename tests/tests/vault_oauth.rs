@@ -1,10 +1,12 @@
-//! The vault against a real OAuth 2.0 server (oidc-provider), through real HTTP.
+//! The vault against a real OAuth 2.0 server (oidc-provider), through real HTTP, on SQLite and
+//! on PostgreSQL.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use chain_runtime::vault::{
     AccountStatus, OffsetClock, TokenKind, Vault, VaultError, VaultKey, VaultOptions,
 };
@@ -12,20 +14,38 @@ use support::{CONNECTOR, Harness, authorize, connect};
 
 const KEY: [u8; 32] = [42; 32];
 
-async fn setup() -> (Harness, tempfile::TempDir, Vault, Arc<OffsetClock>) {
+chain_runtime::backend_tests!(
+    code_flow_with_pkce_records_granted_scopes_and_subject,
+    proactive_refresh_with_rotation,
+    disconnect_revokes_the_grant,
+    forged_replayed_and_expired_state,
+    reconsent_by_another_subject_is_refused,
+    no_fallback_to_another_principal,
+    wrong_client_secret_is_invalid_client,
+    wrong_vault_key_is_refused,
+    swapped_ciphertexts_do_not_decrypt,
+);
+
+/// A test's database and the directory a SQLite one lives in.
+struct Db {
+    dir: tempfile::TempDir,
+    db: TestDatabase,
+}
+
+async fn setup(backend: Backend) -> (Harness, Db, Vault, Arc<OffsetClock>) {
     let harness = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
     let vault = harness
-        .vault(&dir.path().join("vault.db"), KEY, Arc::clone(&clock))
+        .vault(&db.location_path(), KEY, Arc::clone(&clock))
         .await;
-    (harness, dir, vault, clock)
+    (harness, Db { dir, db }, vault, clock)
 }
 
 /// Code flow with PKCE S256; the granted (narrower) scopes and the upstream subject are recorded.
-#[tokio::test]
-async fn code_flow_with_pkce_records_granted_scopes_and_subject() {
-    let (h, _dir, vault, _clock) = setup().await;
+async fn code_flow_with_pkce_records_granted_scopes_and_subject(backend: Backend) {
+    let (h, _dir, vault, _clock) = setup(backend).await;
     let link = vault
         .consent_link("user-1", CONNECTOR, &["api", "read", "write"])
         .await
@@ -83,9 +103,8 @@ async fn code_flow_with_pkce_records_granted_scopes_and_subject() {
 
 /// Proactive refresh within the margin, with rotation: the new refresh token is stored, the
 /// old one is consumed at the server, and the API call made with the injected token succeeds.
-#[tokio::test]
-async fn proactive_refresh_with_rotation() {
-    let (h, _dir, vault, clock) = setup().await;
+async fn proactive_refresh_with_rotation(backend: Backend) {
+    let (h, _dir, vault, clock) = setup(backend).await;
     let before = connect(&vault, "user-1", "alice", &["openid", "api"]).await;
     let client = vault.client("user-1", CONNECTOR);
 
@@ -145,7 +164,8 @@ async fn proactive_refresh_with_rotation() {
 /// account NeedsReauthorization and never retries it automatically.
 #[tokio::test]
 async fn reuse_of_rotated_refresh_token_needs_reauthorization() {
-    let (h, dir, vault, clock) = setup().await;
+    let (h, dir, vault, clock) = setup(Backend::Sqlite).await;
+    let dir = &dir.dir;
     connect(&vault, "user-1", "alice", &["api"]).await;
     // A backup of the vault taken now holds the refresh token that is about to be rotated.
     drop(vault);
@@ -211,9 +231,8 @@ async fn reuse_of_rotated_refresh_token_needs_reauthorization() {
 }
 
 /// Disconnect revokes at the server (RFC 7009) and marks the account revoked.
-#[tokio::test]
-async fn disconnect_revokes_the_grant() {
-    let (h, _dir, vault, _clock) = setup().await;
+async fn disconnect_revokes_the_grant(backend: Backend) {
+    let (h, _dir, vault, _clock) = setup(backend).await;
     connect(&vault, "user-1", "alice", &["openid", "api"]).await;
     let at_before = vault
         .introspect("user-1", CONNECTOR, TokenKind::Access)
@@ -276,9 +295,8 @@ async fn disconnect_revokes_the_grant() {
 }
 
 /// Forged, replayed and expired state values are typed errors and store nothing.
-#[tokio::test]
-async fn forged_replayed_and_expired_state() {
-    let (h, _dir, vault, clock) = setup().await;
+async fn forged_replayed_and_expired_state(backend: Backend) {
+    let (h, _dir, vault, clock) = setup(backend).await;
     let link = vault
         .consent_link("user-1", CONNECTOR, &["api"])
         .await
@@ -336,9 +354,8 @@ async fn forged_replayed_and_expired_state() {
 }
 
 /// Re-consent by a different upstream user is refused and the stored account is untouched.
-#[tokio::test]
-async fn reconsent_by_another_subject_is_refused() {
-    let (h, _dir, vault, _clock) = setup().await;
+async fn reconsent_by_another_subject_is_refused(backend: Backend) {
+    let (h, _dir, vault, _clock) = setup(backend).await;
     let original = connect(&vault, "user-1", "alice", &["openid", "api"]).await;
     let link = vault
         .consent_link("user-1", CONNECTOR, &["openid", "api", "read"])
@@ -390,9 +407,8 @@ async fn reconsent_by_another_subject_is_refused() {
 }
 
 /// Resolution only for the given principal: no fallback to another principal's account.
-#[tokio::test]
-async fn no_fallback_to_another_principal() {
-    let (h, _dir, vault, _clock) = setup().await;
+async fn no_fallback_to_another_principal(backend: Backend) {
+    let (h, _dir, vault, _clock) = setup(backend).await;
     connect(&vault, "user-1", "alice", &["openid", "api"]).await;
     let err = vault
         .client("user-2", CONNECTOR)
@@ -420,9 +436,8 @@ async fn no_fallback_to_another_principal() {
 }
 
 /// A wrong client secret is a typed InvalidClient error naming no secret; the account is kept.
-#[tokio::test]
-async fn wrong_client_secret_is_invalid_client() {
-    let (h, _dir, vault, clock) = setup().await;
+async fn wrong_client_secret_is_invalid_client(backend: Backend) {
+    let (h, _dir, vault, clock) = setup(backend).await;
     let before = connect(&vault, "user-1", "alice", &["api"]).await;
     let wrong = "cs-wrong-secret-0123456789";
     vault
@@ -461,19 +476,16 @@ async fn wrong_client_secret_is_invalid_client() {
 }
 
 /// A vault opened with another key fails on open with a typed error; the right key still works.
-#[tokio::test]
-async fn wrong_vault_key_is_refused() {
-    let (h, dir, vault, clock) = setup().await;
+async fn wrong_vault_key_is_refused(backend: Backend) {
+    let (h, dir, vault, clock) = setup(backend).await;
     connect(&vault, "user-1", "alice", &["api"]).await;
     drop(vault);
-    let path = dir.path().join("vault.db");
-    let err = Vault::open_sqlite(
-        &path,
-        VaultKey::from_bytes([7; 32]),
-        VaultOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let path = dir.db.location_path();
+    let err = dir
+        .db
+        .open_vault(VaultKey::from_bytes([7; 32]), VaultOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::WrongKey), "{err}");
     // Missing key: a typed error teaching what to do.
     let err = VaultKey::from_env("CHAIN_VAULT_KEY_SURELY_UNSET").unwrap_err();
@@ -489,22 +501,18 @@ async fn wrong_vault_key_is_refused() {
 }
 
 /// Ciphertexts are bound to their row: swapping tokens between two accounts is detected.
-#[tokio::test]
-async fn swapped_ciphertexts_do_not_decrypt() {
-    let (h, dir, vault, clock) = setup().await;
+async fn swapped_ciphertexts_do_not_decrypt(backend: Backend) {
+    let (h, dir, vault, clock) = setup(backend).await;
     connect(&vault, "user-1", "alice", &["api"]).await;
     connect(&vault, "user-2", "bob", &["api"]).await;
     drop(vault);
-    let path = dir.path().join("vault.db");
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute(
+    let path = dir.db.location_path();
+    dir.db
+        .execute_batch(
             "UPDATE vault_accounts SET access_token = \
              (SELECT access_token FROM vault_accounts WHERE principal_id = 'user-1') WHERE principal_id = 'user-2'",
-            [],
         )
-        .unwrap();
-    }
+        .await;
     let vault = h.vault(&path, KEY, clock).await;
     let err = vault
         .introspect("user-2", CONNECTOR, TokenKind::Access)

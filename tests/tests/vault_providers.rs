@@ -1,5 +1,5 @@
-//! Provider configurations persist in the vault's SQLite file: a second vault opened on the same
-//! file with the same key has them (and refreshes and calls with them, against the real OAuth
+//! Provider configurations persist in the vault's database (SQLite and PostgreSQL): a second
+//! vault opened on the same database with the same key has them (and refreshes and calls with them, against the real OAuth
 //! server), the client secret is sealed (absent from the file bytes, -wal included), a wrong key
 //! still fails at open, and a tampered row is a typed error until the provider is registered again.
 
@@ -9,8 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use chain_runtime::vault::{OffsetClock, Vault, VaultError, VaultKey, VaultOptions};
 use support::{CLIENT_ID, CONNECTOR, Harness, connect};
+
+chain_runtime::backend_tests!(
+    a_second_vault_on_the_same_file_has_the_provider,
+    the_client_secret_is_sealed_and_re_registering_replaces,
+    a_wrong_key_fails_at_open,
+);
 
 const KEY: [u8; 32] = [42; 32];
 
@@ -19,15 +26,23 @@ async fn open(path: &Path, key: [u8; 32], clock: &Arc<OffsetClock>) -> Result<Va
         clock: Arc::clone(clock) as _,
         ..VaultOptions::default()
     };
-    Vault::open_sqlite(path, VaultKey::from_bytes(key), options).await
+    TestDatabase::at(path)
+        .open_vault(VaultKey::from_bytes(key), options)
+        .await
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The database file and its -wal and -shm companions, concatenated.
-fn file_bytes(db: &Path) -> Vec<u8> {
+/// The database's bytes: for SQLite the file and its -wal and -shm companions, concatenated;
+/// for PostgreSQL every table's rows as text.
+async fn file_bytes(db: &Path) -> Vec<u8> {
+    let db = TestDatabase::at(db);
+    if db.backend == Backend::Postgres {
+        return db.all_text().await.into_bytes();
+    }
+    let db = db.location_path();
     let mut all = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
         let path = format!("{}{suffix}", db.display());
@@ -46,11 +61,11 @@ fn sql(db: &Path, statement: &str) {
 /// A second vault on the same file (as another process would open it) registers nothing and
 /// still has the provider: it refreshes an expired token and calls the API with it, and runs a
 /// whole new consent.
-#[tokio::test]
-async fn a_second_vault_on_the_same_file_has_the_provider() {
+async fn a_second_vault_on_the_same_file_has_the_provider(backend: Backend) {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("vault.db");
+    let db_at = backend.database(dir.path(), "vault").await;
+    let db = db_at.location_path();
     let clock = Arc::new(OffsetClock::default());
     let first = h.vault(&db, KEY, Arc::clone(&clock)).await;
     connect(&first, "user-1", "alice", &["openid", "api"]).await;
@@ -79,16 +94,16 @@ async fn a_second_vault_on_the_same_file_has_the_provider() {
 /// The client secret is sealed: neither the first nor a replacing secret is anywhere in the
 /// file bytes (WAL included), while the plain fields are (so the search looks at the right
 /// bytes). Re-registering replaces the stored row, as a fresh vault shows.
-#[tokio::test]
-async fn the_client_secret_is_sealed_and_re_registering_replaces() {
+async fn the_client_secret_is_sealed_and_re_registering_replaces(backend: Backend) {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("vault.db");
+    let db_at = backend.database(dir.path(), "vault").await;
+    let db = db_at.location_path();
     let clock = Arc::new(OffsetClock::default());
     let vault = h.vault(&db, KEY, Arc::clone(&clock)).await;
     connect(&vault, "user-1", "alice", &["api"]).await;
 
-    let bytes = file_bytes(&db);
+    let bytes = file_bytes(&db).await;
     assert!(
         contains(&bytes, CLIENT_ID.as_bytes()),
         "the configuration row is in the file"
@@ -101,13 +116,15 @@ async fn the_client_secret_is_sealed_and_re_registering_replaces() {
         .register_provider(h.provider_with_secret(replaced))
         .await
         .unwrap();
-    let bytes = file_bytes(&db);
+    let bytes = file_bytes(&db).await;
     assert!(!contains(&bytes, replaced.as_bytes()));
     assert!(!contains(&bytes, h.server.client_secret.as_bytes()));
-    let rows: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM vault_providers", [], |r| r.get(0))
-        .unwrap();
+    let rows = TestDatabase::at(&db)
+        .all_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("vault_providers\t"))
+        .count();
     assert_eq!(rows, 1);
 
     // A fresh vault has the replacement: the server refuses that secret.
@@ -122,11 +139,11 @@ async fn the_client_secret_is_sealed_and_re_registering_replaces() {
 }
 
 /// Stored providers do not weaken the key check: another key fails at open.
-#[tokio::test]
-async fn a_wrong_key_fails_at_open() {
+async fn a_wrong_key_fails_at_open(backend: Backend) {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("vault.db");
+    let db_at = backend.database(dir.path(), "vault").await;
+    let db = db_at.location_path();
     let clock = Arc::new(OffsetClock::default());
     drop(h.vault(&db, KEY, Arc::clone(&clock)).await);
     let err = open(&db, [7; 32], &clock).await.unwrap_err();

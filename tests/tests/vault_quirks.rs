@@ -1,5 +1,6 @@
 //! Provider quirks and bad input at the token endpoint, through real HTTP against small fake
-//! token endpoints (the provider emulators of `chain_runtime::sandbox` will replace these).
+//! token endpoints (the provider emulators of `chain_runtime::sandbox` will replace these), on
+//! SQLite and PostgreSQL.
 
 mod support;
 
@@ -8,11 +9,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chain_runtime::classify::FailureClass;
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use chain_runtime::vault::{
     AccountStatus, OffsetClock, ScopeSeparator, SubjectSource, Vault, VaultError, VaultKey,
     VaultOptions,
 };
 use support::{FakeTokenEndpoint, reply};
+
+chain_runtime::backend_tests!(
+    slack_errors_with_http_200,
+    salesforce_expiry_without_expires_in,
+    refresh_token_kept_or_rotated,
+    bad_token_responses_lose_nothing,
+    lost_race_is_not_revocation,
+);
 
 async fn vault_at(path: &std::path::Path, clock: Arc<OffsetClock>, timeout: Duration) -> Vault {
     let options = VaultOptions {
@@ -25,7 +35,8 @@ async fn vault_at(path: &std::path::Path, clock: Arc<OffsetClock>, timeout: Dura
         },
         ..VaultOptions::default()
     };
-    Vault::open_sqlite(path, VaultKey::from_bytes([3; 32]), options)
+    TestDatabase::at(path)
+        .open_vault(VaultKey::from_bytes([3; 32]), options)
         .await
         .unwrap()
 }
@@ -51,8 +62,7 @@ const SLACK_OK: &str = r#"{"ok":true,"access_token":"xoxe.xoxp-AT1","refresh_tok
 
 /// Slack: comma-separated scopes, subject from team.id + authed_user.id, and token errors with
 /// HTTP 200 + ok:false (dead refresh token → revoked; bad client secret → invalid client).
-#[tokio::test]
-async fn slack_errors_with_http_200() {
+async fn slack_errors_with_http_200(backend: Backend) {
     let fake = FakeTokenEndpoint::start(|n, _form| match n {
         0 => reply(200, SLACK_OK),
         1 => reply(200, r#"{"ok":false,"error":"bad_client_secret"}"#),
@@ -60,9 +70,10 @@ async fn slack_errors_with_http_200() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let db_at = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
     let vault = vault_at(
-        &dir.path().join("v.db"),
+        &db_at.location_path(),
         Arc::clone(&clock),
         Duration::from_secs(5),
     )
@@ -126,8 +137,7 @@ async fn slack_errors_with_http_200() {
 
 /// Salesforce: no expires_in, issued_at in ms. With an introspection URL the expiry is its `exp`;
 /// without one it is issued_at + the configured lifetime. The subject is the `id` URL.
-#[tokio::test]
-async fn salesforce_expiry_without_expires_in() {
+async fn salesforce_expiry_without_expires_in(backend: Backend) {
     let issued_ms = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -148,8 +158,9 @@ async fn salesforce_expiry_without_expires_in() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let db_at = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
-    let vault = vault_at(&dir.path().join("v.db"), clock, Duration::from_secs(5)).await;
+    let vault = vault_at(&db_at.location_path(), clock, Duration::from_secs(5)).await;
     let subject = SubjectSource::TokenResponse {
         pointers: vec!["/id".into()],
     };
@@ -190,8 +201,7 @@ async fn salesforce_expiry_without_expires_in() {
 
 /// Google never returns a new refresh token (keep the old one); Atlassian rotates every time
 /// (use the new one next time). Checked at the token endpoint.
-#[tokio::test]
-async fn refresh_token_kept_or_rotated() {
+async fn refresh_token_kept_or_rotated(backend: Backend) {
     let fake = FakeTokenEndpoint::start(|n, form| {
         let rotating = form.get("refresh_token").is_some_and(|rt| rt.starts_with("atl-")) || form.get("code").is_some_and(|c| c == "atl");
         match (rotating, n) {
@@ -202,9 +212,10 @@ async fn refresh_token_kept_or_rotated() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let db_at = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
     let vault = vault_at(
-        &dir.path().join("v.db"),
+        &db_at.location_path(),
         Arc::clone(&clock),
         Duration::from_secs(5),
     )
@@ -274,8 +285,7 @@ async fn refresh_token_kept_or_rotated() {
 
 /// Malformed token responses, 5xx and a hanging token endpoint are typed errors, bounded in
 /// time, and lose nothing: the original refresh token still works afterwards.
-#[tokio::test]
-async fn bad_token_responses_lose_nothing() {
+async fn bad_token_responses_lose_nothing(backend: Backend) {
     let hang = Arc::new(AtomicUsize::new(0));
     let hang2 = Arc::clone(&hang);
     let fake = FakeTokenEndpoint::start(move |n, form| {
@@ -309,9 +319,10 @@ async fn bad_token_responses_lose_nothing() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let db_at = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
     let vault = vault_at(
-        &dir.path().join("v.db"),
+        &db_at.location_path(),
         Arc::clone(&clock),
         // Bounds each token call; generous so the answered calls never hit it on a loaded
         // machine, while the hung one (an hour) does.
@@ -375,8 +386,7 @@ async fn bad_token_responses_lose_nothing() {
 
 /// invalid_grant while the store already holds a newer refresh token is a lost race (another
 /// process rotated first): re-read, not revocation.
-#[tokio::test]
-async fn lost_race_is_not_revocation() {
+async fn lost_race_is_not_revocation(backend: Backend) {
     let gate = Arc::new(tokio::sync::Notify::new());
     let gate2 = Arc::clone(&gate);
     let fake = FakeTokenEndpoint::start(move |n, form| {
@@ -397,7 +407,8 @@ async fn lost_race_is_not_revocation() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
+    let db_at = backend.database(dir.path(), "vault").await;
+    let path = db_at.location_path();
     let clock = Arc::new(OffsetClock::default());
     let provider = fake
         .provider("acme")

@@ -1,6 +1,7 @@
 //! Refresh safety against the sandbox emulators, over real HTTP: a rotated refresh token
 //! survives a SIGKILL at every point of the refresh, a clock that leads the provider's causes no
-//! refresh storm, and a token endpoint's non-OAuth error is not a revocation.
+//! refresh storm (both on SQLite and PostgreSQL), and a token endpoint's non-OAuth error is not
+//! a revocation.
 
 mod support;
 
@@ -15,10 +16,16 @@ use axum::response::{IntoResponse, Response};
 use chain_runtime::audit::{AuditEvent, AuditStore, SqliteAuditStore};
 use chain_runtime::classify::FailureClass;
 use chain_runtime::sandbox::{Rotation, Salesforce};
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use chain_runtime::vault::{
     AccountStatus, OffsetClock, SubjectSource, Vault, VaultError, VaultKey, VaultOptions,
 };
 use support::{FakeTokenEndpoint, reply};
+
+chain_runtime::backend_tests!(
+    a_rotating_refresh_survives_sigkill_at_every_point,
+    a_clock_ahead_of_the_provider_causes_one_refresh,
+);
 
 const KEY: [u8; 32] = [7; 32];
 const CHILD_DB: &str = "VAULT_REFRESH_CHILD_DB";
@@ -28,7 +35,8 @@ async fn open_vault(path: &std::path::Path, clock: Arc<OffsetClock>) -> Vault {
         clock,
         ..VaultOptions::default()
     };
-    Vault::open_sqlite(path, VaultKey::from_bytes(KEY), options)
+    TestDatabase::at(path)
+        .open_vault(VaultKey::from_bytes(KEY), options)
         .await
         .unwrap()
 }
@@ -136,8 +144,7 @@ async fn child_refresh() {
 /// SIGKILLed while its refresh is held (a) before the token request reaches the provider and
 /// (b) after the provider rotated, at the introspection. Afterwards the account must still
 /// refresh. Before the fix, (b) left the dead refresh token stored: re-consent needed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotating_refresh_survives_sigkill_at_every_point() {
+async fn a_rotating_refresh_survives_sigkill_at_every_point(backend: Backend) {
     for point in ["/services/oauth2/token", "/services/oauth2/introspect"] {
         let sf =
             Salesforce::start_with(Salesforce::default_config().with_rotation(Rotation::Immediate))
@@ -152,7 +159,8 @@ async fn a_rotating_refresh_survives_sigkill_at_every_point() {
         config.introspection_url = Some(via_proxy(sf.urls().introspect.as_deref().unwrap()));
 
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("vault.db");
+        let db_at = backend.database(dir.path(), "vault").await;
+        let db = db_at.location_path();
         {
             let vault = open_vault(&db, Arc::new(OffsetClock::default())).await;
             vault.register_provider(config).await.unwrap();
@@ -200,14 +208,14 @@ async fn a_rotating_refresh_survives_sigkill_at_every_point() {
 /// two-hour token lifetime); the sandbox Salesforce's expiry comes from introspection on its
 /// own clock. 1,000 concurrent callers of an expired account cause exactly one refresh, and the
 /// next 1,000 none. Before the fix every waiter refreshed again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_clock_ahead_of_the_provider_causes_one_refresh() {
+async fn a_clock_ahead_of_the_provider_causes_one_refresh(backend: Backend) {
     let sf = Salesforce::start().await.unwrap();
     let alice = sf.add_user("alice@example.com");
     sf.approve_as(&alice).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let db_at = backend.database(dir.path(), "vault").await;
     let clock = Arc::new(OffsetClock::default());
-    let vault = open_vault(&dir.path().join("vault.db"), Arc::clone(&clock)).await;
+    let vault = open_vault(&db_at.location_path(), Arc::clone(&clock)).await;
     vault
         .register_provider(sf.provider_config("sf").unwrap())
         .await

@@ -53,6 +53,7 @@ mod approvals;
 mod commands;
 mod open;
 mod output;
+mod postgres;
 #[cfg(feature = "mcp")]
 mod serve;
 mod tools;

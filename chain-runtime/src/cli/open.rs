@@ -1,75 +1,18 @@
 //! Opening the stores of the database `--db` names, for inspection: an existing SQLite file
 //! read-only (never creating or migrating one), or a PostgreSQL database by URL.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::CliError;
 use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
 use crate::store::{RunStore, SqliteRunStore, StoreError};
 
-/// The PostgreSQL URL `--db` names, if it names one (`postgres://…`, `postgresql://…`).
-fn postgres_url(path: &Path) -> Option<&str> {
-    path.to_str().filter(|p| {
-        matches!(
-            crate::runtime::DatabaseLocation::parse(p),
-            crate::runtime::DatabaseLocation::Postgres(_)
-        )
-    })
-}
-
-/// The refusal of a PostgreSQL database, naming it without the URL's password.
-fn postgres_error(url: &str, reason: String) -> CliError {
-    CliError::Database {
-        path: PathBuf::from(crate::runtime::redact_url(url)),
-        reason,
-    }
-}
-
-/// Opens the run journal in the existing PostgreSQL database at `url` (creating nothing).
-#[cfg(feature = "postgres")]
-async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
-    let db = crate::postgres::PgDatabase::connect_existing(url)
-        .await
-        .map_err(|e| postgres_error(url, e.message))?;
-    let journal = crate::postgres::PgJournal::on(db)
-        .await
-        .map_err(|e| postgres_error(url, e.to_string()))?;
-    Ok(Arc::new(journal))
-}
-
-/// Opens the audit trail in the existing PostgreSQL database at `url` (creating nothing).
-#[cfg(feature = "postgres")]
-async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
-    let db = crate::postgres::PgDatabase::connect_existing(url)
-        .await
-        .map_err(|e| postgres_error(url, e.message))?;
-    Ok(Arc::new(crate::postgres::PgAuditStore::on(db)))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn postgres_runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
-    Err(no_postgres(url))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn postgres_audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
-    Err(no_postgres(url))
-}
-
-#[cfg(not(feature = "postgres"))]
-fn no_postgres(url: &str) -> CliError {
-    postgres_error(
-        url,
-        "this build has no PostgreSQL backend (chain-runtime feature `postgres`)".into(),
-    )
-}
-
 /// Checks the database exists (never creating it) and opens the run store on it
 /// read-only (no migration, no writer, no lease holder).
 pub(super) async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
-    if let Some(url) = postgres_url(path) {
-        return postgres_runs(url).await;
+    if let Some(url) = super::postgres::url(path) {
+        return super::postgres::runs(url).await;
     }
     check_db(path)?;
     Ok(Arc::new(
@@ -82,8 +25,8 @@ pub(super) async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError
 /// Checks the database exists (never creating it) and opens the audit trail on it
 /// read-only.
 pub(super) async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
-    if let Some(url) = postgres_url(path) {
-        return postgres_audit(url).await;
+    if let Some(url) = super::postgres::url(path) {
+        return super::postgres::audit(url).await;
     }
     check_db(path)?;
     let store = SqliteAuditStore::open_read_only(path)

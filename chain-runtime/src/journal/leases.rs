@@ -42,14 +42,6 @@ pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The default lease TTL in milliseconds.
-pub(crate) fn ttl_ms() -> i64 {
-    millis(LEASE_TTL)
-}
-
-/// How often a handle with the default TTL renews its leases: a third of [`LEASE_TTL`].
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(10);
-
 /// Index for [`super::RunJournal::claim_runnable`]: unfinished runs, oldest first.
 pub(crate) const RUNNABLE_INDEX: &str = "
 CREATE INDEX IF NOT EXISTS run_runs_by_state ON run_runs (state_kind, created_ms, run_id);

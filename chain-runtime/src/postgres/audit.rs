@@ -247,11 +247,16 @@ impl AuditStore for PgAuditStore {
             let pre = crate::audit::sqlite::preseal(vec![record])?;
             let mut client = self.db.client().await?;
             let tx = client.transaction().await.map_err(db)?;
+            // Commit without holding the chain head through the fsync, then wait for it.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(db)?;
             let record = append_in(&tx, pre)
                 .await?
                 .pop()
                 .ok_or_else(|| AuditError::Background("the append sealed no record".into()))?;
             tx.commit().await.map_err(db)?;
+            PgDatabase::flush_wal(&client).await?;
             Ok(record)
         })
     }

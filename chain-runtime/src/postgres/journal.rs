@@ -1,7 +1,9 @@
 //! [`PgJournal`]: the run journal in PostgreSQL (tables as in the SQLite journal: `run_runs`,
 //! `run_leases`, `journal_entries`, `journal_compensations`, `alert_alerts`).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
@@ -10,25 +12,31 @@ use tokio_postgres::types::ToSql;
 use super::PgDatabase;
 use super::leases::{self, Holder};
 use crate::audit::seal::Presealed;
-use crate::journal::leases::HEARTBEAT;
+use crate::audit::{AuditRecord, NewRecord};
+use crate::journal::leases::{LEASE_TTL, millis};
 use crate::journal::rows::{
     CompensationRow, EntryRow, RUN_COLUMNS, RunRow, RunText, decode, encode_opt,
 };
 use crate::journal::{
-    Alert, BoxFuture, Committed, CompensationEntry, DatabaseId, Durability, JournalEntry,
-    JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit,
+    Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, Durability,
+    JournalEntry, JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit, Wakeups,
 };
 use crate::sqlite::DbError;
 
 /// A run journal in a PostgreSQL database; see [`crate::postgres`]. Clones share the handle
 /// (and its leases' holder).
 ///
-/// Leases are held by the handle: it renews them every `HEARTBEAT` (10 s) while it lives,
-/// each renewal 30 s ahead, and proves it is alive with a session advisory lock, so a run
-/// held by a dropped handle or a killed process is claimable at once, and one held by a
-/// paused or partitioned worker once its lease expired. A worker that lost its lease gets
-/// [`JournalError::LeaseLost`] on its next write: the fencing token is checked in the write's
-/// transaction.
+/// Leases are held by the handle: it renews them every third of the lease TTL (30 s unless
+/// [`PgJournal::set_lease_ttl`]) while it lives, each renewal one TTL ahead, and proves it is
+/// alive with a session advisory lock, so a run held by a dropped handle or a killed process
+/// is claimable at once, and one held by a paused or partitioned worker once its lease
+/// expired. A worker that lost its lease gets [`JournalError::LeaseLost`] on its next write:
+/// the fencing token is checked in the write's transaction.
+///
+/// Workers: [`RunJournal::claim_runnable`] locks the runnable runs' rows `FOR UPDATE SKIP
+/// LOCKED`, so concurrent claimers never wait on each other; every submit and release
+/// `NOTIFY`s the `chain_runnable` channel in its transaction, and every journal `LISTEN`s on
+/// it (on the holder's session), feeding [`RunJournal::wakeups`] in every process.
 #[derive(Clone)]
 pub struct PgJournal {
     inner: Arc<Inner>,
@@ -37,6 +45,15 @@ pub struct PgJournal {
 struct Inner {
     db: PgDatabase,
     holder: Holder,
+    /// The lease TTL in milliseconds.
+    ttl_ms: AtomicI64,
+    wakeups: Wakeups,
+}
+
+impl Inner {
+    fn ttl_ms(&self) -> i64 {
+        self.ttl_ms.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for PgJournal {
@@ -49,6 +66,10 @@ impl std::fmt::Debug for PgJournal {
 
 fn db(e: tokio_postgres::Error) -> JournalError {
     DbError::from(e).into()
+}
+
+fn db_error(e: tokio_postgres::Error) -> JournalError {
+    db(e)
 }
 
 async fn exec(
@@ -203,14 +224,19 @@ async fn begin<'c>(
     Ok(tx)
 }
 
-/// Renews `inner`'s leases every [`HEARTBEAT`] until the journal is dropped.
+/// Renews `inner`'s leases every third of the lease TTL until the journal is dropped.
 async fn heartbeat(inner: Weak<Inner>) {
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
+        let every = match inner.upgrade() {
+            Some(inner) => inner.ttl_ms() / 3,
+            None => return,
+        };
+        tokio::time::sleep(Duration::from_millis(u64::try_from(every).unwrap_or(0))).await;
         let Some(inner) = inner.upgrade() else { return };
         let renewed = async {
             let client = inner.db.client().await?;
-            leases::renew(&client, &inner.holder.id, crate::audit::now_unix_ms()).await
+            let now = crate::audit::now_unix_ms();
+            leases::renew(&client, &inner.holder.id, now, inner.ttl_ms()).await
         };
         if let Err(e) = renewed.await {
             tracing::warn!(error = %e, "run journal: could not renew this process's run leases");
@@ -226,10 +252,31 @@ impl PgJournal {
 
     /// Opens the journal on `db`.
     pub async fn on(db: PgDatabase) -> Result<Self, JournalError> {
-        let holder = Holder::new(db.dedicated().await?).await?;
-        let inner = Arc::new(Inner { db, holder });
+        let wakeups = Wakeups::new();
+        let signal = wakeups.clone();
+        // One session proves the holder alive (its advisory lock) and listens for wake-ups.
+        let session = db.listening(move || signal.notify()).await?;
+        session
+            .batch_execute(&format!("LISTEN {}", leases::CHANNEL))
+            .await
+            .map_err(db_error)?;
+        let holder = Holder::new(session).await?;
+        let inner = Arc::new(Inner {
+            db,
+            holder,
+            ttl_ms: AtomicI64::new(millis(LEASE_TTL)),
+            wakeups,
+        });
         tokio::spawn(heartbeat(Arc::downgrade(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Sets the lease TTL of this handle's claims and renewals (default 30 s); the heartbeat
+    /// renews every third of it.
+    pub fn set_lease_ttl(&self, ttl: Duration) {
+        self.inner
+            .ttl_ms
+            .store(millis(ttl).max(3), Ordering::Relaxed);
     }
 
     /// The database.
@@ -259,7 +306,15 @@ impl PgJournal {
         durability: Durability,
     ) -> Result<Committed, JournalError> {
         let mut client = self.client().await?;
-        let tx = begin(&mut client, durability).await?;
+        // A unit that appends to the chain holds the head's lock until it commits: commit
+        // without waiting for the fsync, then wait for it with the lock released.
+        let flush_after = durability == Durability::Sync && !audit.is_empty();
+        let mode = if flush_after {
+            Durability::Deferred
+        } else {
+            durability
+        };
+        let tx = begin(&mut client, mode).await?;
         if let Some(lease) = lease {
             leases::check(&tx, lease).await?;
         }
@@ -272,6 +327,9 @@ impl PgJournal {
         }
         let audit = super::audit::append_in(&tx, audit).await?;
         tx.commit().await.map_err(db)?;
+        if flush_after {
+            PgDatabase::flush_wal(&client).await?;
+        }
         Ok(Committed {
             applied: true,
             audit,
@@ -309,7 +367,9 @@ impl RunJournal for PgJournal {
             let tx = begin(&mut client, Durability::Deferred).await?;
             insert_run(&tx, &run).await?;
             let now = crate::audit::now_unix_ms();
-            let lease = leases::claim(&tx, &self.inner.holder, &run.run_id, owner, now).await?;
+            let ttl = self.inner.ttl_ms();
+            let (lease, _) =
+                leases::claim(&tx, &self.inner.holder, &run.run_id, owner, now, ttl).await?;
             tx.commit().await.map_err(db)?;
             Ok(lease)
         })
@@ -324,7 +384,9 @@ impl RunJournal for PgJournal {
             let mut client = self.client().await?;
             let tx = begin(&mut client, Durability::Sync).await?;
             let now = crate::audit::now_unix_ms();
-            let lease = leases::claim(&tx, &self.inner.holder, run_id, owner, now).await?;
+            let ttl = self.inner.ttl_ms();
+            let (lease, _) =
+                leases::claim(&tx, &self.inner.holder, run_id, owner, now, ttl).await?;
             tx.commit().await.map_err(db)?;
             Ok(lease)
         })
@@ -332,9 +394,101 @@ impl RunJournal for PgJournal {
 
     fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            leases::release(&client, lease).await
+            let mut client = self.client().await?;
+            let tx = begin(&mut client, Durability::Deferred).await?;
+            leases::release(&tx, lease).await?;
+            leases::notify(&tx).await?;
+            tx.commit().await.map_err(db)?;
+            self.inner.wakeups.notify();
+            Ok(())
         })
+    }
+
+    fn submit_run<'a>(
+        &'a self,
+        run: RunRecord,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>, JournalError>> {
+        Box::pin(async move {
+            let audit = crate::audit::sqlite::preseal(audit)?;
+            let mut client = self.client().await?;
+            let tx = begin(&mut client, Durability::Sync).await?;
+            insert_run(&tx, &run).await?;
+            let sealed = super::audit::append_in(&tx, audit).await?;
+            leases::notify(&tx).await?;
+            tx.commit().await.map_err(db)?;
+            self.inner.wakeups.notify();
+            Ok(sealed)
+        })
+    }
+
+    fn claim_runnable<'a>(
+        &'a self,
+        owner: &'a str,
+        drivable: &'a [Drivable],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, JournalError>> {
+        Box::pin(async move {
+            if limit == 0 || drivable.is_empty() {
+                return Ok(Vec::new());
+            }
+            let chains: Vec<String> = drivable.iter().map(|d| d.chain.clone()).collect();
+            let versions: Vec<String> = drivable.iter().map(|d| d.version.clone()).collect();
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut client = self.client().await?;
+            let tx = begin(&mut client, Durability::Sync).await?;
+            let now = crate::audit::now_unix_ms();
+            let holder = &self.inner.holder;
+            let ids = leases::runnable(&tx, holder, &chains, &versions, now, limit).await?;
+            let mut out = Vec::with_capacity(ids.len());
+            let select = format!("SELECT {RUN_COLUMNS} FROM run_runs WHERE run_id = $1");
+            let ttl = self.inner.ttl_ms();
+            for run_id in ids {
+                let stmt = tx.prepare_cached(&select).await.map_err(db)?;
+                let Some(row) = tx.query_opt(&stmt, &[&run_id]).await.map_err(db)? else {
+                    continue;
+                };
+                let run = run_row(&row)?;
+                // Never wait here: the run rows are locked, a wait could close a lock cycle
+                // with the holder's own write.
+                let Some((lease, recovered)) =
+                    leases::try_claim(&tx, holder, &run_id, owner, now, ttl).await?
+                else {
+                    continue;
+                };
+                out.push(Claim {
+                    run,
+                    lease,
+                    recovered,
+                });
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(out)
+        })
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        leases: &'a [Lease],
+    ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = begin(&mut client, Durability::Deferred).await?;
+            let expires = crate::audit::now_unix_ms().saturating_add(self.inner.ttl_ms());
+            let mut out = vec![false; leases.len()];
+            // In run order, as every other multi-row lease update.
+            let mut order: Vec<usize> = (0..leases.len()).collect();
+            order.sort_by(|&a, &b| leases[a].run_id.cmp(&leases[b].run_id));
+            for i in order {
+                out[i] = leases::renew_one(&tx, &leases[i], expires).await?;
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(out)
+        })
+    }
+
+    fn wakeups(&self) -> Option<Wakeups> {
+        Some(self.inner.wakeups.clone())
     }
 
     fn commit<'a>(

@@ -13,7 +13,6 @@
 
 use deadpool_postgres::GenericClient;
 
-use crate::journal::leases::ttl_ms;
 use crate::journal::{JournalError, Lease};
 use crate::sqlite::DbError;
 
@@ -91,15 +90,17 @@ async fn is_gone_soon(
     }
 }
 
-/// Claims `run_id` for `owner` in the open transaction.
+/// Claims `run_id` for `owner` in the open transaction, for `ttl_ms`; also tells whether the
+/// previous lease was taken back without a release (it expired, or its holder is gone).
 pub(crate) async fn claim(
     tx: &impl GenericClient,
     holder: &Holder,
     run_id: &str,
     owner: &str,
     now_ms: i64,
-) -> Result<Lease, JournalError> {
-    let expires = now_ms.saturating_add(ttl_ms());
+    ttl_ms: i64,
+) -> Result<(Lease, bool), JournalError> {
+    let expires = now_ms.saturating_add(ttl_ms);
     let current = tx
         .query_opt(
             "SELECT owner, holder, token, expires_ms FROM run_leases WHERE run_id = $1 FOR UPDATE",
@@ -107,6 +108,7 @@ pub(crate) async fn claim(
         )
         .await
         .map_err(DbError::from)?;
+    let mut recovered = false;
     let token: i64 = match current {
         None => {
             let inserted = tx
@@ -139,6 +141,7 @@ pub(crate) async fn claim(
                     owner: held_by,
                 });
             }
+            recovered = expires_ms != 0;
             tx.execute(
                 "UPDATE run_leases SET owner = $2, holder = $3, token = $4, expires_ms = $5 \
                  WHERE run_id = $1",
@@ -149,11 +152,12 @@ pub(crate) async fn claim(
             token + 1
         }
     };
-    Ok(Lease {
+    let lease = Lease {
         run_id: run_id.to_owned(),
         owner: owner.to_owned(),
         token: u64::try_from(token).unwrap_or(0),
-    })
+    };
+    Ok((lease, recovered))
 }
 
 /// Fails with [`JournalError::LeaseLost`] unless `lease` is the run's current lease. Locks the
@@ -190,18 +194,217 @@ pub(crate) async fn release(
     Ok(())
 }
 
-/// Renews every live lease of `holder`.
+/// Renews every live lease of `holder`, `ttl_ms` ahead.
 pub(crate) async fn renew(
     client: &impl GenericClient,
     holder: &str,
     now_ms: i64,
+    ttl_ms: i64,
 ) -> Result<(), JournalError> {
     client
         .execute(
-            "UPDATE run_leases SET expires_ms = $2 WHERE holder = $1 AND expires_ms > 0",
-            &[&holder, &now_ms.saturating_add(ttl_ms())],
+            // Rows a write or a claim has locked are skipped (renewed next time): the heartbeat
+            // never waits, so it can be in no lock cycle.
+            "UPDATE run_leases SET expires_ms = $2 WHERE run_id IN (SELECT run_id FROM \
+             run_leases WHERE holder = $1 AND expires_ms > 0 ORDER BY run_id \
+             FOR UPDATE SKIP LOCKED)",
+            &[&holder, &now_ms.saturating_add(ttl_ms)],
         )
         .await
         .map_err(DbError::from)?;
     Ok(())
+}
+
+/// The channel every submit and release notifies, and every journal listens on.
+pub(crate) const CHANNEL: &str = "chain_runnable";
+
+/// Tells every listening worker (at commit) that a run may have become runnable.
+pub(crate) async fn notify(tx: &impl GenericClient) -> Result<(), JournalError> {
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Renews one lease if it is still current; returns false only when another claim superseded
+/// it (a lease its holder released is not renewed, and not superseded either). Never waits: a
+/// lease row another transaction has locked is only read (and renewed next time).
+pub(crate) async fn renew_one(
+    tx: &impl GenericClient,
+    lease: &Lease,
+    expires_ms: i64,
+) -> Result<bool, JournalError> {
+    let token = i64::try_from(lease.token).unwrap_or(-1);
+    let locked = tx
+        .query_opt(
+            "SELECT token, expires_ms FROM run_leases WHERE run_id = $1 FOR UPDATE SKIP LOCKED",
+            &[&lease.run_id],
+        )
+        .await
+        .map_err(DbError::from)?;
+    let current = match locked {
+        Some(row) => {
+            let current: i64 = row.try_get(0).map_err(DbError::from)?;
+            let expires: i64 = row.try_get(1).map_err(DbError::from)?;
+            if current == token && expires > 0 {
+                tx.execute(
+                    "UPDATE run_leases SET expires_ms = $2 WHERE run_id = $1",
+                    &[&lease.run_id, &expires_ms],
+                )
+                .await
+                .map_err(DbError::from)?;
+            }
+            Some(current)
+        }
+        None => tx
+            .query_opt(
+                "SELECT token FROM run_leases WHERE run_id = $1",
+                &[&lease.run_id],
+            )
+            .await
+            .map_err(DbError::from)?
+            .map(|row| row.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(DbError::from)?,
+    };
+    Ok(current == Some(token))
+}
+
+/// Claims `run_id` (whose run row the transaction has locked) for `owner` if its lease is
+/// free now, without waiting: `None` when another transaction has its lease row locked (a
+/// write of the holder, another claim) or the lease is live.
+pub(crate) async fn try_claim(
+    tx: &impl GenericClient,
+    holder: &Holder,
+    run_id: &str,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<Option<(Lease, bool)>, JournalError> {
+    let expires = now_ms.saturating_add(ttl_ms);
+    let exists = tx
+        .query_opt("SELECT 1 FROM run_leases WHERE run_id = $1", &[&run_id])
+        .await
+        .map_err(DbError::from)?
+        .is_some();
+    if !exists {
+        let inserted = tx
+            .execute(
+                "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (run_id) DO NOTHING",
+                &[&run_id, &owner, &holder.id, &expires],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let lease = Lease {
+            run_id: run_id.to_owned(),
+            owner: owner.to_owned(),
+            token: 1,
+        };
+        return Ok((inserted == 1).then_some((lease, false)));
+    }
+    let Some(row) = tx
+        .query_opt(
+            "SELECT holder, token, expires_ms FROM run_leases WHERE run_id = $1 \
+             FOR UPDATE SKIP LOCKED",
+            &[&run_id],
+        )
+        .await
+        .map_err(DbError::from)?
+    else {
+        return Ok(None);
+    };
+    let held_in: String = row.try_get(0).map_err(DbError::from)?;
+    let token: i64 = row.try_get(1).map_err(DbError::from)?;
+    let expires_ms: i64 = row.try_get(2).map_err(DbError::from)?;
+    let free = expires_ms == 0 || expires_ms < now_ms || is_gone(tx, holder, &held_in).await?;
+    if !free {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE run_leases SET owner = $2, holder = $3, token = $4, expires_ms = $5 \
+         WHERE run_id = $1",
+        &[&run_id, &owner, &holder.id, &(token + 1), &expires],
+    )
+    .await
+    .map_err(DbError::from)?;
+    let lease = Lease {
+        run_id: run_id.to_owned(),
+        owner: owner.to_owned(),
+        token: u64::try_from(token + 1).unwrap_or(0),
+    };
+    Ok(Some((lease, expires_ms != 0)))
+}
+
+/// Which runs are runnable among the drivable `(chain, version)` pairs.
+const RUNNABLE: &str = "r.state_kind IN ('running', 'compensating') \
+     AND (r.chain, r.chain_version) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+/// Up to `limit` run ids that are runnable now (see `crate::journal::queue`) among the
+/// drivable `chains`/`versions` (pairwise), oldest first, their run rows locked in the open
+/// transaction; rows another claimer has locked are skipped (`FOR UPDATE SKIP LOCKED`).
+pub(crate) async fn runnable(
+    tx: &impl GenericClient,
+    holder: &Holder,
+    chains: &[String],
+    versions: &[String],
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, JournalError> {
+    let free = tx
+        .prepare_cached(&format!(
+            "SELECT r.run_id FROM run_runs r LEFT JOIN run_leases l ON l.run_id = r.run_id \
+             WHERE {RUNNABLE} AND (l.run_id IS NULL OR l.expires_ms = 0 OR l.expires_ms < $3) \
+             ORDER BY r.created_ms, r.run_id LIMIT $4 FOR UPDATE OF r SKIP LOCKED"
+        ))
+        .await
+        .map_err(DbError::from)?;
+    let mut out: Vec<String> = tx
+        .query(&free, &[&chains, &versions, &now_ms, &limit])
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(DbError::from)?;
+    if i64::try_from(out.len()).unwrap_or(i64::MAX) >= limit {
+        return Ok(out);
+    }
+    // Live leases of holders that died: few holders, each checked once by its session lock.
+    let holders: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT holder FROM run_leases WHERE expires_ms >= $1 AND holder <> $2",
+            &[&now_ms, &holder.id],
+        )
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(DbError::from)?;
+    let of_holder = tx
+        .prepare_cached(&format!(
+            "SELECT r.run_id FROM run_runs r JOIN run_leases l ON l.run_id = r.run_id \
+             WHERE {RUNNABLE} AND l.holder = $3 AND l.expires_ms >= $4 \
+             ORDER BY r.created_ms, r.run_id LIMIT $5 FOR UPDATE OF r SKIP LOCKED"
+        ))
+        .await
+        .map_err(DbError::from)?;
+    for other in holders {
+        let left = limit - i64::try_from(out.len()).unwrap_or(i64::MAX);
+        if left <= 0 {
+            break;
+        }
+        if !is_gone(tx, holder, &other).await? {
+            continue;
+        }
+        let more = tx
+            .query(&of_holder, &[&chains, &versions, &other, &now_ms, &left])
+            .await
+            .map_err(DbError::from)?;
+        for row in more {
+            out.push(row.try_get(0).map_err(DbError::from)?);
+        }
+    }
+    Ok(out)
 }

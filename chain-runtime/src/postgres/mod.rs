@@ -11,6 +11,10 @@
 //!   `FOR SHARE` so a concurrent claim waits for the write), the journal writes, then the
 //!   audit records sealed on the chain head. Deferred units commit with
 //!   `synchronous_commit = off` (visible at once, made durable by the next WAL flush).
+//!   Synchronous units with audit records commit the same way and then wait for the WAL
+//!   flush in a separate tiny transaction: the chain head's row lock is released at commit,
+//!   not after the fsync, so appends of many workers share fsyncs (group commit) instead of
+//!   queueing one fsync each behind the head. The unit is on disk when `commit` returns.
 //! - [`PgAuditStore`]: [`crate::audit::AuditStore`]. Every append locks the chain's head row
 //!   (`audit_head`, `SELECT … FOR UPDATE`), so appends of every worker form one linear chain;
 //!   the head row is also the witness a truncated tail is detected with.
@@ -36,7 +40,7 @@ use tokio_postgres::error::SqlState;
 pub use audit::PgAuditStore;
 pub use journal::PgJournal;
 pub use migrate::SCHEMA_VERSION;
-pub use vault::PgAccountStore;
+pub use vault::{PgAccountStore, REFRESH_LOCK_WAIT};
 
 use crate::sqlite::{DatabaseId, DbError};
 
@@ -202,6 +206,42 @@ impl PgDatabase {
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         Ok(self.inner.pool.get().await?)
+    }
+
+    /// Waits until the WAL is on disk up to at least every commit this connection made: a
+    /// tiny synchronous transaction that writes a WAL record (a non-transactional logical
+    /// message, no table) and so must flush it, and everything before it, at commit.
+    pub(crate) async fn flush_wal(client: &deadpool_postgres::Object) -> Result<(), DbError> {
+        client
+            .batch_execute(
+                "BEGIN; SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', ''); \
+                 COMMIT",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A connection of its own, outside the pool, that calls `on_notify` for every
+    /// notification (`LISTEN`) it receives.
+    pub(crate) async fn listening(
+        &self,
+        on_notify: impl Fn() + Send + 'static,
+    ) -> Result<tokio_postgres::Client, DbError> {
+        let (client, mut connection) = self.inner.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            loop {
+                match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => on_notify(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "a listening PostgreSQL connection ended");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        Ok(client)
     }
 
     /// A connection of its own, outside the pool (for session state such as advisory locks

@@ -2,6 +2,11 @@
 //! PostgreSQL (tables as in the SQLite store, secrets as sealed `bytea`, never plaintext).
 //! Every write is synchronous; the compare-and-swap of `replace_account` is one `UPDATE …
 //! WHERE rt_version = $n`, the single use of `take_consent` one `DELETE … RETURNING`.
+//!
+//! The refresh lock of an account (`refresh_lock`) is a session advisory lock on a key derived
+//! from (principal, connector), taken on a connection of its own that the guard holds: every
+//! process on the database waits for it, and it goes away with the holder's session if the
+//! holder dies. Waiting is bounded by `lock_timeout` ([`REFRESH_LOCK_WAIT`]).
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -11,8 +16,26 @@ use super::PgDatabase;
 use crate::sqlite::DbError;
 use crate::vault::rows::{ACCOUNT_COLUMNS, scopes_from_text, scopes_to_text, status_from_text};
 use crate::vault::{
-    AccountStore, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent, StoredProvider,
+    AccountStore, RefreshLock, Sealed, StoreError, StoreFuture, StoredAccount, StoredConsent,
+    StoredProvider,
 };
+
+/// How long a refresh waits for another process's refresh of the same account.
+pub const REFRESH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The advisory lock key of the refresh lock of (principal, connector).
+fn refresh_key(principal_id: &str, connector: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"chain-runtime refresh lock\0")
+        .chain_update(principal_id.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(connector.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
 
 /// A PostgreSQL-backed [`AccountStore`].
 #[derive(Clone)]
@@ -270,6 +293,31 @@ impl AccountStore for PgAccountStore {
             )
             .await?;
             Ok(())
+        })
+    }
+
+    fn refresh_lock<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connector: &'a str,
+    ) -> StoreFuture<'a, RefreshLock> {
+        Box::pin(async move {
+            let session = self.db.dedicated().await?;
+            let wait = format!("SET lock_timeout = {}", REFRESH_LOCK_WAIT.as_millis());
+            session.batch_execute(&wait).await.map_err(db)?;
+            let key = refresh_key(principal_id, connector);
+            session
+                .execute("SELECT pg_advisory_lock($1)", &[&key])
+                .await
+                .map_err(|e| {
+                    StoreError::Backend(format!(
+                        "waiting for another process's refresh of this account failed \
+                         (gave up after {} s?): {}",
+                        REFRESH_LOCK_WAIT.as_secs(),
+                        DbError::from(e)
+                    ))
+                })?;
+            Ok(RefreshLock::holding(session))
         })
     }
 

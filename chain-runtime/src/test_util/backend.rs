@@ -2,14 +2,13 @@
 //! `postgres`): a [`Backend`] makes a fresh database (a SQLite file in a directory the test
 //! owns, or a new PostgreSQL database from [`super::postgres`]) and opens stores on it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::audit::{AuditStore, SqliteAuditStore};
 use crate::journal::{RunJournal, SqliteJournal};
 use crate::postgres::{PgAccountStore, PgAuditStore, PgDatabase, PgJournal};
-use crate::runtime::{DatabaseLocation, Runtime, RuntimeBuilder};
-use crate::vault::{AccountStore, SqliteStore};
+use crate::vault::{AccountStore, SqliteStore, Vault, VaultError, VaultKey, VaultOptions};
 
 /// A storage backend to run a test against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,14 +47,40 @@ impl Backend {
 }
 
 impl TestDatabase {
-    /// A runtime builder on this database.
-    pub fn runtime(&self) -> RuntimeBuilder {
-        Runtime::on(self.database_location())
+    /// The database at `location` (a PostgreSQL URL or a SQLite path), as
+    /// [`TestDatabase::location_path`] gave it (for example to a child process).
+    pub fn at(location: impl AsRef<Path>) -> Self {
+        let location = location.as_ref().to_string_lossy().into_owned();
+        let backend =
+            if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+                Backend::Postgres
+            } else {
+                Backend::Sqlite
+            };
+        Self { backend, location }
     }
 
-    /// The location as the runtime takes it.
-    pub fn database_location(&self) -> DatabaseLocation {
-        DatabaseLocation::parse(&self.location)
+    /// The location as a path argument, for helpers that take a database path
+    /// ([`TestDatabase::at`] reads it back; `Runtime::at` takes its text).
+    pub fn location_path(&self) -> PathBuf {
+        PathBuf::from(&self.location)
+    }
+
+    /// Opens a vault on this database (like `Vault::open_sqlite` for SQLite).
+    pub async fn open_vault(
+        &self,
+        key: VaultKey,
+        options: VaultOptions,
+    ) -> Result<Vault, VaultError> {
+        match self.backend {
+            Backend::Sqlite => Vault::open_sqlite(&self.location, key, options).await,
+            Backend::Postgres => {
+                let db = PgDatabase::connect(&self.location)
+                    .await
+                    .map_err(|e| VaultError::from(crate::vault::StoreError::from(e)))?;
+                Vault::open(Arc::new(PgAccountStore::on(db)), key, options).await
+            }
+        }
     }
 
     /// The SQLite file, for SQLite.

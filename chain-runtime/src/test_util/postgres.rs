@@ -198,11 +198,42 @@ fn ensure_cluster() -> Result<String, String> {
     ))
 }
 
+/// The server's base URL: [`URL_VAR`] or the throwaway cluster; and whether it is the
+/// throwaway cluster.
+fn server() -> Result<(String, bool), String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => Ok((url, false)),
+        _ => ensure_cluster().map(|url| (url, true)),
+    }
+}
+
 /// The server's base URL: [`URL_VAR`] or the throwaway cluster.
 pub fn server_url() -> Result<String, String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.is_empty() => Ok(url),
-        _ => ensure_cluster(),
+    server().map(|(url, _)| url)
+}
+
+/// Drops the test databases of test processes that are gone (their names carry the process
+/// id), so a cluster that outlives many test runs does not fill the disk. Only on the
+/// throwaway cluster, whose processes are all on this machine.
+async fn drop_stale_databases(client: &tokio_postgres::Client) {
+    let Ok(rows) = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'chain\\_test\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
     }
 }
 
@@ -234,13 +265,16 @@ pub async fn database_url() -> String {
 /// Like [`database_url`], returning the failure instead of panicking.
 pub async fn try_database_url() -> Result<String, String> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = tokio::task::spawn_blocking(server_url)
+    let (base, throwaway) = tokio::task::spawn_blocking(server)
         .await
         .map_err(|e| format!("starting the test cluster panicked: {e}"))??;
     let (client, connection) = tokio_postgres::connect(&base, NoTls)
         .await
         .map_err(|e| format!("cannot connect to the test server: {e}; {}", how_to()))?;
     let task = tokio::spawn(connection);
+    if throwaway && NEXT.load(Ordering::Relaxed) == 0 {
+        drop_stale_databases(&client).await;
+    }
     let name = format!(
         "chain_test_{}_{}_{:08x}",
         std::process::id(),
