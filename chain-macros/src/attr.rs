@@ -75,6 +75,8 @@ pub(crate) struct StepArgs {
     pub(crate) effect: Option<EffectArg>,
     pub(crate) idempotent: bool,
     pub(crate) reconcile: Option<Path>,
+    /// `approval = "why"`: a person approves each call before it runs.
+    pub(crate) approval: Option<LitStr>,
 }
 
 /// `#[compensator(...)]`, parsed.
@@ -197,6 +199,19 @@ fn parse_path(cx: &Ctxt, arg: &RawArg, expected: &str) -> Option<Path> {
     }
 }
 
+/// `approval = "why"`: a string literal with a reason the approver is shown.
+fn parse_approval(cx: &Ctxt, arg: &RawArg) -> Option<LitStr> {
+    let lit = parse_lit_str(cx, arg, "\"why a person must approve\"")?;
+    if lit.value().trim().is_empty() {
+        cx.error_spanned_by(
+            &lit,
+            "`approval` needs the reason the approver is shown, such as `approval = \"moves money\"`; this one is empty",
+        );
+        return None;
+    }
+    Some(lit)
+}
+
 impl StepArgs {
     pub(crate) fn parse(cx: &Ctxt, args: Vec<RawArg>) -> Self {
         let mut out = StepArgs::default();
@@ -231,6 +246,10 @@ impl StepArgs {
                 }
                 RECONCILE => {
                     out.reconcile = parse_path(cx, arg, "read_back_fn");
+                    None
+                }
+                APPROVAL => {
+                    out.approval = parse_approval(cx, arg);
                     None
                 }
                 _ => {
@@ -402,6 +421,24 @@ mod tests {
         assert!(errors[1].contains("list of string literals"));
         assert!(errors[2].contains("duplicate key `read`"));
         assert!(errors[3].contains("string literal"));
+    }
+
+    #[test]
+    fn approval_takes_a_non_empty_string() {
+        let cx = Ctxt::new();
+        let args = StepArgs::parse(&cx, split_args(quote!(approval = "moves money")).unwrap());
+        assert!(errors(cx).is_empty());
+        assert_eq!(args.approval.unwrap().value(), "moves money");
+        for bad in [
+            quote!(approval = "  "),
+            quote!(approval = 3),
+            quote!(approval),
+        ] {
+            let cx = Ctxt::new();
+            let args = StepArgs::parse(&cx, split_args(bad).unwrap());
+            assert!(args.approval.is_none());
+            assert_eq!(errors(cx).len(), 1);
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub(crate) struct StepPlan<'a> {
     pub(crate) effect: Option<&'a EffectArg>,
     pub(crate) idempotent: bool,
     pub(crate) reconcile: Option<&'a syn::Path>,
+    pub(crate) approval: Option<&'a LitStr>,
 }
 
 fn mixed(name: &str) -> Ident {
@@ -113,6 +114,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         effect,
         idempotent,
         reconcile,
+        approval,
     } = plan;
     let name = &item.sig.ident;
     let vis = &item.vis;
@@ -207,6 +209,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
     };
     let params = inputs.iter().map(|i| &i.name);
     let tool = tool_schemas(name, "Step", inputs);
+    let (approval_reason, approval_fn) = approval_items(approval, inputs);
 
     quote! {
         #(#attrs)*
@@ -238,6 +241,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     output: #output_text,
                     idempotent: #idempotent,
                     reconcile: #reconcile_name,
+                    approval: #approval_reason,
                     compensate: #compensate,
                     description: #description,
                     params: &[#(#params),*],
@@ -255,6 +259,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                 }
 
                 #reconcile_fn
+                #approval_fn
             }
 
             impl ::chain_runtime::__private::StepFor<#principal> for #name {
@@ -271,6 +276,33 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             #documented
         };
     }
+}
+
+/// The `approval` field of a step's metadata and, for a step that needs approval, the
+/// function that encodes its arguments for the approver (each through
+/// `ApprovalArgument`, spanned at the parameter's type so a type that is not `Serialize`
+/// is reported there).
+fn approval_items(approval: Option<&LitStr>, inputs: &[Input]) -> (TokenStream, TokenStream) {
+    let Some(reason) = approval else {
+        return (quote!(::core::option::Option::None), TokenStream::new());
+    };
+    let args = arg_idents(inputs);
+    let encoded = inputs.iter().zip(&args).map(|(input, arg)| {
+        let ty = &input.ty;
+        quote_spanned!(ty.span()=> ::chain_runtime::__private::approval_argument::<#ty>(#arg)?)
+    });
+    let input = mixed("__input");
+    (
+        quote!(::core::option::Option::Some(#reason)),
+        quote! {
+            fn approval_arguments(
+                #input: &Self::Input,
+            ) -> ::core::result::Result<::chain_runtime::__private::Vec<::chain_runtime::__private::serde_json::Value>, ::chain_runtime::__private::StepError> {
+                let (#(#args,)*) = #input;
+                ::core::result::Result::Ok(::chain_runtime::__private::vec![#(#encoded),*])
+            }
+        },
+    )
 }
 
 /// What a `#[compensator]` expansion needs.

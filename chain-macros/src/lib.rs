@@ -34,6 +34,9 @@ use ctxt::Ctxt;
 /// unknown outcome after a crash is then resent instead of blocking the run), and
 /// `reconcile = read_back` to name an `async fn read_back(ctx: &StepCtx<P>, <the step's inputs>)
 /// -> Result<Option<Output>, StepError>` that tells, after a crash, whether the write happened.
+/// `approval = "why"` makes a write wait for a person's approval before each call: the run
+/// suspends with the step's arguments and the reason shown to the approver (the arguments
+/// must implement `Serialize`).
 #[proc_macro_attribute]
 pub fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let item: TokenStream2 = item.into();
@@ -123,6 +126,12 @@ fn step_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
             "a `read` step changes nothing, so there is nothing to reconcile: remove `reconcile`",
         );
     }
+    if let (false, Some(reason)) = (is_write, &parsed.approval) {
+        cx.error_spanned_by(
+            reason,
+            "a `read` step changes nothing, so there is nothing to approve: remove `approval`, or declare the write the approver protects (`compensate = undo_fn` or `irreversible = \"why\"`)",
+        );
+    }
     let expansion = match (&shape.ctx, &shape.output) {
         (Some(ctx), Some(output)) if !shape.borrows => expand::step(expand::StepPlan {
             item: &item,
@@ -134,6 +143,7 @@ fn step_impl(args: TokenStream2, item: ItemFn) -> TokenStream2 {
             effect: parsed.effect.as_ref(),
             idempotent: parsed.idempotent,
             reconcile: parsed.reconcile.as_ref(),
+            approval: parsed.approval.as_ref(),
         }),
         _ => quote!(#item),
     };

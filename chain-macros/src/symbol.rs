@@ -7,6 +7,7 @@ pub(crate) const IRREVERSIBLE: &str = "irreversible";
 pub(crate) const READ: &str = "read";
 pub(crate) const IDEMPOTENT: &str = "idempotent";
 pub(crate) const RECONCILE: &str = "reconcile";
+pub(crate) const APPROVAL: &str = "approval";
 pub(crate) const PRINCIPAL: &str = "principal";
 pub(crate) const ON_AUTH_FAILURE: &str = "on_auth_failure";
 
@@ -19,6 +20,7 @@ pub(crate) const STEP_KEYS: &[&str] = &[
     READ,
     IDEMPOTENT,
     RECONCILE,
+    APPROVAL,
 ];
 /// Keys of `#[compensator(...)]`.
 pub(crate) const COMPENSATOR_KEYS: &[&str] = &[CONNECTOR, SCOPES];

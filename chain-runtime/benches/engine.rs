@@ -32,9 +32,10 @@ use chain_runtime::audit::{
     AuditError, AuditRecord, AuditStore, Authorization, Checkpoint, GENESIS_HASH, NewRecord,
     SqliteAuditStore,
 };
-use chain_runtime::engine::{Engine, StaticGrants};
+use chain_runtime::engine::Engine;
 use chain_runtime::journal::{MemoryJournal, RunJournal, RunState, SqliteJournal, WriterStats};
 use chain_runtime::prelude::*;
+use chain_runtime::test_util::StaticGrants;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 use tokio::runtime::Runtime;

@@ -118,6 +118,25 @@ pub trait RunDriver: Send + Sync {
         produce: BoxFuture<'a, Result<Value, StepError>>,
     ) -> BoxFuture<'a, Result<Value, StepError>>;
 
+    /// Before a step with `approval = "..."` runs: returns when a person approved this call
+    /// with exactly these `arguments` (journaled, so a replay does not ask again), and an
+    /// error when the approval was denied, expired, or given for other arguments. A run that
+    /// must wait for the decision stops here. Drivers that cannot ask refuse.
+    fn approval<'a>(
+        &'a self,
+        site: u32,
+        meta: &'static StepMeta,
+        arguments: Vec<Value>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        let _ = (site, arguments);
+        Box::pin(async move {
+            Err(StepError::Runtime(format!(
+                "step `{}` needs a person's approval, which this run driver cannot ask for; run the chain with the engine",
+                meta.name
+            )))
+        })
+    }
+
     /// Starts a child chain under another principal (an explicit handoff, e.g. a co-approval)
     /// and returns its output; journaled in the parent like a step. The parent's principal
     /// does not change. Drivers that cannot hand off refuse.

@@ -134,6 +134,13 @@ pub trait Step: 'static {
     ) -> BoxFuture<'static, Result<Self::Output, StepError>> {
         Self::run(env, input)
     }
+
+    /// For a step with `approval = "..."`: its arguments as JSON, in parameter order, as the
+    /// approver sees them and as their digest binds the approval.
+    #[doc(hidden)]
+    fn approval_arguments(_input: &Self::Input) -> Result<Vec<serde_json::Value>, StepError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Proof that a step may run in a chain whose principal is `P`.
@@ -347,6 +354,9 @@ impl<P: Principal> ChainCtx<P> {
         site: u32,
         input: S::Input,
     ) -> BoxFuture<'_, Result<S::Output, StepError>> {
+        // A step that needs approval: its arguments, encoded before the call, are what the
+        // approver sees and what the approval is bound to.
+        let approval = S::META.approval.map(|_| S::approval_arguments(&input));
         let call: ErasedStepCall = Box::new(move |env, mode| {
             Box::pin(async move {
                 let output = match mode {
@@ -358,6 +368,9 @@ impl<P: Principal> ChainCtx<P> {
             })
         });
         Box::pin(async move {
+            if let Some(arguments) = approval {
+                self.driver.approval(site, &S::META, arguments?).await?;
+            }
             let value = self.driver.step(site, &S::META, call).await?;
             serde_json::from_value(value).map_err(|e| {
                 StepError::Runtime(format!(

@@ -60,11 +60,16 @@ pub enum NodeKind {
 
 fn serialize_step<S: serde::Serializer>(step: &&'static StepMeta, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
-    let mut st = s.serialize_struct("Step", 4)?;
+    let mut st = s.serialize_struct("Step", 5)?;
     st.serialize_field("name", step.name)?;
     st.serialize_field("connector", step.connector)?;
     st.serialize_field("scopes", step.scopes)?;
     st.serialize_field("effect", &step.effect)?;
+    if let Some(reason) = step.approval {
+        st.serialize_field("approval", reason)?;
+    } else {
+        st.skip_field("approval")?;
+    }
     st.end()
 }
 
@@ -120,7 +125,7 @@ impl DecisionGraph {
                     line,
                     step.connector,
                     step.scopes.join(", "),
-                    step.effect.label()
+                    step.label()
                 ),
                 NodeKind::ModelChoice { line } => {
                     writeln!(

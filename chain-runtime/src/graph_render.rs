@@ -92,7 +92,7 @@ fn label_lines(kind: &NodeKind) -> Vec<String> {
         NodeKind::Step { step, line } => vec![
             format!("{} (line {line})", step.name),
             format!("{}: {}", step.connector, step.scopes.join(", ")),
-            step.effect.label(),
+            step.label(),
         ],
         NodeKind::ModelChoice { line } => vec![format!("model chooses (line {line})")],
     }

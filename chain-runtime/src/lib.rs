@@ -10,6 +10,7 @@ extern crate self as chain_runtime;
 
 pub mod accounts;
 pub mod agent;
+pub mod approval;
 pub mod audit;
 pub mod chain;
 pub mod classify;
@@ -96,6 +97,8 @@ pub mod __private {
     pub use ::core::result::Result;
     pub use ::std::boxed::Box;
     pub use ::std::sync::Arc;
+    pub use ::std::vec;
+    pub use ::std::vec::Vec;
     pub use inventory;
     pub use serde_json;
 
@@ -133,6 +136,33 @@ pub mod __private {
         fn into_result(self) -> Self {
             self
         }
+    }
+
+    /// A value a step that needs approval takes: shown to the approver and digested, so it
+    /// must serialize.
+    #[diagnostic::on_unimplemented(
+        message = "a step with `approval = \"...\"` shows its arguments to the approver and binds the approval to their digest, so `{Self}` must implement `Serialize`",
+        label = "this parameter's type is not `Serialize`"
+    )]
+    pub trait ApprovalArgument {
+        /// The value as JSON.
+        fn to_approval_json(&self) -> ::core::result::Result<serde_json::Value, StepError>;
+    }
+    impl<T: serde::Serialize + ?Sized> ApprovalArgument for T {
+        fn to_approval_json(&self) -> ::core::result::Result<serde_json::Value, StepError> {
+            serde_json::to_value(self).map_err(|e| {
+                StepError::Runtime(format!(
+                    "an argument shown for approval does not encode: {e}"
+                ))
+            })
+        }
+    }
+
+    /// One argument of a step that needs approval, as JSON.
+    pub fn approval_argument<T: ApprovalArgument + ?Sized>(
+        value: &T,
+    ) -> ::core::result::Result<serde_json::Value, StepError> {
+        value.to_approval_json()
     }
 
     /// The `Result<T, StepError>` a step body returned, seen through [`StepReturn`].

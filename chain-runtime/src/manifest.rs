@@ -16,6 +16,9 @@ pub struct ScopeManifest {
     pub principal: String,
     /// Per connector, scope → the steps (and `undo:` compensators) that need it.
     pub connectors: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Steps that wait for a person's approval before each call: step → the reason shown.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub approvals: BTreeMap<String, String>,
 }
 
 impl ChainMeta {
@@ -29,7 +32,11 @@ impl ScopeManifest {
     /// Builds the manifest of `chain` from its static step list, compensators included.
     pub fn for_chain(chain: &ChainMeta) -> Self {
         let mut connectors: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+        let mut approvals = BTreeMap::new();
         for step in chain.steps {
+            if let Some(reason) = step.approval {
+                approvals.insert(step.name.to_owned(), reason.to_owned());
+            }
             let scopes = connectors.entry(step.connector.to_owned()).or_default();
             for scope in step.scopes {
                 scopes
@@ -51,6 +58,7 @@ impl ScopeManifest {
             chain: chain.path(),
             principal: chain.principal.to_owned(),
             connectors,
+            approvals,
         }
     }
 

@@ -175,7 +175,7 @@ impl Preflight {
 ///
 /// let mut connectors = BTreeMap::new();
 /// connectors.insert("slack".to_string(), BTreeMap::from([("chat:write".to_string(), Default::default())]));
-/// let manifest = ScopeManifest { chain: "demo".into(), principal: "UserId".into(), connectors };
+/// let manifest = ScopeManifest { chain: "demo".into(), principal: "UserId".into(), connectors, approvals: Default::default() };
 ///
 /// let report = preflight_manifest(&manifest, "u-1", &Grants::new().with("slack", ["channels:read"]));
 /// assert!(!report.is_ready());
@@ -266,6 +266,7 @@ mod tests {
             chain: "demo".into(),
             principal: "UserId".into(),
             connectors,
+            approvals: Default::default(),
         }
     }
 

@@ -77,6 +77,9 @@ pub struct StepMeta {
     /// header it sends, so after a crash with an unknown outcome the runtime may resend it
     /// with the same key instead of blocking the run.
     pub idempotent: bool,
+    /// `approval = "why"`: a person must approve each call before it runs; the reason they
+    /// are shown.
+    pub approval: Option<&'static str>,
     #[serde(skip)]
     #[doc(hidden)]
     pub compensate: Option<ErasedCompensate>,
@@ -99,7 +102,25 @@ impl StepMeta {
     /// The step as a tool a model can call (name, doc comment, JSON Schemas of inputs and
     /// output); `None` when its types have no JSON Schema.
     pub fn tool_definition(&self) -> Option<crate::tool::ToolDefinition> {
-        (self.tool)().map(|s| crate::tool::ToolDefinition::new(self.name, self.description, s))
+        let description = match (self.description, self.approval) {
+            (description, Some(reason)) => Some(format!(
+                "{}{}Each call waits for a person's approval ({reason}).",
+                description.unwrap_or_default(),
+                if description.is_some() { "\n\n" } else { "" }
+            )),
+            (description, None) => description.map(str::to_owned),
+        };
+        (self.tool)()
+            .map(|s| crate::tool::ToolDefinition::new(self.name, description.as_deref(), s))
+    }
+
+    /// The effect's label, followed by the approval the step waits for, if any: `write,
+    /// undone by f; needs approval: moves money`.
+    pub fn label(&self) -> String {
+        match self.approval {
+            Some(reason) => format!("{}; needs approval: {reason}", self.effect.label()),
+            None => self.effect.label(),
+        }
     }
 
     /// The compensator, if the step names one.

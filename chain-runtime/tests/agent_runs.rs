@@ -10,23 +10,17 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore};
-use chain_runtime::engine::{Engine, EngineError, StaticGrants};
+use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::graph::{EdgeKind, NodeKind};
 use chain_runtime::model::{OpenAiCompatible, register_model};
 use chain_runtime::policy::RetryPolicy;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{ModelFault, ScriptedModel, ScriptedTurn};
 use chain_runtime::store::{EntryKind, EntryResult, RunState, RunStore, SqliteRunStore};
+use chain_runtime::test_util::StaticGrants;
 use serde_json::{Value, json};
+use test_support::UserId;
 use tokio::sync::Notify;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct UserId(String);
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
 
 /// A note.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -167,7 +161,7 @@ fn grants(with_pager: bool) -> Arc<StaticGrants> {
 }
 
 async fn env_with(grants: Arc<StaticGrants>, retry: RetryPolicy) -> Env {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    test_support::tls::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.db");
     let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());

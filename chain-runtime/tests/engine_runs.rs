@@ -13,9 +13,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
 use chain_runtime::classify::FailureClass;
-use chain_runtime::engine::{Engine, EngineError, StaticGrants, WebhookNotifier};
+use chain_runtime::engine::{Engine, EngineError, WebhookNotifier};
 use chain_runtime::prelude::*;
 use chain_runtime::store::{EntryResult, RunState, RunStore, SqliteRunStore};
+use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use tokio::sync::Notify;
 

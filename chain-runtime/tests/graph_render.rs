@@ -6,16 +6,7 @@
 
 use chain_runtime::graph_render::{self, Format, Highlight};
 use chain_runtime::prelude::*;
-
-/// The test principal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserId(pub String);
-
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
+use test_support::UserId;
 
 #[step(connector = "crm", scopes = ["crm.read"], read)]
 async fn load_deal(ctx: &StepCtx<UserId>, id: String) -> Result<u32, StepError> {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use chain_runtime::cli::{CliError, CliSetup, run};
-use chain_runtime::engine::StaticGrants;
 use chain_runtime::prelude::*;
 use chain_runtime::store::RunState;
+use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::backend::Backend;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

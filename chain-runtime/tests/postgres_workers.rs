@@ -10,10 +10,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
-use chain_runtime::engine::{Engine, StaticGrants, WorkerEvent, WorkerOptions};
+use chain_runtime::engine::{Engine, WorkerEvent, WorkerOptions};
 use chain_runtime::journal::{Drivable, RunJournal, RunState};
 use chain_runtime::postgres::{PgAccountStore, PgDatabase, PgJournal};
 use chain_runtime::prelude::*;
+use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use chain_runtime::vault::AccountStore;
 

@@ -5,20 +5,28 @@
 mod common;
 
 use chain_runtime::classify::{FailureClass, RequestKind, classify};
-use chain_runtime::sandbox::{Github, Google, Microsoft};
-use chain_runtime::vault::{Vault, VaultError, VaultKey, VaultOptions};
+use chain_runtime::sandbox::{Emulator, Github, Google, Microsoft, Provider};
+use chain_runtime::vault::{ProviderConfig, Vault, VaultError};
 use common::*;
 use serde_json::{Value, json};
 
 async fn vault(dir: &tempfile::TempDir) -> Vault {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Vault::open_sqlite(
-        dir.path().join("vault.db"),
-        VaultKey::generate(),
-        VaultOptions::default(),
-    )
-    .await
-    .unwrap()
+    test_support::vault::open_vault(&dir.path().join("vault.db")).await
+}
+
+/// A vault on a fresh database in `dir` with `config` registered, and the upstream user
+/// `login` added to `em` as the one who approves its next consent; returns the user's subject.
+async fn vault_for<P: Provider>(
+    dir: &tempfile::TempDir,
+    em: &Emulator<P>,
+    config: ProviderConfig,
+    login: &str,
+) -> (Vault, String) {
+    let vault = vault(dir).await;
+    vault.register_provider(config).await.unwrap();
+    let subject = em.add_user(login);
+    em.approve_as(&subject).unwrap();
+    (vault, subject)
 }
 
 async fn refresh(vault: &Vault, connector: &str) -> Result<(), VaultError> {
@@ -49,14 +57,8 @@ fn class(provider: &str, status: u16, headers: &http::HeaderMap, body: &Value) -
 #[tokio::test]
 async fn github_app_preset_consent_refresh_revocation() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = vault(&dir).await;
     let gh = Github::start().await.unwrap();
-    vault
-        .register_provider(gh.provider_config("code").unwrap())
-        .await
-        .unwrap();
-    let alice = gh.add_user("alice");
-    gh.approve_as(&alice).unwrap();
+    let (vault, alice) = vault_for(&dir, &gh, gh.provider_config("code").unwrap(), "alice").await;
 
     let account = gh
         .connect(&vault, "alice", "code", &["repo"])
@@ -164,16 +166,11 @@ async fn github_rotation_kills_the_old_pair_and_scope_hides_behind_404() {
 #[tokio::test]
 async fn github_oauth_app_tokens_never_expire_and_revoke_through_the_grant_api() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = vault(&dir).await;
     let gh = Github::start_with(Github::oauth_app_config())
         .await
         .unwrap();
-    vault
-        .register_provider(gh.provider_config("github").unwrap())
-        .await
-        .unwrap();
-    let alice = gh.add_user("alice");
-    gh.approve_as(&alice).unwrap();
+    let (vault, _alice) =
+        vault_for(&dir, &gh, gh.provider_config("github").unwrap(), "alice").await;
     let account = gh
         .connect(&vault, "alice", "github", &["repo", "user"])
         .await
@@ -215,14 +212,14 @@ async fn github_oauth_app_tokens_never_expire_and_revoke_through_the_grant_api()
 #[tokio::test]
 async fn google_preset_offline_access_subject_refresh_revocation() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = vault(&dir).await;
     let g = Google::start().await.unwrap();
-    vault
-        .register_provider(g.provider_config("calendar").unwrap())
-        .await
-        .unwrap();
-    let alice = g.add_user("alice@example.com");
-    g.approve_as(&alice).unwrap();
+    let (vault, alice) = vault_for(
+        &dir,
+        &g,
+        g.provider_config("calendar").unwrap(),
+        "alice@example.com",
+    )
+    .await;
     const EVENTS: &str = "https://www.googleapis.com/auth/calendar.events";
 
     let link = vault
@@ -260,15 +257,12 @@ async fn google_preset_offline_access_subject_refresh_revocation() {
 #[tokio::test]
 async fn google_needs_access_type_offline_and_reports_invalid_grant() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = vault(&dir).await;
     let g = Google::start().await.unwrap();
     let mut config = g.provider_config("calendar").unwrap();
     config
         .extra_authorize_params
         .retain(|(k, _)| k != "access_type");
-    vault.register_provider(config).await.unwrap();
-    let alice = g.add_user("alice@example.com");
-    g.approve_as(&alice).unwrap();
+    let (vault, alice) = vault_for(&dir, &g, config, "alice@example.com").await;
     g.connect(&vault, "alice", "calendar", &["openid"])
         .await
         .unwrap();
@@ -317,14 +311,14 @@ async fn google_needs_access_type_offline_and_reports_invalid_grant() {
 #[tokio::test]
 async fn microsoft_preset_subject_rotation_claims_challenge_aadsts() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = vault(&dir).await;
     let ms = Microsoft::start().await.unwrap();
-    vault
-        .register_provider(ms.provider_config("graph").unwrap())
-        .await
-        .unwrap();
-    let alice = ms.add_user("alice@contoso.example");
-    ms.approve_as(&alice).unwrap();
+    let (vault, alice) = vault_for(
+        &dir,
+        &ms,
+        ms.provider_config("graph").unwrap(),
+        "alice@contoso.example",
+    )
+    .await;
     let account = ms
         .connect(&vault, "alice", "graph", &["Mail.Send"])
         .await

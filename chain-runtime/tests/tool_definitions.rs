@@ -5,14 +5,7 @@ use chain_runtime::Step;
 use chain_runtime::prelude::*;
 use chain_runtime::tool::{ToolDefinition, ToolFormat, export};
 use serde_json::Value;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-struct UserId(String);
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
+use test_support::UserId;
 
 /// A stage change.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

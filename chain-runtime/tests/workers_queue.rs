@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
-use chain_runtime::engine::{Engine, StaticGrants, WorkerEvent, WorkerOptions};
+use chain_runtime::engine::{Engine, WorkerEvent, WorkerOptions};
 use chain_runtime::journal::{Drivable, MemoryJournal, RunJournal, RunState, SqliteJournal};
 use chain_runtime::prelude::*;
+use chain_runtime::test_util::StaticGrants;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 /// The test principal.
@@ -57,6 +58,28 @@ async fn store(ctx: &StepCtx<UserId>, job: u64, value: u64) -> Result<u64, StepE
     let _ = ctx;
     called("store", job);
     Ok(value + 1)
+}
+
+/// Fails with a revoked grant on its first call for a job, succeeds after.
+#[step(connector = "crm", scopes = ["crm.write"], irreversible = "a test write")]
+async fn post(ctx: &StepCtx<UserId>, job: u64) -> Result<u64, StepError> {
+    let _ = ctx;
+    called("post", job);
+    if calls("post", job) == 1 {
+        return Err(StepError::Auth {
+            connector: "crm".into(),
+            class: chain_runtime::classify::FailureClass::GrantRevoked,
+            needed_scopes: vec![],
+            consent_params: vec![],
+        });
+    }
+    Ok(job)
+}
+
+#[chain(principal = UserId)]
+async fn consented(ctx: &ChainCtx<UserId>, job: u64) -> Result<u64, ChainError> {
+    let value = fetch(ctx, job).await?;
+    Ok(post(ctx, value).await?)
 }
 
 #[chain(principal = UserId)]
@@ -347,4 +370,63 @@ async fn a_worker_drains_a_memory_journal() {
     for job in &jobs {
         assert_eq!((calls("fetch", *job), calls("store", *job)), (1, 1));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumed_for_the_workers_retries_its_suspended_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chains.db");
+    let rt = runtime(&path).await;
+    rt.engine.register::<consented>();
+    let job = job();
+    let run_id = rt
+        .engine
+        .submit::<consented>(UserId("alice".into()), (job,))
+        .await
+        .unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let engine = rt.engine.clone();
+        let options = WorkerOptions {
+            poll_every: Duration::from_secs(30),
+            ..WorkerOptions::default()
+        };
+        tokio::spawn(async move {
+            engine
+                .work(options, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let ids = [run_id.clone()];
+    wait_terminal(rt.runs.as_ref(), &ids).await;
+    let run = rt.engine.run_status(&run_id).await.unwrap();
+    assert_eq!(run.state.kind(), "suspended", "{:?}", run.state);
+
+    // The re-consent happened (the step succeeds from now on); a worker takes the run up at
+    // once: the release wakes it (its fallback poll is 30 s away).
+    rt.engine.resume_later(&run_id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = rt.engine.run_status(&run_id).await.unwrap();
+        if run.state.kind() == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not completed: {:?}", run.state);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        calls("post", job * 2),
+        2,
+        "the suspended step ran again, once"
+    );
+    assert_eq!(calls("fetch", job), 1, "the completed step was replayed");
+    stop_tx.send(true).unwrap();
+    let report = worker.await.unwrap();
+    assert_eq!((report.claimed, report.finished), (2, 2), "{report:?}");
+    assert!(matches!(
+        rt.engine.resume_later(&run_id).await,
+        Err(chain_runtime::engine::EngineError::NotSuspended { .. })
+    ));
 }

@@ -40,7 +40,8 @@ use chain_runtime::journal::{
 };
 use chain_runtime::sandbox::{REDIRECT_URI, Urls};
 use chain_runtime::vault::{
-    ClientSecret, ProviderConfig, ScopeSeparator, SubjectSource, VaultError, VaultKey,
+    ClientSecret, ProviderConfig, ScopeSeparator, Sleeper, SubjectSource, VaultError, VaultKey,
+    VaultOptions,
 };
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ use tokio::sync::mpsc;
 
 use crate::demo::{Demo, DemoError, Report, Scenario};
 use crate::escalate::{Deal, ESCALATED, UserId, escalate_deal};
+
+pub mod chains;
+
+use chains::{escalate_reconciled, escalate_unkeyed};
 
 /// Environment variable holding the [`ChildSpec`] as JSON (no secrets in it).
 pub const ENV_SPEC: &str = "CHAIN_CRASH_SPEC";
@@ -321,6 +326,7 @@ impl KillPoint {
         Some(Pause {
             at,
             step: self.step().name().to_owned(),
+            undo: false,
         })
     }
 }
@@ -329,6 +335,8 @@ impl KillPoint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PauseAt {
+    /// Right before the intent is written (compensations only).
+    BeforeIntent,
     /// Right after the intent is durably written.
     AfterIntent,
     /// Right before the result is written.
@@ -344,6 +352,9 @@ pub struct Pause {
     pub at: PauseAt,
     /// The step name (first call of it).
     pub step: String,
+    /// Pause at the step's compensation (its undo), not at the step itself.
+    #[serde(default)]
+    pub undo: bool,
 }
 
 /// What the child process needs to know (secrets travel in their own variables).
@@ -359,6 +370,70 @@ pub struct ChildSpec {
     pub deal: Deal,
     /// Where to stop for the kill (none: run to the end).
     pub pause: Option<Pause>,
+    /// The chain a `start` child runs.
+    #[serde(default)]
+    pub chain: ChildChain,
+    /// Whether a retry's backoff waits forever (for the kill) instead of returning at once.
+    #[serde(default)]
+    pub hold_retries: bool,
+}
+
+/// The chain a crash child starts (all are registered for recovery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildChain {
+    /// [`escalate_deal`]: every write idempotent at its provider.
+    #[default]
+    Escalate,
+    /// [`chains::escalate_reconciled`]: the Jira write is not idempotent and has a `reconcile`
+    /// hook that reads the issue back.
+    Reconciled,
+    /// [`chains::escalate_unkeyed`]: the Jira write is neither idempotent nor reconcilable.
+    Unkeyed,
+}
+
+impl ChildChain {
+    /// The chain's name (the prefix of its step ids).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildChain::Escalate => "escalate_deal",
+            ChildChain::Reconciled => "escalate_reconciled",
+            ChildChain::Unkeyed => "escalate_unkeyed",
+        }
+    }
+
+    /// The function name of `step` in this chain (only the Jira write differs).
+    pub fn step_name(self, step: CrashStep) -> &'static str {
+        match (self, step) {
+            (ChildChain::Reconciled, CrashStep::OpenIssue) => "open_issue_reconciled",
+            (ChildChain::Unkeyed, CrashStep::OpenIssue) => "open_issue_unkeyed",
+            _ => step.name(),
+        }
+    }
+
+    /// The journal's step id of `step`'s first call in a run of this chain.
+    pub fn step_id(self, step: CrashStep) -> String {
+        format!("{}/{}#1", self.name(), self.step_name(step))
+    }
+}
+
+/// How a crash child waits before retrying a step call: it says `backoff <ms>` on stdout, then
+/// either returns at once (the wait is the provider emulator's business, not the test's) or,
+/// when the parent is about to kill the child before the retry, waits forever, so that no
+/// timer can race the kill.
+struct ChildSleeper {
+    hold: bool,
+}
+
+impl Sleeper for ChildSleeper {
+    fn sleep(&self, wait: Duration) -> chain_runtime::BoxFuture<'static, ()> {
+        say("backoff", &wait.as_millis().to_string());
+        if self.hold {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(std::future::ready(()))
+        }
+    }
 }
 
 /// One run's outcome, as the child reports it on its `done` line.
@@ -388,12 +463,26 @@ impl PausingStore {
 
     async fn maybe_pause(&self, at: PauseAt, entry: &JournalEntry) {
         let hit = self.pause.as_ref().is_some_and(|p| {
-            p.at == at && entry.kind == EntryKind::Step && p.step == entry.name && {
+            !p.undo && p.at == at && entry.kind == EntryKind::Step && p.step == entry.name && {
                 entry.step_id.ends_with("#1")
             }
         });
         if hit {
             say("pause", &entry.step_id);
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Pauses at the first compensation attempt of the paused step, when it is the one.
+    async fn maybe_pause_undo(&self, at: PauseAt, entry: &CompensationEntry) {
+        let hit = self.pause.as_ref().is_some_and(|p| {
+            p.undo
+                && p.at == at
+                && entry.attempt == 1
+                && entry.step_id.ends_with(&format!("/{}#1", p.step))
+        });
+        if hit {
+            say("pause", &format!("{}/undo", entry.step_id));
             std::future::pending::<()>().await;
         }
     }
@@ -469,6 +558,24 @@ impl RunJournal for PausingStore {
         unit: Unit,
     ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         Box::pin(async move {
+            let undo = unit.writes.iter().find_map(|w| match w {
+                JournalWrite::Compensation(c) => Some(c.clone()),
+                _ => None,
+            });
+            if let Some(undo) = undo {
+                let is_result = undo.result.is_some();
+                let (before, after) = if is_result {
+                    (PauseAt::BeforeResult, PauseAt::AfterResult)
+                } else {
+                    (PauseAt::BeforeIntent, PauseAt::AfterIntent)
+                };
+                self.maybe_pause_undo(before, &undo).await;
+                let committed = self.inner.commit(lease, unit).await?;
+                let what = if is_result { "undone" } else { "undo" };
+                say(what, &undo.step_id);
+                self.maybe_pause_undo(after, &undo).await;
+                return Ok(committed);
+            }
             let entry = unit.writes.iter().find_map(|w| match w {
                 JournalWrite::Entry { entry, .. } => Some(entry.clone()),
                 _ => None,
@@ -561,7 +668,13 @@ pub async fn child_main(phase: Phase) -> Result<(), DemoError> {
         .map_err(|_| format!("{ENV_SPEC} is not set: the crash child is started by its parent"))?;
     let spec: ChildSpec = serde_json::from_str(&spec_text)?;
     let key = VaultKey::from_env(ENV_VAULT_KEY)?;
-    let mut builder = Runtime::at(&spec.db.to_string_lossy()).vault_key(key);
+    let options = VaultOptions {
+        sleeper: Arc::new(ChildSleeper {
+            hold: spec.hold_retries,
+        }),
+        ..VaultOptions::default()
+    };
+    let mut builder = Runtime::at(&spec.db.to_string_lossy()).vault_key_with(key, options);
     for provider in &spec.providers {
         let var = secret_var(&provider.connector);
         let secret = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;
@@ -570,15 +683,20 @@ pub async fn child_main(phase: Phase) -> Result<(), DemoError> {
     let pause = spec.pause.clone();
     let engine = builder
         .chain::<escalate_deal>()
+        .chain::<escalate_reconciled>()
+        .chain::<escalate_unkeyed>()
         .run_store_layer(move |runs| Arc::new(PausingStore::new(runs, pause)))
         .open()
         .await?
         .engine;
     let outcomes = match phase {
         Phase::Start => {
-            let report = engine
-                .start::<escalate_deal>(spec.user.clone(), (spec.deal.clone(),))
-                .await?;
+            let (user, input) = (spec.user.clone(), (spec.deal.clone(),));
+            let report = match spec.chain {
+                ChildChain::Escalate => engine.start::<escalate_deal>(user, input).await?,
+                ChildChain::Reconciled => engine.start::<escalate_reconciled>(user, input).await?,
+                ChildChain::Unkeyed => engine.start::<escalate_unkeyed>(user, input).await?,
+            };
             vec![outcome(report.run_id, Ok(report.state))]
         }
         Phase::Recover => engine
@@ -618,6 +736,7 @@ pub struct CrashHarness {
     pub demo: Demo,
     key: SecretString,
     child: Box<dyn Fn() -> Command + Send + Sync>,
+    chain: ChildChain,
     _key_dir: tempfile::TempDir,
 }
 
@@ -672,6 +791,13 @@ impl Running {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Keeps the lines the child printed that were not read yet.
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
     }
 
     /// Waits for the process to exit by itself.
@@ -752,11 +878,38 @@ impl CrashHarness {
             demo,
             key,
             child: Box::new(child),
+            chain: ChildChain::Escalate,
             _key_dir: key_dir,
         })
     }
 
-    fn spec(&self, pause: Option<Pause>) -> ChildSpec {
+    /// Like [`CrashHarness::start`], and the children start `chain` instead of
+    /// `escalate_deal`. For [`ChildChain::Reconciled`] alice's Jira consent also grants
+    /// [`chains::JIRA_READ`], which its read-back needs.
+    pub async fn start_chain(
+        db: &Path,
+        child: impl Fn() -> Command + Send + Sync + 'static,
+        chain: ChildChain,
+    ) -> Result<Self, DemoError> {
+        let mut harness = Self::start(db, child).await?;
+        harness.chain = chain;
+        if chain == ChildChain::Reconciled {
+            let demo = &harness.demo;
+            let mut scopes: Vec<&str> = crate::demo::CONSENT_SCOPES
+                .iter()
+                .find(|(c, _)| *c == "jira")
+                .map(|(_, s)| s.to_vec())
+                .unwrap_or_default();
+            scopes.push(chains::JIRA_READ);
+            demo.sandbox
+                .jira
+                .connect(&demo.vault, &demo.user.0, "jira", &scopes)
+                .await?;
+        }
+        Ok(harness)
+    }
+
+    fn spec(&self, pause: Option<Pause>, hold_retries: bool) -> ChildSpec {
         let sb = &self.demo.sandbox;
         ChildSpec {
             db: self.demo.db.clone(),
@@ -783,6 +936,8 @@ impl CrashHarness {
             user: self.demo.user.clone(),
             deal: self.demo.deal(),
             pause,
+            chain: self.chain,
+            hold_retries,
         }
     }
 
@@ -790,11 +945,21 @@ impl CrashHarness {
     /// spec with `pause`, the vault key, each client secret), for children other than
     /// [`child_main`] (the worker processes of `examples::workers`).
     pub fn child_env(&self, pause: Option<Pause>) -> Result<Vec<(String, String)>, DemoError> {
+        self.env_with(pause, false)
+    }
+
+    /// [`CrashHarness::child_env`]; with `hold_retries` the child's retry backoffs wait for
+    /// the kill.
+    fn env_with(
+        &self,
+        pause: Option<Pause>,
+        hold_retries: bool,
+    ) -> Result<Vec<(String, String)>, DemoError> {
         use chain_runtime::sandbox::{Jira, Salesforce, Slack};
         let mut env = vec![
             (
                 ENV_SPEC.to_owned(),
-                serde_json::to_string(&self.spec(pause))?,
+                serde_json::to_string(&self.spec(pause, hold_retries))?,
             ),
             (
                 ENV_VAULT_KEY.to_owned(),
@@ -815,26 +980,23 @@ impl CrashHarness {
     }
 
     fn spawn(&self, phase: Phase, pause: Option<Pause>) -> Result<Running, DemoError> {
-        use chain_runtime::sandbox::{Jira, Salesforce, Slack};
-        let secrets = [
-            (
-                "salesforce",
-                Salesforce::default_config().client.client_secret,
-            ),
-            ("jira", Jira::default_config().client.client_secret),
-            ("slack", Slack::default_config().client.client_secret),
-        ];
+        self.spawn_with(phase, pause, false)
+    }
+
+    /// Starts a child; with `hold_retries` its first retry backoff waits for the kill.
+    fn spawn_with(
+        &self,
+        phase: Phase,
+        pause: Option<Pause>,
+        hold_retries: bool,
+    ) -> Result<Running, DemoError> {
         let mut command = (self.child)();
         command
             .arg(phase.arg())
-            .env(ENV_SPEC, serde_json::to_string(&self.spec(pause))?)
-            .env(ENV_VAULT_KEY, self.key.expose_secret())
+            .envs(self.env_with(pause, hold_retries)?)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (connector, secret) in &secrets {
-            command.env(secret_var(connector), secret.expose_secret());
-        }
         let mut child = command.spawn()?;
         let (tx, lines) = mpsc::unbounded_channel();
         if let Some(stdout) = child.stdout.take() {
@@ -1035,13 +1197,25 @@ impl CrashHarness {
         if !first.exited() {
             first.kill()?;
         }
+        let label = format!("the kill {delay:?} into the run");
+        self.killed_then_recovered(first, run_id, started, &label)
+            .await
+    }
+
+    /// After `first` (which started `run_id` at `started`) was killed at `label`: checks that
+    /// the journal and the audit trail agree, recovers in a new child, and says what happened.
+    async fn killed_then_recovered(
+        &self,
+        mut first: Running,
+        run_id: String,
+        started: Instant,
+        label: &str,
+    ) -> Result<CrashOutcome, DemoError> {
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         self.journal_agrees_with_audit(&run_id)
             .await
-            .map_err(|e| format!("after the kill {delay:?} into the run: {e}"))?;
+            .map_err(|e| format!("after {label}: {e}"))?;
         let (mine, recovery) = self.recover_run(&run_id).await?;
         Ok(CrashOutcome {
             kill_points: Vec::new(),
@@ -1073,7 +1247,14 @@ impl CrashHarness {
         }
         let started = Instant::now();
         let deadline = started + WAIT;
-        let mut first = self.spawn(phase, kill.pause())?;
+        // After a lost response the child backs off before its retry: that wait is held until
+        // the kill (no timer), so the retry can never race it.
+        let hold_retries = matches!(kill, KillPoint::ResponseLost(_));
+        let pause = kill.pause().map(|p| Pause {
+            step: self.chain.step_name(step).to_owned(),
+            ..p
+        });
+        let mut first = self.spawn_with(phase, pause, hold_retries)?;
         let run_id = match phase {
             Phase::Start => Some(first.line("run ", deadline).await?),
             Phase::Recover => None,
@@ -1093,38 +1274,32 @@ impl CrashHarness {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
-            KillPoint::ResponseLost(_) => loop {
+            KillPoint::ResponseLost(_) => {
+                // The child says `backoff` when it starts waiting for its retry, and waits
+                // until it is killed.
+                first.line("backoff ", deadline).await?;
                 let lost = self
                     .ledger(connector)
                     .committed_writes()
-                    .find(|w| w.response_lost)
-                    .map(|w| w.idempotency_key.clone());
-                if lost.is_some() {
-                    // Hold the retry (sent after a backoff of about a second) if it comes
-                    // before the kill lands.
-                    self.faults(connector, 0, Some(HOLD), 0);
-                    break;
-                }
-                if first.exited() || Instant::now() >= deadline {
+                    .filter(|w| w.response_lost)
+                    .count();
+                if lost != 1 {
                     let _ = first.kill();
                     return Err(first
                         .failure(&format!(
-                            "{connector} never lost a response of `{}`",
+                            "the child backed off, but {connector} lost {lost} responses of `{}`",
                             step.name()
                         ))
                         .into());
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            },
+            }
             _ => {
                 first.line("pause ", deadline).await?;
             }
         }
         first.kill()?;
         let to_kill = started.elapsed();
-        while let Ok(line) = first.lines.try_recv() {
-            first.seen.push(line);
-        }
+        first.drain();
         // The killed process's held request must be dropped by the provider, unprocessed.
         let drop_deadline = Instant::now() + WAIT;
         while self.held_calls(connector) > 0 {
@@ -1234,6 +1409,138 @@ impl CrashHarness {
             )
             .into());
         }
+        // The same for compensations: an undo's intent and its attempt record, its result and
+        // its outcome record, commit together.
+        let mut undone: BTreeMap<String, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
+        for record in &history {
+            match &record.event {
+                AuditEvent::CompensationAttempt {
+                    compensates_step_id,
+                    attempt,
+                    ..
+                } => undone
+                    .entry(compensates_step_id.clone())
+                    .or_default()
+                    .0
+                    .push(*attempt),
+                AuditEvent::CompensationOutcome {
+                    compensates_step_id,
+                    attempt,
+                    ..
+                } => undone
+                    .entry(compensates_step_id.clone())
+                    .or_default()
+                    .1
+                    .push(*attempt),
+                _ => {}
+            }
+        }
+        for undo in self.demo.runs.compensations(run_id).await? {
+            let (attempts, outcomes) = undone.remove(&undo.step_id).unwrap_or_default();
+            let expected: Vec<u32> = (1..=undo.attempt).collect();
+            if attempts != expected {
+                return Err(format!(
+                    "the undo of `{}` is journaled at attempt {} but the audit trail has compensation_attempt records for attempts {attempts:?}",
+                    undo.step_id, undo.attempt
+                )
+                .into());
+            }
+            if undo.result.is_some() != outcomes.contains(&undo.attempt) {
+                return Err(format!(
+                    "the undo of `{}` attempt {}: journal result and audit compensation_outcome disagree (outcomes for attempts {outcomes:?})",
+                    undo.step_id, undo.attempt
+                )
+                .into());
+            }
+        }
+        if let Some((step_id, _)) = undone.into_iter().next() {
+            return Err(format!(
+                "the audit trail has compensation records of `{step_id}`, which the journal does not have"
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Starts a child whose run fails at its last step (Slack answers 5xx to every attempt of
+    /// the announcement), so it compensates its two compensated writes, newest first; kills
+    /// it at `at` of the compensation of `step` (`SetStage` or `OpenIssue`); checks that the
+    /// journal and the audit trail agree; and recovers in a new process.
+    pub async fn crash_while_compensating(
+        &self,
+        at: PauseAt,
+        step: CrashStep,
+    ) -> Result<CrashOutcome, DemoError> {
+        self.demo
+            .sandbox
+            .slack
+            .fail_next(self.subject("slack"), crate::demo::SERVER_ATTEMPTS);
+        let pause = Pause {
+            at,
+            step: self.chain.step_name(step).to_owned(),
+            undo: true,
+        };
+        let started = Instant::now();
+        let deadline = started + WAIT;
+        let mut first = self.spawn(Phase::Start, Some(pause))?;
+        let run_id = first.line("run ", deadline).await?;
+        first.line("pause ", deadline).await?;
+        first.kill()?;
+        let label = format!("the kill at {at:?} of the undo of `{}`", step.name());
+        self.killed_then_recovered(first, run_id, started, &label)
+            .await
+    }
+
+    /// Checks that the run ended Compensated and that each compensated write and its undo
+    /// were each committed exactly once (replays allowed) as alice: the stage is back, the
+    /// issue is gone, nothing was posted on Slack.
+    pub async fn verify_compensated(&self, run_id: &str) -> Result<(), DemoError> {
+        let run = self
+            .demo
+            .runs
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| format!("run {run_id} is not in the store"))?;
+        if run.state != RunState::Compensated {
+            return Err(format!("run {run_id} is {:?}, not compensated", run.state).into());
+        }
+        for step in [CrashStep::SetStage, CrashStep::OpenIssue] {
+            let connector = step.connector();
+            let ledger = self.ledger(connector);
+            let step_id = self.chain.step_id(step);
+            let write = idempotency_key(run_id, &step_id);
+            let undo = idempotency_key(run_id, &format!("{step_id}/undo"));
+            for key in [&write, &undo] {
+                let w = ledger.exactly_once(key)?;
+                if w.subject != self.subject(connector) {
+                    return Err(format!("{key} was committed as {}, not alice", w.subject).into());
+                }
+            }
+            let committed = ledger.committed_writes().count();
+            if committed != 2 {
+                return Err(format!(
+                    "{connector} committed {committed} writes, expected `{step_id}` and its undo"
+                )
+                .into());
+            }
+        }
+        let slack = self.ledger("slack").committed_writes().count();
+        if slack != 0 {
+            return Err(format!("Slack committed {slack} writes, expected none").into());
+        }
+        let sb = &self.demo.sandbox;
+        let issues = sb.jira.issue_keys();
+        if !issues.is_empty() {
+            return Err(format!("Jira still has issues {issues:?}").into());
+        }
+        let stage = sb
+            .salesforce
+            .opportunity(crate::demo::OPPORTUNITY)
+            .and_then(|o| o["StageName"].as_str().map(str::to_owned));
+        if stage.as_deref() == Some(ESCALATED) {
+            return Err("the opportunity's stage was not restored".into());
+        }
+        self.demo.audit.verify(None).await?;
         Ok(())
     }
 
@@ -1255,7 +1562,10 @@ impl CrashHarness {
         }
         let journal = runs.journal(run_id).await?;
         let names: Vec<&str> = journal.iter().map(|e| e.name.as_str()).collect();
-        let expected: Vec<&str> = CrashStep::ALL.iter().map(|s| s.name()).collect();
+        let expected: Vec<&str> = CrashStep::ALL
+            .iter()
+            .map(|s| self.chain.step_name(*s))
+            .collect();
         if names != expected {
             return Err(format!("journal steps {names:?}, expected {expected:?}").into());
         }

@@ -7,4 +7,5 @@ pub mod crash;
 pub mod demo;
 pub mod escalate;
 pub mod mcp_demo;
+pub mod urgent;
 pub mod workers;

@@ -139,3 +139,145 @@ fn the_global_registry_and_each_chains_static_list_agree() {
     assert_eq!(scopes("jira"), ["write:jira-work"]);
     assert_eq!(scopes("slack"), ["chat:write"]);
 }
+
+/// The manifest says who needs each scope: every step by name, and every compensator as
+/// `undo:<name>` under its own connector.
+#[test]
+fn the_manifest_attributes_each_scope_to_its_steps_and_undos() {
+    let manifest = <escalate_deal as chain_runtime::Chain>::META.manifest();
+    let who = |connector: &str, scope: &str| -> Vec<String> {
+        manifest.connectors[connector][scope]
+            .iter()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        who("salesforce", "api"),
+        ["load_stage", "set_stage", "undo:restore_stage"]
+    );
+    assert_eq!(
+        who("jira", "write:jira-work"),
+        ["open_issue", "undo:delete_issue"]
+    );
+    assert_eq!(who("slack", "chat:write"), ["announce"]);
+    assert_eq!(manifest.principal, "UserId");
+}
+
+/// A run's `run_started` record carries preflight's least-privilege report: the scopes alice
+/// granted that the chain never uses, per connector, the providers' lifecycle scopes (a
+/// refresh token, `/me`) excepted.
+#[tokio::test]
+async fn the_run_started_record_lists_the_granted_but_unused_scopes() {
+    use chain_runtime::audit::ConnectorScopes;
+    use examples::demo::CONSENT_SCOPES;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = Demo::start(&dir.path().join("chains.db"))
+        .await
+        .expect("demo starts");
+    demo.connect("salesforce").await.expect("connects");
+    demo.connect("slack").await.expect("connects");
+    // Jira: the demo's consent plus a read scope no step of the chain needs.
+    let mut jira: Vec<&str> = CONSENT_SCOPES
+        .iter()
+        .find(|(c, _)| *c == "jira")
+        .map(|(_, s)| s.to_vec())
+        .expect("the demo consents on jira");
+    jira.push("read:jira-work");
+    demo.sandbox
+        .jira
+        .connect(&demo.vault, "alice", "jira", &jira)
+        .await
+        .expect("connects");
+    let report = demo
+        .engine
+        .start::<escalate_deal>(demo.user.clone(), (demo.deal(),))
+        .await
+        .expect("runs");
+    let history = demo
+        .audit
+        .run_history(&report.run_id)
+        .await
+        .expect("history");
+    let preflight = history
+        .iter()
+        .find_map(|r| match &r.event {
+            AuditEvent::RunStarted { preflight, .. } => Some(preflight.clone()),
+            _ => None,
+        })
+        .expect("a run_started record");
+    assert!(preflight.passed);
+    assert!(preflight.missing.is_empty());
+    assert_eq!(
+        preflight.unused,
+        [ConnectorScopes {
+            connector: "jira".to_owned(),
+            scopes: vec!["read:jira-work".to_owned()],
+        }]
+    );
+}
+
+/// A refresh the provider refuses is audited as a failed `token_refresh` with the token
+/// endpoint's status and its (sanitized) error code, and the record holds none of the
+/// secrets the provider issued.
+#[tokio::test]
+async fn a_failed_refresh_is_audited_with_status_and_code_and_no_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = Demo::start(&dir.path().join("chains.db"))
+        .await
+        .expect("demo starts");
+    for connector in ["salesforce", "jira", "slack"] {
+        demo.connect(connector).await.expect("connects");
+    }
+    let sf = &demo.sandbox.salesforce;
+    // The access token expires and the grant is revoked: the refresh is refused.
+    sf.expire_access_tokens(&demo.subjects[0]);
+    sf.revoke_grant(&demo.subjects[0]);
+    let report = demo
+        .engine
+        .start::<escalate_deal>(demo.user.clone(), (demo.deal(),))
+        .await
+        .expect("the run starts");
+    assert_ne!(report.state.kind(), "completed", "{:?}", report.state);
+
+    let records = demo
+        .audit
+        .principal_activity("alice", 0, i64::MAX)
+        .await
+        .expect("history");
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            matches!(r.event, AuditEvent::TokenRefresh { .. }) && r.outcome == Outcome::Failed
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let AuditEvent::TokenRefresh {
+        failure_class,
+        http_status,
+        error_code,
+        expires_at_unix_ms,
+    } = &failed[0].event
+    else {
+        unreachable!()
+    };
+    assert_eq!(failed[0].connector.as_deref(), Some("salesforce"));
+    assert_eq!(failure_class.as_deref(), Some("grant_revoked"));
+    assert_eq!(*http_status, Some(400));
+    assert_eq!(error_code.as_deref(), Some("invalid_grant"));
+    assert_eq!(*expires_at_unix_ms, None);
+    // The whole trail as stored (raw rows), not only the record as decoded.
+    let stored = serde_json::to_string(&demo.audit.scan_raw(None, usize::MAX).await.unwrap())
+        .expect("encodes");
+    assert!(stored.contains("invalid_grant"));
+    let secrets = sf.issued_secrets();
+    assert!(!secrets.is_empty());
+    for secret in secrets {
+        use secrecy::ExposeSecret as _;
+        assert!(
+            !stored.contains(secret.expose_secret()),
+            "the audit trail holds a secret the provider issued"
+        );
+    }
+    demo.audit.verify(None).await.expect("the trail verifies");
+}

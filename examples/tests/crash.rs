@@ -48,11 +48,7 @@ async fn crash_at_each(kills: &[KillPoint]) {
     // The same facts, spelled out against the ledgers: one committed write per key.
     assert_eq!(verified.writes.len(), 3);
     for (step_id, connector, key, _) in &verified.writes {
-        let ledger = match connector.as_str() {
-            "salesforce" => harness.demo.sandbox.salesforce.ledger(),
-            "jira" => harness.demo.sandbox.jira.ledger(),
-            _ => harness.demo.sandbox.slack.ledger(),
-        };
+        let ledger = test_support::world::ledger(&harness.demo.sandbox, connector);
         let write = ledger.exactly_once(key).unwrap();
         assert_eq!(ledger.committed_writes().count(), 1, "{step_id}");
         assert_eq!(ledger.write_subjects().len(), 1, "{step_id}");

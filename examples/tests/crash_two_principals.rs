@@ -29,31 +29,14 @@ fn scopes(connector: &str) -> &'static [&'static str] {
 async fn connect_bob(harness: &CrashHarness) -> [String; 3] {
     let demo = &harness.demo;
     let sb = &demo.sandbox;
-    let bob = [
-        sb.salesforce.add_user("bob@acme.example"),
-        sb.jira.add_user("bob@acme.example"),
-        sb.slack.add_user("bob"),
-    ];
-    sb.salesforce.approve_as(&bob[0]).unwrap();
-    sb.jira.approve_as(&bob[1]).unwrap();
-    sb.slack.approve_as(&bob[2]).unwrap();
-    let v = &demo.vault;
-    sb.salesforce
-        .connect(v, "bob", "salesforce", scopes("salesforce"))
-        .await
-        .unwrap();
-    sb.jira
-        .connect(v, "bob", "jira", scopes("jira"))
-        .await
-        .unwrap();
-    sb.slack
-        .connect(v, "bob", "slack", scopes("slack"))
-        .await
-        .unwrap();
-    let [sf, jira, slack] = &demo.subjects;
-    sb.salesforce.approve_as(sf).unwrap();
-    sb.jira.approve_as(jira).unwrap();
-    sb.slack.approve_as(slack).unwrap();
+    let bob = test_support::world::add_user(sb, "bob");
+    test_support::world::approve_as(sb, &bob);
+    for c in CONNECTORS {
+        test_support::world::connect(sb, &demo.vault, "bob", c, scopes(c))
+            .await
+            .unwrap();
+    }
+    test_support::world::approve_as(sb, &demo.subjects);
     bob
 }
 

@@ -31,6 +31,37 @@ async fn agent() -> (tempfile::TempDir, AgentDemo) {
     (dir, agent)
 }
 
+/// Starts `escalate_or_undo` for the demo's user on the demo's deal.
+async fn start(agent: &AgentDemo) -> Result<chain_runtime::RunReport<String>, EngineError> {
+    agent
+        .demo
+        .engine
+        .start::<escalate_or_undo>(
+            agent.demo.user.clone(),
+            (agent.model_name.clone(), agent.demo.deal()),
+        )
+        .await
+}
+
+/// Connects the seed scopes, lets preflight refuse the first start, gives the consents it
+/// asked for, and scripts the model's happy path: the next start runs.
+async fn consent_and_script(agent: &AgentDemo) {
+    agent.connect_seed_scopes().await.unwrap();
+    let err = start(agent).await.unwrap_err();
+    let EngineError::PreflightNotReady { consents, .. } = err else {
+        panic!("{err:?}")
+    };
+    agent.consent(&consents).await.unwrap();
+    agent.script(false);
+}
+
+/// How many writes `connector`'s emulator committed.
+fn committed(agent: &AgentDemo, connector: &str) -> usize {
+    test_support::world::ledger(&agent.demo.sandbox, connector)
+        .committed_writes()
+        .count()
+}
+
 /// The `role: tool` message contents of one recorded request.
 fn tool_results(request: &Value) -> Vec<String> {
     request["messages"]
@@ -43,11 +74,10 @@ fn tool_results(request: &Value) -> Vec<String> {
 }
 
 fn db_bytes(dir: &tempfile::TempDir) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
-    }
-    bytes
+    test_support::db::read_db_files(&dir.path().join("chains.db"))
+        .into_iter()
+        .flat_map(|f| f.bytes)
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -86,31 +116,14 @@ async fn preflight_refuses_before_anything_runs() {
     let (_dir, agent) = agent().await;
     agent.connect_seed_scopes().await.unwrap();
     agent.script(false);
-    let err = agent
-        .demo
-        .engine
-        .start::<escalate_or_undo>(
-            agent.demo.user.clone(),
-            (agent.model_name.clone(), agent.demo.deal()),
-        )
-        .await
-        .unwrap_err();
+    let err = start(&agent).await.unwrap_err();
     let EngineError::PreflightNotReady { consents, .. } = err else {
         panic!("{err:?}")
     };
     let jira = consents.iter().find(|c| c.connector == "jira").unwrap();
     assert!(jira.scopes.contains("read:jira-work") && jira.scopes.contains("write:jira-work"));
     assert!(agent.model.requests().is_empty());
-    assert_eq!(
-        agent
-            .demo
-            .sandbox
-            .salesforce
-            .ledger()
-            .committed_writes()
-            .count(),
-        0
-    );
+    assert_eq!(committed(&agent, "salesforce"), 0);
 }
 
 #[tokio::test]
@@ -122,16 +135,7 @@ async fn unknown_tools_and_invalid_arguments_are_fed_back_and_never_run() {
     assert!(report.rejected[0].contains("unknown tool `delete_opportunity`"));
     assert!(report.rejected[1].contains("required field `previous`"));
     // Neither ran: one stage write, and it is the valid call's.
-    assert_eq!(
-        agent
-            .demo
-            .sandbox
-            .salesforce
-            .ledger()
-            .committed_writes()
-            .count(),
-        1
-    );
+    assert_eq!(committed(&agent, "salesforce"), 1);
     let results = tool_results(&agent.model.requests()[2]);
     assert_eq!(
         results.len(),
@@ -164,16 +168,7 @@ async fn a_crash_mid_run_is_replayed_without_asking_the_model_again() {
     assert_eq!(report.model_turns, 5);
     let jira = agent.demo.sandbox.jira.ledger();
     assert_eq!(jira.committed_writes().count(), 1, "the issue exists once");
-    assert_eq!(
-        agent
-            .demo
-            .sandbox
-            .salesforce
-            .ledger()
-            .committed_writes()
-            .count(),
-        1
-    );
+    assert_eq!(committed(&agent, "salesforce"), 1);
 }
 
 #[tokio::test]
@@ -200,44 +195,19 @@ async fn a_revocation_suspends_and_the_resume_continues_the_conversation() {
     let results = tool_results(&agent.model.requests()[4]);
     assert_eq!(results.len(), 4);
     assert!(results[3].contains("\"ts\""), "{results:?}");
-    assert_eq!(
-        agent.demo.sandbox.slack.ledger().committed_writes().count(),
-        1
-    );
+    assert_eq!(committed(&agent, "slack"), 1);
 }
 
 #[tokio::test]
 async fn an_expired_token_inside_a_model_chosen_step_is_refreshed() {
     let (_dir, agent) = agent().await;
-    agent.connect_seed_scopes().await.unwrap();
-    let err = agent
-        .demo
-        .engine
-        .start::<escalate_or_undo>(
-            agent.demo.user.clone(),
-            (agent.model_name.clone(), agent.demo.deal()),
-        )
-        .await
-        .unwrap_err();
-    let EngineError::PreflightNotReady { consents, .. } = err else {
-        panic!()
-    };
-    agent.consent(&consents).await.unwrap();
-    agent.script(false);
+    consent_and_script(&agent).await;
     agent
         .demo
         .sandbox
         .salesforce
         .expire_access_tokens(&agent.demo.subjects[0]);
-    let report = agent
-        .demo
-        .engine
-        .start::<escalate_or_undo>(
-            agent.demo.user.clone(),
-            (agent.model_name.clone(), agent.demo.deal()),
-        )
-        .await
-        .unwrap();
+    let report = start(&agent).await.unwrap();
     assert!(
         matches!(report.state, RunState::Completed { .. }),
         "{:?}",
@@ -258,35 +228,13 @@ async fn an_expired_token_inside_a_model_chosen_step_is_refreshed() {
 #[tokio::test]
 async fn under_the_compensate_policy_an_auth_failure_undoes_the_model_chosen_writes() {
     let (_dir, agent) = agent().await;
-    agent.connect_seed_scopes().await.unwrap();
-    let err = agent
-        .demo
-        .engine
-        .start::<escalate_or_undo>(
-            agent.demo.user.clone(),
-            (agent.model_name.clone(), agent.demo.deal()),
-        )
-        .await
-        .unwrap_err();
-    let EngineError::PreflightNotReady { consents, .. } = err else {
-        panic!()
-    };
-    agent.consent(&consents).await.unwrap();
-    agent.script(false);
+    consent_and_script(&agent).await;
     agent
         .demo
         .sandbox
         .slack
         .revoke_grant(&agent.demo.subjects[2]);
-    let report = agent
-        .demo
-        .engine
-        .start::<escalate_or_undo>(
-            agent.demo.user.clone(),
-            (agent.model_name.clone(), agent.demo.deal()),
-        )
-        .await
-        .unwrap();
+    let report = start(&agent).await.unwrap();
     assert_eq!(report.state, RunState::Compensated, "{:?}", report.state);
     assert_eq!(
         agent.model.requests().len(),

@@ -37,27 +37,7 @@ use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
 use examples::demo::{CONSENT_SCOPES, Demo, OPPORTUNITY, Scenario};
 use examples::escalate::UserId;
 use secrecy::ExposeSecret as _;
-
-/// The captured log output of every crate.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use test_support::logs::LogBuffer;
 
 /// One named thing a run produced.
 struct Haystack {
@@ -132,14 +112,11 @@ fn err_text(name: &str, e: &dyn std::error::Error) -> Haystack {
 }
 
 fn read_db_files(db: &Path, when: &str, out: &mut Vec<Haystack>) {
-    for suffix in ["", "-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{suffix}", db.display()));
-        if let Ok(bytes) = std::fs::read(&p) {
-            out.push(Haystack {
-                name: format!("{} ({when})", p.display()),
-                bytes,
-            });
-        }
+    for file in test_support::db::read_db_files(db) {
+        out.push(Haystack {
+            name: format!("{} ({when})", file.name),
+            bytes: file.bytes,
+        });
     }
 }
 

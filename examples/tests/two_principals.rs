@@ -36,9 +36,7 @@ fn scopes(connector: &str) -> &'static [&'static str] {
 
 /// Selects `subjects` as the user who approves the next consent at every emulator.
 fn approve_as(demo: &Demo, subjects: &Subjects) {
-    demo.sandbox.salesforce.approve_as(&subjects[0]).unwrap();
-    demo.sandbox.jira.approve_as(&subjects[1]).unwrap();
-    demo.sandbox.slack.approve_as(&subjects[2]).unwrap();
+    test_support::world::approve_as(&demo.sandbox, subjects);
 }
 
 /// Connects `principal`'s account on `connector` through the real consent flow.
@@ -47,25 +45,14 @@ async fn connect(
     principal: &str,
     connector: &str,
 ) -> Result<AccountInfo, ConnectError> {
-    let sb = &demo.sandbox;
-    let v = &demo.vault;
-    match connector {
-        "salesforce" => {
-            sb.salesforce
-                .connect(v, principal, connector, scopes(connector))
-                .await
-        }
-        "jira" => {
-            sb.jira
-                .connect(v, principal, connector, scopes(connector))
-                .await
-        }
-        _ => {
-            sb.slack
-                .connect(v, principal, connector, scopes(connector))
-                .await
-        }
-    }
+    test_support::world::connect(
+        &demo.sandbox,
+        &demo.vault,
+        principal,
+        connector,
+        scopes(connector),
+    )
+    .await
 }
 
 /// alice connects first, bob second (so "the connector's latest account" is bob's), and
@@ -77,11 +64,7 @@ async fn world() -> World {
     for c in CONNECTORS {
         connect(&demo, "alice", c).await.unwrap();
     }
-    let bob = [
-        demo.sandbox.salesforce.add_user("bob@acme.example"),
-        demo.sandbox.jira.add_user("bob@acme.example"),
-        demo.sandbox.slack.add_user("bob"),
-    ];
+    let bob = test_support::world::add_user(&demo.sandbox, "bob");
     approve_as(&demo, &bob);
     for c in CONNECTORS {
         connect(&demo, "bob", c).await.unwrap();
@@ -100,12 +83,7 @@ async fn world() -> World {
 
 impl World {
     fn ledger(&self, connector: &str) -> chain_runtime::sandbox::Ledger {
-        let sb = &self.demo.sandbox;
-        match connector {
-            "salesforce" => sb.salesforce.ledger(),
-            "jira" => sb.jira.ledger(),
-            _ => sb.slack.ledger(),
-        }
+        test_support::world::ledger(&self.demo.sandbox, connector)
     }
 
     /// Per connector, how many writes the emulator has seen so far.

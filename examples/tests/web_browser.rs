@@ -2,18 +2,20 @@
 //! with plain HTTP calls. A suspended run's consent link is opened by clicking, passes the
 //! sandbox provider's authorize endpoint, lands on the OAuth callback, and the run resumes; a
 //! provider refusal (`access_denied`) is shown plainly; a form post without its CSRF token is
-//! refused; the "Resume now" form works by clicking. Also, over plain HTTP: a principal only
-//! sees their own runs.
+//! refused; the "Resume now" form works by clicking; a step waiting for approval is approved
+//! by clicking (and its form refused without the CSRF token). Also, over plain HTTP: a
+//! principal only sees their own runs and approvals.
 //!
 //! Needs `chromium` and `chromedriver` on the PATH (`.ci/run` installs them).
 
 use std::time::Duration;
 
 use chain_runtime::audit::AuditStore;
-use chain_runtime::server::{TrustedHeader, WebServer};
+use chain_runtime::server::{FixedPrincipal, TrustedHeader, WebServer};
 use chain_runtime::store::RunState;
 use examples::escalate::{UserId, escalate_deal};
 use examples::mcp_demo::McpDemo;
+use examples::urgent::{REASON, Urgent};
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -313,4 +315,170 @@ async fn a_principal_only_sees_their_own_runs() {
             .unwrap();
         assert_eq!(page.status(), 400, "{query}");
     }
+}
+
+/// Serves the web pages of `urgent`'s runtime for `auth`; returns the base URL.
+async fn serve_urgent(urgent: &Urgent, auth: impl chain_runtime::server::Authenticator) -> String {
+    let audit: std::sync::Arc<dyn AuditStore> = urgent.runtime.audit.clone();
+    let web = WebServer::new(
+        urgent.runtime.engine.clone(),
+        urgent.runtime.vault().unwrap().clone(),
+        audit,
+        auth,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, web.router()).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_pending_step_is_approved_by_clicking_and_its_form_needs_the_csrf_token() {
+    let db = tempfile::tempdir().unwrap();
+    let urgent = Urgent::start(&db.path().join("approve.db"), |b| b)
+        .await
+        .unwrap();
+    let (report, request) = urgent.start_run().await.unwrap();
+    let base = serve_urgent(&urgent, FixedPrincipal::new("alice")).await;
+    let browser = Browser::start().await;
+
+    // The runs page points to the approvals; the approvals page shows what is asked.
+    browser.open(&format!("{base}/runs")).await;
+    browser.click("a.approvals").await;
+    assert_eq!(browser.url().await, format!("{base}/approvals"));
+    let page = browser.source().await;
+    assert!(page.contains(REASON), "{page}");
+    assert!(page.contains(&request.approval_id), "{page}");
+    assert!(
+        page.contains("page on-call"),
+        "the arguments are shown: {page}"
+    );
+
+    // A post without the CSRF token is refused and decides nothing.
+    browser
+        .script("document.querySelector('form.decide input[name=csrf]').remove(); document.querySelector('form.decide').submit();")
+        .await;
+    let page = browser.source().await;
+    assert!(page.contains("missing its CSRF token"), "{page}");
+    assert_eq!(
+        urgent
+            .runtime
+            .engine
+            .run_status(&report.run_id)
+            .await
+            .unwrap()
+            .state
+            .kind(),
+        "awaiting_approval"
+    );
+    assert!(urgent.sandbox.jira.issue_keys().is_empty());
+
+    // Clicking Approve: the run goes on, the issue is opened, the run page says completed.
+    browser.open(&format!("{base}/approvals")).await;
+    browser.click("button.approve").await;
+    assert_eq!(
+        browser.url().await,
+        format!("{base}/runs/{}", report.run_id)
+    );
+    let page = browser.source().await;
+    assert!(page.contains("id=\"state\">completed<"), "{page}");
+    assert!(
+        page.contains("approval_decided"),
+        "the audit table lists the decision"
+    );
+    assert_eq!(urgent.sandbox.jira.issue_keys().len(), 1);
+    browser.open(&format!("{base}/approvals")).await;
+    assert!(
+        browser
+            .source()
+            .await
+            .contains("Nothing waits for your approval")
+    );
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn another_principal_neither_sees_nor_decides_an_approval() {
+    let db = tempfile::tempdir().unwrap();
+    let urgent = Urgent::start(&db.path().join("approve-own.db"), |b| b)
+        .await
+        .unwrap();
+    let (report, request) = urgent.start_run().await.unwrap();
+    let base = serve_urgent(&urgent, TrustedHeader::new("x-forwarded-user")).await;
+    let http = reqwest::Client::new();
+    let page = |user: &'static str| {
+        http.get(format!("{base}/approvals"))
+            .header("x-forwarded-user", user)
+            .send()
+    };
+    let alice = page("alice").await.unwrap().text().await.unwrap();
+    assert!(alice.contains(&request.approval_id));
+    let bob = page("bob").await.unwrap().text().await.unwrap();
+    assert!(!bob.contains(&request.approval_id) && bob.contains("Nothing waits"));
+
+    // bob, with a pending step of his own, has a valid CSRF token of his own.
+    let bobs = urgent
+        .runtime
+        .engine
+        .start::<examples::urgent::escalate_urgently>(
+            examples::escalate::UserId("bob".into()),
+            (urgent.deal(),),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bobs.state.kind(), "awaiting_approval");
+    let bob = page("bob").await.unwrap().text().await.unwrap();
+    assert!(!bob.contains(&request.approval_id), "{bob}");
+    let bob_token = bob
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let runs = http
+        .get(format!("{base}/runs/{}", report.run_id))
+        .header("x-forwarded-user", "alice")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        runs.contains("class=\"approve\""),
+        "alice's run page has the forms"
+    );
+    let alice_token = runs
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let post = |user: &'static str, token: String| {
+        http.post(format!(
+            "{base}/runs/{}/approvals/{}/approve",
+            report.run_id, request.approval_id
+        ))
+        .header("x-forwarded-user", user)
+        .form(&[("csrf", token)])
+        .send()
+    };
+    // alice's token is bound to alice: bob cannot use it; with his own, alice's approval is
+    // not his to decide (as unknown as any run of hers).
+    assert_eq!(
+        post("bob", alice_token.clone()).await.unwrap().status(),
+        403
+    );
+    assert_eq!(post("bob", bob_token).await.unwrap().status(), 404);
+    let state = urgent
+        .runtime
+        .engine
+        .run_status(&report.run_id)
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(state.kind(), "awaiting_approval");
+    let done = post("alice", alice_token).await.unwrap();
+    assert!(done.status().is_success(), "{}", done.status());
+    assert_eq!(urgent.sandbox.jira.issue_keys().len(), 1);
 }

@@ -18,29 +18,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chain_runtime::Runtime;
-use chain_runtime::audit::{AuditEvent, AuditRecord, AuditStore};
+use chain_runtime::audit::{AuditEvent, AuditRecord};
 use chain_runtime::classify::FailureClass;
-use chain_runtime::engine::Engine;
 use chain_runtime::prelude::*;
-use chain_runtime::sandbox::{FaultKind, Sandbox};
-use chain_runtime::store::{EntryResult, JournalEntry, RunState, RunStore};
-use chain_runtime::vault::{
-    AccountStatus, ClientSecret, ProviderConfig, SubjectSource, Vault, VaultKey,
-};
+use chain_runtime::sandbox::FaultKind;
+use chain_runtime::store::{EntryResult, JournalEntry, RunState};
+use chain_runtime::vault::{AccountStatus, ClientSecret, ProviderConfig, SubjectSource};
 use serde_json::json;
+use test_support::world::{OPPORTUNITY, SandboxWorld};
+use test_support::{UserId, alice};
 
 // ---- the principal and the steps -------------------------------------------------------
-
-/// The user a run acts for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserId(pub String);
-
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
 
 /// What a write step did, with the idempotency key it sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,15 +213,10 @@ async fn call_idp(ctx: &ChainCtx<UserId>, url: String) -> Result<String, ChainEr
 
 // ---- the world: emulators, vault, engine on one SQLite file ---------------------------
 
-const OPPORTUNITY: &str = "006000000000001AAA";
-
+/// The shared world (emulators, vault with a recording sleeper, audit trail, engine) with
+/// alice's three accounts connected through the real consent flow.
 struct World {
-    _dir: tempfile::TempDir,
-    sandbox: Sandbox,
-    vault: Vault,
-    engine: Engine,
-    audit: Arc<dyn AuditStore>,
-    runs: Arc<dyn RunStore>,
+    world: SandboxWorld,
     user: UserId,
     /// Upstream subjects of the user at Salesforce, Jira, Slack.
     sf: String,
@@ -241,53 +224,27 @@ struct World {
     slack: String,
 }
 
+impl std::ops::Deref for World {
+    type Target = SandboxWorld;
+    fn deref(&self) -> &SandboxWorld {
+        &self.world
+    }
+}
+
 impl World {
-    /// Starts the emulators, the vault, the audit trail and the engine, and connects the
-    /// user's three accounts through the real consent flow.
     async fn start() -> World {
         Self::start_with_slack_scopes(&["chat:write"]).await
     }
 
     async fn start_with_slack_scopes(slack_scopes: &[&str]) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("policy.db");
-        let sandbox = Sandbox::start().await.unwrap();
-        let runtime = Runtime::sqlite(&db)
-            .vault_key(VaultKey::generate())
-            .provider(sandbox.salesforce.provider_config("salesforce").unwrap())
-            .provider(sandbox.jira.provider_config("jira").unwrap())
-            .provider(sandbox.slack.provider_config("slack").unwrap())
-            .open()
-            .await
-            .unwrap();
-        let vault = runtime.vault().unwrap().clone();
-        let Runtime {
-            engine,
-            audit,
-            runs,
-            ..
-        } = runtime;
-        let user = UserId("alice".into());
-        let sf = sandbox.salesforce.add_user("alice@acme.example");
-        let jira = sandbox.jira.add_user("alice@acme.example");
-        let slack = sandbox.slack.add_user("alice");
-        sandbox.salesforce.approve_as(&sf).unwrap();
-        sandbox.jira.approve_as(&jira).unwrap();
-        sandbox.slack.approve_as(&slack).unwrap();
-        sandbox.salesforce.seed_opportunity(
-            OPPORTUNITY,
-            json!({ "Name": "Acme renewal", "StageName": "Negotiation" }),
-        );
-        let id = user.identifier();
-        sandbox
-            .salesforce
-            .connect(&vault, &id, "salesforce", &["api", "refresh_token"])
-            .await
-            .unwrap();
-        sandbox
-            .jira
+        let world = SandboxWorld::start().await;
+        let [sf, jira, slack] = world.add_user("alice");
+        let id = alice().identifier();
+        world
+            .connect(&id, "salesforce", &["api", "refresh_token"])
+            .await;
+        world
             .connect(
-                &vault,
                 &id,
                 "jira",
                 &[
@@ -297,21 +254,11 @@ impl World {
                     "offline_access",
                 ],
             )
-            .await
-            .unwrap();
-        sandbox
-            .slack
-            .connect(&vault, &id, "slack", slack_scopes)
-            .await
-            .unwrap();
+            .await;
+        world.connect(&id, "slack", slack_scopes).await;
         World {
-            _dir: dir,
-            sandbox,
-            vault,
-            engine,
-            audit,
-            runs,
-            user,
+            world,
+            user: alice(),
             sf,
             jira,
             slack,

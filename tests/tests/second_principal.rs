@@ -5,30 +5,16 @@
 //! `who_authorized` must answer alice, and the policy's actions on alice's account (refresh,
 //! revocation, compensation) must leave bob's accounts as they were.
 //!
-//! The vault gets a recording [`Sleeper`]: retry waits are observed (the Retry-After a
+//! The vault gets a recording sleeper (`test_support::sleeper`): retry waits are observed (the Retry-After a
 //! provider asked for, the backoff after a 5xx) without the test sleeping or racing a timer.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chain_runtime::BoxFuture;
-use chain_runtime::audit::{AuditStore, SqliteAuditStore};
-use chain_runtime::engine::Engine;
 use chain_runtime::prelude::*;
-use chain_runtime::sandbox::{CallRecord, Sandbox};
-use chain_runtime::store::SqliteRunStore;
-use chain_runtime::vault::{AccountInfo, AccountStatus, Sleeper, Vault, VaultKey, VaultOptions};
+use chain_runtime::vault::{AccountInfo, AccountStatus};
 use serde_json::json;
-
-/// The user a run acts for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserId(pub String);
-
-impl Principal for UserId {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
+use test_support::world::{CONNECTORS, OPPORTUNITY, SandboxWorld, Subjects};
+use test_support::{UserId, alice};
 
 /// What a write step did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,120 +117,27 @@ async fn issue_then_post_or_undo(
     Ok(slack_post(ctx, slack, "C0DEALS".into()).await?)
 }
 
-/// Records every retry wait and returns at once.
-#[derive(Default)]
-struct RecordedWaits(Mutex<Vec<Duration>>);
-
-impl Sleeper for RecordedWaits {
-    fn sleep(&self, wait: Duration) -> BoxFuture<'static, ()> {
-        self.0.lock().unwrap().push(wait);
-        Box::pin(async {})
-    }
-}
-
-const OPPORTUNITY: &str = "006000000000001AAA";
-const CONNECTORS: [&str; 3] = ["salesforce", "jira", "slack"];
-const SCOPES: [&[&str]; 3] = [
-    &["api", "refresh_token"],
-    &["write:jira-work", "read:me", "offline_access"],
-    &["chat:write"],
-];
-
-/// Upstream subjects at salesforce, jira, slack.
-type Subjects = [String; 3];
-
+/// The shared world (emulators, vault with a recording sleeper, engine) with alice and bob
+/// connected: alice first, bob second (bob's is each connector's latest account).
 struct World {
-    _dir: tempfile::TempDir,
-    sandbox: Sandbox,
-    vault: Vault,
-    engine: Engine,
-    audit: Arc<SqliteAuditStore>,
-    waits: Arc<RecordedWaits>,
+    world: SandboxWorld,
     alice: Subjects,
     bob: Subjects,
 }
 
+impl std::ops::Deref for World {
+    type Target = SandboxWorld;
+    fn deref(&self) -> &SandboxWorld {
+        &self.world
+    }
+}
+
 impl World {
-    /// alice connects first, bob second (bob's is each connector's latest account).
     async fn start() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("two.db");
-        let sandbox = Sandbox::start().await.unwrap();
-        let waits = Arc::new(RecordedWaits::default());
-        let options = VaultOptions {
-            sleeper: waits.clone(),
-            ..VaultOptions::default()
-        };
-        let vault = Vault::open_sqlite(&db, VaultKey::generate(), options)
-            .await
-            .unwrap();
-        vault
-            .register_provider(sandbox.salesforce.provider_config("salesforce").unwrap())
-            .await
-            .unwrap();
-        vault
-            .register_provider(sandbox.jira.provider_config("jira").unwrap())
-            .await
-            .unwrap();
-        vault
-            .register_provider(sandbox.slack.provider_config("slack").unwrap())
-            .await
-            .unwrap();
-        let audit = Arc::new(SqliteAuditStore::open(&db).await.unwrap());
-        let runs = Arc::new(SqliteRunStore::open(&db).await.unwrap());
-        let engine = Engine::new(runs, audit.clone(), Arc::new(vault.clone()));
-        sandbox.salesforce.seed_opportunity(
-            OPPORTUNITY,
-            json!({ "Name": "Acme renewal", "StageName": "Negotiation" }),
-        );
-        let mut w = World {
-            _dir: dir,
-            sandbox,
-            vault,
-            engine,
-            audit,
-            waits,
-            alice: Default::default(),
-            bob: Default::default(),
-        };
-        w.alice = w.add_and_connect("alice", "alice").await;
-        w.bob = w.add_and_connect("bob", "bob").await;
-        w
-    }
-
-    async fn add_and_connect(&self, principal: &str, login: &str) -> Subjects {
-        let sb = &self.sandbox;
-        let email = format!("{login}@acme.example");
-        let subjects = [
-            sb.salesforce.add_user(&email),
-            sb.jira.add_user(&email),
-            sb.slack.add_user(login),
-        ];
-        sb.salesforce.approve_as(&subjects[0]).unwrap();
-        sb.jira.approve_as(&subjects[1]).unwrap();
-        sb.slack.approve_as(&subjects[2]).unwrap();
-        let v = &self.vault;
-        sb.salesforce
-            .connect(v, principal, "salesforce", SCOPES[0])
-            .await
-            .unwrap();
-        sb.jira
-            .connect(v, principal, "jira", SCOPES[1])
-            .await
-            .unwrap();
-        sb.slack
-            .connect(v, principal, "slack", SCOPES[2])
-            .await
-            .unwrap();
-        subjects
-    }
-
-    fn calls(&self, connector: &str) -> Vec<CallRecord> {
-        match connector {
-            "salesforce" => self.sandbox.salesforce.calls(),
-            "jira" => self.sandbox.jira.calls(),
-            _ => self.sandbox.slack.calls(),
-        }
+        let world = SandboxWorld::start().await;
+        let alice = world.add_and_connect("alice", "alice").await;
+        let bob = world.add_and_connect("bob", "bob").await;
+        World { world, alice, bob }
     }
 
     fn marks(&self) -> [usize; 3] {
@@ -274,11 +167,11 @@ impl World {
     }
 
     fn alice(&self) -> UserId {
-        UserId("alice".into())
+        alice()
     }
 
     fn waits(&self) -> Vec<Duration> {
-        std::mem::take(&mut *self.waits.0.lock().unwrap())
+        self.world.waits.take()
     }
 }
 
@@ -338,7 +231,7 @@ async fn alices_revocation_marks_only_alices_account() {
     let marks = w.marks();
     let report = w
         .engine
-        .start::<post_message>(UserId("bob".into()), (site, "C0DEALS".into()))
+        .start::<post_message>(test_support::bob(), (site, "C0DEALS".into()))
         .await
         .unwrap();
     assert_eq!(report.state.kind(), "completed", "{:?}", report.state);
@@ -433,35 +326,36 @@ async fn server_error_backoffs_are_exponential() {
     assert_eq!(w.waits(), [base, base * 2]);
 }
 
-/// Least-privilege warnings from the vault's real grants: alice's Salesforce consent carries
-/// `refresh_token`, which no step of `read_stage` needs; a chain on Slack alone has none.
-/// Bob's grants (a wider Slack consent) never show up in alice's preflight.
+/// Least-privilege warnings from the vault's real grants: alice's Slack consent carries
+/// `users:read`, which no step of `post_message` needs; a chain on Salesforce alone reports
+/// nothing (alice's `refresh_token` there is the provider's lifecycle scope, never unused).
+/// Bob's grants (another extra Slack scope) never show up in alice's preflight.
 #[tokio::test]
 async fn unused_scopes_come_from_the_principals_own_grants() {
     use chain_runtime::engine::Credentials;
     use chain_runtime::preflight::preflight;
     let w = World::start().await;
+    w.sandbox.slack.approve_as(&w.alice[2]).unwrap();
+    w.connect("alice", "slack", &["chat:write", "users:read"])
+        .await;
     w.sandbox.slack.approve_as(&w.bob[2]).unwrap();
-    w.sandbox
-        .slack
-        .connect(&w.vault, "bob", "slack", &["chat:write", "channels:read"])
-        .await
-        .unwrap();
+    w.connect("bob", "slack", &["chat:write", "channels:read"])
+        .await;
     let alice = w.vault.grants("alice").await.unwrap();
     let stage = preflight(&read_stage::META, &w.alice(), &alice);
     assert!(stage.is_ready());
-    let unused: Vec<(&str, Vec<String>)> = stage
+    assert!(stage.unused_scopes().is_empty(), "{stage:?}");
+    let post = preflight(&post_message::META, &w.alice(), &alice);
+    assert!(post.is_ready());
+    let unused: Vec<(&str, Vec<String>)> = post
         .unused_scopes()
         .into_iter()
         .map(|(c, s)| (c, s.iter().cloned().collect()))
         .collect();
-    assert_eq!(unused, [("salesforce", vec!["refresh_token".to_owned()])]);
-    let post = preflight(&post_message::META, &w.alice(), &alice);
-    assert!(post.is_ready());
-    assert!(post.unused_scopes().is_empty(), "{post:?}");
+    assert_eq!(unused, [("slack", vec!["users:read".to_owned()])]);
 
     let bob = w.vault.grants("bob").await.unwrap();
-    let post = preflight(&post_message::META, &UserId("bob".into()), &bob);
+    let post = preflight(&post_message::META, &test_support::bob(), &bob);
     let unused: Vec<(&str, Vec<String>)> = post
         .unused_scopes()
         .into_iter()

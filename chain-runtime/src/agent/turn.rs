@@ -82,6 +82,7 @@ static REJECTED: StepMeta = StepMeta {
     output: "()",
     reconcile: None,
     idempotent: false,
+    approval: None,
     compensate: None,
     description: Some("a tool call the model made that was not executed"),
     params: &[],

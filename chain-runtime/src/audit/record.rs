@@ -280,6 +280,30 @@ pub enum AuditEvent {
         /// What the operator must know, in words.
         message: String,
     },
+    /// A step that needs a person's approval was proposed: the run waits for the decision.
+    ApprovalRequested {
+        /// The step function's name.
+        step: String,
+        /// The approval request's id.
+        approval_id: String,
+        /// Why the step needs approval, as declared.
+        reason: String,
+        /// The digest of the step's arguments the approval is bound to.
+        arguments_digest: String,
+        /// When the request expires (a denial), milliseconds since the Unix epoch.
+        expires_at_unix_ms: i64,
+    },
+    /// A person decided an approval request (or it expired, which is a denial).
+    ApprovalDecided {
+        /// The step function's name.
+        step: String,
+        /// The approval request's id.
+        approval_id: String,
+        /// `approved`, `denied` or `expired`.
+        decision: String,
+        /// Who decided (`expiry` when the request expired).
+        decided_by: String,
+    },
     /// A run reached a final state.
     RunFinished {
         /// The final state (e.g. "completed", "compensated", "blocked").
@@ -306,6 +330,8 @@ impl AuditEvent {
             AuditEvent::ConsentFailed { .. } => "consent_failed",
             AuditEvent::AccountRemoved { .. } => "account_removed",
             AuditEvent::OperatorAlert { .. } => "operator_alert",
+            AuditEvent::ApprovalRequested { .. } => "approval_requested",
+            AuditEvent::ApprovalDecided { .. } => "approval_decided",
             AuditEvent::RunFinished { .. } => "run_finished",
         }
     }

@@ -6,8 +6,9 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::open::{db_error, open_audit, open_runs};
 use super::output::{self, SyncWriter, table};
-use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd, open_audit, open_runs};
+use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd};
 use crate::audit::{AuditStore, Checkpoint, WriteKind, verify_jsonl};
 use crate::chain::ChainMeta;
 use crate::store::{RunRecord, RunStore};
@@ -54,6 +55,7 @@ pub(super) async fn dispatch(
         Cmd::Runs(RunsCmd::List) => runs_list(db, &mut out).await,
         Cmd::Runs(RunsCmd::Show { run }) => runs_show(db, &run, &mut out).await,
         Cmd::Runs(RunsCmd::Resume { run }) => runs_resume(db, &run, setup, &mut out).await,
+        Cmd::Approvals(cmd) => super::approvals::dispatch(db, out.json, cmd, setup, out.w).await,
         #[cfg(feature = "mcp")]
         Cmd::Serve { listen, principal } => {
             super::serve::serve(db, &listen, principal, setup, out.w).await
@@ -150,13 +152,13 @@ fn chains(out: &mut Out<'_>) -> Result<(), CliError> {
 async fn get_run(runs: &dyn RunStore, db: &Path, run_id: &str) -> Result<RunRecord, CliError> {
     runs.get_run(run_id)
         .await
-        .map_err(|e| super::db_error(db, e))?
+        .map_err(|e| db_error(db, e))?
         .ok_or_else(|| CliError::RunNotFound(run_id.to_owned()))
 }
 
 async fn runs_list(db: &Path, out: &mut Out<'_>) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
-    let list = runs.list_runs().await.map_err(|e| super::db_error(db, e))?;
+    let list = runs.list_runs().await.map_err(|e| db_error(db, e))?;
     if out.json {
         return out.json(&list);
     }
@@ -182,7 +184,7 @@ async fn runs_list(db: &Path, out: &mut Out<'_>) -> Result<(), CliError> {
 async fn runs_show(db: &Path, run_id: &str, out: &mut Out<'_>) -> Result<(), CliError> {
     let runs = open_runs(db).await?;
     let run = get_run(runs.as_ref(), db, run_id).await?;
-    let dberr = |e| super::db_error(db, e);
+    let dberr = |e| db_error(db, e);
     let journal = runs.journal(run_id).await.map_err(dberr)?;
     let compensations = runs.compensations(run_id).await.map_err(dberr)?;
     let alerts = runs.alerts(Some(run_id)).await.map_err(dberr)?;
@@ -393,8 +395,9 @@ async fn audit_why(
         .who_authorized(connector, record_id)
         .await
         .map_err(CliError::audit)?;
+    let approvers = super::approvals::approvers(audit.as_ref(), &writes).await?;
     if out.json {
-        return out.json(&writes);
+        return out.json(&super::approvals::with_approvers(&writes, &approvers));
     }
     if writes.is_empty() {
         return out.line(&format!(
@@ -403,7 +406,8 @@ async fn audit_why(
     }
     let rows: Vec<Vec<String>> = writes
         .iter()
-        .map(|a| {
+        .zip(&approvers)
+        .map(|(a, approver)| {
             let write = match &a.write {
                 WriteKind::Step { step } => format!("step {step}"),
                 WriteKind::Compensation {
@@ -423,6 +427,7 @@ async fn audit_why(
                 output::opt(a.step_id.as_deref()),
                 write,
                 a.outcome.as_str().to_owned(),
+                output::opt(approver.as_deref()),
             ]
         })
         .collect();
@@ -439,6 +444,7 @@ async fn audit_why(
             "STEP ID",
             "WRITE",
             "OUTCOME",
+            "APPROVED BY",
         ],
         &rows,
     ))

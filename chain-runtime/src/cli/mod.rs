@@ -34,6 +34,8 @@
 //! | `audit activity PRINCIPAL [--from-ms T] [--to-ms T]` | everything a principal did in a time range |
 //! | `audit export [--out FILE]` | the trail as JSON Lines |
 //! | `audit verify-export FILE [--checkpoint FILE]` | verifies an export (no database needed) |
+//! | `approvals list [--principal ID]` | steps waiting for a person's approval: run, approval id, principal, step, reason, arguments, expiry |
+//! | `approvals approve\|deny RUN APPROVAL --approver ID` | decides one (the run's principal, or whom the application's approval policy authorizes) and drives the run on |
 //! | `chains` | the chains compiled into this binary |
 //! | `scopes CHAIN` | the chain's scope manifest as JSON |
 //! | `serve [--listen ADDR] [--principal ID]` | web pages, OAuth callback and MCP endpoint on one listener (features `server`, `mcp`; key in `CHAIN_MCP_KEY`) |
@@ -47,7 +49,9 @@
 //! `2` bad arguments; `3` the audit chain is broken (tampered). Errors go to stderr as one
 //! `error: …` message; the tool never panics on bad input and never creates a database.
 
+mod approvals;
 mod commands;
+mod open;
 mod output;
 mod postgres;
 #[cfg(feature = "mcp")]
@@ -62,12 +66,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use std::sync::Arc;
-
-use crate::audit::{AuditError, AuditStore, ChainBreak, SqliteAuditStore};
+use crate::audit::{AuditError, ChainBreak};
 use crate::engine::EngineError;
 use crate::runtime::RuntimeBuilder;
-use crate::store::{RunStore, SqliteRunStore, StoreError};
+use crate::store::StoreError;
 
 /// Given the database file, how to wire the application's runtime (credentials and chains).
 type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + Sync + 'static;
@@ -214,6 +216,9 @@ pub enum CliError {
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(EngineError),
+    /// A decision on an approval was refused.
+    #[error(transparent)]
+    Approval(crate::engine::ApprovalError),
     /// The run store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -287,6 +292,9 @@ enum Cmd {
     /// The audit trail: verify, why, history, export, verify-export.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Steps waiting for a person's approval: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
     /// The chains compiled into this binary.
     Chains,
     /// A chain's scope manifest (the minimal grant per connector) as JSON.
@@ -467,107 +475,9 @@ fn report(result: Result<(), CliError>) -> ExitCode {
     }
 }
 
-/// Checks the database exists (never creating it) and opens the run store on it
-/// read-only (no migration, no writer, no lease holder).
-async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
-    if let Some(url) = postgres::url(path) {
-        return postgres::runs(url).await;
-    }
-    check_db(path)?;
-    Ok(Arc::new(
-        SqliteRunStore::open_read_only(path)
-            .await
-            .map_err(|e| db_error(path, e))?,
-    ))
-}
-
-/// Checks the database exists (never creating it) and opens the audit trail on it
-/// read-only.
-async fn open_audit(path: &Path) -> Result<Arc<dyn AuditStore>, CliError> {
-    if let Some(url) = postgres::url(path) {
-        return postgres::audit(url).await;
-    }
-    check_db(path)?;
-    let store = SqliteAuditStore::open_read_only(path)
-        .await
-        .map_err(|e| match e {
-            AuditError::Backend(inner) => CliError::Database {
-                path: path.to_owned(),
-                reason: inner,
-            },
-            other => CliError::Database {
-                path: path.to_owned(),
-                reason: other.to_string(),
-            },
-        })?;
-    Ok(Arc::new(store))
-}
-
-/// The tables a chain-runtime database has; a file without them is refused before any store
-/// opens it (opening would create them).
-const EXPECTED_TABLES: [&str; 2] = ["run_runs", "audit_records"];
-
-/// Checks, on a read-only connection that creates nothing, that `path` is a SQLite database
-/// with the runtime's tables.
-fn check_tables(path: &Path) -> Result<(), CliError> {
-    let refuse = |reason: String| CliError::Database {
-        path: path.to_owned(),
-        reason,
-    };
-    let conn = crate::sqlite::open_read_only_connection(path).map_err(|e| refuse(e.message))?;
-    for table in EXPECTED_TABLES {
-        let found: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [table],
-                |row| row.get(0),
-            )
-            .map_err(|e| refuse(e.to_string()))?;
-        if found == 0 {
-            return Err(refuse(format!(
-                "not a chain-runtime database (no `{table}` table); chainctl reads existing \
-                 databases and creates nothing"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn check_db(path: &Path) -> Result<(), CliError> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => check_tables(path),
-        Ok(_) => Err(CliError::NotAFile(path.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(CliError::DatabaseMissing(path.to_owned()))
-        }
-        Err(e) => Err(CliError::io(
-            format!("cannot access database `{}`", path.display()),
-            e,
-        )),
-    }
-}
-
-/// A run-store error while opening or reading: a database problem, said plainly.
-fn db_error(path: &Path, e: StoreError) -> CliError {
-    match e {
-        StoreError::Backend(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: inner,
-        },
-        StoreError::Json(inner) => CliError::Database {
-            path: path.to_owned(),
-            reason: format!("a stored value does not decode: {inner}"),
-        },
-        StoreError::Corrupt(reason) => CliError::Database {
-            path: path.to_owned(),
-            reason,
-        },
-        other => CliError::Store(other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::open::check_db;
     use super::*;
 
     fn refused(path: &Path) -> String {

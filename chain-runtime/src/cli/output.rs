@@ -134,6 +134,10 @@ pub(super) fn state(state: &RunState) -> String {
             consent_scopes.join(" ")
         ),
         RunState::Completed { output } => format!("completed, output {output}"),
+        RunState::AwaitingApproval(request) => format!(
+            "awaiting approval of `{}` ({}): `approvals approve {} {} --approver {}` or `approvals deny ...`",
+            request.step_id, request.reason, request.run_id, request.approval_id, request.principal
+        ),
         RunState::Blocked { reason } => format!("blocked: {reason}"),
         RunState::Failed { error } => format!("failed: {error}"),
         other => other.kind().to_owned(),

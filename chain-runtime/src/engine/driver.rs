@@ -2,21 +2,18 @@
 //! call (replay, execute, halt), journals each execution with its audit records as one unit of
 //! work, and decides the run's end.
 
-use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
 pub(crate) use super::outcome::{alert, audit_failure, commit, conclude};
-use super::outcome::{failure_class, is_invalid_client, suspends};
+use super::outcome::{is_invalid_client, suspends};
 use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
 use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
 use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta, HandoffRequest, RunDriver};
-use crate::classify::FailureClass;
 use crate::future::BoxFuture;
 use crate::journal::{EntryKind, JournalEntry, JournalWrite, Lease, RunRecord, RunState, Unit};
-use crate::manifest::ScopeManifest;
 use crate::step::{ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta};
 
 /// Why the run cannot go on by itself.
@@ -27,25 +24,27 @@ struct Halt {
 }
 
 /// The last step failure, to decide between suspend and compensate.
-struct Failure {
-    step_id: String,
-    node: u32,
-    connector: String,
-    error: StepError,
+pub(super) struct Failure {
+    pub(super) step_id: String,
+    pub(super) node: u32,
+    pub(super) connector: String,
+    pub(super) error: StepError,
 }
 
 /// What the driver tracks while the body runs.
-struct State {
-    replay: ReplayCursor,
-    node: u32,
+pub(super) struct State {
+    pub(super) replay: ReplayCursor,
+    pub(super) node: u32,
     halt: Option<Halt>,
     failure: Option<Failure>,
+    /// A step call waits for a person's approval: the run stops there.
+    pub(super) awaiting: Option<crate::approval::PendingApproval>,
 }
 
 pub(crate) struct Driver {
-    engine: Engine,
-    meta: &'static ChainMeta,
-    run: RunRecord,
+    pub(super) engine: Engine,
+    pub(super) meta: &'static ChainMeta,
+    pub(super) run: RunRecord,
     lease: Lease,
     state: Mutex<State>,
 }
@@ -71,13 +70,14 @@ impl Driver {
                 node: run.node,
                 halt: None,
                 failure: None,
+                awaiting: None,
             }),
             run,
             lease,
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -89,7 +89,12 @@ impl Driver {
     }
 
     /// Stops the run for an operator; returns the error the body sees.
-    fn halt(&self, reason: String, step_id: Option<String>, records: Vec<RecordRef>) -> StepError {
+    pub(super) fn halt(
+        &self,
+        reason: String,
+        step_id: Option<String>,
+        records: Vec<RecordRef>,
+    ) -> StepError {
         let mut s = self.state();
         s.replay.halt();
         if s.halt.is_none() {
@@ -103,7 +108,7 @@ impl Driver {
     }
 
     /// Carries out a halt the cursor decided; `connector` names a step's provider.
-    fn halted(&self, next: &Next, cause: HaltCause, connector: &str) -> StepError {
+    pub(super) fn halted(&self, next: &Next, cause: HaltCause, connector: &str) -> StepError {
         let (seq, step_id) = (next.seq, next.step_id.clone());
         match cause {
             HaltCause::AlreadyHalted => {
@@ -111,7 +116,7 @@ impl Driver {
                     .state()
                     .halt
                     .as_ref()
-                    .map_or_else(String::new, |h| h.reason.clone());
+                    .map_or_else(|| "a step waits for approval".to_owned(), |h| h.reason.clone());
                 StepError::Runtime(format!("the run is halted: {reason}"))
             }
             HaltCause::Diverged { journaled } => self.halt(
@@ -145,7 +150,7 @@ impl Driver {
     }
 
     /// Commits `entry` (moving the run to `node`) with `audit`, and tells the cursor.
-    async fn journal(
+    pub(super) async fn journal(
         &self,
         entry: JournalEntry,
         node: u32,
@@ -170,7 +175,7 @@ impl Driver {
 
     /// `record` with the run, connector, and the connected account in use right now (account,
     /// upstream subject, grant and scopes at call time).
-    async fn account_record(&self, record: NewRecord, connector: &str) -> NewRecord {
+    pub(super) async fn account_record(&self, record: NewRecord, connector: &str) -> NewRecord {
         self.engine.with_account(record, &self.run, connector).await
     }
 
@@ -305,7 +310,13 @@ impl Driver {
         result
     }
 
-    fn note_failure(&self, step_id: &str, node: u32, connector: &str, error: &StepError) {
+    pub(super) fn note_failure(
+        &self,
+        step_id: &str,
+        node: u32,
+        connector: &str,
+        error: &StepError,
+    ) {
         self.state().failure = Some(Failure {
             step_id: step_id.to_owned(),
             node,
@@ -435,9 +446,9 @@ impl Driver {
         &self,
         body: Result<Value, ChainError>,
     ) -> Result<RunState, EngineError> {
-        let (halt, failure) = {
+        let (halt, failure, awaiting) = {
             let mut s = self.state();
-            (s.halt.take(), s.failure.take())
+            (s.halt.take(), s.failure.take(), s.awaiting.take())
         };
         let state = if let Some(halt) = halt {
             self.engine
@@ -451,6 +462,8 @@ impl Driver {
             RunState::Blocked {
                 reason: halt.reason,
             }
+        } else if let Some(request) = awaiting {
+            RunState::AwaitingApproval(Box::new(request))
         } else {
             match body {
                 Ok(output) => RunState::Completed { output },
@@ -499,72 +512,6 @@ impl Driver {
             ))
             .await;
     }
-
-    async fn suspended(&self, f: Failure) -> Result<RunState, EngineError> {
-        let StepError::Auth {
-            class,
-            needed_scopes,
-            consent_params,
-            ..
-        } = &f.error
-        else {
-            return Err(EngineError::Codec("suspend without an auth failure".into()));
-        };
-        // What the account held (a revoked grant included) ∪ needed ∪ chain-required: the same
-        // set the consent link asks for.
-        let mut scopes: BTreeSet<String> = self
-            .engine
-            .inner
-            .credentials
-            .held_scopes(&self.run.principal_id, &f.connector)
-            .await?;
-        scopes.extend(needed_scopes.iter().cloned());
-        scopes.extend(ScopeManifest::for_chain(self.meta).scopes(&f.connector));
-        let reason = match class {
-            FailureClass::GrantRevoked => format!("the `{}` grant was revoked", f.connector),
-            FailureClass::InsufficientScope => format!(
-                "the `{}` grant lacks scopes{}",
-                f.connector,
-                if needed_scopes.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", needed_scopes.join(" "))
-                }
-            ),
-            FailureClass::StepUpRequired => {
-                format!("`{}` requires a stronger authentication", f.connector)
-            }
-            other => format!("`{}` refused: {other:?}", f.connector),
-        };
-        self.engine
-            .inner
-            .audit
-            .append(
-                self.account_record(
-                    NewRecord::new(
-                        self.run.principal_id.clone(),
-                        Outcome::Info,
-                        AuditEvent::Suspended {
-                            reason: reason.clone(),
-                            failure_class: Some(failure_class(&f.error)),
-                            missing_scopes: needed_scopes.clone(),
-                        },
-                    )
-                    .step(&f.step_id),
-                    &f.connector,
-                )
-                .await,
-            )
-            .await?;
-        Ok(RunState::Suspended {
-            step_id: f.step_id,
-            node: f.node,
-            connector: f.connector,
-            reason,
-            consent_scopes: scopes.into_iter().collect(),
-            consent_params: consent_params.clone(),
-        })
-    }
 }
 
 impl RunDriver for Driver {
@@ -583,6 +530,15 @@ impl RunDriver for Driver {
         produce: BoxFuture<'a, Result<Value, StepError>>,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(self.run_record(label, produce))
+    }
+
+    fn approval<'a>(
+        &'a self,
+        site: u32,
+        meta: &'static StepMeta,
+        arguments: Vec<Value>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(self.run_approval(site, meta, arguments))
     }
 
     fn handoff<'a>(&'a self, request: HandoffRequest) -> BoxFuture<'a, Result<Value, StepError>> {

@@ -30,6 +30,7 @@
 //!
 //! [`ChainCtx::record`]: crate::ChainCtx::record
 
+mod approval;
 mod attempts;
 mod compensate;
 mod driver;
@@ -42,6 +43,7 @@ mod prepare;
 mod replay;
 mod report;
 mod runner;
+mod suspend;
 mod version;
 mod waiting;
 mod worker;
@@ -52,6 +54,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use approval::ApprovalError;
 pub use error::EngineError;
 pub use ids::idempotency_key;
 pub use notify::{Notifier, NotifyError, TracingNotifier, WebhookNotifier};
@@ -64,8 +67,6 @@ pub use crate::accounts::AccountDirectory as Credentials;
 /// The account lookup error under its old name; see [`AccountLookupError`].
 pub use crate::accounts::AccountLookupError as CredentialsError;
 pub use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
-#[cfg(feature = "test-util")]
-pub use crate::test_util::StaticGrants;
 
 use crate::audit::AuditStore;
 use crate::audit::{AlertSeverity, AuditEvent, NewRecord, Outcome};
@@ -88,6 +89,7 @@ pub(crate) struct EngineInner {
     pub(crate) notifier: Arc<dyn Notifier>,
     chains: RwLock<HashMap<String, &'static ChainMeta>>,
     pub(crate) owner: String,
+    pub(crate) approvals: RwLock<crate::approval::ApprovalPolicy>,
 }
 
 /// The durable execution engine. Cheap to clone (an `Arc` inside); many runs at once.
@@ -159,6 +161,7 @@ impl Engine {
                 notifier,
                 chains: RwLock::default(),
                 owner: new_id("engine-"),
+                approvals: RwLock::default(),
             }),
         }
     }

@@ -104,7 +104,10 @@ pub(crate) async fn conclude(
         expected: None,
         state: state.clone(),
     }]);
-    if !matches!(state, RunState::Suspended { .. }) {
+    if !matches!(
+        state,
+        RunState::Suspended { .. } | RunState::AwaitingApproval(_)
+    ) {
         let outcome = match state {
             RunState::Completed { .. } | RunState::Compensated => Outcome::Succeeded,
             _ => Outcome::Failed,

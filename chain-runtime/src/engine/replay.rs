@@ -24,6 +24,9 @@ pub(crate) enum Call {
     Record,
     /// A handoff to a child run.
     Handoff,
+    /// A person's decision on the step call that follows (replayed like a record: a pending
+    /// proposal is proposed again).
+    Approval,
 }
 
 /// Why the run cannot go on by itself.
@@ -95,6 +98,18 @@ impl ReplayCursor {
         let n = self.counts.entry(id_prefix.to_owned()).or_insert(0);
         *n += 1;
         let step_id = format!("{id_prefix}#{n}");
+        self.next_as(step_id, call)
+    }
+
+    /// The id the next call named `id_prefix` will get, without taking a position.
+    pub(crate) fn peek_id(&self, id_prefix: &str) -> String {
+        let n = self.counts.get(id_prefix).copied().unwrap_or(0) + 1;
+        format!("{id_prefix}#{n}")
+    }
+
+    /// Takes the next position for a call whose full id is `step_id` (not counted: an
+    /// approval takes the id of the step call it precedes, see [`ReplayCursor::peek_id`]).
+    pub(crate) fn next_as(&mut self, step_id: String, call: Call) -> Next {
         let seq = self.next;
         self.next += 1;
         let decision = if self.halted {
@@ -329,6 +344,35 @@ mod tests {
         assert_eq!(
             c.next("c/b", READ).decision,
             Decision::Halt(HaltCause::AlreadyHalted)
+        );
+    }
+
+    #[test]
+    fn an_approval_takes_the_id_of_the_step_call_it_precedes_and_replays_its_decision() {
+        let mut c = ReplayCursor::new(Vec::new(), None);
+        let id = c.peek_id("c/pay");
+        assert_eq!(id, "c/pay#1");
+        let approval = c.next_as(format!("{id}@approval"), Call::Approval);
+        assert_eq!((approval.seq, approval.decision.clone()), (0, RUN1));
+        let step = c.next("c/pay", WRITE);
+        assert_eq!((step.seq, step.step_id.as_str()), (1, "c/pay#1"));
+        // A pending proposal (no decision) is proposed again; a decision replays.
+        let pending = vec![journaled(0, "c/pay#1@approval", 1, None)];
+        let mut c = ReplayCursor::new(pending, None);
+        let again = c.next_as("c/pay#1@approval".into(), Call::Approval);
+        assert_eq!(
+            again.decision,
+            Decision::Execute {
+                attempt: 2,
+                mode: CallMode::Run
+            }
+        );
+        let decided = vec![journaled(0, "c/pay#1@approval", 1, failed())];
+        let mut c = ReplayCursor::new(decided, Some("c/pay#1@approval".into()));
+        assert_eq!(
+            c.next_as("c/pay#1@approval".into(), Call::Approval)
+                .decision,
+            Decision::Replay(Err(StepError::Domain("no".into())))
         );
     }
 

@@ -1,7 +1,8 @@
 //! Runs submitted for workers, and the worker loop that drives them.
 //!
 //! [`Engine::submit`] runs preflight and stores a new run **runnable**: nobody holds it, and
-//! any worker process on the same journal may claim it. [`Engine::work`] is the worker: it
+//! any worker process on the same journal may claim it; [`Engine::resume_later`] does the same
+//! for a suspended run after re-consent. [`Engine::work`] is the worker: it
 //! claims runnable runs (new ones, and runs whose previous driver died or stalled past its
 //! lease) up to a concurrency limit, drives each on its own task, renews their leases, and
 //! stops claiming when its shutdown future resolves (the runs it drives are finished first).
@@ -36,11 +37,11 @@ use serde_json::Value;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::{Engine, EngineError, compensate, encode, ids::new_id, runner, version};
+use super::{Engine, EngineError, compensate, encode, ids::new_id, outcome, runner, version};
 use crate::audit::{AuditEvent, NewRecord, Outcome};
 use crate::chain::ChainMeta;
 use crate::context::Chain;
-use crate::journal::{Claim, Drivable, JournalError, Lease, RunState};
+use crate::journal::{Claim, Drivable, EntryKind, EntryResult, JournalError, Lease, RunState};
 use crate::principal::Principal as _;
 
 /// A callback told about each [`WorkerEvent`].
@@ -180,6 +181,28 @@ impl Engine {
             self.inner.audit.append(started).await?;
         }
         Ok(run_id)
+    }
+
+    /// Resumes a suspended run after re-consent **for the workers**: the checks of
+    /// [`Engine::resume`] (preflight, the same upstream subjects, the chain version) run here
+    /// and the run is set running, then its lease is released, which wakes the workers; one of
+    /// them claims it and retries the step it was suspended at (journaled steps replay). Any
+    /// refusal changes nothing, like [`Engine::resume`].
+    pub async fn resume_later(&self, run_id: &str) -> Result<(), EngineError> {
+        let lease = match self.inner.store.claim_run(run_id, &self.inner.owner).await {
+            Ok(lease) => lease,
+            Err(JournalError::Claimed { owner, .. }) => {
+                return Err(EngineError::Busy {
+                    run_id: run_id.to_owned(),
+                    owner,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let resumed = self.resume_claimed(run_id, &lease).await;
+        let released = self.inner.store.release_run(&lease).await;
+        resumed?;
+        Ok(released?)
     }
 
     /// The chain builds this engine can drive: every chain registered with it or linked into
@@ -342,7 +365,38 @@ impl Engine {
         if run.state == RunState::Compensating {
             return compensate::finish_compensation(self, meta, &run, lease).await;
         }
-        runner::drive(self.clone(), meta, run, lease, None).await
+        let retry = match self.suspended_step(&run.run_id, recovered).await {
+            Ok(retry) => retry,
+            Err(e) => {
+                let _ = self.inner.store.release_run(&lease).await;
+                return Err(e);
+            }
+        };
+        runner::drive(self.clone(), meta, run, lease, retry).await
+    }
+
+    /// The step a running run was suspended at, when it was resumed for the workers
+    /// ([`Engine::resume_later`]) and released: its journal ends with that step's
+    /// authorization failure (a run that suspends stores the failure, then the suspended
+    /// state; a resume sets it running again). That step is retried instead of replaying its
+    /// failure. Not after a recovery: a driver that died between storing the failure and the
+    /// suspended state left the same journal, and its run suspends again.
+    async fn suspended_step(
+        &self,
+        run_id: &str,
+        recovered: bool,
+    ) -> Result<Option<String>, EngineError> {
+        if recovered {
+            return Ok(None);
+        }
+        let journal = self.inner.store.journal(run_id).await?;
+        let last = journal.iter().rev().find(|e| e.kind == EntryKind::Step);
+        Ok(match last.and_then(|e| e.result.as_ref().map(|r| (e, r))) {
+            Some((entry, EntryResult::Err { error })) if outcome::suspends(error) => {
+                Some(entry.step_id.clone())
+            }
+            _ => None,
+        })
     }
 
     fn joined(

@@ -51,6 +51,7 @@ pub use memory::MemoryJournal;
 pub use queue::{Claim, Drivable, WakeupReceiver, Wakeups};
 pub use sqlite::SqliteJournal;
 
+use crate::approval::PendingApproval;
 use crate::audit::{AuditError, AuditRecord, NewRecord};
 use crate::error::StepError;
 pub use crate::future::BoxFuture;
@@ -95,6 +96,9 @@ pub enum RunState {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         consent_params: Vec<(String, String)>,
     },
+    /// A step that needs a person's approval is about to run: the run waits for the decision
+    /// (see [`PendingApproval`]).
+    AwaitingApproval(Box<PendingApproval>),
     /// Completed writes are being undone.
     Compensating,
     /// Every completed write was undone.
@@ -118,6 +122,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Completed { .. } => "completed",
             RunState::Suspended { .. } => "suspended",
+            RunState::AwaitingApproval(_) => "awaiting_approval",
             RunState::Compensating => "compensating",
             RunState::Compensated => "compensated",
             RunState::Blocked { .. } => "blocked",
@@ -170,6 +175,8 @@ pub enum EntryKind {
     Record,
     /// A handoff to a child run.
     Handoff,
+    /// A person's decision on a step that needs approval (no result while it is pending).
+    Approval,
 }
 
 impl EntryKind {
@@ -178,6 +185,7 @@ impl EntryKind {
             EntryKind::Step => "step",
             EntryKind::Record => "record",
             EntryKind::Handoff => "handoff",
+            EntryKind::Approval => "approval",
         }
     }
 
@@ -186,6 +194,7 @@ impl EntryKind {
             "step" => Some(EntryKind::Step),
             "record" => Some(EntryKind::Record),
             "handoff" => Some(EntryKind::Handoff),
+            "approval" => Some(EntryKind::Approval),
             _ => None,
         }
     }

@@ -30,21 +30,20 @@
 //! message; tokens and provider bodies never reach a tool result.
 
 pub mod auth;
+mod elicit;
 mod state;
 mod tools;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::ServerHandler;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
-    ElicitRequestParams, ErrorCode, ErrorData, InputRequest, InputRequiredResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::context::Chain;
 use crate::engine::{Engine, EngineError, RunReport};
@@ -265,6 +264,20 @@ impl McpServer {
                 .await
             }
         };
+        let call = PendingCall {
+            tool: name.clone(),
+            principal: identity.subject.clone(),
+            run_id: None,
+            args_digest: digest.clone(),
+        };
+        let responses = request.input_responses.as_ref();
+        let outcome = match self
+            .settle_approvals(outcome, &identity, call, responses, &context)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(response) => return Ok(response),
+        };
         let stand = match &outcome {
             Ok(report) => format!("run {}", report.state.kind()),
             Err(_) => "run not started".to_owned(),
@@ -376,71 +389,18 @@ impl McpServer {
                 "run {} failed: {error}",
                 report.run_id
             ))),
+            RunState::AwaitingApproval(request) => {
+                let _ = self.inner.book.seal(&pending(Some(report.run_id.clone())));
+                Ok(tool_error(&format!(
+                    "run {} waits for a person's approval of `{}` ({}); retry the call after it is decided",
+                    report.run_id, request.step, request.reason
+                )))
+            }
             RunState::Running | RunState::Compensating => Ok(tool_error(&format!(
                 "run {} is still being driven elsewhere; retry later",
                 report.run_id
             ))),
         }
-    }
-
-    /// The URL-mode elicitation of `links`, in the form the client's protocol version takes.
-    fn elicit(
-        &self,
-        call: PendingCall,
-        links: Vec<(String, String)>,
-        context: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let sealed = self
-            .inner
-            .book
-            .seal(&call)
-            .map_err(|e| ErrorData::internal_error(e, None))?;
-        let message = |connector: &str| {
-            format!(
-                "Connect your {connector} account to continue; then the call resumes where it stopped."
-            )
-        };
-        let id = |i: usize| format!("{}-{i}", &sealed[sealed.len().saturating_sub(16)..]);
-        let modern = context
-            .protocol_version()
-            .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
-        if modern {
-            let mut requests = BTreeMap::new();
-            for (i, (connector, url)) in links.iter().enumerate() {
-                requests.insert(
-                    format!("consent-{connector}"),
-                    InputRequest::Elicitation(ElicitRequest::new(
-                        ElicitRequestParams::UrlElicitationParams {
-                            meta: None,
-                            message: message(connector),
-                            url: url.clone(),
-                            elicitation_id: id(i),
-                        },
-                    )),
-                );
-            }
-            return Ok(CallToolResponse::InputRequired(InputRequiredResult::new(
-                Some(requests),
-                Some(sealed),
-            )));
-        }
-        let elicitations: Vec<Value> = links
-            .iter()
-            .enumerate()
-            .map(|(i, (connector, url))| {
-                json!({
-                    "mode": "url",
-                    "elicitationId": id(i),
-                    "url": url,
-                    "message": message(connector),
-                })
-            })
-            .collect();
-        Err(ErrorData::new(
-            ErrorCode(URL_ELICITATION_REQUIRED),
-            "this call needs the user to connect an account first",
-            Some(json!({ "elicitations": elicitations, "requestState": sealed })),
-        ))
     }
 }
 

@@ -27,12 +27,29 @@ pub(crate) struct ToolSpec {
     pub params: &'static [&'static str],
 }
 
+/// `description`, followed by the steps that wait for a person's approval, if any.
+fn with_approvals(description: String, meta: &ChainMeta) -> String {
+    let approvals: Vec<String> = meta
+        .steps
+        .iter()
+        .filter_map(|s| s.approval.map(|reason| format!("`{}` ({reason})", s.name)))
+        .collect();
+    if approvals.is_empty() {
+        return description;
+    }
+    let sep = if description.is_empty() { "" } else { "\n\n" };
+    format!(
+        "{description}{sep}A person approves before these steps run: {}. When you may decide, you are asked in a form during the call.",
+        approvals.join(", ")
+    )
+}
+
 /// The tool definition of `meta`.
 pub(crate) fn tool_spec(meta: &ChainMeta) -> ToolSpec {
     if let Some(def) = meta.tool_definition() {
         return ToolSpec {
             name: def.name,
-            description: def.description,
+            description: with_approvals(def.description, meta),
             input_schema: Arc::new(as_object(def.input_schema)),
             output_schema: Some(Arc::new(as_object(json!({
                 "type": "object",
@@ -45,7 +62,7 @@ pub(crate) fn tool_spec(meta: &ChainMeta) -> ToolSpec {
     let steps: Vec<String> = meta
         .steps
         .iter()
-        .map(|s| format!("{} ({}, {})", s.name, s.connector, s.effect.label()))
+        .map(|s| format!("{} ({}, {})", s.name, s.connector, s.label()))
         .collect();
     let description = format!(
         "Runs the chain `{}` for the signed-in user: {}. Writes are journaled and undone or held for an operator if a later step fails.",

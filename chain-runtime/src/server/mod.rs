@@ -1,7 +1,8 @@
 //! The human side of the runtime as a small web server (feature `server`, axum): the OAuth
 //! redirect endpoint that completes a consent and resumes the runs that waited on it, and
 //! server-rendered HTML pages (no JavaScript) of a principal's runs, one run's timeline with its
-//! decision graph, and the consent links of suspended runs.
+//! decision graph, the consent links of suspended runs, and the steps waiting for the
+//! principal's approval with approve and deny buttons.
 //!
 //! Who is looking is the application's business: it supplies an [`Authenticator`] that names
 //! the principal of a request (from its session cookie, a header set by a proxy, …). A
@@ -18,6 +19,7 @@
 //! # }
 //! ```
 
+mod approvals;
 mod csrf;
 mod pages;
 
@@ -128,7 +130,8 @@ impl WebServer {
 
     /// The routes: `GET /oauth/callback`, `GET /runs`, `GET /runs/{id}`,
     /// `GET /runs/{id}/graph.svg`, `GET /runs/{id}/consent` (redirects to a fresh consent
-    /// link) and `POST /runs/{id}/resume`.
+    /// link), `POST /runs/{id}/resume`, `GET /approvals` (the steps waiting for the
+    /// principal's decision) and `POST /runs/{id}/approvals/{approval}/approve` (or `/deny`).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/oauth/callback", get(callback))
@@ -138,6 +141,11 @@ impl WebServer {
             .route("/runs/{id}/graph.svg", get(run_graph))
             .route("/runs/{id}/consent", get(run_consent))
             .route("/runs/{id}/resume", post(run_resume))
+            .route("/approvals", get(approvals::approvals_page))
+            .route(
+                "/runs/{id}/approvals/{approval}/{verdict}",
+                post(approvals::decide),
+            )
             .with_state(self.clone())
     }
 
@@ -267,7 +275,8 @@ async fn run_page(State(web): State<WebServer>, Path(id): Path<String>, parts: P
     let journal = web.engine.store().journal(&id).await.unwrap_or_default();
     let history = web.audit.run_history(&id).await.unwrap_or_default();
     let csrf = web.csrf.token(&principal);
-    pages::html(pages::run(&run, &journal, &history, &csrf)).into_response()
+    let now = web.engine.approval_policy().now_unix_ms();
+    pages::html(pages::run(&run, &journal, &history, &csrf, now)).into_response()
 }
 
 async fn run_graph(State(web): State<WebServer>, Path(id): Path<String>, parts: Parts) -> Response {

@@ -98,6 +98,11 @@ pub(crate) fn runs(principal: &str, runs: &[RunRecord]) -> String {
             ),
             RunState::Blocked { reason } => esc(reason),
             RunState::Failed { error } => esc(error),
+            RunState::AwaitingApproval(request) => format!(
+                "{}: {} <a class=\"approvals\" href=\"/approvals\">Approve or deny</a>",
+                esc(&request.step),
+                esc(&request.reason)
+            ),
             _ => String::new(),
         };
         let _ = write!(
@@ -136,6 +141,7 @@ pub(crate) fn run(
     journal: &[JournalEntry],
     history: &[AuditRecord],
     csrf: &str,
+    now_unix_ms: i64,
 ) -> String {
     let id = url_segment(&run.run_id);
     let mut body = format!(
@@ -167,6 +173,11 @@ pub(crate) fn run(
         RunState::Blocked { reason } => {
             let _ = write!(body, "<p>Blocked: {}</p>", esc(reason));
         }
+        RunState::AwaitingApproval(request) => {
+            body.push_str(&super::approvals::describe(request, now_unix_ms));
+            // Only the run's principal sees this page, and may always decide.
+            body.push_str(&super::approvals::forms(request, csrf));
+        }
         RunState::Failed { error } => {
             let _ = write!(body, "<p>Failed: {}</p>", esc(error));
         }
@@ -193,8 +204,11 @@ pub(crate) fn run(
             .cloned()
             .flatten()
             .unwrap_or_default();
+        let approval = entry.kind == crate::store::EntryKind::Approval;
         let outcome = match &entry.result {
+            None if approval => "waiting for approval".to_owned(),
             None => "in progress".to_owned(),
+            Some(EntryResult::Ok { .. }) if approval => "approved".to_owned(),
             Some(EntryResult::Ok { .. }) => "succeeded".to_owned(),
             Some(EntryResult::Err { error }) => format!("failed: {error}"),
         };

@@ -10,14 +10,7 @@ pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
 pub const SECRET: &str = "sandbox-secret";
 pub const CLIENT: &str = "sandbox-client";
 
-pub fn client() -> Client {
-    // reqwest is built with `rustls-no-provider`; plain http still needs a provider installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
+pub use test_support::tls::client_without_redirects as client;
 
 /// GET the authorize endpoint with PKCE S256 for `VERIFIER`; returns the raw response.
 pub async fn authorize_raw(c: &Client, urls: &Urls, query: &[(&str, &str)]) -> Response {
