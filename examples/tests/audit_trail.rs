@@ -215,6 +215,15 @@ async fn the_run_started_record_lists_the_granted_but_unused_scopes() {
             scopes: vec!["read:jira-work".to_owned()],
         }]
     );
+    // The lifecycle scopes alice granted too are never reported.
+    let reported: Vec<&str> = preflight
+        .unused
+        .iter()
+        .flat_map(|c| c.scopes.iter().map(String::as_str))
+        .collect();
+    for lifecycle in ["refresh_token", "offline_access", "read:me"] {
+        assert!(!reported.contains(&lifecycle), "{lifecycle}: {reported:?}");
+    }
 }
 
 /// A refresh the provider refuses is audited as a failed `token_refresh` with the token
