@@ -78,6 +78,8 @@ pub struct Urgent {
     pub clock: Arc<OffsetClock>,
     /// The SQLite file.
     pub db: PathBuf,
+    /// alice's upstream subjects: (salesforce, jira).
+    pub alice: [String; 2],
 }
 
 impl Urgent {
@@ -105,9 +107,13 @@ impl Urgent {
                 .clock(clock.clone()),
         );
         let vault = runtime.vault()?;
+        let mut alice = [String::new(), String::new()];
         for user in ["alice", "bob"] {
             let sf = sandbox.salesforce.add_user(&format!("{user}@acme.example"));
             let jira = sandbox.jira.add_user(&format!("{user}@acme.example"));
+            if user == "alice" {
+                alice = [sf.clone(), jira.clone()];
+            }
             sandbox.salesforce.approve_as(&sf)?;
             sandbox.jira.approve_as(&jira)?;
             sandbox
@@ -133,6 +139,7 @@ impl Urgent {
             runtime,
             clock,
             db: db.to_owned(),
+            alice,
         })
     }
 

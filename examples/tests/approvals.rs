@@ -619,3 +619,48 @@ async fn chainctl_lists_approves_and_audit_why_names_the_approver() {
     );
     assert_eq!(w.sandbox.jira.issue_keys(), [key]);
 }
+
+#[tokio::test]
+async fn an_approval_is_not_a_permission_a_revoked_grant_still_suspends_and_resume_does_not_ask_again()
+ {
+    let w = world(None).await;
+    let (report, request) = w.start().await;
+    // alice's Jira grant is revoked at the provider after the proposal.
+    w.sandbox.jira.revoke_grant(&w.alice[1]);
+    let after = w
+        .runtime
+        .engine
+        .approve(&report.run_id, &request.approval_id, "alice")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&after.state, RunState::Suspended { connector, .. } if connector == "jira"),
+        "the approved write still needs alice's grant: {:?}",
+        after.state
+    );
+    assert!(w.sandbox.jira.issue_keys().is_empty());
+
+    // Re-consent, resume: the journaled approval is replayed, the write made, nobody asked.
+    let vault = w.runtime.vault().unwrap();
+    w.sandbox.jira.approve_as(&w.alice[1]).unwrap();
+    w.sandbox
+        .jira
+        .connect(
+            vault,
+            "alice",
+            "jira",
+            &["write:jira-work", "read:me", "offline_access"],
+        )
+        .await
+        .unwrap();
+    let resumed = w.runtime.engine.resume(&report.run_id).await.unwrap();
+    assert!(
+        matches!(resumed.state, RunState::Completed { .. }),
+        "{:?}",
+        resumed.state
+    );
+    assert_eq!(w.sandbox.jira.issue_keys().len(), 1);
+    let events = w.events(&report.run_id).await;
+    assert_eq!(requested(&events), 1);
+    assert_eq!(decisions(&events).len(), 1);
+}
