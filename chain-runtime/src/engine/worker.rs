@@ -146,12 +146,14 @@ impl Engine {
     /// Runs preflight for a new run of `C` and stores it runnable, for a worker
     /// ([`Engine::work`], in this or any process on the same journal) to claim and drive;
     /// returns its run id. Nothing is driven here. When consents are missing nothing is
-    /// written and [`EngineError::PreflightNotReady`] lists them.
+    /// written and [`EngineError::PreflightNotReady`] lists them. The input is given as to
+    /// [`Engine::start`]: the tuple of the chain's parameters, or the bare value for one.
     pub async fn submit<C: Chain>(
         &self,
         principal: C::Principal,
-        input: C::Input,
+        input: impl crate::IntoInput<C::Input>,
     ) -> Result<String, EngineError> {
+        let input: C::Input = input.into_input();
         let meta: &'static ChainMeta = &C::META;
         self.register_meta(meta);
         let principal_json = encode(&principal, "principal")?;
