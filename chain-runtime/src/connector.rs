@@ -35,13 +35,17 @@ use crate::token::{
 pub struct StepHttp {
     access: ConnectorAccess,
     idempotency_key: String,
+    /// A request that got no answer is never sent again (a write the provider does not
+    /// deduplicate).
+    no_resend: bool,
 }
 
 impl StepHttp {
-    pub(crate) fn new(access: ConnectorAccess, idempotency_key: &str) -> Self {
+    pub(crate) fn new(access: ConnectorAccess, idempotency_key: &str, no_resend: bool) -> Self {
         Self {
             access,
             idempotency_key: idempotency_key.to_owned(),
+            no_resend,
         }
     }
 
@@ -209,6 +213,11 @@ impl StepRequest<'_> {
                 Err(TokenError::Transport(_)) => (0, http::HeaderMap::new(), Vec::new()),
                 Err(e) => return Err(token_failure(&connector, e)),
             };
+            // No answer: the provider may have committed the write. Resending is safe only
+            // when it deduplicates by the idempotency key; otherwise the engine settles it.
+            if status == 0 && http.no_resend {
+                return Err(StepError::OutcomeUnknown { connector });
+            }
             let classification = classify::classify_with(
                 &provider,
                 source.classification_rules(),

@@ -42,7 +42,7 @@ impl<P: Principal> StepCtx<P> {
         let http = env
             .access
             .clone()
-            .map(|access| StepHttp::new(access, &env.idempotency_key));
+            .map(|access| StepHttp::new(access, &env.idempotency_key, env.no_resend));
         Ok(Self {
             principal,
             env,
@@ -56,7 +56,7 @@ impl<P: Principal> StepCtx<P> {
         let http = env
             .access
             .clone()
-            .map(|access| StepHttp::new(access, &env.idempotency_key));
+            .map(|access| StepHttp::new(access, &env.idempotency_key, env.no_resend));
         Self {
             principal,
             env,

@@ -40,6 +40,15 @@ pub enum StepError {
         /// What the last attempt said.
         message: String,
     },
+    /// A write got no answer (connection lost after sending) and its provider does not
+    /// deduplicate by idempotency key, so it was not sent again: it may or may not have been
+    /// committed. The engine runs the step's `reconcile` hook, or blocks the run for an
+    /// operator.
+    #[error("{connector}: no answer to a write that is not idempotent; it may have been committed")]
+    OutcomeUnknown {
+        /// The connector that did not answer.
+        connector: String,
+    },
     /// The step's own logic refused.
     #[error("{0}")]
     Domain(String),

@@ -253,6 +253,9 @@ pub struct StepEnv {
     pub(crate) principal: serde_json::Value,
     pub(crate) touched: Arc<Mutex<Vec<RecordRef>>>,
     pub(crate) access: Option<ConnectorAccess>,
+    /// The step is a write its provider does not deduplicate: a request that got no answer
+    /// must not be sent again (see [`StepError::OutcomeUnknown`]).
+    pub(crate) no_resend: bool,
 }
 
 impl std::fmt::Debug for StepEnv {
@@ -282,7 +285,15 @@ impl StepEnv {
             principal,
             touched: Arc::default(),
             access: None,
+            no_resend: false,
         }
+    }
+
+    /// Marks the step as a write whose provider does not deduplicate by idempotency key: its
+    /// client never resends a request that got no answer.
+    pub(crate) fn without_resend(mut self) -> Self {
+        self.no_resend = true;
+        self
     }
 
     /// Gives the step access to its connector (the engine does this when its account

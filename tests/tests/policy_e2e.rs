@@ -142,7 +142,32 @@ async fn idp_call(ctx: &StepCtx<UserId>, url: String) -> Result<String, StepErro
     Ok(String::from_utf8_lossy(&response.body).into_owned())
 }
 
+/// Posts a Slack message at a provider that does not deduplicate it: no `idempotent`, so a
+/// lost answer must never be resent.
+#[step(connector = "slack", scopes = ["chat:write"], irreversible = "a posted message is read at once")]
+async fn slack_post_once(
+    ctx: &StepCtx<UserId>,
+    site: String,
+    channel: String,
+) -> Result<String, StepError> {
+    ctx.http()?
+        .post(format!("{site}/chat.postMessage"))
+        .json(&json!({ "channel": channel, "text": "policy e2e, once" }))
+        .send()
+        .await?;
+    Ok(ctx.idempotency_key().to_owned())
+}
+
 // ---- the chains --------------------------------------------------------------------------
+
+#[chain(principal = UserId)]
+async fn post_once(
+    ctx: &ChainCtx<UserId>,
+    site: String,
+    channel: String,
+) -> Result<String, ChainError> {
+    Ok(slack_post_once(ctx, site, channel).await?)
+}
 
 #[chain(principal = UserId)]
 async fn read_stage(
@@ -1162,4 +1187,40 @@ async fn loop_guard_standards_reads_revocation() {
             ..
         }
     ));
+}
+
+/// A lost answer to a write that is not `idempotent` (its provider does not deduplicate by
+/// key): the request is not sent again; the run is blocked for an operator, the alert and the
+/// reason carry the idempotency key to look for, and the provider holds exactly one message.
+#[tokio::test]
+async fn a_lost_answer_to_a_write_that_is_not_idempotent_blocks_instead_of_resending() {
+    let w = World::start().await;
+    w.sandbox.slack.lose_next_write_response(&w.slack, 1);
+    let report = w
+        .engine
+        .start::<post_once>(w.user.clone(), (w.slack_site(), "C0DEALS".into()))
+        .await
+        .unwrap();
+    let RunState::Blocked { reason } = &report.state else {
+        panic!("expected a blocked run, got {:?}", report.state);
+    };
+    let ledger = w.sandbox.slack.ledger();
+    let calls = ledger.calls();
+    assert_eq!(calls.len(), 1, "the write was sent again: {calls:#?}");
+    assert_eq!(calls[0].fault, Some(FaultKind::ResponseLost));
+    let key = calls[0]
+        .idempotency_key
+        .clone()
+        .expect("the request carried its idempotency key");
+    assert_eq!(w.sandbox.slack.message_count(), 1);
+    assert!(reason.contains(&key), "{reason}");
+    let alerts = w.engine.alerts(Some(&report.run_id)).await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert!(alerts[0].message.contains(&key), "{}", alerts[0].message);
+    let journal = w.journal(&report.run_id).await;
+    assert_eq!(journal.len(), 1);
+    assert!(
+        journal[0].result.is_none(),
+        "the outcome is unknown, not failed"
+    );
 }

@@ -131,8 +131,8 @@ impl Driver {
                 let key = idempotency_key(&self.run.run_id, &step_id);
                 self.halt(
                     format!(
-                        "unknown outcome of write step `{step_id}`: its intent is journaled but no result (the process stopped during the call); \
-                         the step has no `reconcile` hook and is not marked `idempotent` (its provider deduplicating by Idempotency-Key), so it is not redone blindly. Check `{connector}` for a write with idempotency key {key}, then settle the run"
+                        "unknown outcome of write step `{step_id}`: its intent is journaled but no result (the process stopped during the call, or the provider did not answer); \
+                         the step is not marked `idempotent` (its provider deduplicating by Idempotency-Key) and no `reconcile` hook settled it, so it is not redone blindly. Check `{connector}` for a write with idempotency key {key}, then settle the run"
                     ),
                     Some(step_id),
                     Vec::new(),
@@ -250,6 +250,9 @@ impl Driver {
             meta.connector,
             self.run.principal.clone(),
         );
+        if meta.effect.is_write() && !meta.idempotent {
+            env = env.without_resend();
+        }
         if let Some(access) = self
             .engine
             .inner
@@ -262,6 +265,12 @@ impl Driver {
             env = env.with_access(access.observed(audit));
         }
         let result = call(env.clone(), mode).await;
+        if matches!(result, Err(StepError::OutcomeUnknown { .. })) {
+            // The write got no answer and may have been committed: the intent stays without a
+            // result, as after a crash during the call, and the run is blocked for an
+            // operator with the idempotency key to look for; never resent blindly.
+            return Err(self.halted(&next, HaltCause::UnknownOutcome, meta.connector));
+        }
         let touched = env.touched();
         let (outcome, failure_class, detail) = match &result {
             Ok(_) => (Outcome::Succeeded, None, None),

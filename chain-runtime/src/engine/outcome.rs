@@ -60,6 +60,7 @@ pub(crate) fn failure_class(error: &StepError) -> String {
             .unwrap_or_else(|| format!("{class:?}")),
         StepError::Forbidden { .. } => "forbidden".to_owned(),
         StepError::Unavailable { .. } => "unavailable".to_owned(),
+        StepError::OutcomeUnknown { .. } => "outcome_unknown".to_owned(),
         StepError::Domain(_) => "domain".to_owned(),
         StepError::Runtime(_) => "runtime".to_owned(),
     }
