@@ -9,11 +9,15 @@
 //! - 1,000 concurrent callers over 4 processes on one expiring account: exactly one refresh
 //!   request reaches the provider.
 //!
+//! The first and the last run on SQLite and on PostgreSQL (`sqlite::…`, `postgres::…`: the
+//! journal, the audit trail and the vault in that database); the kill and pause cases on SQLite.
+//!
 //! No timing assertions: every wait has a deadline and only bounds a hang.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use examples::crash::{CrashHarness, CrashStep, KillPoint};
 use examples::workers::{
     ENV_CONCURRENCY, ENV_LEASE_MS, WorkerProc, submit_runs, verify_runs, wait_terminal,
@@ -22,11 +26,26 @@ use examples::workers::{
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
 const WAIT: Duration = Duration::from_secs(120);
 
+/// How long a multi-process case may take on `backend` before it counts as hung.
+fn wait_on(backend: Backend) -> Duration {
+    match backend {
+        Backend::Sqlite => WAIT,
+        Backend::Postgres => Duration::from_secs(240),
+    }
+}
+
 async fn harness(dir: &tempfile::TempDir) -> CrashHarness {
+    harness_on(dir, Backend::Sqlite).await.0
+}
+
+/// The harness (emulators, vault, journal and audit trail) on a fresh database of `backend`.
+async fn harness_on(dir: &tempfile::TempDir, backend: Backend) -> (CrashHarness, TestDatabase) {
+    let db = backend.database(dir.path(), "chains").await;
     // The harness's own child command is not used here: workers are spawned by `WorkerProc`.
-    CrashHarness::start(&dir.path().join("chains.db"), || Command::new("false"))
+    let harness = CrashHarness::start(&db.location_path(), || Command::new("false"))
         .await
-        .unwrap()
+        .unwrap();
+    (harness, db)
 }
 
 fn worker(harness: &CrashHarness, concurrency: usize, lease_ms: Option<u64>) -> WorkerProc {
@@ -39,29 +58,38 @@ fn worker(harness: &CrashHarness, concurrency: usize, lease_ms: Option<u64>) -> 
 
 /// Closes the worker's stdin and waits for its clean exit; returns its `report` line.
 async fn stop(w: &mut WorkerProc) -> serde_json::Value {
+    stop_within(w, WAIT).await
+}
+
+async fn stop_within(w: &mut WorkerProc, wait: Duration) -> serde_json::Value {
     w.close_stdin();
-    let status = w.wait_exit(Instant::now() + WAIT).await.unwrap();
+    let status = w.wait_exit(Instant::now() + wait).await.unwrap();
     assert!(status.success(), "{}", w.failure(&format!("exit {status}")));
     let report = w.seen_with("report ");
     assert_eq!(report.len(), 1, "{}", w.failure("no report"));
     serde_json::from_str(&report[0]).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_workers_share_400_runs_each_completes_once() {
+chain_runtime::backend_tests!(
+    four_workers_share_400_runs_each_completes_once,
+    a_thousand_callers_in_four_processes_cause_one_refresh,
+);
+
+async fn four_workers_share_400_runs_each_completes_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let harness = harness(&dir).await;
+    let (harness, _db) = harness_on(&dir, backend).await;
+    let wait = wait_on(backend);
     let started = Instant::now();
     let ids = submit_runs(&harness.demo, 400).await.unwrap();
     let mut workers: Vec<WorkerProc> = (0..4).map(|_| worker(&harness, 8, None)).collect();
-    wait_terminal(&harness.demo, &ids, Instant::now() + WAIT)
+    wait_terminal(&harness.demo, &ids, Instant::now() + wait)
         .await
         .unwrap_or_else(|e| panic!("{e}; {}", workers[0].failure("first worker")));
     let mut claimed = Vec::new();
     let mut finished = Vec::new();
     let mut per_worker = Vec::new();
     for w in &mut workers {
-        let report = stop(w).await;
+        let report = stop_within(w, wait).await;
         assert_eq!(report["lost"], 0, "{report}");
         assert_eq!(report["failed"], 0, "{report}");
         per_worker.push(report["finished"].as_u64().unwrap());
@@ -87,6 +115,7 @@ async fn four_workers_share_400_runs_each_completes_once() {
     );
     assert_eq!(finished.len(), 400);
     assert!(finished.iter().all(|l| l.ends_with(" completed")));
+    // Every provider write once (the sandbox ledger), and one audit chain over all workers.
     verify_runs(&harness, &ids).await.unwrap();
     eprintln!(
         "400 runs over 4 workers in {:.1?} (finished per worker: {per_worker:?})",
@@ -322,25 +351,25 @@ async fn a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly() {
     verify_runs(&harness, &ids).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_callers_in_four_processes_cause_one_refresh() {
+async fn a_thousand_callers_in_four_processes_cause_one_refresh(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let harness = harness(&dir).await;
+    let (harness, db) = harness_on(&dir, backend).await;
     // Alice's Jira access token now expires within the refresh margin, for every process.
-    let conn = rusqlite::Connection::open(&harness.demo.db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let changed = conn
-        .execute(
-            "UPDATE vault_accounts SET expires_at = ?1 WHERE connector = 'jira'",
-            [now - 60],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(conn);
+    db.execute_batch(&format!(
+        "UPDATE vault_accounts SET expires_at = {} WHERE connector = 'jira'",
+        now - 60
+    ))
+    .await;
+    let stored = harness.demo.vault.account("alice", "jira").await.unwrap();
+    assert_eq!(
+        stored.expires_at,
+        Some(now - 60),
+        "the update reached the account"
+    );
     let refreshes = || {
         harness
             .demo
@@ -358,7 +387,7 @@ async fn a_thousand_callers_in_four_processes_cause_one_refresh() {
             WorkerProc::spawn(WORKER, &harness, &["refresh", "250", "jira"], None, &[]).unwrap()
         })
         .collect();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait_on(backend);
     for p in &mut procs {
         p.line("ready", deadline).await.unwrap();
     }

@@ -119,10 +119,13 @@ impl TestDatabase {
     /// attacker with database access would.
     pub async fn execute_batch(&self, sql: &str) {
         match self.backend {
-            Backend::Sqlite => rusqlite::Connection::open(&self.location)
-                .unwrap()
-                .execute_batch(sql)
-                .unwrap(),
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(&self.location).unwrap();
+                // The test's own runtime may be committing on the same file.
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
             Backend::Postgres => self.raw().await.batch_execute(sql).await.unwrap(),
         }
     }
