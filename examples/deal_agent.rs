@@ -13,7 +13,6 @@
 //! whose replay does not ask the model again), `revoked` (a revocation suspends the run; the
 //! resume continues the conversation).
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use chain_runtime::Chain;
@@ -74,26 +73,16 @@ async fn run(scenarios: Vec<AgentScenario>, json: bool) -> Result<(), DemoError>
             "Chain `{}` runs as principal `{}`; a model chooses its steps.\n",
             meta.name, meta.principal
         );
-        println!("Scope manifest (the union over the toolset, compensators included):");
-        for (connector, scopes) in &meta.manifest().connectors {
-            let list: Vec<String> = scopes
-                .iter()
-                .map(|(scope, users)| {
-                    format!(
-                        "{scope} ({})",
-                        users.iter().cloned().collect::<Vec<_>>().join(", ")
-                    )
-                })
-                .collect();
-            println!("  {connector:<11} {}", list.join("; "));
-        }
-        println!("\nDecision graph (Mermaid):\n{}", meta.graph.mermaid());
+        examples::demo::print_chain_overview(
+            meta,
+            "Scope manifest (the union over the toolset, compensators included):",
+        );
     }
     let mut reports = Vec::new();
     for scenario in scenarios {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("chains.db");
-        progress(
+        examples::demo::progress(
             json,
             &format!(
                 "[{}] starting the provider sandbox, the scripted model and the store at {}",
@@ -112,13 +101,6 @@ async fn run(scenarios: Vec<AgentScenario>, json: bool) -> Result<(), DemoError>
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(())
-}
-
-fn progress(json: bool, message: &str) {
-    if !json {
-        eprintln!("… {message}");
-        let _ = std::io::stderr().flush();
-    }
 }
 
 fn print_report(r: &AgentReport) {
@@ -141,34 +123,10 @@ fn print_report(r: &AgentReport) {
         println!("  rejected:    {rejected}");
     }
     if !r.steps.is_empty() {
-        let width = |header: &str, cell: &dyn Fn(&examples::demo::StepLine) -> usize| {
-            r.steps
-                .iter()
-                .map(cell)
-                .max()
-                .unwrap_or(0)
-                .max(header.len())
-        };
-        let (w_step, w_conn, w_out, w_subj) = (
-            width("tool call", &|s| s.step.len()),
-            width("connector", &|s| s.connector.len()),
-            width("outcome", &|s| s.outcome.len()),
-            width("upstream subject", &|s| s.upstream_subject.len()),
+        print!(
+            "\n{}",
+            examples::demo::StepLine::table("tool call", &r.steps)
         );
-        println!(
-            "\n  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  failure",
-            "tool call", "connector", "outcome", "upstream subject"
-        );
-        for s in &r.steps {
-            println!(
-                "  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  {}",
-                s.step,
-                s.connector,
-                s.outcome,
-                s.upstream_subject,
-                s.failure.as_deref().unwrap_or("-")
-            );
-        }
     }
     let writes: Vec<String> = r
         .provider_writes

@@ -13,7 +13,6 @@
 //! their real failure shapes), and one SQLite file holds the vault, the run journal and the
 //! audit trail.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -108,20 +107,10 @@ async fn run(args: Args) -> Result<(), DemoError> {
             "Chain `{}` runs as principal `{}`.\n",
             meta.name, meta.principal
         );
-        println!("Scope manifest (the minimal grant per connector):");
-        for (connector, scopes) in &meta.manifest().connectors {
-            let list: Vec<String> = scopes
-                .iter()
-                .map(|(scope, users)| {
-                    format!(
-                        "{scope} ({})",
-                        users.iter().cloned().collect::<Vec<_>>().join(", ")
-                    )
-                })
-                .collect();
-            println!("  {connector:<11} {}", list.join("; "));
-        }
-        println!("\nDecision graph (Mermaid):\n{}", meta.graph.mermaid());
+        examples::demo::print_chain_overview(
+            meta,
+            "Scope manifest (the minimal grant per connector):",
+        );
     }
     let mut reports = Vec::new();
     for scenario in &args.scenarios {
@@ -131,7 +120,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
             .db
             .clone()
             .unwrap_or_else(|| dir.path().join("chains.db"));
-        progress(
+        examples::demo::progress(
             args.json,
             &format!(
                 "[{}] starting the provider sandbox and the store at {}",
@@ -140,7 +129,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
             ),
         );
         let report = if *scenario == Scenario::Crash {
-            progress(
+            examples::demo::progress(
                 args.json,
                 "[crash] connecting alice's accounts, then running the chain in a child process to kill it",
             );
@@ -153,7 +142,7 @@ async fn run(args: Args) -> Result<(), DemoError> {
             .await?
         } else {
             let demo = Demo::start(&db).await?;
-            progress(
+            examples::demo::progress(
                 args.json,
                 &format!(
                     "[{}] connecting alice's accounts (consent with PKCE), then running",
@@ -173,13 +162,6 @@ async fn run(args: Args) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn progress(json: bool, message: &str) {
-    if !json {
-        eprintln!("… {message}");
-        let _ = std::io::stderr().flush();
-    }
-}
-
 fn print_report(r: &Report) {
     println!(
         "\n=== scenario `{}`: run {} ===",
@@ -197,35 +179,7 @@ fn print_report(r: &Report) {
         println!("  consent:     {link}");
     }
     if !r.steps.is_empty() {
-        // Columns as wide as their widest cell.
-        let width = |header: &str, cell: &dyn Fn(&examples::demo::StepLine) -> usize| {
-            r.steps
-                .iter()
-                .map(cell)
-                .max()
-                .unwrap_or(0)
-                .max(header.len())
-        };
-        let (w_step, w_conn, w_out, w_subj) = (
-            width("step", &|s| s.step.len()),
-            width("connector", &|s| s.connector.len()),
-            width("outcome", &|s| s.outcome.len()),
-            width("upstream subject", &|s| s.upstream_subject.len()),
-        );
-        println!(
-            "\n  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  failure",
-            "step", "connector", "outcome", "upstream subject"
-        );
-        for s in &r.steps {
-            println!(
-                "  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  {}",
-                s.step,
-                s.connector,
-                s.outcome,
-                s.upstream_subject,
-                s.failure.as_deref().unwrap_or("-")
-            );
-        }
+        print!("\n{}", examples::demo::StepLine::table("step", &r.steps));
     }
     println!(
         "\n  Who authorized changes to Salesforce Opportunity {}?",

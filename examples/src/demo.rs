@@ -101,6 +101,64 @@ pub struct StepLine {
     pub failure: Option<String>,
 }
 
+/// Writes a progress line to stderr, unless the output is JSON.
+pub fn progress(json: bool, message: &str) {
+    if !json {
+        eprintln!("… {message}");
+        let _ = std::io::Write::flush(&mut std::io::stderr());
+    }
+}
+
+/// Prints what a chain asks for before it runs: its scope manifest (per connector, each scope
+/// with the steps that need it) under `manifest_heading`, then its decision graph in Mermaid.
+pub fn print_chain_overview(meta: &chain_runtime::ChainMeta, manifest_heading: &str) {
+    println!("{manifest_heading}");
+    for (connector, scopes) in &meta.manifest().connectors {
+        let list: Vec<String> = scopes
+            .iter()
+            .map(|(scope, users)| {
+                format!(
+                    "{scope} ({})",
+                    users.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect();
+        println!("  {connector:<11} {}", list.join("; "));
+    }
+    println!("\nDecision graph (Mermaid):\n{}", meta.graph.mermaid());
+}
+
+impl StepLine {
+    /// The lines as an indented text table, each column as wide as its widest cell; the first
+    /// column is headed `first_header` ("step", "tool call").
+    pub fn table(first_header: &str, lines: &[StepLine]) -> String {
+        let width = |header: &str, cell: fn(&StepLine) -> usize| {
+            lines.iter().map(cell).max().unwrap_or(0).max(header.len())
+        };
+        let (w_step, w_conn, w_out, w_subj) = (
+            width(first_header, |s| s.step.len()),
+            width("connector", |s| s.connector.len()),
+            width("outcome", |s| s.outcome.len()),
+            width("upstream subject", |s| s.upstream_subject.len()),
+        );
+        let mut table = format!(
+            "  {first_header:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  failure\n",
+            "connector", "outcome", "upstream subject"
+        );
+        for s in lines {
+            table.push_str(&format!(
+                "  {:<w_step$}  {:<w_conn$}  {:<w_out$}  {:<w_subj$}  {}\n",
+                s.step,
+                s.connector,
+                s.outcome,
+                s.upstream_subject,
+                s.failure.as_deref().unwrap_or("-")
+            ));
+        }
+        table
+    }
+}
+
 /// The answer to "who authorized the change to this record?".
 #[derive(Clone, Debug, Serialize)]
 pub struct WhoLine {
