@@ -1,7 +1,11 @@
 //! The API pipeline of every emulator: faults, token and scope checks, idempotent replay,
 //! the provider operation, the ledger, and lost responses.
 
-use axum::http::{HeaderMap, Method};
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::endpoints::bearer;
@@ -42,6 +46,81 @@ impl ApiCall {
             write,
             needed,
         }
+    }
+}
+
+/// What every emulator API handler extracts: the emulator's state, the connection's kill
+/// switch, and the request's method, path and headers. [`ApiRequest::run`] sends it through
+/// the pipeline.
+pub struct ApiRequest<P: ProviderImpl> {
+    shared: Arc<Shared<P>>,
+    kill: ConnKill,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+impl<P: ProviderImpl> FromRequestParts<Arc<Shared<P>>> for ApiRequest<P> {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared<P>>,
+    ) -> Result<Self, Self::Rejection> {
+        let kill = parts.extensions.get::<ConnKill>().cloned().ok_or((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the emulator's connection layer is missing",
+        ))?;
+        Ok(Self {
+            shared: shared.clone(),
+            kill,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl<P: ProviderImpl> ApiRequest<P> {
+    /// The emulator's state.
+    pub fn shared(&self) -> &Arc<Shared<P>> {
+        &self.shared
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The request as the pipeline sees it: a write or a read, needing scope `needed`.
+    pub fn call(&self, write: bool, needed: Option<&'static str>) -> ApiCall {
+        ApiCall::new(
+            self.method.clone(),
+            self.path.clone(),
+            &self.headers,
+            write,
+            needed,
+        )
+    }
+
+    /// Runs `op` through the pipeline as a write or a read needing scope `needed`.
+    pub async fn run(
+        self,
+        write: bool,
+        needed: Option<&'static str>,
+        op: impl FnOnce(&mut P::Data, &ApiCtx<'_>) -> OpResult,
+    ) -> Response {
+        let call = self.call(write, needed);
+        self.run_call(call, op).await
+    }
+
+    /// Runs `op` through the pipeline for a `call` the handler adjusted.
+    pub async fn run_call(
+        self,
+        call: ApiCall,
+        op: impl FnOnce(&mut P::Data, &ApiCtx<'_>) -> OpResult,
+    ) -> Response {
+        run_api(&self.shared, &self.kill, call, op).await
     }
 }
 

@@ -16,19 +16,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Extension, Router};
 use serde_json::{Value, json};
 
-use super::api::{ApiCall, run_api};
+use super::api::ApiRequest;
 use super::client::{ClientConfig, Rotation, random_digits};
 use super::endpoints::{authorize_endpoint, check_client_of, params, token_endpoint};
 use super::oauth::{AccessCheck, Issued, TokenError};
-use super::server::ConnKill;
 use super::state::{Shared, epoch_secs};
 use super::wire::{ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
@@ -304,13 +303,8 @@ async fn revoke_grant(
 }
 
 /// `GET /user`: the numeric `id` is the stable subject (logins can be renamed).
-async fn user(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-) -> Response {
-    let call = ApiCall::new(Method::GET, "/user".into(), &headers, false, None);
-    run_api(&shared, &kill, call, |_, ctx| {
+async fn user(api: ApiRequest<GithubApi>) -> Response {
+    api.run(false, None, |_, ctx| {
         let id: u64 = ctx.subject.parse().unwrap_or_default();
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
@@ -329,22 +323,12 @@ fn issue_json(base: &str, repo: &str, number: u64, issue: &Issue) -> Value {
 }
 
 async fn create_issue(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<GithubApi>,
     Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> Response {
-    let p = params(&headers, &body);
-    let call = ApiCall::new(
-        Method::POST,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some(REPO),
-    );
-    run_api(&shared, &kill, call, |data, ctx| {
+    let p = params(api.headers(), &body);
+    api.run(true, Some(REPO), |data, ctx| {
         let title = p.get("title").cloned().unwrap_or_default();
         if title.is_empty() {
             return OpResult::reply(message(
@@ -376,20 +360,10 @@ fn not_found() -> ApiReply {
 }
 
 async fn get_issue(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<GithubApi>,
     Path((owner, repo, number)): Path<(String, String, u64)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    let call = ApiCall::new(
-        Method::GET,
-        uri.path().to_owned(),
-        &headers,
-        false,
-        Some(REPO),
-    );
-    run_api(&shared, &kill, call, |data, ctx| {
+    api.run(false, Some(REPO), |data, ctx| {
         let full = format!("{owner}/{repo}");
         OpResult::reply(match data.issues.get(&(full.clone(), number)) {
             Some(issue) => ApiReply::json(
@@ -405,22 +379,12 @@ async fn get_issue(
 /// `PATCH …/issues/{n}` with `title` and/or `state` (`open`, `closed`); GitHub has no
 /// issue deletion in its REST API, so closing is how a created issue is undone.
 async fn update_issue(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<GithubApi>,
     Path((owner, repo, number)): Path<(String, String, u64)>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> Response {
-    let p = params(&headers, &body);
-    let call = ApiCall::new(
-        Method::PATCH,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some(REPO),
-    );
-    run_api(&shared, &kill, call, |data, ctx| {
+    let p = params(api.headers(), &body);
+    api.run(true, Some(REPO), |data, ctx| {
         let full = format!("{owner}/{repo}");
         let Some(issue) = data.issues.get_mut(&(full.clone(), number)) else {
             return OpResult::reply(not_found());

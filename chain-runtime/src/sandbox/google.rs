@@ -14,19 +14,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use serde_json::{Value, json};
 
-use super::api::{ApiCall, run_api};
+use super::api::ApiRequest;
 use super::client::{ClientConfig, Rotation, random_digits, random_string, sandbox_jwt};
 use super::endpoints::{authorize_endpoint, params, token_endpoint};
 use super::oauth::{Issued, TokenError};
-use super::server::ConnKill;
 use super::state::{Shared, epoch_secs};
 use super::wire::{ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
@@ -297,13 +296,8 @@ async fn revoke(State(shared): State<Sh>, headers: HeaderMap, uri: Uri, body: By
 }
 
 /// OIDC userinfo: `sub` and the login as `email`.
-async fn userinfo(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-) -> Response {
-    let call = ApiCall::new(Method::GET, "/v1/userinfo".into(), &headers, false, None);
-    run_api(&shared, &kill, call, |_, ctx| {
+async fn userinfo(api: ApiRequest<GoogleApi>) -> Response {
+    api.run(false, None, |_, ctx| {
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
             json!({ "sub": ctx.subject, "email": ctx.login, "email_verified": true }),
@@ -341,22 +335,12 @@ fn not_found() -> ApiReply {
 /// `POST …/events`: a client-chosen `id` (base32hex, 5–1024 chars) makes the insert
 /// idempotent: a second insert with it is 409 `duplicate`.
 async fn insert_event(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<GoogleApi>,
     Path(cal): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> Response {
-    let p = params(&headers, &body);
-    let call = ApiCall::new(
-        Method::POST,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some(CALENDAR_EVENTS),
-    );
-    run_api(&shared, &kill, call, |data, ctx| {
+    let p = params(api.headers(), &body);
+    api.run(true, Some(CALENDAR_EVENTS), |data, ctx| {
         let id = p
             .get("id")
             .cloned()
@@ -383,20 +367,10 @@ async fn insert_event(
 }
 
 async fn get_event(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<GoogleApi>,
     Path((cal, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    let call = ApiCall::new(
-        Method::GET,
-        uri.path().to_owned(),
-        &headers,
-        false,
-        Some(CALENDAR_EVENTS),
-    );
-    run_api(&shared, &kill, call, |data, ctx| {
+    api.run(false, Some(CALENDAR_EVENTS), |data, ctx| {
         OpResult::reply(match data.events.get(&(cal.clone(), id.clone())) {
             Some(e) => ApiReply::json(StatusCode::OK, event_json(&cal, &id, e, ctx.login)),
             None => not_found(),
@@ -407,20 +381,10 @@ async fn get_event(
 
 /// `DELETE …/events/{id}`: 204; the event stays as `cancelled`, and deleting it again is 410.
 async fn delete_event(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<GoogleApi>,
     Path((cal, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    let call = ApiCall::new(
-        Method::DELETE,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some(CALENDAR_EVENTS),
-    );
-    run_api(&shared, &kill, call, |data, _| {
+    api.run(true, Some(CALENDAR_EVENTS), |data, _| {
         match data.events.get_mut(&(cal.clone(), id.clone())) {
             Some(e) if e.status == "cancelled" => OpResult::reply(gone()),
             Some(e) => {

@@ -6,20 +6,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{ApiCall, run_api};
+use super::api::ApiRequest;
 use super::client::{ClientConfig, Rotation, random_uuid};
 use super::endpoints::{authorize_endpoint, params, token_endpoint};
 use super::oauth::{Issued, TokenError};
-use super::server::ConnKill;
 use super::state::{Shared, epoch_secs};
 use super::wire::{ApiCtx, ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
@@ -242,13 +241,8 @@ async fn revoke(State(shared): State<Sh>, headers: HeaderMap, body: Bytes) -> Re
     StatusCode::OK.into_response()
 }
 
-async fn me(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-) -> Response {
-    let call = ApiCall::new(Method::GET, "/me".into(), &headers, false, Some("read:me"));
-    run_api(&shared, &kill, call, |_, ctx| {
+async fn me(api: ApiRequest<JiraApi>) -> Response {
+    api.run(false, Some("read:me"), |_, ctx| {
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
             json!({
@@ -260,14 +254,8 @@ async fn me(
     .await
 }
 
-async fn accessible_resources(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    let call = ApiCall::new(Method::GET, uri.path().to_owned(), &headers, false, None);
-    run_api(&shared, &kill, call, |_, ctx| {
+async fn accessible_resources(api: ApiRequest<JiraApi>) -> Response {
+    api.run(false, None, |_, ctx| {
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
             json!([{ "id": ctx.tenant, "url": ctx.base_url, "name": "sandbox", "scopes": ctx.scopes, "avatarUrl": "" }]),
@@ -315,24 +303,14 @@ fn wrong_cloud(shared: &Sh, cloud: Option<&str>) -> Option<Response> {
 }
 
 async fn create_issue(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<JiraApi>,
     Path(CloudPath { cloud }): Path<CloudPath>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> Response {
-    if let Some(resp) = wrong_cloud(&shared, cloud.as_deref()) {
+    if let Some(resp) = wrong_cloud(api.shared(), cloud.as_deref()) {
         return resp;
     }
-    let call = ApiCall::new(
-        Method::POST,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some(WRITE),
-    );
-    run_api(&shared, &kill, call, |data, ctx| {
+    api.run(true, Some(WRITE), |data, ctx| {
         let fields = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("fields").cloned())
@@ -385,23 +363,13 @@ async fn create_issue(
 }
 
 async fn get_issue(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<JiraApi>,
     Path(IssuePath { cloud, key }): Path<IssuePath>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    if let Some(resp) = wrong_cloud(&shared, cloud.as_deref()) {
+    if let Some(resp) = wrong_cloud(api.shared(), cloud.as_deref()) {
         return resp;
     }
-    let call = ApiCall::new(
-        Method::GET,
-        uri.path().to_owned(),
-        &headers,
-        false,
-        Some(READ),
-    );
-    run_api(&shared, &kill, call, |data, ctx| match find(data, &key) {
+    api.run(false, Some(READ), |data, ctx| match find(data, &key) {
         Some(issue) => OpResult::reply(ApiReply::json(
             StatusCode::OK,
             json!({ "id": issue.id, "key": issue.key, "self": self_url(ctx, &issue.id), "fields": issue.fields }),
@@ -412,23 +380,13 @@ async fn get_issue(
 }
 
 async fn delete_issue(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<JiraApi>,
     Path(IssuePath { cloud, key }): Path<IssuePath>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    if let Some(resp) = wrong_cloud(&shared, cloud.as_deref()) {
+    if let Some(resp) = wrong_cloud(api.shared(), cloud.as_deref()) {
         return resp;
     }
-    let call = ApiCall::new(
-        Method::DELETE,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some(WRITE),
-    );
-    run_api(&shared, &kill, call, |data, _| {
+    api.run(true, Some(WRITE), |data, _| {
         match find(data, &key).map(|i| i.key.clone()) {
             Some(k) => {
                 data.issues.remove(&k);

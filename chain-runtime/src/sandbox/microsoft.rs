@@ -23,7 +23,7 @@ use axum::{Extension, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::api::{ApiCall, run_api};
+use super::api::{ApiCall, ApiRequest, run_api};
 use super::client::{ClientConfig, Rotation, random_string, random_uuid, sandbox_jwt};
 use super::endpoints::{authorize_endpoint, token_endpoint};
 use super::oauth::{Issued, TokenError};
@@ -312,13 +312,8 @@ impl ProviderImpl for MicrosoftApi {
     }
 }
 
-async fn me(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-) -> Response {
-    let call = ApiCall::new(Method::GET, "/v1.0/me".into(), &headers, false, None);
-    run_api(&shared, &kill, call, |_, ctx| {
+async fn me(api: ApiRequest<MicrosoftApi>) -> Response {
+    api.run(false, None, |_, ctx| {
         let oid = ctx.subject.split_once(':').map_or(ctx.subject, |(_, o)| o);
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
@@ -330,21 +325,9 @@ async fn me(
 
 /// `POST /me/sendMail` `{"message":{"subject", "toRecipients":[{"emailAddress":{"address"}}]}}`:
 /// 202 without a body. A sent message cannot be unsent.
-async fn send_mail(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn send_mail(api: ApiRequest<MicrosoftApi>, body: Bytes) -> Response {
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let call = ApiCall::new(
-        Method::POST,
-        "/v1.0/me/sendMail".into(),
-        &headers,
-        true,
-        Some(MAIL_SEND),
-    );
-    run_api(&shared, &kill, call, move |data, _| {
+    api.run(true, Some(MAIL_SEND), move |data, _| {
         let message = &json["message"];
         let to: Vec<String> = message["toRecipients"]
             .as_array()

@@ -4,21 +4,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::api::{ApiCall, run_api};
+use super::api::ApiRequest;
 use super::client::{ClientConfig, Rotation, random_upper};
 use super::endpoints::{authorize_endpoint, check_client_of, no_store, params, token_endpoint};
 use super::oauth::{Issued, TokenError};
-use super::server::ConnKill;
 use super::state::{Shared, epoch_millis, epoch_secs};
 use super::wire::{ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
@@ -260,14 +259,10 @@ async fn introspect(State(shared): State<Sh>, headers: HeaderMap, body: Bytes) -
 }
 
 async fn identity(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<SalesforceApi>,
     Path((org, user)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    let call = ApiCall::new(Method::GET, uri.path().to_owned(), &headers, false, None);
-    run_api(&shared, &kill, call, |_, ctx| {
+    api.run(false, None, |_, ctx| {
         if ctx.subject != format!("{}/id/{org}/{user}", ctx.base_url) {
             return OpResult::reply(sf_error(
                 StatusCode::FORBIDDEN,
@@ -318,20 +313,10 @@ fn parse_fields(body: &[u8]) -> Result<Map<String, Value>, ApiReply> {
 }
 
 async fn get_opportunity(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<SalesforceApi>,
     Path((version, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> Response {
-    let call = ApiCall::new(
-        Method::GET,
-        uri.path().to_owned(),
-        &headers,
-        false,
-        Some("api"),
-    );
-    run_api(&shared, &kill, call, |data, _| {
+    api.run(false, Some("api"), |data, _| {
         match data.opportunities.get(&id) {
             Some(fields) => OpResult::reply(ApiReply::json(
                 StatusCode::OK,
@@ -344,21 +329,11 @@ async fn get_opportunity(
 }
 
 async fn update_opportunity(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
+    api: ApiRequest<SalesforceApi>,
     Path((_version, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> Response {
-    let call = ApiCall::new(
-        Method::PATCH,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some("api"),
-    );
-    run_api(&shared, &kill, call, |data, _| {
+    api.run(true, Some("api"), |data, _| {
         let fields = match parse_fields(&body) {
             Ok(f) => f,
             Err(reply) => return OpResult::reply(reply),
@@ -374,21 +349,8 @@ async fn update_opportunity(
     .await
 }
 
-async fn create_opportunity(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let call = ApiCall::new(
-        Method::POST,
-        uri.path().to_owned(),
-        &headers,
-        true,
-        Some("api"),
-    );
-    run_api(&shared, &kill, call, |data, _| {
+async fn create_opportunity(api: ApiRequest<SalesforceApi>, body: Bytes) -> Response {
+    api.run(true, Some("api"), |data, _| {
         let fields = match parse_fields(&body) {
             Ok(f) => f,
             Err(reply) => return OpResult::reply(reply),

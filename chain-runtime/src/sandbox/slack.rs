@@ -6,19 +6,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use serde_json::{Value, json};
 
-use super::api::{ApiCall, run_api};
+use super::api::{ApiCall, ApiRequest};
 use super::client::{ClientConfig, Rotation, random_upper};
 use super::endpoints::{authorize_endpoint, bearer, params, token_endpoint};
 use super::oauth::{Issued, TokenError};
-use super::server::ConnKill;
 use super::state::{Shared, epoch_secs};
 use super::wire::{ApiFailure, ApiReply, OpResult, ProviderImpl, TokenCtx};
 use super::{Emulator, EmulatorConfig, Urls};
@@ -188,35 +187,23 @@ async fn revoke(State(shared): State<Sh>, headers: HeaderMap, body: Bytes) -> Re
     reply.into_response()
 }
 
+/// Slack reads the token from the `Authorization` header or, failing that, the form's `token`.
 fn call_of(
-    method: &'static str,
-    headers: &HeaderMap,
+    api: &ApiRequest<SlackApi>,
     p: &std::collections::HashMap<String, String>,
     write: bool,
 ) -> ApiCall {
-    let needed = write.then_some(CHAT_WRITE);
-    let mut call = ApiCall::new(
-        Method::POST,
-        format!("/api/{method}"),
-        headers,
-        write,
-        needed,
-    );
+    let mut call = api.call(write, write.then_some(CHAT_WRITE));
     if call.token.is_none() {
         call.token = p.get("token").cloned();
     }
     call
 }
 
-async fn auth_test(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let p = params(&headers, &body);
-    let call = call_of("auth.test", &headers, &p, false);
-    run_api(&shared, &kill, call, |_, ctx| {
+async fn auth_test(api: ApiRequest<SlackApi>, body: Bytes) -> Response {
+    let p = params(api.headers(), &body);
+    let call = call_of(&api, &p, false);
+    api.run_call(call, |_, ctx| {
         let (team, user) = split_subject(ctx.subject);
         OpResult::reply(ApiReply::json(
             StatusCode::OK,
@@ -227,16 +214,10 @@ async fn auth_test(
     .await
 }
 
-async fn post_message(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-    _uri: Uri,
-    body: Bytes,
-) -> Response {
-    let p = params(&headers, &body);
-    let call = call_of("chat.postMessage", &headers, &p, true);
-    run_api(&shared, &kill, call, |data, ctx| {
+async fn post_message(api: ApiRequest<SlackApi>, body: Bytes) -> Response {
+    let p = params(api.headers(), &body);
+    let call = call_of(&api, &p, true);
+    api.run_call(call, |data, ctx| {
         let channel = p.get("channel").cloned().unwrap_or_default();
         let text = p.get("text").cloned().unwrap_or_default();
         if channel.is_empty() {
@@ -260,15 +241,10 @@ async fn post_message(
     .await
 }
 
-async fn delete_message(
-    State(shared): State<Sh>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let p = params(&headers, &body);
-    let call = call_of("chat.delete", &headers, &p, true);
-    run_api(&shared, &kill, call, |data, _| {
+async fn delete_message(api: ApiRequest<SlackApi>, body: Bytes) -> Response {
+    let p = params(api.headers(), &body);
+    let call = call_of(&api, &p, true);
+    api.run_call(call, |data, _| {
         let channel = p.get("channel").cloned().unwrap_or_default();
         let ts = p.get("ts").cloned().unwrap_or_default();
         match data.messages.remove(&(channel.clone(), ts.clone())) {
