@@ -1,0 +1,286 @@
+//! What durability adds to one run over HTTP (issue 10's latency figure).
+//!
+//! The `escalate_deal` chain (one read and three writes: Salesforce, Jira, Slack) runs against
+//! the local emulators on the SQLite default store (journal, audit trail and vault on one file,
+//! an fsync per step), one run at a time. Beside it, in the same process and interleaved run by
+//! run, the same four requests are sent raw with reqwest (keep-alive, a bearer token obtained
+//! once), and a third loop sends them raw and commits one SQLite row per request
+//! (`synchronous=FULL`): the hand-rolled "request + one commit per step".
+//!
+//! ```text
+//! cargo bench -p examples --bench http_latency            # 300 runs of each
+//! HTTP_LATENCY_RUNS=1000 cargo bench -p examples --bench http_latency
+//! ```
+//!
+//! Prints the median (p50) and p90 per run of each loop, and the time the engine adds per
+//! step at p50 over the raw requests.
+
+use std::error::Error;
+use std::time::{Duration, Instant};
+
+use chain_runtime::sandbox::{Emulator, Provider, REDIRECT_URI, pkce_challenge};
+use examples::demo::Demo;
+use examples::escalate::escalate_deal;
+use serde_json::{Value, json};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Steps (and raw requests) per run.
+const STEPS: u32 = 4;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let runs: usize = match std::env::var("HTTP_LATENCY_RUNS") {
+        Ok(n) => n.parse()?,
+        Err(_) => 300,
+    };
+    let dir = tempfile::tempdir()?;
+    let demo = Demo::start(&dir.path().join("chains.db")).await?;
+    for connector in ["salesforce", "jira", "slack"] {
+        demo.connect(connector).await?;
+    }
+    let raw = RawClient::connect(&demo).await?;
+    let commits = RowCommitter::open(&dir.path().join("raw.db"))?;
+
+    // Warm up every path (connections, prepared statements, page cache).
+    for _ in 0..10 {
+        run_chain(&demo).await?;
+        raw.run().await?;
+        commits.run(&raw).await?;
+    }
+    let (mut chain, mut plain, mut committed) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        chain.push(timed(run_chain(&demo)).await?);
+        plain.push(timed(raw.run()).await?);
+        committed.push(timed(commits.run(&raw)).await?);
+    }
+    let (chain, plain, committed) = (
+        Summary::of(chain),
+        Summary::of(plain),
+        Summary::of(committed),
+    );
+    println!("{runs} runs of each, interleaved; {STEPS} HTTP calls per run");
+    println!("  engine (journal + audit, SQLite)      {chain}");
+    println!("  raw requests                          {plain}");
+    println!("  raw requests + one SQLite commit each {committed}");
+    let added = chain.p50.saturating_sub(plain.p50) / STEPS;
+    let hand_rolled = committed.p50.saturating_sub(plain.p50) / STEPS;
+    println!(
+        "  added per step at p50: engine {:.3} ms, hand-rolled commit {:.3} ms",
+        ms(added),
+        ms(hand_rolled)
+    );
+    Ok(())
+}
+
+async fn run_chain(demo: &Demo) -> Result<(), BoxError> {
+    let report = demo
+        .engine
+        .start::<escalate_deal>(demo.user.clone(), demo.deal())
+        .await?;
+    match report.state {
+        chain_runtime::RunState::Completed { .. } => Ok(()),
+        other => Err(format!("the run ended {other:?}").into()),
+    }
+}
+
+async fn timed<F: Future<Output = Result<(), BoxError>>>(f: F) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    f.await?;
+    Ok(started.elapsed())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The chain's four requests, sent with plain reqwest and tokens of the same users.
+struct RawClient {
+    http: reqwest::Client,
+    deal: examples::escalate::Deal,
+    tokens: [String; 3],
+}
+
+impl RawClient {
+    async fn connect(demo: &Demo) -> Result<Self, BoxError> {
+        let http = reqwest::Client::new();
+        let tokens = [
+            token(&demo.sandbox.salesforce, &http, &demo.subjects[0], "api").await?,
+            token(
+                &demo.sandbox.jira,
+                &http,
+                &demo.subjects[1],
+                "write:jira-work",
+            )
+            .await?,
+            token(&demo.sandbox.slack, &http, &demo.subjects[2], "chat:write").await?,
+        ];
+        Ok(Self {
+            http,
+            deal: demo.deal(),
+            tokens,
+        })
+    }
+
+    /// Read the stage, set it, open an issue, post the message: what `escalate_deal` sends.
+    async fn run(&self) -> Result<(), BoxError> {
+        let d = &self.deal;
+        let [salesforce, jira, slack] = &self.tokens;
+        let opportunity = format!(
+            "{}/sobjects/Opportunity/{}",
+            d.sites.salesforce, d.opportunity
+        );
+        let read: Value = self.send(self.http.get(&opportunity), salesforce).await?;
+        let stage = read["StageName"].as_str().unwrap_or_default().to_owned();
+        self.send(
+            self.http
+                .patch(&opportunity)
+                .json(&json!({ "StageName": "Escalated" })),
+            salesforce,
+        )
+        .await?;
+        let issue: Value = self
+            .send(
+                self.http
+                    .post(format!("{}/rest/api/3/issue", d.sites.jira))
+                    .json(&json!({ "fields": {
+                        "project": { "key": d.project },
+                        "issuetype": { "name": "Task" },
+                        "summary": format!("Deal {} escalated", d.opportunity),
+                        "description": format!("Stage moved from {stage} to Escalated"),
+                    }})),
+                jira,
+            )
+            .await?;
+        let text = format!("Deal escalated: {}", issue["key"].as_str().unwrap_or("?"));
+        self.send(
+            self.http
+                .post(format!("{}/chat.postMessage", d.sites.slack))
+                .json(&json!({ "channel": d.channel, "text": text })),
+            slack,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, token: &str) -> Result<Value, BoxError> {
+        let response = request
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?;
+        let body = response.bytes().await?;
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+}
+
+/// An access token for `subject` through the emulator's own authorization-code flow (PKCE).
+async fn token<P: Provider>(
+    emulator: &Emulator<P>,
+    http: &reqwest::Client,
+    subject: &str,
+    scope: &str,
+) -> Result<String, BoxError> {
+    emulator.approve_as(subject)?;
+    let verifier = "latency-bench-verifier-0123456789abcdefghijklmnop";
+    let client_id = emulator.client_id();
+    let mut link = url::Url::parse(&emulator.urls().authorize)?;
+    link.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("scope", scope)
+        .append_pair("state", "latency-bench")
+        .append_pair("code_challenge", &pkce_challenge(verifier))
+        .append_pair("code_challenge_method", "S256");
+    let code = emulator
+        .consent(link.as_str())?
+        .code
+        .ok_or("the emulator's redirect carried no code")?;
+    let response: Value = http
+        .post(&emulator.urls().token)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT_URI),
+            ("client_id", &client_id),
+            ("client_secret", "sandbox-secret"),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(response["access_token"]
+        .as_str()
+        .ok_or("the token response carried no access_token")?
+        .to_owned())
+}
+
+/// The hand-rolled baseline: the raw requests and one committed SQLite row per request.
+struct RowCommitter {
+    db: std::sync::Mutex<rusqlite::Connection>,
+}
+
+impl RowCommitter {
+    fn open(path: &std::path::Path) -> Result<Self, BoxError> {
+        let db = rusqlite::Connection::open(path)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE steps (id INTEGER PRIMARY KEY, run INTEGER, step INTEGER, body TEXT);",
+        )?;
+        Ok(Self {
+            db: std::sync::Mutex::new(db),
+        })
+    }
+
+    /// The four requests (sent as one raw run), then four rows each in its own transaction:
+    /// the same number of HTTP calls and commits as a hand-rolled durable loop.
+    async fn run(&self, raw: &RawClient) -> Result<(), BoxError> {
+        raw.run().await?;
+        let db = self
+            .db
+            .lock()
+            .map_err(|_| "the baseline's connection lock is poisoned")?;
+        for step in 0..STEPS {
+            db.execute(
+                "INSERT INTO steps (run, step, body) VALUES (0, ?1, ?2)",
+                rusqlite::params![step, "{\"ok\":true}"],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// p50 and p90 of a sample.
+struct Summary {
+    p50: Duration,
+    p90: Duration,
+}
+
+impl Summary {
+    fn of(mut sample: Vec<Duration>) -> Self {
+        sample.sort();
+        let at = |q: f64| {
+            sample
+                .get(((sample.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        Self {
+            p50: at(0.5),
+            p90: at(0.9),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.3} ms, p90 {:.3} ms per run",
+            ms(self.p50),
+            ms(self.p90)
+        )
+    }
+}
