@@ -18,7 +18,7 @@
 //!
 //! The head is read inside every write transaction, never cached between transactions, so
 //! several processes on one file still produce one linear chain; the writer waits up to
-//! [`BUSY_TIMEOUT`] for another process holding the lock.
+//! the shared busy timeout (30 s) for another process holding the lock.
 //!
 //! Reads use the shared reader pool and never wait for the writer.
 
