@@ -41,6 +41,7 @@
 //! database file.
 
 mod canonical;
+mod canonical_text;
 mod chain_hash;
 mod export;
 mod record;

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::canonical::is_canonical;
+use super::canonical_text::is_canonical;
 use super::chain_hash::write_string;
 use super::record::{AuditEvent, FORMAT_VERSION, RecordRef};
 use super::rows::{COLUMNS, JSON_COLUMNS, RefKey, text_value};
