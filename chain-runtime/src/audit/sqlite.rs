@@ -2,8 +2,10 @@
 //!
 //! Tables (prefixed `audit_`, so other modules may share the file):
 //! - `audit_records`: one row per record, one column per top-level field of [`AuditRecord`]
-//!   (`scopes`, `records` and `event` as JSON text). Verification rebuilds each record from
-//!   exactly these columns, so an edit of any column is caught.
+//!   (`scopes`, `records` and `event` as JSON text in canonical form). Verification hashes the
+//!   canonical form assembled from exactly these columns (the JSON columns as stored when they
+//!   are certainly canonical, else through a record object), so an edit of any column is
+//!   caught.
 //! - `audit_record_refs`: an index of touched external records for `who_authorized`;
 //!   verification checks it against each record's `records`.
 //!
