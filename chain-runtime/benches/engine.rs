@@ -12,7 +12,11 @@
 //!   journal result, two audit records) `RAW_STEPS_PER_TX` steps per transaction
 //!   (`raw_batched_insert`, measured before and after the engine cases: fsync latency on a
 //!   shared disk drifts).
-//! - `audit`: sealing one record (canonical JSON + BLAKE3), and verifying a stored chain.
+//! - `audit`: sealing one record (canonical JSON + BLAKE3), and verifying a stored chain of
+//!   `CHAIN` records. Baselines: BLAKE3 alone over the same bytes (`blake3_same_bytes` per
+//!   record, `blake3_chain_bytes` per chain) and reading every column of the chain's rows
+//!   (`scan_columns`); references: sealing and verifying through one `serde_json::Value` per
+//!   record (`seal_via_value`, `verify_via_values`: how it was done before).
 //! - `memory_overhead`: the engine's own cost per step on [`MemoryJournal`], as the slope
 //!   between a chain of 0 steps and a chain of `MEM_STEPS` steps (run start and finish cancel
 //!   out), with three audit stores: none (no-op), sealing in memory (canonical JSON + BLAKE3,
@@ -29,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use chain_runtime::BoxFuture;
 use chain_runtime::audit::{
-    AuditError, AuditRecord, AuditStore, Authorization, Checkpoint, GENESIS_HASH, NewRecord,
-    SqliteAuditStore,
+    AuditError, AuditRecord, AuditStore, Authorization, ChainVerifier, Checkpoint, GENESIS_HASH,
+    NewRecord, SqliteAuditStore, canonical_json, record_hash,
 };
 use chain_runtime::engine::Engine;
 use chain_runtime::journal::{MemoryJournal, RunJournal, RunState, SqliteJournal, WriterStats};
@@ -488,6 +492,48 @@ fn audit(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         );
     });
+    // Baseline: BLAKE3 alone over the bytes a record's hash covers (its canonical form).
+    let sealed = record().seal(42, GENESIS_HASH.to_owned()).unwrap();
+    let mut object = serde_json::to_value(&sealed).unwrap();
+    object.as_object_mut().unwrap().remove("hash");
+    let canonical = canonical_json(&object);
+    group.bench_function(
+        BenchmarkId::new("blake3_same_bytes", canonical.len()),
+        |b| {
+            b.iter(|| black_box(blake3::hash(black_box(canonical.as_bytes()))));
+        },
+    );
+    // Reference: sealing through a `serde_json::Value` tree (how records were sealed before).
+    group.bench_function("seal_via_value", |b| {
+        b.iter_batched(
+            record,
+            |r| {
+                let mut object = serde_json::to_value(AuditRecord {
+                    format: chain_runtime::audit::FORMAT_VERSION,
+                    seq: 42,
+                    time_unix_ms: r.time_unix_ms,
+                    run_id: r.run_id,
+                    step_id: r.step_id,
+                    principal: r.principal,
+                    connector: r.connector,
+                    account_id: r.account_id,
+                    upstream_subject: r.upstream_subject,
+                    grant_id: r.grant_id,
+                    scopes: r.scopes,
+                    records: r.records,
+                    outcome: r.outcome,
+                    event: r.event,
+                    prev_hash: GENESIS_HASH.to_owned(),
+                    hash: String::new(),
+                })
+                .unwrap();
+                let hash = record_hash(&object);
+                object["hash"] = hash.into();
+                black_box(object)
+            },
+            criterion::BatchSize::SmallInput,
+        );
+    });
     let store = rt.block_on(async {
         let store = SqliteAuditStore::open(dir.path().join("verify.sqlite"))
             .await
@@ -508,6 +554,56 @@ fn audit(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let verified = store.verify(None).await.unwrap();
             assert_eq!(verified.records, CHAIN);
+        });
+    });
+    // Reference: verifying through one `serde_json::Value` per record (how the store verified
+    // before), paging with `scan_raw`.
+    group.bench_function(BenchmarkId::new("verify_via_values", CHAIN), |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut verifier = ChainVerifier::new(None);
+            let mut after = None;
+            loop {
+                let page = store.scan_raw(after, 1000).await.unwrap();
+                for value in &page {
+                    verifier.push(value).unwrap();
+                }
+                match page.last() {
+                    Some(last) if page.len() == 1000 => after = last["seq"].as_i64(),
+                    _ => break,
+                }
+            }
+            assert_eq!(verifier.finish().unwrap().records, CHAIN);
+        });
+    });
+    // Baseline: reading every column of every row in `seq` order, nothing else (the floor of
+    // a verification that reads the rows).
+    let conn = Connection::open(dir.path().join("verify.sqlite")).unwrap();
+    group.bench_function(BenchmarkId::new("scan_columns", CHAIN), |b| {
+        b.iter(|| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, format, time_unix_ms, run_id, step_id, principal, connector, \
+                     account_id, upstream_subject, grant_id, scopes, records, outcome, event, \
+                     prev_hash, hash FROM audit_records ORDER BY seq",
+                )
+                .unwrap();
+            let mut rows = stmt.query([]).unwrap();
+            let mut n = 0u64;
+            while let Some(row) = rows.next().unwrap() {
+                for i in 0..16 {
+                    black_box(row.get_ref(i).unwrap());
+                }
+                n += 1;
+            }
+            assert_eq!(n, CHAIN);
+        });
+    });
+    // Baseline: BLAKE3 alone over the chain's bytes (the canonical form of each record).
+    group.bench_function(BenchmarkId::new("blake3_chain_bytes", CHAIN), |b| {
+        b.iter(|| {
+            for _ in 0..CHAIN {
+                black_box(blake3::hash(black_box(canonical.as_bytes())));
+            }
         });
     });
     group.finish();

@@ -1,8 +1,8 @@
 //! The cost of journaling one model turn (criterion). See BENCHMARKS.md.
 //!
-//! - `model_turn/journal_turn`: `RunStore::write_entry` of a record entry holding what
+//! - `model_turn/journal_turn`: `RunJournal::write_entry` of a record entry holding what
 //!   `ChainCtx::model_turn` journals for a ~2 KB response with 3 tool calls (the response and
-//!   the request digest), on `SqliteRunStore` (WAL, synchronous=FULL, group commit), one
+//!   the request digest), on `SqliteJournal` (WAL, synchronous=FULL, group commit), one
 //!   entry at a time (the way a run writes it: the body waits for it).
 //! - `model_turn/raw_insert`: the baseline in the same run: a plain rusqlite
 //!   `BEGIN IMMEDIATE; INSERT; COMMIT` of the same bytes, same pragmas, same directory,
@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use chain_runtime::store::{
-    EntryKind, EntryResult, JournalEntry, RunRecord, RunState, RunStore, SqliteRunStore,
+use chain_runtime::journal::{
+    EntryKind, EntryResult, JournalEntry, RunJournal, RunRecord, RunState, SqliteJournal,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
@@ -118,7 +118,7 @@ fn model_turn(c: &mut Criterion) {
     raw_insert(&mut group, dir.path(), "raw_insert", &body);
     let path = dir.path().join("runs.sqlite");
     let (store, lease) = rt.block_on(async {
-        let store = SqliteRunStore::open(&path).await.unwrap();
+        let store = SqliteJournal::open(&path).await.unwrap();
         let run = RunRecord {
             run_id: "run_bench".into(),
             chain: "bench::agent".into(),

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditEvent, Effect};
+use chain_runtime::journal::RunState;
 use chain_runtime::prelude::*;
-use chain_runtime::store::RunState;
 use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::postgres::database_url;
 use tokio_postgres::NoTls;

@@ -43,9 +43,6 @@ pub mod sandbox;
 pub mod server;
 pub mod sqlite;
 pub mod step;
-/// The former name of [`journal`].
-#[doc(hidden)]
-pub use journal as store;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod token;
@@ -59,13 +56,13 @@ pub use engine::{Engine, EngineError, RunReport};
 pub use error::{ChainError, StepError};
 pub use future::BoxFuture;
 pub use input::IntoInput;
+pub use journal::RunState;
 pub use manifest::ScopeManifest;
 pub use principal::Principal;
 pub use runtime::{DatabaseLocation, Runtime, RuntimeBuilder, RuntimeError};
 pub use runtime_consent::ConsentResumed;
 pub use schemars;
 pub use step::{CompensatorMeta, Effect, RecordRef, StepMeta};
-pub use store::RunState;
 
 /// Everything a module that defines steps and chains needs.
 pub mod prelude {

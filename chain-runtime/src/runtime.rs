@@ -40,7 +40,7 @@ use crate::accounts::AccountDirectory;
 use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
 use crate::context::Chain;
 use crate::engine::{Engine, EngineError, Notifier, TracingNotifier};
-use crate::store::{RunState, RunStore, SqliteRunStore, StoreError};
+use crate::journal::{JournalError, RunJournal, RunState, SqliteJournal};
 use crate::vault::{
     AccountStore, ConsentRequest, ProviderConfig, SqliteStore, Vault, VaultError, VaultKey,
     VaultOptions,
@@ -112,7 +112,7 @@ pub struct Runtime {
     /// The audit trail: runs, steps, consents and token refreshes.
     pub audit: Arc<dyn AuditStore>,
     /// The run journal.
-    pub runs: Arc<dyn RunStore>,
+    pub runs: Arc<dyn RunJournal>,
     /// Where the journal, the audit trail and the vault are.
     pub database: DatabaseLocation,
 }
@@ -192,7 +192,7 @@ impl Runtime {
 }
 
 /// Wraps the run journal the engine drives runs on (for example to inject faults in a test).
-type RunStoreLayer = Box<dyn FnOnce(Arc<dyn RunStore>) -> Arc<dyn RunStore> + Send>;
+type RunStoreLayer = Box<dyn FnOnce(Arc<dyn RunJournal>) -> Arc<dyn RunJournal> + Send>;
 
 /// How to wire a [`Runtime`]; made by [`Runtime::sqlite`], finished by
 /// [`RuntimeBuilder::open`].
@@ -281,7 +281,7 @@ impl RuntimeBuilder {
     /// the unwrapped journal.
     pub fn run_store_layer(
         mut self,
-        layer: impl FnOnce(Arc<dyn RunStore>) -> Arc<dyn RunStore> + Send + 'static,
+        layer: impl FnOnce(Arc<dyn RunJournal>) -> Arc<dyn RunJournal> + Send + 'static,
     ) -> Self {
         self.layer = Some(Box::new(layer));
         self
@@ -308,7 +308,7 @@ impl RuntimeBuilder {
             (None, Some(vault)) => Arc::new(vault.clone()),
             (None, None) => return Err(RuntimeError::NoCredentials),
         };
-        let journal: Arc<dyn RunStore> = runs.clone();
+        let journal: Arc<dyn RunJournal> = runs.clone();
         let journal = match self.layer {
             Some(layer) => layer(journal),
             None => journal,
@@ -331,7 +331,7 @@ impl RuntimeBuilder {
 /// The audit trail, the run journal and the vault's account store on `database`.
 type Stores = (
     Arc<dyn AuditStore>,
-    Arc<dyn RunStore>,
+    Arc<dyn RunJournal>,
     Arc<dyn AccountStore>,
 );
 
@@ -345,7 +345,7 @@ async fn open_stores(
                 .await
                 .map_err(|e| RuntimeError::Store(e.into()))?;
             let audit = SqliteAuditStore::on(db.clone()).await?;
-            let runs = SqliteRunStore::on(db.clone()).await?;
+            let runs = SqliteJournal::on(db.clone()).await?;
             if let Some(ttl) = lease_ttl {
                 runs.set_lease_ttl(ttl);
             }
@@ -391,7 +391,7 @@ pub enum RuntimeError {
     Audit(#[from] AuditError),
     /// The run journal could not be opened.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] JournalError),
     /// The engine could not read the run.
     #[error(transparent)]
     Engine(#[from] EngineError),

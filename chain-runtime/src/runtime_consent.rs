@@ -3,8 +3,8 @@
 //! resuming every run that waited on the account.
 
 use crate::engine::EngineError;
+use crate::journal::RunState;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::store::RunState;
 use crate::vault::AccountInfo;
 
 /// What a completed consent did: the account it connected and each run it resumed.

@@ -12,11 +12,11 @@ use std::time::Duration;
 use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, SqliteAuditStore};
 use chain_runtime::engine::{Engine, EngineError};
 use chain_runtime::graph::{EdgeKind, NodeKind};
+use chain_runtime::journal::{EntryKind, EntryResult, RunJournal, RunState, SqliteJournal};
 use chain_runtime::model::{OpenAiCompatible, register_model};
 use chain_runtime::policy::RetryPolicy;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{ModelFault, ScriptedModel, ScriptedTurn};
-use chain_runtime::store::{EntryKind, EntryResult, RunState, RunStore, SqliteRunStore};
 use chain_runtime::test_util::StaticGrants;
 use serde_json::{Value, json};
 use test_support::UserId;
@@ -137,7 +137,7 @@ async fn strict_assistant(
 
 struct Env {
     engine: Engine,
-    store: Arc<SqliteRunStore>,
+    store: Arc<SqliteJournal>,
     audit: Arc<SqliteAuditStore>,
     model: ScriptedModel,
     name: String,
@@ -164,7 +164,7 @@ async fn env_with(grants: Arc<StaticGrants>, retry: RetryPolicy) -> Env {
     test_support::tls::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.db");
-    let store = Arc::new(SqliteRunStore::open(&path).await.unwrap());
+    let store = Arc::new(SqliteJournal::open(&path).await.unwrap());
     let audit = Arc::new(SqliteAuditStore::open(&path).await.unwrap());
     let engine = Engine::new(store.clone(), audit.clone(), grants.clone());
     let model = ScriptedModel::start().await.unwrap();
@@ -588,7 +588,7 @@ async fn a_crash_mid_turn_replays_the_journaled_turn_without_asking_the_model_ag
     assert_eq!(env.model.requests().len(), 1);
 
     // A new process: a new engine on the same file, the same model endpoint.
-    let store = Arc::new(SqliteRunStore::open(&env.path).await.unwrap());
+    let store = Arc::new(SqliteJournal::open(&env.path).await.unwrap());
     let audit = Arc::new(SqliteAuditStore::open(&env.path).await.unwrap());
     let engine = Engine::new(store.clone(), audit, env.grants.clone());
     engine.register::<assistant>();

@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use chain_runtime::audit::SqliteAuditStore;
 use chain_runtime::classify::{FailureClass, RequestKind, RuleSet, classify, classify_with};
 use chain_runtime::engine::Engine;
+use chain_runtime::journal::{RunState, SqliteJournal};
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::Salesforce;
-use chain_runtime::store::{RunState, SqliteRunStore};
 use chain_runtime::vault::{AccountStatus, Vault, VaultKey, VaultOptions};
 
 /// The test principal.
@@ -151,7 +151,7 @@ async fn a_provider_described_only_by_rules_is_classified_through_the_connector(
     idp.connect(&vault, "alice", "acme", &["api", "refresh_token"])
         .await
         .unwrap();
-    let runs = Arc::new(SqliteRunStore::open(&db).await.unwrap());
+    let runs = Arc::new(SqliteJournal::open(&db).await.unwrap());
     let audit = Arc::new(SqliteAuditStore::open(&db).await.unwrap());
     let engine = Engine::new(runs, audit, Arc::new(vault.clone()));
     engine.register::<acme_chain>();

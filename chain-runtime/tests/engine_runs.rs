@@ -14,8 +14,8 @@ use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
 use chain_runtime::classify::FailureClass;
 use chain_runtime::engine::{Engine, EngineError, WebhookNotifier};
+use chain_runtime::journal::{EntryResult, RunJournal, RunState, SqliteJournal};
 use chain_runtime::prelude::*;
-use chain_runtime::store::{EntryResult, RunState, RunStore, SqliteRunStore};
 use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::backend::{Backend, TestDatabase};
 use tokio::sync::Notify;
@@ -343,7 +343,7 @@ struct Env {
     engine: Engine,
     grants: Arc<StaticGrants>,
     audit: Arc<dyn AuditStore>,
-    store: Arc<dyn RunStore>,
+    store: Arc<dyn RunJournal>,
 }
 
 /// A test's database and the directory a SQLite one lives in.
@@ -941,10 +941,10 @@ async fn fifty_concurrent_runs_on_one_store_complete(backend: Backend) {
     let (dir, env) = setup(backend).await;
     // The SQLite file's shared writer counts every write; PostgreSQL has no such writer.
     let writer = match dir.db.path() {
-        Some(path) => Some(SqliteRunStore::open(path).await.unwrap()),
+        Some(path) => Some(SqliteJournal::open(path).await.unwrap()),
         None => None,
     };
-    let start = writer.as_ref().map(SqliteRunStore::writer_stats);
+    let start = writer.as_ref().map(SqliteJournal::writer_stats);
     let mut set = tokio::task::JoinSet::new();
     let mut tags = Vec::new();
     for _ in 0..50 {
@@ -1112,7 +1112,7 @@ async fn the_in_memory_store_runs_suspends_and_resumes_too() {
             .await
             .unwrap(),
     );
-    let store = Arc::new(chain_runtime::store::MemoryRunStore::new());
+    let store = Arc::new(chain_runtime::journal::MemoryJournal::new());
     let engine = Engine::new(store.clone(), audit, grants);
     let t = tag("memory");
     fail(&t, "s3", revoked("docs"));

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use chain_runtime::cli::{CliError, CliSetup, run};
+use chain_runtime::journal::RunState;
 use chain_runtime::prelude::*;
-use chain_runtime::store::RunState;
 use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::backend::Backend;
 

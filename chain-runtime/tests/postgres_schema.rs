@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use chain_runtime::audit::{AuditEvent, AuditStore, BreakProblem, NewRecord, Outcome};
-use chain_runtime::postgres::{PgDatabase, SCHEMA_VERSION};
-use chain_runtime::store::{
+use chain_runtime::journal::{
     EntryKind, JournalEntry, JournalError, JournalWrite, RunRecord, RunState, Unit,
 };
+use chain_runtime::postgres::{PgDatabase, SCHEMA_VERSION};
 use chain_runtime::test_util::backend::Backend;
 use tokio_postgres::NoTls;
 

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use chain_runtime::audit::{AuditEvent, SqliteAuditStore};
 use chain_runtime::engine::{Engine, EngineError};
+use chain_runtime::journal::{EntryKind, RunState, SqliteJournal};
 use chain_runtime::model::{OpenAiCompatible, register_model};
 use chain_runtime::policy::RetryPolicy;
 use chain_runtime::preflight::ConsentNeeded;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{ScriptedModel, ScriptedTurn};
-use chain_runtime::store::{EntryKind, RunState, SqliteRunStore};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -392,7 +392,7 @@ impl AgentDemo {
         timeline.push(format!(
             "crashed while Jira held open_issue; the model had answered {before} turns"
         ));
-        let runs = Arc::new(SqliteRunStore::open(&self.demo.db).await?);
+        let runs = Arc::new(SqliteJournal::open(&self.demo.db).await?);
         let audit = Arc::new(SqliteAuditStore::open(&self.demo.db).await?);
         let engine = Engine::new(runs, audit, Arc::new(self.demo.vault.clone()));
         engine.register::<escalate_deal_agent>();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use chain_runtime::audit::{AuditEvent, AuditStore, Outcome, WriteKind};
 use chain_runtime::engine::{Engine, EngineError};
+use chain_runtime::journal::{RunJournal, RunState};
 use chain_runtime::sandbox::Sandbox;
-use chain_runtime::store::{RunState, RunStore};
 use chain_runtime::vault::{Vault, VaultKey};
 use chain_runtime::{Principal, Runtime};
 use serde::Serialize;
@@ -218,7 +218,7 @@ pub struct Demo {
     /// The audit trail.
     pub audit: Arc<dyn AuditStore>,
     /// The run journal.
-    pub runs: Arc<dyn RunStore>,
+    pub runs: Arc<dyn RunJournal>,
     /// The user the chain runs for.
     pub user: UserId,
     /// Upstream subjects of the user: (salesforce, jira, slack).

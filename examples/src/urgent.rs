@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chain_runtime::approval::{ApprovalPolicy, PendingApproval};
+use chain_runtime::journal::RunState;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::Sandbox;
-use chain_runtime::store::RunState;
 use chain_runtime::vault::{OffsetClock, VaultKey};
 use chain_runtime::{RunReport, Runtime, RuntimeBuilder};
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! multi-process tests and the benchmark.
 //!
 //! A worker child is configured like the crash child (see [`crate::crash`]): the
-//! [`ChildSpec`](crate::crash::ChildSpec) in its environment names the database, the emulators
+//! [`ChildSpec`] in its environment names the database, the emulators
 //! and, optionally, a journal kill point where every run it drives stops forever. It reports on
 //! stdout, one line per event: `ready`, `claimed <run> <token> <recovered>`, `intent <step>` /
 //! `result <step>` (journal writes), `pause <step>`, `finished <run> <state>`, `lost <run>`,

@@ -13,13 +13,13 @@ use std::time::Duration;
 use chain_runtime::approval::{ApprovalAuthorizer, ApprovalPolicy, PendingApproval};
 use chain_runtime::audit::{AuditEvent, AuditRecord};
 use chain_runtime::engine::ApprovalError;
+use chain_runtime::journal::RunState;
 use chain_runtime::journal::{
     Alert, BoxFuture, Committed, CompensationEntry, EntryKind, JournalEntry, JournalError,
     JournalWrite, Lease, RunJournal, RunRecord, Unit,
 };
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::Sandbox;
-use chain_runtime::store::RunState;
 use chain_runtime::vault::VaultKey;
 use chain_runtime::{Chain, RunReport, Runtime, Step};
 use examples::demo::OPPORTUNITY;

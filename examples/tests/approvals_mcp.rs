@@ -9,8 +9,8 @@
 use std::sync::{Arc, Mutex};
 
 use chain_runtime::audit::AuditEvent;
+use chain_runtime::journal::{RunRecord, RunState};
 use chain_runtime::mcp::McpServer;
-use chain_runtime::store::{RunRecord, RunState};
 use examples::escalate::ESCALATED;
 use examples::urgent::{REASON, Urgent, escalate_urgently};
 use rmcp::model::{

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::cargo::cargo_bin_cmd;
 use chain_runtime::Chain;
-use chain_runtime::store::RunState;
+use chain_runtime::journal::RunState;
 use chain_runtime::vault::VaultKey;
 use examples::demo::{CONSENT_SCOPES, Demo, OPPORTUNITY, Scenario};
 use examples::escalate::escalate_deal;

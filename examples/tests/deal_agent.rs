@@ -5,8 +5,8 @@
 //! and the model never sees a credential (rule 6).
 
 use chain_runtime::engine::EngineError;
+use chain_runtime::journal::RunState;
 use chain_runtime::prelude::*;
-use chain_runtime::store::RunState;
 use examples::agent::{AgentDemo, AgentScenario, find_issue};
 use examples::escalate::{UserId, announce, load_stage, open_issue, set_stage};
 use serde_json::Value;

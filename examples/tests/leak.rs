@@ -30,9 +30,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
+use chain_runtime::journal::EntryResult;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{Emulator, Provider, pkce_challenge};
-use chain_runtime::store::EntryResult;
 use chain_runtime::vault::{Vault, VaultKey, VaultOptions};
 use examples::demo::{CONSENT_SCOPES, Demo, OPPORTUNITY, Scenario};
 use examples::escalate::UserId;

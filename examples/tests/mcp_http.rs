@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use chain_runtime::store::RunState;
+use chain_runtime::journal::RunState;
 use examples::mcp_demo::McpDemo;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, ElicitRequestParams,
@@ -124,7 +124,7 @@ async fn start() -> (tempfile::TempDir, McpDemo) {
     (dir, demo)
 }
 
-async fn runs_of(demo: &McpDemo, principal: &str) -> Vec<chain_runtime::store::RunRecord> {
+async fn runs_of(demo: &McpDemo, principal: &str) -> Vec<chain_runtime::journal::RunRecord> {
     demo.demo
         .engine
         .list_runs()

@@ -8,8 +8,8 @@
 
 use chain_runtime::audit::WriteKind;
 use chain_runtime::engine::{EngineError, idempotency_key};
+use chain_runtime::journal::RunState;
 use chain_runtime::sandbox::{ConnectError, WriteRecord};
-use chain_runtime::store::RunState;
 use chain_runtime::vault::{AccountInfo, AccountStatus, VaultError};
 use examples::demo::{CONSENT_SCOPES, Demo, OPPORTUNITY, SERVER_ATTEMPTS};
 use examples::escalate::{UserId, escalate_deal};

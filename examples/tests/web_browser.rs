@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use chain_runtime::audit::AuditStore;
+use chain_runtime::journal::RunState;
 use chain_runtime::server::{FixedPrincipal, TrustedHeader, WebServer};
-use chain_runtime::store::RunState;
 use examples::escalate::{UserId, escalate_deal};
 use examples::mcp_demo::McpDemo;
 use examples::urgent::{REASON, Urgent};

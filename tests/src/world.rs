@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chain_runtime::Runtime;
 use chain_runtime::audit::AuditStore;
 use chain_runtime::engine::Engine;
+use chain_runtime::journal::RunJournal;
 use chain_runtime::sandbox::{CallRecord, ConnectError, Ledger, Sandbox};
-use chain_runtime::store::RunStore;
 use chain_runtime::vault::{AccountInfo, Vault, VaultKey, VaultOptions};
 
 use crate::sleeper::RecordingSleeper;
@@ -42,7 +42,7 @@ pub struct SandboxWorld {
     /// The audit trail.
     pub audit: Arc<dyn AuditStore>,
     /// The run journal.
-    pub runs: Arc<dyn RunStore>,
+    pub runs: Arc<dyn RunJournal>,
     /// Every retry wait of a step call (the vault's sleeper): recorded, never slept.
     pub waits: Arc<RecordingSleeper>,
     /// The database file.

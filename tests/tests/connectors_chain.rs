@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chain_runtime::audit::{AuditEvent, AuditRecord};
 use chain_runtime::engine::EngineError;
+use chain_runtime::journal::RunState;
 use chain_runtime::prelude::*;
 use chain_runtime::sandbox::{Emulator, Github, Google, Ledger, Microsoft, Provider, WriteRecord};
-use chain_runtime::store::RunState;
 use chain_runtime::vault::{VaultError, VaultKey, VaultOptions};
 use chain_runtime::{ConsentResumed, Runtime, RuntimeError};
 use serde_json::json;

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use chain_runtime::journal::RunState;
 use chain_runtime::policy::RetryPolicy;
 use chain_runtime::prelude::*;
-use chain_runtime::store::RunState;
 use chain_runtime::vault::VaultOptions;
 use serde_json::json;
 use test_support::world::SandboxWorld;

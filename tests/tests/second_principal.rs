@@ -332,7 +332,7 @@ async fn server_error_backoffs_are_exponential() {
 /// Bob's grants (another extra Slack scope) never show up in alice's preflight.
 #[tokio::test]
 async fn unused_scopes_come_from_the_principals_own_grants() {
-    use chain_runtime::engine::Credentials;
+    use chain_runtime::engine::AccountDirectory;
     use chain_runtime::preflight::preflight;
     let w = World::start().await;
     w.sandbox.slack.approve_as(&w.alice[2]).unwrap();

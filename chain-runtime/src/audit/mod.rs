@@ -40,9 +40,12 @@
 //! embedded implementation. Its tables are prefixed `audit_` so that other modules can share the
 //! database file.
 
+mod canonical;
+mod canonical_text;
 mod chain_hash;
 mod export;
 mod record;
+pub(crate) mod row_hash;
 pub(crate) mod rows;
 pub(crate) mod seal;
 pub(crate) mod sqlite;

@@ -11,6 +11,7 @@ use super::AuditError;
 use super::record::{
     AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, Outcome, RecordRef, WriteKind,
 };
+use super::row_hash::{self, Cells, cells_to_value};
 use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 
 /// The record columns, in [`AuditRecord`] field order; their names are the field names.
@@ -106,6 +107,8 @@ fn refs_of(value: &Value) -> Vec<RefKey> {
 pub(crate) struct IndexedVerifier {
     verifier: ChainVerifier,
     index: BTreeMap<i64, Vec<RefKey>>,
+    /// The canonical form of the row being checked (reused).
+    buf: String,
 }
 
 impl IndexedVerifier {
@@ -124,6 +127,50 @@ impl IndexedVerifier {
         Self {
             verifier: ChainVerifier::new(checkpoint),
             index,
+            buf: String::with_capacity(1024),
+        }
+    }
+
+    /// Checks the next stored row (in `seq` order) from its columns: hashed as stored when
+    /// that is certain to be its canonical form, else through its record object
+    /// ([`IndexedVerifier::push`]), which also names what is wrong.
+    pub(crate) fn push_cells(&mut self, cells: &Cells<'_>) -> Result<(), AuditError> {
+        if self.push_fast(cells) {
+            Ok(())
+        } else {
+            self.push(&cells_to_value(cells))
+        }
+    }
+
+    /// The fast road of [`IndexedVerifier::push_cells`]: `true` when the row is a good next
+    /// record (state advanced), `false` when not sure (state untouched).
+    fn push_fast(&mut self, cells: &Cells<'_>) -> bool {
+        let Some((seq, prev_hash, stored)) = row_hash::chain_fields(cells) else {
+            return false;
+        };
+        if !self.verifier.is_next(seq, prev_hash) || !row_hash::write_row(cells, &mut self.buf) {
+            return false;
+        }
+        let computed = blake3::hash(self.buf.as_bytes()).to_hex();
+        if computed.as_bytes() != stored || !self.verifier.checkpoint_allows(seq, &computed) {
+            return false;
+        }
+        let Some(refs) = row_hash::well_typed(cells) else {
+            return false;
+        };
+        let Ok(key) = i64::try_from(seq) else {
+            return false;
+        };
+        if self
+            .index
+            .get(&key)
+            .map_or(refs.is_empty(), |indexed| *indexed == refs)
+        {
+            self.index.remove(&key);
+            self.verifier.accept(&computed);
+            true
+        } else {
+            false
         }
     }
 
@@ -254,4 +301,154 @@ pub(crate) fn to_authorization(
             outcome: record.outcome,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain_hash::GENESIS_HASH;
+    use crate::audit::record::NewRecord;
+    use crate::audit::row_hash::Cell;
+    use crate::audit::seal::Presealed;
+
+    /// The stored columns of a two-record chain, as owned cells.
+    #[derive(Clone, Debug)]
+    enum Owned {
+        Null,
+        Int(i64),
+        Real(f64),
+        Text(Vec<u8>),
+    }
+
+    fn chain() -> Vec<Vec<Owned>> {
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut rows = Vec::new();
+        for seq in 1..=2u64 {
+            let record = NewRecord::new(
+                "alice",
+                Outcome::Succeeded,
+                AuditEvent::StepOutcome {
+                    step: "bump".into(),
+                    attempt: 1,
+                    effect: Effect::Write,
+                    failure_class: None,
+                    detail: Some("ok".into()),
+                },
+            )
+            .run("run-1")
+            .account("crm", "acct", "sub", "grant")
+            .scopes(["crm.write"])
+            .touched(RecordRef::new("crm", "issue", "T-1"));
+            let (r, c) = Presealed::new(record).unwrap().seal(seq, prev.clone());
+            prev = r.hash.clone();
+            let text = |s: &str| Owned::Text(s.as_bytes().to_vec());
+            let opt = |s: &Option<String>| s.as_deref().map_or(Owned::Null, text);
+            rows.push(vec![
+                Owned::Int(seq as i64),
+                Owned::Int(1),
+                Owned::Int(r.time_unix_ms),
+                opt(&r.run_id),
+                opt(&r.step_id),
+                text(&r.principal),
+                opt(&r.connector),
+                opt(&r.account_id),
+                opt(&r.upstream_subject),
+                opt(&r.grant_id),
+                text(&c.scopes),
+                text(&c.records),
+                text(r.outcome.as_str()),
+                text(&c.event),
+                text(&r.prev_hash),
+                text(&r.hash),
+            ]);
+        }
+        rows
+    }
+
+    fn cells(row: &[Owned]) -> Cells<'_> {
+        let mut cells = [Cell::Null; COLUMNS.len()];
+        for (cell, owned) in cells.iter_mut().zip(row) {
+            *cell = match owned {
+                Owned::Null => Cell::Null,
+                Owned::Int(v) => Cell::Int(*v),
+                Owned::Real(v) => Cell::Real(*v),
+                Owned::Text(t) => Cell::Text(t),
+            };
+        }
+        cells
+    }
+
+    fn refs() -> Vec<(i64, RefKey)> {
+        (1..=2)
+            .map(|seq| (seq, ("crm".into(), "issue".into(), "T-1".into())))
+            .collect()
+    }
+
+    /// Verifies `rows` from their cells and through record objects: the two roads agree.
+    fn both_roads(rows: &[Vec<Owned>]) -> (Result<Verified, String>, Result<Verified, String>) {
+        let mut fast = IndexedVerifier::new(None, refs());
+        let mut slow = IndexedVerifier::new(None, refs());
+        let fast = rows
+            .iter()
+            .try_for_each(|row| fast.push_cells(&cells(row)))
+            .and_then(|()| fast.finish())
+            .map_err(|e| e.to_string());
+        let slow = rows
+            .iter()
+            .try_for_each(|row| slow.push(&cells_to_value(&cells(row))))
+            .and_then(|()| slow.finish())
+            .map_err(|e| e.to_string());
+        (fast, slow)
+    }
+
+    #[test]
+    fn the_column_road_agrees_with_the_record_object_road_on_every_edit() {
+        let intact = chain();
+        let (fast, slow) = both_roads(&intact);
+        assert_eq!(fast.as_ref().map(|v| v.records), Ok(2));
+        // The intact rows take the column road.
+        let mut verifier = IndexedVerifier::new(None, refs());
+        assert!(verifier.push_fast(&cells(&intact[0])));
+        assert!(verifier.push_fast(&cells(&intact[1])));
+        assert_eq!(fast, slow);
+        for column in 0..COLUMNS.len() {
+            for row in 0..2 {
+                let edits: Vec<Owned> = vec![
+                    Owned::Null,
+                    Owned::Int(2),
+                    Owned::Real(1.5),
+                    Owned::Text(b"x".to_vec()),
+                    Owned::Text(b"{}".to_vec()),
+                    Owned::Text(vec![0xff, b'a']),
+                    match &intact[row][column] {
+                        Owned::Text(t) => {
+                            let mut t = t.clone();
+                            t.insert(t.len().min(1), b' ');
+                            Owned::Text(t)
+                        }
+                        Owned::Int(v) => Owned::Text(v.to_string().into_bytes()),
+                        other => other.clone(),
+                    },
+                ];
+                for edit in edits {
+                    let mut rows = intact.clone();
+                    rows[row][column] = edit.clone();
+                    let (fast, slow) = both_roads(&rows);
+                    assert_eq!(
+                        fast, slow,
+                        "column {} row {row} edit {edit:?}",
+                        COLUMNS[column]
+                    );
+                }
+            }
+        }
+        // Swapped, deleted and truncated rows.
+        let swapped = vec![intact[1].clone(), intact[0].clone()];
+        let (fast, slow) = both_roads(&swapped);
+        assert!(fast.is_err());
+        assert_eq!(fast, slow);
+        let (fast, slow) = both_roads(&intact[1..]);
+        assert!(fast.is_err());
+        assert_eq!(fast, slow);
+    }
 }

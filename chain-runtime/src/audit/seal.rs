@@ -2,13 +2,13 @@
 //! canonical form (see [`super::chain_hash`]) by the caller, off the writer thread; the writer,
 //! which alone knows the chain head, only hashes the pieces around the two head fields.
 
-use serde_json::Value;
-
-use super::chain_hash::canonical_json;
+use super::canonical::to_canonical;
+use super::chain_hash::write_string;
 use super::record::{AuditRecord, FORMAT_VERSION, NewRecord};
 
 /// A record whose canonical form is ready except for `seq` and `prev_hash`, with its JSON
-/// columns (`scopes`, `records`, `event`) serialized.
+/// columns (`scopes`, `records`, `event`) serialized, in canonical form too (so that a
+/// verifier can hash them as stored).
 #[derive(Debug)]
 pub(crate) struct Presealed {
     record: NewRecord,
@@ -26,63 +26,65 @@ pub(crate) struct Presealed {
     pub(crate) event_json: String,
 }
 
-fn member(out: &mut String, key: &str, value: &Value) {
+/// Appends `"key":` + `raw` + `,`.
+fn raw_member(out: &mut String, key: &str, raw: &str) {
     out.push('"');
     out.push_str(key);
     out.push_str("\":");
-    out.push_str(&canonical_json(value));
+    out.push_str(raw);
     out.push(',');
 }
 
-fn text(value: &Option<String>) -> Value {
-    value
-        .as_ref()
-        .map_or(Value::Null, |s| Value::String(s.clone()))
+/// Appends `"key":` + the string or `null` + `,`.
+fn text_member(out: &mut String, key: &str, text: Option<&str>) {
+    out.push('"');
+    out.push_str(key);
+    out.push_str("\":");
+    match text {
+        Some(text) => write_string(text, out),
+        None => out.push_str("null"),
+    }
+    out.push(',');
 }
 
 impl Presealed {
     /// Serializes everything of `record` that does not depend on the chain head.
     pub(crate) fn new(record: NewRecord) -> Result<Self, serde_json::Error> {
-        let event = serde_json::to_value(&record.event)?;
-        let outcome = serde_json::to_value(record.outcome)?;
-        let scopes = serde_json::to_value(&record.scopes)?;
-        let records = serde_json::to_value(&record.records)?;
+        let event_json = to_canonical(&record.event)?;
+        let scopes_json = to_canonical(&record.scopes)?;
+        let records_json = to_canonical(&record.records)?;
         // Members in canonical (sorted) order; see `chain_hash`.
-        let mut before_prev = String::with_capacity(256);
+        let mut before_prev = String::with_capacity(128 + event_json.len());
         before_prev.push('{');
-        member(&mut before_prev, "account_id", &text(&record.account_id));
-        member(&mut before_prev, "connector", &text(&record.connector));
-        member(&mut before_prev, "event", &event);
-        member(&mut before_prev, "format", &Value::from(FORMAT_VERSION));
-        member(&mut before_prev, "grant_id", &text(&record.grant_id));
-        member(&mut before_prev, "outcome", &outcome);
-        let mut before_seq = String::with_capacity(128);
-        member(
-            &mut before_seq,
-            "principal",
-            &Value::String(record.principal.clone()),
-        );
-        member(&mut before_seq, "records", &records);
-        member(&mut before_seq, "run_id", &text(&record.run_id));
-        member(&mut before_seq, "scopes", &scopes);
+        text_member(&mut before_prev, "account_id", record.account_id.as_deref());
+        text_member(&mut before_prev, "connector", record.connector.as_deref());
+        raw_member(&mut before_prev, "event", &event_json);
+        raw_member(&mut before_prev, "format", &FORMAT_VERSION.to_string());
+        text_member(&mut before_prev, "grant_id", record.grant_id.as_deref());
+        text_member(&mut before_prev, "outcome", Some(record.outcome.as_str()));
+        let mut before_seq = String::with_capacity(64 + scopes_json.len() + records_json.len());
+        text_member(&mut before_seq, "principal", Some(&record.principal));
+        raw_member(&mut before_seq, "records", &records_json);
+        text_member(&mut before_seq, "run_id", record.run_id.as_deref());
+        raw_member(&mut before_seq, "scopes", &scopes_json);
         let mut after_seq = String::with_capacity(128);
-        member(&mut after_seq, "step_id", &text(&record.step_id));
-        member(
+        text_member(&mut after_seq, "step_id", record.step_id.as_deref());
+        raw_member(
             &mut after_seq,
             "time_unix_ms",
-            &Value::from(record.time_unix_ms),
+            &record.time_unix_ms.to_string(),
         );
-        member(
+        text_member(
             &mut after_seq,
             "upstream_subject",
-            &text(&record.upstream_subject),
+            record.upstream_subject.as_deref(),
         );
         after_seq.pop();
         after_seq.push('}');
         Ok(Self {
-            scopes_json: serde_json::to_string(&record.scopes)?,
-            records_json: serde_json::to_string(&record.records)?,
-            event_json: serde_json::to_string(&record.event)?,
+            scopes_json,
+            records_json,
+            event_json,
             record,
             before_prev,
             before_seq,
@@ -95,9 +97,9 @@ impl Presealed {
     pub(crate) fn seal(self, seq: u64, prev_hash: String) -> (AuditRecord, Columns) {
         let mut hasher = blake3::Hasher::new();
         hasher.update(self.before_prev.as_bytes());
-        hasher.update(b"\"prev_hash\":");
-        hasher.update(canonical_json(&Value::String(prev_hash.clone())).as_bytes());
-        hasher.update(b",");
+        let mut head = String::with_capacity(96);
+        text_member(&mut head, "prev_hash", Some(&prev_hash));
+        hasher.update(head.as_bytes());
         hasher.update(self.before_seq.as_bytes());
         hasher.update(b"\"seq\":");
         hasher.update(seq.to_string().as_bytes());
@@ -177,5 +179,64 @@ mod tests {
             let value = serde_json::to_value(&sealed).unwrap();
             assert_eq!(sealed.hash, record_hash(&value));
         }
+    }
+
+    /// The columns as the stores write them, read back as cells: the fast road hashes them to
+    /// the record's hash, and a column in another (older, non-canonical) spelling sends the
+    /// row down the record-object road.
+    #[test]
+    fn stored_columns_hash_as_stored() {
+        use crate::audit::row_hash::{Cell, cells_to_value, well_typed, write_row};
+        let record = NewRecord::new(
+            "al\"ice\u{1f}",
+            Outcome::Succeeded,
+            AuditEvent::StepOutcome {
+                step: "s".into(),
+                attempt: 1,
+                effect: Effect::Write,
+                failure_class: None,
+                detail: Some("\u{2028}é\t".into()),
+            },
+        )
+        .run("run-1")
+        .account("crm", "acct", "sub", "grant")
+        .scopes(["a"])
+        .touched(RecordRef::new("crm", "issue", "T-1"));
+        let (sealed, columns) = Presealed::new(record).unwrap().seal(7, GENESIS_HASH.into());
+        fn text(s: &Option<String>) -> Cell<'_> {
+            s.as_deref()
+                .map_or(Cell::Null, |s| Cell::Text(s.as_bytes()))
+        }
+        let mut cells = [
+            Cell::Int(7),
+            Cell::Int(1),
+            Cell::Int(sealed.time_unix_ms),
+            text(&sealed.run_id),
+            text(&sealed.step_id),
+            Cell::Text(sealed.principal.as_bytes()),
+            text(&sealed.connector),
+            text(&sealed.account_id),
+            text(&sealed.upstream_subject),
+            text(&sealed.grant_id),
+            Cell::Text(columns.scopes.as_bytes()),
+            Cell::Text(columns.records.as_bytes()),
+            Cell::Text(sealed.outcome.as_str().as_bytes()),
+            Cell::Text(columns.event.as_bytes()),
+            Cell::Text(sealed.prev_hash.as_bytes()),
+            Cell::Text(sealed.hash.as_bytes()),
+        ];
+        let mut buf = String::new();
+        assert!(write_row(&cells, &mut buf));
+        assert_eq!(blake3::hash(buf.as_bytes()).to_hex().as_str(), sealed.hash);
+        assert_eq!(record_hash(&cells_to_value(&cells)), sealed.hash);
+        assert_eq!(
+            well_typed(&cells).unwrap(),
+            vec![("crm".to_owned(), "issue".to_owned(), "T-1".to_owned())]
+        );
+        let old_spelling = serde_json::to_string(&sealed.event).unwrap();
+        assert_ne!(old_spelling, columns.event);
+        cells[13] = Cell::Text(old_spelling.as_bytes());
+        assert!(!write_row(&cells, &mut buf));
+        assert_eq!(record_hash(&cells_to_value(&cells)), sealed.hash);
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Tables (prefixed `audit_`, so other modules may share the file):
 //! - `audit_records`: one row per record, one column per top-level field of [`AuditRecord`]
-//!   (`scopes`, `records` and `event` as JSON text). Verification rebuilds each record from
-//!   exactly these columns, so an edit of any column is caught.
+//!   (`scopes`, `records` and `event` as JSON text in canonical form). Verification hashes the
+//!   canonical form assembled from exactly these columns (the JSON columns as stored when they
+//!   are certainly canonical, else through a record object), so an edit of any column is
+//!   caught.
 //! - `audit_record_refs`: an index of touched external records for `who_authorized`;
 //!   verification checks it against each record's `records`.
 //!
@@ -18,7 +20,7 @@
 //!
 //! The head is read inside every write transaction, never cached between transactions, so
 //! several processes on one file still produce one linear chain; the writer waits up to
-//! [`BUSY_TIMEOUT`] for another process holding the lock.
+//! the shared busy timeout (30 s) for another process holding the lock.
 //!
 //! Reads use the shared reader pool and never wait for the writer.
 
@@ -30,6 +32,7 @@ use serde_json::Value;
 
 use super::chain_hash::GENESIS_HASH;
 use super::record::{AuditRecord, Authorization, Checkpoint, NewRecord};
+use super::row_hash::{Cell, Cells, cells_to_value};
 use super::rows::{
     self, COLUMNS, IndexedVerifier, select_columns, seq_to_sql, to_authorization, value_to_record,
 };
@@ -193,30 +196,25 @@ fn read_head(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
         .transpose()
 }
 
-/// Converts one SQLite value to JSON, faithfully (a tampered value stays visible as such).
-fn sql_to_json(value: ValueRef<'_>, column: &str) -> Value {
-    match value {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::from(i),
-        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-        ValueRef::Text(bytes) => {
-            rows::text_value(String::from_utf8_lossy(bytes).into_owned(), column)
-        }
-        ValueRef::Blob(bytes) => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            Value::String(format!("x'{hex}'"))
-        }
+/// The cells of one `audit_records` row selected with [`select_columns`].
+fn row_cells<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<Cells<'r>> {
+    let mut cells = [Cell::Null; COLUMNS.len()];
+    for (i, cell) in cells.iter_mut().enumerate() {
+        *cell = match row.get_ref(i)? {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(v) => Cell::Int(v),
+            ValueRef::Real(v) => Cell::Real(v),
+            ValueRef::Text(bytes) => Cell::Text(bytes),
+            ValueRef::Blob(bytes) => Cell::Blob(bytes),
+        };
     }
+    Ok(cells)
 }
 
-/// Rebuilds the record object of one `audit_records` row selected with [`select_columns`].
+/// Rebuilds the record object of one `audit_records` row selected with [`select_columns`],
+/// faithfully (a tampered value stays visible as such).
 fn row_to_value(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    let mut map = serde_json::Map::new();
-    for (i, name) in COLUMNS.iter().enumerate() {
-        let value = sql_to_json(row.get_ref(i)?, name);
-        map.insert((*name).to_owned(), value);
-    }
-    Ok(Value::Object(map))
+    Ok(cells_to_value(&row_cells(row)?))
 }
 
 fn query_records(
@@ -298,7 +296,7 @@ fn verify_blocking(
     ))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        verifier.push(&row_to_value(row)?)?;
+        verifier.push_cells(&row_cells(row)?)?;
     }
     verifier.finish()
 }

@@ -267,6 +267,27 @@ impl ChainVerifier {
         Ok(record)
     }
 
+    /// Whether a record with `seq` and `prev_hash` is in its place as the next one.
+    pub(crate) fn is_next(&self, seq: u64, prev_hash: &[u8]) -> bool {
+        seq == self.position + 1 && prev_hash == self.prev_hash.as_bytes()
+    }
+
+    /// Whether the checkpoint, if any, allows `hash` at `seq`.
+    pub(crate) fn checkpoint_allows(&self, seq: u64, hash: &str) -> bool {
+        self.checkpoint
+            .as_ref()
+            .is_none_or(|cp| cp.seq != seq || cp.hash == hash)
+    }
+
+    /// Takes the next record as good, checked by the caller exactly as [`ChainVerifier::push`]
+    /// checks it: it is in its place ([`ChainVerifier::is_next`]), `hash` is its recomputed
+    /// hash, it reads as a record of this format, and the checkpoint allows it.
+    pub(crate) fn accept(&mut self, hash: &str) {
+        self.position += 1;
+        self.prev_hash.clear();
+        self.prev_hash.push_str(hash);
+    }
+
     /// Ends verification: checks the checkpoint was reached.
     pub fn finish(self) -> Result<Verified, ChainBreak> {
         let last = self.position;

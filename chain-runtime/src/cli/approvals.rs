@@ -12,7 +12,7 @@ use super::output::{self, table};
 use super::{CliError, CliSetup};
 use crate::approval::PendingApproval;
 use crate::audit::{AuditEvent, AuditStore, Authorization};
-use crate::store::RunState;
+use crate::journal::RunState;
 
 /// `approvals ...`.
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use super::output::{self, SyncWriter, table};
 use super::{Args, AuditCmd, CliError, CliSetup, Cmd, RunsCmd};
 use crate::audit::{AuditStore, Checkpoint, WriteKind, verify_jsonl};
 use crate::chain::ChainMeta;
-use crate::store::{RunRecord, RunStore};
+use crate::journal::{RunJournal, RunRecord};
 
 /// Where output goes, and how.
 struct Out<'a> {
@@ -149,7 +149,7 @@ fn chains(out: &mut Out<'_>) -> Result<(), CliError> {
     ))
 }
 
-async fn get_run(runs: &dyn RunStore, db: &Path, run_id: &str) -> Result<RunRecord, CliError> {
+async fn get_run(runs: &dyn RunJournal, db: &Path, run_id: &str) -> Result<RunRecord, CliError> {
     runs.get_run(run_id)
         .await
         .map_err(|e| db_error(db, e))?
@@ -226,7 +226,7 @@ async fn runs_show(db: &Path, run_id: &str, out: &mut Out<'_>) -> Result<(), Cli
         .iter()
         .map(|e| {
             let touched = match &e.result {
-                Some(crate::store::EntryResult::Ok { touched, .. }) => output::list(
+                Some(crate::journal::EntryResult::Ok { touched, .. }) => output::list(
                     touched
                         .iter()
                         .map(|r| format!("{}:{}:{}", r.connector, r.kind, r.id)),

@@ -68,8 +68,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::audit::{AuditError, ChainBreak};
 use crate::engine::EngineError;
+use crate::journal::JournalError;
 use crate::runtime::RuntimeBuilder;
-use crate::store::StoreError;
 
 /// Given the database file, how to wire the application's runtime (credentials and chains).
 type RuntimeFactory = dyn Fn(&Path) -> Result<RuntimeBuilder, String> + Send + Sync + 'static;
@@ -221,7 +221,7 @@ pub enum CliError {
     Approval(crate::engine::ApprovalError),
     /// The run store failed.
     #[error(transparent)]
-    Store(StoreError),
+    Store(JournalError),
     /// The audit trail failed.
     #[error(transparent)]
     Audit(AuditError),

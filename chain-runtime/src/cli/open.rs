@@ -6,17 +6,17 @@ use std::sync::Arc;
 
 use super::CliError;
 use crate::audit::{AuditError, AuditStore, SqliteAuditStore};
-use crate::store::{RunStore, SqliteRunStore, StoreError};
+use crate::journal::{JournalError, RunJournal, SqliteJournal};
 
 /// Checks the database exists (never creating it) and opens the run store on it
 /// read-only (no migration, no writer, no lease holder).
-pub(super) async fn open_runs(path: &Path) -> Result<Arc<dyn RunStore>, CliError> {
+pub(super) async fn open_runs(path: &Path) -> Result<Arc<dyn RunJournal>, CliError> {
     if let Some(url) = super::postgres::url(path) {
         return super::postgres::runs(url).await;
     }
     check_db(path)?;
     Ok(Arc::new(
-        SqliteRunStore::open_read_only(path)
+        SqliteJournal::open_read_only(path)
             .await
             .map_err(|e| db_error(path, e))?,
     ))
@@ -89,17 +89,17 @@ pub(super) fn check_db(path: &Path) -> Result<(), CliError> {
 }
 
 /// A run-store error while opening or reading: a database problem, said plainly.
-pub(super) fn db_error(path: &Path, e: StoreError) -> CliError {
+pub(super) fn db_error(path: &Path, e: JournalError) -> CliError {
     match e {
-        StoreError::Backend(inner) => CliError::Database {
+        JournalError::Backend(inner) => CliError::Database {
             path: path.to_owned(),
             reason: inner,
         },
-        StoreError::Json(inner) => CliError::Database {
+        JournalError::Json(inner) => CliError::Database {
             path: path.to_owned(),
             reason: format!("a stored value does not decode: {inner}"),
         },
-        StoreError::Corrupt(reason) => CliError::Database {
+        JournalError::Corrupt(reason) => CliError::Database {
             path: path.to_owned(),
             reason,
         },

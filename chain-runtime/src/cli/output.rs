@@ -4,7 +4,7 @@ use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::store::{EntryResult, RunState};
+use crate::journal::{EntryResult, RunState};
 
 /// Whether `c` must not reach a terminal as is: C0 and C1 controls, DEL, and the bidirectional
 /// formatting characters that reorder what is displayed.

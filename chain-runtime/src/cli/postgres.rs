@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::CliError;
 use crate::audit::AuditStore;
-use crate::store::RunStore;
+use crate::journal::RunJournal;
 
 /// The PostgreSQL URL `--db` names, if it names one (`postgres://…`, `postgresql://…`).
 pub(super) fn url(path: &Path) -> Option<&str> {
@@ -28,7 +28,7 @@ fn refusal(url: &str, reason: String) -> CliError {
 
 /// Opens the run journal in the existing PostgreSQL database at `url` (creating nothing).
 #[cfg(feature = "postgres")]
-pub(super) async fn runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
+pub(super) async fn runs(url: &str) -> Result<Arc<dyn RunJournal>, CliError> {
     let db = crate::postgres::PgDatabase::connect_existing(url)
         .await
         .map_err(|e| refusal(url, e.message))?;
@@ -48,7 +48,7 @@ pub(super) async fn audit(url: &str) -> Result<Arc<dyn AuditStore>, CliError> {
 }
 
 #[cfg(not(feature = "postgres"))]
-pub(super) async fn runs(url: &str) -> Result<Arc<dyn RunStore>, CliError> {
+pub(super) async fn runs(url: &str) -> Result<Arc<dyn RunJournal>, CliError> {
     Err(no_postgres(url))
 }
 

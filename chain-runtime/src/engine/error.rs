@@ -2,8 +2,8 @@
 
 use crate::accounts::AccountLookupError;
 use crate::audit::AuditError;
+use crate::journal::JournalError;
 use crate::preflight::ConsentNeeded;
-use crate::store::StoreError;
 
 /// Why the engine refused or could not finish an operation.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ pub enum EngineError {
     Codec(String),
     /// The run store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] JournalError),
     /// The audit trail failed.
     #[error(transparent)]
     Audit(#[from] AuditError),

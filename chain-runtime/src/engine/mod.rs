@@ -62,28 +62,24 @@ pub use report::RunReport;
 pub use version::chain_version;
 pub use worker::{EventHook, WorkerEvent, WorkerOptions, WorkerReport};
 
-/// The account directory port under its old name; see [`AccountDirectory`].
-pub use crate::accounts::AccountDirectory as Credentials;
-/// The account lookup error under its old name; see [`AccountLookupError`].
-pub use crate::accounts::AccountLookupError as CredentialsError;
 pub use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
 
 use crate::audit::AuditStore;
 use crate::audit::{AlertSeverity, AuditEvent, NewRecord, Outcome};
 use crate::chain::{ChainMeta, HandoffRequest};
 use crate::context::Chain;
+use crate::journal::{Alert, JournalError, Lease, RunJournal, RunRecord, RunState};
 use crate::manifest::ScopeManifest;
 use crate::preflight::preflight_manifest;
 use crate::principal::Principal as _;
 use crate::step::RecordRef;
-use crate::store::{Alert, Lease, RunRecord, RunState, RunStore, StoreError};
 use error::describe_consents;
 use ids::new_id;
 use report::{erased_report, typed_report};
 use version::check_version;
 
 pub(crate) struct EngineInner {
-    pub(crate) store: Arc<dyn RunStore>,
+    pub(crate) store: Arc<dyn RunJournal>,
     pub(crate) audit: Arc<dyn AuditStore>,
     pub(crate) credentials: Arc<dyn AccountDirectory>,
     pub(crate) notifier: Arc<dyn Notifier>,
@@ -139,7 +135,7 @@ impl Engine {
     /// An engine on `store` and `audit`, asking `credentials` for grants and subjects, with
     /// the [`TracingNotifier`] for operator alerts (alert rows are always stored).
     pub fn new(
-        store: Arc<dyn RunStore>,
+        store: Arc<dyn RunJournal>,
         audit: Arc<dyn AuditStore>,
         credentials: Arc<dyn AccountDirectory>,
     ) -> Self {
@@ -148,7 +144,7 @@ impl Engine {
 
     /// Like [`Engine::new`] with another notifier (for example a [`WebhookNotifier`]).
     pub fn with_notifier(
-        store: Arc<dyn RunStore>,
+        store: Arc<dyn RunJournal>,
         audit: Arc<dyn AuditStore>,
         credentials: Arc<dyn AccountDirectory>,
         notifier: Arc<dyn Notifier>,
@@ -203,7 +199,7 @@ impl Engine {
     }
 
     /// The run store.
-    pub fn store(&self) -> &Arc<dyn RunStore> {
+    pub fn store(&self) -> &Arc<dyn RunJournal> {
         &self.inner.store
     }
 
@@ -300,7 +296,7 @@ impl Engine {
     pub async fn resume(&self, run_id: &str) -> Result<RunReport<Value>, EngineError> {
         let lease = match self.inner.store.claim_run(run_id, &self.inner.owner).await {
             Ok(lease) => lease,
-            Err(StoreError::Claimed { owner, .. }) => {
+            Err(JournalError::Claimed { owner, .. }) => {
                 return Err(EngineError::Busy {
                     run_id: run_id.to_owned(),
                     owner,
@@ -410,7 +406,7 @@ impl Engine {
                 .await
             {
                 Ok(lease) => lease,
-                Err(StoreError::Claimed { .. }) => continue,
+                Err(JournalError::Claimed { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
             let engine = self.clone();

@@ -3,7 +3,7 @@
 //! record before it calls the notifier, so a notifier failure never loses an alert.
 
 use crate::future::BoxFuture;
-use crate::store::Alert;
+use crate::journal::Alert;
 
 /// A notifier could not deliver an alert.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::EngineError;
 use crate::context::Chain;
-use crate::store::RunState;
+use crate::journal::RunState;
 
 /// How a run ended (or where it stopped).
 #[derive(Debug, Clone, PartialEq)]

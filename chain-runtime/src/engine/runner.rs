@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::driver::Driver;
 use super::{Engine, EngineError};
 use crate::chain::ChainMeta;
-use crate::store::{Lease, RunRecord, RunState, RunStore, StoreError};
+use crate::journal::{JournalError, Lease, RunJournal, RunRecord, RunState};
 
 /// Drives `run` of `meta` under `lease` until it completes, suspends, is compensated, blocks
 /// or fails (`retry`: the step a resume retries). The lease is released on every path.
@@ -36,7 +36,7 @@ pub(super) async fn drive(
 /// claim it at once instead of after the lease expires. A process that dies releases nothing;
 /// its lease expires, or its holder lock tells the next claimer it is gone.
 struct ReleaseIfAbandoned {
-    store: Arc<dyn RunStore>,
+    store: Arc<dyn RunJournal>,
     lease: Option<Lease>,
 }
 
@@ -79,13 +79,13 @@ async fn drive_leased(
     if body.is_err() && lease_lost(store.as_ref(), lease).await {
         // The body failed because another driver took the run over (a write was fenced):
         // this driver must not decide the run's end, alert or write anything more for it.
-        return Err(StoreError::LeaseLost(run_id).into());
+        return Err(JournalError::LeaseLost(run_id).into());
     }
     driver.finish(body).await
 }
 
 /// Whether `lease` is known to be superseded (a journal that cannot tell says no).
-async fn lease_lost(store: &dyn RunStore, lease: &Lease) -> bool {
+async fn lease_lost(store: &dyn RunJournal, lease: &Lease) -> bool {
     matches!(
         store
             .renew_leases(std::slice::from_ref(lease))

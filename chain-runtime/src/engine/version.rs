@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::EngineError;
 use crate::chain::ChainMeta;
+use crate::journal::RunRecord;
 use crate::step::{Effect, StepMeta};
-use crate::store::RunRecord;
 
 /// Per step name, the hash of its declaration; and the chain version (hash over them, in
 /// step order). A step's declaration is its name, connector, scopes, effect and its

@@ -1,7 +1,7 @@
 //! Resuming the runs that wait on one account, after its consent completed.
 
 use super::{Engine, EngineError};
-use crate::store::RunState;
+use crate::journal::RunState;
 
 impl Engine {
     /// Resumes, one after the other, every run of `principal_id` suspended on `connector`

@@ -59,14 +59,6 @@ use crate::sqlite::DbError;
 pub use crate::sqlite::{DatabaseId, Durability, WriterStats};
 use crate::step::RecordRef;
 
-/// The names these types had before the module was called `journal`, for callers that still
-/// use them.
-#[doc(hidden)]
-pub use self::{
-    JournalError as StoreError, MemoryJournal as MemoryRunStore, RunJournal as RunStore,
-    SqliteJournal as SqliteRunStore,
-};
-
 /// The state of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

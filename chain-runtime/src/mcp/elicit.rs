@@ -29,7 +29,7 @@ use super::state::PendingCall;
 use super::{Identity, McpServer, URL_ELICITATION_REQUIRED, tool_error};
 use crate::approval::PendingApproval;
 use crate::engine::{ApprovalError, EngineError, RunReport};
-use crate::store::RunState;
+use crate::journal::RunState;
 
 /// At most this many approvals are asked within one call (a chain that needs more goes on
 /// with the next call).

@@ -48,7 +48,7 @@ use serde_json::Value;
 use crate::context::Chain;
 use crate::engine::{Engine, EngineError, RunReport};
 use crate::future::BoxFuture;
-use crate::store::RunState;
+use crate::journal::RunState;
 use crate::vault::Vault;
 
 pub use auth::{Identity, ResourceServer, TokenRejection, TokenVerifier};

@@ -36,7 +36,7 @@ use serde::Deserialize;
 use crate::audit::AuditStore;
 use crate::engine::Engine;
 use crate::future::BoxFuture;
-use crate::store::{RunRecord, RunState};
+use crate::journal::{RunRecord, RunState};
 use crate::vault::Vault;
 
 pub use csrf::CsrfKey;

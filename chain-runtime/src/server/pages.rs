@@ -7,7 +7,7 @@ use axum::response::Html;
 
 use crate::audit::AuditRecord;
 use crate::graph_render::{self, Highlight};
-use crate::store::{EntryResult, JournalEntry, RunRecord, RunState};
+use crate::journal::{EntryResult, JournalEntry, RunRecord, RunState};
 
 /// `body` as an HTML response.
 pub(crate) fn html(body: String) -> Html<String> {
@@ -204,7 +204,7 @@ pub(crate) fn run(
             .cloned()
             .flatten()
             .unwrap_or_default();
-        let approval = entry.kind == crate::store::EntryKind::Approval;
+        let approval = entry.kind == crate::journal::EntryKind::Approval;
         let outcome = match &entry.result {
             None if approval => "waiting for approval".to_owned(),
             None => "in progress".to_owned(),

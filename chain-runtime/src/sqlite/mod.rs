@@ -3,7 +3,7 @@
 //! One [`Database`] per file and process: every store opened on the same path in one process
 //! (the run journal, the audit trail, the vault) shares it, so they share
 //!
-//! - one **connection policy**: WAL journal mode, `synchronous=FULL`, a [`BUSY_TIMEOUT`] of
+//! - one **connection policy**: WAL journal mode, `synchronous=FULL`, a busy timeout of
 //!   30 s for another process holding the write lock;
 //! - one **writer thread** with group commit: it takes every write queued at the moment (up to
 //!   [`MAX_BATCH`]), applies each in its own savepoint inside ONE `BEGIN IMMEDIATE`
@@ -53,7 +53,7 @@ pub(crate) use writer::Tx;
 use writer::{Job, writer_loop};
 
 /// How long a connection waits for another process holding the database's write lock.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most writes one transaction takes.
 pub const MAX_BATCH: usize = 1024;
