@@ -9,8 +9,8 @@
 //! - 1,000 concurrent callers over 4 processes on one expiring account: exactly one refresh
 //!   request reaches the provider.
 //!
-//! The first and the last run on SQLite and on PostgreSQL (`sqlite::…`, `postgres::…`: the
-//! journal, the audit trail and the vault in that database); the kill and pause cases on SQLite.
+//! Every case runs on SQLite and on PostgreSQL from one body (`sqlite::…`, `postgres::…`: the
+//! journal, the audit trail and the vault in that database, the workers given its location).
 //!
 //! No timing assertions: every wait has a deadline and only bounds a hang.
 
@@ -32,10 +32,6 @@ fn wait_on(backend: Backend) -> Duration {
         Backend::Sqlite => WAIT,
         Backend::Postgres => Duration::from_secs(240),
     }
-}
-
-async fn harness(dir: &tempfile::TempDir) -> CrashHarness {
-    harness_on(dir, Backend::Sqlite).await.0
 }
 
 /// The harness (emulators, vault, journal and audit trail) on a fresh database of `backend`.
@@ -69,11 +65,6 @@ async fn stop_within(w: &mut WorkerProc, wait: Duration) -> serde_json::Value {
     assert_eq!(report.len(), 1, "{}", w.failure("no report"));
     serde_json::from_str(&report[0]).unwrap()
 }
-
-chain_runtime::backend_tests!(
-    four_workers_share_400_runs_each_completes_once,
-    a_thousand_callers_in_four_processes_cause_one_refresh,
-);
 
 async fn four_workers_share_400_runs_each_completes_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
@@ -181,10 +172,10 @@ async fn until(w: &mut WorkerProc, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Worker A (one run at a time) is SIGKILLed at `kill` in the first of three runs; worker B
 /// then recovers that run and drives the other two.
-async fn kill_one_worker_at(kill: KillPoint) {
+async fn kill_one_worker_at(kill: KillPoint, backend: Backend) {
     const HOLD: Duration = Duration::from_secs(600);
     let dir = tempfile::tempdir().unwrap();
-    let harness = harness(&dir).await;
+    let (harness, _db) = harness_on(&dir, backend).await;
     let ids = submit_runs(&harness.demo, 3).await.unwrap();
     let step = kill.step();
     let connector = step.connector();
@@ -252,13 +243,22 @@ async fn kill_one_worker_at(kill: KillPoint) {
         .unwrap_or_else(|e| panic!("{}: {e}", kill.label()));
 }
 
+/// One test per kill point and backend (`sqlite::NAME`, `postgres::NAME`), with the other
+/// cases of this file.
 macro_rules! kill_points {
-    ($($name:ident => $kill:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            kill_one_worker_at($kill).await;
-        }
-    )*};
+    ($($name:ident => $kill:expr;)*) => {
+        $(
+            async fn $name(backend: Backend) {
+                kill_one_worker_at($kill, backend).await;
+            }
+        )*
+        chain_runtime::backend_tests!(
+            four_workers_share_400_runs_each_completes_once,
+            a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly,
+            a_thousand_callers_in_four_processes_cause_one_refresh,
+            $($name,)*
+        );
+    };
 }
 
 kill_points! {
@@ -306,11 +306,10 @@ async fn snapshot(harness: &CrashHarness, run_id: &str) -> (String, usize, usize
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly() {
+async fn a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly(backend: Backend) {
     const LEASE_MS: u64 = 1_500;
     let dir = tempfile::tempdir().unwrap();
-    let harness = harness(&dir).await;
+    let (harness, _db) = harness_on(&dir, backend).await;
     let ids = submit_runs(&harness.demo, 1).await.unwrap();
     // Jira holds open_issue's request for a while: the worker is paused in the middle of it.
     faults(&harness, "jira", 0, Some(Duration::from_secs(3)), 0);
