@@ -7,7 +7,10 @@
 //! - a worker SIGSTOPped past its lease, then SIGCONTed: another worker finished its run; the
 //!   paused one cannot write any more (fencing), says so and exits cleanly;
 //! - 1,000 concurrent callers over 4 processes on one expiring account: exactly one refresh
-//!   request reaches the provider.
+//!   request reaches the provider;
+//! - a suspended run handed back to the workers after re-consent (`Engine::resume_later`),
+//!   whose worker is SIGKILLed before it journals the retry of the suspended step: another
+//!   worker recovers the run, retries that step and completes the run.
 //!
 //! Every case runs on SQLite and on PostgreSQL from one body (`sqlite::…`, `postgres::…`: the
 //! journal, the audit trail and the vault in that database, the workers given its location).
@@ -17,8 +20,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chain_runtime::journal::{EntryResult, RunState};
 use chain_runtime::test_util::backend::{Backend, TestDatabase};
-use examples::crash::{CrashHarness, CrashStep, KillPoint};
+use examples::crash::{CrashHarness, CrashStep, KillPoint, Pause, PauseAt};
+use examples::escalate::escalate_deal;
 use examples::workers::{
     ENV_CONCURRENCY, ENV_LEASE_MS, WorkerProc, submit_runs, verify_runs, wait_terminal,
 };
@@ -256,6 +261,7 @@ macro_rules! kill_points {
             four_workers_share_400_runs_each_completes_once,
             a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly,
             a_thousand_callers_in_four_processes_cause_one_refresh,
+            a_resumed_run_outlives_the_worker_that_took_it,
             $($name,)*
         );
     };
@@ -406,4 +412,72 @@ async fn a_thousand_callers_in_four_processes_cause_one_refresh(backend: Backend
     );
     let account = harness.demo.vault.account("alice", "jira").await.unwrap();
     assert!(account.expires_at.unwrap_or(0) > now, "{account:?}");
+}
+
+/// `Engine::resume_later` hands a suspended run back to the workers after re-consent; worker A
+/// takes it and is SIGKILLed right before it journals the retry of the suspended step. The
+/// hand-back is in the journal, not in A: worker B recovers the run, retries that step (never
+/// replays its refusal, which would suspend the run again) and completes it, every write once.
+async fn a_resumed_run_outlives_the_worker_that_took_it(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (harness, _db) = harness_on(&dir, backend).await;
+    let demo = &harness.demo;
+    let slack = &demo.subjects[2];
+    demo.sandbox.slack.revoke_grant(slack);
+    let started = demo
+        .engine
+        .start::<escalate_deal>(demo.user.clone(), (demo.deal(),))
+        .await
+        .unwrap();
+    let run_id = started.run_id;
+    assert!(
+        matches!(&started.state, RunState::Suspended { connector, .. } if connector == "slack"),
+        "{:?}",
+        started.state
+    );
+    demo.connect("slack").await.unwrap();
+    demo.engine.resume_later(&run_id).await.unwrap();
+
+    let announce = CrashStep::Announce.name();
+    let pause = Pause {
+        at: PauseAt::BeforeIntent,
+        step: announce.to_owned(),
+        undo: false,
+    };
+    let env = [(ENV_CONCURRENCY, "1".to_owned())];
+    let mut a = WorkerProc::spawn(WORKER, &harness, &["work"], Some(pause), &env).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let claimed = a.line("claimed ", deadline).await.unwrap();
+    assert!(
+        claimed.starts_with(&run_id) && claimed.ends_with(" false"),
+        "{claimed}"
+    );
+    let paused = a.line("pause ", deadline).await.unwrap();
+    assert!(paused.ends_with(&format!("{announce}#1")), "{paused}");
+    a.kill().unwrap();
+
+    // A died holding the run: it is running, its journal still ends with the refusal.
+    let run = demo.runs.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Running);
+    let journal = demo.runs.journal(&run_id).await.unwrap();
+    let last = journal.last().unwrap();
+    assert_eq!(last.name, announce);
+    assert!(
+        matches!(last.result, Some(EntryResult::Err { .. })),
+        "{last:?}"
+    );
+
+    let mut b = worker(&harness, 1, None);
+    let ids = [run_id.clone()];
+    wait_terminal(demo, &ids, Instant::now() + wait_on(backend))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {}", b.failure("worker B")));
+    let report = stop(&mut b).await;
+    assert_eq!(report["finished"], 1, "{report}");
+    let claims = b.seen_with("claimed ");
+    assert!(
+        claims.len() == 1 && claims[0].starts_with(&run_id) && claims[0].ends_with(" true"),
+        "B recovered the run A took: {claims:?}"
+    );
+    verify_runs(&harness, &ids).await.unwrap();
 }
