@@ -461,7 +461,7 @@ impl Engine {
         if run.state == RunState::Compensating {
             return compensate::finish_compensation(self, meta, &run, lease).await;
         }
-        let retry = match self.refused_step(&run.run_id, meta).await {
+        let retry = match self.refused_step(&run.run_id, meta, true).await {
             Ok(retry) => retry,
             Err(e) => {
                 let _ = self.inner.store.release_run(&lease).await;

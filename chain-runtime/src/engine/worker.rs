@@ -25,8 +25,9 @@
 //! # Resumed runs
 //! A run handed back by [`Engine::resume_later`] is running, and its journal's last step ended
 //! in the authorization failure it suspended at. Whoever claims it, fresh or as a recovery
-//! (the worker that first took it died before retrying), retries that step instead of
-//! replaying the failure: the hand-back survives any worker.
+//! (the worker that first took it died before retrying; then the refusal must be the
+//! journal's last entry), retries that step instead of replaying the failure: the hand-back
+//! survives any worker.
 //!
 //! # Wake-ups
 //! An idle worker waits on the journal's [`Wakeups`](crate::journal::Wakeups) (signalled when
@@ -375,7 +376,7 @@ impl Engine {
         if run.state == RunState::Compensating {
             return compensate::finish_compensation(self, meta, &run, lease).await;
         }
-        let retry = match self.refused_step(&run.run_id, meta).await {
+        let retry = match self.refused_step(&run.run_id, meta, recovered).await {
             Ok(retry) => retry,
             Err(e) => {
                 let _ = self.inner.store.release_run(&lease).await;
@@ -389,30 +390,43 @@ impl Engine {
     /// journal's last step ended in an authorization failure that suspends the run (a revoked
     /// grant, missing scopes, a step-up), and the chain suspends on those. That is the journal
     /// of a run [`Engine::resume_later`] handed back after re-consent (the run suspended at
-    /// that step, then was set running again), whoever claims it: the worker it woke up, or
-    /// any worker after that one died or stalled before the retry was journaled. The journal
-    /// alone makes the hand-back durable; nothing else has to survive the worker.
+    /// that step, then was set running again), whoever claims it: the worker it woke up, or,
+    /// as a recovery (`recovered`; also [`Engine::recover`]), any worker after that one died
+    /// or stalled before the retry was journaled. The journal alone makes the hand-back
+    /// durable; nothing else has to survive the worker.
     ///
     /// The same journal is left by a driver that died between storing such a failure and the
     /// suspended state; retrying is safe there too: the provider refused the call (nothing was
     /// written, so this is no blind redo), and a refusal that persists suspends the run again,
-    /// as replaying it would have.
+    /// as replaying it would have. So that a body which caught the refusal and went on is
+    /// never sent down another path than its journal's, a recovery retries only when the
+    /// refusal is the journal's very last entry.
     pub(super) async fn refused_step(
         &self,
         run_id: &str,
         meta: &ChainMeta,
+        recovered: bool,
     ) -> Result<Option<String>, EngineError> {
         if meta.on_auth_failure != AuthFailurePolicy::Suspend {
             return Ok(None);
         }
         let journal = self.inner.store.journal(run_id).await?;
-        let last = journal.iter().rev().find(|e| e.kind == EntryKind::Step);
-        Ok(match last.and_then(|e| e.result.as_ref().map(|r| (e, r))) {
-            Some((entry, EntryResult::Err { error })) if outcome::suspends(error) => {
-                Some(entry.step_id.clone())
-            }
-            _ => None,
-        })
+        let last = journal.iter().max_by_key(|e| e.seq);
+        let last_step = journal
+            .iter()
+            .filter(|e| e.kind == EntryKind::Step)
+            .max_by_key(|e| e.seq);
+        if recovered && last_step != last {
+            return Ok(None);
+        }
+        Ok(
+            match last_step.and_then(|e| e.result.as_ref().map(|r| (e, r))) {
+                Some((entry, EntryResult::Err { error })) if outcome::suspends(error) => {
+                    Some(entry.step_id.clone())
+                }
+                _ => None,
+            },
+        )
     }
 
     fn joined(
