@@ -4,7 +4,9 @@
 //! wake-ups (on PostgreSQL through `LISTEN/NOTIFY`, across handles), claims again after a
 //! release and as recoveries after the holder died, superseded leases stay superseded,
 //! `Engine::work` draining a queue with four engines on one database, a run handed back by
-//! `Engine::resume_later` retrying its suspended step, and the vault's refresh lock across
+//! `Engine::resume_later` retrying its suspended step (also after the worker that took it died),
+//! when a recovery retries a refused step and when it replays it, and the vault's refresh lock
+//! across
 //! handles; and a worker on the in-memory journal. The multi-process tests (SIGKILL, SIGSTOP,
 //! many workers) are in `examples/tests/workers.rs`.
 
@@ -16,7 +18,10 @@ use std::time::{Duration, Instant};
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
 use chain_runtime::engine::{Engine, WorkerEvent, WorkerOptions};
-use chain_runtime::journal::{Claim, Drivable, MemoryJournal, RunJournal, RunState, SqliteJournal};
+use chain_runtime::journal::{
+    Claim, Drivable, EntryKind, EntryResult, JournalEntry, JournalWrite, MemoryJournal, RunJournal,
+    RunState, SqliteJournal, Unit,
+};
 use chain_runtime::postgres::{PgAccountStore, PgDatabase, PgJournal};
 use chain_runtime::prelude::*;
 use chain_runtime::test_util::StaticGrants;
@@ -162,6 +167,7 @@ chain_runtime::backend_tests!(
     four_worker_loops_drive_each_run_exactly_once,
     a_run_resumed_for_the_workers_retries_its_suspended_step,
     a_resumed_run_whose_taker_died_is_retried_by_the_next_worker,
+    a_recovery_retries_a_refusal_only_as_the_journals_last_entry,
     the_refresh_lock_excludes_other_handles_until_dropped,
 );
 
@@ -465,10 +471,16 @@ async fn a_run_resumed_for_the_workers_retries_its_suspended_step(backend: Backe
         .await
         .unwrap();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
     let worker = {
         let engine = rt.engine.clone();
         let options = WorkerOptions {
             poll_every: Duration::from_secs(30),
+            on_event: Some(Arc::new(move |e: &WorkerEvent| {
+                if let WorkerEvent::Finished { state, .. } = e {
+                    let _ = finished_tx.send(state.clone());
+                }
+            })),
             ..WorkerOptions::default()
         };
         tokio::spawn(async move {
@@ -479,10 +491,11 @@ async fn a_run_resumed_for_the_workers_retries_its_suspended_step(backend: Backe
                 .await
         })
     };
-    let ids = [run_id.clone()];
-    wait_terminal(rt.runs.as_ref(), &ids).await;
-    let run = rt.engine.run_status(&run_id).await.unwrap();
-    assert_eq!(run.state.kind(), "suspended", "{:?}", run.state);
+    // The worker let go of the run (its lease released: the state is stored just before).
+    let state = tokio::time::timeout(Duration::from_secs(60), finished.recv())
+        .await
+        .expect("the run did not suspend in time");
+    assert_eq!(state.as_deref(), Some("suspended"));
 
     // The re-consent happened (the step succeeds from now on); a worker takes the run up at
     // once: the release wakes it (its fallback poll is 30 s away).
@@ -584,6 +597,133 @@ async fn a_resumed_run_whose_taker_died_is_retried_by_the_next_worker(backend: B
     );
     assert_eq!(calls("post", job * 2), 2, "the suspended step ran again");
     assert_eq!(calls("fetch", job), 1, "the completed step was replayed");
+}
+
+/// Drives every runnable run of `rt` with one worker loop until the runs of `ids` ended.
+async fn drain(rt: &Runtime, ids: &[String]) -> chain_runtime::engine::WorkerReport {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let engine = rt.engine.clone();
+        let options = WorkerOptions {
+            poll_every: Duration::from_millis(50),
+            ..WorkerOptions::default()
+        };
+        tokio::spawn(async move {
+            engine
+                .work(options, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    wait_terminal(rt.runs.as_ref(), ids).await;
+    stop_tx.send(true).unwrap();
+    worker.await.unwrap()
+}
+
+/// A driver that died right after journaling a refused step (before storing the suspended
+/// state) leaves the journal of a resumed run: the recovering worker retries the step, and a
+/// refusal that persists suspends the run again. When the body went on after the refusal
+/// (here a record follows it), the recovery replays the refusal instead: the body keeps the
+/// path its journal took.
+async fn a_recovery_retries_a_refusal_only_as_the_journals_last_entry(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "refused").await;
+    let rt = runtime(&db, "worker").await;
+    rt.engine.register::<consented>();
+    let drivable: Vec<Drivable> = rt
+        .engine
+        .drivable()
+        .into_iter()
+        .filter(|d| d.chain.ends_with("consented"))
+        .collect();
+    let refused = StepError::Auth {
+        connector: "crm".into(),
+        class: chain_runtime::classify::FailureClass::GrantRevoked,
+        needed_scopes: vec![],
+        consent_params: vec![],
+    };
+    let mut runs = Vec::new();
+    for then_record in [false, true] {
+        let job = job();
+        let run_id = rt
+            .engine
+            .submit::<consented>(UserId("alice".into()), (job,))
+            .await
+            .unwrap();
+        // The dying driver: `fetch` done, `post` refused (and, in the second run, a record).
+        let dying = journal(&db, "dying").await;
+        let claim = dying
+            .claim_runnable("dying", &drivable, 1)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(claim.run.run_id, run_id);
+        let entry = |seq: u32, kind: EntryKind, name: &str, result: EntryResult| JournalEntry {
+            seq,
+            step_id: format!("consented/{name}#1"),
+            kind,
+            name: name.to_owned(),
+            attempt: 1,
+            result: Some(result),
+        };
+        let mut writes = vec![
+            entry(
+                0,
+                EntryKind::Step,
+                "fetch",
+                EntryResult::Ok {
+                    output: serde_json::json!(job * 2),
+                    touched: vec![],
+                },
+            ),
+            entry(
+                1,
+                EntryKind::Step,
+                "post",
+                EntryResult::Err {
+                    error: refused.clone(),
+                },
+            ),
+        ];
+        if then_record {
+            writes.push(entry(
+                2,
+                EntryKind::Record,
+                "fallback",
+                EntryResult::Ok {
+                    output: serde_json::json!(null),
+                    touched: vec![],
+                },
+            ));
+        }
+        let unit = Unit::of(
+            writes
+                .into_iter()
+                .map(|entry| JournalWrite::Entry { entry, node: 0 }),
+        );
+        dying.commit(Some(&claim.lease), unit).await.unwrap();
+        drop(dying);
+        runs.push((run_id, job, then_record));
+    }
+    let ids: Vec<String> = runs.iter().map(|(id, ..)| id.clone()).collect();
+    let report = drain(&rt, &ids).await;
+    assert_eq!(report.finished, 2, "{report:?}");
+    for (run_id, job, then_record) in runs {
+        let run = rt.engine.run_status(&run_id).await.unwrap();
+        assert_eq!(calls("fetch", job), 0, "`fetch` replayed");
+        if then_record {
+            assert_eq!(calls("post", job * 2), 0, "the refusal was replayed");
+        } else {
+            assert_eq!(calls("post", job * 2), 1, "the refused step was retried");
+            assert!(
+                matches!(&run.state, RunState::Suspended { step_id, .. } if step_id == "consented/post#1"),
+                "refused again: suspended again, {:?}",
+                run.state
+            );
+        }
+    }
 }
 
 async fn the_refresh_lock_excludes_other_handles_until_dropped(backend: Backend) {
