@@ -1,8 +1,14 @@
-//! Runnable runs and workers in one process: `Engine::submit`, the journal's
-//! `claim_runnable` / `renew_leases` / wake-ups on SQLite (two journal handles on one file are
-//! two lease holders, like two processes) and in memory, and `Engine::work` draining a queue
-//! with two engines on one file. The multi-process tests (SIGKILL, SIGSTOP, many workers) are
-//! in `examples/tests/workers.rs`.
+//! Runnable runs and workers in one process, on SQLite and on PostgreSQL from one body
+//! (`sqlite::…`, `postgres::…`; two journal handles on one database are two lease holders,
+//! like two processes): `Engine::submit`, the journal's `claim_runnable` / `renew_leases` /
+//! wake-ups (on PostgreSQL through `LISTEN/NOTIFY`, across handles), claims again after a
+//! release and as recoveries after the holder died, superseded leases stay superseded,
+//! `Engine::work` draining a queue with four engines on one database, a run handed back by
+//! `Engine::resume_later` retrying its suspended step (also after the worker that took it died),
+//! when a recovery retries a refused step and when it replays it, and the vault's refresh lock
+//! across
+//! handles; and a worker on the in-memory journal. The multi-process tests (SIGKILL, SIGSTOP,
+//! many workers) are in `examples/tests/workers.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,9 +18,15 @@ use std::time::{Duration, Instant};
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditStore, SqliteAuditStore};
 use chain_runtime::engine::{Engine, WorkerEvent, WorkerOptions};
-use chain_runtime::journal::{Drivable, MemoryJournal, RunJournal, RunState, SqliteJournal};
+use chain_runtime::journal::{
+    Claim, Drivable, EntryKind, EntryResult, JournalEntry, JournalWrite, MemoryJournal, RunJournal,
+    RunState, SqliteJournal, Unit,
+};
+use chain_runtime::postgres::{PgAccountStore, PgDatabase, PgJournal};
 use chain_runtime::prelude::*;
 use chain_runtime::test_util::StaticGrants;
+use chain_runtime::test_util::backend::{Backend, TestDatabase};
+use chain_runtime::vault::{AccountStore, SqliteStore};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 /// The test principal.
@@ -94,13 +106,45 @@ fn grants() -> Arc<StaticGrants> {
     grants
 }
 
-async fn runtime(path: &std::path::Path) -> Runtime {
-    Runtime::sqlite(path)
+/// Where handle `name` opens `db`: on PostgreSQL a URL of its own (another spelling), so the
+/// handle gets a pool and a lease holder of its own, as another process would have.
+fn location(db: &TestDatabase, name: &str) -> String {
+    match db.backend {
+        Backend::Sqlite => db.location.clone(),
+        Backend::Postgres => format!("{}?application_name={name}", db.location),
+    }
+}
+
+/// A runtime on `db` with a journal handle of its own.
+async fn runtime(db: &TestDatabase, name: &str) -> Runtime {
+    Runtime::at(&location(db, name))
         .credentials(grants())
         .chain::<queued>()
         .open()
         .await
         .unwrap()
+}
+
+/// Another journal handle on `db` (another lease holder).
+async fn journal(db: &TestDatabase, name: &str) -> Arc<dyn RunJournal> {
+    let at = location(db, name);
+    match db.backend {
+        Backend::Sqlite => Arc::new(SqliteJournal::open(&at).await.unwrap()),
+        Backend::Postgres => Arc::new(
+            PgJournal::on(PgDatabase::connect(&at).await.unwrap())
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+/// Another account store handle on `db`.
+async fn accounts(db: &TestDatabase, name: &str) -> Arc<dyn AccountStore> {
+    let at = location(db, name);
+    match db.backend {
+        Backend::Sqlite => Arc::new(SqliteStore::open(&at).await.unwrap()),
+        Backend::Postgres => Arc::new(PgAccountStore::on(PgDatabase::connect(&at).await.unwrap())),
+    }
 }
 
 fn drivable(engine: &Engine) -> Vec<Drivable> {
@@ -117,13 +161,28 @@ fn job() -> u64 {
     JOB.fetch_add(1, Ordering::Relaxed) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submitted_run_is_claimed_once_and_again_after_release() {
+chain_runtime::backend_tests!(
+    a_submitted_run_is_claimed_once_released_and_fenced,
+    a_dead_holders_runs_are_claimed_as_recoveries,
+    four_worker_loops_drive_each_run_exactly_once,
+    a_run_resumed_for_the_workers_retries_its_suspended_step,
+    a_resumed_run_whose_taker_died_is_retried_by_the_next_worker,
+    a_recovery_retries_a_refusal_only_as_the_journals_last_entry,
+    the_refresh_lock_excludes_other_handles_until_dropped,
+);
+
+async fn a_submitted_run_is_claimed_once_released_and_fenced(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chains.db");
-    let rt = runtime(&path).await;
-    let other = SqliteJournal::open(&path).await.unwrap();
-    let mut wake = rt.runs.wakeups().unwrap().subscribe();
+    let db = backend.database(dir.path(), "queue").await;
+    let rt = runtime(&db, "submitter").await;
+    let other = journal(&db, "other").await;
+    // Who hears of the submit: on PostgreSQL another handle (its own LISTEN session, as in
+    // another process); a SQLite journal's wake-ups stay in its handle (other processes poll).
+    let waker = match backend {
+        Backend::Sqlite => rt.runs.wakeups(),
+        Backend::Postgres => other.wakeups(),
+    };
+    let mut wake = waker.unwrap().subscribe();
 
     let run_id = rt
         .engine
@@ -160,14 +219,14 @@ async fn a_submitted_run_is_claimed_once_and_again_after_release() {
     let first = rt.runs.claim_runnable("w1", &drivable, 10).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].run.run_id, run_id);
-    assert_eq!(first[0].lease.token, 1);
-    assert!(!first[0].recovered);
+    assert_eq!((first[0].lease.token, first[0].recovered), (1, false));
     assert!(
         other
             .claim_runnable("w2", &drivable, 10)
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "a claimed run is not claimed twice"
     );
     assert_eq!(
         rt.runs
@@ -184,8 +243,11 @@ async fn a_submitted_run_is_claimed_once_and_again_after_release() {
     );
     let second = other.claim_runnable("w2", &drivable, 10).await.unwrap();
     assert_eq!(second.len(), 1);
-    assert_eq!(second[0].lease.token, 2);
-    assert!(!second[0].recovered, "a released lease is not a recovery");
+    assert_eq!(
+        (second[0].lease.token, second[0].recovered),
+        (2, false),
+        "a released lease is not a recovery"
+    );
     assert_eq!(
         rt.runs
             .renew_leases(&[first[0].lease.clone()])
@@ -194,13 +256,35 @@ async fn a_submitted_run_is_claimed_once_and_again_after_release() {
         [false],
         "the first lease is superseded for good"
     );
+    assert_eq!(
+        other
+            .renew_leases(&[second[0].lease.clone()])
+            .await
+            .unwrap(),
+        [true]
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_holders_runs_are_claimed_as_recoveries() {
+/// Claims runnable runs with `journal` until some come, or fails at a deadline.
+async fn claim_some(journal: &dyn RunJournal, drivable: &[Drivable]) -> Vec<Claim> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = journal.claim_runnable("w", drivable, 10).await.unwrap();
+        if !got.is_empty() {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead holder's runs stayed held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_dead_holders_runs_are_claimed_as_recoveries(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chains.db");
-    let rt = runtime(&path).await;
+    let db = backend.database(dir.path(), "dead").await;
+    let rt = runtime(&db, "live").await;
     let drivable = drivable(&rt.engine);
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -211,15 +295,16 @@ async fn a_dead_holders_runs_are_claimed_as_recoveries() {
                 .unwrap(),
         );
     }
-    let dying = SqliteJournal::open(&path).await.unwrap();
+    let dying = journal(&db, "dying").await;
     let held = dying.claim_runnable("dying", &drivable, 2).await.unwrap();
     assert_eq!(held.len(), 2);
     let rest = rt.runs.claim_runnable("w", &drivable, 10).await.unwrap();
     assert_eq!(rest.len(), 1, "two runs are held by a live holder");
     assert!(!rest[0].recovered);
-    // The holder goes away without releasing (its lock file with it): its runs are free.
+    // The holder goes away without releasing (SQLite: its lock file; PostgreSQL: its session
+    // and the advisory lock on it): its runs are free, long before their leases expire.
     drop(dying);
-    let taken = rt.runs.claim_runnable("w", &drivable, 10).await.unwrap();
+    let taken = claim_some(rt.runs.as_ref(), &drivable).await;
     assert_eq!(taken.len(), 2);
     assert!(taken.iter().all(|c| c.recovered && c.lease.token == 2));
     let mut got: Vec<String> = taken.iter().map(|c| c.run.run_id.clone()).collect();
@@ -252,16 +337,17 @@ async fn wait_terminal(journal: &dyn RunJournal, ids: &[String]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_workers_on_one_file_drive_each_run_once() {
+async fn four_worker_loops_drive_each_run_exactly_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chains.db");
-    let a = runtime(&path).await;
-    let b = runtime(&path).await;
+    let db = backend.database(dir.path(), "workers").await;
+    let mut runtimes = Vec::new();
+    for w in 0..4 {
+        runtimes.push(runtime(&db, &format!("worker{w}")).await);
+    }
     let jobs: Vec<u64> = (0..40).map(|_| job()).collect();
     let mut ids = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        let rt = if i % 2 == 0 { &a } else { &b };
+        let rt = &runtimes[i % runtimes.len()];
         ids.push(
             rt.engine
                 .submit::<queued>(UserId("alice".into()), (*job,))
@@ -272,7 +358,7 @@ async fn two_workers_on_one_file_drive_each_run_once() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let events = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
-    for rt in [&a, &b] {
+    for rt in &runtimes {
         let engine = rt.engine.clone();
         let mut stop = stop_rx.clone();
         let events = events.clone();
@@ -292,7 +378,7 @@ async fn two_workers_on_one_file_drive_each_run_once() {
                 .await
         }));
     }
-    wait_terminal(a.runs.as_ref(), &ids).await;
+    wait_terminal(runtimes[0].runs.as_ref(), &ids).await;
     stop_tx.send(true).unwrap();
     let mut finished = 0;
     for worker in workers {
@@ -305,7 +391,7 @@ async fn two_workers_on_one_file_drive_each_run_once() {
     }
     assert_eq!(finished, ids.len());
     for (id, job) in ids.iter().zip(&jobs) {
-        let run = a.engine.run_status(id).await.unwrap();
+        let run = runtimes[1].engine.run_status(id).await.unwrap();
         assert_eq!(
             run.state,
             RunState::Completed {
@@ -321,7 +407,8 @@ async fn two_workers_on_one_file_drive_each_run_once() {
         .filter(|e| matches!(e, WorkerEvent::Claimed { .. }))
         .count();
     assert_eq!(claimed, ids.len(), "each run was claimed exactly once");
-    a.audit.verify(None).await.unwrap();
+    // One audit chain across the four workers' appends.
+    runtimes[2].audit.verify(None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,11 +459,10 @@ async fn a_worker_drains_a_memory_journal() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_resumed_for_the_workers_retries_its_suspended_step() {
+async fn a_run_resumed_for_the_workers_retries_its_suspended_step(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chains.db");
-    let rt = runtime(&path).await;
+    let db = backend.database(dir.path(), "resumed").await;
+    let rt = runtime(&db, "resumer").await;
     rt.engine.register::<consented>();
     let job = job();
     let run_id = rt
@@ -385,10 +471,16 @@ async fn a_run_resumed_for_the_workers_retries_its_suspended_step() {
         .await
         .unwrap();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
     let worker = {
         let engine = rt.engine.clone();
         let options = WorkerOptions {
             poll_every: Duration::from_secs(30),
+            on_event: Some(Arc::new(move |e: &WorkerEvent| {
+                if let WorkerEvent::Finished { state, .. } = e {
+                    let _ = finished_tx.send(state.clone());
+                }
+            })),
             ..WorkerOptions::default()
         };
         tokio::spawn(async move {
@@ -399,10 +491,11 @@ async fn a_run_resumed_for_the_workers_retries_its_suspended_step() {
                 .await
         })
     };
-    let ids = [run_id.clone()];
-    wait_terminal(rt.runs.as_ref(), &ids).await;
-    let run = rt.engine.run_status(&run_id).await.unwrap();
-    assert_eq!(run.state.kind(), "suspended", "{:?}", run.state);
+    // The worker let go of the run (its lease released: the state is stored just before).
+    let state = tokio::time::timeout(Duration::from_secs(60), finished.recv())
+        .await
+        .expect("the run did not suspend in time");
+    assert_eq!(state.as_deref(), Some("suspended"));
 
     // The re-consent happened (the step succeeds from now on); a worker takes the run up at
     // once: the release wakes it (its fallback poll is 30 s away).
@@ -429,4 +522,231 @@ async fn a_run_resumed_for_the_workers_retries_its_suspended_step() {
         rt.engine.resume_later(&run_id).await,
         Err(chain_runtime::engine::EngineError::NotSuspended { .. })
     ));
+}
+
+/// The hand-back of `Engine::resume_later` is in the journal: a holder that claims the resumed
+/// run and dies before retrying leaves it to the next worker, which claims it as a recovery
+/// and still retries the suspended step (replaying its failure would suspend the run again).
+async fn a_resumed_run_whose_taker_died_is_retried_by_the_next_worker(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "taker").await;
+    let rt = runtime(&db, "resumer").await;
+    rt.engine.register::<consented>();
+    let job = job();
+    let report = rt
+        .engine
+        .start::<consented>(UserId("alice".into()), (job,))
+        .await
+        .unwrap();
+    assert_eq!(report.state.kind(), "suspended", "{:?}", report.state);
+    let run_id = report.run_id;
+    rt.engine.resume_later(&run_id).await.unwrap();
+
+    let drivable: Vec<Drivable> = rt
+        .engine
+        .drivable()
+        .into_iter()
+        .filter(|d| d.chain.ends_with("consented"))
+        .collect();
+    let taker = journal(&db, "taker").await;
+    let took = taker.claim_runnable("taker", &drivable, 10).await.unwrap();
+    assert_eq!(took.len(), 1);
+    assert!(!took[0].recovered);
+    drop(taker);
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let engine = rt.engine.clone();
+        let events = events.clone();
+        let options = WorkerOptions {
+            poll_every: Duration::from_millis(50),
+            on_event: Some(Arc::new(move |e: &WorkerEvent| {
+                events.lock().unwrap().push(e.clone())
+            })),
+            ..WorkerOptions::default()
+        };
+        tokio::spawn(async move {
+            engine
+                .work(options, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    wait_terminal(rt.runs.as_ref(), std::slice::from_ref(&run_id)).await;
+    stop_tx.send(true).unwrap();
+    let report = worker.await.unwrap();
+    assert_eq!((report.claimed, report.finished), (1, 1), "{report:?}");
+    assert!(
+        matches!(
+            &events.lock().unwrap()[0],
+            WorkerEvent::Claimed {
+                recovered: true,
+                ..
+            }
+        ),
+        "the worker recovered the dead taker's run"
+    );
+    let run = rt.engine.run_status(&run_id).await.unwrap();
+    assert_eq!(
+        run.state,
+        RunState::Completed {
+            output: serde_json::json!(job * 2)
+        }
+    );
+    assert_eq!(calls("post", job * 2), 2, "the suspended step ran again");
+    assert_eq!(calls("fetch", job), 1, "the completed step was replayed");
+}
+
+/// Drives every runnable run of `rt` with one worker loop until the runs of `ids` ended.
+async fn drain(rt: &Runtime, ids: &[String]) -> chain_runtime::engine::WorkerReport {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let engine = rt.engine.clone();
+        let options = WorkerOptions {
+            poll_every: Duration::from_millis(50),
+            ..WorkerOptions::default()
+        };
+        tokio::spawn(async move {
+            engine
+                .work(options, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    wait_terminal(rt.runs.as_ref(), ids).await;
+    stop_tx.send(true).unwrap();
+    worker.await.unwrap()
+}
+
+/// A driver that died right after journaling a refused step (before storing the suspended
+/// state) leaves the journal of a resumed run: the recovering worker retries the step, and a
+/// refusal that persists suspends the run again. When the body went on after the refusal
+/// (here a record follows it), the recovery replays the refusal instead: the body keeps the
+/// path its journal took.
+async fn a_recovery_retries_a_refusal_only_as_the_journals_last_entry(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "refused").await;
+    let rt = runtime(&db, "worker").await;
+    rt.engine.register::<consented>();
+    let drivable: Vec<Drivable> = rt
+        .engine
+        .drivable()
+        .into_iter()
+        .filter(|d| d.chain.ends_with("consented"))
+        .collect();
+    let refused = StepError::Auth {
+        connector: "crm".into(),
+        class: chain_runtime::classify::FailureClass::GrantRevoked,
+        needed_scopes: vec![],
+        consent_params: vec![],
+    };
+    let mut runs = Vec::new();
+    for then_record in [false, true] {
+        let job = job();
+        let run_id = rt
+            .engine
+            .submit::<consented>(UserId("alice".into()), (job,))
+            .await
+            .unwrap();
+        // The dying driver: `fetch` done, `post` refused (and, in the second run, a record).
+        let dying = journal(&db, "dying").await;
+        let claim = dying
+            .claim_runnable("dying", &drivable, 1)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(claim.run.run_id, run_id);
+        let entry = |seq: u32, kind: EntryKind, name: &str, result: EntryResult| JournalEntry {
+            seq,
+            step_id: format!("consented/{name}#1"),
+            kind,
+            name: name.to_owned(),
+            attempt: 1,
+            result: Some(result),
+        };
+        let mut writes = vec![
+            entry(
+                0,
+                EntryKind::Step,
+                "fetch",
+                EntryResult::Ok {
+                    output: serde_json::json!(job * 2),
+                    touched: vec![],
+                },
+            ),
+            entry(
+                1,
+                EntryKind::Step,
+                "post",
+                EntryResult::Err {
+                    error: refused.clone(),
+                },
+            ),
+        ];
+        if then_record {
+            writes.push(entry(
+                2,
+                EntryKind::Record,
+                "fallback",
+                EntryResult::Ok {
+                    output: serde_json::json!(null),
+                    touched: vec![],
+                },
+            ));
+        }
+        let unit = Unit::of(
+            writes
+                .into_iter()
+                .map(|entry| JournalWrite::Entry { entry, node: 0 }),
+        );
+        dying.commit(Some(&claim.lease), unit).await.unwrap();
+        drop(dying);
+        runs.push((run_id, job, then_record));
+    }
+    let ids: Vec<String> = runs.iter().map(|(id, ..)| id.clone()).collect();
+    let report = drain(&rt, &ids).await;
+    assert_eq!(report.finished, 2, "{report:?}");
+    for (run_id, job, then_record) in runs {
+        let run = rt.engine.run_status(&run_id).await.unwrap();
+        assert_eq!(calls("fetch", job), 0, "`fetch` replayed");
+        if then_record {
+            assert_eq!(calls("post", job * 2), 0, "the refusal was replayed");
+        } else {
+            assert_eq!(calls("post", job * 2), 1, "the refused step was retried");
+            assert!(
+                matches!(&run.state, RunState::Suspended { step_id, .. } if step_id == "consented/post#1"),
+                "refused again: suspended again, {:?}",
+                run.state
+            );
+        }
+    }
+}
+
+async fn the_refresh_lock_excludes_other_handles_until_dropped(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.database(dir.path(), "lock").await;
+    let (a, b) = (accounts(&db, "a").await, accounts(&db, "b").await);
+    let held = a.refresh_lock("alice", "crm").await.unwrap();
+    // Another account's lock is independent.
+    drop(b.refresh_lock("bob", "crm").await.unwrap());
+    let waiter = tokio::spawn(async move {
+        let lock = b.refresh_lock("alice", "crm").await.unwrap();
+        drop(lock);
+    });
+    // Still waiting while the first guard lives (a bounded look, not a timing claim: a
+    // waiter that got the lock here would fail the test).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the second lock was granted while held"
+    );
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the lock was not handed over")
+        .unwrap();
 }

@@ -335,7 +335,7 @@ impl KillPoint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PauseAt {
-    /// Right before the intent is written (compensations only).
+    /// Right before the intent is written.
     BeforeIntent,
     /// Right after the intent is durably written.
     AfterIntent,
@@ -584,9 +584,12 @@ impl RunJournal for PausingStore {
                 return self.inner.commit(lease, unit).await;
             };
             let is_result = entry.result.is_some();
-            if is_result {
-                self.maybe_pause(PauseAt::BeforeResult, &entry).await;
-            }
+            let before = if is_result {
+                PauseAt::BeforeResult
+            } else {
+                PauseAt::BeforeIntent
+            };
+            self.maybe_pause(before, &entry).await;
             let committed = self.inner.commit(lease, unit).await?;
             if is_result {
                 say("result", &entry.step_id);

@@ -7,18 +7,23 @@
 //! - a worker SIGSTOPped past its lease, then SIGCONTed: another worker finished its run; the
 //!   paused one cannot write any more (fencing), says so and exits cleanly;
 //! - 1,000 concurrent callers over 4 processes on one expiring account: exactly one refresh
-//!   request reaches the provider.
+//!   request reaches the provider;
+//! - a suspended run handed back to the workers after re-consent (`Engine::resume_later`),
+//!   whose worker is SIGKILLed before it journals the retry of the suspended step: another
+//!   worker recovers the run, retries that step and completes the run.
 //!
-//! The first and the last run on SQLite and on PostgreSQL (`sqlite::…`, `postgres::…`: the
-//! journal, the audit trail and the vault in that database); the kill and pause cases on SQLite.
+//! Every case runs on SQLite and on PostgreSQL from one body (`sqlite::…`, `postgres::…`: the
+//! journal, the audit trail and the vault in that database, the workers given its location).
 //!
 //! No timing assertions: every wait has a deadline and only bounds a hang.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chain_runtime::journal::{EntryResult, RunState};
 use chain_runtime::test_util::backend::{Backend, TestDatabase};
-use examples::crash::{CrashHarness, CrashStep, KillPoint};
+use examples::crash::{CrashHarness, CrashStep, KillPoint, Pause, PauseAt};
+use examples::escalate::escalate_deal;
 use examples::workers::{
     ENV_CONCURRENCY, ENV_LEASE_MS, WorkerProc, submit_runs, verify_runs, wait_terminal,
 };
@@ -32,10 +37,6 @@ fn wait_on(backend: Backend) -> Duration {
         Backend::Sqlite => WAIT,
         Backend::Postgres => Duration::from_secs(240),
     }
-}
-
-async fn harness(dir: &tempfile::TempDir) -> CrashHarness {
-    harness_on(dir, Backend::Sqlite).await.0
 }
 
 /// The harness (emulators, vault, journal and audit trail) on a fresh database of `backend`.
@@ -69,11 +70,6 @@ async fn stop_within(w: &mut WorkerProc, wait: Duration) -> serde_json::Value {
     assert_eq!(report.len(), 1, "{}", w.failure("no report"));
     serde_json::from_str(&report[0]).unwrap()
 }
-
-chain_runtime::backend_tests!(
-    four_workers_share_400_runs_each_completes_once,
-    a_thousand_callers_in_four_processes_cause_one_refresh,
-);
 
 async fn four_workers_share_400_runs_each_completes_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
@@ -181,10 +177,10 @@ async fn until(w: &mut WorkerProc, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Worker A (one run at a time) is SIGKILLed at `kill` in the first of three runs; worker B
 /// then recovers that run and drives the other two.
-async fn kill_one_worker_at(kill: KillPoint) {
+async fn kill_one_worker_at(kill: KillPoint, backend: Backend) {
     const HOLD: Duration = Duration::from_secs(600);
     let dir = tempfile::tempdir().unwrap();
-    let harness = harness(&dir).await;
+    let (harness, _db) = harness_on(&dir, backend).await;
     let ids = submit_runs(&harness.demo, 3).await.unwrap();
     let step = kill.step();
     let connector = step.connector();
@@ -252,13 +248,23 @@ async fn kill_one_worker_at(kill: KillPoint) {
         .unwrap_or_else(|e| panic!("{}: {e}", kill.label()));
 }
 
+/// One test per kill point and backend (`sqlite::NAME`, `postgres::NAME`), with the other
+/// cases of this file.
 macro_rules! kill_points {
-    ($($name:ident => $kill:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            kill_one_worker_at($kill).await;
-        }
-    )*};
+    ($($name:ident => $kill:expr;)*) => {
+        $(
+            async fn $name(backend: Backend) {
+                kill_one_worker_at($kill, backend).await;
+            }
+        )*
+        chain_runtime::backend_tests!(
+            four_workers_share_400_runs_each_completes_once,
+            a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly,
+            a_thousand_callers_in_four_processes_cause_one_refresh,
+            a_resumed_run_outlives_the_worker_that_took_it,
+            $($name,)*
+        );
+    };
 }
 
 kill_points! {
@@ -306,11 +312,10 @@ async fn snapshot(harness: &CrashHarness, run_id: &str) -> (String, usize, usize
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly() {
+async fn a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly(backend: Backend) {
     const LEASE_MS: u64 = 1_500;
     let dir = tempfile::tempdir().unwrap();
-    let harness = harness(&dir).await;
+    let (harness, _db) = harness_on(&dir, backend).await;
     let ids = submit_runs(&harness.demo, 1).await.unwrap();
     // Jira holds open_issue's request for a while: the worker is paused in the middle of it.
     faults(&harness, "jira", 0, Some(Duration::from_secs(3)), 0);
@@ -407,4 +412,72 @@ async fn a_thousand_callers_in_four_processes_cause_one_refresh(backend: Backend
     );
     let account = harness.demo.vault.account("alice", "jira").await.unwrap();
     assert!(account.expires_at.unwrap_or(0) > now, "{account:?}");
+}
+
+/// `Engine::resume_later` hands a suspended run back to the workers after re-consent; worker A
+/// takes it and is SIGKILLed right before it journals the retry of the suspended step. The
+/// hand-back is in the journal, not in A: worker B recovers the run, retries that step (never
+/// replays its refusal, which would suspend the run again) and completes it, every write once.
+async fn a_resumed_run_outlives_the_worker_that_took_it(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (harness, _db) = harness_on(&dir, backend).await;
+    let demo = &harness.demo;
+    let slack = &demo.subjects[2];
+    demo.sandbox.slack.revoke_grant(slack);
+    let started = demo
+        .engine
+        .start::<escalate_deal>(demo.user.clone(), (demo.deal(),))
+        .await
+        .unwrap();
+    let run_id = started.run_id;
+    assert!(
+        matches!(&started.state, RunState::Suspended { connector, .. } if connector == "slack"),
+        "{:?}",
+        started.state
+    );
+    demo.connect("slack").await.unwrap();
+    demo.engine.resume_later(&run_id).await.unwrap();
+
+    let announce = CrashStep::Announce.name();
+    let pause = Pause {
+        at: PauseAt::BeforeIntent,
+        step: announce.to_owned(),
+        undo: false,
+    };
+    let env = [(ENV_CONCURRENCY, "1".to_owned())];
+    let mut a = WorkerProc::spawn(WORKER, &harness, &["work"], Some(pause), &env).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let claimed = a.line("claimed ", deadline).await.unwrap();
+    assert!(
+        claimed.starts_with(&run_id) && claimed.ends_with(" false"),
+        "{claimed}"
+    );
+    let paused = a.line("pause ", deadline).await.unwrap();
+    assert!(paused.ends_with(&format!("{announce}#1")), "{paused}");
+    a.kill().unwrap();
+
+    // A died holding the run: it is running, its journal still ends with the refusal.
+    let run = demo.runs.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Running);
+    let journal = demo.runs.journal(&run_id).await.unwrap();
+    let last = journal.last().unwrap();
+    assert_eq!(last.name, announce);
+    assert!(
+        matches!(last.result, Some(EntryResult::Err { .. })),
+        "{last:?}"
+    );
+
+    let mut b = worker(&harness, 1, None);
+    let ids = [run_id.clone()];
+    wait_terminal(demo, &ids, Instant::now() + wait_on(backend))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {}", b.failure("worker B")));
+    let report = stop(&mut b).await;
+    assert_eq!(report["finished"], 1, "{report}");
+    let claims = b.seen_with("claimed ");
+    assert!(
+        claims.len() == 1 && claims[0].starts_with(&run_id) && claims[0].ends_with(" true"),
+        "B recovered the run A took: {claims:?}"
+    );
+    verify_runs(&harness, &ids).await.unwrap();
 }

@@ -457,7 +457,14 @@ impl Engine {
         if run.state == RunState::Compensating {
             return compensate::finish_compensation(self, meta, &run, lease).await;
         }
-        runner::drive(self.clone(), meta, run, lease, None).await
+        let retry = match self.refused_step(&run.run_id, meta, true).await {
+            Ok(retry) => retry,
+            Err(e) => {
+                let _ = self.inner.store.release_run(&lease).await;
+                return Err(e);
+            }
+        };
+        runner::drive(self.clone(), meta, run, lease, retry).await
     }
 
     /// A child run for a handoff: continues it if it exists, else starts it.

@@ -22,6 +22,13 @@
 //! its `reconcile` hook, is resent with its idempotency key when `idempotent`, and otherwise
 //! blocks the run for an operator. Never a blind redo.
 //!
+//! # Resumed runs
+//! A run handed back by [`Engine::resume_later`] is running, and its journal's last step ended
+//! in the authorization failure it suspended at. Whoever claims it, fresh or as a recovery
+//! (the worker that first took it died before retrying; then the refusal must be the
+//! journal's last entry), retries that step instead of replaying the failure: the hand-back
+//! survives any worker.
+//!
 //! # Wake-ups
 //! An idle worker waits on the journal's [`Wakeups`](crate::journal::Wakeups) (signalled when
 //! a run is submitted or a lease released), and polls at least every
@@ -39,7 +46,7 @@ use tokio::time::Instant;
 
 use super::{Engine, EngineError, compensate, encode, ids::new_id, outcome, runner, version};
 use crate::audit::{AuditEvent, NewRecord, Outcome};
-use crate::chain::ChainMeta;
+use crate::chain::{AuthFailurePolicy, ChainMeta};
 use crate::context::Chain;
 use crate::journal::{Claim, Drivable, EntryKind, EntryResult, JournalError, Lease, RunState};
 use crate::principal::Principal as _;
@@ -188,8 +195,10 @@ impl Engine {
     /// Resumes a suspended run after re-consent **for the workers**: the checks of
     /// [`Engine::resume`] (preflight, the same upstream subjects, the chain version) run here
     /// and the run is set running, then its lease is released, which wakes the workers; one of
-    /// them claims it and retries the step it was suspended at (journaled steps replay). Any
-    /// refusal changes nothing, like [`Engine::resume`].
+    /// them claims it and retries the step it was suspended at (journaled steps replay). The
+    /// hand-back is durable: the run's journal says which step to retry, so if the worker that
+    /// claimed it dies before the retry, the worker that recovers the run retries it too (see
+    /// the module docs). Any refusal changes nothing, like [`Engine::resume`].
     pub async fn resume_later(&self, run_id: &str) -> Result<(), EngineError> {
         let lease = match self.inner.store.claim_run(run_id, &self.inner.owner).await {
             Ok(lease) => lease,
@@ -367,7 +376,7 @@ impl Engine {
         if run.state == RunState::Compensating {
             return compensate::finish_compensation(self, meta, &run, lease).await;
         }
-        let retry = match self.suspended_step(&run.run_id, recovered).await {
+        let retry = match self.refused_step(&run.run_id, meta, recovered).await {
             Ok(retry) => retry,
             Err(e) => {
                 let _ = self.inner.store.release_run(&lease).await;
@@ -377,28 +386,47 @@ impl Engine {
         runner::drive(self.clone(), meta, run, lease, retry).await
     }
 
-    /// The step a running run was suspended at, when it was resumed for the workers
-    /// ([`Engine::resume_later`]) and released: its journal ends with that step's
-    /// authorization failure (a run that suspends stores the failure, then the suspended
-    /// state; a resume sets it running again). That step is retried instead of replaying its
-    /// failure. Not after a recovery: a driver that died between storing the failure and the
-    /// suspended state left the same journal, and its run suspends again.
-    async fn suspended_step(
+    /// The step a running run must retry instead of replaying its journaled failure: the
+    /// journal's last step ended in an authorization failure that suspends the run (a revoked
+    /// grant, missing scopes, a step-up), and the chain suspends on those. That is the journal
+    /// of a run [`Engine::resume_later`] handed back after re-consent (the run suspended at
+    /// that step, then was set running again), whoever claims it: the worker it woke up, or,
+    /// as a recovery (`recovered`; also [`Engine::recover`]), any worker after that one died
+    /// or stalled before the retry was journaled. The journal alone makes the hand-back
+    /// durable; nothing else has to survive the worker.
+    ///
+    /// The same journal is left by a driver that died between storing such a failure and the
+    /// suspended state; retrying is safe there too: the provider refused the call (nothing was
+    /// written, so this is no blind redo), and a refusal that persists suspends the run again,
+    /// as replaying it would have. So that a body which caught the refusal and went on is
+    /// never sent down another path than its journal's, a recovery retries only when the
+    /// refusal is the journal's very last entry.
+    pub(super) async fn refused_step(
         &self,
         run_id: &str,
+        meta: &ChainMeta,
         recovered: bool,
     ) -> Result<Option<String>, EngineError> {
-        if recovered {
+        if meta.on_auth_failure != AuthFailurePolicy::Suspend {
             return Ok(None);
         }
         let journal = self.inner.store.journal(run_id).await?;
-        let last = journal.iter().rev().find(|e| e.kind == EntryKind::Step);
-        Ok(match last.and_then(|e| e.result.as_ref().map(|r| (e, r))) {
-            Some((entry, EntryResult::Err { error })) if outcome::suspends(error) => {
-                Some(entry.step_id.clone())
-            }
-            _ => None,
-        })
+        let last = journal.iter().max_by_key(|e| e.seq);
+        let last_step = journal
+            .iter()
+            .filter(|e| e.kind == EntryKind::Step)
+            .max_by_key(|e| e.seq);
+        if recovered && last_step != last {
+            return Ok(None);
+        }
+        Ok(
+            match last_step.and_then(|e| e.result.as_ref().map(|r| (e, r))) {
+                Some((entry, EntryResult::Err { error })) if outcome::suspends(error) => {
+                    Some(entry.step_id.clone())
+                }
+                _ => None,
+            },
+        )
     }
 
     fn joined(
