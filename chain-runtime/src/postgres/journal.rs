@@ -82,10 +82,7 @@ async fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), Journal
     let text = RunText::of(run)?;
     let inserted = exec(
         tx,
-        "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
-         principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (run_id) DO NOTHING",
+        super::runs::INSERT_RUN,
         &[
             &run.run_id,
             &run.chain,
@@ -223,16 +220,11 @@ impl RunJournal for PgJournal {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<Lease, JournalError>> {
         Box::pin(async move {
-            let mut client = self.client().await?;
+            let client = self.client().await?;
             // Deferred: the run's first journal write (or its end) commits synchronously.
-            let tx = begin(&mut client, Durability::Deferred).await?;
-            insert_run(&tx, &run).await?;
             let now = crate::audit::now_unix_ms();
             let ttl = self.inner.ttl_ms();
-            let (lease, _) =
-                leases::claim(&tx, &self.inner.holder, &run.run_id, owner, now, ttl).await?;
-            tx.commit().await.map_err(db)?;
-            Ok(lease)
+            super::runs::create(&client, &self.inner.holder, &run, owner, now, ttl).await
         })
     }
 
@@ -255,11 +247,8 @@ impl RunJournal for PgJournal {
 
     fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
-            let mut client = self.client().await?;
-            let tx = begin(&mut client, Durability::Deferred).await?;
-            leases::release(&tx, lease).await?;
-            leases::notify(&tx).await?;
-            tx.commit().await.map_err(db)?;
+            let client = self.client().await?;
+            super::runs::release(&client, lease).await?;
             self.inner.wakeups.notify();
             Ok(())
         })

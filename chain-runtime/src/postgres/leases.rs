@@ -160,22 +160,6 @@ pub(crate) async fn claim(
     Ok((lease, recovered))
 }
 
-/// Releases `lease` if it is still the current one (the row and its token stay).
-pub(crate) async fn release(
-    client: &impl GenericClient,
-    lease: &Lease,
-) -> Result<(), JournalError> {
-    let token = i64::try_from(lease.token).unwrap_or(-1);
-    client
-        .execute(
-            "UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1 AND token = $2",
-            &[&lease.run_id, &token],
-        )
-        .await
-        .map_err(DbError::from)?;
-    Ok(())
-}
-
 /// Renews every live lease of `holder`, `ttl_ms` ahead.
 pub(crate) async fn renew(
     client: &impl GenericClient,

@@ -30,6 +30,7 @@ mod journal;
 mod leases;
 mod migrate;
 mod ops;
+mod runs;
 mod vault;
 mod writer;
 

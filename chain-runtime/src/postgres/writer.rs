@@ -248,17 +248,22 @@ fn fail_all(jobs: Vec<Job>, error: &DbError) {
     }
 }
 
-enum Reply {
+/// The answer to one request of a flight.
+pub(crate) enum Reply {
+    /// A simple query's.
     Nothing,
+    /// A query's rows.
     Rows(Vec<tokio_postgres::Row>),
+    /// How many rows a statement changed.
     Count(u64),
 }
 
-type Flight<'a> = Vec<BoxFuture<'a, Result<Reply, tokio_postgres::Error>>>;
+/// Requests sent together.
+pub(crate) type Flight<'a> = Vec<BoxFuture<'a, Result<Reply, tokio_postgres::Error>>>;
 
 /// Sends every request of `flight` in order (tokio-postgres sends a request when its future is
 /// first polled) and waits for all the answers: one round trip.
-async fn fly(flight: Flight<'_>) -> Vec<Result<Reply, tokio_postgres::Error>> {
+pub(crate) async fn fly(flight: Flight<'_>) -> Vec<Result<Reply, tokio_postgres::Error>> {
     let mut flight: Vec<MaybeDone<_>> = flight.into_iter().map(maybe_done).collect();
     futures::future::poll_fn(|cx| {
         let mut done = true;
