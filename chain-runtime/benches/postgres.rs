@@ -136,6 +136,9 @@ impl RawUnit {
     }
 }
 
+/// `BEGIN` without waiting for the WAL flush at commit.
+const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
 type RawJob = (String, RawUnit, oneshot::Sender<()>);
 
 /// Polls every future once in order (tokio-postgres sends a request on its first poll), then
@@ -209,7 +212,7 @@ async fn raw_writer(
         let begin = if jobs.iter().any(|(_, unit, _)| unit.sync()) {
             "BEGIN"
         } else {
-            "BEGIN; SET LOCAL synchronous_commit = off"
+            BEGIN_DEFERRED
         };
         let client = &client;
         let mut flight: Vec<BoxFuture<'_, ()>> = vec![Box::pin(async move {
@@ -257,11 +260,11 @@ async fn raw_writer(
 }
 
 /// The same rows in the same transactions, written with plain statements: per run a run row and
-/// its lease (deferred, a transaction of its own), then through a per-worker writer that
+/// its lease (deferred, a transaction of its own, one pipelined flight), then through a per-worker writer that
 /// commits every unit queued at the moment together, as the engine's does: a start record
 /// (deferred), per step an intent unit (journal entry + attempt record, synchronous) and a
 /// result unit (entry updated + outcome record, deferred), the end state with its record
-/// (synchronous); then the lease release (deferred, its own transaction). No lease check, no
+/// (synchronous); then the lease release (deferred, its own transaction, one flight). No lease check, no
 /// chain head, no hashing. Returns steps per second and units per commit.
 async fn raw_steps(workers: usize) -> (f64, f64) {
     let url = database_url().await;
@@ -298,7 +301,7 @@ async fn raw_steps(workers: usize) -> (f64, f64) {
             let url = url.clone();
             let writer = writer.clone();
             set.spawn(async move {
-                let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
                 tokio::spawn(connection);
                 let run_row = client
                     .prepare(
@@ -332,13 +335,23 @@ async fn raw_steps(workers: usize) -> (f64, f64) {
                     n += 1;
                     let run_id = format!("raw-{w}-{r}-{n}");
                     let now = chain_runtime::audit::now_unix_ms();
-                    let tx = client.transaction().await.unwrap();
-                    tx.batch_execute("SET LOCAL synchronous_commit = off")
-                        .await
-                        .unwrap();
-                    tx.execute(&run_row, &[&run_id, &now]).await.unwrap();
-                    tx.execute(&lease, &[&run_id, &now]).await.unwrap();
-                    tx.commit().await.unwrap();
+                    let client = &client;
+                    // One flight each, as the engine's run start and release.
+                    fly(vec![
+                        Box::pin(async move {
+                            client.batch_execute(BEGIN_DEFERRED).await.unwrap();
+                        }),
+                        Box::pin(async {
+                            client.execute(&run_row, &[&run_id, &now]).await.unwrap();
+                        }),
+                        Box::pin(async {
+                            client.execute(&lease, &[&run_id, &now]).await.unwrap();
+                        }),
+                        Box::pin(async move {
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }),
+                    ])
+                    .await;
                     unit(&run_id, RawUnit::Start).await.unwrap();
                     for seq in 0..i64::from(STEPS) {
                         unit(&run_id, RawUnit::Intent(seq)).await.unwrap();
@@ -346,12 +359,18 @@ async fn raw_steps(workers: usize) -> (f64, f64) {
                         steps += 1;
                     }
                     unit(&run_id, RawUnit::End).await.unwrap();
-                    let tx = client.transaction().await.unwrap();
-                    tx.batch_execute("SET LOCAL synchronous_commit = off")
-                        .await
-                        .unwrap();
-                    tx.execute(&release, &[&run_id]).await.unwrap();
-                    tx.commit().await.unwrap();
+                    fly(vec![
+                        Box::pin(async move {
+                            client.batch_execute(BEGIN_DEFERRED).await.unwrap();
+                        }),
+                        Box::pin(async {
+                            client.execute(&release, &[&run_id]).await.unwrap();
+                        }),
+                        Box::pin(async move {
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }),
+                    ])
+                    .await;
                 }
                 steps
             });
