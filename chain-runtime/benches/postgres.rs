@@ -9,14 +9,18 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditEvent, Effect};
 use chain_runtime::journal::RunState;
+use chain_runtime::postgres::PgDatabase;
 use chain_runtime::prelude::*;
 use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::postgres::database_url;
+use futures::future::{BoxFuture, MaybeDone, maybe_done};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 /// Steps per run.
@@ -67,17 +71,21 @@ fn grants() -> Arc<StaticGrants> {
 }
 
 /// Runs `RUNS_PER_WORKER` runs at a time on each of `workers` engines for [`WINDOW`];
-/// returns steps per second.
-async fn engine_steps(workers: usize) -> f64 {
+/// returns steps per second and units per commit.
+async fn engine_steps(workers: usize) -> (f64, f64) {
     let url = database_url().await;
     let mut engines = Vec::new();
+    let mut databases = Vec::new();
     for w in 0..workers {
-        let runtime = Runtime::postgres(format!("{url}?application_name=worker{w}"))
+        let worker_url = format!("{url}?application_name=worker{w}");
+        let runtime = Runtime::postgres(worker_url.clone())
             .credentials(grants())
             .open()
             .await
             .unwrap();
         engines.push(runtime.engine);
+        // The same handle as the worker's (one per URL in a process): its writer's counters.
+        databases.push(PgDatabase::connect(&worker_url).await.unwrap());
     }
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -102,20 +110,166 @@ async fn engine_steps(workers: usize) -> f64 {
     while let Some(done) = set.join_next().await {
         steps += done.unwrap();
     }
-    steps as f64 / start.elapsed().as_secs_f64()
+    let rate = steps as f64 / start.elapsed().as_secs_f64();
+    let (units, commits) = databases.iter().fold((0, 0), |(u, c), db| {
+        let stats = db.writer_stats();
+        (u + stats.writes, c + stats.commits)
+    });
+    (rate, units as f64 / commits.max(1) as f64)
+}
+
+/// What one raw unit writes (the engine's units of a run, without their checks).
+enum RawUnit {
+    /// The run's start record (deferred).
+    Start,
+    /// A step's intent: journal entry and attempt record (synchronous).
+    Intent(i64),
+    /// A step's result: entry updated and outcome record (deferred).
+    Result(i64),
+    /// The end state and its record (synchronous).
+    End,
+}
+
+impl RawUnit {
+    fn sync(&self) -> bool {
+        matches!(self, RawUnit::Intent(_) | RawUnit::End)
+    }
+}
+
+/// `BEGIN` without waiting for the WAL flush at commit.
+const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+type RawJob = (String, RawUnit, oneshot::Sender<()>);
+
+/// Polls every future once in order (tokio-postgres sends a request on its first poll), then
+/// until all are done: one pipelined flight.
+async fn fly<'a>(flight: Vec<BoxFuture<'a, ()>>) {
+    let mut flight: Vec<MaybeDone<_>> = flight.into_iter().map(maybe_done).collect();
+    futures::future::poll_fn(|cx| {
+        let mut done = true;
+        for f in &mut flight {
+            done &= std::pin::Pin::new(f).poll(cx).is_ready();
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// A worker's raw writer: like the engine's, it commits every unit queued at the moment in one
+/// transaction (synchronous when one of them is), here in ONE pipelined flight (`BEGIN`, the
+/// rows, `COMMIT`), since nothing has to be checked or sealed.
+async fn raw_writer(
+    url: String,
+    mut rx: mpsc::UnboundedReceiver<RawJob>,
+    record: Arc<String>,
+    counts: Arc<(AtomicU64, AtomicU64)>,
+) {
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let audit = client
+        .prepare(
+            "INSERT INTO audit_records (seq, format, time_unix_ms, run_id, step_id, \
+             principal, connector, account_id, upstream_subject, grant_id, scopes, \
+             records, outcome, event, prev_hash, hash) VALUES \
+             (nextval('raw_seq'), 1, $1, $2, $3, 'alice', 'crm', NULL, 'crm-alice', \
+             NULL, '[\"crm.write\"]', '[]', 'succeeded', $4, $5, $5)",
+        )
+        .await
+        .unwrap();
+    let entry = client
+        .prepare(
+            "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
+             VALUES ($1, $2, $3, 'step', 'bump', 1, $4) ON CONFLICT (run_id, seq) \
+             DO UPDATE SET result = excluded.result",
+        )
+        .await
+        .unwrap();
+    let end = client
+        .prepare("UPDATE run_runs SET state = $2, state_kind = 'completed' WHERE run_id = $1")
+        .await
+        .unwrap();
+    let hash = "0".repeat(64);
+    let start_id = "start".to_owned();
+    let now = chain_runtime::audit::now_unix_ms();
+    let result = Some("{\"result\":\"ok\",\"output\":1,\"touched\":[]}");
+    let end_state = "{\"state\":\"completed\",\"output\":10}";
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        let step_ids: Vec<String> = jobs
+            .iter()
+            .map(|(_, unit, _)| match unit {
+                RawUnit::Intent(seq) | RawUnit::Result(seq) => format!("writes/bump#{seq}"),
+                RawUnit::Start | RawUnit::End => start_id.clone(),
+            })
+            .collect();
+        let begin = if jobs.iter().any(|(_, unit, _)| unit.sync()) {
+            "BEGIN"
+        } else {
+            BEGIN_DEFERRED
+        };
+        let client = &client;
+        let mut flight: Vec<BoxFuture<'_, ()>> = vec![Box::pin(async move {
+            client.batch_execute(begin).await.unwrap();
+        })];
+        for ((run_id, unit, _), step_id) in jobs.iter().zip(&step_ids) {
+            let (audit, entry, end, hash, record) = (&audit, &entry, &end, &hash, &*record);
+            let seq = match unit {
+                RawUnit::Intent(seq) | RawUnit::Result(seq) => *seq,
+                _ => 0,
+            };
+            let result = match unit {
+                RawUnit::Result(_) => result,
+                _ => None,
+            };
+            match unit {
+                RawUnit::Intent(_) | RawUnit::Result(_) => flight.push(Box::pin(async move {
+                    client
+                        .execute(entry, &[run_id, &seq, step_id, &result])
+                        .await
+                        .unwrap();
+                })),
+                RawUnit::End => flight.push(Box::pin(async move {
+                    client.execute(end, &[run_id, &end_state]).await.unwrap();
+                })),
+                RawUnit::Start => {}
+            }
+            flight.push(Box::pin(async move {
+                client
+                    .execute(audit, &[&now, run_id, step_id, record, hash])
+                    .await
+                    .unwrap();
+            }));
+        }
+        flight.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.unwrap();
+        }));
+        fly(flight).await;
+        counts.0.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        counts.1.fetch_add(1, Ordering::Relaxed);
+        for (_, _, done) in jobs {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// The same rows in the same transactions, written with plain statements: per run a run row and
-/// its lease (deferred), a start record (deferred), per step an intent transaction (journal
-/// entry + attempt record, synchronous commit) and a result transaction (entry updated +
-/// outcome record, `synchronous_commit = off`), the end state with its record (synchronous) and
-/// the lease release (deferred); no lease check, no chain head, no hashing.
-async fn raw_steps(workers: usize) -> f64 {
+/// its lease (deferred, a transaction of its own, one pipelined flight), then through a per-worker writer that
+/// commits every unit queued at the moment together, as the engine's does: a start record
+/// (deferred), per step an intent unit (journal entry + attempt record, synchronous) and a
+/// result unit (entry updated + outcome record, deferred), the end state with its record
+/// (synchronous); then the lease release (deferred, its own transaction, one flight). No lease check, no
+/// chain head, no hashing. Returns steps per second and units per commit.
+async fn raw_steps(workers: usize) -> (f64, f64) {
     let url = database_url().await;
     // The runtime's tables, created by its migrations, and a sequence for the record numbers.
-    chain_runtime::postgres::PgDatabase::connect(&url)
-        .await
-        .unwrap();
+    PgDatabase::connect(&url).await.unwrap();
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
     client
@@ -132,33 +286,23 @@ async fn raw_steps(workers: usize) -> f64 {
     })
     .unwrap();
     let record = Arc::new(record);
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for w in 0..workers {
+        let (writer, rx) = mpsc::unbounded_channel::<RawJob>();
+        tokio::spawn(raw_writer(
+            url.clone(),
+            rx,
+            Arc::clone(&record),
+            Arc::clone(&counts),
+        ));
         for r in 0..RUNS_PER_WORKER {
             let url = url.clone();
-            let record = Arc::clone(&record);
+            let writer = writer.clone();
             set.spawn(async move {
-                let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
                 tokio::spawn(connection);
-                let audit = client
-                    .prepare(
-                        "INSERT INTO audit_records (seq, format, time_unix_ms, run_id, step_id, \
-                         principal, connector, account_id, upstream_subject, grant_id, scopes, \
-                         records, outcome, event, prev_hash, hash) VALUES \
-                         (nextval('raw_seq'), 1, $1, $2, $3, 'alice', 'crm', NULL, 'crm-alice', \
-                         NULL, '[\"crm.write\"]', '[]', 'succeeded', $4, $5, $5)",
-                    )
-                    .await
-                    .unwrap();
-                let entry = client
-                    .prepare(
-                        "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
-                         VALUES ($1, $2, $3, 'step', 'bump', 1, $4) ON CONFLICT (run_id, seq) \
-                         DO UPDATE SET result = excluded.result",
-                    )
-                    .await
-                    .unwrap();
                 let run_row = client
                     .prepare(
                         "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, \
@@ -176,75 +320,57 @@ async fn raw_steps(workers: usize) -> f64 {
                     )
                     .await
                     .unwrap();
-                let end = client
-                    .prepare("UPDATE run_runs SET state = $2, state_kind = 'completed' WHERE run_id = $1")
-                    .await
-                    .unwrap();
                 let release = client
                     .prepare("UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1")
                     .await
                     .unwrap();
-                let hash = "0".repeat(64);
+                let unit = |run_id: &str, unit: RawUnit| {
+                    let (done, wait) = oneshot::channel();
+                    writer.send((run_id.to_owned(), unit, done)).unwrap();
+                    wait
+                };
                 let mut steps = 0u64;
                 let mut n = 0u64;
                 while start.elapsed() < WINDOW {
                     n += 1;
                     let run_id = format!("raw-{w}-{r}-{n}");
                     let now = chain_runtime::audit::now_unix_ms();
-                    let start_id = "start".to_owned();
-                    let tx = client.transaction().await.unwrap();
-                    tx.batch_execute("SET LOCAL synchronous_commit = off")
-                        .await
-                        .unwrap();
-                    tx.execute(&run_row, &[&run_id, &now]).await.unwrap();
-                    tx.execute(&lease, &[&run_id, &now]).await.unwrap();
-                    tx.commit().await.unwrap();
-                    let tx = client.transaction().await.unwrap();
-                    tx.batch_execute("SET LOCAL synchronous_commit = off")
-                        .await
-                        .unwrap();
-                    tx.execute(&audit, &[&now, &run_id, &start_id, &*record, &hash])
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
+                    let client = &client;
+                    // One flight each, as the engine's run start and release.
+                    fly(vec![
+                        Box::pin(async move {
+                            client.batch_execute(BEGIN_DEFERRED).await.unwrap();
+                        }),
+                        Box::pin(async {
+                            client.execute(&run_row, &[&run_id, &now]).await.unwrap();
+                        }),
+                        Box::pin(async {
+                            client.execute(&lease, &[&run_id, &now]).await.unwrap();
+                        }),
+                        Box::pin(async move {
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }),
+                    ])
+                    .await;
+                    unit(&run_id, RawUnit::Start).await.unwrap();
                     for seq in 0..i64::from(STEPS) {
-                        let step_id = format!("writes/bump#{seq}");
-                        let tx = client.transaction().await.unwrap();
-                        tx.execute(&entry, &[&run_id, &seq, &step_id, &None::<String>])
-                            .await
-                            .unwrap();
-                        tx.execute(&audit, &[&now, &run_id, &step_id, &*record, &hash])
-                            .await
-                            .unwrap();
-                        tx.commit().await.unwrap();
-                        let tx = client.transaction().await.unwrap();
-                        tx.batch_execute("SET LOCAL synchronous_commit = off")
-                            .await
-                            .unwrap();
-                        let result = Some("{\"result\":\"ok\",\"output\":1,\"touched\":[]}");
-                        tx.execute(&entry, &[&run_id, &seq, &step_id, &result])
-                            .await
-                            .unwrap();
-                        tx.execute(&audit, &[&now, &run_id, &step_id, &*record, &hash])
-                            .await
-                            .unwrap();
-                        tx.commit().await.unwrap();
+                        unit(&run_id, RawUnit::Intent(seq)).await.unwrap();
+                        unit(&run_id, RawUnit::Result(seq)).await.unwrap();
                         steps += 1;
                     }
-                    let tx = client.transaction().await.unwrap();
-                    tx.execute(&end, &[&run_id, &"{\"state\":\"completed\",\"output\":10}"])
-                        .await
-                        .unwrap();
-                    tx.execute(&audit, &[&now, &run_id, &start_id, &*record, &hash])
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
-                    let tx = client.transaction().await.unwrap();
-                    tx.batch_execute("SET LOCAL synchronous_commit = off")
-                        .await
-                        .unwrap();
-                    tx.execute(&release, &[&run_id]).await.unwrap();
-                    tx.commit().await.unwrap();
+                    unit(&run_id, RawUnit::End).await.unwrap();
+                    fly(vec![
+                        Box::pin(async move {
+                            client.batch_execute(BEGIN_DEFERRED).await.unwrap();
+                        }),
+                        Box::pin(async {
+                            client.execute(&release, &[&run_id]).await.unwrap();
+                        }),
+                        Box::pin(async move {
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }),
+                    ])
+                    .await;
                 }
                 steps
             });
@@ -254,7 +380,10 @@ async fn raw_steps(workers: usize) -> f64 {
     while let Some(done) = set.join_next().await {
         steps += done.unwrap();
     }
-    steps as f64 / start.elapsed().as_secs_f64()
+    let rate = steps as f64 / start.elapsed().as_secs_f64();
+    let per_commit =
+        counts.0.load(Ordering::Relaxed) as f64 / counts.1.load(Ordering::Relaxed).max(1) as f64;
+    (rate, per_commit)
 }
 
 fn main() {
@@ -265,17 +394,18 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| workers | concurrent runs | engine steps/s (journal + audit) | raw INSERT steps/s | ratio |"
+        "| workers | concurrent runs | engine steps/s (journal + audit) | units/commit | \
+         raw INSERT steps/s | units/commit | ratio |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for workers in [1, 2, 4, 8] {
-        let (engine, raw) = runtime.block_on(async {
+        let ((engine, engine_batch), (raw, raw_batch)) = runtime.block_on(async {
             let engine = engine_steps(workers).await;
             let raw = raw_steps(workers).await;
             (engine, raw)
         });
         println!(
-            "| {workers} | {} | {engine:.0} | {raw:.0} | {:.2} |",
+            "| {workers} | {} | {engine:.0} | {engine_batch:.1} | {raw:.0} | {raw_batch:.1} | {:.2} |",
             workers as u32 * RUNS_PER_WORKER,
             engine / raw
         );

@@ -19,6 +19,7 @@ use crate::audit::seal::Presealed;
 use crate::audit::{
     AuditError, AuditRecord, AuditStore, Authorization, BoxFuture, Checkpoint, NewRecord, Verified,
 };
+use crate::journal::JournalError;
 use crate::sqlite::{DatabaseId, DbError};
 
 /// How many records verification reads per query.
@@ -245,19 +246,19 @@ impl AuditStore for PgAuditStore {
     fn append(&self, record: NewRecord) -> BoxFuture<'_, Result<AuditRecord, AuditError>> {
         Box::pin(async move {
             let pre = crate::audit::sqlite::preseal(vec![record])?;
-            let mut client = self.db.client().await?;
-            let tx = client.transaction().await.map_err(db)?;
-            // Commit without holding the chain head through the fsync, then wait for it.
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(db)?;
-            let record = append_in(&tx, pre)
-                .await?
-                .pop()
-                .ok_or_else(|| AuditError::Background("the append sealed no record".into()))?;
-            tx.commit().await.map_err(db)?;
-            PgDatabase::flush_wal(&client).await?;
-            Ok(record)
+            let committed =
+                self.db
+                    .write(None, Vec::new(), pre, true)
+                    .await
+                    .map_err(|e| match e {
+                        JournalError::Audit(e) => e,
+                        other => AuditError::Backend(other.to_string()),
+                    })?;
+            committed
+                .audit
+                .into_iter()
+                .next()
+                .ok_or_else(|| AuditError::Background("the append sealed no record".into()))
         })
     }
 

@@ -11,15 +11,12 @@ use tokio_postgres::types::ToSql;
 
 use super::PgDatabase;
 use super::leases::{self, Holder};
-use crate::audit::seal::Presealed;
 use crate::audit::{AuditRecord, NewRecord};
 use crate::journal::leases::{LEASE_TTL, millis};
-use crate::journal::rows::{
-    CompensationRow, EntryRow, RUN_COLUMNS, RunRow, RunText, decode, encode_opt,
-};
+use crate::journal::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, RunText, decode};
 use crate::journal::{
     Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, Durability,
-    JournalEntry, JournalError, JournalWrite, Lease, RunJournal, RunRecord, Unit, Wakeups,
+    JournalEntry, JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups,
 };
 use crate::sqlite::DbError;
 
@@ -81,112 +78,11 @@ async fn exec(
     tx.execute(&stmt, params).await.map_err(db)
 }
 
-/// Applies one journal write; returns false when its precondition does not hold.
-async fn apply(
-    tx: &Transaction<'_>,
-    run_id: Option<&str>,
-    write: &JournalWrite,
-) -> Result<bool, JournalError> {
-    let needs_run = || {
-        run_id.ok_or_else(|| {
-            JournalError::Backend("a journal write concerning a run needs the run's lease".into())
-        })
-    };
-    match write {
-        JournalWrite::Entry { entry, node } => {
-            let run_id = needs_run()?;
-            let result = encode_opt(entry.result.as_ref())?;
-            let (seq, attempt, kind) = (
-                i64::from(entry.seq),
-                i64::from(entry.attempt),
-                entry.kind.as_str(),
-            );
-            let node = i64::from(*node);
-            let entry_params: [&(dyn ToSql + Sync); 7] = [
-                &run_id,
-                &seq,
-                &entry.step_id,
-                &kind,
-                &entry.name,
-                &attempt,
-                &result,
-            ];
-            let node_params: [&(dyn ToSql + Sync); 2] = [&run_id, &node];
-            let upsert = exec(
-                tx,
-                "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, seq) DO UPDATE SET \
-                 step_id = excluded.step_id, kind = excluded.kind, name = excluded.name, \
-                 attempt = excluded.attempt, result = excluded.result",
-                &entry_params,
-            );
-            let moved = exec(
-                tx,
-                "UPDATE run_runs SET node = $2 WHERE run_id = $1 AND node <> $2",
-                &node_params,
-            );
-            // Pipelined: both statements go out before either answer comes back.
-            let (upsert, moved) = futures::join!(upsert, moved);
-            upsert?;
-            moved?;
-        }
-        JournalWrite::Compensation(entry) => {
-            let run_id = needs_run()?;
-            let result = encode_opt(entry.result.as_ref())?;
-            // `ord` is taken anew on every write, so a replaced compensation moves last, as a
-            // replaced row does in the SQLite journal.
-            exec(
-                tx,
-                "INSERT INTO journal_compensations (run_id, step_id, compensator, attempt, result, ord) \
-                 VALUES ($1, $2, $3, $4, $5, nextval('journal_compensations_ord')) \
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET compensator = excluded.compensator, \
-                 attempt = excluded.attempt, result = excluded.result, ord = excluded.ord",
-                &[
-                    &run_id,
-                    &entry.step_id,
-                    &entry.compensator,
-                    &i64::from(entry.attempt),
-                    &result,
-                ],
-            )
-            .await?;
-        }
-        JournalWrite::State { expected, state } => {
-            let run_id = needs_run()?;
-            let n = exec(
-                tx,
-                "UPDATE run_runs SET state = $2, state_kind = $3 \
-                 WHERE run_id = $1 AND ($4::text IS NULL OR state_kind = $4)",
-                &[
-                    &run_id,
-                    &serde_json::to_string(state)?,
-                    &state.kind(),
-                    expected,
-                ],
-            )
-            .await?;
-            return Ok(n == 1);
-        }
-        JournalWrite::Alert(alert) => {
-            exec(
-                tx,
-                "INSERT INTO alert_alerts (run_id, alert) VALUES ($1, $2)",
-                &[&alert.run_id, &serde_json::to_string(alert)?],
-            )
-            .await?;
-        }
-    }
-    Ok(true)
-}
-
 async fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), JournalError> {
     let text = RunText::of(run)?;
     let inserted = exec(
         tx,
-        "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
-         principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (run_id) DO NOTHING",
+        super::runs::INSERT_RUN,
         &[
             &run.run_id,
             &run.chain,
@@ -297,44 +193,6 @@ impl PgJournal {
         let stmt = client.prepare_cached(sql).await.map_err(db)?;
         client.query(&stmt, params).await.map_err(db)
     }
-
-    async fn commit_unit(
-        &self,
-        lease: Option<&Lease>,
-        writes: Vec<JournalWrite>,
-        audit: Vec<Presealed>,
-        durability: Durability,
-    ) -> Result<Committed, JournalError> {
-        let mut client = self.client().await?;
-        // A unit that appends to the chain holds the head's lock until it commits: commit
-        // without waiting for the fsync, then wait for it with the lock released.
-        let flush_after = durability == Durability::Sync && !audit.is_empty();
-        let mode = if flush_after {
-            Durability::Deferred
-        } else {
-            durability
-        };
-        let tx = begin(&mut client, mode).await?;
-        if let Some(lease) = lease {
-            leases::check(&tx, lease).await?;
-        }
-        let run_id = lease.map(|l| l.run_id.as_str());
-        for write in &writes {
-            if !apply(&tx, run_id, write).await? {
-                tx.rollback().await.map_err(db)?;
-                return Ok(Committed::default());
-            }
-        }
-        let audit = super::audit::append_in(&tx, audit).await?;
-        tx.commit().await.map_err(db)?;
-        if flush_after {
-            PgDatabase::flush_wal(&client).await?;
-        }
-        Ok(Committed {
-            applied: true,
-            audit,
-        })
-    }
 }
 
 fn run_row(row: &Row) -> Result<RunRecord, JournalError> {
@@ -362,16 +220,11 @@ impl RunJournal for PgJournal {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<Lease, JournalError>> {
         Box::pin(async move {
-            let mut client = self.client().await?;
+            let client = self.client().await?;
             // Deferred: the run's first journal write (or its end) commits synchronously.
-            let tx = begin(&mut client, Durability::Deferred).await?;
-            insert_run(&tx, &run).await?;
             let now = crate::audit::now_unix_ms();
             let ttl = self.inner.ttl_ms();
-            let (lease, _) =
-                leases::claim(&tx, &self.inner.holder, &run.run_id, owner, now, ttl).await?;
-            tx.commit().await.map_err(db)?;
-            Ok(lease)
+            super::runs::create(&client, &self.inner.holder, &run, owner, now, ttl).await
         })
     }
 
@@ -394,11 +247,8 @@ impl RunJournal for PgJournal {
 
     fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
-            let mut client = self.client().await?;
-            let tx = begin(&mut client, Durability::Deferred).await?;
-            leases::release(&tx, lease).await?;
-            leases::notify(&tx).await?;
-            tx.commit().await.map_err(db)?;
+            let client = self.client().await?;
+            super::runs::release(&client, lease).await?;
             self.inner.wakeups.notify();
             Ok(())
         })
@@ -412,11 +262,13 @@ impl RunJournal for PgJournal {
         Box::pin(async move {
             let audit = crate::audit::sqlite::preseal(audit)?;
             let mut client = self.client().await?;
-            let tx = begin(&mut client, Durability::Sync).await?;
+            // Commit without holding the chain head through the fsync, then wait for it.
+            let tx = begin(&mut client, Durability::Deferred).await?;
             insert_run(&tx, &run).await?;
             let sealed = super::audit::append_in(&tx, audit).await?;
             leases::notify(&tx).await?;
             tx.commit().await.map_err(db)?;
+            PgDatabase::flush_wal(&client).await?;
             self.inner.wakeups.notify();
             Ok(sealed)
         })
@@ -498,8 +350,13 @@ impl RunJournal for PgJournal {
     ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         Box::pin(async move {
             let audit = crate::audit::sqlite::preseal(unit.audit)?;
-            self.commit_unit(lease, unit.writes, audit, unit.durability)
-                .await
+            let run_id = lease.map(|l| l.run_id.as_str());
+            let mut ops = Vec::with_capacity(unit.writes.len() + 1);
+            for write in unit.writes {
+                ops.extend(super::ops::ops_of(run_id, write)?);
+            }
+            let sync = unit.durability == Durability::Sync;
+            self.inner.db.write(lease, ops, audit, sync).await
         })
     }
 

@@ -1,7 +1,7 @@
 //! Run leases in PostgreSQL, for [`super::PgJournal`]: the same `run_leases` rows and rules as
 //! the SQLite journal (see `crate::journal`): a claim is a compare-and-set on the run's row
 //! (`SELECT … FOR UPDATE`, then the token bumped), free when released, expired or held by a
-//! holder that is gone; the token is never reset; every write checks it in its transaction.
+//! holder that is gone; the token is never reset; every write checks it in its transaction (see `super::writer`).
 //!
 //! A holder is one journal handle. It holds a session-level advisory lock on its key on a
 //! connection of its own for as long as it lives; PostgreSQL drops the lock when that
@@ -158,40 +158,6 @@ pub(crate) async fn claim(
         token: u64::try_from(token).unwrap_or(0),
     };
     Ok((lease, recovered))
-}
-
-/// Fails with [`JournalError::LeaseLost`] unless `lease` is the run's current lease. Locks the
-/// lease row for share: a concurrent claim waits until this transaction ends.
-pub(crate) async fn check(tx: &impl GenericClient, lease: &Lease) -> Result<(), JournalError> {
-    let token = i64::try_from(lease.token).unwrap_or(-1);
-    let stmt = tx
-        .prepare_cached("SELECT 1 FROM run_leases WHERE run_id = $1 AND token = $2 AND expires_ms > 0 FOR SHARE")
-        .await
-        .map_err(DbError::from)?;
-    match tx
-        .query_opt(&stmt, &[&lease.run_id, &token])
-        .await
-        .map_err(DbError::from)?
-    {
-        Some(_) => Ok(()),
-        None => Err(JournalError::LeaseLost(lease.run_id.clone())),
-    }
-}
-
-/// Releases `lease` if it is still the current one (the row and its token stay).
-pub(crate) async fn release(
-    client: &impl GenericClient,
-    lease: &Lease,
-) -> Result<(), JournalError> {
-    let token = i64::try_from(lease.token).unwrap_or(-1);
-    client
-        .execute(
-            "UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1 AND token = $2",
-            &[&lease.run_id, &token],
-        )
-        .await
-        .map_err(DbError::from)?;
-    Ok(())
 }
 
 /// Renews every live lease of `holder`, `ttl_ms` ahead.

@@ -6,18 +6,20 @@
 //!   statements cached per connection, no ORM) and the database's identity. Connecting runs
 //!   the versioned migrations ([`SCHEMA_VERSION`]) and refuses a database whose schema is
 //!   newer than this build.
-//! - [`PgJournal`]: [`crate::journal::RunJournal`]. A unit of work is ONE `BEGIN … COMMIT`
-//!   over the journal and audit tables: the lease check (`WHERE token = $n`, the row locked
-//!   `FOR SHARE` so a concurrent claim waits for the write), the journal writes, then the
-//!   audit records sealed on the chain head. Deferred units commit with
-//!   `synchronous_commit = off` (visible at once, made durable by the next WAL flush).
-//!   Synchronous units with audit records commit the same way and then wait for the WAL
-//!   flush in a separate tiny transaction: the chain head's row lock is released at commit,
-//!   not after the fsync, so appends of many workers share fsyncs (group commit) instead of
-//!   queueing one fsync each behind the head. The unit is on disk when `commit` returns.
+//! - [`PgJournal`]: [`crate::journal::RunJournal`]. A unit of work (a step's journal writes
+//!   and its audit records) is atomic: the lease check (the fencing token compared in the
+//!   transaction, the lease row locked `FOR SHARE` so a concurrent claim waits for the
+//!   commit), the journal writes, then the audit records sealed on the chain head. The units
+//!   a process has queued at a moment commit together (group commit, one transaction, one
+//!   head lock, two pipelined round trips; a unit whose lease is lost fails alone; see the
+//!   `writer` module). The batch commits with `synchronous_commit = off`, so the chain head's
+//!   row lock is released at commit, not after the fsync; a synchronous unit is answered only
+//!   after a WAL flush that follows the commit (flushes of many batches and workers share
+//!   fsyncs), a deferred one at once (made durable by the next flush).
 //! - [`PgAuditStore`]: [`crate::audit::AuditStore`]. Every append locks the chain's head row
 //!   (`audit_head`, `SELECT … FOR UPDATE`), so appends of every worker form one linear chain;
-//!   the head row is also the witness a truncated tail is detected with.
+//!   the head row is also the witness a truncated tail is detected with. Appends go through
+//!   the same writer as units of work.
 //! - [`PgAccountStore`]: [`crate::vault::AccountStore`]; secrets only ever sealed (`bytea`).
 //!
 //! Leases: see [`PgJournal`] for how a worker's death is noticed (its session advisory lock
@@ -27,7 +29,10 @@ mod audit;
 mod journal;
 mod leases;
 mod migrate;
+mod ops;
+mod runs;
 mod vault;
+mod writer;
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,8 +46,9 @@ pub use audit::PgAuditStore;
 pub use journal::PgJournal;
 pub use migrate::SCHEMA_VERSION;
 pub use vault::{PgAccountStore, REFRESH_LOCK_WAIT};
+pub use writer::MAX_BATCH;
 
-use crate::sqlite::{DatabaseId, DbError};
+use crate::sqlite::{DatabaseId, DbError, WriterStats};
 
 /// How many connections one [`PgDatabase`] keeps at most.
 pub const POOL_SIZE: usize = 16;
@@ -82,6 +88,8 @@ struct Inner {
     config: tokio_postgres::Config,
     /// `host:port/dbname`, for messages (never the password).
     label: String,
+    /// Group commit of units of work (see [`writer`]).
+    writer: writer::Writer,
 }
 
 /// One PostgreSQL database: the pool every store on it shares and its identity (equal for
@@ -154,6 +162,7 @@ impl PgDatabase {
                 pool,
                 config,
                 label,
+                writer: writer::Writer::default(),
             }),
         };
         {
@@ -201,6 +210,25 @@ impl PgDatabase {
     /// `host:port/dbname` (no credentials).
     pub fn label(&self) -> &str {
         &self.inner.label
+    }
+
+    /// How many units of work this process's writer committed, in how many transactions, and
+    /// how many WAL flushes it waited for (one per batch holding a synchronous unit).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
+    }
+
+    /// Commits `job` with the other units queued at the moment (see [`writer`]).
+    pub(crate) async fn write(
+        &self,
+        lease: Option<&crate::journal::Lease>,
+        ops: Vec<ops::Op>,
+        audit: Vec<crate::audit::seal::Presealed>,
+        sync: bool,
+    ) -> Result<crate::journal::Committed, crate::journal::JournalError> {
+        let (job, answer) = writer::Job::new(lease, ops, audit, sync);
+        self.inner.writer.submit(&self.inner.pool, job);
+        writer::answer(answer).await
     }
 
     /// A pooled connection.

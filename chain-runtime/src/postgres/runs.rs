@@ -1,0 +1,166 @@
+//! A run's start and its lease's release, each pipelined (see [`super::writer`] for how a
+//! flight keeps its order): creating a run is one flight (`BEGIN`, the run row, its lease row,
+//! then the answers) and a `COMMIT`; releasing is one flight.
+
+use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
+
+use super::leases::{self, Holder};
+use super::writer::{Flight, Reply, fly};
+use crate::journal::rows::RunText;
+use crate::journal::{JournalError, Lease, RunRecord};
+use crate::sqlite::DbError;
+
+/// Inserts a run row unless one with its id exists.
+pub(crate) const INSERT_RUN: &str = "INSERT INTO run_runs (run_id, chain, chain_version, \
+     step_versions, principal, principal_id, input, subjects, parent_run_id, state, state_kind, \
+     node, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (run_id) DO NOTHING";
+
+const FIRST_LEASE: &str = "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
+     VALUES ($1, $2, $3, 1, $4) ON CONFLICT (run_id) DO NOTHING";
+
+const RELEASE: &str = "UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1 AND token = $2";
+
+const NOTIFY: &str = "SELECT pg_notify($1, '')";
+
+/// `BEGIN` without waiting for the WAL flush at commit.
+const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+fn db(e: tokio_postgres::Error) -> JournalError {
+    DbError::from(e).into()
+}
+
+async fn end(client: &Object, commit: bool) -> Result<(), JournalError> {
+    let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(sql).await.map_err(db)
+}
+
+/// Creates `run` claimed for `owner` (deferred: the run's first synchronous write makes it
+/// durable); [`JournalError::Duplicate`] when a run with its id exists.
+pub(crate) async fn create(
+    client: &Object,
+    holder: &Holder,
+    run: &RunRecord,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<Lease, JournalError> {
+    let text = RunText::of(run)?;
+    let insert = client.prepare_cached(INSERT_RUN).await.map_err(db)?;
+    let first = client.prepare_cached(FIRST_LEASE).await.map_err(db)?;
+    let (kind, node, expires) = (
+        run.state.kind(),
+        i64::from(run.node),
+        now_ms.saturating_add(ttl_ms),
+    );
+    let run_params: [&(dyn ToSql + Sync); 13] = [
+        &run.run_id,
+        &run.chain,
+        &run.chain_version,
+        &text.step_versions,
+        &text.principal,
+        &run.principal_id,
+        &text.input,
+        &text.subjects,
+        &run.parent_run_id,
+        &text.state,
+        &kind,
+        &node,
+        &run.created_unix_ms,
+    ];
+    let lease_params: [&(dyn ToSql + Sync); 4] = [&run.run_id, &owner, &holder.id, &expires];
+    let flight: Flight<'_> = vec![
+        Box::pin(async {
+            client
+                .batch_execute(BEGIN_DEFERRED)
+                .await
+                .map(|()| Reply::Nothing)
+        }),
+        Box::pin(async { client.execute(&insert, &run_params).await.map(Reply::Count) }),
+        Box::pin(async {
+            client
+                .execute(&first, &lease_params)
+                .await
+                .map(Reply::Count)
+        }),
+    ];
+    let mut replies = fly(flight).await.into_iter();
+    let counts = (replies.next(), replies.next(), replies.next());
+    let (inserted, leased) = match counts {
+        (Some(Ok(_)), Some(Ok(Reply::Count(run))), Some(Ok(Reply::Count(lease)))) => (run, lease),
+        (begun, run, lease) => {
+            end(client, false).await?;
+            let e = [begun, run, lease]
+                .into_iter()
+                .flatten()
+                .find_map(Result::err)
+                .map_or_else(
+                    || JournalError::Backend("no answer from PostgreSQL".into()),
+                    db,
+                );
+            return Err(e);
+        }
+    };
+    if inserted == 0 {
+        end(client, false).await?;
+        return Err(JournalError::Duplicate(run.run_id.clone()));
+    }
+    let lease = if leased == 1 {
+        Lease {
+            run_id: run.run_id.clone(),
+            owner: owner.to_owned(),
+            token: 1,
+        }
+    } else {
+        // A lease row outlived its run: claim it the long way (its token goes on).
+        match leases::claim(client, holder, &run.run_id, owner, now_ms, ttl_ms).await {
+            Ok((lease, _)) => lease,
+            Err(e) => {
+                end(client, false).await?;
+                return Err(e);
+            }
+        }
+    };
+    end(client, true).await?;
+    Ok(lease)
+}
+
+/// Releases `lease` if it is still the current one and tells the listening workers, in one
+/// flight.
+pub(crate) async fn release(client: &Object, lease: &Lease) -> Result<(), JournalError> {
+    let update = client.prepare_cached(RELEASE).await.map_err(db)?;
+    let notify = client.prepare_cached(NOTIFY).await.map_err(db)?;
+    let token = i64::try_from(lease.token).unwrap_or(-1);
+    let flight: Flight<'_> = vec![
+        Box::pin(async {
+            client
+                .batch_execute(BEGIN_DEFERRED)
+                .await
+                .map(|()| Reply::Nothing)
+        }),
+        Box::pin(async {
+            client
+                .execute(&update, &[&lease.run_id, &token])
+                .await
+                .map(Reply::Count)
+        }),
+        Box::pin(async {
+            client
+                .query(&notify, &[&leases::CHANNEL])
+                .await
+                .map(Reply::Rows)
+        }),
+        // Commits, or rolls back when a statement before it failed.
+        Box::pin(async {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map(|()| Reply::Nothing)
+        }),
+    ];
+    match fly(flight).await.into_iter().find_map(Result::err) {
+        Some(e) => Err(db(e)),
+        None => Ok(()),
+    }
+}

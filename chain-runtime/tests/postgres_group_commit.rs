@@ -1,0 +1,173 @@
+//! Group commit on PostgreSQL: units queued together commit in one transaction on one chain
+//! head, and a unit whose lease was superseded, or whose state precondition fails, fails alone
+//! without taking its batch with it.
+
+use std::collections::BTreeMap;
+
+use chain_runtime::audit::{AuditEvent, NewRecord, Outcome};
+use chain_runtime::postgres::PgDatabase;
+use chain_runtime::store::{
+    EntryKind, JournalEntry, JournalError, JournalWrite, RunRecord, RunState, Unit,
+};
+use chain_runtime::test_util::backend::Backend;
+
+fn run(id: &str) -> RunRecord {
+    RunRecord {
+        run_id: id.into(),
+        chain: "demo::chain".into(),
+        chain_version: "v1".into(),
+        step_versions: BTreeMap::new(),
+        principal: serde_json::json!("alice"),
+        principal_id: "alice".into(),
+        input: serde_json::json!({"n": 1}),
+        subjects: BTreeMap::new(),
+        parent_run_id: None,
+        state: RunState::Running,
+        node: 0,
+        created_unix_ms: 1,
+    }
+}
+
+fn entry(seq: u32) -> JournalEntry {
+    JournalEntry {
+        seq,
+        step_id: format!("demo/step#{seq}"),
+        kind: EntryKind::Step,
+        name: "step".into(),
+        attempt: 1,
+        result: None,
+    }
+}
+
+fn record(run: &str, n: i64) -> NewRecord {
+    NewRecord::new(
+        "alice",
+        Outcome::Info,
+        AuditEvent::RunFinished {
+            state: format!("state-{n}"),
+        },
+    )
+    .run(run)
+    .at(n)
+}
+
+fn step_unit(seq: u32, run: &str) -> Unit {
+    Unit::of([JournalWrite::Entry {
+        entry: entry(seq),
+        node: seq + 1,
+    }])
+    .audit(record(run, i64::from(seq)))
+}
+
+// One runtime thread: every unit below is queued before the writer task first runs, so they
+// are one batch.
+#[tokio::test]
+async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "group").await;
+    let journal = db.journal().await;
+    let other = db.journal().await;
+    let audit = db.audit().await;
+    let pg = PgDatabase::connect(&db.location).await.unwrap();
+    let a = journal.create_run(run("a"), "worker-1").await.unwrap();
+    let b = journal.create_run(run("b"), "worker-1").await.unwrap();
+    let c = journal.create_run(run("c"), "worker-1").await.unwrap();
+    // Run b changes hands: worker-1's lease on it is fenced off.
+    journal.release_run(&b).await.unwrap();
+    let taken = other.claim_run("b", "worker-2").await.unwrap();
+    assert!(taken.token > b.token);
+    let before = pg.writer_stats();
+
+    let deferred = step_unit(1, "a").deferred();
+    let precondition = Unit::of([
+        JournalWrite::Entry {
+            entry: entry(0),
+            node: 1,
+        },
+        JournalWrite::State {
+            expected: Some("suspended"),
+            state: RunState::Compensating,
+        },
+    ])
+    .audit(record("c", 0));
+    let finished = Unit::of([JournalWrite::State {
+        expected: Some("running"),
+        state: RunState::Compensating,
+    }])
+    .audit(record("c", 1));
+    let (first, stale, second, skipped, after_skip, stale_again) = tokio::join!(
+        journal.commit(Some(&a), step_unit(0, "a")),
+        journal.commit(Some(&b), step_unit(0, "b")),
+        journal.commit(Some(&a), deferred),
+        journal.commit(Some(&c), precondition),
+        journal.commit(Some(&c), finished),
+        journal.commit(Some(&b), step_unit(1, "b")),
+    );
+    let (first, second, after_skip) = (first.unwrap(), second.unwrap(), after_skip.unwrap());
+    assert!(first.applied && second.applied && after_skip.applied);
+    assert!(!skipped.unwrap().applied);
+    for stale in [stale, stale_again] {
+        assert!(
+            matches!(stale, Err(JournalError::LeaseLost(ref run)) if run == "b"),
+            "{stale:?}"
+        );
+    }
+    // The three applied units: one transaction, their records consecutive in queue order.
+    let stats = pg.writer_stats();
+    assert_eq!(stats.writes - before.writes, 3);
+    assert_eq!(stats.commits - before.commits, 1);
+    let seqs: Vec<u64> = [&first, &second, &after_skip]
+        .iter()
+        .map(|c| c.audit[0].seq)
+        .collect();
+    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    assert_eq!(first.audit[0].hash, second.audit[0].prev_hash);
+
+    // Nothing of the refused units was written; everything of the others was.
+    assert_eq!(journal.journal("a").await.unwrap().len(), 2);
+    assert_eq!(journal.get_run("a").await.unwrap().unwrap().node, 2);
+    assert!(journal.journal("b").await.unwrap().is_empty());
+    assert!(audit.run_history("b").await.unwrap().is_empty());
+    assert!(journal.journal("c").await.unwrap().is_empty());
+    let c_run = journal.get_run("c").await.unwrap().unwrap();
+    assert!(matches!(c_run.state, RunState::Compensating), "{c_run:?}");
+    assert_eq!(audit.run_history("c").await.unwrap().len(), 1);
+    let verified = audit.verify(None).await.unwrap();
+    assert_eq!(verified.records, 3);
+    // The new holder still writes.
+    other.write_entry(&taken, entry(0), 1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_units_of_two_processes_form_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "many").await;
+    let mut tasks = Vec::new();
+    for w in 0..2 {
+        // Distinct URL spellings: a pool and a writer each, as two processes would have.
+        let url = format!("{}?application_name=worker{w}", db.location);
+        let pg = PgDatabase::connect(&url).await.unwrap();
+        let journal =
+            std::sync::Arc::new(chain_runtime::postgres::PgJournal::on(pg).await.unwrap());
+        for r in 0..8 {
+            let journal = std::sync::Arc::clone(&journal);
+            tasks.push(tokio::spawn(async move {
+                use chain_runtime::store::RunJournal;
+                let id = format!("w{w}-r{r}");
+                let lease = journal.create_run(run(&id), "engine").await.unwrap();
+                for seq in 0..10 {
+                    let unit = step_unit(seq, &id);
+                    let unit = if seq % 2 == 0 { unit } else { unit.deferred() };
+                    assert!(journal.commit(Some(&lease), unit).await.unwrap().applied);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let audit = db.audit().await;
+    assert_eq!(audit.verify(None).await.unwrap().records, 160);
+    let journal = db.journal().await;
+    assert_eq!(journal.journal("w1-r7").await.unwrap().len(), 10);
+}
