@@ -6,7 +6,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Ident, ItemFn, LitStr, Type};
+use syn::{FnArg, Ident, ItemFn, LitStr, Type};
 
 use crate::ast::{self, FnShape, Input};
 use crate::attr::{EffectArg, Spanned as SpannedValue};
@@ -41,15 +41,70 @@ fn scope_lits(scopes: Option<&SpannedValue<Vec<LitStr>>>) -> Vec<&LitStr> {
     scopes.map(|s| s.value.iter().collect()).unwrap_or_default()
 }
 
-/// The user's function, renamed, kept verbatim otherwise (so errors in its body point at
-/// the user's code as usual).
-fn body_fn(item: &ItemFn, name: &Ident) -> TokenStream {
+/// How a rewritten body takes the parameters after its context.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyInputs {
+    /// A step's: all of them as one tuple (`Step::Input`).
+    Tuple,
+    /// A compensator's: its one input, by value even when the user borrows it.
+    Single,
+}
+
+/// The user's function, renamed, taking its context and its inputs by value so that its
+/// future owns them: then the runtime's generic `run_step` / `run_compensator` is all the
+/// glue it needs, with no future of its own per step. The user's parameter patterns are
+/// bound at the top of the body (`let ctx: &StepCtx<P> = &owned;`) and the body is kept
+/// verbatim, so errors in it point at the user's code as usual.
+fn owned_body(item: &ItemFn, name: &Ident, mode: BodyInputs) -> TokenStream {
+    let owned_ctx = mixed("__chain_ctx");
+    let owned_input = mixed("__chain_input");
+    let typed: Vec<&syn::PatType> = item
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(pt) => Some(pt),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let Some((ctx, rest)) = typed.split_first() else {
+        return quote!(#item);
+    };
+    let (ctx_ty, ctx_pat, ctx_ref) = (ast::strip_ref(&ctx.ty).0, &ctx.pat, &ctx.ty);
+    let (input_ty, bind_inputs) = match (mode, rest) {
+        (BodyInputs::Single, [input]) => {
+            let (ty, by_ref) = ast::strip_ref(&input.ty);
+            let (attrs, pat, full) = (&input.attrs, &input.pat, &input.ty);
+            let value = if by_ref {
+                quote!(&#owned_input)
+            } else {
+                quote!(#owned_input)
+            };
+            (quote!(#ty), quote!(#(#attrs)* let #pat: #full = #value;))
+        }
+        _ => {
+            let attrs = rest.iter().flat_map(|p| &p.attrs);
+            let pats = rest.iter().map(|p| &p.pat);
+            let tys = rest.iter().map(|p| &p.ty);
+            (
+                quote!((#(#tys,)*)),
+                quote!(#(#attrs)* let (#(#pats,)*) = #owned_input;),
+            )
+        }
+    };
     let mut body = item.clone();
     body.sig.ident = name.clone();
     body.vis = syn::Visibility::Inherited;
     // A missing `async` is reported by the check phase; keeping the copy async avoids a
     // second, confusing error about awaiting its result.
     body.sig.asyncness.get_or_insert_with(Default::default);
+    body.sig.inputs = syn::parse_quote!(#owned_ctx: #ctx_ty, #owned_input: #input_ty);
+    let block = &item.block;
+    body.block = syn::parse_quote!({
+        let #ctx_pat: #ctx_ref = &#owned_ctx;
+        #bind_inputs
+        #block
+    });
     quote! {
         #[allow(clippy::all, clippy::pedantic, dead_code)]
         #body
@@ -131,7 +186,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         .unwrap_or_else(|| text(output));
     let principal_text = ast::type_text(principal);
     let body_name = mixed("__chain_step_body");
-    let body = body_fn(item, &body_name);
+    let body = owned_body(item, &body_name, BodyInputs::Tuple);
     let ctx = mixed("__ctx");
     let lt = syn::Lifetime::new("'__chain", Span::mixed_site());
 
@@ -162,23 +217,24 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             TokenStream::new(),
         ),
     };
-    // The step body, called with the context and inputs `unpack` binds.
-    let unpack = quote! {
-        let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
-        let (#(#args,)*) = input;
-    };
-    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #(#args),*).await));
+    // The step body, called with a context built from the environment and the inputs.
+    let run_body = quote_spanned!(output.span()=>
+        ::chain_runtime::__private::run_step(env, input, #body_name)
+    );
     let (reconcile_name, reconcile_fn) = match reconcile {
         Some(path) => {
             let name = quote::ToTokens::to_token_stream(path)
                 .to_string()
                 .replace(' ', "");
-            let clones = args
-                .iter()
-                .map(|a| quote!(::core::clone::Clone::clone(&#a)));
+            let clones = args.iter().map(|a| quote!(::core::clone::Clone::clone(#a)));
             let found = quote_spanned! {path.span()=>
-                let found: ::core::option::Option<Self::Output> = #path(&ctx, #(#clones),*).await?;
+                let found: ::core::option::Option<Self::Output> = {
+                    let (#(#args,)*) = &input;
+                    #path(&ctx, #(#clones),*).await?
+                };
             };
+            let call_body = quote_spanned!(output.span()=>
+                ::chain_runtime::__private::step_result(#body_name(ctx, input).await));
             (
                 quote!(::core::option::Option::Some(#name)),
                 quote! {
@@ -187,7 +243,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                         input: Self::Input,
                     ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
                         ::chain_runtime::__private::Box::pin(async move {
-                            #unpack
+                            let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
                             #found
                             match found {
                                 ::core::option::Option::Some(output) => ::core::result::Result::Ok(output),
@@ -252,21 +308,14 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     env: ::chain_runtime::__private::StepEnv,
                     input: Self::Input,
                 ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
-                    ::chain_runtime::__private::Box::pin(async move {
-                        #unpack
-                        #call_body
-                    })
+                    #run_body
                 }
 
                 #reconcile_fn
                 #approval_fn
             }
 
-            impl ::chain_runtime::__private::StepFor<#principal> for #name {
-                fn narrow(ctx: &::chain_runtime::ChainCtx<#principal>) -> &::chain_runtime::ChainCtx<#principal> {
-                    ctx
-                }
-            }
+            impl ::chain_runtime::__private::StepFor<#principal> for #name {}
 
             ::chain_runtime::__private::inventory::submit! {
                 ::chain_runtime::__private::StepRegistration(&<#name as ::chain_runtime::__private::Step>::META)
@@ -329,18 +378,15 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
     let name_str = name.to_string();
     let connector = connector.map(LitStr::value).unwrap_or_default();
     let scopes = scope_lits(scopes);
-    let (input_ty, by_ref) = ast::strip_ref(&input.ty);
+    let input_ty = ast::strip_ref(&input.ty).0;
     let input_text = ast::type_text(input_ty);
     let principal_text = ast::type_text(principal);
     let body_name = mixed("__chain_compensator_body");
-    let body = body_fn(item, &body_name);
-    let arg = if by_ref {
-        quote!(&input)
-    } else {
-        quote!(input)
-    };
+    let body = owned_body(item, &body_name, BodyInputs::Single);
     let principal_item = principal_item(principal);
-    let call_body = quote_spanned!(output.span()=> ::chain_runtime::__private::step_result(#body_name(&ctx, #arg).await));
+    let run_body = quote_spanned!(output.span()=>
+        ::chain_runtime::__private::run_compensator(env, input, #body_name)
+    );
 
     quote! {
         #[doc(hidden)]
@@ -366,11 +412,7 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
                     env: ::chain_runtime::__private::StepEnv,
                     input: Self::Input,
                 ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<(), ::chain_runtime::__private::StepError>> {
-                    ::chain_runtime::__private::Box::pin(async move {
-                        let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
-                        #call_body?;
-                        ::core::result::Result::Ok(())
-                    })
+                    #run_body
                 }
             }
 

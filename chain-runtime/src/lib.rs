@@ -81,7 +81,8 @@ pub mod __private {
     pub use crate::agent::{Documented, ToolEntry, Toolset, tool_entry};
     pub use crate::chain::{AuthFailurePolicy, ChainMeta};
     pub use crate::context::{
-        Chain, ChainCtx, Compensator, Step, StepCall, StepCtx, StepFor, Undoes, run_erased,
+        Chain, ChainCtx, Compensator, Step, StepCall, StepCtx, StepFor, StepFuture, Undoes,
+        run_compensator, run_erased, run_step,
     };
     pub use crate::error::{ChainError, StepError};
     pub use crate::future::BoxFuture;
