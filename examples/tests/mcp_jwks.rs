@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use chain_runtime::mcp::ResourceServer;
 use chain_runtime::mcp::auth::JwksJwtVerifier;
+use chain_runtime::sandbox::pkce_challenge;
 use examples::mcp_demo::McpDemo;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -19,6 +20,7 @@ use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
+use test_support::oauth::{CLIENT_ID, OAuthServer, REDIRECT_URI, authorize};
 
 const RSA1: &[u8] = include_bytes!("mcp_keys/rsa1.der");
 const RSA2: &[u8] = include_bytes!("mcp_keys/rsa2.der");
@@ -95,6 +97,27 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// Posts an `initialize` to the MCP endpoint `url` with `token`: the status and the challenge.
+async fn initialize(http: &reqwest::Client, url: &str, token: &str) -> (u16, String) {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}});
+    let response = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (response.status().as_u16(), challenge)
 }
 
 struct World {
@@ -183,24 +206,7 @@ impl World {
 
     /// Posts an `initialize` to endpoint `path` with `token`: the status and the challenge.
     async fn post(&self, path: &str, token: &str) -> (u16, String) {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}});
-        let response = self
-            .http
-            .post(self.resource(path))
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (response.status().as_u16(), challenge)
+        initialize(&self.http, &self.resource(path), token).await
     }
 
     /// Asserts `token` is refused at `path` with `status`, `error` and a description
@@ -403,4 +409,91 @@ async fn refetches_are_rate_limited_and_an_unusable_key_set_is_unavailable() {
         assert_eq!(status, 503, "{path}");
     }
     assert!(w.issuer.served.load(Ordering::SeqCst) >= 3);
+}
+
+/// An access token from the oidc-provider test server for `login`, through the authorization
+/// code flow with PKCE, naming `resource` (RFC 8707) when given.
+async fn issue(server: &OAuthServer, login: &str, resource: Option<&str>) -> String {
+    let verifier = "a-long-random-verifier-of-at-least-43-characters-for-pkce";
+    let mut url = url::Url::parse(&format!("{}/auth", server.base)).unwrap();
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLIENT_ID)
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("scope", "openid api")
+        .append_pair("state", "s")
+        .append_pair("code_challenge", &pkce_challenge(verifier))
+        .append_pair("code_challenge_method", "S256");
+    if let Some(resource) = resource {
+        url.query_pairs_mut().append_pair("resource", resource);
+    }
+    let (_, code) = authorize(&url, login, None).await;
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT_URI),
+        ("code_verifier", verifier),
+        ("client_id", CLIENT_ID),
+        ("client_secret", server.client_secret.as_str()),
+    ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource));
+    }
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/token", server.base))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token: {answer}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn jwt_access_tokens_of_a_real_authorization_server_pass() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // oidc-provider issues JWT access tokens for a named resource, signed with the key it
+    // publishes at /jwks.
+    let server = OAuthServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = McpDemo::start(&dir.path().join("mcp.db"), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resource = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let verifier = JwksJwtVerifier::new(
+        url::Url::parse(&format!("{}/jwks", server.base)).unwrap(),
+        server.base.clone(),
+        resource.clone(),
+    )
+    .require_scopes(["api"]);
+    let router = demo.mcp.http_router(
+        "/mcp",
+        ResourceServer::new(verifier, resource.clone(), vec![server.base.clone()]),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::new();
+
+    let token = issue(&server, "alice", Some(&resource)).await;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert_eq!(initialize(&http, &resource, &token).await.0, 200);
+    let config = StreamableHttpClientTransportConfig::with_uri(resource.clone()).auth_header(token);
+    let client = ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    assert!(!client.list_all_tools().await.unwrap().is_empty());
+    client.cancel().await.unwrap();
+
+    // A token the same server issued for another resource, and an opaque one: refused.
+    let elsewhere = issue(&server, "alice", Some("https://elsewhere.example/mcp")).await;
+    let (status, challenge) = initialize(&http, &resource, &elsewhere).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("audience"), "{challenge}");
+    let opaque = issue(&server, "alice", None).await;
+    let (status, challenge) = initialize(&http, &resource, &opaque).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("invalid_token"), "{challenge}");
 }

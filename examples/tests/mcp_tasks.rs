@@ -13,7 +13,7 @@ use std::time::Duration;
 use chain_runtime::mcp::McpServer;
 use chain_runtime::store::{RunRecord, RunState};
 use examples::mcp_demo::McpDemo;
-use examples::urgent::{Urgent, escalate_urgently};
+use examples::urgent::{Urgent, escalate_urgently, open_urgent_issue};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientCapabilities, ClientConfig,
     ElicitResult, ElicitationAction, ElicitationCapability, FormElicitationCapability,
@@ -205,6 +205,7 @@ async fn approvals() -> Approvals {
         urgent.runtime.vault().unwrap().clone(),
     )
     .chain::<escalate_urgently>()
+    .expose_step::<open_urgent_issue>()
     .principal("alice")
     .build()
     .unwrap();
@@ -300,5 +301,38 @@ async fn a_denied_approval_completes_the_task_with_a_tool_error() {
     assert!(matches!(runs[0].state, RunState::Compensated));
     // The stage change was undone at the Salesforce emulator.
     assert_ne!(a.urgent.stage(), examples::escalate::ESCALATED);
+    a.client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_exposed_step_that_needs_approval_runs_as_a_task() {
+    let a = approvals().await;
+    let deal = a.urgent.deal();
+    let mut params = CallToolRequestParams::new("open_urgent_issue");
+    params.arguments = json!({
+        "site": deal.sites.jira,
+        "project": deal.project,
+        "summary": "page on-call now",
+    })
+    .as_object()
+    .cloned();
+    let id = call_as_task(&a.client, params).await;
+    let (key, form) = input_request(&settled(&a.client, &id).await);
+    assert!(key.starts_with("approval-"), "{key}");
+    let message = form["message"].as_str().unwrap();
+    assert!(message.contains("page on-call now"), "{message}");
+    answer(&a.client, &id, &key, approve(true)).await;
+    let done = settled(&a.client, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["isError"], false, "{done}");
+    let issue = &done["result"]["structuredContent"]["result"];
+    assert!(
+        issue["key"].as_str().unwrap().starts_with("ESC-"),
+        "{issue}"
+    );
+    let runs = urgent_runs(&a.urgent).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].chain, "examples::urgent::open_urgent_issue");
+    assert!(matches!(runs[0].state, RunState::Completed { .. }));
     a.client.cancel().await.unwrap();
 }

@@ -314,3 +314,51 @@ impl TokenVerifier for JwksJwtVerifier {
         Box::pin(self.check(token))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const EC_X: &str = "C3KcCJjcjnGMZEdSvVfhAw1pftyZJbLvFXtiNLDBZD0";
+    const EC_Y: &str = "VnLxM6Xq3W5GSyrULgU6eUj5ezB5O156YCEN6u0kBHQ";
+    const RSA_N: &str = "5Jnie7dZBq9pL8Sqglij1EZWEUEXiPyxBcm2EGZsMVhZ4WN6SYxL1CSa29sWSOd6QA0-t3GQIu4HTFBTJ8U4C3MyrBjMOAzbF5Cq607BLSgQ6R9f6s1_J4Zv0_V0RdCwVmZlmhprie0uAphkFBHF4vw0I0B00SktsxOK3-8tefImW-NpGXu7fyMipa7oN7Q0Qm55Zs2NwHGJWClGub56ZnyeuPxDWJaVQgMbhhs3YYFKU2K00X3UfKdIk9dwNaAJippLcYvb7AshClkMKwIRD7DtcosXJQJzbkhefurS0ayBkuTWcS9nJOX20mWaBlOKRf2Ufty-XIDp9MCKc2iNQQ";
+
+    fn algorithms(key: Value) -> Option<Vec<Algorithm>> {
+        usable_key(&key).map(|k| k.algorithms)
+    }
+
+    #[test]
+    fn only_public_signing_keys_are_used_and_their_alg_binds_them() {
+        let ec = json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "kid": "e"});
+        assert_eq!(algorithms(ec.clone()), Some(vec![Algorithm::ES256]));
+        let rsa = json!({"kty": "RSA", "n": RSA_N, "e": "AQAB", "kid": "r"});
+        assert_eq!(algorithms(rsa.clone()).map(|a| a.len()), Some(6));
+        let mut rs256 = rsa.clone();
+        rs256["alg"] = json!("RS256");
+        assert_eq!(algorithms(rs256), Some(vec![Algorithm::RS256]));
+        // A key whose declared alg does not fit its type, an encryption key, a symmetric key
+        // (a public set must never hand out an HMAC secret), an unknown type, garbage.
+        let mut mismatched = ec.clone();
+        mismatched["alg"] = json!("ES384");
+        assert_eq!(algorithms(mismatched), None);
+        let mut hs = rsa.clone();
+        hs["alg"] = json!("HS256");
+        assert_eq!(algorithms(hs), None);
+        let mut enc = rsa;
+        enc["use"] = json!("enc");
+        assert_eq!(algorithms(enc), None);
+        assert_eq!(
+            algorithms(json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"})),
+            None
+        );
+        assert_eq!(algorithms(json!({"kty": "XYZ", "kid": "x"})), None);
+        assert_eq!(
+            algorithms(json!({"kty": "EC", "crv": "P-256", "x": "AA"})),
+            None
+        );
+        assert_eq!(usable_key(&json!(5)).map(|k| k.kid), None);
+        assert_eq!(usable_key(&ec).and_then(|k| k.kid).as_deref(), Some("e"));
+    }
+}
