@@ -95,7 +95,9 @@ impl McpServerBuilder {
     /// preflight on the step's scopes, consent elicitation when an account is not connected,
     /// the same run continued by the retry, approval when the step asks for one). A step
     /// without a doc comment or without JSON Schemas for its types does not compile here, as
-    /// in a `toolset![...]`.
+    /// in a `toolset![...]`. The run's chain is the step's path (`module::step`): a process
+    /// that resumes or recovers such runs exposes the same step (which registers it with the
+    /// engine).
     pub fn expose_step<S>(self) -> Self
     where
         S: Step + Documented,

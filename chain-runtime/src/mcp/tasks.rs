@@ -22,6 +22,12 @@
 //! (`completed` if it completed). The run stays where it stopped, suspended or awaiting
 //! approval, nothing is undone behind the user's back: the same call made again (same tool,
 //! same arguments, same principal) continues that run, and operators see it in the run list.
+//!
+//! # Lifetime
+//! A task lives for the server's request-state TTL (30 minutes by default) and is kept as long
+//! again after it ends. Past its TTL rmcp's manager fails it and stops the future that follows
+//! the run; the run itself is journaled, and a drive stopped that way is recovered like one
+//! whose process died (its lease expires, a worker or a retry continues it).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
