@@ -336,3 +336,53 @@ async fn an_exposed_step_that_needs_approval_runs_as_a_task() {
     assert!(matches!(runs[0].state, RunState::Completed { .. }));
     a.client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_run_that_suspends_midway_is_continued_by_its_task() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = McpDemo::start(&dir.path().join("mcp.db"), "127.0.0.1:0")
+        .await
+        .unwrap();
+    demo.demo.connect("slack").await.unwrap();
+    demo.demo.sandbox.slack.revoke_grant(&demo.demo.subjects[2]);
+    let client = http_client(&demo, "alice", ProtocolVersion::V_2026_07_28).await;
+    let mut params = CallToolRequestParams::new("escalate_deal");
+    params.arguments = Some(demo.deal_arguments());
+    let id = call_as_task(&client, params).await;
+    let waiting = settled(&client, &id).await;
+    let (key, request) = input_request(&waiting);
+    assert_eq!(key, "consent-slack-0");
+    let runs = demo_runs(&demo, "alice").await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state.kind(), "suspended", "Slack refused mid-run");
+    assert!(
+        waiting["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains(&runs[0].run_id),
+        "{waiting}"
+    );
+    let jira_writes = demo.demo.sandbox.jira.writes().len();
+    let url = request["url"].as_str().unwrap();
+    reqwest::get(url).await.unwrap().text().await.unwrap();
+    answer(
+        &client,
+        &id,
+        &key,
+        ElicitResult::new(ElicitationAction::Accept),
+    )
+    .await;
+    let done = settled(&client, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["isError"], false, "{done}");
+    let runs = demo_runs(&demo, "alice").await;
+    assert_eq!(runs.len(), 1, "the same run");
+    assert!(matches!(runs[0].state, RunState::Completed { .. }));
+    assert_eq!(
+        demo.demo.sandbox.jira.writes().len(),
+        jira_writes,
+        "the Jira issue was not created twice"
+    );
+    client.cancel().await.unwrap();
+}
