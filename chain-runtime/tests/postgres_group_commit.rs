@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chain_runtime::audit::{AuditEvent, NewRecord, Outcome};
 use chain_runtime::postgres::PgDatabase;
-use chain_runtime::store::{
+use chain_runtime::journal::{
     EntryKind, JournalEntry, JournalError, JournalWrite, RunRecord, RunState, Unit,
 };
 use chain_runtime::test_util::backend::Backend;
@@ -152,7 +152,7 @@ async fn many_concurrent_units_of_two_processes_form_one_chain() {
         for r in 0..8 {
             let journal = std::sync::Arc::clone(&journal);
             tasks.push(tokio::spawn(async move {
-                use chain_runtime::store::RunJournal;
+                use chain_runtime::journal::RunJournal;
                 let id = format!("w{w}-r{r}");
                 let lease = journal.create_run(run(&id), "engine").await.unwrap();
                 for seq in 0..10 {

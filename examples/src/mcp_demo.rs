@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chain_runtime::audit::AuditStore;
 use chain_runtime::mcp::auth::SharedKeyJwtVerifier;
-use chain_runtime::mcp::{McpServer, ResourceServer};
+use chain_runtime::mcp::{McpServer, McpServerBuilder, ResourceServer, TokenVerifier};
 use chain_runtime::server::{FixedPrincipal, WebServer};
 use serde_json::{Map, Value, json};
 
@@ -30,10 +30,37 @@ pub struct McpDemo {
     signer: Arc<SharedKeyJwtVerifier>,
 }
 
+/// Adds tools to the demo's MCP server.
+pub type ToolsFn = Box<dyn FnOnce(McpServerBuilder) -> McpServerBuilder + Send>;
+
+/// Makes the bearer verifier of the HTTP endpoint from the endpoint's URL.
+pub type VerifierFn = Box<dyn FnOnce(&str) -> Arc<dyn TokenVerifier> + Send>;
+
+/// What a test changes in the demo's MCP server.
+#[derive(Default)]
+pub struct McpDemoOptions {
+    /// More tools (single steps, other chains) after the two example chains.
+    pub tools: Option<ToolsFn>,
+    /// The bearer verifier (default: HS256 tokens signed with the demo's key, see
+    /// [`McpDemo::token`]).
+    pub verifier: Option<VerifierFn>,
+    /// The authorization servers the metadata names (default: the web server).
+    pub authorization_servers: Option<Vec<String>>,
+}
+
 impl McpDemo {
     /// Starts the demo on the SQLite file `db`, listening on `listen` (such as `127.0.0.1:0`).
     /// The MCP principal of stdio sessions is alice.
     pub async fn start(db: &Path, listen: &str) -> Result<Self, DemoError> {
+        Self::start_with(db, listen, McpDemoOptions::default()).await
+    }
+
+    /// [`McpDemo::start`] with `options`.
+    pub async fn start_with(
+        db: &Path,
+        listen: &str,
+        options: McpDemoOptions,
+    ) -> Result<Self, DemoError> {
         let demo = Demo::start(db).await?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -56,12 +83,20 @@ impl McpDemo {
         rand_key(&mut key);
         let resource = format!("http://{addr}/mcp");
         let signer = Arc::new(SharedKeyJwtVerifier::new(key.clone(), resource.clone()));
-        let verifier = SharedKeyJwtVerifier::new(key, resource.clone());
-        let mcp = McpServer::builder(demo.engine.clone(), demo.vault.clone())
+        let verifier: Arc<dyn TokenVerifier> = match options.verifier {
+            Some(make) => make(&resource),
+            None => Arc::new(SharedKeyJwtVerifier::new(key, resource.clone())),
+        };
+        let mut builder = McpServer::builder(demo.engine.clone(), demo.vault.clone())
             .chain::<escalate_deal>()
-            .chain::<escalate_and_note>()
-            .principal("alice")
-            .build()?;
+            .chain::<escalate_and_note>();
+        if let Some(tools) = options.tools {
+            builder = tools(builder);
+        }
+        let mcp = builder.principal("alice").build()?;
+        let authorization_servers = options
+            .authorization_servers
+            .unwrap_or_else(|| vec![format!("http://{addr}")]);
         let audit: Arc<dyn AuditStore> = demo.audit.clone();
         let web = WebServer::new(
             demo.engine.clone(),
@@ -71,7 +106,7 @@ impl McpDemo {
         );
         let router = web.router().merge(mcp.http_router(
             "/mcp",
-            ResourceServer::new(verifier, resource, vec![format!("http://{addr}")]),
+            ResourceServer::new(verifier, resource, authorization_servers),
         ));
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;

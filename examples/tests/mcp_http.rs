@@ -372,7 +372,7 @@ async fn bearer_tokens_are_checked_with_the_right_challenge() {
     for (token, error) in [
         (None, None),
         (Some("not-a-jwt".to_owned()), Some("invalid_token")),
-        (Some(demo.token("alice", -10)), Some("invalid_token")),
+        (Some(demo.token("alice", -300)), Some("invalid_token")),
     ] {
         let response = post(token).await.unwrap();
         assert_eq!(response.status(), 401);
@@ -390,7 +390,7 @@ async fn bearer_tokens_are_checked_with_the_right_challenge() {
             None => assert!(!challenge.contains("error="), "{challenge}"),
         }
     }
-    let expired = post(Some(demo.token("alice", -10))).await.unwrap();
+    let expired = post(Some(demo.token("alice", -300))).await.unwrap();
     let challenge = expired.headers()["www-authenticate"]
         .to_str()
         .unwrap()

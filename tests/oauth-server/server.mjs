@@ -11,6 +11,11 @@
 //
 // Listens on 127.0.0.1, port 0, and prints one line `{"port": N}` on stdout once it is ready.
 //
+// An authorization request and token request naming a `resource` (RFC 8707), such as an MCP
+// endpoint, get a JWT access token for it: `aud` is the resource, `sub` the account, signed
+// RS256 with the server's key published at /jwks (the MCP JWKS verifier's tests). Without
+// `resource`, access tokens stay opaque.
+//
 // Environment: OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_REDIRECT_URI, OAUTH_ACCESS_TOKEN_TTL (s).
 
 import http from 'node:http';
@@ -52,6 +57,18 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      async getResourceServerInfo(_ctx, resourceIndicator) {
+        return {
+          scope: 'api read write admin',
+          audience: resourceIndicator,
+          accessTokenTTL: accessTokenTtl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
   },
   pkce: { required: () => true },
   // Always rotate: a used refresh token is consumed, presenting it again revokes the grant.
@@ -68,6 +85,10 @@ const provider = new Provider(issuer, {
     const requested = (ctx.oidc.params.scope ?? '').split(' ').filter((s) => s && !denied.has(s));
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId });
     grant.addOIDCScope(requested.join(' '));
+    const resources = [ctx.oidc.params.resource ?? []].flat();
+    for (const resource of resources) {
+      grant.addResourceScope(resource, requested.join(' '));
+    }
     if (denied.size > 0) grant.rejectOIDCScope([...denied].join(' '));
     await grant.save();
     return grant;

@@ -49,7 +49,7 @@ fn form_key(request: &PendingApproval) -> String {
 }
 
 /// The form a person fills to decide `request`.
-fn form(request: &PendingApproval) -> ElicitRequestParams {
+pub(super) fn form(request: &PendingApproval) -> ElicitRequestParams {
     let schema = ElicitationSchema::new(BTreeMap::from([(
         "approve".to_owned(),
         PrimitiveSchemaDefinition::Boolean(
@@ -70,7 +70,7 @@ fn form(request: &PendingApproval) -> ElicitRequestParams {
 
 /// The decision an elicitation answer carries: `Some(true)` approve, `Some(false)` deny,
 /// `None` undecided (cancelled, or an answer that is not one).
-fn verdict(result: &ElicitResult) -> Option<bool> {
+pub(super) fn verdict(result: &ElicitResult) -> Option<bool> {
     match result.action {
         ElicitationAction::Accept => result
             .content

@@ -1,6 +1,18 @@
-//! The MCP server (feature `mcp`, on `rmcp` 3.x): every chain the application adds is a tool;
-//! a call starts a run for the session's principal and answers with the chain's output as
-//! structured content.
+//! The MCP server (feature `mcp`, on `rmcp` 3.x): every chain the application adds is a tool,
+//! and so is every step it exposes on its own; a call starts a run for the session's principal
+//! and answers with the output as structured content.
+//!
+//! # Protocol versions
+//! `2026-07-28` (the `server/discover` lifecycle, per-request metadata, multi-round-trip
+//! `InputRequiredResult`s) and `2025-11-25` (the `initialize` lifecycle; consent as the
+//! `-32042` error). Over both: tools, progress notifications, URL and form elicitation, and the
+//! tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663) for clients that declare it.
+//!
+//! # Tools
+//! [`McpServerBuilder::chain`] adds a chain; [`McpServerBuilder::expose_step`] adds one step,
+//! which runs as a chain of that one call (journaled, audited, preflight on its scopes, consent
+//! and approval as below). The tool has the generated name, description and input and output
+//! schemas.
 //!
 //! # Identity
 //! The principal comes from the session, never from tool arguments: over streamable HTTP from
@@ -20,6 +32,13 @@
 //! the first start when preflight had stopped the call), never a second one; a request state
 //! presented by another principal is refused.
 //!
+//! # Tasks
+//! A client that declared the tasks extension gets a task from `tools/call` at once and
+//! follows the run with `tasks/get`; consent links and approval forms are its
+//! `input_required` requests, answered with `tasks/update`; `tasks/cancel` never interrupts a
+//! step and leaves the run where it stopped for the same call made again (see the `tasks`
+//! module for the mapping of run states).
+//!
 //! # Progress
 //! A call that carries a progress token gets a notification when its run starts and one when
 //! it stops (completed, suspended, …).
@@ -30,8 +49,11 @@
 //! message; tokens and provider bodies never reach a tool result.
 
 pub mod auth;
+mod builder;
 mod elicit;
 mod state;
+mod step_tool;
+mod tasks;
 mod tools;
 
 use std::sync::Arc;
@@ -39,19 +61,21 @@ use std::time::Duration;
 
 use rmcp::ServerHandler;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    ErrorData, GetTaskParams, GetTaskResult, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool, UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use serde_json::Value;
 
-use crate::context::Chain;
 use crate::engine::{Engine, EngineError, RunReport};
 use crate::future::BoxFuture;
 use crate::journal::RunState;
+use crate::preflight::ConsentNeeded;
 use crate::vault::Vault;
 
 pub use auth::{Identity, ResourceServer, TokenRejection, TokenVerifier};
+pub use builder::{McpBuildError, McpServerBuilder};
 use state::{PendingCall, StateBook};
 
 /// The JSON-RPC error code of the 2025-11-25 "URL elicitation required" error.
@@ -75,6 +99,9 @@ struct Inner {
     tools: Vec<ChainTool>,
     book: StateBook,
     fixed: Option<Identity>,
+    tasks: tasks::TaskBook,
+    /// How long a task is kept (and its run followed).
+    task_ttl: Duration,
 }
 
 /// The MCP server: a cheap-to-clone [`ServerHandler`]. Build it with [`McpServer::builder`].
@@ -99,38 +126,10 @@ impl std::fmt::Debug for McpServer {
     }
 }
 
-/// Builds an [`McpServer`].
-pub struct McpServerBuilder {
-    engine: Engine,
-    vault: Vault,
-    tools: Vec<ChainTool>,
-    key: Option<Vec<u8>>,
-    ttl: Duration,
-    fixed: Option<Identity>,
-}
-
-impl std::fmt::Debug for McpServerBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("McpServerBuilder").finish_non_exhaustive()
-    }
-}
-
-/// Why the server could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("MCP server: {0}")]
-pub struct McpBuildError(String);
-
 impl McpServer {
     /// A server running chains on `engine`, asking `vault` for consent links.
     pub fn builder(engine: Engine, vault: Vault) -> McpServerBuilder {
-        McpServerBuilder {
-            engine,
-            vault,
-            tools: Vec::new(),
-            key: None,
-            ttl: Duration::from_secs(30 * 60),
-            fixed: None,
-        }
+        McpServerBuilder::new(engine, vault)
     }
 
     /// The names of the tools it serves.
@@ -207,12 +206,7 @@ impl McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let Some(identity) = self.identity(&context) else {
-            return Err(ErrorData::invalid_request(
-                "no authenticated principal for this session",
-                None,
-            ));
-        };
+        let identity = self.identity(&context).ok_or_else(no_principal)?;
         let Some(tool) = self.tool(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("unknown tool `{}`", request.name),
@@ -232,6 +226,17 @@ impl McpServer {
         let args_value = Value::Object(arguments.clone());
         let digest = state::digest(&args_value);
         let name = tool.spec.name.clone();
+        // A client that declared the tasks extension gets a task at once (a retry that carries
+        // a request state continues a call made without one).
+        if request.request_state.is_none()
+            && context
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks())
+        {
+            return Ok(CallToolResponse::Task(
+                self.start_task(identity, name, arguments, digest),
+            ));
+        }
         let pending = match &request.request_state {
             Some(sealed) => match self.inner.book.open(sealed, &identity.subject, &name) {
                 Some(call) if call.args_digest == digest => Some(call),
@@ -303,6 +308,50 @@ impl McpServer {
         }
     }
 
+    /// The consent links (connector, URL) of the consents preflight found missing.
+    async fn preflight_links(
+        &self,
+        subject: &str,
+        consents: &[ConsentNeeded],
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut links = Vec::new();
+        for consent in consents {
+            let scopes: Vec<&String> = consent.scopes.iter().collect();
+            let link = self
+                .inner
+                .vault
+                .consent_link(subject, &consent.connector, &scopes)
+                .await
+                .map_err(|e| e.to_string())?;
+            links.push((consent.connector.clone(), link.url.to_string()));
+        }
+        Ok(links)
+    }
+
+    /// The consent link of a suspended run (re-consent or step-up on one connector).
+    async fn resume_links(
+        &self,
+        subject: &str,
+        state: &RunState,
+    ) -> Result<Vec<(String, String)>, String> {
+        let RunState::Suspended {
+            connector,
+            consent_scopes,
+            consent_params,
+            ..
+        } = state
+        else {
+            return Ok(Vec::new());
+        };
+        let link = self
+            .inner
+            .vault
+            .consent_link_with(subject, connector, consent_scopes, consent_params)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(vec![(connector.clone(), link.url.to_string())])
+    }
+
     /// Continues the run a retry names: resumes it when it is still suspended, otherwise
     /// reports where it stands (a finished run is not started again).
     async fn continue_run(&self, run_id: &str) -> Result<RunReport<Value>, EngineError> {
@@ -331,17 +380,10 @@ impl McpServer {
         let report = match outcome {
             Ok(report) => report,
             Err(EngineError::PreflightNotReady { consents, .. }) => {
-                let mut links = Vec::new();
-                for consent in &consents {
-                    let scopes: Vec<&String> = consent.scopes.iter().collect();
-                    let link = self
-                        .inner
-                        .vault
-                        .consent_link(&identity.subject, &consent.connector, &scopes)
-                        .await
-                        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-                    links.push((consent.connector.clone(), link.url.to_string()));
-                }
+                let links = self
+                    .preflight_links(&identity.subject, &consents)
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e, None))?;
                 return self.elicit(pending(None), links, context);
             }
             Err(e) => return Ok(tool_error(&e.to_string())),
@@ -354,41 +396,17 @@ impl McpServer {
                 result.meta = None;
                 Ok(CallToolResponse::Complete(result))
             }
-            RunState::Suspended {
-                connector,
-                consent_scopes,
-                consent_params,
-                ..
-            } => {
-                let link = self
-                    .inner
-                    .vault
-                    .consent_link_with(
-                        &identity.subject,
-                        &connector,
-                        &consent_scopes,
-                        &consent_params,
-                    )
+            state @ RunState::Suspended { .. } => {
+                let links = self
+                    .resume_links(&identity.subject, &state)
                     .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-                self.elicit(
-                    pending(Some(report.run_id.clone())),
-                    vec![(connector, link.url.to_string())],
-                    context,
-                )
+                    .map_err(|e| ErrorData::internal_error(e, None))?;
+                self.elicit(pending(Some(report.run_id.clone())), links, context)
             }
-            RunState::Compensated => Ok(tool_error(&format!(
-                "run {} failed and every completed write was undone",
-                report.run_id
-            ))),
-            RunState::Blocked { reason } => Ok(tool_error(&format!(
-                "run {} stopped with partial state an operator must settle: {reason}",
-                report.run_id
-            ))),
-            RunState::Failed { error } => Ok(tool_error(&format!(
-                "run {} failed: {error}",
-                report.run_id
-            ))),
+            state
+            @ (RunState::Compensated | RunState::Blocked { .. } | RunState::Failed { .. }) => Ok(
+                tool_error(&failure_message(&report.run_id, &state).unwrap_or_default()),
+            ),
             RunState::AwaitingApproval(request) => {
                 let _ = self.inner.book.seal(&pending(Some(report.run_id.clone())));
                 Ok(tool_error(&format!(
@@ -416,95 +434,37 @@ fn report_of(run_id: &str, state: RunState) -> RunReport<Value> {
     }
 }
 
+fn no_principal() -> ErrorData {
+    ErrorData::invalid_request("no authenticated principal for this session", None)
+}
+
+/// The tool error of a run that ended without its output (failed, compensated, blocked).
+fn failure_message(run_id: &str, state: &RunState) -> Option<String> {
+    match state {
+        RunState::Compensated => Some(format!(
+            "run {run_id} failed and every completed write was undone"
+        )),
+        RunState::Blocked { reason } => Some(format!(
+            "run {run_id} stopped with partial state an operator must settle: {reason}"
+        )),
+        RunState::Failed { error } => Some(format!("run {run_id} failed: {error}")),
+        _ => None,
+    }
+}
+
 fn tool_error(message: &str) -> CallToolResponse {
     CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(message)]))
 }
 
-impl McpServerBuilder {
-    /// Exposes chain `C` as a tool. The principal is built from the session's subject
-    /// (`C::Principal` must deserialize from the subject string, as a newtype over `String`
-    /// does); the chain is registered with the engine.
-    pub fn chain<C: Chain>(mut self) -> Self
-    where
-        C::Principal: serde::de::DeserializeOwned,
-    {
-        self.engine.register::<C>();
-        let start: Arc<StartFn> = Arc::new(|engine: Engine, subject: String, input: Value| {
-            Box::pin(async move {
-                let principal: C::Principal = serde_json::from_value(Value::String(subject))
-                    .map_err(|e| {
-                        EngineError::Codec(format!(
-                            "the session's principal does not fit the chain: {e}"
-                        ))
-                    })?;
-                let input: C::Input = serde_json::from_value(input).map_err(|e| {
-                    EngineError::Codec(format!(
-                        "the arguments do not fit the chain's parameters: {e}"
-                    ))
-                })?;
-                let report = engine.start::<C>(principal, input).await?;
-                let output = report
-                    .output
-                    .map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
-                Ok(RunReport {
-                    run_id: report.run_id,
-                    state: report.state,
-                    output,
-                })
-            })
-        });
-        self.tools.push(ChainTool {
-            spec: tools::tool_spec(&C::META),
-            start,
-        });
-        self
-    }
-
-    /// The key request states are sealed with (at least 32 bytes; random when not set, so
-    /// pending calls do not survive a restart).
-    pub fn request_state_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// How long a consent elicitation can be answered by a retry (default 30 minutes).
-    pub fn request_state_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Fixes the principal of every session (stdio: the user who started the server).
-    pub fn principal(mut self, subject: impl Into<String>) -> Self {
-        self.fixed = Some(Identity::new(subject));
-        self
-    }
-
-    /// The server.
-    pub fn build(self) -> Result<McpServer, McpBuildError> {
-        let key = match self.key {
-            Some(k) => k,
-            None => {
-                let mut k = vec![0u8; 32];
-                rand::fill(&mut k[..]);
-                k
-            }
-        };
-        let book = StateBook::new(key, self.ttl).map_err(McpBuildError)?;
-        Ok(McpServer {
-            inner: Arc::new(Inner {
-                engine: self.engine,
-                vault: self.vault,
-                tools: self.tools,
-                book,
-                fixed: self.fixed,
-            }),
-        })
-    }
-}
-
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_instructions(
             "Each tool runs one chain of authorized steps for the signed-in user. When a call answers with a consent link, open it, then retry the call: it continues the same run.",
         )
     }
@@ -549,5 +509,32 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.call(request, context).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let identity = self.identity(&context).ok_or_else(no_principal)?;
+        self.task_status(&identity, &request.task_id)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let identity = self.identity(&context).ok_or_else(no_principal)?;
+        self.task_update(&identity, &request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let identity = self.identity(&context).ok_or_else(no_principal)?;
+        self.task_cancel(&identity, &request.task_id)
     }
 }
