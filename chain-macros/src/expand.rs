@@ -6,11 +6,12 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, LitStr, Type};
+use syn::{Ident, ItemFn, LitStr, Type};
 
 use crate::ast::{self, FnShape, Input};
 use crate::attr::{EffectArg, Spanned as SpannedValue};
 use crate::body::{self, Analysis};
+use crate::rewrite::{BodyInputs, owned_body};
 
 /// What a `#[step]` expansion needs, with defaults standing in for values that failed to
 /// parse (their errors are reported beside the expansion).
@@ -39,76 +40,6 @@ fn arg_idents(inputs: &[Input]) -> Vec<Ident> {
 
 fn scope_lits(scopes: Option<&SpannedValue<Vec<LitStr>>>) -> Vec<&LitStr> {
     scopes.map(|s| s.value.iter().collect()).unwrap_or_default()
-}
-
-/// How a rewritten body takes the parameters after its context.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyInputs {
-    /// A step's: all of them as one tuple (`Step::Input`).
-    Tuple,
-    /// A compensator's: its one input, by value even when the user borrows it.
-    Single,
-}
-
-/// The user's function, renamed, taking its context and its inputs by value so that its
-/// future owns them: then the runtime's generic `run_step` / `run_compensator` is all the
-/// glue it needs, with no future of its own per step. The user's parameter patterns are
-/// bound at the top of the body (`let ctx: &StepCtx<P> = &owned;`) and the body is kept
-/// verbatim, so errors in it point at the user's code as usual.
-fn owned_body(item: &ItemFn, name: &Ident, mode: BodyInputs) -> TokenStream {
-    let owned_ctx = mixed("__chain_ctx");
-    let owned_input = mixed("__chain_input");
-    let typed: Vec<&syn::PatType> = item
-        .sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(pt) => Some(pt),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
-    let Some((ctx, rest)) = typed.split_first() else {
-        return quote!(#item);
-    };
-    let (ctx_ty, ctx_pat, ctx_ref) = (ast::strip_ref(&ctx.ty).0, &ctx.pat, &ctx.ty);
-    let (input_ty, bind_inputs) = match (mode, rest) {
-        (BodyInputs::Single, [input]) => {
-            let (ty, by_ref) = ast::strip_ref(&input.ty);
-            let (attrs, pat, full) = (&input.attrs, &input.pat, &input.ty);
-            let value = if by_ref {
-                quote!(&#owned_input)
-            } else {
-                quote!(#owned_input)
-            };
-            (quote!(#ty), quote!(#(#attrs)* let #pat: #full = #value;))
-        }
-        _ => {
-            let attrs = rest.iter().flat_map(|p| &p.attrs);
-            let pats = rest.iter().map(|p| &p.pat);
-            let tys = rest.iter().map(|p| &p.ty);
-            (
-                quote!((#(#tys,)*)),
-                quote!(#(#attrs)* let (#(#pats,)*) = #owned_input;),
-            )
-        }
-    };
-    let mut body = item.clone();
-    body.sig.ident = name.clone();
-    body.vis = syn::Visibility::Inherited;
-    // A missing `async` is reported by the check phase; keeping the copy async avoids a
-    // second, confusing error about awaiting its result.
-    body.sig.asyncness.get_or_insert_with(Default::default);
-    body.sig.inputs = syn::parse_quote!(#owned_ctx: #ctx_ty, #owned_input: #input_ty);
-    let block = &item.block;
-    body.block = syn::parse_quote!({
-        let #ctx_pat: #ctx_ref = &#owned_ctx;
-        #bind_inputs
-        #block
-    });
-    quote! {
-        #[allow(clippy::all, clippy::pedantic, dead_code)]
-        #body
-    }
 }
 
 /// `type Principal = P;`, spanned at the user's `P` so that "not a principal" points there.
@@ -186,7 +117,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         .unwrap_or_else(|| text(output));
     let principal_text = ast::type_text(principal);
     let body_name = mixed("__chain_step_body");
-    let body = owned_body(item, &body_name, BodyInputs::Tuple);
+    let body = owned_body(item, &body_name, output, BodyInputs::Tuple);
     let ctx = mixed("__ctx");
     let lt = syn::Lifetime::new("'__chain", Span::mixed_site());
 
@@ -221,27 +152,28 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
     let run_body = quote_spanned!(output.span()=>
         ::chain_runtime::__private::run_step(env, input, #body_name)
     );
-    let (reconcile_name, reconcile_fn) = match reconcile {
+    let (reconcile_name, reconcile_fn, reconcile_const) = match reconcile {
         Some(path) => {
             let name = quote::ToTokens::to_token_stream(path)
                 .to_string()
                 .replace(' ', "");
             let clones = args.iter().map(|a| quote!(::core::clone::Clone::clone(#a)));
             let found = quote_spanned! {path.span()=>
-                let found: ::core::option::Option<Self::Output> = {
+                let found: ::core::option::Option<#output_ok> = {
                     let (#(#args,)*) = &input;
                     #path(&ctx, #(#clones),*).await?
                 };
             };
             let call_body = quote_spanned!(output.span()=>
                 ::chain_runtime::__private::step_result(#body_name(ctx, input).await));
+            let f = mixed("__chain_reconcile");
             (
                 quote!(::core::option::Option::Some(#name)),
                 quote! {
-                    fn reconcile_then_run(
+                    fn #f(
                         env: ::chain_runtime::__private::StepEnv,
-                        input: Self::Input,
-                    ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
+                        input: (#(#tys,)*),
+                    ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<#output_ok, ::chain_runtime::__private::StepError>> {
                         ::chain_runtime::__private::Box::pin(async move {
                             let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
                             #found
@@ -252,9 +184,17 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                         })
                     }
                 },
+                quote! {
+                    const RECONCILE: ::core::option::Option<::chain_runtime::__private::StepRun<Self::Input, Self::Output>> =
+                        ::core::option::Option::Some(#f);
+                },
             )
         }
-        None => (quote!(::core::option::Option::None), TokenStream::new()),
+        None => (
+            quote!(::core::option::Option::None),
+            TokenStream::new(),
+            TokenStream::new(),
+        ),
     };
     let principal_item = principal_item(principal);
     let description = description(item);
@@ -265,7 +205,7 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
     };
     let params = inputs.iter().map(|i| &i.name);
     let tool = tool_schemas(name, "Step", inputs);
-    let (approval_reason, approval_fn) = approval_items(approval, inputs);
+    let (approval_reason, approval_fn, approval_const) = approval_items(approval, inputs);
 
     quote! {
         #(#attrs)*
@@ -311,9 +251,12 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                     #run_body
                 }
 
-                #reconcile_fn
-                #approval_fn
+                #reconcile_const
+                #approval_const
             }
+
+            #reconcile_fn
+            #approval_fn
 
             impl ::chain_runtime::__private::StepFor<#principal> for #name {}
 
@@ -331,25 +274,38 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
 /// function that encodes its arguments for the approver (each through
 /// `ApprovalArgument`, spanned at the parameter's type so a type that is not `Serialize`
 /// is reported there).
-fn approval_items(approval: Option<&LitStr>, inputs: &[Input]) -> (TokenStream, TokenStream) {
+fn approval_items(
+    approval: Option<&LitStr>,
+    inputs: &[Input],
+) -> (TokenStream, TokenStream, TokenStream) {
     let Some(reason) = approval else {
-        return (quote!(::core::option::Option::None), TokenStream::new());
+        return (
+            quote!(::core::option::Option::None),
+            TokenStream::new(),
+            TokenStream::new(),
+        );
     };
     let args = arg_idents(inputs);
+    let tys = inputs.iter().map(|i| &i.ty);
     let encoded = inputs.iter().zip(&args).map(|(input, arg)| {
         let ty = &input.ty;
         quote_spanned!(ty.span()=> ::chain_runtime::__private::approval_argument::<#ty>(#arg)?)
     });
     let input = mixed("__input");
+    let f = mixed("__chain_approval_arguments");
     (
         quote!(::core::option::Option::Some(#reason)),
         quote! {
-            fn approval_arguments(
-                #input: &Self::Input,
+            fn #f(
+                #input: &(#(#tys,)*),
             ) -> ::core::result::Result<::chain_runtime::__private::Vec<::chain_runtime::__private::serde_json::Value>, ::chain_runtime::__private::StepError> {
                 let (#(#args,)*) = #input;
                 ::core::result::Result::Ok(::chain_runtime::__private::vec![#(#encoded),*])
             }
+        },
+        quote! {
+            const APPROVAL: ::core::option::Option<::chain_runtime::__private::ApprovalArguments<Self::Input>> =
+                ::core::option::Option::Some(#f);
         },
     )
 }
@@ -382,7 +338,7 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
     let input_text = ast::type_text(input_ty);
     let principal_text = ast::type_text(principal);
     let body_name = mixed("__chain_compensator_body");
-    let body = owned_body(item, &body_name, BodyInputs::Single);
+    let body = owned_body(item, &body_name, output, BodyInputs::Single);
     let principal_item = principal_item(principal);
     let run_body = quote_spanned!(output.span()=>
         ::chain_runtime::__private::run_compensator(env, input, #body_name)

@@ -20,6 +20,7 @@ mod body;
 mod check;
 mod ctxt;
 mod expand;
+mod rewrite;
 mod symbol;
 
 use ast::{FnShape, Role};

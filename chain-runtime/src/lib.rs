@@ -81,8 +81,8 @@ pub mod __private {
     pub use crate::agent::{Documented, ToolEntry, Toolset, tool_entry};
     pub use crate::chain::{AuthFailurePolicy, ChainMeta};
     pub use crate::context::{
-        Chain, ChainCtx, Compensator, Step, StepCall, StepCtx, StepFor, StepFuture, Undoes,
-        run_compensator, run_erased, run_step,
+        ApprovalArguments, Body, Chain, ChainCtx, Compensator, Step, StepCall, StepCtx, StepFor,
+        StepFuture, StepRun, Undoes, boxed, run_compensator, run_erased, run_step,
     };
     pub use crate::error::{ChainError, StepError};
     pub use crate::future::BoxFuture;
@@ -105,16 +105,23 @@ pub mod __private {
         message = "a #[step] or #[compensator] must return `Result<T, StepError>`, not `{Self}`",
         label = "return `Result<_, chain_runtime::StepError>` here"
     )]
-    pub trait StepReturn {
+    pub trait StepReturn: Sized {
         /// The success type.
         type Ok;
         /// The value as a `Result`.
         fn into_result(self) -> ::core::result::Result<Self::Ok, StepError>;
+        /// A body's future of the value, as a future of the `Result` (the same future).
+        fn into_result_future(
+            future: BoxFuture<'static, Self>,
+        ) -> BoxFuture<'static, ::core::result::Result<Self::Ok, StepError>>;
     }
     impl<T> StepReturn for ::core::result::Result<T, StepError> {
         type Ok = T;
         fn into_result(self) -> Self {
             self
+        }
+        fn into_result_future(future: BoxFuture<'static, Self>) -> BoxFuture<'static, Self> {
+            future
         }
     }
 

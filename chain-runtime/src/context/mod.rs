@@ -2,12 +2,8 @@
 //! `#[chain]` implement: the contexts ([`StepCtx`], [`ChainCtx`]) and the typed entry points
 //! ([`Step`], [`Compensator`], [`Chain`]) the erased ones in the metadata call.
 
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll, ready};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,8 +13,12 @@ use crate::chain::{ChainError, ChainMeta, HandoffRequest, RunDriver};
 use crate::connector::StepHttp;
 use crate::future::BoxFuture;
 use crate::principal::Principal;
-use crate::step::{
-    CallMode, CompensatorMeta, ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta,
+use crate::step::{CompensatorMeta, RecordRef, StepEnv, StepError, StepMeta};
+
+mod call;
+
+pub use call::{
+    ApprovalArguments, Body, StepCall, StepFuture, StepRun, boxed, run_compensator, run_step,
 };
 
 /// The context a step body runs with: who it acts for, its idempotency key, and the
@@ -128,23 +128,16 @@ pub trait Step: 'static {
     fn run(env: StepEnv, input: Self::Input)
     -> BoxFuture<'static, Result<Self::Output, StepError>>;
 
-    /// After an attempt with an unknown outcome: asks the step's `reconcile` hook whether the
-    /// write happened (returning what it produced), and runs the body only when it did not.
-    /// Without a hook, runs the body.
+    /// After an attempt with an unknown outcome: the step's `reconcile` hook, which asks
+    /// whether the write happened (returning what it produced) and runs the body only when
+    /// it did not. `None` (no hook): the body runs.
     #[doc(hidden)]
-    fn reconcile_then_run(
-        env: StepEnv,
-        input: Self::Input,
-    ) -> BoxFuture<'static, Result<Self::Output, StepError>> {
-        Self::run(env, input)
-    }
+    const RECONCILE: Option<StepRun<Self::Input, Self::Output>> = None;
 
-    /// For a step with `approval = "..."`: its arguments as JSON, in parameter order, as the
-    /// approver sees them and as their digest binds the approval.
+    /// For a step with `approval = "..."`: encodes its arguments as JSON, in parameter order,
+    /// as the approver sees them and as their digest binds the approval.
     #[doc(hidden)]
-    fn approval_arguments(_input: &Self::Input) -> Result<Vec<serde_json::Value>, StepError> {
-        Ok(Vec::new())
-    }
+    const APPROVAL: Option<ApprovalArguments<Self::Input>> = None;
 }
 
 /// Proof that a step may run in a chain whose principal is `P`.
@@ -168,7 +161,7 @@ pub trait StepFor<P: Principal>: Step<Principal = P> {
     /// call's context argument in it.
     #[doc(hidden)]
     fn at_site(ctx: &ChainCtx<P>, site: u32) -> &ChainCtx<Self::Principal> {
-        Self::narrow(ctx.__at_site(site))
+        ctx.__at_site(site)
     }
 }
 
@@ -191,13 +184,7 @@ pub trait Compensator: 'static {
         env: StepEnv,
         output: serde_json::Value,
     ) -> BoxFuture<'static, Result<(), StepError>> {
-        match serde_json::from_value::<Self::Input>(output) {
-            Ok(input) => Self::run(env, input),
-            Err(e) => failed(StepError::Runtime(format!(
-                "journaled output does not decode for `{}`: {e}",
-                Self::META.name
-            ))),
-        }
+        call::compensate_json(env, output, Self::run, Self::META.name)
     }
 }
 
@@ -348,162 +335,6 @@ impl<P: Principal> ChainCtx<P> {
         self.site.store(site, Ordering::Relaxed);
         self
     }
-
-    pub(crate) fn __current_site(&self) -> u32 {
-        self.site.load(Ordering::Relaxed)
-    }
-
-    /// Runs step `S` at call site `site` through the run's driver. Only this function is
-    /// generic over the step; what it calls is generic over the input and output types at
-    /// most, so steps of the same types share one copy of the code.
-    pub(crate) fn __execute<S: Step<Principal = P>>(
-        &self,
-        site: u32,
-        input: S::Input,
-    ) -> StepFuture<'_, S::Output> {
-        // A step that needs approval: its arguments, encoded before the call, are what the
-        // approver sees and what the approval is bound to.
-        let approval = S::META.approval.map(|_| S::approval_arguments(&input));
-        let call = erase_call(input, S::run, S::reconcile_then_run);
-        StepFuture {
-            inner: execute(&*self.driver, site, &S::META, approval, call),
-            step: S::META.name,
-            output: PhantomData,
-        }
-    }
-}
-
-/// A step's typed entry point ([`Step::run`] or [`Step::reconcile_then_run`]).
-type StepRun<I, O> = fn(StepEnv, I) -> BoxFuture<'static, Result<O, StepError>>;
-
-/// The call the driver makes when the run has not done the step yet: `run` (or `reconcile`)
-/// on `input`, with the output encoded as JSON for the journal.
-fn erase_call<I, O>(input: I, run: StepRun<I, O>, reconcile: StepRun<I, O>) -> ErasedStepCall
-where
-    I: Send + 'static,
-    O: Serialize + Send + 'static,
-{
-    Box::new(move |env, mode| {
-        let output = match mode {
-            CallMode::Run => run(env, input),
-            CallMode::ReconcileFirst => reconcile(env, input),
-        };
-        Box::pin(EncodeOutput { inner: output })
-    })
-}
-
-/// Asks for the approval a step needs, if any, then has the driver journal and run the call.
-fn execute<'a>(
-    driver: &'a dyn RunDriver,
-    site: u32,
-    meta: &'static StepMeta,
-    approval: Option<Result<Vec<Value>, StepError>>,
-    call: ErasedStepCall,
-) -> BoxFuture<'a, Result<Value, StepError>> {
-    match approval {
-        None => driver.step(site, meta, call),
-        Some(arguments) => Box::pin(async move {
-            driver.approval(site, meta, arguments?).await?;
-            driver.step(site, meta, call).await
-        }),
-    }
-}
-
-/// A future that has already failed with `error`.
-fn failed<T: Send + 'static>(error: StepError) -> BoxFuture<'static, Result<T, StepError>> {
-    Box::pin(std::future::ready(Err(error)))
-}
-
-/// A step's output, encoded as JSON for the journal when the step body finishes.
-struct EncodeOutput<O> {
-    inner: BoxFuture<'static, Result<O, StepError>>,
-}
-
-impl<O: Serialize> Future for EncodeOutput<O> {
-    type Output = Result<Value, StepError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let output = ready!(self.inner.as_mut().poll(cx))?;
-        Poll::Ready(
-            serde_json::to_value(output)
-                .map_err(|e| StepError::Runtime(format!("step output does not encode: {e}"))),
-        )
-    }
-}
-
-/// The future of a step call in a chain body (what `.await` on a step call runs): the
-/// driver's journaled call, with the output decoded from the journal's JSON.
-#[must_use = "a step does nothing until it is awaited"]
-pub struct StepFuture<'a, O> {
-    inner: BoxFuture<'a, Result<Value, StepError>>,
-    step: &'static str,
-    output: PhantomData<fn() -> O>,
-}
-
-impl<O> std::fmt::Debug for StepFuture<'_, O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StepFuture")
-            .field("step", &self.step)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<O: DeserializeOwned> Future for StepFuture<'_, O> {
-    type Output = Result<O, StepError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let value = ready!(self.inner.as_mut().poll(cx))?;
-        Poll::Ready(serde_json::from_value(value).map_err(|e| {
-            StepError::Runtime(format!(
-                "journaled output of `{}` does not decode: {e}",
-                self.step
-            ))
-        }))
-    }
-}
-
-/// Runs a step body: `#[step]` rewrites the body to take its context and its inputs (as a
-/// tuple) by value, so this is all the glue a step needs, and it is generic code checked once.
-#[doc(hidden)]
-pub fn run_step<P, I, O, F, Fut>(
-    env: StepEnv,
-    input: I,
-    body: F,
-) -> BoxFuture<'static, Result<O, StepError>>
-where
-    P: Principal,
-    O: Send + 'static,
-    F: FnOnce(StepCtx<P>, I) -> Fut,
-    Fut: Future<Output = Result<O, StepError>> + Send + 'static,
-{
-    match StepCtx::<P>::__from_env(env) {
-        Ok(ctx) => Box::pin(body(ctx, input)),
-        Err(e) => failed(e),
-    }
-}
-
-/// Runs a compensator body (rewritten by `#[compensator]` like a step's), discarding the
-/// value it returns on success.
-#[doc(hidden)]
-pub fn run_compensator<P, I, T, F, Fut>(
-    env: StepEnv,
-    input: I,
-    body: F,
-) -> BoxFuture<'static, Result<(), StepError>>
-where
-    P: Principal,
-    T: 'static,
-    F: FnOnce(StepCtx<P>, I) -> Fut,
-    Fut: Future<Output = Result<T, StepError>> + Send + 'static,
-{
-    match StepCtx::<P>::__from_env(env) {
-        Ok(ctx) => Box::pin(futures::FutureExt::map(body(ctx, input), discard_ok)),
-        Err(e) => failed(e),
-    }
-}
-
-fn discard_ok<T>(result: Result<T, StepError>) -> Result<(), StepError> {
-    result.map(drop)
 }
 
 /// The erased entry point of chain `C` (what `#[chain]` puts in [`ChainMeta::run`]): decodes
@@ -531,31 +362,4 @@ pub fn run_erased<C: Chain>(
             )))
         })
     }))
-}
-/// A step call made from a chain body, not yet awaited. `.await` it in the chain.
-#[must_use = "a step does nothing until it is awaited"]
-pub struct StepCall<'c, S: Step> {
-    ctx: &'c ChainCtx<S::Principal>,
-    site: u32,
-    input: S::Input,
-}
-
-impl<'c, S: Step> StepCall<'c, S> {
-    #[doc(hidden)]
-    pub fn __new(ctx: &'c ChainCtx<S::Principal>, input: S::Input) -> Self {
-        Self {
-            ctx,
-            site: ctx.__current_site(),
-            input,
-        }
-    }
-}
-
-impl<'c, S: Step> std::future::IntoFuture for StepCall<'c, S> {
-    type Output = Result<S::Output, StepError>;
-    type IntoFuture = StepFuture<'c, S::Output>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        self.ctx.__execute::<S>(self.site, self.input)
-    }
 }
