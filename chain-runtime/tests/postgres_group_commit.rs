@@ -2,54 +2,12 @@
 //! head, and a unit whose lease was superseded, or whose state precondition fails, fails alone
 //! without taking its batch with it.
 
-use std::collections::BTreeMap;
-
-use chain_runtime::audit::{AuditEvent, NewRecord, Outcome};
+use chain_runtime::journal::{JournalError, JournalWrite, RunState, Unit};
 use chain_runtime::postgres::PgDatabase;
-use chain_runtime::journal::{
-    EntryKind, JournalEntry, JournalError, JournalWrite, RunRecord, RunState, Unit,
-};
 use chain_runtime::test_util::backend::Backend;
 
-fn run(id: &str) -> RunRecord {
-    RunRecord {
-        run_id: id.into(),
-        chain: "demo::chain".into(),
-        chain_version: "v1".into(),
-        step_versions: BTreeMap::new(),
-        principal: serde_json::json!("alice"),
-        principal_id: "alice".into(),
-        input: serde_json::json!({"n": 1}),
-        subjects: BTreeMap::new(),
-        parent_run_id: None,
-        state: RunState::Running,
-        node: 0,
-        created_unix_ms: 1,
-    }
-}
-
-fn entry(seq: u32) -> JournalEntry {
-    JournalEntry {
-        seq,
-        step_id: format!("demo/step#{seq}"),
-        kind: EntryKind::Step,
-        name: "step".into(),
-        attempt: 1,
-        result: None,
-    }
-}
-
-fn record(run: &str, n: i64) -> NewRecord {
-    NewRecord::new(
-        "alice",
-        Outcome::Info,
-        AuditEvent::RunFinished {
-            state: format!("state-{n}"),
-        },
-    )
-    .run(run)
-    .at(n)
-}
+mod journal_fixtures;
+use journal_fixtures::{entry, record, run};
 
 fn step_unit(seq: u32, run: &str) -> Unit {
     Unit::of([JournalWrite::Entry {

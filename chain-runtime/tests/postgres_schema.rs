@@ -2,60 +2,19 @@
 //! one transaction per unit of work, fencing, one chain across handles, tamper detection on
 //! the tables, and no plaintext secret anywhere in the database.
 
-use std::collections::BTreeMap;
-
-use chain_runtime::audit::{AuditEvent, AuditStore, BreakProblem, NewRecord, Outcome};
-use chain_runtime::journal::{
-    EntryKind, JournalEntry, JournalError, JournalWrite, RunRecord, RunState, Unit,
-};
+use chain_runtime::audit::{AuditStore, BreakProblem};
+use chain_runtime::journal::{JournalError, JournalWrite, RunState, Unit};
 use chain_runtime::postgres::{PgDatabase, SCHEMA_VERSION};
 use chain_runtime::test_util::backend::Backend;
 use tokio_postgres::NoTls;
+
+mod journal_fixtures;
+use journal_fixtures::{entry, record, run};
 
 async fn raw(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(connection);
     client
-}
-
-fn run(id: &str) -> RunRecord {
-    RunRecord {
-        run_id: id.into(),
-        chain: "demo::chain".into(),
-        chain_version: "v1".into(),
-        step_versions: BTreeMap::new(),
-        principal: serde_json::json!("alice"),
-        principal_id: "alice".into(),
-        input: serde_json::json!({"n": 1}),
-        subjects: BTreeMap::new(),
-        parent_run_id: None,
-        state: RunState::Running,
-        node: 0,
-        created_unix_ms: 1,
-    }
-}
-
-fn entry(seq: u32) -> JournalEntry {
-    JournalEntry {
-        seq,
-        step_id: format!("demo/step#{seq}"),
-        kind: EntryKind::Step,
-        name: "step".into(),
-        attempt: 1,
-        result: None,
-    }
-}
-
-fn record(run: &str, n: i64) -> NewRecord {
-    NewRecord::new(
-        "alice",
-        Outcome::Info,
-        AuditEvent::RunFinished {
-            state: format!("state-{n}"),
-        },
-    )
-    .run(run)
-    .at(n)
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use chain_runtime::audit::AuditEvent;
-use chain_runtime::mcp::McpServer;
 use chain_runtime::journal::{RunRecord, RunState};
+use chain_runtime::mcp::McpServer;
 use examples::escalate::{Issue, announce, escalate_deal, load_stage};
 use examples::mcp_demo::{McpDemo, McpDemoOptions};
 use rmcp::model::{

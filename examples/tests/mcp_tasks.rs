@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use chain_runtime::mcp::McpServer;
 use chain_runtime::journal::{RunRecord, RunState};
+use chain_runtime::mcp::McpServer;
 use examples::mcp_demo::McpDemo;
 use examples::urgent::{Urgent, escalate_urgently, open_urgent_issue};
 use rmcp::model::{
