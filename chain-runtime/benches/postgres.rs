@@ -7,7 +7,6 @@
 //! `RUNS_PER_WORKER` concurrent runs of `STEPS` write steps at a time. Prints one table; the
 //! figures go in BENCHMARKS.md.
 
-use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,12 +15,14 @@ use chain_runtime::Runtime;
 use chain_runtime::audit::{AuditEvent, Effect};
 use chain_runtime::journal::RunState;
 use chain_runtime::postgres::PgDatabase;
-use chain_runtime::prelude::*;
 use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::postgres::database_url;
 use futures::future::{BoxFuture, MaybeDone, maybe_done};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
+
+mod bench_chain;
+use bench_chain::{User, writes};
 
 /// Steps per run.
 const STEPS: u32 = 10;
@@ -29,40 +30,6 @@ const STEPS: u32 = 10;
 const RUNS_PER_WORKER: u32 = 16;
 /// How long each configuration runs.
 const WINDOW: Duration = Duration::from_secs(8);
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-/// The bench principal.
-pub struct User(pub String);
-
-impl Principal for User {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
-
-/// A write step whose body does no I/O.
-#[step(connector = "crm", scopes = ["crm.write"], compensate = unbump)]
-async fn bump(ctx: &StepCtx<User>, i: u32) -> Result<u32, StepError> {
-    let _ = ctx;
-    Ok(black_box(i) + 1)
-}
-
-/// Its compensator (never runs here).
-#[compensator(connector = "crm", scopes = ["crm.write"])]
-async fn unbump(ctx: &StepCtx<User>, out: u32) -> Result<(), StepError> {
-    let _ = (ctx, out);
-    Ok(())
-}
-
-/// `n` write steps.
-#[chain(principal = User)]
-async fn writes(ctx: &ChainCtx<User>, n: u32) -> Result<u32, ChainError> {
-    let mut acc = 0;
-    for i in 0..n {
-        acc = bump(ctx, i).await?;
-    }
-    Ok(acc)
-}
 
 fn grants() -> Arc<StaticGrants> {
     let grants = Arc::new(StaticGrants::new());

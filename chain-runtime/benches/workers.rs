@@ -15,7 +15,6 @@
 //! `WORKERS_BENCH_REPEAT` override the run count (default 1000) and repetitions (default 3).
 //! Timing is reported only, never asserted.
 
-use std::hint::black_box;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,54 +23,22 @@ use std::time::{Duration, Instant};
 
 use chain_runtime::Runtime;
 use chain_runtime::engine::WorkerOptions;
-use chain_runtime::prelude::*;
 use chain_runtime::test_util::StaticGrants;
 use rusqlite::Connection;
+
+mod bench_chain;
+use bench_chain::{User, writes};
 
 const STEPS: u32 = 4;
 const CONCURRENCY: usize = 32;
 const ENV_CHILD: &str = "WORKERS_BENCH_CHILD";
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-/// The bench principal.
-pub struct User(pub String);
-
-impl Principal for User {
-    fn identifier(&self) -> String {
-        self.0.clone()
-    }
-}
-
-/// A write step whose body does no I/O.
-#[step(connector = "crm", scopes = ["crm.write"], compensate = unbump)]
-async fn bump(ctx: &StepCtx<User>, i: u32) -> Result<u32, StepError> {
-    let _ = ctx;
-    Ok(black_box(i) + 1)
-}
-
-/// Its compensator (never runs here: no step fails).
-#[compensator(connector = "crm", scopes = ["crm.write"])]
-async fn unbump(ctx: &StepCtx<User>, out: u32) -> Result<(), StepError> {
-    let _ = (ctx, out);
-    Ok(())
-}
-
-/// `n` write steps, one after the other.
-#[chain(principal = User)]
-async fn queued_writes(ctx: &ChainCtx<User>, n: u32) -> Result<u32, ChainError> {
-    let mut acc = 0;
-    for i in 0..n {
-        acc = bump(ctx, i).await?;
-    }
-    Ok(acc)
-}
 
 async fn runtime(db: &Path) -> Runtime {
     let grants = Arc::new(StaticGrants::new());
     grants.connect("alice", "crm", ["crm.write"], "crm-alice");
     Runtime::sqlite(db)
         .credentials(grants)
-        .chain::<queued_writes>()
+        .chain::<writes>()
         .open()
         .await
         .expect("open the bench runtime")
@@ -154,7 +121,7 @@ async fn measure(dir: &Path, workers: usize, runs: usize) -> Measured {
         submitted.spawn(async move {
             for _ in 0..n {
                 engine
-                    .submit::<queued_writes>(User("alice".into()), (STEPS,))
+                    .submit::<writes>(User("alice".into()), (STEPS,))
                     .await
                     .expect("submit");
             }
@@ -323,7 +290,7 @@ fn raw_loop(dir: &Path, per_tx: u64, steps: u64) -> f64 {
             for _ in 0..per_tx.min(steps - step) {
                 step += 1;
                 let run_id = format!("run_{}", step / u64::from(STEPS));
-                let step_id = format!("queued_writes/bump#{}", step % u64::from(STEPS));
+                let step_id = format!("writes/bump#{}", step % u64::from(STEPS));
                 let seq = (step % u64::from(STEPS)) as i64;
                 for res in [None, Some(result)] {
                     entry
