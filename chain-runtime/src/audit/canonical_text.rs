@@ -1,5 +1,6 @@
 //! Whether a stored JSON text already is the canonical form (see [`super::canonical_json`]) of
-//! what it parses to, so that it can be hashed as it is.
+//! what it parses to, so that it can be hashed as it is: the readers of canonical values and
+//! strings that [`super::typed_text`] builds on.
 
 /// Deepest nesting [`is_canonical`] follows (serde_json refuses deeper than 128).
 const MAX_DEPTH: usize = 64;
@@ -10,12 +11,14 @@ const MAX_DEPTH: usize = 64;
 /// Conservative: `false` does not mean "not canonical" but "not sure" (keys with escapes or
 /// non-ASCII characters, numbers with a fraction, an exponent or more than 18 digits, `-0`,
 /// nesting deeper than 64); callers then take the slow road through `serde_json::Value`.
+#[cfg(test)]
 pub(crate) fn is_canonical(text: &str) -> bool {
     let mut pos = 0;
     value(text.as_bytes(), &mut pos, 0) && pos == text.len()
 }
 
-fn value(b: &[u8], pos: &mut usize, depth: usize) -> bool {
+/// Reads one canonical value at `pos` (see [`is_canonical`]), nested at most `64 - depth` deep.
+pub(super) fn value(b: &[u8], pos: &mut usize, depth: usize) -> bool {
     match b.get(*pos) {
         Some(b'{') => {
             if depth >= MAX_DEPTH {
@@ -115,9 +118,9 @@ fn number(b: &[u8], pos: &mut usize) -> bool {
     well_formed && !matches!(b.get(*pos), Some(b'.' | b'e' | b'E'))
 }
 
-/// A string escaped exactly as the canonical form escapes it; keys (`key`) must moreover be
+/// Reads a string at `pos` escaped exactly as the canonical form escapes it; keys (`key`) must moreover be
 /// plain ASCII without escapes, so that their byte order is their canonical order.
-fn string(b: &[u8], pos: &mut usize, key: bool) -> bool {
+pub(super) fn string(b: &[u8], pos: &mut usize, key: bool) -> bool {
     if b.get(*pos) != Some(&b'"') {
         return false;
     }

@@ -44,11 +44,13 @@ mod canonical;
 mod canonical_text;
 mod chain_hash;
 mod export;
+mod pipeline;
 mod record;
 pub(crate) mod row_hash;
 pub(crate) mod rows;
 pub(crate) mod seal;
 pub(crate) mod sqlite;
+mod typed_text;
 mod verify;
 
 pub use chain_hash::{GENESIS_HASH, canonical_json, record_hash};

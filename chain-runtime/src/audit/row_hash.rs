@@ -9,10 +9,10 @@
 
 use serde_json::Value;
 
-use super::canonical_text::is_canonical;
 use super::chain_hash::write_string;
-use super::record::{AuditEvent, FORMAT_VERSION, RecordRef};
-use super::rows::{COLUMNS, JSON_COLUMNS, RefKey, text_value};
+use super::record::FORMAT_VERSION;
+use super::rows::{COLUMNS, text_value};
+use super::typed_text::{self, RefRanges};
 
 /// One column of a stored row, as the database returned it.
 #[derive(Clone, Copy, Debug)]
@@ -42,27 +42,46 @@ const OUTCOME: usize = 12;
 const EVENT: usize = 13;
 const PREV_HASH: usize = 14;
 const HASH: usize = 15;
-/// The columns that hold optional text.
-const OPTIONAL_TEXT: [usize; 6] = [3, 4, 6, 7, 8, 9];
 
-/// The hashed members in canonical (sorted) order, with their column index: every column but
-/// `hash`.
-const CANONICAL_ORDER: [(&str, usize); COLUMNS.len() - 1] = [
-    ("account_id", 7),
-    ("connector", 6),
-    ("event", EVENT),
-    ("format", FORMAT),
-    ("grant_id", 9),
-    ("outcome", OUTCOME),
-    ("prev_hash", PREV_HASH),
-    ("principal", PRINCIPAL),
-    ("records", RECORDS),
-    ("run_id", 3),
-    ("scopes", SCOPES),
-    ("seq", SEQ),
-    ("step_id", 4),
-    ("time_unix_ms", TIME),
-    ("upstream_subject", 8),
+/// What a hashed column must hold for the fast road.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// An integer.
+    Int,
+    /// [`FORMAT_VERSION`].
+    Format,
+    /// Text.
+    Text,
+    /// Text or `NULL`.
+    OptText,
+    /// An [`super::Outcome`]'s name.
+    Outcome,
+    /// The canonical JSON of the scopes.
+    Scopes,
+    /// The canonical JSON of the touched records.
+    Records,
+    /// The canonical JSON of the event.
+    Event,
+}
+
+/// The hashed members in canonical (sorted) order: the text before the value (separator and
+/// key), the column, what it must hold. Every column but `hash`.
+const CANONICAL_ORDER: [(&str, usize, Kind); COLUMNS.len() - 1] = [
+    ("{\"account_id\":", 7, Kind::OptText),
+    (",\"connector\":", 6, Kind::OptText),
+    (",\"event\":", EVENT, Kind::Event),
+    (",\"format\":", FORMAT, Kind::Format),
+    (",\"grant_id\":", 9, Kind::OptText),
+    (",\"outcome\":", OUTCOME, Kind::Outcome),
+    (",\"prev_hash\":", PREV_HASH, Kind::Text),
+    (",\"principal\":", PRINCIPAL, Kind::Text),
+    (",\"records\":", RECORDS, Kind::Records),
+    (",\"run_id\":", 3, Kind::OptText),
+    (",\"scopes\":", SCOPES, Kind::Scopes),
+    (",\"seq\":", SEQ, Kind::Int),
+    (",\"step_id\":", 4, Kind::OptText),
+    (",\"time_unix_ms\":", TIME, Kind::Int),
+    (",\"upstream_subject\":", 8, Kind::OptText),
 ];
 
 /// The record object of a row, faithful to what is stored (an edited column shows as edited):
@@ -95,35 +114,72 @@ pub(crate) fn chain_fields<'a>(cells: &Cells<'a>) -> Option<(u64, &'a [u8], &'a 
     }
 }
 
+/// The stored `records` column (when it is text).
+pub(crate) fn records_text<'a>(cells: &Cells<'a>) -> &'a [u8] {
+    match cells[RECORDS] {
+        Cell::Text(bytes) => bytes,
+        _ => &[],
+    }
+}
+
 /// Writes the canonical form of the row's record (all members but `hash`) into `out`, from the
-/// columns as stored; `false` when a column needs the record-object road.
-pub(crate) fn write_row(cells: &Cells<'_>, out: &mut String) -> bool {
+/// columns as stored, when every column certainly holds what a record of this format holds
+/// (so that the record-object road would read the row as that record, with that canonical
+/// form); fills `refs` with the touched records' ranges in [`records_text`]. `false` when not
+/// sure: the caller takes the record-object road.
+pub(crate) fn write_row(cells: &Cells<'_>, out: &mut String, refs: &mut Vec<RefRanges>) -> bool {
     out.clear();
-    out.push('{');
-    for (i, (key, column)) in CANONICAL_ORDER.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        out.push_str(key);
-        out.push_str("\":");
-        match cells[*column] {
-            Cell::Null => out.push_str("null"),
-            Cell::Int(v) => out.push_str(itoa(v, &mut [0; 20])),
-            Cell::Text(bytes) => {
-                let Ok(text) = std::str::from_utf8(bytes) else {
-                    return false;
-                };
-                if JSON_COLUMNS.contains(key) {
-                    if !is_canonical(text) {
-                        return false;
-                    }
-                    out.push_str(text);
-                } else {
+    for &(prefix, column, kind) in &CANONICAL_ORDER {
+        out.push_str(prefix);
+        let ok = match (cells[column], kind) {
+            (Cell::Null, Kind::OptText) => {
+                out.push_str("null");
+                true
+            }
+            (Cell::Int(v), Kind::Int) => {
+                out.push_str(itoa(v, &mut [0; 20]));
+                true
+            }
+            (Cell::Int(v), Kind::Format) if v == i64::from(FORMAT_VERSION) => {
+                out.push_str(itoa(v, &mut [0; 20]));
+                true
+            }
+            (Cell::Text(bytes), Kind::Text | Kind::OptText) => match std::str::from_utf8(bytes) {
+                Ok(text) => {
                     write_string(text, out);
+                    true
+                }
+                Err(_) => false,
+            },
+            (Cell::Text(bytes), Kind::Outcome) => match bytes {
+                b"attempted" | b"succeeded" | b"failed" | b"info" => {
+                    out.push('"');
+                    out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
+                    out.push('"');
+                    true
+                }
+                _ => false,
+            },
+            (Cell::Text(bytes), Kind::Scopes | Kind::Records | Kind::Event) => {
+                let typed = match kind {
+                    Kind::Scopes => typed_text::scopes(bytes),
+                    Kind::Records => typed_text::records(bytes, refs),
+                    _ => typed_text::event(bytes),
+                };
+                // Canonical JSON checked byte by byte is ASCII outside its strings, and its
+                // strings are whole UTF-8 sequences when the text is UTF-8.
+                match std::str::from_utf8(bytes) {
+                    Ok(text) if typed => {
+                        out.push_str(text);
+                        true
+                    }
+                    _ => false,
                 }
             }
-            Cell::Real(_) | Cell::Blob(_) => return false,
+            _ => false,
+        };
+        if !ok {
+            return false;
         }
     }
     out.push('}');
@@ -131,7 +187,7 @@ pub(crate) fn write_row(cells: &Cells<'_>, out: &mut String) -> bool {
 }
 
 /// `v` in decimal, written into `buf`.
-fn itoa(v: i64, buf: &mut [u8; 20]) -> &str {
+pub(crate) fn itoa(v: i64, buf: &mut [u8; 20]) -> &str {
     let mut n = v.unsigned_abs();
     let mut at = buf.len();
     loop {
@@ -149,40 +205,6 @@ fn itoa(v: i64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-fn text<'a>(cell: Cell<'a>) -> Option<&'a str> {
-    match cell {
-        Cell::Text(bytes) => std::str::from_utf8(bytes).ok(),
-        _ => None,
-    }
-}
-
-/// When the row's columns read as an [`super::AuditRecord`] of this crate's format, its
-/// touched records as sorted index keys; `None` when not (or not sure).
-pub(crate) fn well_typed(cells: &Cells<'_>) -> Option<Vec<RefKey>> {
-    if !matches!(cells[FORMAT], Cell::Int(f) if f == i64::from(FORMAT_VERSION))
-        || !matches!(cells[TIME], Cell::Int(_))
-        || !OPTIONAL_TEXT
-            .iter()
-            .all(|&i| matches!(cells[i], Cell::Null | Cell::Text(_)))
-        || !matches!(
-            text(cells[OUTCOME])?,
-            "attempted" | "succeeded" | "failed" | "info"
-        )
-    {
-        return None;
-    }
-    text(cells[PRINCIPAL])?;
-    serde_json::from_str::<Vec<String>>(text(cells[SCOPES])?).ok()?;
-    serde_json::from_str::<AuditEvent>(text(cells[EVENT])?).ok()?;
-    let records: Vec<RecordRef> = serde_json::from_str(text(cells[RECORDS])?).ok()?;
-    let mut refs: Vec<RefKey> = records
-        .into_iter()
-        .map(|r| (r.connector, r.kind, r.id))
-        .collect();
-    refs.sort();
-    Some(refs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,16 +213,30 @@ mod tests {
     fn canonical_order_is_every_column_but_hash_sorted() {
         let mut names: Vec<&str> = COLUMNS.iter().copied().filter(|c| *c != "hash").collect();
         names.sort_unstable();
-        let order: Vec<&str> = CANONICAL_ORDER.iter().map(|(k, _)| *k).collect();
-        assert_eq!(order, names);
-        for (key, column) in CANONICAL_ORDER {
-            assert_eq!(COLUMNS[column], key);
+        for (i, (prefix, column, _)) in CANONICAL_ORDER.into_iter().enumerate() {
+            let separator = if i == 0 { "{" } else { "," };
+            assert_eq!(prefix, format!("{separator}\"{}\":", names[i]));
+            assert_eq!(COLUMNS[column], names[i]);
         }
+        let json: Vec<&str> = CANONICAL_ORDER
+            .iter()
+            .filter(|(_, _, kind)| matches!(kind, Kind::Scopes | Kind::Records | Kind::Event))
+            .map(|(_, column, _)| COLUMNS[*column])
+            .collect();
+        assert_eq!(json.len(), crate::audit::rows::JSON_COLUMNS.len());
+        assert!(
+            json.iter()
+                .all(|c| crate::audit::rows::JSON_COLUMNS.contains(c))
+        );
         assert_eq!(
             (COLUMNS[SEQ], COLUMNS[PREV_HASH], COLUMNS[HASH]),
             ("seq", "prev_hash", "hash")
         );
-        for i in OPTIONAL_TEXT {
+        for i in CANONICAL_ORDER
+            .iter()
+            .filter(|(_, _, kind)| *kind == Kind::OptText)
+            .map(|(_, column, _)| *column)
+        {
             assert!(
                 [
                     "run_id",

@@ -12,6 +12,7 @@ use super::record::{
     AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, Outcome, RecordRef, WriteKind,
 };
 use super::row_hash::{self, Cells, cells_to_value};
+use super::typed_text::RefRanges;
 use super::verify::{BreakProblem, ChainBreak, ChainVerifier, Verified};
 
 /// The record columns, in [`AuditRecord`] field order; their names are the field names.
@@ -109,6 +110,8 @@ pub(crate) struct IndexedVerifier {
     index: BTreeMap<i64, Vec<RefKey>>,
     /// The canonical form of the row being checked (reused).
     buf: String,
+    /// The touched records of the row being checked (reused).
+    refs: Vec<RefRanges>,
 }
 
 impl IndexedVerifier {
@@ -128,6 +131,7 @@ impl IndexedVerifier {
             verifier: ChainVerifier::new(checkpoint),
             index,
             buf: String::with_capacity(1024),
+            refs: Vec::new(),
         }
     }
 
@@ -148,30 +152,40 @@ impl IndexedVerifier {
         let Some((seq, prev_hash, stored)) = row_hash::chain_fields(cells) else {
             return false;
         };
-        if !self.verifier.is_next(seq, prev_hash) || !row_hash::write_row(cells, &mut self.buf) {
+        if !self.verifier.is_next(seq, prev_hash)
+            || !row_hash::write_row(cells, &mut self.buf, &mut self.refs)
+        {
             return false;
         }
         let computed = blake3::hash(self.buf.as_bytes()).to_hex();
         if computed.as_bytes() != stored || !self.verifier.checkpoint_allows(seq, &computed) {
             return false;
         }
-        let Some(refs) = row_hash::well_typed(cells) else {
-            return false;
-        };
         let Ok(key) = i64::try_from(seq) else {
             return false;
         };
-        if self
-            .index
-            .get(&key)
-            .map_or(refs.is_empty(), |indexed| *indexed == refs)
-        {
-            self.index.remove(&key);
-            self.verifier.accept(&computed);
-            true
-        } else {
-            false
+        if !self.index_matches(key, row_hash::records_text(cells)) {
+            return false;
         }
+        self.index.remove(&key);
+        self.verifier.accept(&computed);
+        true
+    }
+
+    /// Whether the index rows of `seq` are exactly the touched records in `self.refs` (ranges
+    /// in `records`), compared as stored (a record with an escaped character is "not sure").
+    fn index_matches(&mut self, seq: i64, records: &[u8]) -> bool {
+        let indexed = self.index.get(&seq).map_or(&[][..], Vec::as_slice);
+        if indexed.len() != self.refs.len() {
+            return false;
+        }
+        let text = |(a, b): (usize, usize)| records.get(a..b).unwrap_or_default();
+        self.refs
+            .sort_unstable_by(|x, y| x.map(text).cmp(&y.map(text)));
+        indexed.iter().zip(&self.refs).all(|(key, r)| {
+            let [connector, kind, id] = r.map(text);
+            key.0.as_bytes() == connector && key.1.as_bytes() == kind && key.2.as_bytes() == id
+        })
     }
 
     /// Checks the next stored record object (in `seq` order).
@@ -450,5 +464,72 @@ mod tests {
         let (fast, slow) = both_roads(&intact[1..]);
         assert!(fast.is_err());
         assert_eq!(fast, slow);
+    }
+
+    /// A value shifted across the boundary of two columns adjacent in the canonical form (a
+    /// suffix of one moved to the front of the next, or the next one's member spelled inside
+    /// the first) changes the hash on both roads.
+    #[test]
+    fn a_value_shifted_between_adjacent_columns_is_caught() {
+        let intact = chain();
+        let mut order: Vec<usize> = (0..COLUMNS.len())
+            .filter(|&i| COLUMNS[i] != "hash")
+            .collect();
+        order.sort_by_key(|&i| COLUMNS[i]);
+        let text = |cell: &Owned| match cell {
+            Owned::Text(t) => t.clone(),
+            Owned::Int(v) => v.to_string().into_bytes(),
+            Owned::Null => b"null".to_vec(),
+            Owned::Real(v) => v.to_string().into_bytes(),
+        };
+        let mut shifts = 0;
+        for pair in order.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let (ta, tb) = (text(&intact[1][a]), text(&intact[1][b]));
+            let mut edits: Vec<(Owned, Owned)> = Vec::new();
+            for cut in 1..ta.len().min(4) {
+                let (head, tail) = ta.split_at(ta.len() - cut);
+                edits.push((
+                    Owned::Text(head.to_vec()),
+                    Owned::Text([tail, &tb[..]].concat()),
+                ));
+            }
+            for cut in 1..tb.len().min(4) {
+                let (head, tail) = tb.split_at(cut);
+                edits.push((
+                    Owned::Text([&ta[..], head].concat()),
+                    Owned::Text(tail.to_vec()),
+                ));
+            }
+            // The next member written inside the first column, the next column emptied.
+            let member = format!(",\"{}\":", COLUMNS[b]).into_bytes();
+            let quoted = match &intact[1][b] {
+                Owned::Text(t) if !crate::audit::rows::JSON_COLUMNS.contains(&COLUMNS[b]) => {
+                    serde_json::to_vec(&String::from_utf8(t.clone()).unwrap()).unwrap()
+                }
+                _ => tb.clone(),
+            };
+            edits.push((
+                Owned::Text([&ta[..], &member, &quoted].concat()),
+                Owned::Null,
+            ));
+            edits.push((
+                Owned::Text([&ta[..], &member, &quoted].concat()),
+                Owned::Text(Vec::new()),
+            ));
+            for (ea, eb) in edits {
+                let mut rows = intact.clone();
+                rows[1][a] = ea.clone();
+                rows[1][b] = eb.clone();
+                let (fast, slow) = both_roads(&rows);
+                let broken = fast
+                    .as_ref()
+                    .expect_err("a shifted boundary must break the chain");
+                assert!(broken.contains("position 2"), "{broken}");
+                assert_eq!(fast, slow, "{} / {}: {ea:?} {eb:?}", COLUMNS[a], COLUMNS[b]);
+                shifts += 1;
+            }
+        }
+        assert!(shifts > 50);
     }
 }

@@ -31,6 +31,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::chain_hash::GENESIS_HASH;
+use super::pipeline;
 use super::record::{AuditRecord, Authorization, Checkpoint, NewRecord};
 use super::row_hash::{Cell, Cells, cells_to_value};
 use super::rows::{
@@ -289,16 +290,21 @@ fn verify_blocking(
         })?
         .collect::<Result<Vec<_>, _>>()?
     };
-    let mut verifier = IndexedVerifier::new(checkpoint, refs);
+    let verifier = IndexedVerifier::new(checkpoint, refs);
     let mut stmt = tx.prepare(&format!(
         "SELECT {} FROM audit_records ORDER BY seq",
         select_columns()
     ))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        verifier.push_cells(&row_cells(row)?)?;
-    }
-    verifier.finish()
+    // Reading (here) and checking (on a second thread) overlap.
+    pipeline::verify(verifier, |emit| {
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            if !emit(&row_cells(row)?) {
+                break;
+            }
+        }
+        Ok(())
+    })
 }
 
 impl AuditStore for SqliteAuditStore {

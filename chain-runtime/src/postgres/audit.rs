@@ -11,6 +11,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::PgDatabase;
+use crate::audit::row_hash::{Cell, Cells, cells_to_value};
 use crate::audit::rows::{
     self, COLUMNS, INT_COLUMNS, IndexedVerifier, select_columns, seq_to_sql, to_authorization,
     value_to_record,
@@ -22,8 +23,8 @@ use crate::audit::{
 use crate::journal::JournalError;
 use crate::sqlite::{DatabaseId, DbError};
 
-/// How many records verification reads per query.
-const PAGE: i64 = 1000;
+/// How many records verification reads per query (by key: `seq > last ORDER BY seq`).
+const PAGE: i64 = 4096;
 
 /// An audit store in a PostgreSQL database; see the module docs. Clones share the pool.
 #[derive(Clone)]
@@ -117,22 +118,26 @@ pub(crate) async fn append_in(
     Ok(sealed)
 }
 
-/// Rebuilds the record object of one row selected with [`select_columns`], faithfully.
-fn row_to_value(row: &Row) -> Result<Value, AuditError> {
-    let mut map = serde_json::Map::new();
-    for (i, name) in COLUMNS.iter().enumerate() {
-        let value = if INT_COLUMNS.contains(name) {
+/// The cells of one row selected with [`select_columns`], borrowed from the row.
+fn row_cells(row: &Row) -> Result<Cells<'_>, AuditError> {
+    let mut cells = [Cell::Null; COLUMNS.len()];
+    for (i, (cell, name)) in cells.iter_mut().zip(COLUMNS).enumerate() {
+        *cell = if INT_COLUMNS.contains(&name) {
             row.try_get::<_, Option<i64>>(i)
                 .map_err(db)?
-                .map_or(Value::Null, Value::from)
+                .map_or(Cell::Null, Cell::Int)
         } else {
-            row.try_get::<_, Option<String>>(i)
+            row.try_get::<_, Option<&str>>(i)
                 .map_err(db)?
-                .map_or(Value::Null, |text| rows::text_value(text, name))
+                .map_or(Cell::Null, |text| Cell::Text(text.as_bytes()))
         };
-        map.insert((*name).to_owned(), value);
     }
-    Ok(Value::Object(map))
+    Ok(cells)
+}
+
+/// Rebuilds the record object of one row selected with [`select_columns`], faithfully.
+fn row_to_value(row: &Row) -> Result<Value, AuditError> {
+    Ok(cells_to_value(&row_cells(row)?))
 }
 
 impl PgAuditStore {
@@ -223,9 +228,11 @@ impl PgAuditStore {
             let full = i64::try_from(rows.len()).unwrap_or(0) == PAGE;
             let mut broken = None;
             for row in &rows {
-                let value = row_to_value(row)?;
-                after = value.get("seq").and_then(Value::as_i64).unwrap_or(after);
-                if let Err(e) = verifier.push(&value) {
+                let cells = row_cells(row)?;
+                if let Cell::Int(seq) = cells[0] {
+                    after = seq;
+                }
+                if let Err(e) = verifier.push_cells(&cells) {
                     broken = Some(e);
                     break;
                 }

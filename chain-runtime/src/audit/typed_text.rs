@@ -1,0 +1,427 @@
+//! Whether a stored JSON column (`scopes`, `records`, `event`) is the canonical form (see
+//! [`super::canonical_json`]) of a value of its record type, checked on the text itself in one
+//! pass, without parsing it into values.
+//!
+//! Conservative like [`super::canonical_text`]: `true` means the text is canonical *and*
+//! deserializes as the column's type (`Vec<String>`, `Vec<RecordRef>`, [`AuditEvent`]); `false`
+//! means "not sure" (an unknown event type or member, a missing optional member, a string with
+//! escapes where a name is compared, a number out of range, …) and the caller takes the road
+//! through `serde_json`, which decides and says what is wrong.
+//!
+//! [`AuditEvent`]: super::AuditEvent
+
+use super::canonical_text::{string, value};
+
+/// At most this many members in an event object (the widest event has 7).
+const MAX_MEMBERS: usize = 12;
+
+/// What an event member holds, as its Rust type.
+#[derive(Clone, Copy, Debug)]
+enum Ty {
+    /// `String`.
+    Str,
+    /// `bool`.
+    Bool,
+    /// `u16`.
+    U16,
+    /// `u32`.
+    U32,
+    /// `u64`.
+    U64,
+    /// `i64`.
+    I64,
+    /// `Vec<String>`.
+    Strs,
+    /// `Effect`.
+    Effect,
+    /// `AlertSeverity`.
+    Severity,
+    /// `PreflightSummary`.
+    Preflight,
+    /// `Option<String>`.
+    OptStr,
+    /// `Option<u16>`.
+    OptU16,
+    /// `Option<u64>`.
+    OptU64,
+    /// `Option<i64>`.
+    OptI64,
+}
+
+/// One member of an event variant: its name, type and whether it may be absent (only the
+/// members serialized with `skip_serializing_if`).
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name: &'static str,
+    ty: Ty,
+    may_be_absent: bool,
+}
+
+const fn f(name: &'static str, ty: Ty) -> Field {
+    Field {
+        name,
+        ty,
+        may_be_absent: false,
+    }
+}
+
+const fn absent_ok(name: &'static str, ty: Ty) -> Field {
+    Field {
+        name,
+        ty,
+        may_be_absent: true,
+    }
+}
+
+use Ty::*;
+
+/// Every event variant by its `type` tag, with its members (but `type`) in canonical order.
+/// A variant missing here is only slower to verify (the `serde_json` road).
+const EVENTS: &[(&str, &[Field])] = &[
+    (
+        "run_started",
+        &[
+            f("chain", Str),
+            f("chain_version", Str),
+            f("preflight", Preflight),
+        ],
+    ),
+    (
+        "preflight_refused",
+        &[
+            f("chain", Str),
+            f("connected", Bool),
+            f("missing_scopes", Strs),
+        ],
+    ),
+    (
+        "step_attempt",
+        &[
+            f("attempt", U32),
+            f("effect", Effect),
+            f("idempotency_key", OptStr),
+            f("step", Str),
+        ],
+    ),
+    (
+        "http_attempt",
+        &[
+            f("failure_class", OptStr),
+            f("http_attempt", U32),
+            f("method", Str),
+            f("status", U16),
+            f("step", Str),
+            f("wait_ms", OptU64),
+        ],
+    ),
+    (
+        "step_outcome",
+        &[
+            f("attempt", U32),
+            f("detail", OptStr),
+            f("effect", Effect),
+            f("failure_class", OptStr),
+            f("step", Str),
+        ],
+    ),
+    (
+        "compensation_attempt",
+        &[
+            f("attempt", U32),
+            f("compensates_step_id", Str),
+            f("compensator", Str),
+        ],
+    ),
+    (
+        "compensation_outcome",
+        &[
+            f("attempt", U32),
+            f("compensates_step_id", Str),
+            f("compensator", Str),
+            f("detail", OptStr),
+            f("failure_class", OptStr),
+        ],
+    ),
+    (
+        "suspended",
+        &[
+            f("failure_class", OptStr),
+            f("missing_scopes", Strs),
+            f("reason", Str),
+        ],
+    ),
+    ("resumed", &[f("reason", Str)]),
+    (
+        "handoff",
+        &[
+            f("child_chain", Str),
+            f("child_principal", Str),
+            f("child_run_id", Str),
+            f("reason", Str),
+        ],
+    ),
+    (
+        "consent_completed",
+        &[f("reconsent", Bool), f("requested_scopes", Strs)],
+    ),
+    (
+        "token_refresh",
+        &[
+            absent_ok("error_code", OptStr),
+            f("expires_at_unix_ms", OptI64),
+            f("failure_class", OptStr),
+            absent_ok("http_status", OptU16),
+        ],
+    ),
+    (
+        "consent_failed",
+        &[f("error_code", OptStr), f("reason", Str)],
+    ),
+    ("account_removed", &[f("reason", Str)]),
+    (
+        "operator_alert",
+        &[f("message", Str), f("severity", Severity)],
+    ),
+    (
+        "approval_requested",
+        &[
+            f("approval_id", Str),
+            f("arguments_digest", Str),
+            f("expires_at_unix_ms", I64),
+            f("reason", Str),
+            f("step", Str),
+        ],
+    ),
+    (
+        "approval_decided",
+        &[
+            f("approval_id", Str),
+            f("decided_by", Str),
+            f("decision", Str),
+            f("step", Str),
+        ],
+    ),
+    ("run_finished", &[f("state", Str)]),
+];
+
+/// Whether `b` is the canonical form of an [`super::AuditEvent`].
+pub(crate) fn event(b: &[u8]) -> bool {
+    // Pass 1: the object's members (key, value range), each value canonical, keys ascending.
+    let mut members: [(&[u8], usize, usize); MAX_MEMBERS] = [(&[], 0, 0); MAX_MEMBERS];
+    let mut n = 0;
+    if b.first() != Some(&b'{') {
+        return false;
+    }
+    let mut pos = 1;
+    loop {
+        if n == MAX_MEMBERS {
+            return false;
+        }
+        let start = pos + 1;
+        if !string(b, &mut pos, true) {
+            return false;
+        }
+        let key = &b[start..pos - 1];
+        if n > 0 && key <= members[n - 1].0 {
+            return false;
+        }
+        if b.get(pos) != Some(&b':') {
+            return false;
+        }
+        pos += 1;
+        let begin = pos;
+        if !value(b, &mut pos, 1) {
+            return false;
+        }
+        members[n] = (key, begin, pos);
+        n += 1;
+        match b.get(pos) {
+            Some(b',') => pos += 1,
+            Some(b'}') => break,
+            _ => return false,
+        }
+    }
+    if pos + 1 != b.len() {
+        return false;
+    }
+    let members = &members[..n];
+    // Pass 2: the variant named by `type`, and each member's type.
+    let Some(&(_, tag_begin, tag_end)) = members.iter().find(|m| m.0 == b"type") else {
+        return false;
+    };
+    let tag = &b[tag_begin..tag_end];
+    let Some((_, fields)) = EVENTS
+        .iter()
+        .find(|(name, _)| tag.len() == name.len() + 2 && &tag[1..tag.len() - 1] == name.as_bytes())
+    else {
+        return false;
+    };
+    let mut rest = members.iter().filter(|m| m.0 != b"type").peekable();
+    for field in *fields {
+        match rest.peek() {
+            Some(&&(key, begin, end)) if key == field.name.as_bytes() => {
+                if !holds(field.ty, &b[begin..end]) {
+                    return false;
+                }
+                rest.next();
+            }
+            _ if field.may_be_absent => {}
+            _ => return false,
+        }
+    }
+    rest.next().is_none()
+}
+
+/// Whether the canonical value `v` (checked canonical already) is of type `ty`.
+fn holds(ty: Ty, v: &[u8]) -> bool {
+    match ty {
+        Str => v.first() == Some(&b'"'),
+        Bool => v == b"true" || v == b"false",
+        U16 => unsigned(v).is_some_and(|n| n <= u64::from(u16::MAX)),
+        U32 => unsigned(v).is_some_and(|n| n <= u64::from(u32::MAX)),
+        U64 => unsigned(v).is_some(),
+        // A canonical number is an integer of at most 18 digits.
+        I64 => v.first().is_some_and(|&c| c == b'-' || c.is_ascii_digit()),
+        Strs => whole(v, strings),
+        Effect => v == br#""read""# || v == br#""write""#,
+        Severity => v == br#""warning""# || v == br#""critical""#,
+        Preflight => whole(v, preflight),
+        OptStr => v == b"null" || holds(Str, v),
+        OptU16 => v == b"null" || holds(U16, v),
+        OptU64 => v == b"null" || holds(U64, v),
+        OptI64 => v == b"null" || holds(I64, v),
+    }
+}
+
+/// A canonical non-negative integer's value.
+fn unsigned(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })
+}
+
+/// Whether `check` reads all of `v`.
+fn whole(v: &[u8], check: fn(&[u8], &mut usize) -> bool) -> bool {
+    let mut pos = 0;
+    check(v, &mut pos) && pos == v.len()
+}
+
+/// Reads `lit` at `pos`.
+fn expect(b: &[u8], pos: &mut usize, lit: &[u8]) -> bool {
+    if b[*pos..].starts_with(lit) {
+        *pos += lit.len();
+        true
+    } else {
+        false
+    }
+}
+
+/// Reads `[item,item,…]`.
+fn list(b: &[u8], pos: &mut usize, item: impl Fn(&[u8], &mut usize) -> bool) -> bool {
+    if !expect(b, pos, b"[") {
+        return false;
+    }
+    if expect(b, pos, b"]") {
+        return true;
+    }
+    loop {
+        if !item(b, pos) {
+            return false;
+        }
+        if expect(b, pos, b"]") {
+            return true;
+        }
+        if !expect(b, pos, b",") {
+            return false;
+        }
+    }
+}
+
+/// Reads a canonical array of strings (`Vec<String>`).
+fn strings(b: &[u8], pos: &mut usize) -> bool {
+    list(b, pos, |b, pos| string(b, pos, false))
+}
+
+/// Reads `true` or `false`.
+fn boolean(b: &[u8], pos: &mut usize) -> bool {
+    expect(b, pos, b"true") || expect(b, pos, b"false")
+}
+
+/// Reads a `PreflightSummary`.
+fn preflight(b: &[u8], pos: &mut usize) -> bool {
+    expect(b, pos, br#"{"missing":"#)
+        && list(b, pos, connector_scopes)
+        && expect(b, pos, br#","passed":"#)
+        && boolean(b, pos)
+        && expect(b, pos, br#","unused":"#)
+        && list(b, pos, connector_scopes)
+        && expect(b, pos, b"}")
+}
+
+/// Reads a `ConnectorScopes`.
+fn connector_scopes(b: &[u8], pos: &mut usize) -> bool {
+    expect(b, pos, br#"{"connector":"#)
+        && string(b, pos, false)
+        && expect(b, pos, br#","scopes":"#)
+        && strings(b, pos)
+        && expect(b, pos, b"}")
+}
+
+/// Whether `b` is the canonical form of a `Vec<String>` (the `scopes` column).
+pub(crate) fn scopes(b: &[u8]) -> bool {
+    whole(b, strings)
+}
+
+/// The byte ranges in the `records` column of one touched record's `connector`, `kind` and
+/// `id` (string contents, without quotes).
+pub(crate) type RefRanges = [(usize, usize); 3];
+
+/// Whether `b` is the canonical form of a `Vec<RecordRef>` (the `records` column); fills
+/// `refs` with each record's string ranges.
+pub(crate) fn records(b: &[u8], refs: &mut Vec<RefRanges>) -> bool {
+    refs.clear();
+    let mut pos = 0;
+    let field = |b: &[u8], pos: &mut usize, lit: &[u8]| -> Option<(usize, usize)> {
+        if !expect(b, pos, lit) {
+            return None;
+        }
+        let start = *pos + 1;
+        string(b, pos, false).then(|| (start, *pos - 1))
+    };
+    let mut one = |b: &[u8], pos: &mut usize| -> bool {
+        let Some(connector) = field(b, pos, br#"{"connector":"#) else {
+            return false;
+        };
+        let Some(id) = field(b, pos, br#","id":"#) else {
+            return false;
+        };
+        let Some(kind) = field(b, pos, br#","kind":"#) else {
+            return false;
+        };
+        refs.push([connector, kind, id]);
+        expect(b, pos, b"}")
+    };
+    if !expect(b, &mut pos, b"[") {
+        return false;
+    }
+    if expect(b, &mut pos, b"]") {
+        return pos == b.len();
+    }
+    loop {
+        if !one(b, &mut pos) {
+            return false;
+        }
+        if expect(b, &mut pos, b"]") {
+            return pos == b.len();
+        }
+        if !expect(b, &mut pos, b",") {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
