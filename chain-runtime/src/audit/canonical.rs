@@ -19,6 +19,7 @@ pub(crate) fn write_canonical<T: Serialize + ?Sized>(
 }
 
 /// The canonical JSON of `value` as a new string.
+#[cfg(test)]
 pub(crate) fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
     let mut out = String::with_capacity(64);
     write_canonical(value, &mut out)?;
@@ -267,13 +268,14 @@ impl ser::SerializeTupleVariant for Items<'_> {
     }
 }
 
-/// An object being written: each member is written where it comes, then, if the members did
-/// not come in canonical order, they are rewritten sorted.
+/// An object being written: each member (`"key":value`) is written where it comes; if the
+/// members did not come in canonical order, they are then copied in order after the last one
+/// and the unordered text is removed (no allocation but the member list).
 struct Members<'a> {
     out: &'a mut String,
     /// Where the first member starts (just after `{`).
     start: usize,
-    /// Each member's key and the byte range of its value in `out`.
+    /// Each member's key and the byte range of its `"key":value` text in `out`.
     members: Vec<(Cow<'static, str>, usize, usize)>,
     /// A map key waiting for its value.
     key: Option<String>,
@@ -298,28 +300,35 @@ impl<'a> Members<'a> {
         key: Cow<'static, str>,
         value: &T,
     ) -> Result<(), Error> {
+        if !self.members.is_empty() {
+            self.out.push(',');
+        }
         let begin = self.out.len();
+        write_string(&key, self.out);
+        self.out.push(':');
         value.serialize(Canon { out: self.out })?;
         self.members.push((key, begin, self.out.len()));
         Ok(())
     }
 
-    fn end(self) -> Result<(), Error> {
-        let values = self.out.split_off(self.start);
-        let mut order: Vec<usize> = (0..self.members.len()).collect();
-        order.sort_by(|&a, &b| key_order(&self.members[a].0, &self.members[b].0));
-        for (i, &m) in order.iter().enumerate() {
-            let (key, begin, end) = &self.members[m];
-            if i > 0 {
-                if key == &self.members[order[i - 1]].0 {
-                    return Err(ser::Error::custom(format!("duplicate key {key}")));
-                }
-                self.out.push(',');
+    fn end(mut self) -> Result<(), Error> {
+        let ordered = self
+            .members
+            .windows(2)
+            .all(|w| key_order(&w[0].0, &w[1].0).is_lt());
+        if !ordered {
+            self.members.sort_unstable_by(|a, b| key_order(&a.0, &b.0));
+            if let Some(w) = self.members.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Err(ser::Error::custom(format!("duplicate key {}", w[0].0)));
             }
-            write_string(key, self.out);
-            self.out.push(':');
-            self.out
-                .push_str(&values[begin - self.start..end - self.start]);
+            let unordered_end = self.out.len();
+            for (i, (_, begin, end)) in self.members.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.extend_from_within(*begin..*end);
+            }
+            self.out.replace_range(self.start..unordered_end, "");
         }
         self.out.push('}');
         self.out.push_str(self.close);

@@ -96,17 +96,22 @@ where
         let _ = empty_tx.send(Batch::default());
     }
     std::thread::scope(|scope| {
-        let checker = scope.spawn(move || -> Result<IndexedVerifier, AuditError> {
-            while let Ok(mut batch) = full_rx.recv() {
-                for i in 0..batch.rows() {
-                    verifier.push_cells(&batch.row(i))?;
+        let checker = std::thread::Builder::new()
+            .name("audit-verify".into())
+            .spawn_scoped(scope, move || -> Result<IndexedVerifier, AuditError> {
+                while let Ok(mut batch) = full_rx.recv() {
+                    for i in 0..batch.rows() {
+                        verifier.push_cells(&batch.row(i))?;
+                    }
+                    batch.clear();
+                    // The reader may have stopped already.
+                    let _ = empty_tx.send(batch);
                 }
-                batch.clear();
-                // The reader may have stopped already.
-                let _ = empty_tx.send(batch);
-            }
-            Ok(verifier)
-        });
+                Ok(verifier)
+            })
+            .map_err(|e| {
+                AuditError::Background(format!("cannot start the verifying thread: {e}"))
+            })?;
         let mut current = empty_rx.recv().ok();
         let mut emit = |cells: &Cells<'_>| -> bool {
             let Some(batch) = current.as_mut() else {

@@ -1,10 +1,11 @@
 //! Sealing a record in two halves: everything but `seq` and `prev_hash` is serialized to its
 //! canonical form (see [`super::chain_hash`]) by the caller, off the writer thread; the writer,
-//! which alone knows the chain head, only hashes the pieces around the two head fields.
+//! which alone knows the chain head, only splices the two head members in and hashes.
 
-use super::canonical::to_canonical;
+use super::canonical::write_canonical;
 use super::chain_hash::write_string;
 use super::record::{AuditRecord, FORMAT_VERSION, NewRecord};
+use super::row_hash::itoa;
 
 /// A record whose canonical form is ready except for `seq` and `prev_hash`, with its JSON
 /// columns (`scopes`, `records`, `event`) serialized, in canonical form too (so that a
@@ -12,12 +13,12 @@ use super::record::{AuditRecord, FORMAT_VERSION, NewRecord};
 #[derive(Debug)]
 pub(crate) struct Presealed {
     record: NewRecord,
-    /// Canonical members before `prev_hash` (`{"account_id":…,…,"outcome":…,`).
-    before_prev: String,
-    /// Canonical members between `prev_hash` and `seq` (`"principal":…,…,"scopes":…,`).
-    before_seq: String,
-    /// Canonical members after `seq` (`"step_id":…,…}`).
-    after_seq: String,
+    /// The canonical form without the `prev_hash` and `seq` members.
+    canon: String,
+    /// Where `"prev_hash":…,` goes in `canon` (after `"outcome":…,`).
+    prev_at: usize,
+    /// Where `"seq":…,` goes in `canon` (after `"scopes":…,`).
+    seq_at: usize,
     /// The `scopes` column.
     pub(crate) scopes_json: String,
     /// The `records` column.
@@ -26,20 +27,19 @@ pub(crate) struct Presealed {
     pub(crate) event_json: String,
 }
 
-/// Appends `"key":` + `raw` + `,`.
-fn raw_member(out: &mut String, key: &str, raw: &str) {
+/// Room kept in the canonical text for the two head members.
+const HEAD_ROOM: usize = 128;
+
+/// Appends `"key":`.
+fn key(out: &mut String, key: &str) {
     out.push('"');
     out.push_str(key);
     out.push_str("\":");
-    out.push_str(raw);
-    out.push(',');
 }
 
 /// Appends `"key":` + the string or `null` + `,`.
-fn text_member(out: &mut String, key: &str, text: Option<&str>) {
-    out.push('"');
-    out.push_str(key);
-    out.push_str("\":");
+fn text_member(out: &mut String, name: &str, text: Option<&str>) {
+    key(out, name);
     match text {
         Some(text) => write_string(text, out),
         None => out.push_str("null"),
@@ -47,65 +47,107 @@ fn text_member(out: &mut String, key: &str, text: Option<&str>) {
     out.push(',');
 }
 
+/// Appends `"key":` + the canonical JSON of `value` + `,`; returns the JSON.
+fn json_member<T: serde::Serialize + ?Sized>(
+    out: &mut String,
+    name: &str,
+    value: &T,
+) -> Result<String, serde_json::Error> {
+    key(out, name);
+    let start = out.len();
+    write_canonical(value, out)?;
+    let json = out[start..].to_owned();
+    out.push(',');
+    Ok(json)
+}
+
+/// `v` in decimal, written into `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
 impl Presealed {
     /// Serializes everything of `record` that does not depend on the chain head.
     pub(crate) fn new(record: NewRecord) -> Result<Self, serde_json::Error> {
-        let event_json = to_canonical(&record.event)?;
-        let scopes_json = to_canonical(&record.scopes)?;
-        let records_json = to_canonical(&record.records)?;
         // Members in canonical (sorted) order; see `chain_hash`.
-        let mut before_prev = String::with_capacity(128 + event_json.len());
-        before_prev.push('{');
-        text_member(&mut before_prev, "account_id", record.account_id.as_deref());
-        text_member(&mut before_prev, "connector", record.connector.as_deref());
-        raw_member(&mut before_prev, "event", &event_json);
-        raw_member(&mut before_prev, "format", &FORMAT_VERSION.to_string());
-        text_member(&mut before_prev, "grant_id", record.grant_id.as_deref());
-        text_member(&mut before_prev, "outcome", Some(record.outcome.as_str()));
-        let mut before_seq = String::with_capacity(64 + scopes_json.len() + records_json.len());
-        text_member(&mut before_seq, "principal", Some(&record.principal));
-        raw_member(&mut before_seq, "records", &records_json);
-        text_member(&mut before_seq, "run_id", record.run_id.as_deref());
-        raw_member(&mut before_seq, "scopes", &scopes_json);
-        let mut after_seq = String::with_capacity(128);
-        text_member(&mut after_seq, "step_id", record.step_id.as_deref());
-        raw_member(
-            &mut after_seq,
-            "time_unix_ms",
-            &record.time_unix_ms.to_string(),
-        );
+        let mut canon = String::with_capacity(512);
+        canon.push('{');
+        text_member(&mut canon, "account_id", record.account_id.as_deref());
+        text_member(&mut canon, "connector", record.connector.as_deref());
+        let event_json = json_member(&mut canon, "event", &record.event)?;
+        key(&mut canon, "format");
+        canon.push_str(decimal(u64::from(FORMAT_VERSION), &mut [0; 20]));
+        canon.push(',');
+        text_member(&mut canon, "grant_id", record.grant_id.as_deref());
+        text_member(&mut canon, "outcome", Some(record.outcome.as_str()));
+        let prev_at = canon.len();
+        text_member(&mut canon, "principal", Some(&record.principal));
+        let records_json = json_member(&mut canon, "records", &record.records)?;
+        text_member(&mut canon, "run_id", record.run_id.as_deref());
+        let scopes_json = json_member(&mut canon, "scopes", &record.scopes)?;
+        let seq_at = canon.len();
+        text_member(&mut canon, "step_id", record.step_id.as_deref());
+        key(&mut canon, "time_unix_ms");
+        canon.push_str(itoa(record.time_unix_ms, &mut [0; 20]));
+        canon.push(',');
         text_member(
-            &mut after_seq,
+            &mut canon,
             "upstream_subject",
             record.upstream_subject.as_deref(),
         );
-        after_seq.pop();
-        after_seq.push('}');
+        canon.pop();
+        canon.push('}');
+        canon.reserve(HEAD_ROOM);
         Ok(Self {
+            record,
+            canon,
+            prev_at,
+            seq_at,
             scopes_json,
             records_json,
             event_json,
-            record,
-            before_prev,
-            before_seq,
-            after_seq,
         })
     }
 
     /// Seals the record as number `seq` after the record hashed `prev_hash`; returns it with
     /// its JSON columns.
     pub(crate) fn seal(self, seq: u64, prev_hash: String) -> (AuditRecord, Columns) {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(self.before_prev.as_bytes());
-        let mut head = String::with_capacity(96);
-        text_member(&mut head, "prev_hash", Some(&prev_hash));
-        hasher.update(head.as_bytes());
-        hasher.update(self.before_seq.as_bytes());
-        hasher.update(b"\"seq\":");
-        hasher.update(seq.to_string().as_bytes());
-        hasher.update(b",");
-        hasher.update(self.after_seq.as_bytes());
-        let r = self.record;
+        let Self {
+            record: r,
+            mut canon,
+            prev_at,
+            seq_at,
+            scopes_json,
+            records_json,
+            event_json,
+        } = self;
+        // The later member first, so that `prev_at` stays valid; each piece inserted in
+        // reverse order at its place.
+        canon.insert(seq_at, ',');
+        canon.insert_str(seq_at, decimal(seq, &mut [0; 20]));
+        canon.insert_str(seq_at, "\"seq\":");
+        if prev_hash
+            .bytes()
+            .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+        {
+            canon.insert_str(prev_at, "\",");
+            canon.insert_str(prev_at, &prev_hash);
+            canon.insert_str(prev_at, "\"prev_hash\":\"");
+        } else {
+            let mut member = String::with_capacity(prev_hash.len() + 32);
+            text_member(&mut member, "prev_hash", Some(&prev_hash));
+            canon.insert_str(prev_at, &member);
+        }
+        let hash = blake3::hash(canon.as_bytes()).to_hex().as_str().to_owned();
         let record = AuditRecord {
             format: FORMAT_VERSION,
             seq,
@@ -122,12 +164,12 @@ impl Presealed {
             outcome: r.outcome,
             event: r.event,
             prev_hash,
-            hash: hasher.finalize().to_hex().to_string(),
+            hash,
         };
         let columns = Columns {
-            scopes: self.scopes_json,
-            records: self.records_json,
-            event: self.event_json,
+            scopes: scopes_json,
+            records: records_json,
+            event: event_json,
         };
         (record, columns)
     }
@@ -143,7 +185,7 @@ pub(crate) struct Columns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain_hash::{GENESIS_HASH, record_hash};
+    use crate::audit::chain_hash::{GENESIS_HASH, canonical_json, record_hash};
     use crate::audit::record::{AuditEvent, Effect, Outcome, RecordRef};
 
     #[test]
@@ -173,12 +215,29 @@ mod tests {
             },
         );
         for (record, seq) in [(full, 1), (bare, 1234567890123)] {
-            let (sealed, _) = Presealed::new(record)
-                .unwrap()
-                .seal(seq, GENESIS_HASH.replace('0', "a"));
-            let value = serde_json::to_value(&sealed).unwrap();
-            assert_eq!(sealed.hash, record_hash(&value));
+            // A head hash as written, and one that needs escaping (an edited head).
+            for prev in [GENESIS_HASH.replace('0', "a"), "x\"\\\n\u{1}é".to_owned()] {
+                let (sealed, columns) = Presealed::new(record.clone()).unwrap().seal(seq, prev);
+                let value = serde_json::to_value(&sealed).unwrap();
+                assert_eq!(sealed.hash, record_hash(&value));
+                assert_eq!(columns.event, canonical_json(&value["event"]));
+                assert_eq!(columns.scopes, canonical_json(&value["scopes"]));
+                assert_eq!(columns.records, canonical_json(&value["records"]));
+            }
         }
+        let max = NewRecord::new(
+            "p",
+            Outcome::Info,
+            AuditEvent::Resumed { reason: "r".into() },
+        )
+        .at(i64::MIN);
+        let (sealed, _) = Presealed::new(max)
+            .unwrap()
+            .seal(u64::MAX, GENESIS_HASH.into());
+        assert_eq!(
+            sealed.hash,
+            record_hash(&serde_json::to_value(&sealed).unwrap())
+        );
     }
 
     /// The columns as the stores write them, read back as cells: the fast road hashes them to
