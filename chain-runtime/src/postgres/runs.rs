@@ -5,8 +5,8 @@
 use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 
+use super::flight::{Flight, Reply, fly};
 use super::leases::{self, Holder};
-use super::writer::{Flight, Reply, fly};
 use crate::journal::rows::RunText;
 use crate::journal::{JournalError, Lease, RunRecord};
 use crate::sqlite::DbError;
