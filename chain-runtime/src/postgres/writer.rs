@@ -16,11 +16,12 @@
 //! `COMMIT` was sent.
 //!
 //! Durability: the batch commits without waiting for the WAL flush (the head's lock is released
-//! at commit, not after the fsync); deferred units are answered then. When the batch holds a
-//! synchronous unit, it then waits for the WAL flush (a tiny synchronous transaction, see
-//! [`batch::Conn::flush_wal`]) and answers the synchronous units after it, while the writer
-//! goes on with the next batch; concurrent flushes share fsyncs. The WAL is one sequence, so
-//! that flush also makes every earlier deferred commit durable.
+//! at commit, not after the fsync); deferred units are answered then. Its synchronous units go
+//! to the writer's flusher, which waits for the WAL flush (a tiny synchronous transaction, see
+//! [`batch::Conn::flush_wal`]) and answers them after it, while the writer goes on with the
+//! next batches. One flush at a time: the units committed while a flush runs share the next
+//! one (and the server shares fsyncs between processes). The WAL is one sequence, so a flush
+//! also makes every earlier deferred commit durable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,12 +146,50 @@ pub(crate) async fn answer(
 /// The writer's idle connections.
 type Idle = Arc<Mutex<Vec<Conn>>>;
 
+/// Committed synchronous units, answered once the WAL is flushed.
+type Waiting = Vec<(oneshot::Sender<Result<Committed, JournalError>>, Committed)>;
+
+/// Flushes the WAL for every unit committed before the flush started, one flush at a time.
+async fn flusher(
+    config: tokio_postgres::Config,
+    stats: Arc<Stats>,
+    mut rx: mpsc::UnboundedReceiver<Waiting>,
+) {
+    let mut conn: Option<Conn> = None;
+    while let Some(mut waiting) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        let c = match conn.take().filter(|c| !c.client.is_closed()) {
+            Some(c) => Ok(c),
+            None => Conn::open(&config).await,
+        };
+        let flushed = match c {
+            Ok(c) => {
+                let flushed = c.flush_wal().await;
+                conn = Some(c);
+                flushed
+            }
+            Err(e) => Err(e),
+        };
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        for (reply, committed) in waiting {
+            let _ = reply.send(match &flushed {
+                Ok(()) => Ok(committed),
+                Err(e) => Err(e.clone().into()),
+            });
+        }
+    }
+}
+
 async fn writer_loop(
     config: tokio_postgres::Config,
     stats: Arc<Stats>,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     let idle: Idle = Arc::default();
+    let (to_flush, flushes) = mpsc::unbounded_channel();
+    let flushing = tokio::spawn(flusher(config.clone(), Arc::clone(&stats), flushes));
     let mut batches = tokio::task::JoinSet::new();
     let mut previous: Option<oneshot::Receiver<()>> = None;
     loop {
@@ -170,10 +209,19 @@ async fn writer_loop(
         let (signal, head) = oneshot::channel();
         previous = Some(head);
         let (config, idle, stats) = (config.clone(), Arc::clone(&idle), Arc::clone(&stats));
-        batches.spawn(async move { commit_jobs(&config, &idle, &stats, jobs, signal).await });
+        let to_flush = to_flush.clone();
+        batches.spawn(async move {
+            let waiting = commit_jobs(&config, &idle, &stats, jobs, signal).await;
+            if !waiting.is_empty() {
+                // Answered with an error (the replies dropped) if the flusher is gone.
+                let _ = to_flush.send(waiting);
+            }
+        });
         while batches.try_join_next().is_some() {}
     }
     while batches.join_next().await.is_some() {}
+    drop(to_flush);
+    let _ = flushing.await;
 }
 
 /// An idle connection of the writer's, or a new one.
@@ -200,14 +248,15 @@ fn put_back(idle: &Idle, conn: Conn) {
 }
 
 /// Commits `jobs` (see the module docs); `on_head` is told when the committing transaction
-/// holds the chain head, or dropped when there is none.
+/// holds the chain head, or dropped when there is none. Answers every unit but the committed
+/// synchronous ones, which it returns (they wait for the WAL flush).
 async fn commit_jobs(
     config: &tokio_postgres::Config,
     idle: &Idle,
     stats: &Stats,
     jobs: Vec<Job>,
     on_head: oneshot::Sender<()>,
-) {
+) -> Waiting {
     let mut on_head = Some(on_head);
     let mut queue = vec![(jobs, false)];
     let mut conn: Option<Conn> = None;
@@ -273,31 +322,10 @@ async fn commit_jobs(
             }
         }
     }
-    // Not needed any more: the next batch may go on.
-    drop(on_head);
-    if !waiting.is_empty() {
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        let flushed = match &conn {
-            Some(c) => c.flush_wal().await,
-            None => match connection(config, idle).await {
-                Ok(c) => {
-                    let flushed = c.flush_wal().await;
-                    conn = Some(c);
-                    flushed
-                }
-                Err(e) => Err(e),
-            },
-        };
-        for (reply, committed) in waiting {
-            let _ = reply.send(match &flushed {
-                Ok(()) => Ok(committed),
-                Err(e) => Err(e.clone().into()),
-            });
-        }
-    }
     if let Some(c) = conn {
         put_back(idle, c);
     }
+    waiting
 }
 
 fn fail_all(jobs: Vec<Job>, error: &DbError) {
