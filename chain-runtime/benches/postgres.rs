@@ -38,8 +38,8 @@ fn grants() -> Arc<StaticGrants> {
 }
 
 /// Runs `RUNS_PER_WORKER` runs at a time on each of `workers` engines for [`WINDOW`];
-/// returns steps per second and units per commit.
-async fn engine_steps(workers: usize) -> (f64, f64) {
+/// returns steps per second, units per commit and the server's counters per step.
+async fn engine_steps(workers: usize) -> (f64, f64, String) {
     let url = database_url().await;
     let mut engines = Vec::new();
     let mut databases = Vec::new();
@@ -54,6 +54,7 @@ async fn engine_steps(workers: usize) -> (f64, f64) {
         // The same handle as the worker's (one per URL in a process): its writer's counters.
         databases.push(PgDatabase::connect(&worker_url).await.unwrap());
     }
+    let before = counters(&url).await;
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for engine in engines {
@@ -82,7 +83,8 @@ async fn engine_steps(workers: usize) -> (f64, f64) {
         let stats = db.writer_stats();
         (u + stats.writes, c + stats.commits)
     });
-    (rate, units as f64 / commits.max(1) as f64)
+    let note = per_step(before, counters(&url).await, steps);
+    (rate, units as f64 / commits.max(1) as f64, note)
 }
 
 /// What one raw unit writes (the engine's units of a run, without their checks).
@@ -108,6 +110,9 @@ const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 type RawJob = (String, RawUnit, oneshot::Sender<()>);
 
+/// The entries of a raw batch by column: run ids, seqs, step ids, results.
+type EntryColumns<'a> = (Vec<&'a str>, Vec<i64>, Vec<&'a str>, Vec<Option<&'a str>>);
+
 /// Polls every future once in order (tokio-postgres sends a request on its first poll), then
 /// until all are done: one pipelined flight.
 async fn fly<'a>(flight: Vec<BoxFuture<'a, ()>>) {
@@ -127,8 +132,9 @@ async fn fly<'a>(flight: Vec<BoxFuture<'a, ()>>) {
 }
 
 /// A worker's raw writer: like the engine's, it commits every unit queued at the moment in one
-/// transaction (synchronous when one of them is), here in ONE pipelined flight (`BEGIN`, the
-/// rows, `COMMIT`), since nothing has to be checked or sealed.
+/// transaction (synchronous when one of them is) with one multi-row statement per table, here
+/// in ONE pipelined flight (`BEGIN`, the rows, `COMMIT`), since nothing has to be checked or
+/// sealed.
 async fn raw_writer(
     url: String,
     mut rx: mpsc::UnboundedReceiver<RawJob>,
@@ -141,28 +147,31 @@ async fn raw_writer(
         .prepare(
             "INSERT INTO audit_records (seq, format, time_unix_ms, run_id, step_id, \
              principal, connector, account_id, upstream_subject, grant_id, scopes, \
-             records, outcome, event, prev_hash, hash) VALUES \
-             (nextval('raw_seq'), 1, $1, $2, $3, 'alice', 'crm', NULL, 'crm-alice', \
-             NULL, '[\"crm.write\"]', '[]', 'succeeded', $4, $5, $5)",
+             records, outcome, event, prev_hash, hash) SELECT \
+             nextval('raw_seq'), 1, $1, u.run_id, u.step_id, 'alice', 'crm', NULL, \
+             'crm-alice', NULL, '[\"crm.write\"]', '[]', 'succeeded', $2, $3, $3 \
+             FROM unnest($4::text[], $5::text[]) AS u(run_id, step_id)",
         )
         .await
         .unwrap();
-    let entry = client
+    let entries = client
         .prepare(
             "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
-             VALUES ($1, $2, $3, 'step', 'bump', 1, $4) ON CONFLICT (run_id, seq) \
+             SELECT u.run_id, u.seq, u.step_id, 'step', 'bump', 1, u.result \
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) \
+             AS u(run_id, seq, step_id, result) ON CONFLICT (run_id, seq) \
              DO UPDATE SET result = excluded.result",
         )
         .await
         .unwrap();
     let end = client
-        .prepare("UPDATE run_runs SET state = $2, state_kind = 'completed' WHERE run_id = $1")
+        .prepare("UPDATE run_runs SET state = $2, state_kind = 'completed' WHERE run_id = ANY($1)")
         .await
         .unwrap();
     let hash = "0".repeat(64);
     let start_id = "start".to_owned();
     let now = chain_runtime::audit::now_unix_ms();
-    let result = Some("{\"result\":\"ok\",\"output\":1,\"touched\":[]}");
+    let result = "{\"result\":\"ok\",\"output\":1,\"touched\":[]}";
     let end_state = "{\"state\":\"completed\",\"output\":10}";
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -181,39 +190,52 @@ async fn raw_writer(
         } else {
             BEGIN_DEFERRED
         };
+        // Every record, every entry, every end state of the batch: one statement each.
+        let record_runs: Vec<&str> = jobs.iter().map(|(run, _, _)| run.as_str()).collect();
+        let record_steps: Vec<&str> = step_ids.iter().map(String::as_str).collect();
+        let mut entry_cols: EntryColumns<'_> = Default::default();
+        let mut ended: Vec<&str> = Vec::new();
+        for ((run_id, unit, _), step_id) in jobs.iter().zip(&step_ids) {
+            match unit {
+                RawUnit::Intent(seq) | RawUnit::Result(seq) => {
+                    entry_cols.0.push(run_id);
+                    entry_cols.1.push(*seq);
+                    entry_cols.2.push(step_id);
+                    entry_cols
+                        .3
+                        .push(matches!(unit, RawUnit::Result(_)).then_some(result));
+                }
+                RawUnit::End => ended.push(run_id),
+                RawUnit::Start => {}
+            }
+        }
         let client = &client;
         let mut flight: Vec<BoxFuture<'_, ()>> = vec![Box::pin(async move {
             client.batch_execute(begin).await.unwrap();
         })];
-        for ((run_id, unit, _), step_id) in jobs.iter().zip(&step_ids) {
-            let (audit, entry, end, hash, record) = (&audit, &entry, &end, &hash, &*record);
-            let seq = match unit {
-                RawUnit::Intent(seq) | RawUnit::Result(seq) => *seq,
-                _ => 0,
-            };
-            let result = match unit {
-                RawUnit::Result(_) => result,
-                _ => None,
-            };
-            match unit {
-                RawUnit::Intent(_) | RawUnit::Result(_) => flight.push(Box::pin(async move {
-                    client
-                        .execute(entry, &[run_id, &seq, step_id, &result])
-                        .await
-                        .unwrap();
-                })),
-                RawUnit::End => flight.push(Box::pin(async move {
-                    client.execute(end, &[run_id, &end_state]).await.unwrap();
-                })),
-                RawUnit::Start => {}
-            }
+        if !entry_cols.0.is_empty() {
+            let (entries, cols) = (&entries, &entry_cols);
             flight.push(Box::pin(async move {
                 client
-                    .execute(audit, &[&now, run_id, step_id, record, hash])
+                    .execute(entries, &[&cols.0, &cols.1, &cols.2, &cols.3])
                     .await
                     .unwrap();
             }));
         }
+        if !ended.is_empty() {
+            let (end, ended) = (&end, &ended);
+            flight.push(Box::pin(async move {
+                client.execute(end, &[ended, &end_state]).await.unwrap();
+            }));
+        }
+        let (audit, hash, record) = (&audit, &hash, &*record);
+        let (record_runs, record_steps) = (&record_runs, &record_steps);
+        flight.push(Box::pin(async move {
+            client
+                .execute(audit, &[&now, record, hash, record_runs, record_steps])
+                .await
+                .unwrap();
+        }));
         flight.push(Box::pin(async move {
             client.batch_execute("COMMIT").await.unwrap();
         }));
@@ -232,8 +254,9 @@ async fn raw_writer(
 /// (deferred), per step an intent unit (journal entry + attempt record, synchronous) and a
 /// result unit (entry updated + outcome record, deferred), the end state with its record
 /// (synchronous); then the lease release (deferred, its own transaction, one flight). No lease check, no
-/// chain head, no hashing. Returns steps per second and units per commit.
-async fn raw_steps(workers: usize) -> (f64, f64) {
+/// chain head, no hashing. Returns steps per second, units per commit and the server's
+/// counters per step.
+async fn raw_steps(workers: usize) -> (f64, f64, String) {
     let url = database_url().await;
     // The runtime's tables, created by its migrations, and a sequence for the record numbers.
     PgDatabase::connect(&url).await.unwrap();
@@ -254,6 +277,7 @@ async fn raw_steps(workers: usize) -> (f64, f64) {
     .unwrap();
     let record = Arc::new(record);
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let before = counters(&url).await;
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for w in 0..workers {
@@ -350,11 +374,110 @@ async fn raw_steps(workers: usize) -> (f64, f64) {
     let rate = steps as f64 / start.elapsed().as_secs_f64();
     let per_commit =
         counts.0.load(Ordering::Relaxed) as f64 / counts.1.load(Ordering::Relaxed).max(1) as f64;
-    (rate, per_commit)
+    let note = per_step(before, counters(&url).await, steps);
+    (rate, per_commit, note)
+}
+
+/// Server-wide counters: WAL records, WAL bytes, WAL fsyncs, and commits in `url`'s database;
+/// CPU time of this process and of the local server's processes (clock ticks).
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    wal_records: i64,
+    wal_bytes: f64,
+    wal_syncs: i64,
+    commits: i64,
+    own_cpu: u64,
+    server_cpu: u64,
+}
+
+/// `utime + stime` (and with `children`, the reaped children's too) of `/proc/<pid>/stat`.
+fn cpu_ticks(stat: &str, children: bool) -> u64 {
+    // The fields after the command name, which ends at the last `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime, stime, cutime, cstime are fields 14-17 of the line, 12-15 after the name.
+    field(11) + field(12) + if children { field(13) + field(14) } else { 0 }
+}
+
+/// CPU ticks of this process, and of every `postgres` process on this machine (the
+/// postmaster with its exited backends).
+fn cpu() -> (u64, u64) {
+    let own = std::fs::read_to_string("/proc/self/stat").map_or(0, |s| cpu_ticks(&s, false));
+    let mut server = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            // The postmaster's parent is not a postgres process: it alone counts its children.
+            let ppid: u32 = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0);
+            let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
+            server += cpu_ticks(&stat, parent.trim() != "postgres");
+        }
+    }
+    (own, server)
+}
+
+async fn counters(url: &str) -> Counters {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Other backends report their statistics at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let row = client
+        .query_one(
+            "SELECT wal_records, wal_bytes::float8, wal_sync, \
+             (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) \
+             FROM pg_stat_wal",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (own_cpu, server_cpu) = cpu();
+    Counters {
+        wal_records: row.get(0),
+        wal_bytes: row.get(1),
+        wal_syncs: row.get(2),
+        commits: row.get(3),
+        own_cpu,
+        server_cpu,
+    }
+}
+
+/// Per step between `before` and `after`: WAL records, WAL bytes, fsyncs, commits, CPU time of
+/// the server and of this process (clock ticks of 10 ms).
+fn per_step(before: Counters, after: Counters, steps: u64) -> String {
+    let n = steps.max(1) as f64;
+    let us = |ticks: u64| ticks as f64 * 10_000.0 / n;
+    format!(
+        "{:.1} WAL records, {:.0} WAL bytes, {:.3} WAL fsyncs, {:.2} commits, \
+         CPU {:.0} us server + {:.0} us bench process",
+        (after.wal_records - before.wal_records) as f64 / n,
+        (after.wal_bytes - before.wal_bytes) / n,
+        (after.wal_syncs - before.wal_syncs) as f64 / n,
+        (after.commits - before.commits) as f64 / n,
+        us(after.server_cpu.saturating_sub(before.server_cpu)),
+        us(after.own_cpu.saturating_sub(before.own_cpu)),
+    )
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    // `cargo bench` passes `--bench`; other arguments are worker counts to run (default: all).
+    let only: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -365,16 +488,27 @@ fn main() {
          raw INSERT steps/s | units/commit | ratio |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let mut notes = Vec::new();
     for workers in [1, 2, 4, 8] {
-        let ((engine, engine_batch), (raw, raw_batch)) = runtime.block_on(async {
-            let engine = engine_steps(workers).await;
-            let raw = raw_steps(workers).await;
-            (engine, raw)
-        });
+        if !only.is_empty() && !only.contains(&workers) {
+            continue;
+        }
+        let ((engine, engine_batch, engine_note), (raw, raw_batch, raw_note)) =
+            runtime.block_on(async {
+                let engine = engine_steps(workers).await;
+                let raw = raw_steps(workers).await;
+                (engine, raw)
+            });
+        notes.push(format!("{workers} workers, engine per step: {engine_note}"));
+        notes.push(format!("{workers} workers, raw per step: {raw_note}"));
         println!(
             "| {workers} | {} | {engine:.0} | {engine_batch:.1} | {raw:.0} | {raw_batch:.1} | {:.2} |",
             workers as u32 * RUNS_PER_WORKER,
             engine / raw
         );
+    }
+    println!();
+    for note in notes {
+        println!("{note}");
     }
 }

@@ -5,6 +5,7 @@
 use chain_runtime::journal::{JournalError, JournalWrite, RunState, Unit};
 use chain_runtime::postgres::PgDatabase;
 use chain_runtime::test_util::backend::Backend;
+use tokio_postgres::NoTls;
 
 mod journal_fixtures;
 use journal_fixtures::{entry, record, run};
@@ -17,8 +18,32 @@ fn step_unit(seq: u32, run: &str) -> Unit {
     .audit(record(run, i64::from(seq)))
 }
 
-// One runtime thread: every unit below is queued before the writer task first runs, so they
-// are one batch.
+/// Waits (with a deadline) until a session of `client`'s database waits for a lock.
+async fn until_someone_waits(client: &tokio_postgres::Client) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never waited for the chain head"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+// The units below are queued while the writer's previous batch waits for the chain head (held
+// here), so they form the next batch, whole: the writer forms a batch once the previous one
+// holds the head.
 #[tokio::test]
 async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -30,11 +55,22 @@ async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() 
     let a = journal.create_run(run("a"), "worker-1").await.unwrap();
     let b = journal.create_run(run("b"), "worker-1").await.unwrap();
     let c = journal.create_run(run("c"), "worker-1").await.unwrap();
+    let d = journal.create_run(run("d"), "worker-1").await.unwrap();
     // Run b changes hands: worker-1's lease on it is fenced off.
     journal.release_run(&b).await.unwrap();
     let taken = other.claim_run("b", "worker-2").await.unwrap();
     assert!(taken.token > b.token);
     let before = pg.writer_stats();
+    let (head, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let earlier = tokio::spawn({
+        let journal = std::sync::Arc::clone(&journal);
+        async move { journal.commit(Some(&d), step_unit(0, "d")).await }
+    });
+    until_someone_waits(&head).await;
 
     let deferred = step_unit(1, "a").deferred();
     let precondition = Unit::of([
@@ -53,14 +89,18 @@ async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() 
         state: RunState::Compensating,
     }])
     .audit(record("c", 1));
-    let (first, stale, second, skipped, after_skip, stale_again) = tokio::join!(
+    // Every commit below is queued on its first poll, before the head is let go.
+    let (first, stale, second, skipped, after_skip, stale_again, ()) = tokio::join!(
         journal.commit(Some(&a), step_unit(0, "a")),
         journal.commit(Some(&b), step_unit(0, "b")),
         journal.commit(Some(&a), deferred),
         journal.commit(Some(&c), precondition),
         journal.commit(Some(&c), finished),
         journal.commit(Some(&b), step_unit(1, "b")),
+        async { head.batch_execute("ROLLBACK").await.unwrap() },
     );
+    let earlier = earlier.await.unwrap().unwrap();
+    assert!(earlier.applied);
     let (first, second, after_skip) = (first.unwrap(), second.unwrap(), after_skip.unwrap());
     assert!(first.applied && second.applied && after_skip.applied);
     assert!(!skipped.unwrap().applied);
@@ -70,15 +110,16 @@ async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() 
             "{stale:?}"
         );
     }
-    // The three applied units: one transaction, their records consecutive in queue order.
+    // The earlier unit in a transaction of its own, then the three applied units: one
+    // transaction, their records consecutive in queue order, after the earlier one's.
     let stats = pg.writer_stats();
-    assert_eq!(stats.writes - before.writes, 3);
-    assert_eq!(stats.commits - before.commits, 1);
-    let seqs: Vec<u64> = [&first, &second, &after_skip]
+    assert_eq!(stats.writes - before.writes, 4);
+    assert_eq!(stats.commits - before.commits, 2);
+    let seqs: Vec<u64> = [&earlier, &first, &second, &after_skip]
         .iter()
         .map(|c| c.audit[0].seq)
         .collect();
-    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2, seqs[0] + 3]);
     assert_eq!(first.audit[0].hash, second.audit[0].prev_hash);
 
     // Nothing of the refused units was written; everything of the others was.
@@ -91,7 +132,7 @@ async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() 
     assert!(matches!(c_run.state, RunState::Compensating), "{c_run:?}");
     assert_eq!(audit.run_history("c").await.unwrap().len(), 1);
     let verified = audit.verify(None).await.unwrap();
-    assert_eq!(verified.records, 3);
+    assert_eq!(verified.records, 4);
     // The new holder still writes.
     other.write_entry(&taken, entry(0), 1).await.unwrap();
 }

@@ -224,3 +224,38 @@ async fn appends_from_many_handles_form_one_chain_and_tampering_is_caught() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_run_created_over_a_lease_row_that_outlived_its_run_takes_the_lease_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "outlived").await;
+    let journal = db.journal().await;
+    let first = journal.create_run(run("x"), "worker-1").await.unwrap();
+    journal.release_run(&first).await.unwrap();
+    // The run row goes (as a purge would); its lease row stays.
+    let client = raw(&db.location).await;
+    client
+        .execute("DELETE FROM run_runs WHERE run_id = 'x'", &[])
+        .await
+        .unwrap();
+    let again = journal.create_run(run("x"), "worker-1").await.unwrap();
+    // The token goes on, so that a write of the old lease is fenced off.
+    assert_eq!(again.token, first.token + 1);
+    assert!(journal.get_run("x").await.unwrap().is_some());
+    assert!(matches!(
+        journal.write_entry(&first, entry(0), 1).await,
+        Err(JournalError::LeaseLost(_))
+    ));
+    journal.write_entry(&again, entry(0), 1).await.unwrap();
+    // A run with the same id again is a duplicate; nothing of it is written.
+    assert!(matches!(
+        journal.create_run(run("x"), "worker-2").await,
+        Err(JournalError::Duplicate(ref id)) if id == "x"
+    ));
+    let holders: i64 = client
+        .query_one("SELECT count(*) FROM run_leases WHERE run_id = 'x'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holders, 1);
+}

@@ -26,6 +26,8 @@
 //! goes away with its connection) and how leases expire without a heartbeat.
 
 mod audit;
+mod batch;
+mod flight;
 mod journal;
 mod leases;
 mod migrate;
@@ -227,7 +229,7 @@ impl PgDatabase {
         sync: bool,
     ) -> Result<crate::journal::Committed, crate::journal::JournalError> {
         let (job, answer) = writer::Job::new(lease, ops, audit, sync);
-        self.inner.writer.submit(&self.inner.pool, job);
+        self.inner.writer.submit(&self.inner.config, job);
         writer::answer(answer).await
     }
 

@@ -9,31 +9,76 @@ use crate::journal::{JournalError, JournalWrite};
 /// An owned statement parameter.
 pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
 
-/// One statement of a unit.
-pub(crate) struct Op {
-    /// The SQL (prepared once per connection).
-    pub(crate) sql: &'static str,
-    /// Its parameters.
-    pub(crate) params: Vec<Param>,
-    /// A precondition: the statement must change exactly one row, else the unit is not
-    /// applied (see [`JournalWrite::State`]).
-    pub(crate) must_change_one: bool,
+/// One journal write of a unit. Entries and run positions are the bulk of a batch: the
+/// writer merges those of every unit of a batch into one statement each ([`ENTRIES`],
+/// [`NODES`]); the rest are sent one statement each, in order.
+pub(crate) enum Op {
+    /// A journal entry written (inserted, or replaced as a whole).
+    Entry(EntryRow),
+    /// The run's position moved to `node`.
+    Node {
+        /// The run.
+        run_id: String,
+        /// Its new position.
+        node: i64,
+    },
+    /// Any other statement.
+    Statement {
+        /// The SQL (prepared once per connection).
+        sql: &'static str,
+        /// Its parameters.
+        params: Vec<Param>,
+        /// A precondition: the statement must change exactly one row, else the unit is not
+        /// applied (see [`JournalWrite::State`]).
+        must_change_one: bool,
+    },
+}
+
+/// A `journal_entries` row.
+pub(crate) struct EntryRow {
+    pub(crate) run_id: String,
+    pub(crate) seq: i64,
+    pub(crate) step_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) name: String,
+    pub(crate) attempt: i64,
+    pub(crate) result: Option<String>,
 }
 
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Op")
-            .field("sql", &self.sql)
-            .finish_non_exhaustive()
+        match self {
+            Op::Entry(e) => f
+                .debug_struct("Entry")
+                .field("run_id", &e.run_id)
+                .field("seq", &e.seq)
+                .finish_non_exhaustive(),
+            Op::Node { run_id, node } => f
+                .debug_struct("Node")
+                .field("run_id", run_id)
+                .field("node", node)
+                .finish(),
+            Op::Statement { sql, .. } => f
+                .debug_struct("Statement")
+                .field("sql", sql)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
-pub(crate) const ENTRY: &str = "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, seq) DO UPDATE SET \
+/// Every entry of a batch in one statement: the arrays of [`EntryRow`]'s fields, one element
+/// per row (each key at most once: a later write of the same entry replaces an earlier one
+/// as a whole, so only the last is sent).
+pub(crate) const ENTRIES: &str = "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
+     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+     $6::bigint[], $7::text[]) ON CONFLICT (run_id, seq) DO UPDATE SET \
      step_id = excluded.step_id, kind = excluded.kind, name = excluded.name, \
      attempt = excluded.attempt, result = excluded.result";
 
-pub(crate) const NODE: &str = "UPDATE run_runs SET node = $2 WHERE run_id = $1 AND node <> $2";
+/// Every run position of a batch in one statement (each run at most once: the last).
+pub(crate) const NODES: &str = "UPDATE run_runs r SET node = u.node \
+     FROM unnest($1::text[], $2::bigint[]) AS u(run_id, node) \
+     WHERE r.run_id = u.run_id AND r.node <> u.node";
 
 // `ord` is taken anew on every write, so a replaced compensation moves last, as a replaced
 // row does in the SQLite journal.
@@ -48,7 +93,7 @@ pub(crate) const STATE: &str = "UPDATE run_runs SET state = $2, state_kind = $3 
 pub(crate) const ALERT: &str = "INSERT INTO alert_alerts (run_id, alert) VALUES ($1, $2)";
 
 fn op(sql: &'static str, params: Vec<Param>) -> Op {
-    Op {
+    Op::Statement {
         sql,
         params,
         must_change_one: false,
@@ -67,19 +112,19 @@ pub(crate) fn ops_of(run_id: Option<&str>, write: JournalWrite) -> Result<Vec<Op
             let run_id = needs_run()?;
             let result = encode_opt(entry.result.as_ref())?;
             vec![
-                op(
-                    ENTRY,
-                    vec![
-                        Box::new(run_id.clone()),
-                        Box::new(i64::from(entry.seq)),
-                        Box::new(entry.step_id),
-                        Box::new(entry.kind.as_str()),
-                        Box::new(entry.name),
-                        Box::new(i64::from(entry.attempt)),
-                        Box::new(result),
-                    ],
-                ),
-                op(NODE, vec![Box::new(run_id), Box::new(i64::from(node))]),
+                Op::Entry(EntryRow {
+                    run_id: run_id.clone(),
+                    seq: i64::from(entry.seq),
+                    step_id: entry.step_id,
+                    kind: entry.kind.as_str(),
+                    name: entry.name,
+                    attempt: i64::from(entry.attempt),
+                    result,
+                }),
+                Op::Node {
+                    run_id,
+                    node: i64::from(node),
+                },
             ]
         }
         JournalWrite::Compensation(entry) => {
@@ -98,7 +143,7 @@ pub(crate) fn ops_of(run_id: Option<&str>, write: JournalWrite) -> Result<Vec<Op
         }
         JournalWrite::State { expected, state } => {
             let run_id = needs_run()?;
-            vec![Op {
+            vec![Op::Statement {
                 sql: STATE,
                 params: vec![
                     Box::new(run_id),

@@ -1,12 +1,13 @@
-//! A run's start and its lease's release, each pipelined (see [`super::writer`] for how a
-//! flight keeps its order): creating a run is one flight (`BEGIN`, the run row, its lease row,
-//! then the answers) and a `COMMIT`; releasing is one flight.
+//! A run's start and its lease's release, each one pipelined flight (see [`super::flight`]):
+//! creating a run is `BEGIN`, one statement that inserts the run row and its lease row, and
+//! `COMMIT`; releasing is `BEGIN`, the lease row, the notification, `COMMIT`.
 
 use deadpool_postgres::Object;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::flight::{Flight, Reply, fly};
 use super::leases::{self, Holder};
-use super::writer::{Flight, Reply, fly};
 use crate::journal::rows::RunText;
 use crate::journal::{JournalError, Lease, RunRecord};
 use crate::sqlite::DbError;
@@ -17,12 +18,25 @@ pub(crate) const INSERT_RUN: &str = "INSERT INTO run_runs (run_id, chain, chain_
      node, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
      ON CONFLICT (run_id) DO NOTHING";
 
+/// Inserts a run row unless one with its id exists ($1-$13 as in [`INSERT_RUN`]) and, only
+/// when it was inserted, its first lease ($14 owner, $15 holder, $16 expiry). A lease row that
+/// outlived its run makes it fail (a unique violation), so that the transaction rolls back.
+const CREATE: &str = "WITH r AS (INSERT INTO run_runs (run_id, chain, chain_version, \
+     step_versions, principal, principal_id, input, subjects, parent_run_id, state, state_kind, \
+     node, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (run_id) DO NOTHING RETURNING run_id) \
+     INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
+     SELECT run_id, $14, $15, 1, $16 FROM r";
+
 const FIRST_LEASE: &str = "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
      VALUES ($1, $2, $3, 1, $4) ON CONFLICT (run_id) DO NOTHING";
 
 const RELEASE: &str = "UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1 AND token = $2";
 
-const NOTIFY: &str = "SELECT pg_notify($1, '')";
+/// Tells the listening workers, at commit, when the released run is runnable (a run that
+/// ended, or waits for a person or a consent, is claimed by nobody: no worker need wake up).
+const NOTIFY: &str = "SELECT pg_notify($1, '') FROM run_runs WHERE run_id = $2 \
+     AND state_kind IN ('running', 'compensating')";
 
 /// `BEGIN` without waiting for the WAL flush at commit.
 const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
@@ -39,6 +53,82 @@ async fn end(client: &Object, commit: bool) -> Result<(), JournalError> {
 /// Creates `run` claimed for `owner` (deferred: the run's first synchronous write makes it
 /// durable); [`JournalError::Duplicate`] when a run with its id exists.
 pub(crate) async fn create(
+    client: &Object,
+    holder: &Holder,
+    run: &RunRecord,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<Lease, JournalError> {
+    let text = RunText::of(run)?;
+    let create = client.prepare_cached(CREATE).await.map_err(db)?;
+    let (kind, node, expires) = (
+        run.state.kind(),
+        i64::from(run.node),
+        now_ms.saturating_add(ttl_ms),
+    );
+    let params: [&(dyn ToSql + Sync); 16] = [
+        &run.run_id,
+        &run.chain,
+        &run.chain_version,
+        &text.step_versions,
+        &text.principal,
+        &run.principal_id,
+        &text.input,
+        &text.subjects,
+        &run.parent_run_id,
+        &text.state,
+        &kind,
+        &node,
+        &run.created_unix_ms,
+        &owner,
+        &holder.id,
+        &expires,
+    ];
+    let flight: Flight<'_> = vec![
+        Box::pin(async {
+            client
+                .batch_execute(BEGIN_DEFERRED)
+                .await
+                .map(|()| Reply::Nothing)
+        }),
+        Box::pin(async { client.execute(&create, &params).await.map(Reply::Count) }),
+        // Commits, or rolls back when a statement before it failed.
+        Box::pin(async {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map(|()| Reply::Nothing)
+        }),
+    ];
+    let mut replies = fly(flight).await.into_iter();
+    match (replies.next(), replies.next(), replies.next()) {
+        (Some(Ok(_)), Some(Ok(Reply::Count(1))), Some(Ok(_))) => Ok(Lease {
+            run_id: run.run_id.clone(),
+            owner: owner.to_owned(),
+            token: 1,
+        }),
+        (Some(Ok(_)), Some(Ok(Reply::Count(0))), Some(Ok(_))) => {
+            Err(JournalError::Duplicate(run.run_id.clone()))
+        }
+        (_, Some(Err(e)), _) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            // Rolled back: a lease row outlived its run. Its token goes on.
+            create_claiming(client, holder, run, owner, now_ms, ttl_ms).await
+        }
+        (begun, created, committed) => Err([begun, created, committed]
+            .into_iter()
+            .flatten()
+            .find_map(Result::err)
+            .map_or_else(
+                || JournalError::Backend("no answer from PostgreSQL".into()),
+                db,
+            )),
+    }
+}
+
+/// [`create`] when a lease row outlived the run: the run row inserted and the lease claimed
+/// the long way, in one transaction.
+async fn create_claiming(
     client: &Object,
     holder: &Holder,
     run: &RunRecord,
@@ -126,8 +216,8 @@ pub(crate) async fn create(
     Ok(lease)
 }
 
-/// Releases `lease` if it is still the current one and tells the listening workers, in one
-/// flight.
+/// Releases `lease` if it is still the current one and, when its run is runnable, tells the
+/// listening workers, in one flight.
 pub(crate) async fn release(client: &Object, lease: &Lease) -> Result<(), JournalError> {
     let update = client.prepare_cached(RELEASE).await.map_err(db)?;
     let notify = client.prepare_cached(NOTIFY).await.map_err(db)?;
@@ -147,7 +237,7 @@ pub(crate) async fn release(client: &Object, lease: &Lease) -> Result<(), Journa
         }),
         Box::pin(async {
             client
-                .query(&notify, &[&leases::CHANNEL])
+                .query(&notify, &[&leases::CHANNEL, &lease.run_id])
                 .await
                 .map(Reply::Rows)
         }),

@@ -1,0 +1,502 @@
+//! One try at committing a batch of units in one transaction, in two pipelined flights (see
+//! [`super::writer`]):
+//!
+//! 1. `BEGIN`, the lease check of every unit's run (one statement, the lease rows locked
+//!    `FOR SHARE` so a concurrent claim waits for the commit), the batch's journal entries
+//!    and run positions (one multi-row statement each), its other journal writes (one
+//!    statement each, in order), and last the chain head `SELECT … FOR UPDATE`;
+//! 2. when every lease is current and every precondition holds: the batch's audit records,
+//!    sealed in order on the head (one multi-row `INSERT … SELECT FROM unnest(…)`), their
+//!    references likewise, the head moved, `COMMIT`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::flight::{Flight, Reply, fly};
+use super::ops::{self, EntryRow, Op};
+use super::writer::Job;
+use crate::audit::AuditRecord;
+use crate::audit::rows::{self, select_columns, seq_to_sql};
+use crate::sqlite::DbError;
+
+/// A connection of the writer's, with the statements it prepared. Its transactions commit
+/// without waiting for the WAL flush (`synchronous_commit = off` for the session).
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// Connects; the connection is driven by a task on the current runtime.
+    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, DbError> {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a PostgreSQL writer connection ended");
+            }
+        });
+        client.batch_execute("SET synchronous_commit = off").await?;
+        Ok(Self {
+            client,
+            prepared: HashMap::new(),
+        })
+    }
+
+    async fn prepare(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.prepared.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    /// Waits until the WAL is on disk up to at least every commit this connection made: a
+    /// tiny synchronous transaction that writes a WAL record (a non-transactional logical
+    /// message, no table) and so must flush it, and everything before it, at commit.
+    pub(crate) async fn flush_wal(&self) -> Result<(), DbError> {
+        self.client
+            .batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = on; \
+                 SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', ''); \
+                 COMMIT",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Why a unit was taken out of a batch.
+pub(crate) enum Refusal {
+    LeaseLost,
+    NotApplied,
+}
+
+/// How a try ended.
+pub(crate) enum Outcome {
+    /// Committed (not yet flushed); the sealed records per job.
+    Done(Vec<Vec<AuditRecord>>),
+    /// Nothing committed; answer these jobs and retry the others.
+    Refused(Vec<(usize, Refusal)>),
+    /// Nothing committed when `retry_alone`; unknown otherwise (`COMMIT` was sent).
+    Failed { error: DbError, retry_alone: bool },
+}
+
+const LEASES: &str = "SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1) \
+     ORDER BY run_id FOR SHARE";
+const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+const MOVE_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+const REFS: &str = "INSERT INTO audit_record_refs (seq, connector, kind, record_id) \
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])";
+
+fn records_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO audit_records ({}) SELECT * FROM unnest($1::bigint[], $2::bigint[], \
+             $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+             $15::text[], $16::text[])",
+            select_columns()
+        )
+    })
+}
+
+async fn rollback(client: &Client) {
+    if let Err(e) = client.batch_execute("ROLLBACK").await {
+        tracing::debug!(error = %e, "PostgreSQL writer: ROLLBACK failed");
+    }
+}
+
+fn failed(error: impl Into<DbError>, retry_alone: bool) -> Outcome {
+    Outcome::Failed {
+        error: error.into(),
+        retry_alone,
+    }
+}
+
+/// The batch's entries as column arrays, one row per key (the last write of it), in key
+/// order (so concurrent batches lock rows in one order).
+#[derive(Default)]
+struct Entries<'a> {
+    run_ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    step_ids: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    names: Vec<&'a str>,
+    attempts: Vec<i64>,
+    results: Vec<Option<&'a str>>,
+}
+
+fn entries<'a>(jobs: &'a [Job]) -> Entries<'a> {
+    let mut last: BTreeMap<(&str, i64), &EntryRow> = BTreeMap::new();
+    for op in jobs.iter().flat_map(|j| &j.ops) {
+        if let Op::Entry(e) = op {
+            last.insert((e.run_id.as_str(), e.seq), e);
+        }
+    }
+    let mut out = Entries::default();
+    for e in last.into_values() {
+        out.run_ids.push(&e.run_id);
+        out.seqs.push(e.seq);
+        out.step_ids.push(&e.step_id);
+        out.kinds.push(e.kind);
+        out.names.push(&e.name);
+        out.attempts.push(e.attempt);
+        out.results.push(e.result.as_deref());
+    }
+    out
+}
+
+/// The batch's run positions (the last per run), in run order.
+fn nodes(jobs: &[Job]) -> (Vec<&str>, Vec<i64>) {
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for op in jobs.iter().flat_map(|j| &j.ops) {
+        if let Op::Node { run_id, node } = op {
+            last.insert(run_id, *node);
+        }
+    }
+    last.into_iter().unzip()
+}
+
+/// One try at committing `jobs` in one transaction on `conn`; `on_head` is told once the
+/// chain head is locked and the batch goes on to commit. See the module docs.
+pub(crate) async fn attempt(
+    conn: &mut Conn,
+    jobs: &mut [Job],
+    on_head: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Outcome {
+    // Every statement prepared (once per connection) before the flight, so that no request of
+    // the flight waits for a prepare and the flight keeps its order.
+    let fixed = [
+        LEASES,
+        HEAD,
+        MOVE_HEAD,
+        REFS,
+        records_sql(),
+        ops::ENTRIES,
+        ops::NODES,
+    ];
+    let mut prepared = Vec::with_capacity(fixed.len());
+    for sql in fixed {
+        match conn.prepare(sql).await {
+            Ok(s) => prepared.push(s),
+            Err(e) => return failed(e, false),
+        }
+    }
+    let mut stmts: HashMap<&'static str, Statement> = HashMap::new();
+    for op in jobs.iter().flat_map(|j| &j.ops) {
+        if let Op::Statement { sql, .. } = op
+            && !stmts.contains_key(sql)
+        {
+            match conn.prepare(sql).await {
+                Ok(s) => {
+                    stmts.insert(sql, s);
+                }
+                Err(e) => return failed(e, false),
+            }
+        }
+    }
+    let Ok(
+        [
+            leases,
+            head,
+            move_head,
+            refs,
+            records,
+            entries_stmt,
+            nodes_stmt,
+        ],
+    ) = <[Statement; 7]>::try_from(prepared)
+    else {
+        return failed(DbError::other("statements missing"), false);
+    };
+    let client = &conn.client;
+    let mut runs: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.lease.as_ref().map(|(run, _)| run.as_str()))
+        .collect();
+    runs.sort_unstable();
+    runs.dedup();
+    let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
+    let entries = entries(jobs);
+    let (node_runs, node_values) = nodes(jobs);
+    let entry_params: [&(dyn ToSql + Sync); 7] = [
+        &entries.run_ids,
+        &entries.seqs,
+        &entries.step_ids,
+        &entries.kinds,
+        &entries.names,
+        &entries.attempts,
+        &entries.results,
+    ];
+    let node_params: [&(dyn ToSql + Sync); 2] = [&node_runs, &node_values];
+    let statements: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = {
+        let mut out = Vec::new();
+        for op in jobs.iter().flat_map(|j| &j.ops) {
+            if let Op::Statement { sql, params, .. } = op {
+                let Some(stmt) = stmts.get(sql) else {
+                    return failed(DbError::other("a statement is missing"), false);
+                };
+                out.push((stmt, params.iter().map(|p| &**p as _).collect()));
+            }
+        }
+        out
+    };
+
+    // Flight 1.
+    let mut flight: Flight<'_> = Vec::with_capacity(statements.len() + 5);
+    flight.push(Box::pin(async {
+        client.batch_execute("BEGIN").await.map(|()| Reply::Nothing)
+    }));
+    if !runs.is_empty() {
+        let (leases, runs) = (&leases, &runs);
+        flight.push(Box::pin(async move {
+            client.query(leases, &[runs]).await.map(Reply::Rows)
+        }));
+    }
+    if !entries.run_ids.is_empty() {
+        let (stmt, params) = (&entries_stmt, &entry_params);
+        flight.push(Box::pin(async move {
+            client.execute(stmt, params).await.map(Reply::Count)
+        }));
+    }
+    if !node_runs.is_empty() {
+        let (stmt, params) = (&nodes_stmt, &node_params);
+        flight.push(Box::pin(async move {
+            client.execute(stmt, params).await.map(Reply::Count)
+        }));
+    }
+    for (stmt, params) in &statements {
+        flight.push(Box::pin(async move {
+            client.execute(*stmt, params).await.map(Reply::Count)
+        }));
+    }
+    if has_audit {
+        let head = &head;
+        flight.push(Box::pin(async move {
+            client.query(head, &[]).await.map(Reply::Rows)
+        }));
+    }
+    let mut replies = fly(flight).await.into_iter();
+    let mut fail = None;
+    let mut next = || match replies.next() {
+        Some(Ok(reply)) => Some(reply),
+        Some(Err(e)) => {
+            fail.get_or_insert(e);
+            None
+        }
+        None => None,
+    };
+    let _begun = next();
+    let current: HashMap<String, (i64, i64)> = if runs.is_empty() {
+        HashMap::new()
+    } else {
+        match next() {
+            Some(Reply::Rows(rows)) => rows
+                .iter()
+                .filter_map(|r| {
+                    Some((r.try_get(0).ok()?, (r.try_get(1).ok()?, r.try_get(2).ok()?)))
+                })
+                .collect(),
+            _ => HashMap::new(),
+        }
+    };
+    if !entries.run_ids.is_empty() {
+        let _entries = next();
+    }
+    if !node_runs.is_empty() {
+        let _nodes = next();
+    }
+    // Per job: lease current, precondition held.
+    let mut verdicts = Vec::with_capacity(jobs.len());
+    for job in jobs.iter() {
+        let lease_ok = job.lease.as_ref().is_none_or(|(run, token)| {
+            current
+                .get(run)
+                .is_some_and(|(t, expires)| t == token && *expires > 0)
+        });
+        let mut held = true;
+        for op in &job.ops {
+            if let Op::Statement {
+                must_change_one, ..
+            } = op
+            {
+                let changed = match next() {
+                    Some(Reply::Count(n)) => n,
+                    _ => 0,
+                };
+                if *must_change_one && changed != 1 {
+                    held = false;
+                }
+            }
+        }
+        verdicts.push((lease_ok, held));
+    }
+    let head_row = if has_audit {
+        match next() {
+            Some(Reply::Rows(rows)) => rows.into_iter().next(),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    if let Some(e) = fail {
+        rollback(client).await;
+        return failed(e, true);
+    }
+    let mut refused: Vec<(usize, Refusal)> = verdicts
+        .iter()
+        .enumerate()
+        .filter(|(_, (lease_ok, _))| !lease_ok)
+        .map(|(i, _)| (i, Refusal::LeaseLost))
+        .collect();
+    // A failed precondition is certain only when every unit before it passed (it may depend
+    // on their writes); the others are retried.
+    if let Some(first) = verdicts.iter().position(|(l, h)| !(*l && *h))
+        && verdicts[first].0
+    {
+        refused.push((first, Refusal::NotApplied));
+    }
+    if !refused.is_empty() {
+        rollback(client).await;
+        return Outcome::Refused(refused);
+    }
+    // The batch commits: the next batch may queue for the head behind it.
+    if let Some(signal) = on_head.take() {
+        let _ = signal.send(());
+    }
+    commit(client, jobs, head_row, &records, &refs, &move_head).await
+}
+
+/// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits.
+async fn commit(
+    client: &Client,
+    jobs: &mut [Job],
+    head_row: Option<tokio_postgres::Row>,
+    records: &Statement,
+    refs: &Statement,
+    move_head: &Statement,
+) -> Outcome {
+    let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
+    let mut sealed: Vec<Vec<AuditRecord>> = Vec::with_capacity(jobs.len());
+    let mut columns = Vec::new();
+    if has_audit {
+        let head = match head_row
+            .ok_or_else(|| DbError::other("the audit chain has no head row"))
+            .and_then(|r| Ok::<_, DbError>((r.try_get(0)?, r.try_get(1)?)))
+        {
+            Ok((seq, hash)) => rows::checkpoint(seq, hash),
+            Err(e) => {
+                rollback(client).await;
+                return failed(e, false);
+            }
+        };
+        let (mut seq, mut prev_hash) = match head {
+            Ok(h) => (h.seq, h.hash),
+            Err(e) => {
+                rollback(client).await;
+                return failed(DbError::other(e.to_string()), false);
+            }
+        };
+        for job in jobs.iter_mut() {
+            let mut out = Vec::with_capacity(job.audit.len());
+            for pre in std::mem::take(&mut job.audit) {
+                let (record, cols) = pre.seal(seq + 1, prev_hash);
+                seq = record.seq;
+                prev_hash = record.hash.clone();
+                out.push(record);
+                columns.push(cols);
+            }
+            sealed.push(out);
+        }
+    } else {
+        sealed.resize_with(jobs.len(), Vec::new);
+    }
+    let all: Vec<&AuditRecord> = sealed.iter().flatten().collect();
+    let seqs: Result<Vec<i64>, _> = all.iter().map(|r| seq_to_sql(r.seq)).collect();
+    let Ok(seqs) = seqs else {
+        rollback(client).await;
+        return failed(DbError::other("an audit seq does not fit 64 bits"), false);
+    };
+    let formats: Vec<i64> = all.iter().map(|r| i64::from(r.format)).collect();
+    let times: Vec<i64> = all.iter().map(|r| r.time_unix_ms).collect();
+    let opt = |f: fn(&AuditRecord) -> &Option<String>| -> Vec<Option<&str>> {
+        all.iter().map(|r| f(r).as_deref()).collect()
+    };
+    let (run_ids, step_ids) = (opt(|r| &r.run_id), opt(|r| &r.step_id));
+    let (connectors, accounts) = (opt(|r| &r.connector), opt(|r| &r.account_id));
+    let (subjects, grants) = (opt(|r| &r.upstream_subject), opt(|r| &r.grant_id));
+    let principals: Vec<&str> = all.iter().map(|r| r.principal.as_str()).collect();
+    let scopes: Vec<&str> = columns.iter().map(|c| c.scopes.as_str()).collect();
+    let refs_json: Vec<&str> = columns.iter().map(|c| c.records.as_str()).collect();
+    let outcomes: Vec<&str> = all.iter().map(|r| r.outcome.as_str()).collect();
+    let events: Vec<&str> = columns.iter().map(|c| c.event.as_str()).collect();
+    let prevs: Vec<&str> = all.iter().map(|r| r.prev_hash.as_str()).collect();
+    let hashes: Vec<&str> = all.iter().map(|r| r.hash.as_str()).collect();
+    let record_params: [&(dyn ToSql + Sync); 16] = [
+        &seqs,
+        &formats,
+        &times,
+        &run_ids,
+        &step_ids,
+        &principals,
+        &connectors,
+        &accounts,
+        &subjects,
+        &grants,
+        &scopes,
+        &refs_json,
+        &outcomes,
+        &events,
+        &prevs,
+        &hashes,
+    ];
+    let mut ref_cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for (record, seq) in all.iter().zip(&seqs) {
+        for r in &record.records {
+            ref_cols.0.push(*seq);
+            ref_cols.1.push(&r.connector);
+            ref_cols.2.push(&r.kind);
+            ref_cols.3.push(&r.id);
+        }
+    }
+    let ref_params: [&(dyn ToSql + Sync); 4] = [&ref_cols.0, &ref_cols.1, &ref_cols.2, &ref_cols.3];
+    let new_head = (seqs.last().copied(), all.last().map(|r| r.hash.as_str()));
+    let mut flight: Flight<'_> = Vec::with_capacity(4);
+    if let (Some(seq), Some(hash)) = new_head {
+        let record_params = &record_params;
+        flight.push(Box::pin(async move {
+            client
+                .execute(records, record_params)
+                .await
+                .map(Reply::Count)
+        }));
+        if !ref_cols.0.is_empty() {
+            let ref_params = &ref_params;
+            flight.push(Box::pin(async move {
+                client.execute(refs, ref_params).await.map(Reply::Count)
+            }));
+        }
+        flight.push(Box::pin(async move {
+            client
+                .execute(move_head, &[&seq, &hash])
+                .await
+                .map(Reply::Count)
+        }));
+    }
+    flight.push(Box::pin(async {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map(|()| Reply::Nothing)
+    }));
+    // An error before `COMMIT` aborted the transaction (the `COMMIT` then rolls back).
+    if let Some(Err(e)) = fly(flight).await.into_iter().find(Result::is_err) {
+        return failed(e, false);
+    }
+    Outcome::Done(sealed)
+}
