@@ -48,8 +48,10 @@ use tokio::runtime::Runtime;
 const SQLITE_STEPS: u32 = 4;
 /// Concurrent runs in the concurrent SQLite case.
 const CONCURRENT: u32 = 64;
-/// Steps per transaction in the raw batched baseline: with 64 runs each waiting on one write,
-/// a batch holds up to 64 writes, i.e. 32 steps (a step is two writes: intent, result).
+/// Steps per transaction in the raw batched baseline measured before the engine cases: with 64
+/// runs each waiting on one write, a batch holds up to 64 writes, i.e. 32 steps (a step is two
+/// writes: intent, result). The baseline measured after them (`raw_batched_insert_after`)
+/// uses the steps per commit the engine achieved at 64 runs with the SQLite audit.
 const RAW_STEPS_PER_TX: u64 = 32;
 /// Steps per run in the long chain of the overhead group.
 const MEM_STEPS: u32 = 16;
@@ -276,7 +278,8 @@ async fn run_mixed(engine: &Engine, n: u32) {
     );
 }
 
-async fn run_concurrent(engine: &Engine, runs: u32, n: u32) {
+async fn run_concurrent(engine: &Engine, runs: u32, n: u32, done: &AtomicU64) {
+    done.fetch_add(u64::from(runs), Ordering::Relaxed);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..runs {
         let engine = engine.clone();
@@ -331,12 +334,15 @@ fn raw_insert_commit(
 }
 
 /// The baseline for a step's rows: per step a journal intent, an audit record, the journal
-/// result (replacing the intent) and a second audit record, `RAW_STEPS_PER_TX` steps per
-/// `BEGIN IMMEDIATE … COMMIT`, WAL, synchronous=FULL, prepared statements, in `dir`.
+/// result (replacing the intent) and a second audit record, `steps_per_tx` steps per
+/// `BEGIN IMMEDIATE … COMMIT`, WAL, synchronous=FULL, prepared statements, in `dir`; the
+/// tables and indexes are the engine's (`journal_entries`, `audit_records`), run ids sort by
+/// creation like the engine's. Prints the CPU time the loop's thread spent per step.
 fn raw_batched_insert(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     dir: &Path,
     name: &str,
+    steps_per_tx: u64,
 ) {
     let conn = Connection::open(dir.join(format!("raw-{name}.sqlite"))).unwrap();
     let mode: String = conn
@@ -361,7 +367,8 @@ fn raw_batched_insert(
     let event = r#"{"type":"step_outcome","step":"bump","attempt":1,"effect":"write","failure_class":null,"detail":null}"#;
     let hash = "0".repeat(64);
     let mut step = 0u64;
-    group.throughput(Throughput::Elements(RAW_STEPS_PER_TX));
+    let cpu_before = thread_cpu(Path::new("/proc/thread-self/stat"));
+    group.throughput(Throughput::Elements(steps_per_tx));
     group.bench_function(name, |b| {
         b.iter(|| {
             conn.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -382,9 +389,9 @@ fn raw_batched_insert(
                          '[]', 'succeeded', ?4, ?5, ?5)",
                     )
                     .unwrap();
-                for _ in 0..RAW_STEPS_PER_TX {
+                for _ in 0..steps_per_tx {
                     step += 1;
-                    let run_id = format!("run_{}", step / 4);
+                    let run_id = format!("run_{:024x}", step / 4);
                     let step_id = format!("writes/bump#{}", step % 4);
                     let seq = (step % 4) as i64;
                     for res in [None, Some(result)] {
@@ -400,17 +407,72 @@ fn raw_batched_insert(
             conn.execute_batch("COMMIT").unwrap();
         });
     });
+    let cpu = thread_cpu(Path::new("/proc/thread-self/stat")).saturating_sub(cpu_before);
+    eprintln!(
+        "sqlite_durable/{name}: {steps_per_tx} steps ({} rows) per transaction; {:.1} µs of CPU \
+         per step on the loop's thread",
+        steps_per_tx * 4,
+        cpu.as_secs_f64() * 1e6 / step.max(1) as f64
+    );
 }
 
-fn report(label: &str, before: WriterStats, after: WriterStats) {
+/// User + system CPU time of the thread whose `/proc/…/stat` file is `stat` (zero when it
+/// cannot be read: not Linux).
+fn thread_cpu(stat: &Path) -> Duration {
+    let Ok(text) = std::fs::read_to_string(stat) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may contain spaces) end with `)`; utime and
+    // stime are the 14th and 15th fields, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time of this process's live `sqlite-writer` threads.
+fn writer_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "sqlite-writer")
+        })
+        .map(|t| thread_cpu(&t.path().join("stat")))
+        .sum()
+}
+
+/// The writer's counters and CPU time for one engine case; returns the steps per commit.
+fn report(
+    label: &str,
+    before: (WriterStats, Duration),
+    after: (WriterStats, Duration),
+    steps: u64,
+) -> f64 {
+    let (before, cpu_before) = before;
+    let (after, cpu_after) = after;
     let writes = after.writes - before.writes;
     let commits = (after.commits - before.commits).max(1);
     let syncs = after.syncs - before.syncs;
+    let cpu = cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1e6;
     eprintln!(
         "sqlite_durable/{label}: the writer applied {writes} writes in {commits} commits \
-         ({:.1} writes per commit), {syncs} of them with an fsync",
-        writes as f64 / commits as f64
+         ({:.1} writes, {:.1} steps per commit), {syncs} of them with an fsync ({:.2} per \
+         step); writer thread CPU {:.1} µs per write, {:.1} µs per step",
+        writes as f64 / commits as f64,
+        steps as f64 / commits as f64,
+        syncs as f64 / steps.max(1) as f64,
+        cpu / writes.max(1) as f64,
+        cpu / steps.max(1) as f64,
     );
+    steps as f64 / commits as f64
 }
 
 /// Durable steps per second on the SQLite journal, beside the raw baselines.
@@ -425,7 +487,13 @@ fn sqlite_durable(c: &mut Criterion) {
 
     // Measured before and after the engine cases: fsync latency on a shared disk drifts.
     raw_insert_commit(&mut group, dir.path(), "raw_insert_commit");
-    raw_batched_insert(&mut group, dir.path(), "raw_batched_insert");
+    raw_batched_insert(
+        &mut group,
+        dir.path(),
+        "raw_batched_insert",
+        RAW_STEPS_PER_TX,
+    );
+    let mut engine_steps_per_commit = RAW_STEPS_PER_TX as f64;
     for audit in [Audit::Sqlite, Audit::None] {
         for runs in [1, CONCURRENT] {
             let path = dir
@@ -437,24 +505,35 @@ fn sqlite_durable(c: &mut Criterion) {
                 let engine = Engine::new(journal.clone(), audit_store, grants());
                 (engine, journal)
             });
-            let before = journal.writer_stats();
+            let before = (journal.writer_stats(), writer_cpu());
+            let done = AtomicU64::new(0);
             group.throughput(Throughput::Elements(u64::from(runs * SQLITE_STEPS)));
             group.bench_with_input(
                 BenchmarkId::new(format!("steps_{}", audit.label()), format!("{runs}_runs")),
                 &runs,
                 |b, &runs| {
                     b.to_async(&rt)
-                        .iter(|| run_concurrent(&engine, runs, SQLITE_STEPS));
+                        .iter(|| run_concurrent(&engine, runs, SQLITE_STEPS, &done));
                 },
             );
-            report(
+            let per_commit = report(
                 &format!("{}/{runs}_runs", audit.label()),
                 before,
-                journal.writer_stats(),
+                (journal.writer_stats(), writer_cpu()),
+                done.load(Ordering::Relaxed) * u64::from(SQLITE_STEPS),
             );
+            if matches!(audit, Audit::Sqlite) && runs == CONCURRENT && per_commit >= 1.0 {
+                engine_steps_per_commit = per_commit;
+            }
         }
     }
-    raw_batched_insert(&mut group, dir.path(), "raw_batched_insert_after");
+    // Transactions of the size the engine achieved: the same rows, batched the same way.
+    raw_batched_insert(
+        &mut group,
+        dir.path(),
+        "raw_batched_insert_after",
+        engine_steps_per_commit.round() as u64,
+    );
     group.finish();
 }
 

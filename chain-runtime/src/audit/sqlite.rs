@@ -187,11 +187,8 @@ pub(crate) fn append_in(
 /// Reads the head of the chain (`None` when empty).
 fn read_head(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
     let head: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     head.map(|(seq, hash)| rows::checkpoint(seq, hash))
         .transpose()

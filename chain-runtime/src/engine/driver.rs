@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
-pub(crate) use super::outcome::{alert, audit_failure, commit, conclude};
+pub(crate) use super::outcome::{alert, audit_failure, commit, conclude, create_run};
 use super::outcome::{is_invalid_client, suspends};
 use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
 use super::{Engine, EngineError, compensate, idempotency_key};

@@ -246,24 +246,7 @@ impl Engine {
         let (run, started) = self
             .prepare_run(meta, run_id, principal, principal_id, input, parent_run_id)
             .await?;
-        let lease = self
-            .inner
-            .store
-            .create_run(run.clone(), &self.inner.owner)
-            .await?;
-        // Deferred, like the run's creation: the first intent's fsync covers both.
-        let started = driver::commit(
-            self,
-            Some(&lease),
-            crate::journal::Unit::of(Vec::new())
-                .audit(started)
-                .deferred(),
-        )
-        .await;
-        if let Err(e) = started {
-            let _ = self.inner.store.release_run(&lease).await;
-            return Err(e);
-        }
+        let lease = driver::create_run(self, run.clone(), started).await?;
         runner::drive(self.clone(), meta, run, lease, None).await
     }
 

@@ -17,9 +17,7 @@ pub(crate) async fn commit(
     mut unit: Unit,
 ) -> Result<Committed, EngineError> {
     let journal = &engine.inner.store;
-    let shared =
-        journal.database().is_some() && journal.database() == engine.inner.audit.database();
-    if shared || unit.audit.is_empty() {
+    if in_one_transaction(engine, &unit) {
         return Ok(journal.commit(lease, unit).await?);
     }
     let records = std::mem::take(&mut unit.audit);
@@ -32,6 +30,38 @@ pub(crate) async fn commit(
         }
     }
     Ok(committed)
+}
+
+/// Whether the journal commits `unit` whole: it has no audit records, or the journal and the
+/// audit trail share a database.
+fn in_one_transaction(engine: &Engine, unit: &Unit) -> bool {
+    let journal = &engine.inner.store;
+    unit.audit.is_empty()
+        || (journal.database().is_some() && journal.database() == engine.inner.audit.database())
+}
+
+/// Inserts a new `run`, claims it and commits its `run_started` record (deferred: the first
+/// intent's fsync covers them); one transaction when the journal and the audit trail share a
+/// database. Nothing stays claimed when it fails.
+pub(crate) async fn create_run(
+    engine: &Engine,
+    run: RunRecord,
+    started: NewRecord,
+) -> Result<Lease, EngineError> {
+    let store = &engine.inner.store;
+    let unit = Unit::of(Vec::new()).audit(started).deferred();
+    if in_one_transaction(engine, &unit) {
+        let (lease, _) = store
+            .create_run_audited(run, &engine.inner.owner, unit.audit)
+            .await?;
+        return Ok(lease);
+    }
+    let lease = store.create_run(run, &engine.inner.owner).await?;
+    if let Err(e) = commit(engine, Some(&lease), unit).await {
+        let _ = store.release_run(&lease).await;
+        return Err(e);
+    }
+    Ok(lease)
 }
 
 /// The one way to build an operator alert about `run`.
@@ -124,9 +154,19 @@ pub(crate) async fn conclude(
             .run(&run.run_id),
         );
     }
-    // The end state and its audit record: one transaction.
-    let stored = commit(engine, Some(lease), unit).await;
-    let _ = engine.inner.store.release_run(lease).await;
+    // The end state, its audit record and the lease's release: one transaction when the
+    // journal carries the audit records.
+    let store = &engine.inner.store;
+    let (stored, released) = if in_one_transaction(engine, &unit) {
+        let stored = store.commit_and_release(lease, unit).await;
+        let released = matches!(&stored, Ok(c) if c.applied);
+        (stored.map_err(EngineError::from), released)
+    } else {
+        (commit(engine, Some(lease), unit).await, false)
+    };
+    if !released {
+        let _ = store.release_run(lease).await;
+    }
     stored?;
     Ok(state)
 }

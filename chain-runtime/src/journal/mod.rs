@@ -34,6 +34,7 @@
 //! ([`RunJournal::renew_leases`]) and waits on [`Wakeups`] when there is nothing to claim; see
 //! [`queue`] for what makes a run runnable.
 
+mod error;
 pub(crate) mod leases;
 mod memory;
 pub mod queue;
@@ -46,16 +47,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use error::JournalError;
 pub use leases::LEASE_TTL;
 pub use memory::MemoryJournal;
 pub use queue::{Claim, Drivable, WakeupReceiver, Wakeups};
 pub use sqlite::SqliteJournal;
 
 use crate::approval::PendingApproval;
-use crate::audit::{AuditError, AuditRecord, NewRecord};
+use crate::audit::{AuditRecord, NewRecord};
 use crate::error::StepError;
 pub use crate::future::BoxFuture;
-use crate::sqlite::DbError;
 pub use crate::sqlite::{DatabaseId, Durability, WriterStats};
 use crate::step::RecordRef;
 
@@ -270,58 +271,6 @@ pub struct Lease {
     pub token: u64,
 }
 
-/// Errors of the run journal; backend-neutral (no database types).
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// The database failed.
-    #[error("run journal: {0}")]
-    Backend(String),
-    /// A value did not (de)serialize.
-    #[error("run journal: a stored value does not decode: {0}")]
-    Json(#[from] serde_json::Error),
-    /// The audit records of a unit of work could not be sealed or stored (nothing of the unit
-    /// was committed).
-    #[error("run journal: the unit's audit records failed: {0}")]
-    Audit(#[from] AuditError),
-    /// No such run.
-    #[error("no run `{0}` in the journal")]
-    NotFound(String),
-    /// A run with that id exists already.
-    #[error("a run `{0}` exists already")]
-    Duplicate(String),
-    /// Another owner holds the run.
-    #[error("run `{run_id}` is being driven by `{owner}`; wait for it to finish")]
-    Claimed {
-        /// The run.
-        run_id: String,
-        /// Who holds it.
-        owner: String,
-    },
-    /// The lease was superseded: another owner claimed the run; this writer must stop.
-    #[error(
-        "lease on run `{0}` is no longer current (fencing token superseded); another worker owns the run now"
-    )]
-    LeaseLost(String),
-    /// A stored row is not what this version writes.
-    #[error("run journal row is corrupt: {0}")]
-    Corrupt(String),
-    /// A background worker is gone.
-    #[error("run journal background worker failed: {0}")]
-    Background(String),
-}
-
-impl From<DbError> for JournalError {
-    fn from(e: DbError) -> Self {
-        JournalError::Backend(e.message)
-    }
-}
-
-impl From<rusqlite::Error> for JournalError {
-    fn from(e: rusqlite::Error) -> Self {
-        DbError::from(e).into()
-    }
-}
-
 /// One journal write of a [`Unit`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum JournalWrite {
@@ -406,6 +355,36 @@ pub trait RunJournal: Send + Sync {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<Lease, JournalError>>;
 
+    /// [`RunJournal::create_run`], then commits `audit` (the run's `run_started` record) as a
+    /// deferred unit under the new lease; returns the lease and the sealed records. A journal
+    /// whose [`RunJournal::database`] carries the audit trail may do both in one transaction
+    /// (SQLite does); a failed audit commit leaves no lease held.
+    fn create_run_audited<'a>(
+        &'a self,
+        run: RunRecord,
+        owner: &'a str,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<(Lease, Vec<AuditRecord>), JournalError>> {
+        Box::pin(async move {
+            let lease = self.create_run(run, owner).await?;
+            if audit.is_empty() {
+                return Ok((lease, Vec::new()));
+            }
+            let unit = Unit {
+                writes: Vec::new(),
+                audit,
+                durability: Durability::Deferred,
+            };
+            match self.commit(Some(&lease), unit).await {
+                Ok(committed) => Ok((lease, committed.audit)),
+                Err(e) => {
+                    let _ = self.release_run(&lease).await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
     /// Claims a run for `owner`; [`JournalError::Claimed`] when another owner holds it.
     fn claim_run<'a>(
         &'a self,
@@ -451,6 +430,25 @@ pub trait RunJournal: Send + Sync {
         lease: Option<&'a Lease>,
         unit: Unit,
     ) -> BoxFuture<'a, Result<Committed, JournalError>>;
+
+    /// [`RunJournal::commit`], then, when the unit applied, [`RunJournal::release_run`]: a
+    /// run's end state gives its lease back. A journal may do both in one transaction (SQLite
+    /// does). When the unit did not apply or failed, the lease may still be held: the caller
+    /// releases it.
+    fn commit_and_release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        Box::pin(async move {
+            let committed = self.commit(Some(lease), unit).await?;
+            if committed.applied {
+                // Best effort, like every release: an unreleased lease expires.
+                let _ = self.release_run(lease).await;
+            }
+            Ok(committed)
+        })
+    }
 
     /// The database this journal writes to, when it can carry audit records in its units
     /// (those go to the audit trail kept in the same database).

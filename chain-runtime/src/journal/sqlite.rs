@@ -6,8 +6,9 @@
 //! `journal_entries`, `journal_compensations`, `alert_alerts`.
 //!
 //! A [`Unit`] is one write of the shared writer: its lease check, journal rows and audit
-//! records (sealed on the chain head of the same transaction) commit together, in one
-//! savepoint of the batch's transaction.
+//! records (sealed on the chain head of the same transaction) commit together in the batch's
+//! transaction. Everything that can refuse a unit is checked before its first change, so a
+//! unit needs no savepoint of its own (see [`Database::write_checked_first`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -230,6 +231,37 @@ impl RunJournal for SqliteJournal {
         }))
     }
 
+    fn create_run_audited<'a>(
+        &'a self,
+        run: RunRecord,
+        owner: &'a str,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<(Lease, Vec<AuditRecord>), JournalError>> {
+        let inner = Arc::clone(&self.inner);
+        let owner = owner.to_owned();
+        Box::pin(async move {
+            let audit = crate::audit::sqlite::preseal(audit)?;
+            // One write: the run, its lease and its `run_started` record. Deferred: the run's
+            // first intent (or its end) commits with an fsync.
+            self.inner
+                .db
+                .write(Durability::Deferred, move |tx| {
+                    insert_run(tx.conn(), &run)?;
+                    let lease = leases::claim(
+                        tx.conn(),
+                        inner.holder()?,
+                        &run.run_id,
+                        &owner,
+                        crate::audit::now_unix_ms(),
+                        inner.ttl_ms(),
+                    )?;
+                    let sealed = crate::audit::sqlite::append_in(tx, audit)?;
+                    Ok::<_, JournalError>((lease, sealed))
+                })
+                .await
+        })
+    }
+
     fn claim_run<'a>(
         &'a self,
         run_id: &'a str,
@@ -367,10 +399,38 @@ impl RunJournal for SqliteJournal {
             let writes = unit.writes;
             self.inner
                 .db
-                .write(unit.durability, move |tx| {
+                .write_checked_first(unit.durability, move |tx| {
                     commit_in(tx, lease.as_ref(), &writes, audit)
                 })
                 .await
+        })
+    }
+
+    fn commit_and_release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        let lease = lease.clone();
+        Box::pin(async move {
+            let audit = crate::audit::sqlite::preseal(unit.audit)?;
+            let writes = unit.writes;
+            // One write: the unit and, when it applied, the release of the lease.
+            let committed = self
+                .inner
+                .db
+                .write_checked_first(unit.durability, move |tx| {
+                    let committed = commit_in(tx, Some(&lease), &writes, audit)?;
+                    if committed.applied {
+                        leases::release(tx.conn(), &lease)?;
+                    }
+                    Ok::<_, JournalError>(committed)
+                })
+                .await?;
+            if committed.applied {
+                self.inner.wakeups.notify();
+            }
+            Ok(committed)
         })
     }
 

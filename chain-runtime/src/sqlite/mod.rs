@@ -8,7 +8,9 @@
 //! - one **writer thread** with group commit: it takes every write queued at the moment (up to
 //!   [`MAX_BATCH`]), applies each in its own savepoint inside ONE `BEGIN IMMEDIATE`
 //!   transaction (a failing write rolls back alone) and commits once, then answers each
-//!   caller. A caller's write is committed when its future resolves;
+//!   caller. A caller's write is committed when its future resolves. A write that checks
+//!   whatever can refuse it before its first change may skip its savepoint
+//!   ([`Database::write_checked_first`]; the run journal's units of work do);
 //! - one **reader pool**: reads run on the blocking thread pool on pooled connections and
 //!   never wait for the writer (WAL readers see the last commit);
 //! - one set of counters ([`WriterStats`]).
@@ -50,10 +52,15 @@ use rusqlite::Connection;
 
 pub use witness::read_head_witness;
 pub(crate) use writer::Tx;
-use writer::{Job, writer_loop};
+use writer::{Isolation, Job, writer_loop};
 
 /// How long a connection waits for another process holding the database's write lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The writer connection's page cache and temporary storage: the pages a batch touches stay
+/// cached between batches (no read back from the file), and the savepoints' sub-journals stay
+/// in memory.
+const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;";
 
 /// The most writes one transaction takes.
 pub const MAX_BATCH: usize = 1024;
@@ -310,6 +317,9 @@ impl Database {
 
     fn open_blocking(path: &Path) -> Result<Self, DbError> {
         let conn = open_connection(path)?;
+        conn.execute_batch(WRITER_PRAGMAS)?;
+        // Every statement the stores' writes use stays prepared.
+        conn.set_prepared_statement_cache_capacity(128);
         let canonical = std::fs::canonicalize(path).map_err(|e| {
             DbError::other(format!("cannot resolve the path `{}`: {e}", path.display()))
         })?;
@@ -376,6 +386,37 @@ impl Database {
         E: From<DbError> + Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
     {
+        self.queue(durability, Isolation::Savepoint, apply).await
+    }
+
+    /// [`Database::write`] without a savepoint of its own, for a write that checks everything
+    /// that can refuse it (returns `Err` or calls [`Tx::roll_back`]) before its first change.
+    /// Should it fail after a change all the same (an I/O error), the whole batch is rolled
+    /// back and every write in it fails: nothing of a failed write is ever committed.
+    pub(crate) async fn write_checked_first<T, E, F>(
+        &self,
+        durability: Durability,
+        apply: F,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.queue(durability, Isolation::CheckedFirst, apply).await
+    }
+
+    async fn queue<T, E, F>(
+        &self,
+        durability: Durability,
+        isolation: Isolation,
+        apply: F,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let writer = self.shared.writer.as_ref().ok_or_else(|| {
             E::from(DbError::other(format!(
@@ -384,7 +425,7 @@ impl Database {
             )))
         })?;
         writer
-            .send(Job::new(durability, apply, reply))
+            .send(Job::new(durability, isolation, apply, reply))
             .map_err(|_| E::from(DbError::other("the database writer thread stopped")))?;
         answer
             .await
@@ -461,5 +502,67 @@ mod tests {
         assert_eq!(rows, 1, "the failed write's first insert was rolled back");
         let stats = a.writer_stats();
         assert!(stats.commits >= 2 && stats.writes >= 3 && stats.syncs >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_checked_first_write_refused_before_a_change_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite")).await.unwrap();
+        db.ensure_schema("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY);")
+            .await
+            .unwrap();
+        let insert = |k: i64| {
+            db.write_checked_first(Durability::Sync, move |tx| {
+                tx.conn().execute("INSERT INTO t (k) VALUES (?1)", [k])?;
+                Ok::<_, DbError>(())
+            })
+        };
+        let refused = db.write_checked_first(Durability::Sync, |tx| {
+            tx.roll_back();
+            Ok::<_, DbError>(())
+        });
+        let failed = db.write_checked_first(Durability::Sync, |_tx| {
+            Err::<(), _>(DbError::other("refused"))
+        });
+        let (a, refused, failed, b) = tokio::join!(insert(1), refused, failed, insert(2));
+        a.unwrap();
+        refused.unwrap();
+        assert_eq!(failed.unwrap_err().message, "refused");
+        b.unwrap();
+        let rows: i64 = db
+            .read(|c| Ok::<_, DbError>(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+    }
+
+    #[tokio::test]
+    async fn a_checked_first_write_failing_after_a_change_fails_its_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite")).await.unwrap();
+        db.ensure_schema("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY);")
+            .await
+            .unwrap();
+        // Both writes are queued before the writer wakes up, so they share a batch.
+        let first = db.write(Durability::Sync, |tx| {
+            tx.conn().execute("INSERT INTO t (k) VALUES (1)", [])?;
+            Ok::<_, DbError>(())
+        });
+        let broken = db.write_checked_first(Durability::Sync, |tx| {
+            tx.conn().execute("INSERT INTO t (k) VALUES (2)", [])?;
+            Err::<(), _>(DbError::other("refused after a change"))
+        });
+        let (first, broken) = tokio::join!(first, broken);
+        assert!(broken.is_err());
+        let rows: i64 = db
+            .read(|c| Ok::<_, DbError>(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        // Nothing of the broken write is stored; the write batched with it either committed
+        // in an earlier batch or failed with it, never half.
+        match first {
+            Ok(()) => assert_eq!(rows, 1),
+            Err(_) => assert_eq!(rows, 0),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The writer thread: group commit of queued writes, each in its own savepoint.
+//! The writer thread: group commit of queued writes, each in its own savepoint unless it
+//! checks everything that can refuse it before its first change ([`Isolation`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,12 +87,28 @@ where
 /// A write queued for the writer thread.
 pub(crate) struct Job {
     durability: Durability,
+    /// Applied in a savepoint of its own (see [`Isolation`]).
+    isolation: Isolation,
     work: Box<dyn Work>,
+}
+
+/// How a write is kept apart from the other writes of its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    /// In its own savepoint: a failure anywhere undoes only this write.
+    Savepoint,
+    /// Without a savepoint (which costs a copy of every page the write touches that an
+    /// earlier write of the batch touched already): the write checks everything that can
+    /// refuse it before its first change. A failure after a change (an I/O error, a broken
+    /// invariant) cannot be undone alone: the whole batch is rolled back and every write in
+    /// it fails.
+    CheckedFirst,
 }
 
 impl Job {
     pub(crate) fn new<T, E, F>(
         durability: Durability,
+        isolation: Isolation,
         apply: F,
         reply: oneshot::Sender<Result<T, E>>,
     ) -> Self
@@ -102,6 +119,7 @@ impl Job {
     {
         Self {
             durability,
+            isolation,
             work: Box::new(Typed {
                 apply: Some(apply),
                 result: None,
@@ -126,15 +144,32 @@ fn apply_batch(conn: &Connection, jobs: &mut [Job]) -> Result<Option<(u64, Strin
         chain_head: None,
     };
     for job in jobs.iter_mut() {
-        exec(conn, "SAVEPOINT job")?;
         let head = tx.chain_head.clone();
         tx.roll_back = false;
-        job.work.apply(&mut tx);
-        if tx.roll_back {
-            exec(conn, "ROLLBACK TO job")?;
-            tx.chain_head = head;
+        match job.isolation {
+            Isolation::Savepoint => {
+                exec(conn, "SAVEPOINT job")?;
+                job.work.apply(&mut tx);
+                if tx.roll_back {
+                    exec(conn, "ROLLBACK TO job")?;
+                    tx.chain_head = head;
+                }
+                exec(conn, "RELEASE job")?;
+            }
+            Isolation::CheckedFirst => {
+                let changes = conn.total_changes();
+                job.work.apply(&mut tx);
+                if tx.roll_back {
+                    if conn.total_changes() != changes {
+                        return Err(DbError::other(
+                            "a write failed after its first change; the batch it was in was \
+                             rolled back whole",
+                        ));
+                    }
+                    tx.chain_head = head;
+                }
+            }
         }
-        exec(conn, "RELEASE job")?;
     }
     exec(conn, "COMMIT")?;
     Ok(tx.chain_head)
@@ -164,10 +199,10 @@ pub(crate) fn writer_loop(
             } else {
                 "PRAGMA synchronous = NORMAL"
             };
-            match conn.execute_batch(pragma) {
+            match exec(&conn, pragma) {
                 Ok(()) => full = sync,
                 // A deferred batch may commit with an fsync; a synchronous one never without.
-                Err(e) if sync => outcome = Err(DbError::from(e)),
+                Err(e) if sync => outcome = Err(e),
                 Err(_) => {}
             }
         }
