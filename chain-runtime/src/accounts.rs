@@ -2,7 +2,7 @@
 //! (grants for preflight, upstream subjects for the identity checks, account facts for the
 //! audit trail) and how a step reaches its connector. The vault implements it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::future::BoxFuture;
 use crate::preflight::Grants;
@@ -25,6 +25,26 @@ pub trait AccountDirectory: Send + Sync {
         connector: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, AccountLookupError>>;
 
+    /// What a new run's preflight needs, together: the principal's grants (as
+    /// [`AccountDirectory::grants`]) and the upstream subject of its account on each of
+    /// `connectors` (as [`AccountDirectory::upstream_subject`]). The default asks those two;
+    /// the vault reads every account of the principal once.
+    fn grants_and_subjects<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connectors: &'a [String],
+    ) -> BoxFuture<'a, Result<(Grants, Subjects), AccountLookupError>> {
+        Box::pin(async move {
+            let grants = self.grants(principal_id).await?;
+            let mut subjects = BTreeMap::new();
+            for connector in connectors {
+                let subject = self.upstream_subject(principal_id, connector).await?;
+                subjects.insert(connector.clone(), subject);
+            }
+            Ok((grants, subjects))
+        })
+    }
+
     /// The scopes a new consent on `connector` must keep so that it never narrows the
     /// principal's grant: the scopes of the account's grant whatever its state (a grant the
     /// provider revoked included) and the provider's lifecycle scopes. The engine records them
@@ -44,7 +64,9 @@ pub trait AccountDirectory: Send + Sync {
     }
 
     /// The connected account a step on `connector` uses, for the audit trail (account, grant
-    /// and scopes at call time). `None` when unknown.
+    /// and scopes at call time). `None` when unknown. Asked for every step record, so an
+    /// implementation may answer from what it read moments ago (the vault answers from the
+    /// read that fetched the call's token; see its module docs).
     fn account<'a>(
         &'a self,
         principal_id: &'a str,
@@ -61,6 +83,9 @@ pub trait AccountDirectory: Send + Sync {
         None
     }
 }
+
+/// The upstream subject of a principal's account on each connector (`None`: no active account).
+pub type Subjects = BTreeMap<String, Option<String>>;
 
 /// The audit-relevant facts of one connected account; never a token.
 #[derive(Debug, Clone, PartialEq, Eq)]

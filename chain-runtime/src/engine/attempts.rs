@@ -1,8 +1,17 @@
 //! One audit record per HTTP attempt of a step or compensator: the connector client tells the
 //! engine of each attempt (status, class, wait before the retry), and the engine appends an
 //! [`AuditEvent::HttpAttempt`] naming the run, the step, the principal and the account in use.
+//!
+//! A successful attempt's record is held for the run's next commit (the step's result, in the
+//! same transaction, before its outcome record) instead of a commit of its own: one database
+//! write per step instead of two on the happy path. Any other attempt (a refusal, a retry, no
+//! answer) is committed at once with the records held before it, as before. A held record is
+//! as durable as a committed deferred one once the step's result commits; a process that dies
+//! between the response and that commit (microseconds, unless the step body goes on calling)
+//! loses it, as it loses an attempt it was still waiting on.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::Engine;
 use super::driver::commit;
@@ -50,6 +59,48 @@ impl Engine {
     }
 }
 
+/// Records of successful HTTP attempts waiting for their run's next commit, by run id.
+#[derive(Default)]
+pub(crate) struct HeldAttempts {
+    held: Mutex<HashMap<String, Vec<NewRecord>>>,
+}
+
+impl HeldAttempts {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<NewRecord>>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn hold(&self, run_id: &str, record: NewRecord) {
+        self.held()
+            .entry(run_id.to_owned())
+            .or_default()
+            .push(record);
+    }
+
+    /// The records held for `run_id`, in attempt order; none are held after this.
+    pub(crate) fn take(&self, run_id: &str) -> Vec<NewRecord> {
+        self.held().remove(run_id).unwrap_or_default()
+    }
+}
+
+/// Commits the attempt records held for `run_id` on their own (deferred). A failure is logged.
+pub(crate) async fn flush_attempts(engine: &Engine, run_id: &str) {
+    let held = engine.inner.attempts.take(run_id);
+    if held.is_empty() {
+        return;
+    }
+    let unit = Unit {
+        writes: Vec::new(),
+        audit: held,
+        durability: crate::journal::Durability::Deferred,
+    };
+    if let Err(e) = commit(engine, None, unit).await {
+        tracing::error!(run_id, error = %e, "could not audit HTTP attempts");
+    }
+}
+
 /// A class as the audit trail spells it (snake_case).
 fn class_name(class: FailureClass) -> String {
     serde_json::to_value(class)
@@ -85,11 +136,11 @@ impl AttemptObserver for AttemptAudit {
                 .engine
                 .with_account(record, &self.run, self.connector)
                 .await;
-            // Deferred: on disk with the step's result or the next intent; a crash before
-            // that reads as a crash during the call, which the journal already handles.
-            let unit = Unit::of(Vec::new()).audit(record).deferred();
-            if let Err(e) = commit(&self.engine, None, unit).await {
-                tracing::error!(run_id = %self.run.run_id, step_id = %self.step_id, error = %e, "could not audit an HTTP attempt");
+            // Deferred either way: on disk with the step's result or the next intent; a crash
+            // before that reads as a crash during the call, which the journal already handles.
+            self.engine.inner.attempts.hold(&self.run.run_id, record);
+            if !ok {
+                flush_attempts(&self.engine, &self.run.run_id).await;
             }
         })
     }

@@ -86,6 +86,8 @@ pub(crate) struct EngineInner {
     chains: RwLock<HashMap<String, &'static ChainMeta>>,
     pub(crate) owner: String,
     pub(crate) approvals: RwLock<crate::approval::ApprovalPolicy>,
+    /// HTTP attempt records waiting for their run's next commit.
+    pub(crate) attempts: attempts::HeldAttempts,
 }
 
 /// The durable execution engine. Cheap to clone (an `Arc` inside); many runs at once.
@@ -158,6 +160,7 @@ impl Engine {
                 chains: RwLock::default(),
                 owner: new_id("engine-"),
                 approvals: RwLock::default(),
+                attempts: attempts::HeldAttempts::default(),
             }),
         }
     }
@@ -247,7 +250,7 @@ impl Engine {
             .prepare_run(meta, run_id, principal, principal_id, input, parent_run_id)
             .await?;
         let lease = driver::create_run(self, run.clone(), started).await?;
-        runner::drive(self.clone(), meta, run, lease, None).await
+        runner::drive_new(self.clone(), meta, run, lease).await
     }
 
     /// A run's stored record (state, node, principal, …).

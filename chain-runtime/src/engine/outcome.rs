@@ -10,8 +10,39 @@ use crate::step::{RecordRef, StepError};
 /// Commits `unit` as one unit of work. When the journal and the audit trail share a database,
 /// its journal writes and audit records commit in one transaction; otherwise (an in-memory
 /// journal, or an audit store elsewhere) the journal writes commit first and the records are
-/// appended to the audit store after them.
+/// appended to the audit store after them. Under a lease, the HTTP attempt records held for
+/// the run (see `attempts`) go first in the unit; when the unit is not stored they are
+/// committed on their own.
 pub(crate) async fn commit(
+    engine: &Engine,
+    lease: Option<&Lease>,
+    mut unit: Unit,
+) -> Result<Committed, EngineError> {
+    let Some(lease) = lease else {
+        return commit_unit(engine, None, unit).await;
+    };
+    let held = engine.inner.attempts.take(&lease.run_id);
+    if held.is_empty() {
+        return commit_unit(engine, Some(lease), unit).await;
+    }
+    let own = std::mem::take(&mut unit.audit);
+    unit.audit = held.clone();
+    unit.audit.extend(own);
+    let committed = commit_unit(engine, Some(lease), unit).await;
+    if !matches!(&committed, Ok(c) if c.applied) {
+        let alone = Unit {
+            writes: Vec::new(),
+            audit: held,
+            durability: crate::journal::Durability::Deferred,
+        };
+        if let Err(e) = commit_unit(engine, None, alone).await {
+            tracing::error!(run_id = %lease.run_id, error = %e, "could not audit HTTP attempts");
+        }
+    }
+    committed
+}
+
+async fn commit_unit(
     engine: &Engine,
     lease: Option<&Lease>,
     mut unit: Unit,

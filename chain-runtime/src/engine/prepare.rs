@@ -1,8 +1,6 @@
 //! A new run's record: preflight, the upstream subject of each connector's account, the
 //! chain's version, and the `run_started` audit record, before anything is written.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use super::{Engine, EngineError, chain_version};
@@ -25,19 +23,16 @@ impl Engine {
         parent_run_id: Option<String>,
     ) -> Result<(RunRecord, NewRecord), EngineError> {
         let manifest = ScopeManifest::for_chain(meta);
-        let grants = self.inner.credentials.grants(&principal_id).await?;
+        // One lookup: the grants for preflight and the subjects the run records.
+        let connectors: Vec<String> = manifest.connectors.keys().cloned().collect();
+        let (grants, subjects) = self
+            .inner
+            .credentials
+            .grants_and_subjects(&principal_id, &connectors)
+            .await?;
         let pf = preflight_manifest(&manifest, &principal_id, &grants);
         self.preflight_gate(&meta.path(), &principal_id, None, &pf)
             .await?;
-        let mut subjects = BTreeMap::new();
-        for connector in manifest.connectors.keys() {
-            let subject = self
-                .inner
-                .credentials
-                .upstream_subject(&principal_id, connector)
-                .await?;
-            subjects.insert(connector.clone(), subject);
-        }
         let (chain_version, step_versions) = chain_version(meta);
         let run = RunRecord {
             run_id: run_id.clone(),

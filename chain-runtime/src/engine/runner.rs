@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use super::attempts::flush_attempts;
 use super::driver::Driver;
 use super::{Engine, EngineError};
 use crate::chain::ChainMeta;
-use crate::journal::{JournalError, Lease, RunJournal, RunRecord, RunState};
+use crate::journal::{JournalEntry, JournalError, Lease, RunJournal, RunRecord, RunState};
 
 /// Drives `run` of `meta` under `lease` until it completes, suspends, is compensated, blocks
 /// or fails (`retry`: the step a resume retries). The lease is released on every path.
@@ -17,13 +18,37 @@ pub(super) async fn drive(
     lease: Lease,
     retry: Option<String>,
 ) -> Result<RunState, EngineError> {
+    drive_from(engine, meta, run, lease, retry, None).await
+}
+
+/// [`drive`] for a run this engine just created: its journal is empty, nothing to read.
+pub(super) async fn drive_new(
+    engine: Engine,
+    meta: &'static ChainMeta,
+    run: RunRecord,
+    lease: Lease,
+) -> Result<RunState, EngineError> {
+    drive_from(engine, meta, run, lease, None, Some(Vec::new())).await
+}
+
+/// [`drive`], with the run's journal when the caller knows it (else it is read).
+async fn drive_from(
+    engine: Engine,
+    meta: &'static ChainMeta,
+    run: RunRecord,
+    lease: Lease,
+    retry: Option<String>,
+    journal: Option<Vec<JournalEntry>>,
+) -> Result<RunState, EngineError> {
     let store = Arc::clone(&engine.inner.store);
     let mut abandoned = ReleaseIfAbandoned {
-        store: Arc::clone(&store),
+        engine: engine.clone(),
         lease: Some(lease.clone()),
     };
-    let result = drive_leased(engine, meta, run, &lease, retry).await;
+    let result = drive_leased(engine.clone(), meta, run, &lease, retry, journal).await;
     abandoned.lease = None;
+    // Attempt records no commit of the run took (the lease was lost): stored on their own.
+    flush_attempts(&engine, &lease.run_id).await;
     if result.is_err() {
         // `finish` releases the lease on every path it reaches; this covers the rest.
         let _ = store.release_run(&lease).await;
@@ -36,7 +61,7 @@ pub(super) async fn drive(
 /// claim it at once instead of after the lease expires. A process that dies releases nothing;
 /// its lease expires, or its holder lock tells the next claimer it is gone.
 struct ReleaseIfAbandoned {
-    store: Arc<dyn RunJournal>,
+    engine: Engine,
     lease: Option<Lease>,
 }
 
@@ -46,9 +71,10 @@ impl Drop for ReleaseIfAbandoned {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
+            let engine = self.engine.clone();
             runtime.spawn(async move {
-                let _ = store.release_run(&lease).await;
+                flush_attempts(&engine, &lease.run_id).await;
+                let _ = engine.inner.store.release_run(&lease).await;
             });
         }
     }
@@ -60,9 +86,13 @@ async fn drive_leased(
     run: RunRecord,
     lease: &Lease,
     retry: Option<String>,
+    journal: Option<Vec<JournalEntry>>,
 ) -> Result<RunState, EngineError> {
     let store = Arc::clone(&engine.inner.store);
-    let journal = store.journal(&run.run_id).await?;
+    let journal = match journal {
+        Some(journal) => journal,
+        None => store.journal(&run.run_id).await?,
+    };
     let run_id = run.run_id.clone();
     let (principal, input) = (run.principal.clone(), run.input.clone());
     let driver = Arc::new(Driver::new(

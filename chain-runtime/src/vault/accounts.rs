@@ -100,7 +100,9 @@ impl Vault {
                 principal_id: principal_id.to_owned(),
                 connector: connector.to_owned(),
             })?;
-        Ok(self.with_pending(stored).await)
+        let account = self.with_pending(stored).await;
+        self.saw(&account);
+        Ok(account)
     }
 
     pub(super) async fn load_active(
@@ -162,10 +164,13 @@ impl Vault {
         let mut updated = account.clone();
         updated.status = AccountStatus::NeedsReauthorization;
         updated.updated_at = self.now();
-        self.inner
+        let written = self
+            .inner
             .store
             .replace_account(updated, account.rt_version)
-            .await?;
+            .await;
+        self.forget(&account.principal_id, &account.connector);
+        written?;
         Ok(())
     }
 }

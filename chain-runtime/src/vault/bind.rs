@@ -116,6 +116,7 @@ impl Vault {
             }
             None => self.inner.store.insert_account(account.clone()).await?,
         };
+        self.forget(principal_id, connector);
         if !written {
             return Err(VaultError::Conflict {
                 principal_id: principal_id.to_owned(),

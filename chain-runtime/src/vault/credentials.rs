@@ -2,7 +2,7 @@
 //! for the identity checks, accounts for the audit trail) and the token source a step's
 //! connector client sends through.
 
-use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary};
+use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary, Subjects};
 use crate::classify::RuleSet;
 use crate::future::BoxFuture;
 use crate::preflight::Grants;
@@ -31,6 +31,43 @@ impl Vault {
 }
 
 impl AccountDirectory for Vault {
+    fn grants_and_subjects<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connectors: &'a [String],
+    ) -> BoxFuture<'a, Result<(Grants, Subjects), AccountLookupError>> {
+        Box::pin(async move {
+            let stored = self
+                .inner
+                .store
+                .principal_accounts(principal_id, connectors)
+                .await
+                .map_err(|e| lookup_failed(e.into()))?;
+            let mut active = std::collections::HashMap::new();
+            for account in stored {
+                let account = self.with_pending(account).await;
+                self.saw(&account);
+                if account.status == AccountStatus::Active {
+                    active.insert(account.connector.clone(), account);
+                }
+            }
+            let mut grants = Grants::new();
+            for connector in self.connectors() {
+                if let Ok(provider) = self.provider(&connector) {
+                    grants = grants.with_lifecycle(&connector, provider.lifecycle_scopes.clone());
+                }
+                if let Some(account) = active.get(&connector) {
+                    grants.insert(&connector, account.granted_scopes.clone());
+                }
+            }
+            let subjects = connectors
+                .iter()
+                .map(|c| (c.clone(), active.get(c).map(|a| a.upstream_subject.clone())))
+                .collect();
+            Ok((grants, subjects))
+        })
+    }
+
     fn grants<'a>(
         &'a self,
         principal_id: &'a str,
@@ -88,15 +125,16 @@ impl AccountDirectory for Vault {
         connector: &'a str,
     ) -> BoxFuture<'a, Result<Option<AccountSummary>, AccountLookupError>> {
         Box::pin(async move {
-            Ok(self
-                .active_account(principal_id, connector)
-                .await?
-                .map(|a| AccountSummary {
-                    account_id: a.account_id,
-                    upstream_subject: a.upstream_subject,
-                    grant_id: a.grant_id,
-                    scopes: a.granted_scopes,
-                }))
+            let account = match self.seen(principal_id, connector) {
+                Some(seen) => (seen.status == AccountStatus::Active).then_some(seen),
+                None => self.active_account(principal_id, connector).await?,
+            };
+            Ok(account.map(|a| AccountSummary {
+                account_id: a.account_id,
+                upstream_subject: a.upstream_subject,
+                grant_id: a.grant_id,
+                scopes: a.granted_scopes,
+            }))
         })
     }
 

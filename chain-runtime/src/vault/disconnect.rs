@@ -68,12 +68,13 @@ impl Vault {
         updated.expires_at = None;
         updated.rt_version = account.rt_version + 1;
         updated.updated_at = self.now();
-        if !self
+        let replaced = self
             .inner
             .store
             .replace_account(updated.clone(), account.rt_version)
-            .await?
-        {
+            .await?;
+        self.forget(principal_id, connector);
+        if !replaced {
             return Err(VaultError::Conflict {
                 principal_id: principal_id.to_owned(),
                 connector: connector.to_owned(),
@@ -141,12 +142,13 @@ impl Vault {
         let lock = self.account_lock(&account.account_id);
         let _guard = lock.lock().await;
         let account = self.load_account(principal_id, connector).await?;
-        if !self
+        let deleted = self
             .inner
             .store
             .delete_account(principal_id, connector, account.rt_version)
-            .await?
-        {
+            .await?;
+        self.forget(principal_id, connector);
+        if !deleted {
             return Err(VaultError::Conflict {
                 principal_id: principal_id.to_owned(),
                 connector: connector.to_owned(),

@@ -42,6 +42,7 @@ mod refresh;
 mod registry;
 pub(crate) mod rows;
 mod secret;
+mod seen;
 mod sqlite;
 mod store;
 mod subject;
@@ -98,6 +99,8 @@ struct Inner {
     last_refresh: Mutex<HashMap<String, i64>>,
     min_refresh_interval: Duration,
     shared_subject: SharedSubjectPolicy,
+    /// Account labels for audit records (see `seen`).
+    seen: seen::Seen,
 }
 
 impl fmt::Debug for Vault {
@@ -152,6 +155,7 @@ impl Vault {
                 last_refresh: Mutex::new(HashMap::new()),
                 min_refresh_interval: options.min_refresh_interval,
                 shared_subject: options.shared_subject,
+                seen: seen::Seen::default(),
             }),
         })
     }

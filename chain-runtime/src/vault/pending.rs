@@ -29,12 +29,13 @@ impl Vault {
     /// memory when the store fails.
     pub(super) async fn persist(&self, account: StoredAccount, expected_version: i64) -> Persisted {
         let account_id = account.account_id.clone();
-        match self
+        let written = self
             .inner
             .store
             .replace_account(account.clone(), expected_version)
-            .await
-        {
+            .await;
+        self.forget(&account.principal_id, &account.connector);
+        match written {
             Ok(true) => {
                 self.pending_map().remove(&account_id);
                 Persisted::Written

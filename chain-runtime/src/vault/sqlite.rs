@@ -190,19 +190,43 @@ impl AccountStore for SqliteStore {
         let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
         self.read(move |conn| {
             let found = conn
-                .query_row(
-                    &format!(
-                        "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts WHERE principal_id = ?1 AND connector = ?2"
-                    ),
-                    params![principal_id, connector],
-                    account_from_row,
-                )
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts WHERE principal_id = ?1 AND connector = ?2"
+                ))
+                .map_err(backend)?
+                .query_row(params![principal_id, connector], account_from_row)
                 .optional()
                 .map_err(backend)?;
             let Some((mut account, scopes, status)) = found else { return Ok(None) };
             account.granted_scopes = scopes_from_text(&scopes)?;
             account.status = status_from_text(&status)?;
             Ok(Some(account))
+        })
+    }
+
+    fn principal_accounts<'a>(
+        &'a self,
+        principal_id: &'a str,
+        _connectors: &'a [String],
+    ) -> StoreFuture<'a, Vec<StoredAccount>> {
+        let principal_id = principal_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts WHERE principal_id = ?1 ORDER BY connector"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![principal_id], account_from_row)
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut account, scopes, status) = row.map_err(backend)?;
+                account.granted_scopes = scopes_from_text(&scopes)?;
+                account.status = status_from_text(&status)?;
+                out.push(account);
+            }
+            Ok(out)
         })
     }
 

@@ -152,6 +152,25 @@ pub trait AccountStore: Send + Sync + 'static {
         connector: &str,
     ) -> StoreFuture<'_, Option<StoredAccount>>;
 
+    /// The accounts of `principal_id` (any status), at least those on `connectors`, read
+    /// together: what a run's preflight needs, in one round trip where the store can. The
+    /// default reads them one by one with [`AccountStore::get_account`].
+    fn principal_accounts<'a>(
+        &'a self,
+        principal_id: &'a str,
+        connectors: &'a [String],
+    ) -> StoreFuture<'a, Vec<StoredAccount>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for connector in connectors {
+                if let Some(account) = self.get_account(principal_id, connector).await? {
+                    out.push(account);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Inserts a new account; returns `false` if one already exists for (principal, connector).
     fn insert_account(&self, account: StoredAccount) -> StoreFuture<'_, bool>;
 
