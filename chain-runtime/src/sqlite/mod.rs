@@ -11,7 +11,7 @@
 //!   transaction (a failing write rolls back alone) and commits once, then answers each
 //!   caller. A caller's write is committed when its future resolves. A write that checks
 //!   whatever can refuse it before its first change may skip its savepoint
-//!   ([`Database::write_checked_first`]; the run journal's units of work do);
+//!   (`Database::write_checked_first`; the run journal's units of work do);
 //! - one **reader pool**: reads run on the blocking thread pool on pooled connections and
 //!   never wait for the writer (WAL readers see the last commit);
 //! - one set of counters ([`WriterStats`]).
