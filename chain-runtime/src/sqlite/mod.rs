@@ -3,14 +3,15 @@
 //! One [`Database`] per file and process: every store opened on the same path in one process
 //! (the run journal, the audit trail, the vault) shares it, so they share
 //!
-//! - one **connection policy**: WAL journal mode, `synchronous=FULL`, a busy timeout of
+//! - one **connection policy**: WAL journal mode, `synchronous=FULL` (the writer's commits
+//!   are made durable by an explicit fsync instead, see *Durability*), a busy timeout of
 //!   30 s for another process holding the write lock;
 //! - one **writer thread** with group commit: it takes every write queued at the moment (up to
 //!   [`MAX_BATCH`]), applies each in its own savepoint inside ONE `BEGIN IMMEDIATE`
 //!   transaction (a failing write rolls back alone) and commits once, then answers each
 //!   caller. A caller's write is committed when its future resolves. A write that checks
 //!   whatever can refuse it before its first change may skip its savepoint
-//!   ([`Database::write_checked_first`]; the run journal's units of work do);
+//!   (`Database::write_checked_first`; the run journal's units of work do);
 //! - one **reader pool**: reads run on the blocking thread pool on pooled connections and
 //!   never wait for the writer (WAL readers see the last commit);
 //! - one set of counters ([`WriterStats`]).
@@ -21,12 +22,15 @@
 //!
 //! # Durability
 //! Every write says whether it must be on disk when it resolves ([`Durability::Sync`]) or only
-//! visible to other processes and safe from a process crash ([`Durability::Deferred`]). A
-//! batch with at least one `Sync` write commits with an fsync of the WAL (`synchronous=FULL`);
-//! a batch of only deferred writes commits without one (`synchronous=NORMAL` for that commit).
-//! The WAL is one sequential file, so the next fsync makes every earlier frame durable too: a
-//! deferred write is lost only by a power failure (or OS crash) before the next synchronous
-//! commit, never by the process dying.
+//! visible to other processes and safe from a process crash ([`Durability::Deferred`]). The
+//! writer commits every batch without an fsync (`synchronous=NORMAL`); a batch with at least
+//! one `Sync` write is answered only after an fsync of the `-wal` file that follows its commit
+//! (made by the writer when nothing else is queued, else by a syncer thread while the writer
+//! goes on, one fsync for every batch committed meanwhile; see `syncer`). The WAL is one
+//! sequential file, so an fsync makes every earlier frame durable too: a deferred write is
+//! lost only by a power failure (or OS crash) before the next synchronous write's fsync, never
+//! by the process dying. (A file SQLite cannot put in WAL mode commits every batch with an
+//! fsync, `synchronous=FULL`.)
 //!
 //! # The head witness
 //! Commits live in the `-wal` file until a checkpoint copies them into the database file; a
@@ -40,6 +44,7 @@
 //! database (backups, moves); deleting both the `-wal` and the witness is not detectable
 //! without a checkpoint kept elsewhere (see [`crate::audit::ChainVerifier`]).
 
+mod syncer;
 mod witness;
 mod writer;
 
@@ -57,10 +62,11 @@ use writer::{Isolation, Job, writer_loop};
 /// How long a connection waits for another process holding the database's write lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The writer connection's page cache and temporary storage: the pages a batch touches stay
-/// cached between batches (no read back from the file), and the savepoints' sub-journals stay
-/// in memory.
-const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;";
+/// The writer connection's temporary storage: savepoints' and statements' sub-journals stay
+/// in memory. (Its page cache keeps SQLite's default size: the pages a batch touches are the
+/// few at the end of each index, and a larger cache costs a scan of its hash table at every
+/// commit.)
+const WRITER_PRAGMAS: &str = "PRAGMA temp_store = MEMORY;";
 
 /// The most writes one transaction takes.
 pub const MAX_BATCH: usize = 1024;
@@ -126,15 +132,15 @@ impl DatabaseId {
     }
 }
 
-/// How many writes the writer thread applied, in how many transactions and how many of those
-/// were synchronous (one fsync each).
+/// How many writes the writer thread applied, in how many transactions, and how many fsyncs
+/// made synchronous ones durable (one fsync may cover several transactions).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
     /// Writes applied (jobs, each one caller's write).
     pub writes: u64,
     /// Transactions committed.
     pub commits: u64,
-    /// Commits with an fsync (`synchronous=FULL`).
+    /// fsyncs of the WAL that made synchronous writes durable.
     pub syncs: u64,
 }
 
@@ -338,9 +344,13 @@ impl Database {
         let stats = Arc::new(Stats::default());
         let writer_stats = Arc::clone(&stats);
         let witness = witness::HeadWitness::new(&canonical);
+        let wal: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+        let syncer = wal
+            .eq_ignore_ascii_case("wal")
+            .then(|| syncer::Syncer::start(&canonical, Arc::clone(&stats)));
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_stats, witness))
+            .spawn(move || writer_loop(conn, rx, writer_stats, witness, syncer))
             .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
         let shared = Arc::new(Shared {
             id: DatabaseId::fresh(),

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::syncer::{Done, Syncer};
 use super::witness::HeadWitness;
 use super::{DbError, Durability, MAX_BATCH, Stats};
 
@@ -46,7 +47,9 @@ impl<'c> Tx<'c> {
 /// A queued write with its result slot and reply channel, types erased.
 trait Work: Send {
     fn apply(&mut self, tx: &mut Tx<'_>);
-    fn finish(self: Box<Self>, commit: Result<(), &DbError>);
+    /// Answers the caller: its own result, or `failed` (why its batch did not commit, or was
+    /// not made durable).
+    fn finish(self: Box<Self>, failed: Result<(), &DbError>);
 }
 
 struct Typed<T, E, F> {
@@ -71,13 +74,11 @@ where
         }
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), &DbError>) {
-        let answer = match (commit, self.result) {
+    fn finish(self: Box<Self>, failed: Result<(), &DbError>) {
+        let answer = match (failed, self.result) {
             (Ok(()), Some(result)) => result,
             (Ok(()), None) => Err(E::from(DbError::other("the write was never applied"))),
-            (Err(e), _) => Err(E::from(DbError::other(format!(
-                "the transaction this write was in did not commit, nothing of it was stored: {e}"
-            )))),
+            (Err(e), _) => Err(E::from(e.clone())),
         };
         // The caller may have gone away; a committed write stays committed.
         let _ = self.reply.send(answer);
@@ -106,6 +107,14 @@ pub(crate) enum Isolation {
 }
 
 impl Job {
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub(crate) fn finish(self, failed: Result<(), &DbError>) {
+        self.work.finish(failed);
+    }
+
     pub(crate) fn new<T, E, F>(
         durability: Durability,
         isolation: Isolation,
@@ -176,14 +185,27 @@ fn apply_batch(conn: &Connection, jobs: &mut [Job]) -> Result<Option<(u64, Strin
 }
 
 /// Drains the queue in batches, one transaction per batch, until every handle is dropped.
+/// `wal`: the database is in WAL mode, so commits skip the fsync and the [`Syncer`] makes
+/// synchronous batches durable; otherwise every commit syncs (`synchronous=FULL`).
 pub(crate) fn writer_loop(
     conn: Connection,
     rx: mpsc::Receiver<Job>,
     stats: Arc<Stats>,
     mut witness: HeadWitness,
+    mut syncer: Option<Syncer>,
 ) {
-    let mut full = true;
-    while let Ok(first) = rx.recv() {
+    if syncer.is_some() && exec(&conn, "PRAGMA synchronous = NORMAL").is_err() {
+        syncer = None;
+    }
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -191,24 +213,7 @@ pub(crate) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let sync = jobs.iter().any(|j| j.durability == Durability::Sync);
-        let mut outcome = Ok(None);
-        if sync != full {
-            let pragma = if sync {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            };
-            match exec(&conn, pragma) {
-                Ok(()) => full = sync,
-                // A deferred batch may commit with an fsync; a synchronous one never without.
-                Err(e) if sync => outcome = Err(e),
-                Err(_) => {}
-            }
-        }
-        if outcome.is_ok() {
-            outcome = apply_batch(&conn, &mut jobs);
-        }
+        let outcome = apply_batch(&conn, &mut jobs);
         if outcome.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -218,12 +223,23 @@ pub(crate) fn writer_loop(
         stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         if outcome.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
-            if full {
+        }
+        let outcome = outcome.map(drop).map_err(|e| {
+            DbError::other(format!(
+                "the transaction this write was in did not commit, nothing of it was stored: {e}"
+            ))
+        });
+        let Some(syncer) = syncer.as_mut() else {
+            if outcome.is_ok() {
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        for job in jobs {
-            job.work.finish(outcome.as_ref().map(|_| ()));
-        }
+            for job in jobs {
+                job.finish(outcome.as_ref().map(|_| ()));
+            }
+            continue;
+        };
+        // More writes waiting: the syncer answers this batch while the writer goes on.
+        next = rx.try_recv().ok();
+        syncer.settle(Done { jobs, outcome }, next.is_some());
     }
 }
