@@ -13,7 +13,12 @@
 //! ```
 //!
 //! Prints the median (p50) and p90 per run of each loop, and the time the engine adds per
-//! step at p50 over the raw requests.
+//! step at p50 over the raw requests. Wall-clock figures need a quiet machine (fsync times
+//! swing with other disk traffic); two figures load does not move much are printed beside
+//! them: the CPU time per run of each loop (every thread of the process: the engine's writer
+//! thread and blocking pool, the emulators, the HTTP client; from
+//! `/proc/self/task/*/schedstat`, Linux only), and the engine's database writes per run (jobs
+//! of the writer thread, transactions, fsyncs).
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -35,7 +40,10 @@ async fn main() -> Result<(), BoxError> {
         Err(_) => 300,
     };
     let dir = tempfile::tempdir()?;
-    let demo = Demo::start(&dir.path().join("chains.db")).await?;
+    let db_path = dir.path().join("chains.db");
+    let demo = Demo::start(&db_path).await?;
+    // The process's one handle on the file (the engine's): its writer counters.
+    let db = chain_runtime::sqlite::Database::open(&db_path).await?;
     for connector in ["salesforce", "jira", "slack"] {
         demo.connect(connector).await?;
     }
@@ -49,11 +57,14 @@ async fn main() -> Result<(), BoxError> {
         commits.run(&raw).await?;
     }
     let (mut chain, mut plain, mut committed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = [Duration::ZERO; 3];
+    let writes_before = db.writer_stats();
     for _ in 0..runs {
-        chain.push(timed(run_chain(&demo)).await?);
-        plain.push(timed(raw.run()).await?);
-        committed.push(timed(commits.run(&raw)).await?);
+        chain.push(timed(run_chain(&demo), &mut cpu[0]).await?);
+        plain.push(timed(raw.run(), &mut cpu[1]).await?);
+        committed.push(timed(commits.run(&raw), &mut cpu[2]).await?);
     }
+    let writes_after = db.writer_stats();
     let (chain, plain, committed) = (
         Summary::of(chain),
         Summary::of(plain),
@@ -70,6 +81,24 @@ async fn main() -> Result<(), BoxError> {
         ms(added),
         ms(hand_rolled)
     );
+    let per_run = |d: Duration| ms(d) / runs as f64;
+    if cpu.iter().any(|d| !d.is_zero()) {
+        println!(
+            "  CPU per run (all threads): engine {:.3} ms, raw {:.3} ms, raw + commit {:.3} ms; \
+             engine adds {:.3} ms per step",
+            per_run(cpu[0]),
+            per_run(cpu[1]),
+            per_run(cpu[2]),
+            per_run(cpu[0].saturating_sub(cpu[1])) / f64::from(STEPS)
+        );
+    }
+    let count = |after: u64, before: u64| after.saturating_sub(before) as f64 / runs as f64;
+    println!(
+        "  engine database writes per run: {:.1} writer jobs, {:.1} transactions, {:.1} fsyncs",
+        count(writes_after.writes, writes_before.writes),
+        count(writes_after.commits, writes_before.commits),
+        count(writes_after.syncs, writes_before.syncs)
+    );
     Ok(())
 }
 
@@ -84,10 +113,34 @@ async fn run_chain(demo: &Demo) -> Result<(), BoxError> {
     }
 }
 
-async fn timed<F: Future<Output = Result<(), BoxError>>>(f: F) -> Result<Duration, BoxError> {
+/// Runs `f`; returns its wall-clock time and adds the process's CPU time meanwhile to `cpu`.
+async fn timed<F: Future<Output = Result<(), BoxError>>>(
+    f: F,
+    cpu: &mut Duration,
+) -> Result<Duration, BoxError> {
+    let cpu_before = process_cpu();
     let started = Instant::now();
     f.await?;
-    Ok(started.elapsed())
+    let elapsed = started.elapsed();
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+        *cpu += after.saturating_sub(before);
+    }
+    Ok(elapsed)
+}
+
+/// CPU time of every live thread of this process so far (`None` where
+/// `/proc/self/task/*/schedstat` cannot be read). Threads that exit take theirs with them; the
+/// runtime's threads live as long as the bench.
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue; // the thread exited meanwhile
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
 }
 
 fn ms(d: Duration) -> f64 {

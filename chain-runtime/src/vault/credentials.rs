@@ -37,10 +37,15 @@ impl AccountDirectory for Vault {
         connectors: &'a [String],
     ) -> BoxFuture<'a, Result<(Grants, Subjects), AccountLookupError>> {
         Box::pin(async move {
+            // The grants cover every registered connector, the subjects the ones asked for.
+            let mut wanted = self.connectors();
+            wanted.extend(connectors.iter().cloned());
+            wanted.sort();
+            wanted.dedup();
             let stored = self
                 .inner
                 .store
-                .principal_accounts(principal_id, connectors)
+                .principal_accounts(principal_id, &wanted)
                 .await
                 .map_err(|e| lookup_failed(e.into()))?;
             let mut active = std::collections::HashMap::new();
