@@ -408,23 +408,34 @@ fn cpu_ticks(stat: &str, children: bool) -> u64 {
     field(11) + field(12) + if children { field(13) + field(14) } else { 0 }
 }
 
-/// CPU ticks of this process, and of every `postgres` process on this machine (the
-/// postmaster with its exited backends).
-fn cpu() -> (u64, u64) {
+/// The parent process id in a `/proc/<pid>/stat` line.
+fn parent(stat: &str) -> u32 {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU ticks of this process, and of the server whose backend `backend` is (its postmaster
+/// with its exited children, and its live processes), when it runs on this machine.
+fn cpu(backend: u32) -> (u64, u64) {
+    let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/stat").map_or(0, |s| cpu_ticks(&s, false));
-    let mut server = 0;
+    let postmaster = parent(&stat(backend));
+    if postmaster <= 1 {
+        return (own, 0);
+    }
+    let mut server = cpu_ticks(&stat(postmaster), true);
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() == "postgres" {
-            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-            // The postmaster's parent is not a postgres process: it alone counts its children.
-            let ppid: u32 = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-                .unwrap_or(0);
-            let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
-            server += cpu_ticks(&stat, parent.trim() != "postgres");
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let line = stat(pid);
+        if parent(&line) == postmaster {
+            server += cpu_ticks(&line, false);
         }
     }
     (own, server)
@@ -438,13 +449,14 @@ async fn counters(url: &str) -> Counters {
     let row = client
         .query_one(
             "SELECT wal_records, wal_bytes::float8, wal_sync, \
-             (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) \
-             FROM pg_stat_wal",
+             (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), \
+             pg_backend_pid() FROM pg_stat_wal",
             &[],
         )
         .await
         .unwrap();
-    let (own_cpu, server_cpu) = cpu();
+    let backend: i32 = row.get(4);
+    let (own_cpu, server_cpu) = cpu(u32::try_from(backend).unwrap_or(0));
     Counters {
         wal_records: row.get(0),
         wal_bytes: row.get(1),

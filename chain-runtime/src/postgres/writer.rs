@@ -17,11 +17,12 @@
 //!
 //! Durability: the batch commits without waiting for the WAL flush (the head's lock is released
 //! at commit, not after the fsync); deferred units are answered then. Its synchronous units go
-//! to the writer's flusher, which waits for the WAL flush (a tiny synchronous transaction, see
-//! [`batch::Conn::flush_wal`]) and answers them after it, while the writer goes on with the
-//! next batches. One flush at a time: the units committed while a flush runs share the next
-//! one (and the server shares fsyncs between processes). The WAL is one sequence, so a flush
-//! also makes every earlier deferred commit durable.
+//! to the writer's flushers, which wait for the WAL flush (a tiny synchronous transaction, see
+//! [`batch::Conn::flush_wal`]) and answer them after it, while the writer goes on with the
+//! next batches. A flush takes every unit waiting when it starts, and at most two are in
+//! flight (one fsyncing, the next queued on the server), so the units committed meanwhile
+//! share a flush (and the server shares fsyncs between processes). The WAL is one sequence, so
+//! a flush also makes every earlier deferred commit durable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,17 +150,29 @@ type Idle = Arc<Mutex<Vec<Conn>>>;
 /// Committed synchronous units, answered once the WAL is flushed.
 type Waiting = Vec<(oneshot::Sender<Result<Committed, JournalError>>, Committed)>;
 
-/// Flushes the WAL for every unit committed before the flush started, one flush at a time.
+/// How many flushes a writer has in flight: while one waits for its fsync, the next is queued
+/// on the server (it starts its fsync as soon as the first one ends).
+const FLUSHERS: usize = 2;
+
+/// Flushes the WAL for every unit committed before the flush started, taking every unit that
+/// waits when it starts.
 async fn flusher(
     config: tokio_postgres::Config,
     stats: Arc<Stats>,
-    mut rx: mpsc::UnboundedReceiver<Waiting>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Waiting>>>,
 ) {
     let mut conn: Option<Conn> = None;
-    while let Some(mut waiting) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            waiting.extend(more);
-        }
+    loop {
+        let waiting = {
+            let mut rx = rx.lock().await;
+            let Some(mut waiting) = rx.recv().await else {
+                break;
+            };
+            while let Ok(more) = rx.try_recv() {
+                waiting.extend(more);
+            }
+            waiting
+        };
         let c = match conn.take().filter(|c| !c.client.is_closed()) {
             Some(c) => Ok(c),
             None => Conn::open(&config).await,
@@ -189,7 +202,15 @@ async fn writer_loop(
 ) {
     let idle: Idle = Arc::default();
     let (to_flush, flushes) = mpsc::unbounded_channel();
-    let flushing = tokio::spawn(flusher(config.clone(), Arc::clone(&stats), flushes));
+    let flushes = Arc::new(tokio::sync::Mutex::new(flushes));
+    let mut flushing = tokio::task::JoinSet::new();
+    for _ in 0..FLUSHERS {
+        flushing.spawn(flusher(
+            config.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&flushes),
+        ));
+    }
     let mut batches = tokio::task::JoinSet::new();
     let mut previous: Option<oneshot::Receiver<()>> = None;
     loop {
@@ -221,7 +242,7 @@ async fn writer_loop(
     }
     while batches.join_next().await.is_some() {}
     drop(to_flush);
-    let _ = flushing.await;
+    while flushing.join_next().await.is_some() {}
 }
 
 /// An idle connection of the writer's, or a new one.
