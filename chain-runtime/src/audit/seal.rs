@@ -281,10 +281,10 @@ mod tests {
             Cell::Text(sealed.prev_hash.as_bytes()),
             Cell::Text(sealed.hash.as_bytes()),
         ];
-        let mut buf = String::new();
+        let mut buf = Vec::new();
         let mut refs = Vec::new();
         assert!(write_row(&cells, &mut buf, &mut refs));
-        assert_eq!(blake3::hash(buf.as_bytes()).to_hex().as_str(), sealed.hash);
+        assert_eq!(blake3::hash(&buf).to_hex().as_str(), sealed.hash);
         assert_eq!(record_hash(&cells_to_value(&cells)), sealed.hash);
         let records = records_text(&cells);
         let text = |(a, b): (usize, usize)| std::str::from_utf8(&records[a..b]).unwrap();
