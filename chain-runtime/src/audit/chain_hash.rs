@@ -63,24 +63,38 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
-/// Keys compared as UTF-16 code units (byte order is the same for ASCII keys).
+/// Keys compared as UTF-16 code units. Byte order is the same as long as the first
+/// difference is between two ASCII characters (the common prefix has the same code units);
+/// otherwise the code units decide.
 pub(crate) fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        a.cmp(b)
-    } else {
-        a.encode_utf16().cmp(b.encode_utf16())
+    let first_difference = a.bytes().zip(b.bytes()).position(|(x, y)| x != y);
+    match first_difference {
+        Some(i) if a.as_bytes()[i].is_ascii() && b.as_bytes()[i].is_ascii() => a.cmp(b),
+        // One is a prefix of the other: the shorter comes first either way.
+        None => a.len().cmp(&b.len()),
+        Some(_) => a.encode_utf16().cmp(b.encode_utf16()),
     }
 }
+
+/// The bytes a canonical JSON string escapes: controls, `"` and `\`.
+pub(crate) const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Appends `s` as a canonical JSON string.
 pub(crate) fn write_string(s: &str, out: &mut String) {
     out.push('"');
     let mut rest = s;
     // Copy runs of characters that need no escape in one go.
-    while let Some(i) = rest
-        .bytes()
-        .position(|b| b < 0x20 || b == b'"' || b == b'\\')
-    {
+    while let Some(i) = rest.bytes().position(|b| ESCAPED[usize::from(b)]) {
         out.push_str(&rest[..i]);
         let b = rest.as_bytes()[i];
         match b {
@@ -143,6 +157,38 @@ mod tests {
             canonical_json(&v),
             r#"{"C":true,"a":null,"aa":{"y":false,"z":-3},"b":[1,"x\n\u0001é\"\\"]}"#
         );
+    }
+
+    #[test]
+    fn key_order_is_utf16_order() {
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "b",
+            "B",
+            "a\u{7f}",
+            "é",
+            "aé",
+            "a\u{ffff}",
+            "a\u{10000}",
+            "\u{e000}",
+            "\u{10ffff}",
+            "\u{ff61}x",
+            "\u{1f600}",
+            "a\"",
+            "a\\",
+        ];
+        for a in keys {
+            for b in keys {
+                let utf16 = a.encode_utf16().cmp(b.encode_utf16());
+                assert_eq!(key_order(a, b), utf16, "{a:?} {b:?}");
+            }
+        }
+        for b in 0..=255u8 {
+            let escaped = b < 0x20 || b == b'"' || b == b'\\';
+            assert_eq!(ESCAPED[usize::from(b)], escaped, "{b}");
+        }
     }
 
     #[test]

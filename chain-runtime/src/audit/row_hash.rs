@@ -9,6 +9,8 @@
 
 use serde_json::Value;
 
+use super::chain_hash::ESCAPED;
+#[cfg(doc)]
 use super::chain_hash::write_string;
 use super::record::FORMAT_VERSION;
 use super::rows::{COLUMNS, text_value};
@@ -127,35 +129,32 @@ pub(crate) fn records_text<'a>(cells: &Cells<'a>) -> &'a [u8] {
 /// (so that the record-object road would read the row as that record, with that canonical
 /// form); fills `refs` with the touched records' ranges in [`records_text`]. `false` when not
 /// sure: the caller takes the record-object road.
-pub(crate) fn write_row(cells: &Cells<'_>, out: &mut String, refs: &mut Vec<RefRanges>) -> bool {
+pub(crate) fn write_row(cells: &Cells<'_>, out: &mut Vec<u8>, refs: &mut Vec<RefRanges>) -> bool {
     out.clear();
     for &(prefix, column, kind) in &CANONICAL_ORDER {
-        out.push_str(prefix);
+        out.extend_from_slice(prefix.as_bytes());
         let ok = match (cells[column], kind) {
             (Cell::Null, Kind::OptText) => {
-                out.push_str("null");
+                out.extend_from_slice(b"null");
                 true
             }
             (Cell::Int(v), Kind::Int) => {
-                out.push_str(itoa(v, &mut [0; 20]));
+                out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
                 true
             }
             (Cell::Int(v), Kind::Format) if v == i64::from(FORMAT_VERSION) => {
-                out.push_str(itoa(v, &mut [0; 20]));
+                out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
                 true
             }
-            (Cell::Text(bytes), Kind::Text | Kind::OptText) => match std::str::from_utf8(bytes) {
-                Ok(text) => {
-                    write_string(text, out);
-                    true
-                }
-                Err(_) => false,
-            },
+            (Cell::Text(bytes), Kind::Text | Kind::OptText) => {
+                write_string_bytes(bytes, out);
+                true
+            }
             (Cell::Text(bytes), Kind::Outcome) => match bytes {
                 b"attempted" | b"succeeded" | b"failed" | b"info" => {
-                    out.push('"');
-                    out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
-                    out.push('"');
+                    out.push(b'"');
+                    out.extend_from_slice(bytes);
+                    out.push(b'"');
                     true
                 }
                 _ => false,
@@ -166,15 +165,8 @@ pub(crate) fn write_row(cells: &Cells<'_>, out: &mut String, refs: &mut Vec<RefR
                     Kind::Records => typed_text::records(bytes, refs),
                     _ => typed_text::event(bytes),
                 };
-                // Canonical JSON checked byte by byte is ASCII outside its strings, and its
-                // strings are whole UTF-8 sequences when the text is UTF-8.
-                match std::str::from_utf8(bytes) {
-                    Ok(text) if typed => {
-                        out.push_str(text);
-                        true
-                    }
-                    _ => false,
-                }
+                out.extend_from_slice(bytes);
+                typed
             }
             _ => false,
         };
@@ -182,8 +174,39 @@ pub(crate) fn write_row(cells: &Cells<'_>, out: &mut String, refs: &mut Vec<RefR
             return false;
         }
     }
-    out.push('}');
-    true
+    out.push(b'}');
+    // The row's text is what the record-object road reads only if it is UTF-8 (that road
+    // reads invalid bytes as U+FFFD). Every column's bytes sit between ASCII bytes here, so the
+    // whole is UTF-8 exactly when each column is: one check for the row.
+    std::str::from_utf8(out).is_ok()
+}
+
+/// Appends `s` as a canonical JSON string (see [`write_string`]), byte for byte: bytes that
+/// are not UTF-8 are copied as they are (the caller checks).
+fn write_string_bytes(s: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    let mut rest = s;
+    while let Some(i) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
 }
 
 /// `v` in decimal, written into `buf`.
@@ -248,6 +271,22 @@ mod tests {
                 ]
                 .contains(&COLUMNS[i])
             );
+        }
+    }
+
+    #[test]
+    fn byte_strings_are_escaped_as_strings_are() {
+        for s in [
+            "",
+            "plain",
+            "q\"b\\c\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}",
+            "é\u{2028}😀",
+        ] {
+            let mut text = String::new();
+            crate::audit::chain_hash::write_string(s, &mut text);
+            let mut bytes = Vec::new();
+            write_string_bytes(s.as_bytes(), &mut bytes);
+            assert_eq!(bytes, text.as_bytes());
         }
     }
 

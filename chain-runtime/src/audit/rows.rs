@@ -109,7 +109,7 @@ pub(crate) struct IndexedVerifier {
     verifier: ChainVerifier,
     index: BTreeMap<i64, Vec<RefKey>>,
     /// The canonical form of the row being checked (reused).
-    buf: String,
+    buf: Vec<u8>,
     /// The touched records of the row being checked (reused).
     refs: Vec<RefRanges>,
 }
@@ -130,7 +130,7 @@ impl IndexedVerifier {
         Self {
             verifier: ChainVerifier::new(checkpoint),
             index,
-            buf: String::with_capacity(1024),
+            buf: Vec::with_capacity(1024),
             refs: Vec::new(),
         }
     }
@@ -157,7 +157,7 @@ impl IndexedVerifier {
         {
             return false;
         }
-        let computed = blake3::hash(self.buf.as_bytes()).to_hex();
+        let computed = blake3::hash(&self.buf).to_hex();
         if computed.as_bytes() != stored || !self.verifier.checkpoint_allows(seq, &computed) {
             return false;
         }

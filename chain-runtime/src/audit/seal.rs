@@ -3,7 +3,7 @@
 //! which alone knows the chain head, only splices the two head members in and hashes.
 
 use super::canonical::write_canonical;
-use super::chain_hash::write_string;
+use super::chain_hash::{ESCAPED, write_string};
 use super::record::{AuditRecord, FORMAT_VERSION, NewRecord};
 use super::row_hash::itoa;
 
@@ -135,10 +135,7 @@ impl Presealed {
         canon.insert(seq_at, ',');
         canon.insert_str(seq_at, decimal(seq, &mut [0; 20]));
         canon.insert_str(seq_at, "\"seq\":");
-        if prev_hash
-            .bytes()
-            .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-        {
+        if !prev_hash.bytes().any(|b| ESCAPED[usize::from(b)]) {
             canon.insert_str(prev_at, "\",");
             canon.insert_str(prev_at, &prev_hash);
             canon.insert_str(prev_at, "\"prev_hash\":\"");
@@ -284,10 +281,10 @@ mod tests {
             Cell::Text(sealed.prev_hash.as_bytes()),
             Cell::Text(sealed.hash.as_bytes()),
         ];
-        let mut buf = String::new();
+        let mut buf = Vec::new();
         let mut refs = Vec::new();
         assert!(write_row(&cells, &mut buf, &mut refs));
-        assert_eq!(blake3::hash(buf.as_bytes()).to_hex().as_str(), sealed.hash);
+        assert_eq!(blake3::hash(&buf).to_hex().as_str(), sealed.hash);
         assert_eq!(record_hash(&cells_to_value(&cells)), sealed.hash);
         let records = records_text(&cells);
         let text = |(a, b): (usize, usize)| std::str::from_utf8(&records[a..b]).unwrap();
