@@ -13,7 +13,7 @@ use super::PgDatabase;
 use super::leases::{self, Holder};
 use crate::audit::{AuditRecord, NewRecord};
 use crate::journal::leases::{LEASE_TTL, millis};
-use crate::journal::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, RunText, decode};
+use crate::journal::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, decode};
 use crate::journal::{
     Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, Durability,
     JournalEntry, JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups,
@@ -79,27 +79,8 @@ async fn exec(
 }
 
 async fn insert_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), JournalError> {
-    let text = RunText::of(run)?;
-    let inserted = exec(
-        tx,
-        super::runs::INSERT_RUN,
-        &[
-            &run.run_id,
-            &run.chain,
-            &run.chain_version,
-            &text.step_versions,
-            &text.principal,
-            &run.principal_id,
-            &text.input,
-            &text.subjects,
-            &run.parent_run_id,
-            &text.state,
-            &run.state.kind(),
-            &i64::from(run.node),
-            &run.created_unix_ms,
-        ],
-    )
-    .await?;
+    let row = super::runs::RunValues::of(run)?;
+    let inserted = exec(tx, super::runs::INSERT_RUN, &row.params()).await?;
     if inserted == 0 {
         return Err(JournalError::Duplicate(run.run_id.clone()));
     }

@@ -41,6 +41,47 @@ const NOTIFY: &str = "SELECT pg_notify($1, '') FROM run_runs WHERE run_id = $2 \
 /// `BEGIN` without waiting for the WAL flush at commit.
 const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
+/// A run row's values, in the order of [`INSERT_RUN`]'s parameters (also the first 13 of
+/// `CREATE`'s).
+pub(crate) struct RunValues<'r> {
+    run: &'r RunRecord,
+    text: RunText,
+    kind: &'static str,
+    node: i64,
+}
+
+impl<'r> RunValues<'r> {
+    /// Encodes `run`'s JSON columns.
+    pub(crate) fn of(run: &'r RunRecord) -> Result<Self, JournalError> {
+        Ok(Self {
+            run,
+            text: RunText::of(run)?,
+            kind: run.state.kind(),
+            node: i64::from(run.node),
+        })
+    }
+
+    /// The statement parameters.
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let (run, text) = (self.run, &self.text);
+        vec![
+            &run.run_id,
+            &run.chain,
+            &run.chain_version,
+            &text.step_versions,
+            &text.principal,
+            &run.principal_id,
+            &text.input,
+            &text.subjects,
+            &run.parent_run_id,
+            &text.state,
+            &self.kind,
+            &self.node,
+            &run.created_unix_ms,
+        ]
+    }
+}
+
 fn db(e: tokio_postgres::Error) -> JournalError {
     DbError::from(e).into()
 }
@@ -60,31 +101,11 @@ pub(crate) async fn create(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Lease, JournalError> {
-    let text = RunText::of(run)?;
+    let row = RunValues::of(run)?;
     let create = client.prepare_cached(CREATE).await.map_err(db)?;
-    let (kind, node, expires) = (
-        run.state.kind(),
-        i64::from(run.node),
-        now_ms.saturating_add(ttl_ms),
-    );
-    let params: [&(dyn ToSql + Sync); 16] = [
-        &run.run_id,
-        &run.chain,
-        &run.chain_version,
-        &text.step_versions,
-        &text.principal,
-        &run.principal_id,
-        &text.input,
-        &text.subjects,
-        &run.parent_run_id,
-        &text.state,
-        &kind,
-        &node,
-        &run.created_unix_ms,
-        &owner,
-        &holder.id,
-        &expires,
-    ];
+    let expires = now_ms.saturating_add(ttl_ms);
+    let mut params = row.params();
+    params.extend::<[&(dyn ToSql + Sync); 3]>([&owner, &holder.id, &expires]);
     let flight: Flight<'_> = vec![
         Box::pin(async {
             client
@@ -136,29 +157,11 @@ async fn create_claiming(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Lease, JournalError> {
-    let text = RunText::of(run)?;
+    let row = RunValues::of(run)?;
     let insert = client.prepare_cached(INSERT_RUN).await.map_err(db)?;
     let first = client.prepare_cached(FIRST_LEASE).await.map_err(db)?;
-    let (kind, node, expires) = (
-        run.state.kind(),
-        i64::from(run.node),
-        now_ms.saturating_add(ttl_ms),
-    );
-    let run_params: [&(dyn ToSql + Sync); 13] = [
-        &run.run_id,
-        &run.chain,
-        &run.chain_version,
-        &text.step_versions,
-        &text.principal,
-        &run.principal_id,
-        &text.input,
-        &text.subjects,
-        &run.parent_run_id,
-        &text.state,
-        &kind,
-        &node,
-        &run.created_unix_ms,
-    ];
+    let expires = now_ms.saturating_add(ttl_ms);
+    let run_params = row.params();
     let lease_params: [&(dyn ToSql + Sync); 4] = [&run.run_id, &owner, &holder.id, &expires];
     let flight: Flight<'_> = vec![
         Box::pin(async {
