@@ -1,8 +1,9 @@
 //! One try at committing a batch of units in one transaction, in two pipelined flights (see
 //! [`super::writer`]):
 //!
-//! 1. `BEGIN`, the lease check of every unit's run (one statement, the lease rows locked
-//!    `FOR SHARE` so a concurrent claim waits for the commit), the batch's journal entries
+//! 1. `BEGIN`, the runs' lease locks taken shared (advisory locks, nothing written; a claim
+//!    takes its run's exclusively, so it waits for the commit), the lease check of every
+//!    unit's run (one statement, its snapshot taken after the locks), the batch's journal entries
 //!    and run positions (one multi-row statement each), its other journal writes (one
 //!    statement each, in order), and last the chain head `SELECT … FOR UPDATE`;
 //! 2. when every lease is current and every precondition holds: the batch's audit records,
@@ -11,34 +12,47 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::flight::{Flight, Reply, fly};
+use super::leases::LOCK_CLASS;
 use super::ops::{self, EntryRow, Op};
 use super::writer::Job;
 use crate::audit::AuditRecord;
 use crate::audit::rows::{self, select_columns, seq_to_sql};
 use crate::sqlite::DbError;
 
-/// A connection of the writer's, with the statements it prepared. Its transactions commit
-/// without waiting for the WAL flush (`synchronous_commit = off` for the session).
+/// A connection of the writer's, with the statements it prepared. A batch's transactions
+/// commit without waiting for the WAL flush (`synchronous_commit = off` for the session); a
+/// flusher's connection waits for it.
 pub(crate) struct Conn {
     pub(crate) client: Client,
     prepared: HashMap<&'static str, Statement>,
 }
 
 impl Conn {
-    /// Connects; the connection is driven by a task on the current runtime.
+    /// Connects a batch connection; the connection is driven by a task on the current runtime.
     pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, DbError> {
+        Self::connect(config, "SET synchronous_commit = off").await
+    }
+
+    /// Connects a flusher's connection (see [`Conn::flush_wal`]).
+    pub(crate) async fn open_flusher(config: &tokio_postgres::Config) -> Result<Self, DbError> {
+        Self::connect(config, "SET synchronous_commit = on").await
+    }
+
+    async fn connect(config: &tokio_postgres::Config, setup: &str) -> Result<Self, DbError> {
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a PostgreSQL writer connection ended");
             }
         });
-        client.batch_execute("SET synchronous_commit = off").await?;
+        client.batch_execute(setup).await?;
         Ok(Self {
             client,
             prepared: HashMap::new(),
@@ -54,20 +68,46 @@ impl Conn {
         Ok(s)
     }
 
-    /// Waits until the WAL is on disk up to at least every commit this connection made: a
-    /// tiny synchronous transaction that writes a WAL record (a non-transactional logical
-    /// message, no table) and so must flush it, and everything before it, at commit.
-    pub(crate) async fn flush_wal(&self) -> Result<(), DbError> {
-        self.client
-            .batch_execute(
-                "BEGIN; SET LOCAL synchronous_commit = on; \
-                 SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', ''); \
-                 COMMIT",
-            )
-            .await?;
+    /// Waits, on a flusher's connection ([`Conn::open_flusher`]), until the WAL is on disk up
+    /// to at least every commit made before: one statement in a transaction of its own that
+    /// takes a transaction id and writes a WAL record (a non-transactional logical message, no
+    /// table), so its synchronous commit must flush that record and everything before it.
+    pub(crate) async fn flush_wal(&mut self) -> Result<(), DbError> {
+        let flush = self.prepare(FLUSH).await?;
+        self.client.execute(&flush, &[]).await?;
         Ok(())
     }
 }
+
+/// See [`Conn::flush_wal`].
+const FLUSH: &str = "SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
+
+/// Whether the chain head is contended, as a writer has seen it: it then forms its next batch
+/// only once the previous one committed (instead of once it holds the head), so that its units
+/// wait for the head in one larger batch rather than two: every holder of the head keeps it
+/// for a round trip to its client, so the units per hold decide the throughput.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    contended: AtomicBool,
+}
+
+impl Pace {
+    /// Whether the last batch waited for the head longer than [`CONTENDED`] times its commit
+    /// flight took (a flight that holds the head and waits for nothing).
+    pub(crate) fn contended(&self) -> bool {
+        self.contended.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self, to_head: Duration, holding: Duration) {
+        self.contended
+            .store(to_head > holding * CONTENDED, Ordering::Relaxed);
+    }
+}
+
+/// See [`Pace::contended`]: a batch's first flight takes about as long as its second when
+/// nothing holds the head, and up to about twice as long behind the writer's own previous
+/// batch.
+const CONTENDED: u32 = 4;
 
 /// Why a unit was taken out of a batch.
 pub(crate) enum Refusal {
@@ -85,8 +125,14 @@ pub(crate) enum Outcome {
     Failed { error: DbError, retry_alone: bool },
 }
 
-const LEASES: &str = "SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1) \
-     ORDER BY run_id FOR SHARE";
+/// The batch's runs' lease locks, shared (see [`super::leases::LOCK_CLASS`]); a claim takes
+/// its run's lock exclusively, so it waits for the batch's commit, and the batch, for the
+/// claim's. In a statement of its own, before [`LEASES`]: that one's snapshot then sees every
+/// claim that committed before the locks were granted.
+const LOCK_LEASES: &str =
+    "SELECT pg_advisory_xact_lock_shared($2, hashtext(r)) FROM unnest($1::text[]) AS u(r)";
+/// The batch's runs' current leases, read without locking their rows.
+const LEASES: &str = "SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1)";
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
 const MOVE_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 const REFS: &str = "INSERT INTO audit_record_refs (seq, connector, kind, record_id) \
@@ -163,15 +209,18 @@ fn nodes(jobs: &[Job]) -> (Vec<&str>, Vec<i64>) {
 }
 
 /// One try at committing `jobs` in one transaction on `conn`; `on_head` is told once the
-/// chain head is locked and the batch goes on to commit. See the module docs.
+/// chain head is locked and the batch goes on to commit, unless `pace` says the head is
+/// contended (it is then dropped by the caller once the batch is done). See the module docs.
 pub(crate) async fn attempt(
     conn: &mut Conn,
     jobs: &mut [Job],
     on_head: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    pace: &Pace,
 ) -> Outcome {
     // Every statement prepared (once per connection) before the flight, so that no request of
     // the flight waits for a prepare and the flight keeps its order.
     let fixed = [
+        LOCK_LEASES,
         LEASES,
         HEAD,
         MOVE_HEAD,
@@ -202,6 +251,7 @@ pub(crate) async fn attempt(
     }
     let Ok(
         [
+            lock_leases,
             leases,
             head,
             move_head,
@@ -210,7 +260,7 @@ pub(crate) async fn attempt(
             entries_stmt,
             nodes_stmt,
         ],
-    ) = <[Statement; 7]>::try_from(prepared)
+    ) = <[Statement; 8]>::try_from(prepared)
     else {
         return failed(DbError::other("statements missing"), false);
     };
@@ -253,7 +303,14 @@ pub(crate) async fn attempt(
         client.batch_execute("BEGIN").await.map(|()| Reply::Nothing)
     }));
     if !runs.is_empty() {
-        let (leases, runs) = (&leases, &runs);
+        let (lock_leases, runs) = (&lock_leases, &runs);
+        flight.push(Box::pin(async move {
+            client
+                .execute(lock_leases, &[runs, &LOCK_CLASS])
+                .await
+                .map(Reply::Count)
+        }));
+        let leases = &leases;
         flight.push(Box::pin(async move {
             client.query(leases, &[runs]).await.map(Reply::Rows)
         }));
@@ -281,7 +338,9 @@ pub(crate) async fn attempt(
             client.query(head, &[]).await.map(Reply::Rows)
         }));
     }
+    let sent = Instant::now();
     let mut replies = fly(flight).await.into_iter();
+    let to_head = sent.elapsed();
     let mut fail = None;
     let mut next = || match replies.next() {
         Some(Ok(reply)) => Some(reply),
@@ -295,6 +354,7 @@ pub(crate) async fn attempt(
     let current: HashMap<String, (i64, i64)> = if runs.is_empty() {
         HashMap::new()
     } else {
+        let _locked = next();
         match next() {
             Some(Reply::Rows(rows)) => rows
                 .iter()
@@ -366,10 +426,17 @@ pub(crate) async fn attempt(
         return Outcome::Refused(refused);
     }
     // The batch commits: the next batch may queue for the head behind it.
-    if let Some(signal) = on_head.take() {
+    if !pace.contended()
+        && let Some(signal) = on_head.take()
+    {
         let _ = signal.send(());
     }
-    commit(client, jobs, head_row, &records, &refs, &move_head).await
+    let holding = Instant::now();
+    let outcome = commit(client, jobs, head_row, &records, &refs, &move_head).await;
+    if has_audit {
+        pace.observe(to_head, holding.elapsed());
+    }
+    outcome
 }
 
 /// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits.

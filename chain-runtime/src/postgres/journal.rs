@@ -176,6 +176,29 @@ impl PgJournal {
     }
 }
 
+impl PgJournal {
+    /// Commits `unit` through the database's writer; with `release`, the lease's release (and
+    /// the wake-up of the listening workers when the run stays runnable) in the same unit.
+    async fn write(
+        &self,
+        lease: Option<&Lease>,
+        unit: Unit,
+        release: bool,
+    ) -> Result<Committed, JournalError> {
+        let audit = crate::audit::sqlite::preseal(unit.audit)?;
+        let run_id = lease.map(|l| l.run_id.as_str());
+        let mut ops = Vec::with_capacity(unit.writes.len() + 3);
+        for write in unit.writes {
+            ops.extend(super::ops::ops_of(run_id, write)?);
+        }
+        if release && let Some(lease) = lease {
+            ops.extend(super::runs::release_ops(lease));
+        }
+        let sync = unit.durability == Durability::Sync;
+        self.inner.db.write(lease, ops, audit, sync).await
+    }
+}
+
 fn run_row(row: &Row) -> Result<RunRecord, JournalError> {
     RunRow {
         run_id: row.try_get(0).map_err(db)?,
@@ -329,15 +352,20 @@ impl RunJournal for PgJournal {
         lease: Option<&'a Lease>,
         unit: Unit,
     ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        Box::pin(self.write(lease, unit, false))
+    }
+
+    fn commit_and_release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         Box::pin(async move {
-            let audit = crate::audit::sqlite::preseal(unit.audit)?;
-            let run_id = lease.map(|l| l.run_id.as_str());
-            let mut ops = Vec::with_capacity(unit.writes.len() + 1);
-            for write in unit.writes {
-                ops.extend(super::ops::ops_of(run_id, write)?);
+            let committed = self.write(Some(lease), unit, true).await?;
+            if committed.applied {
+                self.inner.wakeups.notify();
             }
-            let sync = unit.durability == Durability::Sync;
-            self.inner.db.write(lease, ops, audit, sync).await
+            Ok(committed)
         })
     }
 
