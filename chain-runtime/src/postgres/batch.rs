@@ -3,12 +3,12 @@
 //!
 //! 1. `BEGIN`, the runs' lease locks taken shared (advisory locks, nothing written; a claim
 //!    takes its run's exclusively, so it waits for the commit), the lease check of every
-//!    unit's run (one statement, its snapshot taken after the locks), the batch's journal entries
-//!    and run positions (one multi-row statement each), its other journal writes (one
-//!    statement each, in order), and last the chain head `SELECT … FOR UPDATE`;
+//!    unit's run with the batch's journal entries and run positions (one statement, its
+//!    snapshot taken after the locks), its other journal writes (one statement each, in
+//!    order), and last the chain head `SELECT … FOR UPDATE`;
 //! 2. when every lease is current and every precondition holds: the batch's audit records,
-//!    sealed in order on the head (one multi-row `INSERT … SELECT FROM unnest(…)`), their
-//!    references likewise, the head moved, `COMMIT`.
+//!    sealed in order on the head, their references and the head moved (one statement: two
+//!    multi-row `INSERT … SELECT FROM unnest(…)` and the head's `UPDATE`), `COMMIT`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -20,7 +20,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::flight::{Flight, Reply, fly};
 use super::leases::LOCK_CLASS;
-use super::ops::{self, EntryRow, Op};
+use super::ops::{EntryRow, Op};
 use super::writer::Job;
 use crate::audit::AuditRecord;
 use crate::audit::rows::{self, select_columns, seq_to_sql};
@@ -131,21 +131,36 @@ pub(crate) enum Outcome {
 /// claim that committed before the locks were granted.
 const LOCK_LEASES: &str =
     "SELECT pg_advisory_xact_lock_shared($2, hashtext(r)) FROM unnest($1::text[]) AS u(r)";
-/// The batch's runs' current leases, read without locking their rows.
-const LEASES: &str = "SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1)";
+/// The batch's runs' current leases ($1), read without locking their rows, and in the same
+/// statement the batch's bulk writes: every journal entry (the arrays of [`EntryRow`]'s
+/// fields, $2-$8, each key at most once: a later write of an entry replaces an earlier one as
+/// a whole, so only the last is sent) and every run position ($9-$10, each run at most once).
+const WRITES: &str = "WITH e AS (INSERT INTO journal_entries \
+     (run_id, seq, step_id, kind, name, attempt, result) \
+     SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+     $7::bigint[], $8::text[]) ON CONFLICT (run_id, seq) DO UPDATE SET \
+     step_id = excluded.step_id, kind = excluded.kind, name = excluded.name, \
+     attempt = excluded.attempt, result = excluded.result RETURNING 1), \
+     n AS (UPDATE run_runs r SET node = u.node \
+     FROM unnest($9::text[], $10::bigint[]) AS u(run_id, node) \
+     WHERE r.run_id = u.run_id AND r.node <> u.node RETURNING 1) \
+     SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1)";
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
-const MOVE_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
-const REFS: &str = "INSERT INTO audit_record_refs (seq, connector, kind, record_id) \
-     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])";
 
-fn records_sql() -> &'static str {
+/// The batch's sealed audit records ($1-$16, by column), their references ($17-$20) and the
+/// head moved to the last of them ($21-$22): one statement.
+fn seal_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "INSERT INTO audit_records ({}) SELECT * FROM unnest($1::bigint[], $2::bigint[], \
-             $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-             $15::text[], $16::text[])",
+            "WITH r AS (INSERT INTO audit_records ({}) SELECT * FROM unnest($1::bigint[], \
+             $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+             $14::text[], $15::text[], $16::text[]) RETURNING 1), \
+             f AS (INSERT INTO audit_record_refs (seq, connector, kind, record_id) \
+             SELECT * FROM unnest($17::bigint[], $18::text[], $19::text[], $20::text[]) \
+             RETURNING 1) \
+             UPDATE audit_head SET seq = $21, hash = $22 WHERE id = 1",
             select_columns()
         )
     })
@@ -219,16 +234,7 @@ pub(crate) async fn attempt(
 ) -> Outcome {
     // Every statement prepared (once per connection) before the flight, so that no request of
     // the flight waits for a prepare and the flight keeps its order.
-    let fixed = [
-        LOCK_LEASES,
-        LEASES,
-        HEAD,
-        MOVE_HEAD,
-        REFS,
-        records_sql(),
-        ops::ENTRIES,
-        ops::NODES,
-    ];
+    let fixed = [LOCK_LEASES, WRITES, HEAD, seal_sql()];
     let mut prepared = Vec::with_capacity(fixed.len());
     for sql in fixed {
         match conn.prepare(sql).await {
@@ -249,19 +255,7 @@ pub(crate) async fn attempt(
             }
         }
     }
-    let Ok(
-        [
-            lock_leases,
-            leases,
-            head,
-            move_head,
-            refs,
-            records,
-            entries_stmt,
-            nodes_stmt,
-        ],
-    ) = <[Statement; 8]>::try_from(prepared)
-    else {
+    let Ok([lock_leases, writes, head, seal]) = <[Statement; 4]>::try_from(prepared) else {
         return failed(DbError::other("statements missing"), false);
     };
     let client = &conn.client;
@@ -274,7 +268,8 @@ pub(crate) async fn attempt(
     let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
     let entries = entries(jobs);
     let (node_runs, node_values) = nodes(jobs);
-    let entry_params: [&(dyn ToSql + Sync); 7] = [
+    let write_params: [&(dyn ToSql + Sync); 10] = [
+        &runs,
         &entries.run_ids,
         &entries.seqs,
         &entries.step_ids,
@@ -282,8 +277,9 @@ pub(crate) async fn attempt(
         &entries.names,
         &entries.attempts,
         &entries.results,
+        &node_runs,
+        &node_values,
     ];
-    let node_params: [&(dyn ToSql + Sync); 2] = [&node_runs, &node_values];
     let statements: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = {
         let mut out = Vec::new();
         for op in jobs.iter().flat_map(|j| &j.ops) {
@@ -310,21 +306,12 @@ pub(crate) async fn attempt(
                 .await
                 .map(Reply::Count)
         }));
-        let leases = &leases;
-        flight.push(Box::pin(async move {
-            client.query(leases, &[runs]).await.map(Reply::Rows)
-        }));
     }
-    if !entries.run_ids.is_empty() {
-        let (stmt, params) = (&entries_stmt, &entry_params);
+    let bulk = !(runs.is_empty() && entries.run_ids.is_empty() && node_runs.is_empty());
+    if bulk {
+        let (writes, params) = (&writes, &write_params);
         flight.push(Box::pin(async move {
-            client.execute(stmt, params).await.map(Reply::Count)
-        }));
-    }
-    if !node_runs.is_empty() {
-        let (stmt, params) = (&nodes_stmt, &node_params);
-        flight.push(Box::pin(async move {
-            client.execute(stmt, params).await.map(Reply::Count)
+            client.query(writes, params).await.map(Reply::Rows)
         }));
     }
     for (stmt, params) in &statements {
@@ -351,26 +338,16 @@ pub(crate) async fn attempt(
         None => None,
     };
     let _begun = next();
-    let current: HashMap<String, (i64, i64)> = if runs.is_empty() {
-        HashMap::new()
-    } else {
+    if !runs.is_empty() {
         let _locked = next();
-        match next() {
-            Some(Reply::Rows(rows)) => rows
-                .iter()
-                .filter_map(|r| {
-                    Some((r.try_get(0).ok()?, (r.try_get(1).ok()?, r.try_get(2).ok()?)))
-                })
-                .collect(),
-            _ => HashMap::new(),
-        }
+    }
+    let current: HashMap<String, (i64, i64)> = match bulk.then(&mut next).flatten() {
+        Some(Reply::Rows(rows)) => rows
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, (r.try_get(1).ok()?, r.try_get(2).ok()?))))
+            .collect(),
+        _ => HashMap::new(),
     };
-    if !entries.run_ids.is_empty() {
-        let _entries = next();
-    }
-    if !node_runs.is_empty() {
-        let _nodes = next();
-    }
     // Per job: lease current, precondition held.
     let mut verdicts = Vec::with_capacity(jobs.len());
     for job in jobs.iter() {
@@ -432,7 +409,7 @@ pub(crate) async fn attempt(
         let _ = signal.send(());
     }
     let holding = Instant::now();
-    let outcome = commit(client, jobs, head_row, &records, &refs, &move_head).await;
+    let outcome = commit(client, jobs, head_row, &seal).await;
     if has_audit {
         pace.observe(to_head, holding.elapsed());
     }
@@ -444,9 +421,7 @@ async fn commit(
     client: &Client,
     jobs: &mut [Job],
     head_row: Option<tokio_postgres::Row>,
-    records: &Statement,
-    refs: &Statement,
-    move_head: &Statement,
+    seal: &Statement,
 ) -> Outcome {
     let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
     let mut sealed: Vec<Vec<AuditRecord>> = Vec::with_capacity(jobs.len());
@@ -504,7 +479,18 @@ async fn commit(
     let events: Vec<&str> = columns.iter().map(|c| c.event.as_str()).collect();
     let prevs: Vec<&str> = all.iter().map(|r| r.prev_hash.as_str()).collect();
     let hashes: Vec<&str> = all.iter().map(|r| r.hash.as_str()).collect();
-    let record_params: [&(dyn ToSql + Sync); 16] = [
+    let mut ref_cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for (record, seq) in all.iter().zip(&seqs) {
+        for r in &record.records {
+            ref_cols.0.push(*seq);
+            ref_cols.1.push(&r.connector);
+            ref_cols.2.push(&r.kind);
+            ref_cols.3.push(&r.id);
+        }
+    }
+    let seq = seqs.last().copied().unwrap_or_default();
+    let hash = all.last().map_or("", |r| r.hash.as_str());
+    let params: [&(dyn ToSql + Sync); 22] = [
         &seqs,
         &formats,
         &times,
@@ -521,38 +507,18 @@ async fn commit(
         &events,
         &prevs,
         &hashes,
+        &ref_cols.0,
+        &ref_cols.1,
+        &ref_cols.2,
+        &ref_cols.3,
+        &seq,
+        &hash,
     ];
-    let mut ref_cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    for (record, seq) in all.iter().zip(&seqs) {
-        for r in &record.records {
-            ref_cols.0.push(*seq);
-            ref_cols.1.push(&r.connector);
-            ref_cols.2.push(&r.kind);
-            ref_cols.3.push(&r.id);
-        }
-    }
-    let ref_params: [&(dyn ToSql + Sync); 4] = [&ref_cols.0, &ref_cols.1, &ref_cols.2, &ref_cols.3];
-    let new_head = (seqs.last().copied(), all.last().map(|r| r.hash.as_str()));
-    let mut flight: Flight<'_> = Vec::with_capacity(4);
-    if let (Some(seq), Some(hash)) = new_head {
-        let record_params = &record_params;
+    let mut flight: Flight<'_> = Vec::with_capacity(2);
+    if !all.is_empty() {
+        let params = &params;
         flight.push(Box::pin(async move {
-            client
-                .execute(records, record_params)
-                .await
-                .map(Reply::Count)
-        }));
-        if !ref_cols.0.is_empty() {
-            let ref_params = &ref_params;
-            flight.push(Box::pin(async move {
-                client.execute(refs, ref_params).await.map(Reply::Count)
-            }));
-        }
-        flight.push(Box::pin(async move {
-            client
-                .execute(move_head, &[&seq, &hash])
-                .await
-                .map(Reply::Count)
+            client.execute(seal, params).await.map(Reply::Count)
         }));
     }
     flight.push(Box::pin(async {

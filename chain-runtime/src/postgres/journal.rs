@@ -232,6 +232,51 @@ impl RunJournal for PgJournal {
         })
     }
 
+    fn create_run_audited<'a>(
+        &'a self,
+        run: RunRecord,
+        owner: &'a str,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<(Lease, Vec<AuditRecord>), JournalError>> {
+        Box::pin(async move {
+            // The run, its lease and its first records: one unit of the writer's, deferred
+            // (the run's first synchronous write makes it durable).
+            let presealed = crate::audit::sqlite::preseal(audit.clone())?;
+            let expires = crate::audit::now_unix_ms().saturating_add(self.inner.ttl_ms());
+            let create = super::runs::create_op(&run, owner, &self.inner.holder, expires)?;
+            let lease = Lease {
+                run_id: run.run_id.clone(),
+                owner: owner.to_owned(),
+                token: 1,
+            };
+            match self
+                .inner
+                .db
+                .write(None, vec![create], presealed, false)
+                .await
+            {
+                Ok(committed) if committed.applied => Ok((lease, committed.audit)),
+                Ok(_) => Err(JournalError::Duplicate(run.run_id)),
+                // A lease row that outlived its run (or a failed connection): the long way.
+                Err(_) => {
+                    let lease = self.create_run(run, owner).await?;
+                    let unit = Unit {
+                        writes: Vec::new(),
+                        audit,
+                        durability: Durability::Deferred,
+                    };
+                    match self.commit(Some(&lease), unit).await {
+                        Ok(committed) => Ok((lease, committed.audit)),
+                        Err(e) => {
+                            let _ = self.release_run(&lease).await;
+                            Err(e)
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     fn claim_run<'a>(
         &'a self,
         run_id: &'a str,

@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 
 use super::flight::{Flight, Reply, fly};
 use super::leases::{self, Holder};
-use super::ops::Op;
+use super::ops::{Op, Param};
 use crate::journal::rows::RunText;
 use crate::journal::{JournalError, Lease, RunRecord};
 use crate::sqlite::DbError;
@@ -219,6 +219,41 @@ async fn create_claiming(
     };
     end(client, true).await?;
     Ok(lease)
+}
+
+/// [`CREATE`] as a write of the writer's, for a unit that creates `run` claimed for `owner`
+/// with the run's first audit records: it must change one row (the lease's), else a run with
+/// that id exists; it fails when a lease row outlived its run (then [`create`] takes over).
+pub(crate) fn create_op(
+    run: &RunRecord,
+    owner: &str,
+    holder: &Holder,
+    expires_ms: i64,
+) -> Result<Op, JournalError> {
+    let text = RunText::of(run)?;
+    let params: Vec<Param> = vec![
+        Box::new(run.run_id.clone()),
+        Box::new(run.chain.clone()),
+        Box::new(run.chain_version.clone()),
+        Box::new(text.step_versions),
+        Box::new(text.principal),
+        Box::new(run.principal_id.clone()),
+        Box::new(text.input),
+        Box::new(text.subjects),
+        Box::new(run.parent_run_id.clone()),
+        Box::new(text.state),
+        Box::new(run.state.kind()),
+        Box::new(i64::from(run.node)),
+        Box::new(run.created_unix_ms),
+        Box::new(owner.to_owned()),
+        Box::new(holder.id.clone()),
+        Box::new(expires_ms),
+    ];
+    Ok(Op::Statement {
+        sql: CREATE,
+        params,
+        must_change_one: true,
+    })
 }
 
 /// The writes of [`release`], for a unit of the writer's (the run's end state and the release
