@@ -1,44 +1,58 @@
 //! One try at committing a batch of units in one transaction, in two pipelined flights (see
 //! [`super::writer`]):
 //!
-//! 1. `BEGIN`, the lease check of every unit's run (one statement, the lease rows locked
-//!    `FOR SHARE` so a concurrent claim waits for the commit), the batch's journal entries
-//!    and run positions (one multi-row statement each), its other journal writes (one
-//!    statement each, in order), and last the chain head `SELECT … FOR UPDATE`;
+//! 1. `BEGIN`, the runs' lease locks taken shared (advisory locks, nothing written; a claim
+//!    takes its run's exclusively, so it waits for the commit), the lease check of every
+//!    unit's run with the batch's journal entries and run positions (one statement, its
+//!    snapshot taken after the locks), its other journal writes (one statement each, in
+//!    order), and last the chain head `SELECT … FOR UPDATE`;
 //! 2. when every lease is current and every precondition holds: the batch's audit records,
-//!    sealed in order on the head (one multi-row `INSERT … SELECT FROM unnest(…)`), their
-//!    references likewise, the head moved, `COMMIT`.
+//!    sealed in order on the head, their references and the head moved (one statement: two
+//!    multi-row `INSERT … SELECT FROM unnest(…)` and the head's `UPDATE`), `COMMIT`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::flight::{Flight, Reply, fly};
-use super::ops::{self, EntryRow, Op};
+use super::leases::LOCK_CLASS;
+use super::ops::{EntryRow, Op};
 use super::writer::Job;
 use crate::audit::AuditRecord;
 use crate::audit::rows::{self, select_columns, seq_to_sql};
 use crate::sqlite::DbError;
 
-/// A connection of the writer's, with the statements it prepared. Its transactions commit
-/// without waiting for the WAL flush (`synchronous_commit = off` for the session).
+/// A connection of the writer's, with the statements it prepared. A batch's transactions
+/// commit without waiting for the WAL flush (`synchronous_commit = off` for the session); a
+/// flusher's connection waits for it.
 pub(crate) struct Conn {
     pub(crate) client: Client,
     prepared: HashMap<&'static str, Statement>,
 }
 
 impl Conn {
-    /// Connects; the connection is driven by a task on the current runtime.
+    /// Connects a batch connection; the connection is driven by a task on the current runtime.
     pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, DbError> {
+        Self::connect(config, "SET synchronous_commit = off").await
+    }
+
+    /// Connects a flusher's connection (see [`Conn::flush_wal`]).
+    pub(crate) async fn open_flusher(config: &tokio_postgres::Config) -> Result<Self, DbError> {
+        Self::connect(config, "SET synchronous_commit = on").await
+    }
+
+    async fn connect(config: &tokio_postgres::Config, setup: &str) -> Result<Self, DbError> {
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a PostgreSQL writer connection ended");
             }
         });
-        client.batch_execute("SET synchronous_commit = off").await?;
+        client.batch_execute(setup).await?;
         Ok(Self {
             client,
             prepared: HashMap::new(),
@@ -54,20 +68,46 @@ impl Conn {
         Ok(s)
     }
 
-    /// Waits until the WAL is on disk up to at least every commit this connection made: a
-    /// tiny synchronous transaction that writes a WAL record (a non-transactional logical
-    /// message, no table) and so must flush it, and everything before it, at commit.
-    pub(crate) async fn flush_wal(&self) -> Result<(), DbError> {
-        self.client
-            .batch_execute(
-                "BEGIN; SET LOCAL synchronous_commit = on; \
-                 SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', ''); \
-                 COMMIT",
-            )
-            .await?;
+    /// Waits, on a flusher's connection ([`Conn::open_flusher`]), until the WAL is on disk up
+    /// to at least every commit made before: one statement in a transaction of its own that
+    /// takes a transaction id and writes a WAL record (a non-transactional logical message, no
+    /// table), so its synchronous commit must flush that record and everything before it.
+    pub(crate) async fn flush_wal(&mut self) -> Result<(), DbError> {
+        let flush = self.prepare(FLUSH).await?;
+        self.client.execute(&flush, &[]).await?;
         Ok(())
     }
 }
+
+/// See [`Conn::flush_wal`].
+const FLUSH: &str = "SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
+
+/// Whether the chain head is contended, as a writer has seen it: it then forms its next batch
+/// only once the previous one committed (instead of once it holds the head), so that its units
+/// wait for the head in one larger batch rather than two: every holder of the head keeps it
+/// for a round trip to its client, so the units per hold decide the throughput.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    contended: AtomicBool,
+}
+
+impl Pace {
+    /// Whether the last batch waited for the head longer than [`CONTENDED`] times its commit
+    /// flight took (a flight that holds the head and waits for nothing).
+    pub(crate) fn contended(&self) -> bool {
+        self.contended.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self, to_head: Duration, holding: Duration) {
+        self.contended
+            .store(to_head > holding * CONTENDED, Ordering::Relaxed);
+    }
+}
+
+/// See [`Pace::contended`]: a batch's first flight takes about as long as its second when
+/// nothing holds the head, and up to about twice as long behind the writer's own previous
+/// batch.
+const CONTENDED: u32 = 4;
 
 /// Why a unit was taken out of a batch.
 pub(crate) enum Refusal {
@@ -85,21 +125,42 @@ pub(crate) enum Outcome {
     Failed { error: DbError, retry_alone: bool },
 }
 
-const LEASES: &str = "SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1) \
-     ORDER BY run_id FOR SHARE";
+/// The batch's runs' lease locks, shared (see [`super::leases::LOCK_CLASS`]); a claim takes
+/// its run's lock exclusively, so it waits for the batch's commit, and the batch, for the
+/// claim's. In a statement of its own, before [`LEASES`]: that one's snapshot then sees every
+/// claim that committed before the locks were granted.
+const LOCK_LEASES: &str =
+    "SELECT pg_advisory_xact_lock_shared($2, hashtext(r)) FROM unnest($1::text[]) AS u(r)";
+/// The batch's runs' current leases ($1), read without locking their rows, and in the same
+/// statement the batch's bulk writes: every journal entry (the arrays of [`EntryRow`]'s
+/// fields, $2-$8, each key at most once: a later write of an entry replaces an earlier one as
+/// a whole, so only the last is sent) and every run position ($9-$10, each run at most once).
+const WRITES: &str = "WITH e AS (INSERT INTO journal_entries \
+     (run_id, seq, step_id, kind, name, attempt, result) \
+     SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+     $7::bigint[], $8::text[]) ON CONFLICT (run_id, seq) DO UPDATE SET \
+     step_id = excluded.step_id, kind = excluded.kind, name = excluded.name, \
+     attempt = excluded.attempt, result = excluded.result RETURNING 1), \
+     n AS (UPDATE run_runs r SET node = u.node \
+     FROM unnest($9::text[], $10::bigint[]) AS u(run_id, node) \
+     WHERE r.run_id = u.run_id AND r.node <> u.node RETURNING 1) \
+     SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1)";
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
-const MOVE_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
-const REFS: &str = "INSERT INTO audit_record_refs (seq, connector, kind, record_id) \
-     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])";
 
-fn records_sql() -> &'static str {
+/// The batch's sealed audit records ($1-$16, by column), their references ($17-$20) and the
+/// head moved to the last of them ($21-$22): one statement.
+fn seal_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "INSERT INTO audit_records ({}) SELECT * FROM unnest($1::bigint[], $2::bigint[], \
-             $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-             $15::text[], $16::text[])",
+            "WITH r AS (INSERT INTO audit_records ({}) SELECT * FROM unnest($1::bigint[], \
+             $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+             $14::text[], $15::text[], $16::text[]) RETURNING 1), \
+             f AS (INSERT INTO audit_record_refs (seq, connector, kind, record_id) \
+             SELECT * FROM unnest($17::bigint[], $18::text[], $19::text[], $20::text[]) \
+             RETURNING 1) \
+             UPDATE audit_head SET seq = $21, hash = $22 WHERE id = 1",
             select_columns()
         )
     })
@@ -163,23 +224,17 @@ fn nodes(jobs: &[Job]) -> (Vec<&str>, Vec<i64>) {
 }
 
 /// One try at committing `jobs` in one transaction on `conn`; `on_head` is told once the
-/// chain head is locked and the batch goes on to commit. See the module docs.
+/// chain head is locked and the batch goes on to commit, unless `pace` says the head is
+/// contended (it is then dropped by the caller once the batch is done). See the module docs.
 pub(crate) async fn attempt(
     conn: &mut Conn,
     jobs: &mut [Job],
     on_head: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    pace: &Pace,
 ) -> Outcome {
     // Every statement prepared (once per connection) before the flight, so that no request of
     // the flight waits for a prepare and the flight keeps its order.
-    let fixed = [
-        LEASES,
-        HEAD,
-        MOVE_HEAD,
-        REFS,
-        records_sql(),
-        ops::ENTRIES,
-        ops::NODES,
-    ];
+    let fixed = [LOCK_LEASES, WRITES, HEAD, seal_sql()];
     let mut prepared = Vec::with_capacity(fixed.len());
     for sql in fixed {
         match conn.prepare(sql).await {
@@ -200,18 +255,7 @@ pub(crate) async fn attempt(
             }
         }
     }
-    let Ok(
-        [
-            leases,
-            head,
-            move_head,
-            refs,
-            records,
-            entries_stmt,
-            nodes_stmt,
-        ],
-    ) = <[Statement; 7]>::try_from(prepared)
-    else {
+    let Ok([lock_leases, writes, head, seal]) = <[Statement; 4]>::try_from(prepared) else {
         return failed(DbError::other("statements missing"), false);
     };
     let client = &conn.client;
@@ -224,7 +268,8 @@ pub(crate) async fn attempt(
     let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
     let entries = entries(jobs);
     let (node_runs, node_values) = nodes(jobs);
-    let entry_params: [&(dyn ToSql + Sync); 7] = [
+    let write_params: [&(dyn ToSql + Sync); 10] = [
+        &runs,
         &entries.run_ids,
         &entries.seqs,
         &entries.step_ids,
@@ -232,8 +277,9 @@ pub(crate) async fn attempt(
         &entries.names,
         &entries.attempts,
         &entries.results,
+        &node_runs,
+        &node_values,
     ];
-    let node_params: [&(dyn ToSql + Sync); 2] = [&node_runs, &node_values];
     let statements: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = {
         let mut out = Vec::new();
         for op in jobs.iter().flat_map(|j| &j.ops) {
@@ -253,21 +299,19 @@ pub(crate) async fn attempt(
         client.batch_execute("BEGIN").await.map(|()| Reply::Nothing)
     }));
     if !runs.is_empty() {
-        let (leases, runs) = (&leases, &runs);
+        let (lock_leases, runs) = (&lock_leases, &runs);
         flight.push(Box::pin(async move {
-            client.query(leases, &[runs]).await.map(Reply::Rows)
+            client
+                .execute(lock_leases, &[runs, &LOCK_CLASS])
+                .await
+                .map(Reply::Count)
         }));
     }
-    if !entries.run_ids.is_empty() {
-        let (stmt, params) = (&entries_stmt, &entry_params);
+    let bulk = !(runs.is_empty() && entries.run_ids.is_empty() && node_runs.is_empty());
+    if bulk {
+        let (writes, params) = (&writes, &write_params);
         flight.push(Box::pin(async move {
-            client.execute(stmt, params).await.map(Reply::Count)
-        }));
-    }
-    if !node_runs.is_empty() {
-        let (stmt, params) = (&nodes_stmt, &node_params);
-        flight.push(Box::pin(async move {
-            client.execute(stmt, params).await.map(Reply::Count)
+            client.query(writes, params).await.map(Reply::Rows)
         }));
     }
     for (stmt, params) in &statements {
@@ -281,7 +325,9 @@ pub(crate) async fn attempt(
             client.query(head, &[]).await.map(Reply::Rows)
         }));
     }
+    let sent = Instant::now();
     let mut replies = fly(flight).await.into_iter();
+    let to_head = sent.elapsed();
     let mut fail = None;
     let mut next = || match replies.next() {
         Some(Ok(reply)) => Some(reply),
@@ -292,25 +338,16 @@ pub(crate) async fn attempt(
         None => None,
     };
     let _begun = next();
-    let current: HashMap<String, (i64, i64)> = if runs.is_empty() {
-        HashMap::new()
-    } else {
-        match next() {
-            Some(Reply::Rows(rows)) => rows
-                .iter()
-                .filter_map(|r| {
-                    Some((r.try_get(0).ok()?, (r.try_get(1).ok()?, r.try_get(2).ok()?)))
-                })
-                .collect(),
-            _ => HashMap::new(),
-        }
+    if !runs.is_empty() {
+        let _locked = next();
+    }
+    let current: HashMap<String, (i64, i64)> = match bulk.then(&mut next).flatten() {
+        Some(Reply::Rows(rows)) => rows
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, (r.try_get(1).ok()?, r.try_get(2).ok()?))))
+            .collect(),
+        _ => HashMap::new(),
     };
-    if !entries.run_ids.is_empty() {
-        let _entries = next();
-    }
-    if !node_runs.is_empty() {
-        let _nodes = next();
-    }
     // Per job: lease current, precondition held.
     let mut verdicts = Vec::with_capacity(jobs.len());
     for job in jobs.iter() {
@@ -366,10 +403,17 @@ pub(crate) async fn attempt(
         return Outcome::Refused(refused);
     }
     // The batch commits: the next batch may queue for the head behind it.
-    if let Some(signal) = on_head.take() {
+    if !pace.contended()
+        && let Some(signal) = on_head.take()
+    {
         let _ = signal.send(());
     }
-    commit(client, jobs, head_row, &records, &refs, &move_head).await
+    let holding = Instant::now();
+    let outcome = commit(client, jobs, head_row, &seal).await;
+    if has_audit {
+        pace.observe(to_head, holding.elapsed());
+    }
+    outcome
 }
 
 /// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits.
@@ -377,9 +421,7 @@ async fn commit(
     client: &Client,
     jobs: &mut [Job],
     head_row: Option<tokio_postgres::Row>,
-    records: &Statement,
-    refs: &Statement,
-    move_head: &Statement,
+    seal: &Statement,
 ) -> Outcome {
     let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
     let mut sealed: Vec<Vec<AuditRecord>> = Vec::with_capacity(jobs.len());
@@ -437,7 +479,18 @@ async fn commit(
     let events: Vec<&str> = columns.iter().map(|c| c.event.as_str()).collect();
     let prevs: Vec<&str> = all.iter().map(|r| r.prev_hash.as_str()).collect();
     let hashes: Vec<&str> = all.iter().map(|r| r.hash.as_str()).collect();
-    let record_params: [&(dyn ToSql + Sync); 16] = [
+    let mut ref_cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for (record, seq) in all.iter().zip(&seqs) {
+        for r in &record.records {
+            ref_cols.0.push(*seq);
+            ref_cols.1.push(&r.connector);
+            ref_cols.2.push(&r.kind);
+            ref_cols.3.push(&r.id);
+        }
+    }
+    let seq = seqs.last().copied().unwrap_or_default();
+    let hash = all.last().map_or("", |r| r.hash.as_str());
+    let params: [&(dyn ToSql + Sync); 22] = [
         &seqs,
         &formats,
         &times,
@@ -454,38 +507,18 @@ async fn commit(
         &events,
         &prevs,
         &hashes,
+        &ref_cols.0,
+        &ref_cols.1,
+        &ref_cols.2,
+        &ref_cols.3,
+        &seq,
+        &hash,
     ];
-    let mut ref_cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    for (record, seq) in all.iter().zip(&seqs) {
-        for r in &record.records {
-            ref_cols.0.push(*seq);
-            ref_cols.1.push(&r.connector);
-            ref_cols.2.push(&r.kind);
-            ref_cols.3.push(&r.id);
-        }
-    }
-    let ref_params: [&(dyn ToSql + Sync); 4] = [&ref_cols.0, &ref_cols.1, &ref_cols.2, &ref_cols.3];
-    let new_head = (seqs.last().copied(), all.last().map(|r| r.hash.as_str()));
-    let mut flight: Flight<'_> = Vec::with_capacity(4);
-    if let (Some(seq), Some(hash)) = new_head {
-        let record_params = &record_params;
+    let mut flight: Flight<'_> = Vec::with_capacity(2);
+    if !all.is_empty() {
+        let params = &params;
         flight.push(Box::pin(async move {
-            client
-                .execute(records, record_params)
-                .await
-                .map(Reply::Count)
-        }));
-        if !ref_cols.0.is_empty() {
-            let ref_params = &ref_params;
-            flight.push(Box::pin(async move {
-                client.execute(refs, ref_params).await.map(Reply::Count)
-            }));
-        }
-        flight.push(Box::pin(async move {
-            client
-                .execute(move_head, &[&seq, &hash])
-                .await
-                .map(Reply::Count)
+            client.execute(seal, params).await.map(Reply::Count)
         }));
     }
     flight.push(Box::pin(async {

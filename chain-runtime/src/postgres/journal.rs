@@ -176,6 +176,29 @@ impl PgJournal {
     }
 }
 
+impl PgJournal {
+    /// Commits `unit` through the database's writer; with `release`, the lease's release (and
+    /// the wake-up of the listening workers when the run stays runnable) in the same unit.
+    async fn write(
+        &self,
+        lease: Option<&Lease>,
+        unit: Unit,
+        release: bool,
+    ) -> Result<Committed, JournalError> {
+        let audit = crate::audit::sqlite::preseal(unit.audit)?;
+        let run_id = lease.map(|l| l.run_id.as_str());
+        let mut ops = Vec::with_capacity(unit.writes.len() + 3);
+        for write in unit.writes {
+            ops.extend(super::ops::ops_of(run_id, write)?);
+        }
+        if release && let Some(lease) = lease {
+            ops.extend(super::runs::release_ops(lease));
+        }
+        let sync = unit.durability == Durability::Sync;
+        self.inner.db.write(lease, ops, audit, sync).await
+    }
+}
+
 fn run_row(row: &Row) -> Result<RunRecord, JournalError> {
     RunRow {
         run_id: row.try_get(0).map_err(db)?,
@@ -206,6 +229,51 @@ impl RunJournal for PgJournal {
             let now = crate::audit::now_unix_ms();
             let ttl = self.inner.ttl_ms();
             super::runs::create(&client, &self.inner.holder, &run, owner, now, ttl).await
+        })
+    }
+
+    fn create_run_audited<'a>(
+        &'a self,
+        run: RunRecord,
+        owner: &'a str,
+        audit: Vec<NewRecord>,
+    ) -> BoxFuture<'a, Result<(Lease, Vec<AuditRecord>), JournalError>> {
+        Box::pin(async move {
+            // The run, its lease and its first records: one unit of the writer's, deferred
+            // (the run's first synchronous write makes it durable).
+            let presealed = crate::audit::sqlite::preseal(audit.clone())?;
+            let expires = crate::audit::now_unix_ms().saturating_add(self.inner.ttl_ms());
+            let create = super::runs::create_op(&run, owner, &self.inner.holder, expires)?;
+            let lease = Lease {
+                run_id: run.run_id.clone(),
+                owner: owner.to_owned(),
+                token: 1,
+            };
+            match self
+                .inner
+                .db
+                .write(None, vec![create], presealed, false)
+                .await
+            {
+                Ok(committed) if committed.applied => Ok((lease, committed.audit)),
+                Ok(_) => Err(JournalError::Duplicate(run.run_id)),
+                // A lease row that outlived its run (or a failed connection): the long way.
+                Err(_) => {
+                    let lease = self.create_run(run, owner).await?;
+                    let unit = Unit {
+                        writes: Vec::new(),
+                        audit,
+                        durability: Durability::Deferred,
+                    };
+                    match self.commit(Some(&lease), unit).await {
+                        Ok(committed) => Ok((lease, committed.audit)),
+                        Err(e) => {
+                            let _ = self.release_run(&lease).await;
+                            Err(e)
+                        }
+                    }
+                }
+            }
         })
     }
 
@@ -329,15 +397,20 @@ impl RunJournal for PgJournal {
         lease: Option<&'a Lease>,
         unit: Unit,
     ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        Box::pin(self.write(lease, unit, false))
+    }
+
+    fn commit_and_release<'a>(
+        &'a self,
+        lease: &'a Lease,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         Box::pin(async move {
-            let audit = crate::audit::sqlite::preseal(unit.audit)?;
-            let run_id = lease.map(|l| l.run_id.as_str());
-            let mut ops = Vec::with_capacity(unit.writes.len() + 1);
-            for write in unit.writes {
-                ops.extend(super::ops::ops_of(run_id, write)?);
+            let committed = self.write(Some(lease), unit, true).await?;
+            if committed.applied {
+                self.inner.wakeups.notify();
             }
-            let sync = unit.durability == Durability::Sync;
-            self.inner.db.write(lease, ops, audit, sync).await
+            Ok(committed)
         })
     }
 

@@ -1,7 +1,8 @@
 //! Run leases in PostgreSQL, for [`super::PgJournal`]: the same `run_leases` rows and rules as
 //! the SQLite journal (see `crate::journal`): a claim is a compare-and-set on the run's row
-//! (`SELECT … FOR UPDATE`, then the token bumped), free when released, expired or held by a
-//! holder that is gone; the token is never reset; every write checks it in its transaction (see `super::writer`).
+//! (`SELECT … FOR UPDATE`, then the token bumped, under the run's lease lock, see
+//! [`LOCK_CLASS`]), free when released, expired or held by a holder that is gone; the token is
+//! never reset; every write checks it in its transaction (see `super::batch`).
 //!
 //! A holder is one journal handle. It holds a session-level advisory lock on its key on a
 //! connection of its own for as long as it lives; PostgreSQL drops the lock when that
@@ -15,6 +16,40 @@ use deadpool_postgres::GenericClient;
 
 use crate::journal::{JournalError, Lease};
 use crate::sqlite::DbError;
+
+/// The first key of a run's lease lock, a transaction-level advisory lock on
+/// `(LOCK_CLASS, hashtext(run_id))` (a key space apart from the holders' single-key locks).
+/// Every transaction that writes under a lease holds its run's lock shared from before it
+/// reads the fencing token until it commits; a claim, which moves the token, holds it
+/// exclusively. So a claim waits for the writes under the lease it supersedes to commit, and a
+/// write that begins after the claim reads the new token and is refused. The lock lives in the
+/// server's lock table only: no row is locked or written for it. Two runs whose ids hash alike
+/// share a lock, which costs a wait, never a wrong answer.
+pub(crate) const LOCK_CLASS: i32 = 0x6368_6c73;
+
+/// Takes `run_id`'s lease lock exclusively (see [`LOCK_CLASS`]) in the open transaction,
+/// waiting for the writes under its current lease to commit.
+async fn lock_exclusive(tx: &impl GenericClient, run_id: &str) -> Result<(), JournalError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&LOCK_CLASS, &run_id],
+    )
+    .await
+    .map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Like [`lock_exclusive`] without waiting: whether the lock was free.
+async fn try_lock_exclusive(tx: &impl GenericClient, run_id: &str) -> Result<bool, JournalError> {
+    let row = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &run_id],
+        )
+        .await
+        .map_err(DbError::from)?;
+    Ok(row.try_get::<_, bool>(0).map_err(DbError::from)?)
+}
 
 /// The holder id's prefix; the rest is its advisory lock key.
 const PREFIX: &str = "pg-holder-";
@@ -101,6 +136,7 @@ pub(crate) async fn claim(
     ttl_ms: i64,
 ) -> Result<(Lease, bool), JournalError> {
     let expires = now_ms.saturating_add(ttl_ms);
+    lock_exclusive(tx, run_id).await?;
     let current = tx
         .query_opt(
             "SELECT owner, holder, token, expires_ms FROM run_leases WHERE run_id = $1 FOR UPDATE",
@@ -248,6 +284,10 @@ pub(crate) async fn try_claim(
     ttl_ms: i64,
 ) -> Result<Option<(Lease, bool)>, JournalError> {
     let expires = now_ms.saturating_add(ttl_ms);
+    if !try_lock_exclusive(tx, run_id).await? {
+        // A write under the run's lease is committing, or another claim holds it.
+        return Ok(None);
+    }
     let exists = tx
         .query_opt("SELECT 1 FROM run_leases WHERE run_id = $1", &[&run_id])
         .await

@@ -8,8 +8,9 @@
 //!   newer than this build.
 //! - [`PgJournal`]: [`crate::journal::RunJournal`]. A unit of work (a step's journal writes
 //!   and its audit records) is atomic: the lease check (the fencing token compared in the
-//!   transaction, the lease row locked `FOR SHARE` so a concurrent claim waits for the
-//!   commit), the journal writes, then the audit records sealed on the chain head. The units
+//!   transaction under the run's lease lock, a transaction-level advisory lock taken shared,
+//!   so a concurrent claim, which takes it exclusively, waits for the commit), the journal
+//!   writes, then the audit records sealed on the chain head. The units
 //!   a process has queued at a moment commit together (group commit, one transaction, one
 //!   head lock, two pipelined round trips; a unit whose lease is lost fails alone; see the
 //!   `writer` module). The batch commits with `synchronous_commit = off`, so the chain head's
@@ -238,14 +239,15 @@ impl PgDatabase {
         Ok(self.inner.pool.get().await?)
     }
 
-    /// Waits until the WAL is on disk up to at least every commit this connection made: a
-    /// tiny synchronous transaction that writes a WAL record (a non-transactional logical
-    /// message, no table) and so must flush it, and everything before it, at commit.
+    /// Waits until the WAL is on disk up to at least every commit this connection made: one
+    /// statement in a synchronous transaction of its own that writes a WAL record (a
+    /// non-transactional logical message, no table) and so must flush it, and everything
+    /// before it, at commit.
     pub(crate) async fn flush_wal(client: &deadpool_postgres::Object) -> Result<(), DbError> {
         client
             .batch_execute(
-                "BEGIN; SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', ''); \
-                 COMMIT",
+                "SET synchronous_commit = on; \
+                 SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')",
             )
             .await?;
         Ok(())

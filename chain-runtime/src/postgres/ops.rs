@@ -10,8 +10,8 @@ use crate::journal::{JournalError, JournalWrite};
 pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
 
 /// One journal write of a unit. Entries and run positions are the bulk of a batch: the
-/// writer merges those of every unit of a batch into one statement each ([`ENTRIES`],
-/// [`NODES`]); the rest are sent one statement each, in order.
+/// writer merges those of every unit of a batch into one statement (with the lease check, see
+/// `super::batch`); the rest are sent one statement each, in order.
 pub(crate) enum Op {
     /// A journal entry written (inserted, or replaced as a whole).
     Entry(EntryRow),
@@ -65,20 +65,6 @@ impl std::fmt::Debug for Op {
         }
     }
 }
-
-/// Every entry of a batch in one statement: the arrays of [`EntryRow`]'s fields, one element
-/// per row (each key at most once: a later write of the same entry replaces an earlier one
-/// as a whole, so only the last is sent).
-pub(crate) const ENTRIES: &str = "INSERT INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
-     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-     $6::bigint[], $7::text[]) ON CONFLICT (run_id, seq) DO UPDATE SET \
-     step_id = excluded.step_id, kind = excluded.kind, name = excluded.name, \
-     attempt = excluded.attempt, result = excluded.result";
-
-/// Every run position of a batch in one statement (each run at most once: the last).
-pub(crate) const NODES: &str = "UPDATE run_runs r SET node = u.node \
-     FROM unnest($1::text[], $2::bigint[]) AS u(run_id, node) \
-     WHERE r.run_id = u.run_id AND r.node <> u.node";
 
 // `ord` is taken anew on every write, so a replaced compensation moves last, as a replaced
 // row does in the SQLite journal.

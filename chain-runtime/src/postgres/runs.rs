@@ -3,11 +3,13 @@
 //! `COMMIT`; releasing is `BEGIN`, the lease row, the notification, `COMMIT`.
 
 use deadpool_postgres::Object;
+use futures::future::BoxFuture;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::flight::{Flight, Reply, fly};
 use super::leases::{self, Holder};
+use super::ops::{Op, Param};
 use crate::journal::rows::RunText;
 use crate::journal::{JournalError, Lease, RunRecord};
 use crate::sqlite::DbError;
@@ -86,6 +88,16 @@ fn db(e: tokio_postgres::Error) -> JournalError {
     DbError::from(e).into()
 }
 
+/// The `BEGIN` request of a flight whose transaction commits without waiting for the WAL flush.
+fn begin_deferred(client: &Object) -> BoxFuture<'_, Result<Reply, tokio_postgres::Error>> {
+    Box::pin(async {
+        client
+            .batch_execute(BEGIN_DEFERRED)
+            .await
+            .map(|()| Reply::Nothing)
+    })
+}
+
 async fn end(client: &Object, commit: bool) -> Result<(), JournalError> {
     let sql = if commit { "COMMIT" } else { "ROLLBACK" };
     client.batch_execute(sql).await.map_err(db)
@@ -107,12 +119,7 @@ pub(crate) async fn create(
     let mut params = row.params();
     params.extend::<[&(dyn ToSql + Sync); 3]>([&owner, &holder.id, &expires]);
     let flight: Flight<'_> = vec![
-        Box::pin(async {
-            client
-                .batch_execute(BEGIN_DEFERRED)
-                .await
-                .map(|()| Reply::Nothing)
-        }),
+        begin_deferred(client),
         Box::pin(async { client.execute(&create, &params).await.map(Reply::Count) }),
         // Commits, or rolls back when a statement before it failed.
         Box::pin(async {
@@ -164,12 +171,7 @@ async fn create_claiming(
     let run_params = row.params();
     let lease_params: [&(dyn ToSql + Sync); 4] = [&run.run_id, &owner, &holder.id, &expires];
     let flight: Flight<'_> = vec![
-        Box::pin(async {
-            client
-                .batch_execute(BEGIN_DEFERRED)
-                .await
-                .map(|()| Reply::Nothing)
-        }),
+        begin_deferred(client),
         Box::pin(async { client.execute(&insert, &run_params).await.map(Reply::Count) }),
         Box::pin(async {
             client
@@ -219,6 +221,62 @@ async fn create_claiming(
     Ok(lease)
 }
 
+/// [`CREATE`] as a write of the writer's, for a unit that creates `run` claimed for `owner`
+/// with the run's first audit records: it must change one row (the lease's), else a run with
+/// that id exists; it fails when a lease row outlived its run (then [`create`] takes over).
+pub(crate) fn create_op(
+    run: &RunRecord,
+    owner: &str,
+    holder: &Holder,
+    expires_ms: i64,
+) -> Result<Op, JournalError> {
+    let text = RunText::of(run)?;
+    let params: Vec<Param> = vec![
+        Box::new(run.run_id.clone()),
+        Box::new(run.chain.clone()),
+        Box::new(run.chain_version.clone()),
+        Box::new(text.step_versions),
+        Box::new(text.principal),
+        Box::new(run.principal_id.clone()),
+        Box::new(text.input),
+        Box::new(text.subjects),
+        Box::new(run.parent_run_id.clone()),
+        Box::new(text.state),
+        Box::new(run.state.kind()),
+        Box::new(i64::from(run.node)),
+        Box::new(run.created_unix_ms),
+        Box::new(owner.to_owned()),
+        Box::new(holder.id.clone()),
+        Box::new(expires_ms),
+    ];
+    Ok(Op::Statement {
+        sql: CREATE,
+        params,
+        must_change_one: true,
+    })
+}
+
+/// The writes of [`release`], for a unit of the writer's (the run's end state and the release
+/// in one transaction).
+pub(crate) fn release_ops(lease: &Lease) -> [Op; 2] {
+    let token = i64::try_from(lease.token).unwrap_or(-1);
+    let statement = |sql, params| Op::Statement {
+        sql,
+        params,
+        must_change_one: false,
+    };
+    [
+        statement(
+            RELEASE,
+            vec![Box::new(lease.run_id.clone()), Box::new(token)],
+        ),
+        statement(
+            NOTIFY,
+            vec![Box::new(leases::CHANNEL), Box::new(lease.run_id.clone())],
+        ),
+    ]
+}
+
 /// Releases `lease` if it is still the current one and, when its run is runnable, tells the
 /// listening workers, in one flight.
 pub(crate) async fn release(client: &Object, lease: &Lease) -> Result<(), JournalError> {
@@ -226,12 +284,7 @@ pub(crate) async fn release(client: &Object, lease: &Lease) -> Result<(), Journa
     let notify = client.prepare_cached(NOTIFY).await.map_err(db)?;
     let token = i64::try_from(lease.token).unwrap_or(-1);
     let flight: Flight<'_> = vec![
-        Box::pin(async {
-            client
-                .batch_execute(BEGIN_DEFERRED)
-                .await
-                .map(|()| Reply::Nothing)
-        }),
+        begin_deferred(client),
         Box::pin(async {
             client
                 .execute(&update, &[&lease.run_id, &token])

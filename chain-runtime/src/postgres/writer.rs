@@ -7,7 +7,11 @@
 //! head's row lock, and every worker process waits for it. For the same reason two batches
 //! are in flight: the next batch is formed and sent (its lease check and journal writes) as
 //! soon as the previous one holds the head, and it waits for the head on the server, not for
-//! the writer. Batches take the head in the order they were formed.
+//! the writer. Batches take the head in the order they were formed. When the head is
+//! contended (other processes' batches hold it; see [`batch::Pace`]), the next batch is formed
+//! only once the previous one committed: the units then wait for the head in one batch
+//! instead of two, and each hold of the head, which lasts a round trip to the client, commits
+//! twice as many.
 //!
 //! A unit whose lease is not current fails alone ([`JournalError::LeaseLost`]), one whose
 //! [`crate::journal::JournalWrite::State`] precondition does not hold is answered "not
@@ -30,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{self, Conn, Outcome, Refusal};
+use super::batch::{self, Conn, Outcome, Pace, Refusal};
 use super::ops::Op;
 use crate::audit::seal::Presealed;
 use crate::journal::{Committed, JournalError, Lease, WriterStats};
@@ -175,10 +179,10 @@ async fn flusher(
         };
         let c = match conn.take().filter(|c| !c.client.is_closed()) {
             Some(c) => Ok(c),
-            None => Conn::open(&config).await,
+            None => Conn::open_flusher(&config).await,
         };
         let flushed = match c {
-            Ok(c) => {
+            Ok(mut c) => {
                 let flushed = c.flush_wal().await;
                 conn = Some(c);
                 flushed
@@ -213,6 +217,7 @@ async fn writer_loop(
     }
     let mut batches = tokio::task::JoinSet::new();
     let mut previous: Option<oneshot::Receiver<()>> = None;
+    let pace = Arc::new(Pace::default());
     loop {
         // The next batch is formed once the previous one holds the chain head (or ended), so
         // that batches take the head in order.
@@ -230,9 +235,9 @@ async fn writer_loop(
         let (signal, head) = oneshot::channel();
         previous = Some(head);
         let (config, idle, stats) = (config.clone(), Arc::clone(&idle), Arc::clone(&stats));
-        let to_flush = to_flush.clone();
+        let (to_flush, pace) = (to_flush.clone(), Arc::clone(&pace));
         batches.spawn(async move {
-            let waiting = commit_jobs(&config, &idle, &stats, jobs, signal).await;
+            let waiting = commit_jobs(&config, &idle, &stats, &pace, jobs, signal).await;
             if !waiting.is_empty() {
                 // Answered with an error (the replies dropped) if the flusher is gone.
                 let _ = to_flush.send(waiting);
@@ -269,12 +274,14 @@ fn put_back(idle: &Idle, conn: Conn) {
 }
 
 /// Commits `jobs` (see the module docs); `on_head` is told when the committing transaction
-/// holds the chain head, or dropped when there is none. Answers every unit but the committed
+/// holds the chain head, or dropped when there is none or when the batch is done (the head
+/// contended, see [`Pace`]). Answers every unit but the committed
 /// synchronous ones, which it returns (they wait for the WAL flush).
 async fn commit_jobs(
     config: &tokio_postgres::Config,
     idle: &Idle,
     stats: &Stats,
+    pace: &Pace,
     jobs: Vec<Job>,
     on_head: oneshot::Sender<()>,
 ) -> Waiting {
@@ -293,7 +300,7 @@ async fn commit_jobs(
                 }
             },
         };
-        match batch::attempt(&mut c, &mut jobs, &mut on_head).await {
+        match batch::attempt(&mut c, &mut jobs, &mut on_head, pace).await {
             Outcome::Done(sealed) => {
                 stats.units.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
