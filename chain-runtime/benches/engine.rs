@@ -635,6 +635,14 @@ fn audit(c: &mut Criterion) {
             assert_eq!(verified.records, CHAIN);
         });
     });
+    // CPU per record, all threads together and each verifying thread apart (a figure that
+    // other load on the machine does not inflate, unlike the wall-clock time above).
+    cpu_per_record(&format!("verify/{CHAIN}"), CHAIN, 20, || {
+        rt.block_on(async {
+            let verified = store.verify(None).await.unwrap();
+            assert_eq!(verified.records, CHAIN);
+        });
+    });
     // Reference: verifying through one `serde_json::Value` per record (how the store verified
     // before), paging with `scan_raw`.
     group.bench_function(BenchmarkId::new("verify_via_values", CHAIN), |b| {
@@ -677,6 +685,21 @@ fn audit(c: &mut Criterion) {
             assert_eq!(n, CHAIN);
         });
     });
+    cpu_per_record(&format!("scan_columns/{CHAIN}"), CHAIN, 20, || {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, format, time_unix_ms, run_id, step_id, principal, connector, \
+                 account_id, upstream_subject, grant_id, scopes, records, outcome, event, \
+                 prev_hash, hash FROM audit_records ORDER BY seq",
+            )
+            .unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..16 {
+                black_box(row.get_ref(i).unwrap());
+            }
+        }
+    });
     // Baseline: BLAKE3 alone over the chain's bytes (the canonical form of each record).
     group.bench_function(BenchmarkId::new("blake3_chain_bytes", CHAIN), |b| {
         b.iter(|| {
@@ -685,7 +708,82 @@ fn audit(c: &mut Criterion) {
             }
         });
     });
+    cpu_per_record(&format!("blake3_chain_bytes/{CHAIN}"), CHAIN, 20, || {
+        for _ in 0..CHAIN {
+            black_box(blake3::hash(black_box(canonical.as_bytes())));
+        }
+    });
     group.finish();
+}
+
+/// CPU time of this process so far (user + system, every thread, ended ones too), from
+/// `/proc/self/stat` (zero when it cannot be read: not Linux).
+fn process_cpu() -> Duration {
+    let Ok(text) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Time on CPU of each live thread of this process (from `schedstat`, in nanoseconds), by
+/// thread id, with the thread's name.
+fn live_threads_cpu() -> std::collections::BTreeMap<String, (String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Default::default();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let sched = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let ns = sched.split_whitespace().next()?.parse().ok()?;
+            Some((
+                t.file_name().to_string_lossy().into_owned(),
+                (name.trim().to_owned(), ns),
+            ))
+        })
+        .collect()
+}
+
+/// Runs `f` (which handles `records` records) `rounds` times and prints the CPU time per
+/// record: the whole process, each live thread that did a share of the work, and the threads
+/// that ended meanwhile (together).
+fn cpu_per_record(label: &str, records: u64, rounds: u64, mut f: impl FnMut()) {
+    f();
+    let (threads_before, cpu_before, start) = (live_threads_cpu(), process_cpu(), Instant::now());
+    for _ in 0..rounds {
+        f();
+    }
+    let (wall, cpu_after, threads_after) = (start.elapsed(), process_cpu(), live_threads_cpu());
+    let n = (records * rounds) as f64;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n;
+    let total = cpu_after.saturating_sub(cpu_before);
+    let mut live = Duration::ZERO;
+    let mut busy = Vec::new();
+    for (tid, (name, ns)) in &threads_after {
+        let before = threads_before.get(tid).map_or(0, |(_, ns)| *ns);
+        let used = Duration::from_nanos(ns.saturating_sub(before));
+        live += used;
+        if per(used) >= 0.01 {
+            busy.push(format!("{name} {:.3}", per(used)));
+        }
+    }
+    eprintln!(
+        "audit/{label}: per record {:.3} µs wall, {:.3} µs CPU (all threads; {:.2} cores busy); \
+         live threads [{}] µs, ended threads {:.3} µs",
+        per(wall),
+        per(total),
+        total.as_secs_f64() / wall.as_secs_f64(),
+        busy.join(", "),
+        per(total.saturating_sub(live)),
+    );
 }
 
 /// The engine's own cost per step on the in-memory store, beside plain async calls.
