@@ -238,13 +238,15 @@ fn insert_record(
     record: &AuditRecord,
     columns: &Columns,
 ) -> Result<(), AuditError> {
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO audit_records ({}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            select_columns()
+        )
+    });
     let seq_sql = seq_to_sql(record.seq)?;
-    conn.prepare_cached(&format!(
-        "INSERT INTO audit_records ({}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        select_columns()
-    ))?
-    .execute(params![
+    conn.prepare_cached(&INSERT)?.execute(params![
         seq_sql,
         i64::from(record.format),
         record.time_unix_ms,
@@ -262,6 +264,9 @@ fn insert_record(
         record.prev_hash,
         record.hash,
     ])?;
+    if record.records.is_empty() {
+        return Ok(());
+    }
     let mut stmt = conn.prepare_cached(
         "INSERT INTO audit_record_refs (seq, connector, kind, record_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
