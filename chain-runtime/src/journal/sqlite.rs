@@ -442,6 +442,12 @@ impl RunJournal for SqliteJournal {
         })
     }
 
+    /// A commit encodes its unit and queues it to the database's one writer thread at its
+    /// first poll, without awaiting anything before; the writer applies the queue in order.
+    fn ordered_commits(&self) -> bool {
+        true
+    }
+
     fn database(&self) -> Option<DatabaseId> {
         Some(self.inner.db.id())
     }
