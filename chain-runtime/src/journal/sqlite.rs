@@ -225,6 +225,7 @@ impl RunJournal for SqliteJournal {
                 .write_checked_first(Durability::Deferred, move |tx| {
                     let holder = inner.holder()?;
                     insert_run(tx.conn(), &run)?;
+                    tx.forget(&run.run_id);
                     leases::claim(
                         tx.conn(),
                         holder,
@@ -255,6 +256,7 @@ impl RunJournal for SqliteJournal {
                 .write_checked_first(Durability::Deferred, move |tx| {
                     let holder = inner.holder()?;
                     insert_run(tx.conn(), &run)?;
+                    tx.forget(&run.run_id);
                     let lease = leases::claim(
                         tx.conn(),
                         holder,
@@ -278,6 +280,7 @@ impl RunJournal for SqliteJournal {
         let inner = Arc::clone(&self.inner);
         let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
         Box::pin(self.inner.db.write(Durability::Sync, move |tx| {
+            tx.forget(&run_id);
             leases::claim(
                 tx.conn(),
                 inner.holder()?,
@@ -295,6 +298,7 @@ impl RunJournal for SqliteJournal {
             self.inner
                 .db
                 .write(Durability::Deferred, move |tx| {
+                    tx.forget(&lease.run_id);
                     leases::release(tx.conn(), &lease)
                 })
                 .await?;
@@ -315,6 +319,7 @@ impl RunJournal for SqliteJournal {
                 .db
                 .write(Durability::Sync, move |tx| {
                     insert_run(tx.conn(), &run)?;
+                    tx.forget(&run.run_id);
                     Ok::<_, JournalError>(crate::audit::sqlite::append_in(tx, audit)?)
                 })
                 .await?;
@@ -340,12 +345,13 @@ impl RunJournal for SqliteJournal {
             self.inner
                 .db
                 .write(Durability::Sync, move |tx| {
-                    let conn = tx.conn();
                     let now = crate::audit::now_unix_ms();
                     let holder = inner.holder()?;
-                    let ids = leases::runnable(conn, holder, &keys, now, limit)?;
+                    let ids = leases::runnable(tx.conn(), holder, &keys, now, limit)?;
                     let mut out = Vec::with_capacity(ids.len());
                     for run_id in ids {
+                        tx.forget(&run_id);
+                        let conn = tx.conn();
                         let Some(run) = conn
                             .prepare_cached(&format!(
                                 "SELECT {RUN_COLUMNS} FROM run_runs WHERE run_id = ?1"
@@ -430,6 +436,7 @@ impl RunJournal for SqliteJournal {
                 .write_checked_first(unit.durability, move |tx| {
                     let committed = commit_in(tx, Some(&lease), &writes, audit)?;
                     if committed.applied {
+                        tx.forget(&lease.run_id);
                         leases::release(tx.conn(), &lease)?;
                     }
                     Ok::<_, JournalError>(committed)

@@ -113,7 +113,8 @@ fn states_expected(
 }
 
 /// Applies one checked journal write.
-fn apply(conn: &Connection, run_id: &str, write: &Encoded<'_>) -> Result<(), JournalError> {
+fn apply(tx: &mut Tx<'_>, run_id: &str, write: &Encoded<'_>) -> Result<(), JournalError> {
+    let conn = tx.conn();
     match write {
         Encoded::Entry {
             entry,
@@ -133,8 +134,14 @@ fn apply(conn: &Connection, run_id: &str, write: &Encoded<'_>) -> Result<(), Jou
                 entry.attempt,
                 result
             ])?;
-            conn.prepare_cached("UPDATE run_runs SET node = ?2 WHERE run_id = ?1 AND node != ?2")?
+            // The result of a step moves the run to the node its intent did: known here.
+            if tx.memo(run_id).node != Some(*node) {
+                conn.prepare_cached(
+                    "UPDATE run_runs SET node = ?2 WHERE run_id = ?1 AND node != ?2",
+                )?
                 .execute(params![run_id, node])?;
+                tx.remember(run_id, |m| m.node = Some(*node));
+            }
         }
         Encoded::Compensation { entry, result } => {
             conn.prepare_cached(
@@ -169,7 +176,12 @@ pub(super) fn commit_in(
 ) -> Result<Committed, JournalError> {
     let conn = tx.conn();
     if let Some(lease) = lease {
-        leases::check(conn, lease)?;
+        // A lease this writer found current stays so until a claim or release (which forget
+        // it) or another connection's write (which makes the writer forget everything).
+        if tx.memo(&lease.run_id).token != Some(lease.token) {
+            leases::check(conn, lease)?;
+            tx.remember(&lease.run_id, |m| m.token = Some(lease.token));
+        }
     }
     let run_id = lease.map(|l| l.run_id.as_str());
     let writes = encode(run_id, writes)?;
@@ -178,7 +190,7 @@ pub(super) fn commit_in(
         return Ok(Committed::default());
     }
     for write in &writes {
-        apply(conn, run_id.unwrap_or_default(), write)?;
+        apply(tx, run_id.unwrap_or_default(), write)?;
     }
     let audit = crate::audit::sqlite::append_in(tx, audit)?;
     Ok(Committed {
@@ -218,4 +230,112 @@ pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), Journ
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::{
+        EntryKind, JournalEntry, JournalError, JournalWrite, RunJournal, RunRecord, RunState,
+        SqliteJournal, Unit,
+    };
+
+    fn run(id: &str) -> RunRecord {
+        RunRecord {
+            run_id: id.into(),
+            chain: "demo::chain".into(),
+            chain_version: "v1".into(),
+            step_versions: BTreeMap::new(),
+            principal: serde_json::json!("alice"),
+            principal_id: "alice".into(),
+            input: serde_json::json!(null),
+            subjects: BTreeMap::new(),
+            parent_run_id: None,
+            state: RunState::Running,
+            node: 0,
+            created_unix_ms: 1,
+        }
+    }
+
+    fn unit(seq: u32, node: u32) -> Unit {
+        Unit::of([JournalWrite::Entry {
+            entry: JournalEntry {
+                seq,
+                step_id: format!("demo/step#{seq}"),
+                kind: EntryKind::Step,
+                name: "step".into(),
+                attempt: 1,
+                result: None,
+            },
+            node,
+        }])
+    }
+
+    /// The writer remembers a lease it found current and a run's node between batches; what
+    /// another connection or a claim changes must still be seen.
+    #[tokio::test]
+    async fn remembered_leases_and_nodes_follow_claims_and_other_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = SqliteJournal::open(&path).await.unwrap();
+        let first = journal.create_run(run("r1"), "w").await.unwrap();
+        assert!(
+            journal
+                .commit(Some(&first), unit(0, 1))
+                .await
+                .unwrap()
+                .applied
+        );
+
+        // Released and claimed again through the same writer: the old token is fenced off.
+        journal.release_run(&first).await.unwrap();
+        let second = journal.claim_run("r1", "w").await.unwrap();
+        let stale = journal.commit(Some(&first), unit(1, 2)).await;
+        assert!(
+            matches!(stale, Err(JournalError::LeaseLost(_))),
+            "{stale:?}"
+        );
+        assert!(
+            journal
+                .commit(Some(&second), unit(1, 2))
+                .await
+                .unwrap()
+                .applied
+        );
+
+        // Another connection moves the run's node and supersedes the lease behind the
+        // writer's back.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch(
+                "UPDATE run_runs SET node = 7 WHERE run_id = 'r1';
+                 UPDATE run_leases SET token = token + 1 WHERE run_id = 'r1';",
+            )
+            .unwrap();
+        let stale = journal.commit(Some(&second), unit(2, 2)).await;
+        assert!(
+            matches!(stale, Err(JournalError::LeaseLost(_))),
+            "{stale:?}"
+        );
+        other
+            .execute(
+                "UPDATE run_leases SET token = token - 1 WHERE run_id = 'r1'",
+                [],
+            )
+            .unwrap();
+        assert!(
+            journal
+                .commit(Some(&second), unit(2, 2))
+                .await
+                .unwrap()
+                .applied
+        );
+        let stored = journal.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(
+            stored.node, 2,
+            "the node written again after another connection's write"
+        );
+        assert_eq!(journal.journal("r1").await.unwrap().len(), 3);
+    }
 }

@@ -65,8 +65,10 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The writer connection's temporary storage: savepoints' and statements' sub-journals stay
 /// in memory. (Its page cache keeps SQLite's default size: the pages a batch touches are the
 /// few at the end of each index, and a larger cache costs a scan of its hash table at every
-/// commit.)
-const WRITER_PRAGMAS: &str = "PRAGMA temp_store = MEMORY;";
+/// commit.) Its commits checkpoint the WAL into the database file once it holds 4000 pages
+/// (16 MiB with 4 KiB pages) instead of SQLite's 1000: a page rewritten by many batches in
+/// between is copied once, and the checkpoint's fsyncs stall the writer a quarter as often.
+const WRITER_PRAGMAS: &str = "PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000;";
 
 /// The most writes one transaction takes.
 pub const MAX_BATCH: usize = 1024;

@@ -1,6 +1,7 @@
 //! The writer thread: group commit of queued writes, each in its own savepoint unless it
 //! checks everything that can refuse it before its first change ([`Isolation`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -12,12 +13,40 @@ use super::syncer::{Done, Syncer};
 use super::witness::HeadWitness;
 use super::{DbError, Durability, MAX_BATCH, Stats};
 
+/// What the writer remembers about one run's rows between batches (see [`Memo`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RunMemo {
+    /// The lease token found current (a released lease is never remembered).
+    pub(crate) token: Option<u64>,
+    /// The run's `node` as stored.
+    pub(crate) node: Option<u32>,
+}
+
+/// Facts about runs' rows that the writer's own transactions read or wrote, so that a later
+/// batch need not read (or rewrite) them again. They hold only while no other connection
+/// writes to the file, so the writer forgets everything when `PRAGMA data_version` moves
+/// (another connection, in this process or another, committed), when any write is rolled back
+/// (whole or to its savepoint), when a batch fails, and when it holds more than [`MEMO_CAP`]
+/// runs. A write that changes a remembered fact otherwise (a claim, a release) forgets the run
+/// ([`Tx::forget`]).
+#[derive(Debug, Default)]
+struct Memo {
+    runs: HashMap<String, RunMemo>,
+    /// `PRAGMA data_version` when the facts were read.
+    data_version: Option<i64>,
+}
+
+/// The most runs the [`Memo`] keeps.
+const MEMO_CAP: usize = 1 << 16;
+
 /// One write's view of the open transaction.
 pub(crate) struct Tx<'c> {
     conn: &'c Connection,
     roll_back: bool,
     /// The audit chain's head `(seq, hash)` as of this point of the transaction, once read.
     chain_head: Option<(u64, String)>,
+    /// See [`Memo`]; taken from the writer for the batch.
+    runs: HashMap<String, RunMemo>,
 }
 
 impl<'c> Tx<'c> {
@@ -41,6 +70,29 @@ impl<'c> Tx<'c> {
     /// Caches the hash chain's new head; undone with the write's savepoint.
     pub(crate) fn set_chain_head(&mut self, head: (u64, String)) {
         self.chain_head = Some(head);
+    }
+
+    /// What the writer remembers about `run_id`'s rows (see [`Memo`]).
+    pub(crate) fn memo(&self, run_id: &str) -> RunMemo {
+        self.runs.get(run_id).copied().unwrap_or_default()
+    }
+
+    /// Remembers a fact about `run_id`'s rows as they are in this transaction. Forgotten if
+    /// this write (or its batch) is rolled back.
+    pub(crate) fn remember(&mut self, run_id: &str, fact: impl FnOnce(&mut RunMemo)) {
+        match self.runs.get_mut(run_id) {
+            Some(memo) => fact(memo),
+            None => {
+                let mut memo = RunMemo::default();
+                fact(&mut memo);
+                self.runs.insert(run_id.to_owned(), memo);
+            }
+        }
+    }
+
+    /// Forgets everything about `run_id` (its lease or rows change otherwise).
+    pub(crate) fn forget(&mut self, run_id: &str) {
+        self.runs.remove(run_id);
     }
 }
 
@@ -144,13 +196,27 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), DbError> {
 }
 
 /// Applies `jobs` in one transaction, each in a savepoint, and commits. Returns the hash
-/// chain's new head when the batch appended to it.
-fn apply_batch(conn: &Connection, jobs: &mut [Job]) -> Result<Option<(u64, String)>, DbError> {
+/// chain's new head when the batch appended to it. `memo` is left empty when the batch fails.
+fn apply_batch(
+    conn: &Connection,
+    jobs: &mut [Job],
+    memo: &mut Memo,
+) -> Result<Option<(u64, String)>, DbError> {
     exec(conn, "BEGIN IMMEDIATE")?;
+    // Read under the write lock: nobody else can commit until this transaction ends.
+    let version: i64 = conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |row| row.get(0))?;
+    let mut runs = std::mem::take(&mut memo.runs);
+    if memo.data_version != Some(version) || runs.len() > MEMO_CAP {
+        runs.clear();
+        memo.data_version = Some(version);
+    }
     let mut tx = Tx {
         conn,
         roll_back: false,
         chain_head: None,
+        runs,
     };
     for job in jobs.iter_mut() {
         let head = tx.chain_head.clone();
@@ -162,6 +228,7 @@ fn apply_batch(conn: &Connection, jobs: &mut [Job]) -> Result<Option<(u64, Strin
                 if tx.roll_back {
                     exec(conn, "ROLLBACK TO job")?;
                     tx.chain_head = head;
+                    tx.runs.clear();
                 }
                 exec(conn, "RELEASE job")?;
             }
@@ -176,11 +243,13 @@ fn apply_batch(conn: &Connection, jobs: &mut [Job]) -> Result<Option<(u64, Strin
                         ));
                     }
                     tx.chain_head = head;
+                    tx.runs.clear();
                 }
             }
         }
     }
     exec(conn, "COMMIT")?;
+    memo.runs = tx.runs;
     Ok(tx.chain_head)
 }
 
@@ -197,6 +266,7 @@ pub(crate) fn writer_loop(
     if syncer.is_some() && exec(&conn, "PRAGMA synchronous = NORMAL").is_err() {
         syncer = None;
     }
+    let mut memo = Memo::default();
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -213,7 +283,7 @@ pub(crate) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let outcome = apply_batch(&conn, &mut jobs);
+        let outcome = apply_batch(&conn, &mut jobs, &mut memo);
         if outcome.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
