@@ -434,26 +434,45 @@ fn thread_cpu(stat: &Path) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// CPU time of this process's live `sqlite-writer` threads.
-fn writer_cpu() -> Duration {
+/// CPU time of this process's live threads named `name`.
+fn threads_cpu(name: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
     };
     tasks
         .flatten()
         .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == "sqlite-writer")
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
         })
         .map(|t| thread_cpu(&t.path().join("stat")))
         .sum()
 }
 
-/// The writer's counters and CPU time for one engine case; returns the steps per commit.
+/// The CPU time counters one engine case reports: the writer thread, the syncer thread, the
+/// tokio workers and the whole process (every thread, live or gone).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    writer: Duration,
+    syncer: Duration,
+    workers: Duration,
+    process: Duration,
+}
+
+fn cpu_times() -> CpuTimes {
+    CpuTimes {
+        writer: threads_cpu("sqlite-writer"),
+        syncer: threads_cpu("sqlite-syncer"),
+        workers: threads_cpu("tokio-rt-worker"),
+        process: thread_cpu(Path::new("/proc/self/stat")),
+    }
+}
+
+/// The writer's counters and the CPU time per step for one engine case; returns the steps per
+/// commit.
 fn report(
     label: &str,
-    before: (WriterStats, Duration),
-    after: (WriterStats, Duration),
+    before: (WriterStats, CpuTimes),
+    after: (WriterStats, CpuTimes),
     steps: u64,
 ) -> f64 {
     let (before, cpu_before) = before;
@@ -461,24 +480,35 @@ fn report(
     let writes = after.writes - before.writes;
     let commits = (after.commits - before.commits).max(1);
     let syncs = after.syncs - before.syncs;
-    let cpu = cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1e6;
+    let per_step = |f: fn(&CpuTimes) -> Duration| {
+        f(&cpu_after).saturating_sub(f(&cpu_before)).as_secs_f64() * 1e6 / steps.max(1) as f64
+    };
+    let writer = per_step(|c| c.writer);
     eprintln!(
         "sqlite_durable/{label}: the writer applied {writes} writes in {commits} commits \
          ({:.1} writes, {:.1} steps per commit), {syncs} of them with an fsync ({:.2} per \
-         step); writer thread CPU {:.1} µs per write, {:.1} µs per step",
+         step); CPU per step: writer thread {writer:.1} µs ({:.1} µs per write), syncer \
+         {:.1} µs, tokio workers {:.1} µs, whole process {:.1} µs",
         writes as f64 / commits as f64,
         steps as f64 / commits as f64,
         syncs as f64 / steps.max(1) as f64,
-        cpu / writes.max(1) as f64,
-        cpu / steps.max(1) as f64,
+        writer * steps.max(1) as f64 / writes.max(1) as f64,
+        per_step(|c| c.syncer),
+        per_step(|c| c.workers),
+        per_step(|c| c.process),
     );
     steps as f64 / commits as f64
 }
 
-/// Durable steps per second on the SQLite journal, beside the raw baselines.
+/// Durable steps per second on the SQLite journal, beside the raw baselines. The files go to
+/// `$CHAIN_BENCH_DIR` when it is set (for example a tmpfs, where an fsync costs nothing: what is
+/// left is the CPU time), else under the target directory.
 fn sqlite_durable(c: &mut Criterion) {
     let rt = runtime();
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = match std::env::var_os("CHAIN_BENCH_DIR") {
+        Some(base) => tempfile::tempdir_in(base).unwrap(),
+        None => tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+    };
     let mut group = c.benchmark_group("sqlite_durable");
     group
         .sample_size(10)
@@ -505,7 +535,7 @@ fn sqlite_durable(c: &mut Criterion) {
                 let engine = Engine::new(journal.clone(), audit_store, grants());
                 (engine, journal)
             });
-            let before = (journal.writer_stats(), writer_cpu());
+            let before = (journal.writer_stats(), cpu_times());
             let done = AtomicU64::new(0);
             group.throughput(Throughput::Elements(u64::from(runs * SQLITE_STEPS)));
             group.bench_with_input(
@@ -519,7 +549,7 @@ fn sqlite_durable(c: &mut Criterion) {
             let per_commit = report(
                 &format!("{}/{runs}_runs", audit.label()),
                 before,
-                (journal.writer_stats(), writer_cpu()),
+                (journal.writer_stats(), cpu_times()),
                 done.load(Ordering::Relaxed) * u64::from(SQLITE_STEPS),
             );
             if matches!(audit, Audit::Sqlite) && runs == CONCURRENT && per_commit >= 1.0 {
@@ -635,6 +665,14 @@ fn audit(c: &mut Criterion) {
             assert_eq!(verified.records, CHAIN);
         });
     });
+    // CPU per record, all threads together and each verifying thread apart (a figure that
+    // other load on the machine does not inflate, unlike the wall-clock time above).
+    cpu_per_record(&format!("verify/{CHAIN}"), CHAIN, 20, || {
+        rt.block_on(async {
+            let verified = store.verify(None).await.unwrap();
+            assert_eq!(verified.records, CHAIN);
+        });
+    });
     // Reference: verifying through one `serde_json::Value` per record (how the store verified
     // before), paging with `scan_raw`.
     group.bench_function(BenchmarkId::new("verify_via_values", CHAIN), |b| {
@@ -677,6 +715,21 @@ fn audit(c: &mut Criterion) {
             assert_eq!(n, CHAIN);
         });
     });
+    cpu_per_record(&format!("scan_columns/{CHAIN}"), CHAIN, 20, || {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, format, time_unix_ms, run_id, step_id, principal, connector, \
+                 account_id, upstream_subject, grant_id, scopes, records, outcome, event, \
+                 prev_hash, hash FROM audit_records ORDER BY seq",
+            )
+            .unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..16 {
+                black_box(row.get_ref(i).unwrap());
+            }
+        }
+    });
     // Baseline: BLAKE3 alone over the chain's bytes (the canonical form of each record).
     group.bench_function(BenchmarkId::new("blake3_chain_bytes", CHAIN), |b| {
         b.iter(|| {
@@ -685,7 +738,82 @@ fn audit(c: &mut Criterion) {
             }
         });
     });
+    cpu_per_record(&format!("blake3_chain_bytes/{CHAIN}"), CHAIN, 20, || {
+        for _ in 0..CHAIN {
+            black_box(blake3::hash(black_box(canonical.as_bytes())));
+        }
+    });
     group.finish();
+}
+
+/// CPU time of this process so far (user + system, every thread, ended ones too), from
+/// `/proc/self/stat` (zero when it cannot be read: not Linux).
+fn process_cpu() -> Duration {
+    let Ok(text) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Time on CPU of each live thread of this process (from `schedstat`, in nanoseconds), by
+/// thread id, with the thread's name.
+fn live_threads_cpu() -> std::collections::BTreeMap<String, (String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Default::default();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let sched = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let ns = sched.split_whitespace().next()?.parse().ok()?;
+            Some((
+                t.file_name().to_string_lossy().into_owned(),
+                (name.trim().to_owned(), ns),
+            ))
+        })
+        .collect()
+}
+
+/// Runs `f` (which handles `records` records) `rounds` times and prints the CPU time per
+/// record: the whole process, each live thread that did a share of the work, and the threads
+/// that ended meanwhile (together).
+fn cpu_per_record(label: &str, records: u64, rounds: u64, mut f: impl FnMut()) {
+    f();
+    let (threads_before, cpu_before, start) = (live_threads_cpu(), process_cpu(), Instant::now());
+    for _ in 0..rounds {
+        f();
+    }
+    let (wall, cpu_after, threads_after) = (start.elapsed(), process_cpu(), live_threads_cpu());
+    let n = (records * rounds) as f64;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n;
+    let total = cpu_after.saturating_sub(cpu_before);
+    let mut live = Duration::ZERO;
+    let mut busy = Vec::new();
+    for (tid, (name, ns)) in &threads_after {
+        let before = threads_before.get(tid).map_or(0, |(_, ns)| *ns);
+        let used = Duration::from_nanos(ns.saturating_sub(before));
+        live += used;
+        if per(used) >= 0.01 {
+            busy.push(format!("{name} {:.3}", per(used)));
+        }
+    }
+    eprintln!(
+        "audit/{label}: per record {:.3} µs wall, {:.3} µs CPU (all threads; {:.2} cores busy); \
+         live threads [{}] µs, ended threads {:.3} µs",
+        per(wall),
+        per(total),
+        total.as_secs_f64() / wall.as_secs_f64(),
+        busy.join(", "),
+        per(total.saturating_sub(live)),
+    );
 }
 
 /// The engine's own cost per step on the in-memory store, beside plain async calls.

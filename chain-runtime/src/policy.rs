@@ -176,17 +176,27 @@ impl RetryPolicy {
         })
     }
 
-    /// A bounded wait: the provider's, else exponential; `Err(wait)` if the provider's exceeds the cap.
-    fn bounded_wait(
+    /// A retryable failure's action: `retry` after the provider's wait (else exponential backoff)
+    /// while fewer than `max` attempts were made and that wait fits within `max_backoff`; else
+    /// give up, passing the provider's wait on.
+    fn retry_or_give_up(
         &self,
         c: &Classification,
         state: &AttemptState,
         attempt: u32,
-    ) -> Result<Duration, Duration> {
-        match Self::provider_wait(c, state) {
-            Some(wait) if wait > self.max_backoff => Err(wait),
-            Some(wait) => Ok(wait),
-            None => Ok(self.backoff(attempt)),
+        max: u32,
+        retry: impl FnOnce(Duration) -> Action,
+    ) -> Action {
+        let provider_wait = Self::provider_wait(c, state);
+        match provider_wait {
+            _ if attempt >= max => Action::GiveUp {
+                retry_after: provider_wait,
+            },
+            Some(wait) if wait > self.max_backoff => Action::GiveUp {
+                retry_after: Some(wait),
+            },
+            Some(wait) => retry(wait),
+            None => retry(self.backoff(attempt)),
         }
     }
 
@@ -251,38 +261,26 @@ impl RetryPolicy {
             }
             FailureClass::Forbidden => Decision::plain(class, Action::FailDomain),
             FailureClass::InvalidClient => Decision::plain(class, Action::AlertOperator),
-            FailureClass::RateLimited => {
-                let attempt = state.rate_limit_retries;
-                let action = if attempt >= self.max_rate_limit_retries {
-                    Action::GiveUp {
-                        retry_after: Self::provider_wait(c, state),
-                    }
-                } else {
-                    match self.bounded_wait(c, state, attempt) {
-                        Ok(wait) => Action::Backoff { wait },
-                        Err(wait) => Action::GiveUp {
-                            retry_after: Some(wait),
-                        },
-                    }
-                };
-                Decision::plain(class, action)
-            }
-            FailureClass::ServerError => {
-                let attempt = state.server_retries;
-                let action = if attempt >= self.max_server_retries {
-                    Action::GiveUp {
-                        retry_after: Self::provider_wait(c, state),
-                    }
-                } else {
-                    match self.bounded_wait(c, state, attempt) {
-                        Ok(wait) => Action::RetrySameKey { wait },
-                        Err(wait) => Action::GiveUp {
-                            retry_after: Some(wait),
-                        },
-                    }
-                };
-                Decision::plain(class, action)
-            }
+            FailureClass::RateLimited => Decision::plain(
+                class,
+                self.retry_or_give_up(
+                    c,
+                    state,
+                    state.rate_limit_retries,
+                    self.max_rate_limit_retries,
+                    |wait| Action::Backoff { wait },
+                ),
+            ),
+            FailureClass::ServerError => Decision::plain(
+                class,
+                self.retry_or_give_up(
+                    c,
+                    state,
+                    state.server_retries,
+                    self.max_server_retries,
+                    |wait| Action::RetrySameKey { wait },
+                ),
+            ),
         }
     }
 }

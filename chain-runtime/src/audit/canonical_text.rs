@@ -2,6 +2,8 @@
 //! what it parses to, so that it can be hashed as it is: the readers of canonical values and
 //! strings that [`super::typed_text`] builds on.
 
+use super::chain_hash::first_escaped;
+
 /// Deepest nesting [`is_canonical`] follows (serde_json refuses deeper than 128).
 const MAX_DEPTH: usize = 64;
 
@@ -126,6 +128,13 @@ pub(super) fn string(b: &[u8], pos: &mut usize, key: bool) -> bool {
     }
     *pos += 1;
     loop {
+        if !key {
+            // Straight to the closing quote, an escape or a control.
+            match first_escaped(&b[*pos..]) {
+                Some(i) => *pos += i,
+                None => return false,
+            }
+        }
         match b.get(*pos) {
             None => return false,
             Some(b'"') => {

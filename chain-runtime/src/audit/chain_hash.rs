@@ -89,12 +89,39 @@ pub(crate) const ESCAPED: [bool; 256] = {
     table
 };
 
+/// The index of the first byte of `s` that a canonical JSON string escapes ([`ESCAPED`]), if
+/// any. Eight bytes at a time: a word is looked into only when it holds such a byte.
+pub(crate) fn first_escaped(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether some byte of `w` is zero (exact for the word as a whole).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let (words, _) = s.as_chunks::<8>();
+    let mut start = 0;
+    for word in words {
+        let w = u64::from_ne_bytes(*word);
+        // A control (a byte below 0x20: the test is exact for the word as a whole), `"` or `\`.
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+        if control
+            || has_zero(w ^ (ONES * u64::from(b'"')))
+            || has_zero(w ^ (ONES * u64::from(b'\\')))
+        {
+            break;
+        }
+        start += 8;
+    }
+    s[start..]
+        .iter()
+        .position(|&b| ESCAPED[usize::from(b)])
+        .map(|i| start + i)
+}
+
 /// Appends `s` as a canonical JSON string.
 pub(crate) fn write_string(s: &str, out: &mut String) {
     out.push('"');
     let mut rest = s;
     // Copy runs of characters that need no escape in one go.
-    while let Some(i) = rest.bytes().position(|b| ESCAPED[usize::from(b)]) {
+    while let Some(i) = first_escaped(rest.as_bytes()) {
         out.push_str(&rest[..i]);
         let b = rest.as_bytes()[i];
         match b {
@@ -188,6 +215,31 @@ mod tests {
         for b in 0..=255u8 {
             let escaped = b < 0x20 || b == b'"' || b == b'\\';
             assert_eq!(ESCAPED[usize::from(b)], escaped, "{b}");
+        }
+    }
+
+    #[test]
+    fn first_escaped_finds_the_first_byte_to_escape_wherever_it_is() {
+        let naive = |s: &[u8]| s.iter().position(|&b| ESCAPED[usize::from(b)]);
+        // Every byte value at every place of strings of 0 to 25 bytes, over backgrounds of
+        // plain ASCII, of bytes just above the escaped ones, and of non-ASCII bytes.
+        for background in [b'a', 0x20, b'#', b']', 0x80, 0xa0, 0xdc, 0xff] {
+            for len in 0..26 {
+                let plain = vec![background; len];
+                assert_eq!(first_escaped(&plain), None);
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut s = plain.clone();
+                        s[at] = b;
+                        assert_eq!(first_escaped(&s), naive(&s), "{s:?}");
+                        // A second escaped byte later does not hide the first.
+                        if at + 3 < len {
+                            s[at + 3] = b'"';
+                            assert_eq!(first_escaped(&s), naive(&s), "{s:?}");
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::chain_hash::ESCAPED;
+use super::chain_hash::first_escaped;
 #[cfg(doc)]
 use super::chain_hash::write_string;
 use super::record::FORMAT_VERSION;
@@ -186,7 +186,7 @@ pub(crate) fn write_row(cells: &Cells<'_>, out: &mut Vec<u8>, refs: &mut Vec<Ref
 fn write_string_bytes(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     let mut rest = s;
-    while let Some(i) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
+    while let Some(i) = first_escaped(rest) {
         out.extend_from_slice(&rest[..i]);
         match rest[i] {
             b'"' => out.extend_from_slice(b"\\\""),

@@ -120,6 +120,22 @@ impl IndexedVerifier {
         checkpoint: Option<Checkpoint>,
         refs: impl IntoIterator<Item = (i64, RefKey)>,
     ) -> Self {
+        Self::with(ChainVerifier::new(checkpoint), refs)
+    }
+
+    /// Verifies the records after `seq` `position`, whose hash is `prev_hash` (see
+    /// [`ChainVerifier::resume`]), against `checkpoint` with the index rows `refs` of those
+    /// records.
+    pub(crate) fn resume(
+        checkpoint: Option<Checkpoint>,
+        refs: impl IntoIterator<Item = (i64, RefKey)>,
+        position: u64,
+        prev_hash: String,
+    ) -> Self {
+        Self::with(ChainVerifier::resume(checkpoint, position, prev_hash), refs)
+    }
+
+    fn with(verifier: ChainVerifier, refs: impl IntoIterator<Item = (i64, RefKey)>) -> Self {
         let mut index: BTreeMap<i64, Vec<RefKey>> = BTreeMap::new();
         for (seq, key) in refs {
             index.entry(seq).or_default().push(key);
@@ -128,7 +144,7 @@ impl IndexedVerifier {
             keys.sort();
         }
         Self {
-            verifier: ChainVerifier::new(checkpoint),
+            verifier,
             index,
             buf: Vec::with_capacity(1024),
             refs: Vec::new(),

@@ -27,9 +27,6 @@ pub(crate) struct Presealed {
     pub(crate) event_json: String,
 }
 
-/// Room kept in the canonical text for the two head members.
-const HEAD_ROOM: usize = 128;
-
 /// Appends `"key":`.
 fn key(out: &mut String, key: &str) {
     out.push('"');
@@ -106,7 +103,6 @@ impl Presealed {
         );
         canon.pop();
         canon.push('}');
-        canon.reserve(HEAD_ROOM);
         Ok(Self {
             record,
             canon,
@@ -123,28 +119,33 @@ impl Presealed {
     pub(crate) fn seal(self, seq: u64, prev_hash: String) -> (AuditRecord, Columns) {
         let Self {
             record: r,
-            mut canon,
+            canon,
             prev_at,
             seq_at,
             scopes_json,
             records_json,
             event_json,
         } = self;
-        // The later member first, so that `prev_at` stays valid; each piece inserted in
-        // reverse order at its place.
-        canon.insert(seq_at, ',');
-        canon.insert_str(seq_at, decimal(seq, &mut [0; 20]));
-        canon.insert_str(seq_at, "\"seq\":");
+        // The canonical form is hashed in pieces, the two head members between them: the
+        // same bytes as the whole text, without building it.
+        let canon = canon.as_bytes();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&canon[..prev_at]);
         if !prev_hash.bytes().any(|b| ESCAPED[usize::from(b)]) {
-            canon.insert_str(prev_at, "\",");
-            canon.insert_str(prev_at, &prev_hash);
-            canon.insert_str(prev_at, "\"prev_hash\":\"");
+            hasher.update(b"\"prev_hash\":\"");
+            hasher.update(prev_hash.as_bytes());
+            hasher.update(b"\",");
         } else {
             let mut member = String::with_capacity(prev_hash.len() + 32);
             text_member(&mut member, "prev_hash", Some(&prev_hash));
-            canon.insert_str(prev_at, &member);
+            hasher.update(member.as_bytes());
         }
-        let hash = blake3::hash(canon.as_bytes()).to_hex().as_str().to_owned();
+        hasher.update(&canon[prev_at..seq_at]);
+        hasher.update(b"\"seq\":");
+        hasher.update(decimal(seq, &mut [0; 20]).as_bytes());
+        hasher.update(b",");
+        hasher.update(&canon[seq_at..]);
+        let hash = hasher.finalize().to_hex().as_str().to_owned();
         let record = AuditRecord {
             format: FORMAT_VERSION,
             seq,

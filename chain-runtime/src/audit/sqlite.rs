@@ -31,11 +31,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::chain_hash::GENESIS_HASH;
-use super::pipeline;
+use super::pipeline::{self, Split};
 use super::record::{AuditRecord, Authorization, Checkpoint, NewRecord};
 use super::row_hash::{Cell, Cells, cells_to_value};
 use super::rows::{
-    self, COLUMNS, IndexedVerifier, select_columns, seq_to_sql, to_authorization, value_to_record,
+    self, COLUMNS, IndexedVerifier, RefKey, select_columns, seq_to_sql, to_authorization,
+    value_to_record,
 };
 use super::seal::Columns;
 pub(crate) use super::seal::Presealed;
@@ -237,13 +238,15 @@ fn insert_record(
     record: &AuditRecord,
     columns: &Columns,
 ) -> Result<(), AuditError> {
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO audit_records ({}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            select_columns()
+        )
+    });
     let seq_sql = seq_to_sql(record.seq)?;
-    conn.prepare_cached(&format!(
-        "INSERT INTO audit_records ({}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        select_columns()
-    ))?
-    .execute(params![
+    conn.prepare_cached(&INSERT)?.execute(params![
         seq_sql,
         i64::from(record.format),
         record.time_unix_ms,
@@ -261,6 +264,9 @@ fn insert_record(
         record.prev_hash,
         record.hash,
     ])?;
+    if record.records.is_empty() {
+        return Ok(());
+    }
     let mut stmt = conn.prepare_cached(
         "INSERT INTO audit_record_refs (seq, connector, kind, record_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -270,38 +276,121 @@ fn insert_record(
     Ok(())
 }
 
+/// The `audit_record_refs` rows whose `seq` passes `filter` (with `?1` bound to `seq`), or all.
+fn read_refs(
+    conn: &Connection,
+    filter: Option<(&str, i64)>,
+) -> Result<Vec<(i64, RefKey)>, AuditError> {
+    let sql = "SELECT seq, connector, kind, record_id FROM audit_record_refs";
+    let mut stmt = match filter {
+        Some((filter, _)) => conn.prepare(&format!("{sql} WHERE {filter}"))?,
+        None => conn.prepare(sql)?,
+    };
+    let mut rows = match filter {
+        Some((_, seq)) => stmt.query([seq])?,
+        None => stmt.query([])?,
+    };
+    let mut refs = Vec::new();
+    while let Some(row) = rows.next()? {
+        refs.push((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)));
+    }
+    Ok(refs)
+}
+
+/// Gives `emit` the rows of `stmt` (selected with [`select_columns`], `?1` bound to `seq`)
+/// until it returns `false`.
+fn read_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    seq: i64,
+    emit: &mut dyn FnMut(&Cells<'_>) -> bool,
+) -> Result<(), AuditError> {
+    let mut rows = stmt.query([seq])?;
+    while let Some(row) = rows.next()? {
+        if !emit(&row_cells(row)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The `audit_records` rows whose `seq` passes `filter` (`?1`), in `seq` order.
+fn select_rows<'c>(
+    conn: &'c Connection,
+    filter: &str,
+) -> Result<rusqlite::Statement<'c>, AuditError> {
+    Ok(conn.prepare(&format!(
+        "SELECT {} FROM audit_records WHERE {filter} ORDER BY seq",
+        select_columns()
+    ))?)
+}
+
+/// Verifies the whole chain in one pass (see [`pipeline::verify`]).
 fn verify_blocking(
     conn: &mut Connection,
     checkpoint: Option<Checkpoint>,
 ) -> Result<Verified, AuditError> {
     // One read transaction: a consistent snapshot even while others append.
     let tx = conn.transaction()?;
-    let refs = {
-        let mut stmt =
-            tx.prepare("SELECT seq, connector, kind, record_id FROM audit_record_refs")?;
-        stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                (row.get(1)?, row.get(2)?, row.get(3)?),
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?
-    };
-    let verifier = IndexedVerifier::new(checkpoint, refs);
-    let mut stmt = tx.prepare(&format!(
-        "SELECT {} FROM audit_records ORDER BY seq",
-        select_columns()
-    ))?;
+    let verifier = IndexedVerifier::new(checkpoint, read_refs(&tx, None)?);
+    let mut stmt = select_rows(&tx, "seq >= ?1")?;
     // Reading (here) and checking (on a second thread) overlap.
-    pipeline::verify(verifier, |emit| {
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            if !emit(&row_cells(row)?) {
-                break;
+    pipeline::verify(verifier, |emit| read_rows(&mut stmt, i64::MIN, emit))
+}
+
+/// The lower part of a chain verified in two parts: the records up to `split.mid`.
+fn verify_lower(
+    conn: &mut Connection,
+    split: Split,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Verified, AuditError> {
+    let mid = seq_to_sql(split.mid)?;
+    let tx = conn.transaction()?;
+    let verifier = IndexedVerifier::new(checkpoint, read_refs(&tx, Some(("seq <= ?1", mid)))?);
+    let mut stmt = select_rows(&tx, "seq <= ?1")?;
+    pipeline::verify_here(verifier, |emit| read_rows(&mut stmt, mid, emit))
+}
+
+/// The upper part of a chain verified in two parts: the records after `split.mid`, chained
+/// from the stored hash of the record at `split.mid`.
+fn verify_upper(
+    conn: &mut Connection,
+    split: Split,
+    checkpoint: Option<Checkpoint>,
+) -> Result<(String, Verified), AuditError> {
+    let mid = seq_to_sql(split.mid)?;
+    let tx = conn.transaction()?;
+    let refs = read_refs(&tx, Some(("seq > ?1", mid)))?;
+    let mut stmt = select_rows(&tx, "seq >= ?1")?;
+    split.verify_upper(checkpoint, refs, |emit| read_rows(&mut stmt, mid, emit))
+}
+
+impl SqliteAuditStore {
+    /// Verifies against `checkpoint` a chain whose head was at `head` (`seq`) before: long
+    /// enough, in two parts on two connections and threads ([`Split`]), else (or when the
+    /// parts are not sure) in one pass. The rows up to that head are the same in every later
+    /// snapshot (records are only appended): both parts see them.
+    async fn verify_chain(
+        &self,
+        checkpoint: Option<Checkpoint>,
+        head: Option<i64>,
+    ) -> Result<Verified, AuditError> {
+        let split = head
+            .and_then(|seq| u64::try_from(seq).ok())
+            .and_then(Split::at_head);
+        if let Some(split) = split {
+            let (lower_checkpoint, upper_checkpoint) = split.checkpoints(checkpoint.clone());
+            let (lower, upper) = tokio::join!(
+                self.blocking(move |conn| verify_lower(conn, split, lower_checkpoint)),
+                self.blocking(move |conn| verify_upper(conn, split, upper_checkpoint)),
+            );
+            if let Some(verified) = split.join(lower, upper) {
+                return Ok(verified);
             }
         }
-        Ok(())
-    })
+        // One pass decides, and says what is wrong.
+        self.blocking(move |conn| verify_blocking(conn, checkpoint))
+            .await
+    }
 }
 
 impl AuditStore for SqliteAuditStore {
@@ -394,12 +483,23 @@ impl AuditStore for SqliteAuditStore {
         checkpoint: Option<Checkpoint>,
     ) -> BoxFuture<'_, Result<Verified, AuditError>> {
         let path = self.db.path().to_path_buf();
-        Box::pin(self.blocking(move |conn| {
-            let witness = crate::sqlite::read_head_witness(&path)
-                .map_err(AuditError::Background)?
-                .map(|(seq, hash)| Checkpoint { seq, hash });
+        Box::pin(async move {
+            // The witness first: the chain read after it holds the head it witnesses.
+            let (witness, head) = self
+                .blocking(move |conn| {
+                    let witness = crate::sqlite::read_head_witness(&path)
+                        .map_err(AuditError::Background)?
+                        .map(|(seq, hash)| Checkpoint { seq, hash });
+                    let head: Option<i64> =
+                        conn.query_row("SELECT max(seq) FROM audit_records", [], |row| row.get(0))?;
+                    Ok((witness, head))
+                })
+                .await?;
             // Without a checkpoint of the caller's, the witness is one.
-            rows::verify_with_witness(checkpoint, witness, |c| verify_blocking(conn, c))
-        }))
+            let verified = self
+                .verify_chain(checkpoint.clone().or_else(|| witness.clone()), head)
+                .await;
+            rows::verify_with_witness(checkpoint, witness, |_| verified)
+        })
     }
 }

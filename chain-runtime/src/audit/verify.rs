@@ -199,6 +199,16 @@ impl ChainVerifier {
         }
     }
 
+    /// A verifier for the part of a chain after the record at position `position` (its `seq`),
+    /// whose hash is `prev_hash`; that record and those before it are checked elsewhere.
+    pub(crate) fn resume(checkpoint: Option<Checkpoint>, position: u64, prev_hash: String) -> Self {
+        Self {
+            checkpoint,
+            position,
+            prev_hash,
+        }
+    }
+
     /// Checks the next record. On success returns it parsed.
     pub fn push(&mut self, value: &Value) -> Result<AuditRecord, ChainBreak> {
         self.position += 1;

@@ -49,9 +49,20 @@ impl Engine {
         step: &'static str,
         connector: &'static str,
     ) -> Arc<dyn AttemptObserver> {
+        self.shared_attempt_audit(Arc::new(run.clone()), step_id, step, connector)
+    }
+
+    /// [`Engine::attempt_audit`] for a run record already shared (no copy of it).
+    pub(crate) fn shared_attempt_audit(
+        &self,
+        run: Arc<RunRecord>,
+        step_id: &str,
+        step: &'static str,
+        connector: &'static str,
+    ) -> Arc<dyn AttemptObserver> {
         Arc::new(AttemptAudit {
             engine: self.clone(),
-            run: Arc::new(run.clone()),
+            run,
             step_id: step_id.to_owned(),
             step,
             connector,

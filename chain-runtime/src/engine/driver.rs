@@ -2,12 +2,13 @@
 //! call (replay, execute, halt), journals each execution with its audit records as one unit of
 //! work, and decides the run's end.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
 pub(crate) use super::outcome::{alert, audit_failure, commit, conclude, create_run};
 use super::outcome::{is_invalid_client, suspends};
+use super::pending::Sent;
 use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
 use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
@@ -39,14 +40,19 @@ pub(super) struct State {
     failure: Option<Failure>,
     /// A step call waits for a person's approval: the run stops there.
     pub(super) awaiting: Option<crate::approval::PendingApproval>,
+    /// Deferred units queued and not answered yet, in order (see `pending`).
+    pub(super) sent: Vec<Sent>,
 }
 
 pub(crate) struct Driver {
     pub(super) engine: Engine,
     pub(super) meta: &'static ChainMeta,
-    pub(super) run: RunRecord,
+    pub(super) run: Arc<RunRecord>,
     lease: Lease,
     state: Mutex<State>,
+    /// The journal queues units in call order and carries the audit records: deferred units
+    /// are not waited for (see `pending`).
+    pipelined: bool,
 }
 
 fn runtime(e: impl std::fmt::Display) -> StepError {
@@ -62,6 +68,10 @@ impl Driver {
         journal: Vec<JournalEntry>,
         retry: Option<String>,
     ) -> Self {
+        let store = &engine.inner.store;
+        let pipelined = store.ordered_commits()
+            && store.database().is_some()
+            && store.database() == engine.inner.audit.database();
         Self {
             engine,
             meta,
@@ -71,9 +81,11 @@ impl Driver {
                 halt: None,
                 failure: None,
                 awaiting: None,
+                sent: Vec::new(),
             }),
-            run,
+            run: Arc::new(run),
             lease,
+            pipelined,
         }
     }
 
@@ -141,7 +153,7 @@ impl Driver {
         }
     }
 
-    fn store_failed(&self, what: &str, e: impl std::fmt::Display) -> StepError {
+    pub(super) fn store_failed(&self, what: &str, e: impl std::fmt::Display) -> StepError {
         self.halt(
             format!("the run journal failed while {what}: {e}"),
             None,
@@ -149,14 +161,16 @@ impl Driver {
         )
     }
 
-    /// Commits `entry` (moving the run to `node`) with `audit`, and tells the cursor.
+    /// Commits `entry` (moving the run to `node`) with `audit`, and tells the cursor. A
+    /// deferred unit is only queued when the journal allows it (see `pending`); any other
+    /// unit is waited for, and then the answers of the units queued before it.
     pub(super) async fn journal(
         &self,
         entry: JournalEntry,
         node: u32,
         audit: Vec<NewRecord>,
         durability: crate::journal::Durability,
-        what: &str,
+        what: &'static str,
     ) -> Result<(), StepError> {
         let unit = Unit {
             writes: vec![JournalWrite::Entry {
@@ -166,9 +180,19 @@ impl Driver {
             audit,
             durability,
         };
-        commit(&self.engine, Some(&self.lease), unit)
-            .await
-            .map_err(|e| self.store_failed(what, e))?;
+        if self.pipelined && durability == crate::journal::Durability::Deferred {
+            let (engine, lease) = (self.engine.clone(), self.lease.clone());
+            let answer = Box::pin(async move { commit(&engine, Some(&lease), unit).await });
+            match Sent::send(answer, what) {
+                Ok(answered) => answered.map(drop).map_err(|e| self.store_failed(what, e))?,
+                Err(sent) => self.state().sent.push(sent),
+            }
+        } else {
+            let committed = commit(&self.engine, Some(&self.lease), unit).await;
+            let settled = self.settle().await;
+            committed.map_err(|e| self.store_failed(what, e))?;
+            settled?;
+        }
         self.state().replay.journaled(entry);
         Ok(())
     }
@@ -231,13 +255,22 @@ impl Driver {
                 meta.connector,
             )
             .await;
-        // The intent and its attempt record: one transaction, on disk before the call.
+        // The intent and its attempt record: one transaction, on disk before the call of a
+        // write. A read's intent is deferred (and not waited for, see `pending`): the call
+        // changes nothing, so losing the intent to a power failure loses nothing but the
+        // attempt's count; whatever the run does with the answer outside the run goes through
+        // a later synchronous intent, whose fsync covers it.
         let intent = replay::entry(&next, EntryKind::Step, meta.name.to_owned(), attempt, None);
+        let durability = if meta.effect.is_write() {
+            Sync
+        } else {
+            Deferred
+        };
         self.journal(
             intent.clone(),
             node,
             vec![attempt_record],
-            Sync,
+            durability,
             "journaling an intent",
         )
         .await?;
@@ -259,9 +292,12 @@ impl Driver {
             .credentials
             .connector_access(&self.run.principal_id, meta.connector)
         {
-            let audit = self
-                .engine
-                .attempt_audit(&self.run, &step_id, meta.name, meta.connector);
+            let audit = self.engine.shared_attempt_audit(
+                Arc::clone(&self.run),
+                &step_id,
+                meta.name,
+                meta.connector,
+            );
             env = env.with_access(access.observed(audit));
         }
         let result = call(env.clone(), mode).await;
@@ -455,6 +491,8 @@ impl Driver {
         &self,
         body: Result<Value, ChainError>,
     ) -> Result<RunState, EngineError> {
+        // A deferred unit that did not commit halts the run (the journal lacks it).
+        let _ = self.settle().await;
         let (halt, failure, awaiting) = {
             let mut s = self.state();
             (s.halt.take(), s.failure.take(), s.awaiting.take())

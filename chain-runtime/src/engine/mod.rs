@@ -39,6 +39,7 @@ mod gate;
 mod ids;
 mod notify;
 mod outcome;
+mod pending;
 mod prepare;
 mod replay;
 mod report;

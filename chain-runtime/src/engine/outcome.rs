@@ -16,26 +16,50 @@ use crate::step::{RecordRef, StepError};
 pub(crate) async fn commit(
     engine: &Engine,
     lease: Option<&Lease>,
-    mut unit: Unit,
+    unit: Unit,
 ) -> Result<Committed, EngineError> {
+    commit_as(engine, lease, unit, Release::Keep)
+        .await
+        .map(|(committed, _)| committed)
+}
+
+/// Whether a commit under a lease also gives the lease back (a run's end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// The run goes on: keep the lease.
+    Keep,
+    /// The unit stores the run's end: release the lease with it, in the same transaction
+    /// when the journal carries the audit records.
+    WithUnit,
+}
+
+/// [`commit`], releasing `lease` with the unit when `release` says so. Every path takes the
+/// HTTP attempt records held for the run. Returns the outcome and whether the lease was
+/// released (only with an applied unit; else the caller releases it).
+pub(crate) async fn commit_as(
+    engine: &Engine,
+    lease: Option<&Lease>,
+    mut unit: Unit,
+    release: Release,
+) -> Result<(Committed, bool), EngineError> {
     let Some(lease) = lease else {
-        return commit_unit(engine, None, unit).await;
+        return commit_unit(engine, None, unit, release).await;
     };
     let held = engine.inner.attempts.take(&lease.run_id);
     if held.is_empty() {
-        return commit_unit(engine, Some(lease), unit).await;
+        return commit_unit(engine, Some(lease), unit, release).await;
     }
     let own = std::mem::take(&mut unit.audit);
     unit.audit = held.clone();
     unit.audit.extend(own);
-    let committed = commit_unit(engine, Some(lease), unit).await;
-    if !matches!(&committed, Ok(c) if c.applied) {
+    let committed = commit_unit(engine, Some(lease), unit, release).await;
+    if !matches!(&committed, Ok((c, _)) if c.applied) {
         let alone = Unit {
             writes: Vec::new(),
             audit: held,
             durability: crate::journal::Durability::Deferred,
         };
-        if let Err(e) = commit_unit(engine, None, alone).await {
+        if let Err(e) = commit_unit(engine, None, alone, Release::Keep).await {
             tracing::error!(run_id = %lease.run_id, error = %e, "could not audit HTTP attempts");
         }
     }
@@ -46,10 +70,18 @@ async fn commit_unit(
     engine: &Engine,
     lease: Option<&Lease>,
     mut unit: Unit,
-) -> Result<Committed, EngineError> {
+    release: Release,
+) -> Result<(Committed, bool), EngineError> {
     let journal = &engine.inner.store;
     if in_one_transaction(engine, &unit) {
-        return Ok(journal.commit(lease, unit).await?);
+        return Ok(match (lease, release) {
+            (Some(lease), Release::WithUnit) => {
+                let committed = journal.commit_and_release(lease, unit).await?;
+                let released = committed.applied;
+                (committed, released)
+            }
+            _ => (journal.commit(lease, unit).await?, false),
+        });
     }
     let records = std::mem::take(&mut unit.audit);
     let mut committed = journal.commit(lease, unit).await?;
@@ -60,7 +92,7 @@ async fn commit_unit(
                 .push(engine.inner.audit.append(record).await?);
         }
     }
-    Ok(committed)
+    Ok((committed, false))
 }
 
 /// Whether the journal commits `unit` whole: it has no audit records, or the journal and the
@@ -185,17 +217,11 @@ pub(crate) async fn conclude(
             .run(&run.run_id),
         );
     }
-    // The end state, its audit record and the lease's release: one transaction when the
-    // journal carries the audit records.
+    // The end state, its audit record (after the run's held HTTP attempt records) and the
+    // lease's release: one transaction when the journal carries the audit records.
     let store = &engine.inner.store;
-    let (stored, released) = if in_one_transaction(engine, &unit) {
-        let stored = store.commit_and_release(lease, unit).await;
-        let released = matches!(&stored, Ok(c) if c.applied);
-        (stored.map_err(EngineError::from), released)
-    } else {
-        (commit(engine, Some(lease), unit).await, false)
-    };
-    if !released {
+    let stored = commit_as(engine, Some(lease), unit, Release::WithUnit).await;
+    if !matches!(&stored, Ok((_, true))) {
         let _ = store.release_run(lease).await;
     }
     stored?;

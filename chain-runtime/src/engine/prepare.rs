@@ -1,6 +1,9 @@
 //! A new run's record: preflight, the upstream subject of each connector's account, the
 //! chain's version, and the `run_started` audit record, before anything is written.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
+
 use serde_json::Value;
 
 use super::{Engine, EngineError, chain_version};
@@ -33,7 +36,7 @@ impl Engine {
         let pf = preflight_manifest(&manifest, &principal_id, &grants);
         self.preflight_gate(&meta.path(), &principal_id, None, &pf)
             .await?;
-        let (chain_version, step_versions) = chain_version(meta);
+        let (chain_version, step_versions) = versions_of(meta);
         let run = RunRecord {
             run_id: run_id.clone(),
             chain: meta.path(),
@@ -60,6 +63,28 @@ impl Engine {
         .run(&run_id);
         Ok((run, started))
     }
+}
+
+/// [`chain_version`] of `meta`, computed once per chain in this process (a chain's metadata
+/// is static, so is its version).
+fn versions_of(meta: &'static ChainMeta) -> (String, BTreeMap<String, String>) {
+    type Versions = HashMap<usize, (String, BTreeMap<String, String>)>;
+    static KNOWN: OnceLock<Mutex<Versions>> = OnceLock::new();
+    let key = std::ptr::from_ref(meta) as usize;
+    let known = KNOWN.get_or_init(Mutex::default);
+    let cached = known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        .cloned();
+    cached.unwrap_or_else(|| {
+        let versions = chain_version(meta);
+        known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, versions.clone());
+        versions
+    })
 }
 
 pub(super) fn preflight_summary(pf: &Preflight) -> PreflightSummary {

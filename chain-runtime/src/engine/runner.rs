@@ -106,7 +106,9 @@ async fn drive_leased(
     let body = (meta.run)(driver.clone(), &principal, &input)
         .map_err(|e| EngineError::Codec(format!("run `{run_id}`: {e}")))?;
     let body = body.await;
-    if body.is_err() && lease_lost(store.as_ref(), lease).await {
+    // The answers of the units the run did not wait for (a failure halts the run).
+    let settled = driver.settle().await;
+    if (body.is_err() || settled.is_err()) && lease_lost(store.as_ref(), lease).await {
         // The body failed because another driver took the run over (a write was fenced):
         // this driver must not decide the run's end, alert or write anything more for it.
         return Err(JournalError::LeaseLost(run_id).into());

@@ -450,6 +450,16 @@ pub trait RunJournal: Send + Sync {
         })
     }
 
+    /// Whether [`RunJournal::commit`] queues its unit when its future is first polled, in the
+    /// order of those first polls: a unit whose commit was polled once commits before any
+    /// unit whose commit is first polled later (or in the same transaction), and a later
+    /// synchronous unit is durable only with it. The engine then does not wait for a deferred
+    /// unit's answer before going on (it reads the answer later). `false` (the default): the
+    /// engine waits for every commit.
+    fn ordered_commits(&self) -> bool {
+        false
+    }
+
     /// The database this journal writes to, when it can carry audit records in its units
     /// (those go to the audit trail kept in the same database).
     fn database(&self) -> Option<DatabaseId> {

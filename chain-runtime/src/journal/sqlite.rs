@@ -217,18 +217,24 @@ impl RunJournal for SqliteJournal {
     ) -> BoxFuture<'a, Result<Lease, JournalError>> {
         let inner = Arc::clone(&self.inner);
         let owner = owner.to_owned();
-        // Deferred: the run's first journal write (or its end) commits with an fsync.
-        Box::pin(self.inner.db.write(Durability::Deferred, move |tx| {
-            insert_run(tx.conn(), &run)?;
-            leases::claim(
-                tx.conn(),
-                inner.holder()?,
-                &run.run_id,
-                &owner,
-                crate::audit::now_unix_ms(),
-                inner.ttl_ms(),
-            )
-        }))
+        // Deferred: the run's first journal write (or its end) commits with an fsync. Checked
+        // first: a duplicate run id fails before any change, and a new run has no lease yet.
+        Box::pin(
+            self.inner
+                .db
+                .write_checked_first(Durability::Deferred, move |tx| {
+                    let holder = inner.holder()?;
+                    insert_run(tx.conn(), &run)?;
+                    leases::claim(
+                        tx.conn(),
+                        holder,
+                        &run.run_id,
+                        &owner,
+                        crate::audit::now_unix_ms(),
+                        inner.ttl_ms(),
+                    )
+                }),
+        )
     }
 
     fn create_run_audited<'a>(
@@ -242,14 +248,16 @@ impl RunJournal for SqliteJournal {
         Box::pin(async move {
             let audit = crate::audit::sqlite::preseal(audit)?;
             // One write: the run, its lease and its `run_started` record. Deferred: the run's
-            // first intent (or its end) commits with an fsync.
+            // first intent (or its end) commits with an fsync. Checked first: a duplicate run
+            // id fails before any change, and a new run has no lease yet.
             self.inner
                 .db
-                .write(Durability::Deferred, move |tx| {
+                .write_checked_first(Durability::Deferred, move |tx| {
+                    let holder = inner.holder()?;
                     insert_run(tx.conn(), &run)?;
                     let lease = leases::claim(
                         tx.conn(),
-                        inner.holder()?,
+                        holder,
                         &run.run_id,
                         &owner,
                         crate::audit::now_unix_ms(),
@@ -432,6 +440,12 @@ impl RunJournal for SqliteJournal {
             }
             Ok(committed)
         })
+    }
+
+    /// A commit encodes its unit and queues it to the database's one writer thread at its
+    /// first poll, without awaiting anything before; the writer applies the queue in order.
+    fn ordered_commits(&self) -> bool {
+        true
     }
 
     fn database(&self) -> Option<DatabaseId> {

@@ -23,10 +23,10 @@
 //! # Durability
 //! Every write says whether it must be on disk when it resolves ([`Durability::Sync`]) or only
 //! visible to other processes and safe from a process crash ([`Durability::Deferred`]). The
-//! writer commits every batch without an fsync (`synchronous=NORMAL`); a batch with at least
-//! one `Sync` write is answered only after an fsync of the `-wal` file that follows its commit
-//! (made by the writer when nothing else is queued, else by a syncer thread while the writer
-//! goes on, one fsync for every batch committed meanwhile; see `syncer`). The WAL is one
+//! writer commits every batch without an fsync (`synchronous=NORMAL`) and answers its deferred
+//! writes at once; its `Sync` writes are answered only after an fsync of the `-wal` file that
+//! follows the commit (made by the writer when nothing else is queued, else by a syncer thread
+//! while the writer goes on, one fsync for every batch committed meanwhile; see `syncer`). The WAL is one
 //! sequential file, so an fsync makes every earlier frame durable too: a deferred write is
 //! lost only by a power failure (or OS crash) before the next synchronous write's fsync, never
 //! by the process dying. (A file SQLite cannot put in WAL mode commits every batch with an

@@ -1,6 +1,7 @@
 //! Making committed batches durable: the writer commits without an fsync (`synchronous=NORMAL`)
-//! and a batch with a synchronous write is answered only after an fsync of the `-wal` file
-//! that follows its commit. While the writer has more writes queued, it hands the batch to the
+//! and answers a batch's deferred writes at once (they wait for no fsync, whatever else the
+//! batch holds); its synchronous writes are answered only after an fsync of the `-wal` file
+//! that follows the commit. While the writer has more writes queued, it hands them to the
 //! syncer thread and goes on with the next one, so one fsync covers every batch committed
 //! meanwhile (and the fsync's latency overlaps the next batch's work); with nothing queued it
 //! syncs and answers itself (no thread hop on a single run's path).
@@ -66,6 +67,21 @@ impl Done {
         self.outcome.is_ok() && self.jobs.iter().any(|j| j.durability() == Durability::Sync)
     }
 
+    /// Answers the writes that need no fsync (deferred ones, and every write of a batch that
+    /// did not commit) at once and keeps the others; returns whether any are left.
+    pub(crate) fn answer_unsynced(&mut self) -> bool {
+        let keep = |job: &Job| self.outcome.is_ok() && job.durability() == Durability::Sync;
+        if self.jobs.iter().all(keep) {
+            return !self.jobs.is_empty();
+        }
+        let (kept, now): (Vec<Job>, Vec<Job>) = self.jobs.drain(..).partition(keep);
+        for job in now {
+            job.finish(self.outcome.as_ref().map(|_| ()));
+        }
+        self.jobs = kept;
+        !self.jobs.is_empty()
+    }
+
     /// Answers every write: a synchronous one gets `synced`'s failure, if any.
     fn answer(self, synced: Option<&Result<(), DbError>>) {
         for job in self.jobs {
@@ -121,8 +137,13 @@ impl Syncer {
         }
     }
 
-    /// Settles `done`: on the syncer thread when `busy` (the writer has more to do), else here.
-    pub(crate) fn settle(&mut self, done: Done, busy: bool) {
+    /// Settles `done`: the writes that need no fsync are answered at once (a deferred write
+    /// resolves when it is committed, whatever else its batch holds); the synchronous ones on
+    /// the syncer thread when `busy` (the writer has more to do), else here.
+    pub(crate) fn settle(&mut self, mut done: Done, busy: bool) {
+        if !done.answer_unsynced() {
+            return;
+        }
         let done = match (&self.queue, busy) {
             (Some(queue), true) => match queue.send(done) {
                 Ok(()) => return,

@@ -59,6 +59,7 @@ pub use client::{AuthorizedClient, AuthorizedRequest};
 pub use clock::{Clock, OffsetClock, Sleeper, SystemClock, TokioSleeper};
 pub use error::VaultError;
 pub use oauth::{Introspection, TokenKind};
+#[cfg(any(feature = "mcp", feature = "test-util"))]
 pub(crate) use options::ensure_tls_provider;
 pub use options::{HttpOptions, SharedSubjectPolicy, VaultOptions};
 pub use provider::{
