@@ -89,13 +89,13 @@ async fn engine_steps(workers: usize) -> (f64, f64, String) {
 
 /// What one raw unit writes (the engine's units of a run, without their checks).
 enum RawUnit {
-    /// The run's start record (deferred).
+    /// The run's row, its lease and its start record (deferred).
     Start,
     /// A step's intent: journal entry and attempt record (synchronous).
     Intent(i64),
     /// A step's result: entry updated and outcome record (deferred).
     Result(i64),
-    /// The end state and its record (synchronous).
+    /// The end state, its record and the lease's release (synchronous).
     End,
 }
 
@@ -168,6 +168,26 @@ async fn raw_writer(
         .prepare("UPDATE run_runs SET state = $2, state_kind = 'completed' WHERE run_id = ANY($1)")
         .await
         .unwrap();
+    let run_rows = client
+        .prepare(
+            "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
+             principal_id, input, subjects, parent_run_id, state, state_kind, node, created_ms) \
+             SELECT u.run_id, 'bench::writes', 'v', '{}', '\"alice\"', 'alice', '[10]', '{}', \
+             NULL, '{\"state\":\"running\"}', 'running', 0, $2 FROM unnest($1::text[]) AS u(run_id)",
+        )
+        .await
+        .unwrap();
+    let leases = client
+        .prepare(
+            "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
+             SELECT u.run_id, 'engine', 'raw', 1, $2 FROM unnest($1::text[]) AS u(run_id)",
+        )
+        .await
+        .unwrap();
+    let release = client
+        .prepare("UPDATE run_leases SET expires_ms = 0 WHERE run_id = ANY($1)")
+        .await
+        .unwrap();
     let hash = "0".repeat(64);
     let start_id = "start".to_owned();
     let now = chain_runtime::audit::now_unix_ms();
@@ -195,6 +215,7 @@ async fn raw_writer(
         let record_steps: Vec<&str> = step_ids.iter().map(String::as_str).collect();
         let mut entry_cols: EntryColumns<'_> = Default::default();
         let mut ended: Vec<&str> = Vec::new();
+        let mut started: Vec<&str> = Vec::new();
         for ((run_id, unit, _), step_id) in jobs.iter().zip(&step_ids) {
             match unit {
                 RawUnit::Intent(seq) | RawUnit::Result(seq) => {
@@ -206,13 +227,22 @@ async fn raw_writer(
                         .push(matches!(unit, RawUnit::Result(_)).then_some(result));
                 }
                 RawUnit::End => ended.push(run_id),
-                RawUnit::Start => {}
+                RawUnit::Start => started.push(run_id),
             }
         }
         let client = &client;
         let mut flight: Vec<BoxFuture<'_, ()>> = vec![Box::pin(async move {
             client.batch_execute(begin).await.unwrap();
         })];
+        if !started.is_empty() {
+            let (run_rows, leases, started) = (&run_rows, &leases, &started);
+            flight.push(Box::pin(async move {
+                client.execute(run_rows, &[started, &now]).await.unwrap();
+            }));
+            flight.push(Box::pin(async move {
+                client.execute(leases, &[started, &now]).await.unwrap();
+            }));
+        }
         if !entry_cols.0.is_empty() {
             let (entries, cols) = (&entries, &entry_cols);
             flight.push(Box::pin(async move {
@@ -223,9 +253,12 @@ async fn raw_writer(
             }));
         }
         if !ended.is_empty() {
-            let (end, ended) = (&end, &ended);
+            let (end, release, ended) = (&end, &release, &ended);
             flight.push(Box::pin(async move {
                 client.execute(end, &[ended, &end_state]).await.unwrap();
+            }));
+            flight.push(Box::pin(async move {
+                client.execute(release, &[ended]).await.unwrap();
             }));
         }
         let (audit, hash, record) = (&audit, &hash, &*record);
@@ -248,14 +281,13 @@ async fn raw_writer(
     }
 }
 
-/// The same rows in the same transactions, written with plain statements: per run a run row and
-/// its lease (deferred, a transaction of its own, one pipelined flight), then through a per-worker writer that
-/// commits every unit queued at the moment together, as the engine's does: a start record
-/// (deferred), per step an intent unit (journal entry + attempt record, synchronous) and a
-/// result unit (entry updated + outcome record, deferred), the end state with its record
-/// (synchronous); then the lease release (deferred, its own transaction, one flight). No lease check, no
-/// chain head, no hashing. Returns steps per second, units per commit and the server's
-/// counters per step.
+/// The same rows in the same transactions, written with plain statements through a per-worker
+/// writer that commits every unit queued at the moment together, as the engine's does: per run
+/// a start unit (the run row, its lease and the start record, deferred), per step an intent
+/// unit (journal entry + attempt record, synchronous) and a result unit (entry updated +
+/// outcome record, deferred), and an end unit (the end state with its record and the lease's
+/// release, synchronous). No lease check, no chain head, no hashing. Returns steps per second,
+/// units per commit and the server's counters per step.
 async fn raw_steps(workers: usize) -> (f64, f64, String) {
     let url = database_url().await;
     // The runtime's tables, created by its migrations, and a sequence for the record numbers.
@@ -289,32 +321,8 @@ async fn raw_steps(workers: usize) -> (f64, f64, String) {
             Arc::clone(&counts),
         ));
         for r in 0..RUNS_PER_WORKER {
-            let url = url.clone();
             let writer = writer.clone();
             set.spawn(async move {
-                let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-                tokio::spawn(connection);
-                let run_row = client
-                    .prepare(
-                        "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, \
-                         principal, principal_id, input, subjects, parent_run_id, state, \
-                         state_kind, node, created_ms) VALUES ($1, 'bench::writes', 'v', '{}', \
-                         '\"alice\"', 'alice', '[10]', '{}', NULL, '{\"state\":\"running\"}', \
-                         'running', 0, $2)",
-                    )
-                    .await
-                    .unwrap();
-                let lease = client
-                    .prepare(
-                        "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
-                         VALUES ($1, 'engine', 'raw', 1, $2)",
-                    )
-                    .await
-                    .unwrap();
-                let release = client
-                    .prepare("UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1")
-                    .await
-                    .unwrap();
                 let unit = |run_id: &str, unit: RawUnit| {
                     let (done, wait) = oneshot::channel();
                     writer.send((run_id.to_owned(), unit, done)).unwrap();
@@ -325,24 +333,6 @@ async fn raw_steps(workers: usize) -> (f64, f64, String) {
                 while start.elapsed() < WINDOW {
                     n += 1;
                     let run_id = format!("raw-{w}-{r}-{n}");
-                    let now = chain_runtime::audit::now_unix_ms();
-                    let client = &client;
-                    // One flight each, as the engine's run start and release.
-                    fly(vec![
-                        Box::pin(async move {
-                            client.batch_execute(BEGIN_DEFERRED).await.unwrap();
-                        }),
-                        Box::pin(async {
-                            client.execute(&run_row, &[&run_id, &now]).await.unwrap();
-                        }),
-                        Box::pin(async {
-                            client.execute(&lease, &[&run_id, &now]).await.unwrap();
-                        }),
-                        Box::pin(async move {
-                            client.batch_execute("COMMIT").await.unwrap();
-                        }),
-                    ])
-                    .await;
                     unit(&run_id, RawUnit::Start).await.unwrap();
                     for seq in 0..i64::from(STEPS) {
                         unit(&run_id, RawUnit::Intent(seq)).await.unwrap();
@@ -350,18 +340,6 @@ async fn raw_steps(workers: usize) -> (f64, f64, String) {
                         steps += 1;
                     }
                     unit(&run_id, RawUnit::End).await.unwrap();
-                    fly(vec![
-                        Box::pin(async move {
-                            client.batch_execute(BEGIN_DEFERRED).await.unwrap();
-                        }),
-                        Box::pin(async {
-                            client.execute(&release, &[&run_id]).await.unwrap();
-                        }),
-                        Box::pin(async move {
-                            client.batch_execute("COMMIT").await.unwrap();
-                        }),
-                    ])
-                    .await;
                 }
                 steps
             });
