@@ -97,7 +97,9 @@ impl Browser {
             .await;
     }
 
+    /// Clicks the element `css`, a link or a form's button, and waits for the next page.
     async fn click(&self, css: &str) {
+        self.mark_page().await;
         let el = self
             .cmd(
                 reqwest::Method::POST,
@@ -115,6 +117,32 @@ impl Browser {
             json!({}),
         )
         .await;
+        self.wait_for_next_page(css).await;
+    }
+
+    /// Marks the page shown, so that [`Browser::wait_for_next_page`] can tell it from the next.
+    async fn mark_page(&self) {
+        self.execute("window.__left_behind = true").await;
+    }
+
+    /// Waits until the page marked last is replaced by one fully loaded: WebDriver may answer
+    /// a click before the response of the form it submitted arrives, most of all on a busy
+    /// machine.
+    async fn wait_for_next_page(&self, after: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self
+                .execute("return window.__left_behind === true ? 'old' : document.readyState")
+                .await;
+            if state == "complete" {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new page within 30 s after {after} (last state: {state})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn source(&self) -> String {
@@ -133,13 +161,21 @@ impl Browser {
             .to_owned()
     }
 
-    async fn script(&self, script: &str) {
+    /// Runs `script`, which submits a form, and waits for the next page.
+    async fn submit_by_script(&self, script: &str) {
+        self.mark_page().await;
+        self.execute(script).await;
+        self.wait_for_next_page(script).await;
+    }
+
+    /// Runs `script` in the page; what it returns.
+    async fn execute(&self, script: &str) -> Value {
         self.cmd(
             reqwest::Method::POST,
             "/execute/sync",
             json!({"script": script, "args": []}),
         )
-        .await;
+        .await
     }
 
     async fn quit(self) {
@@ -228,7 +264,7 @@ async fn consent_links_resume_runs_and_forms_need_their_csrf_token() {
     demo.demo.connect("slack").await.unwrap();
     browser.open(&format!("{base}/runs/{run2}")).await;
     browser
-        .script("document.querySelector('input[name=csrf]').remove(); document.querySelector('form').submit();")
+        .submit_by_script("document.querySelector('input[name=csrf]').remove(); document.querySelector('form').submit();")
         .await;
     let page = browser.source().await;
     assert!(page.contains("missing its CSRF token"), "{page}");
@@ -356,7 +392,7 @@ async fn a_pending_step_is_approved_by_clicking_and_its_form_needs_the_csrf_toke
 
     // A post without the CSRF token is refused and decides nothing.
     browser
-        .script("document.querySelector('form.decide input[name=csrf]').remove(); document.querySelector('form.decide').submit();")
+        .submit_by_script("document.querySelector('form.decide input[name=csrf]').remove(); document.querySelector('form.decide').submit();")
         .await;
     let page = browser.source().await;
     assert!(page.contains("missing its CSRF token"), "{page}");
