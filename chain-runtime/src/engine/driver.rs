@@ -261,6 +261,13 @@ impl Driver {
         // attempt's count; whatever the run does with the answer outside the run goes through
         // a later synchronous intent, whose fsync covers it.
         let intent = replay::entry(&next, EntryKind::Step, meta.name.to_owned(), attempt, None);
+        // Asked for before the intent commits: the vault reads the account for the first
+        // request meanwhile.
+        let access = self
+            .engine
+            .inner
+            .credentials
+            .connector_access(&self.run.principal_id, meta.connector);
         let durability = if meta.effect.is_write() {
             Sync
         } else {
@@ -286,12 +293,7 @@ impl Driver {
         if meta.effect.is_write() && !meta.idempotent {
             env = env.without_resend();
         }
-        if let Some(access) = self
-            .engine
-            .inner
-            .credentials
-            .connector_access(&self.run.principal_id, meta.connector)
-        {
+        if let Some(access) = access {
             let audit = self.engine.shared_attempt_audit(
                 Arc::clone(&self.run),
                 &step_id,

@@ -66,3 +66,40 @@ impl Driver {
             .map_err(|(what, e)| self.store_failed(what, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::JournalError;
+
+    fn answer_of(rx: tokio::sync::oneshot::Receiver<Result<Committed, EngineError>>) -> Answer {
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Ok(Committed::default())) })
+    }
+
+    #[tokio::test]
+    async fn a_sent_unit_is_polled_at_once_and_its_failure_is_read_later_in_order() {
+        // A ready answer comes back at once.
+        let ready: Answer = Box::pin(async { Ok(Committed::default()) });
+        assert!(matches!(Sent::send(ready, "ready"), Ok(Ok(_))));
+        // The first poll runs the future up to its first wait (where a journal queues).
+        let polled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx1, rx1) = tokio::sync::oneshot::channel();
+        let (tx2, rx2) = tokio::sync::oneshot::channel();
+        let flag = polled.clone();
+        let first: Answer = Box::pin(async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            answer_of(rx1).await
+        });
+        let sent = vec![
+            Sent::send(first, "first").err().unwrap(),
+            Sent::send(answer_of(rx2), "second").err().unwrap(),
+        ];
+        assert!(polled.load(std::sync::atomic::Ordering::SeqCst));
+        tx2.send(Err(JournalError::LeaseLost("r".into()).into()))
+            .unwrap();
+        tx1.send(Ok(Committed::default())).unwrap();
+        let (what, error) = Sent::settle_all(sent).await.unwrap_err();
+        assert_eq!(what, "second");
+        assert!(error.to_string().contains('r'), "{error}");
+    }
+}

@@ -54,6 +54,7 @@ impl AuthorizedClient {
         AuthorizedRequest {
             client: self.clone(),
             builder: self.vault.http().request(method, url),
+            read: None,
         }
     }
 
@@ -97,9 +98,18 @@ impl AuthorizedClient {
 pub struct AuthorizedRequest {
     client: AuthorizedClient,
     builder: reqwest::RequestBuilder,
+    /// The account as just read from the store, to send with instead of reading it again.
+    read: Option<super::StoredAccount>,
 }
 
 impl AuthorizedRequest {
+    /// Sends with `account`, just read from the store (see `prefetch`), instead of reading it
+    /// again.
+    pub(crate) fn with_account_read(mut self, account: Option<super::StoredAccount>) -> Self {
+        self.read = account;
+        self
+    }
+
     /// Adds a header. An `Authorization` header set here is replaced by the vault's.
     pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         self.builder = self.builder.header(name.as_ref(), value.as_ref());
@@ -142,7 +152,7 @@ impl AuthorizedRequest {
         let client = self.client;
         let (token, account) = client
             .vault
-            .fresh_token(&client.principal_id, &client.connector, None)
+            .fresh_token_from(&client.principal_id, &client.connector, None, self.read)
             .await?;
         client
             .last_version

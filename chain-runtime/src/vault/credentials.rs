@@ -2,13 +2,16 @@
 //! for the identity checks, accounts for the audit trail) and the token source a step's
 //! connector client sends through.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use crate::accounts::{AccountDirectory, AccountLookupError, AccountSummary, Subjects};
 use crate::classify::RuleSet;
 use crate::future::BoxFuture;
 use crate::preflight::Grants;
 use crate::token::{ConnectorAccess, RequestBody, TokenError, TokenRequest, TokenSource};
 
-use super::{AccountStatus, AuthorizedClient, Vault, VaultError};
+use super::{AccountStatus, AuthorizedClient, StoredAccount, Vault, VaultError};
 
 fn lookup_failed(e: VaultError) -> AccountLookupError {
     AccountLookupError(e.to_string())
@@ -158,6 +161,7 @@ impl AccountDirectory for Vault {
                 provider,
                 rules,
                 idempotency_header,
+                prefetch: Mutex::new(Prefetch::start(self, principal_id, connector)),
             }),
             policy: self.retry_policy(),
             observer: None,
@@ -173,6 +177,50 @@ struct VaultTokenSource {
     provider: String,
     rules: Option<RuleSet>,
     idempotency_header: Option<String>,
+    /// The account's read for the first request, started with the access.
+    prefetch: Mutex<Option<Prefetch>>,
+}
+
+/// How long an account read ahead of a step's first request may stand in for reading it when
+/// the request is sent. The engine asks for a step's access while the step's intent commits,
+/// so the read is a few fsyncs old at most; a step that waits longer before its first request
+/// reads the account again.
+const PREFETCH_TTL: Duration = Duration::from_millis(500);
+
+/// The account of a step's first request, read while the engine commits the step's intent
+/// (off its critical path) instead of after it. The row is read from the store all the same,
+/// once per step, so a revocation or a refresh by another process is seen as before: what
+/// changes is only that the read can come a few hundred microseconds before the send.
+#[derive(Debug)]
+struct Prefetch {
+    started: Instant,
+    read: tokio::task::JoinHandle<Option<StoredAccount>>,
+}
+
+impl Prefetch {
+    /// Starts reading the account (`None` outside a Tokio runtime).
+    fn start(vault: &Vault, principal_id: &str, connector: &str) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (vault, principal_id, connector) =
+            (vault.clone(), principal_id.to_owned(), connector.to_owned());
+        let read = runtime.spawn(async move {
+            // A failure (not connected, revoked) is found again by the request's own read.
+            vault.load_active(&principal_id, &connector).await.ok()
+        });
+        Some(Self {
+            started: Instant::now(),
+            read,
+        })
+    }
+
+    /// The account read, if it is recent enough to send with.
+    async fn take(self) -> Option<StoredAccount> {
+        if self.started.elapsed() > PREFETCH_TTL {
+            self.read.abort();
+            return None;
+        }
+        self.read.await.ok().flatten()
+    }
 }
 
 /// Sorts a vault failure into what a step can do about it.
@@ -210,9 +258,19 @@ impl TokenSource for VaultTokenSource {
         request: &'a TokenRequest,
     ) -> BoxFuture<'a, Result<reqwest::Response, TokenError>> {
         Box::pin(async move {
+            let prefetch = self
+                .prefetch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let read = match prefetch {
+                Some(prefetch) => prefetch.take().await,
+                None => None,
+            };
             let mut call = self
                 .client
-                .request(request.method.clone(), request.url.as_str());
+                .request(request.method.clone(), request.url.as_str())
+                .with_account_read(read);
             if !request.query.is_empty() {
                 call = call.query(&request.query);
             }

@@ -78,8 +78,27 @@ impl Vault {
         connector: &str,
         force_at_version: Option<i64>,
     ) -> Result<(AccessToken, StoredAccount), VaultError> {
+        self.fresh_token_from(principal_id, connector, force_at_version, None)
+            .await
+    }
+
+    /// [`Vault::fresh_token`] starting from `read`, the account as just read from the store
+    /// (see `prefetch`), instead of reading it again; a refresh reads it again all the same.
+    pub(crate) async fn fresh_token_from(
+        &self,
+        principal_id: &str,
+        connector: &str,
+        force_at_version: Option<i64>,
+        read: Option<StoredAccount>,
+    ) -> Result<(AccessToken, StoredAccount), VaultError> {
         let provider = self.provider(connector)?;
-        let account = self.load_active(principal_id, connector).await?;
+        let account = match read {
+            Some(account) => {
+                self.check_status(&account)?;
+                account
+            }
+            None => self.load_active(principal_id, connector).await?,
+        };
         if !self.needs_refresh(&account, &provider, force_at_version) {
             return Ok((self.open_access(&account)?, account));
         }
