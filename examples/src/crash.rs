@@ -606,6 +606,13 @@ impl RunJournal for PausingStore {
         self.inner.database()
     }
 
+    /// As the store it wraps when it pauses nowhere (the kill points the emulators reach), so
+    /// those runs take the engine's path that does not wait for deferred units. A pause must
+    /// stop the run at its write, which only holds when the engine waits for every commit.
+    fn ordered_commits(&self) -> bool {
+        self.pause.is_none() && self.inner.ordered_commits()
+    }
+
     fn submit_run<'a>(
         &'a self,
         run: RunRecord,
