@@ -284,41 +284,7 @@ mod tests {
 
     /// The stored columns of a chain of `n` records.
     fn chain(n: u64) -> Vec<Row> {
-        let mut prev = GENESIS_HASH.to_owned();
-        (1..=n)
-            .map(|seq| {
-                let record = NewRecord::new(
-                    "alice",
-                    Outcome::Info,
-                    AuditEvent::Resumed {
-                        reason: format!("r{seq}"),
-                    },
-                )
-                .run("run-1");
-                let (r, c) = Presealed::new(record).unwrap().seal(seq, prev.clone());
-                prev = r.hash.clone();
-                let text = |s: &str| Err(Some(s.as_bytes().to_vec()));
-                let opt = |s: &Option<String>| s.as_deref().map_or(Err(None), text);
-                vec![
-                    Ok(seq as i64),
-                    Ok(1),
-                    Ok(r.time_unix_ms),
-                    opt(&r.run_id),
-                    opt(&r.step_id),
-                    text(&r.principal),
-                    opt(&r.connector),
-                    opt(&r.account_id),
-                    opt(&r.upstream_subject),
-                    opt(&r.grant_id),
-                    text(&c.scopes),
-                    text(&c.records),
-                    text(r.outcome.as_str()),
-                    text(&c.event),
-                    text(&r.prev_hash),
-                    text(&r.hash),
-                ]
-            })
-            .collect()
+        chain_touching(n, false).0
     }
 
     fn cells(row: &[Result<i64, Option<Vec<u8>>>]) -> Cells<'_> {
@@ -389,6 +355,12 @@ mod tests {
 
     /// A chain whose even records touch an external record, with its index rows.
     fn chain_with_refs(n: u64) -> (Vec<Row>, Vec<(i64, RefKey)>) {
+        chain_touching(n, true)
+    }
+
+    /// The stored columns of a chain of `n` records and its index rows; with `refs_on_even`,
+    /// the even records touch an external record.
+    fn chain_touching(n: u64, refs_on_even: bool) -> (Vec<Row>, Vec<(i64, RefKey)>) {
         let mut prev = GENESIS_HASH.to_owned();
         let mut refs = Vec::new();
         let rows = (1..=n)
@@ -401,7 +373,7 @@ mod tests {
                     },
                 )
                 .run("run-1");
-                if seq % 2 == 0 {
+                if refs_on_even && seq % 2 == 0 {
                     let id = format!("T-{seq}");
                     record = record.touched(RecordRef::new("crm", "issue", &id));
                     refs.push((seq as i64, ("crm".into(), "issue".into(), id)));

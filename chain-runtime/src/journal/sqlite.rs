@@ -25,7 +25,7 @@ use super::{
     JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups, WriterStats,
 };
 use crate::audit::{AuditRecord, NewRecord};
-use crate::sqlite::{Database, Durability};
+use crate::sqlite::{Database, Durability, Tx};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS run_runs (
@@ -94,6 +94,26 @@ impl Inner {
         self.holder.as_ref().ok_or_else(|| {
             JournalError::Backend("the run journal is open read-only: no run can be claimed".into())
         })
+    }
+
+    /// Inserts `run` and claims it for `owner`: the first write of a new run.
+    fn insert_and_claim(
+        &self,
+        tx: &mut Tx<'_>,
+        run: &RunRecord,
+        owner: &str,
+    ) -> Result<Lease, JournalError> {
+        let holder = self.holder()?;
+        insert_run(tx.conn(), run)?;
+        tx.forget(&run.run_id);
+        leases::claim(
+            tx.conn(),
+            holder,
+            &run.run_id,
+            owner,
+            crate::audit::now_unix_ms(),
+            self.ttl_ms(),
+        )
     }
 }
 
@@ -223,17 +243,7 @@ impl RunJournal for SqliteJournal {
             self.inner
                 .db
                 .write_checked_first(Durability::Deferred, move |tx| {
-                    let holder = inner.holder()?;
-                    insert_run(tx.conn(), &run)?;
-                    tx.forget(&run.run_id);
-                    leases::claim(
-                        tx.conn(),
-                        holder,
-                        &run.run_id,
-                        &owner,
-                        crate::audit::now_unix_ms(),
-                        inner.ttl_ms(),
-                    )
+                    inner.insert_and_claim(tx, &run, &owner)
                 }),
         )
     }
@@ -254,17 +264,7 @@ impl RunJournal for SqliteJournal {
             self.inner
                 .db
                 .write_checked_first(Durability::Deferred, move |tx| {
-                    let holder = inner.holder()?;
-                    insert_run(tx.conn(), &run)?;
-                    tx.forget(&run.run_id);
-                    let lease = leases::claim(
-                        tx.conn(),
-                        holder,
-                        &run.run_id,
-                        &owner,
-                        crate::audit::now_unix_ms(),
-                        inner.ttl_ms(),
-                    )?;
+                    let lease = inner.insert_and_claim(tx, &run, &owner)?;
                     let sealed = crate::audit::sqlite::append_in(tx, audit)?;
                     Ok::<_, JournalError>((lease, sealed))
                 })
