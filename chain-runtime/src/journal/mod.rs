@@ -365,24 +365,7 @@ pub trait RunJournal: Send + Sync {
         owner: &'a str,
         audit: Vec<NewRecord>,
     ) -> BoxFuture<'a, Result<(Lease, Vec<AuditRecord>), JournalError>> {
-        Box::pin(async move {
-            let lease = self.create_run(run, owner).await?;
-            if audit.is_empty() {
-                return Ok((lease, Vec::new()));
-            }
-            let unit = Unit {
-                writes: Vec::new(),
-                audit,
-                durability: Durability::Deferred,
-            };
-            match self.commit(Some(&lease), unit).await {
-                Ok(committed) => Ok((lease, committed.audit)),
-                Err(e) => {
-                    let _ = self.release_run(&lease).await;
-                    Err(e)
-                }
-            }
-        })
+        Box::pin(create_run_then_audit(self, run, owner, audit))
     }
 
     /// Claims a run for `owner`; [`JournalError::Claimed`] when another owner holds it.
@@ -566,6 +549,33 @@ pub trait RunJournal: Send + Sync {
     fn insert_alert(&self, alert: Alert) -> BoxFuture<'_, Result<(), JournalError>> {
         let unit = Unit::of([JournalWrite::Alert(alert)]);
         Box::pin(async move { self.commit(None, unit).await.map(drop) })
+    }
+}
+
+/// [`RunJournal::create_run_audited`] in two steps: the run is created, then its audit records
+/// committed under its lease; a failed audit commit releases the lease. The trait's default, and
+/// the fallback of a journal whose own one-write path could not be taken.
+pub(crate) async fn create_run_then_audit<J: RunJournal + ?Sized>(
+    journal: &J,
+    run: RunRecord,
+    owner: &str,
+    audit: Vec<NewRecord>,
+) -> Result<(Lease, Vec<AuditRecord>), JournalError> {
+    let lease = journal.create_run(run, owner).await?;
+    if audit.is_empty() {
+        return Ok((lease, Vec::new()));
+    }
+    let unit = Unit {
+        writes: Vec::new(),
+        audit,
+        durability: Durability::Deferred,
+    };
+    match journal.commit(Some(&lease), unit).await {
+        Ok(committed) => Ok((lease, committed.audit)),
+        Err(e) => {
+            let _ = journal.release_run(&lease).await;
+            Err(e)
+        }
     }
 }
 

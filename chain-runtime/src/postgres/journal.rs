@@ -16,7 +16,7 @@ use crate::journal::leases::{LEASE_TTL, millis};
 use crate::journal::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, decode};
 use crate::journal::{
     Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, Durability,
-    JournalEntry, JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups,
+    JournalEntry, JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups, create_run_then_audit,
 };
 use crate::sqlite::DbError;
 
@@ -258,21 +258,7 @@ impl RunJournal for PgJournal {
                 Ok(committed) if committed.applied => Ok((lease, committed.audit)),
                 Ok(_) => Err(JournalError::Duplicate(run.run_id)),
                 // A lease row that outlived its run (or a failed connection): the long way.
-                Err(_) => {
-                    let lease = self.create_run(run, owner).await?;
-                    let unit = Unit {
-                        writes: Vec::new(),
-                        audit,
-                        durability: Durability::Deferred,
-                    };
-                    match self.commit(Some(&lease), unit).await {
-                        Ok(committed) => Ok((lease, committed.audit)),
-                        Err(e) => {
-                            let _ = self.release_run(&lease).await;
-                            Err(e)
-                        }
-                    }
-                }
+                Err(_) => create_run_then_audit(self, run, owner, audit).await,
             }
         })
     }

@@ -141,6 +141,15 @@ fn execute_with_account(
     conn.execute(sql, values.as_slice()).map_err(backend)
 }
 
+/// An account read by [`account_from_row`], with its scopes and status decoded from their text.
+fn decode_account(
+    (mut account, scopes, status): (StoredAccount, String, String),
+) -> Result<StoredAccount, StoreError> {
+    account.granted_scopes = scopes_from_text(&scopes)?;
+    account.status = status_from_text(&status)?;
+    Ok(account)
+}
+
 fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredAccount, String, String)> {
     Ok((
         StoredAccount {
@@ -197,10 +206,7 @@ impl AccountStore for SqliteStore {
                 .query_row(params![principal_id, connector], account_from_row)
                 .optional()
                 .map_err(backend)?;
-            let Some((mut account, scopes, status)) = found else { return Ok(None) };
-            account.granted_scopes = scopes_from_text(&scopes)?;
-            account.status = status_from_text(&status)?;
-            Ok(Some(account))
+            found.map(decode_account).transpose()
         })
     }
 
@@ -219,14 +225,8 @@ impl AccountStore for SqliteStore {
             let rows = stmt
                 .query_map(params![principal_id], account_from_row)
                 .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut account, scopes, status) = row.map_err(backend)?;
-                account.granted_scopes = scopes_from_text(&scopes)?;
-                account.status = status_from_text(&status)?;
-                out.push(account);
-            }
-            Ok(out)
+            rows.map(|row| decode_account(row.map_err(backend)?))
+                .collect()
         })
     }
 
@@ -294,14 +294,8 @@ impl AccountStore for SqliteStore {
             let rows = stmt
                 .query_map(params![connector, subject], account_from_row)
                 .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut account, scopes, status) = row.map_err(backend)?;
-                account.granted_scopes = scopes_from_text(&scopes)?;
-                account.status = status_from_text(&status)?;
-                out.push(account);
-            }
-            Ok(out)
+            rows.map(|row| decode_account(row.map_err(backend)?))
+                .collect()
         })
     }
 
