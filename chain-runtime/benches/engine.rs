@@ -416,8 +416,8 @@ fn raw_batched_insert(
     );
 }
 
-/// User + system CPU time of the thread whose `/proc/…/stat` file is `stat` (zero when it
-/// cannot be read: not Linux).
+/// User + system CPU time of the thread (or the process) whose `/proc/…/stat` file is `stat`
+/// (zero when it cannot be read: not Linux); both files have the same layout.
 fn thread_cpu(stat: &Path) -> Duration {
     let Ok(text) = std::fs::read_to_string(stat) else {
         return Duration::ZERO;
@@ -749,17 +749,7 @@ fn audit(c: &mut Criterion) {
 /// CPU time of this process so far (user + system, every thread, ended ones too), from
 /// `/proc/self/stat` (zero when it cannot be read: not Linux).
 fn process_cpu() -> Duration {
-    let Ok(text) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = text
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    thread_cpu(Path::new("/proc/self/stat"))
 }
 
 /// Time on CPU of each live thread of this process (from `schedstat`, in nanoseconds), by
