@@ -1,11 +1,12 @@
-//! Verification on two threads, two ways.
+//! Verification on several threads, two ways.
 //!
-//! - In two parts ([`Split`]): the rows up to the middle `seq` and the rows from it on, each
-//!   read and checked on its own thread on its own connection, without copying a row; the two
-//!   verdicts join when the lower part ends with the hash the upper part starts from. Records
-//!   are only ever appended, so the rows up to a head read before both parts started are the
-//!   same for both. When either part is not sure, the caller verifies in one pass, which also
-//!   says what is wrong: the two parts never accept a chain one pass rejects.
+//! - In parts ([`Split`]): the chain cut into about two ranges of `seq` per core, each read
+//!   and checked on its own thread on its own connection, without copying a row; the verdicts
+//!   join when each part ends with the hash the next part starts from (its anchor). More parts
+//!   than cores keep every core busy to the end when parts cost unequally. Records are only
+//!   ever appended, so the rows up to a head read before the parts started are the same for
+//!   all. When any part is not sure, the caller verifies in one pass, which also says what is
+//!   wrong: the parts never accept a chain one pass rejects.
 //! - In one pass ([`verify`]): the caller's thread reads rows from the database and copies them
 //!   into [`Batch`]es, a second thread checks them ([`IndexedVerifier::push_cells`]), so that
 //!   reading and hashing overlap. Batches go back and forth on two bounded channels and are
@@ -94,46 +95,142 @@ impl Batch {
 /// Chains whose head `seq` is below this are verified in one pass.
 const SPLIT_FROM_SEQ: u64 = 4;
 
-/// Where a chain is verified in two parts: the lower part checks the records up to `seq`
-/// [`Split::mid`], the upper part the records after it, chained from its stored hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Parts per core a long chain is verified in: more parts than cores, so that the cores stay
+/// busy to the end even when some parts cost more than others (pages already in the main
+/// file or still in the `-wal` file, other work on the machine).
+const PARTS_PER_CORE: usize = 2;
+
+/// Most parts a chain is verified in.
+const MAX_PARTS: usize = 16;
+
+/// Where a chain is verified in parts: each part checks the records after the previous part's
+/// last `seq` (its anchor, whose stored hash it chains from) up to its own last `seq`, a cut;
+/// the first part starts at the genesis hash, the last part reads to the chain's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Split {
-    /// The last `seq` of the lower part (the upper part's anchor).
-    pub(crate) mid: u64,
+    /// The last `seq` of every part but the last, ascending.
+    cuts: Vec<u64>,
 }
 
+/// One part of a [`Split`]: the records after `seq` `after` (the anchor; `None`: from the
+/// first) up to `seq` `upto` (`None`: to the end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Part {
+    /// The anchor's `seq`: the previous part's last record.
+    pub(crate) after: Option<u64>,
+    /// This part's last `seq`.
+    pub(crate) upto: Option<u64>,
+}
+
+/// What one part found: the anchor's stored hash (`None` for the first part) and the verdict
+/// on the records after it.
+pub(crate) type PartVerdict = (Option<String>, Verified);
+
 impl Split {
-    /// The split of a chain whose head is at `head_seq`; `None` when it is too short to be
-    /// worth two parts.
+    /// The split of a chain whose head is at `head_seq`, in about two parts per core; `None`
+    /// when it is too short to be worth two parts.
     pub(crate) fn at_head(head_seq: u64) -> Option<Self> {
-        (head_seq >= SPLIT_FROM_SEQ).then_some(Self { mid: head_seq / 2 })
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self::in_parts(head_seq, cores.saturating_mul(PARTS_PER_CORE))
     }
 
-    /// The checkpoint each part checks: the lower part's when it is at `mid` or before,
-    /// else the upper part's (which also checks the chain reaches it).
-    pub(crate) fn checkpoints(
-        self,
-        checkpoint: Option<Checkpoint>,
-    ) -> (Option<Checkpoint>, Option<Checkpoint>) {
-        match checkpoint {
-            Some(cp) if cp.seq <= self.mid => (Some(cp), None),
-            other => (None, other),
+    /// The split of a chain whose head is at `head_seq` in `parts` parts of about equal
+    /// length (fewer when the chain is short, at least two, at most [`MAX_PARTS`]).
+    pub(crate) fn in_parts(head_seq: u64, parts: usize) -> Option<Self> {
+        if head_seq < SPLIT_FROM_SEQ {
+            return None;
         }
+        let parts = u64::try_from(parts.clamp(2, MAX_PARTS))
+            .unwrap_or(2)
+            .min(head_seq / 2);
+        let cuts = (1..parts)
+            .map(|i| {
+                let cut = u128::from(head_seq) * u128::from(i) / u128::from(parts);
+                u64::try_from(cut).unwrap_or(head_seq)
+            })
+            .collect();
+        Some(Self { cuts })
     }
 
-    /// The upper part: `read` gives the rows from `seq` `mid` on, in `seq` order (see
-    /// [`verify`]); the first is the anchor, the lower part's last record, whose stored hash
-    /// the rest chains from. `refs` are the index rows after `mid`. Returns the anchor's
-    /// stored hash with the verdict.
-    pub(crate) fn verify_upper<R>(
+    /// The parts, in order.
+    pub(crate) fn parts(&self) -> Vec<Part> {
+        let mut after = None;
+        let mut parts: Vec<Part> = self
+            .cuts
+            .iter()
+            .map(|&cut| {
+                let part = Part {
+                    after,
+                    upto: Some(cut),
+                };
+                after = Some(cut);
+                part
+            })
+            .collect();
+        parts.push(Part { after, upto: None });
+        parts
+    }
+
+    /// The checkpoint each part checks (in [`Split::parts`] order): the checkpoint goes to
+    /// the part that holds its `seq`, or to the last part (which also checks the chain
+    /// reaches it).
+    pub(crate) fn checkpoints(&self, checkpoint: Option<Checkpoint>) -> Vec<Option<Checkpoint>> {
+        let mut checkpoints = vec![None; self.cuts.len() + 1];
+        if let Some(cp) = checkpoint {
+            let at = self
+                .cuts
+                .iter()
+                .position(|&cut| cp.seq <= cut)
+                .unwrap_or(self.cuts.len());
+            checkpoints[at] = Some(cp);
+        }
+        checkpoints
+    }
+
+    /// The verdict on the whole chain from the verdicts of its parts (in [`Split::parts`]
+    /// order, see [`Part::verify`]): when all are good and they join (each part but the last
+    /// ends exactly at its cut, and its last hash, computed, is the next part's anchor).
+    /// `None` when not sure.
+    pub(crate) fn join(
+        &self,
+        verdicts: impl IntoIterator<Item = Result<PartVerdict, AuditError>>,
+    ) -> Option<Verified> {
+        let mut verdicts = verdicts.into_iter();
+        let (anchor, mut joined) = verdicts.next()?.ok()?;
+        if anchor.is_some() {
+            return None;
+        }
+        for &cut in &self.cuts {
+            let (anchor, next) = verdicts.next()?.ok()?;
+            let head = joined.head?;
+            if joined.records != cut || head.seq != cut || Some(head.hash) != anchor {
+                return None;
+            }
+            joined = next;
+        }
+        verdicts.next().is_none().then_some(joined)
+    }
+}
+
+impl Part {
+    /// Verifies this part: `read` gives the rows from `seq` [`Part::after`] (the anchor,
+    /// whose stored hash the rest chains from; from the first row when `None`) up to `seq`
+    /// [`Part::upto`], in `seq` order (see [`verify`]); `refs` are the index rows of the
+    /// records after the anchor up to `upto`. Returns the anchor's stored hash with the
+    /// verdict.
+    pub(crate) fn verify<R>(
         self,
         checkpoint: Option<Checkpoint>,
         refs: Vec<(i64, RefKey)>,
         read: R,
-    ) -> Result<(String, Verified), AuditError>
+    ) -> Result<PartVerdict, AuditError>
     where
         R: FnOnce(&mut dyn FnMut(&Cells<'_>) -> bool) -> Result<(), AuditError>,
     {
+        let Some(after) = self.after else {
+            let verified = verify_here(IndexedVerifier::new(checkpoint, refs), read)?;
+            return Ok((None, verified));
+        };
         let mut start = Some((checkpoint, refs));
         let mut anchor = None;
         let mut broken = None;
@@ -149,7 +246,7 @@ impl Split {
                 };
             }
             let hash = match row_hash::chain_fields(cells) {
-                Some((seq, _, hash)) if seq == self.mid => std::str::from_utf8(hash).ok(),
+                Some((seq, _, hash)) if seq == after => std::str::from_utf8(hash).ok(),
                 _ => None,
             };
             match (hash, start.take()) {
@@ -158,7 +255,7 @@ impl Split {
                     verifier = Some(IndexedVerifier::resume(
                         checkpoint,
                         refs,
-                        self.mid,
+                        after,
                         hash.to_owned(),
                     ));
                     true
@@ -171,26 +268,11 @@ impl Split {
         }
         read_result?;
         match (anchor, verifier) {
-            (Some(anchor), Some(verifier)) => Ok((anchor, verifier.finish()?)),
+            (Some(anchor), Some(verifier)) => Ok((Some(anchor), verifier.finish()?)),
             _ => Err(AuditError::Background(format!(
-                "no record at seq {} to continue the chain from",
-                self.mid
+                "no record at seq {after} to continue the chain from"
             ))),
         }
-    }
-
-    /// The verdict on the whole chain from the verdicts of its lower part (records up to
-    /// `mid`, see [`verify_here`]) and of its upper part ([`Split::verify_upper`]): when both
-    /// are good and they join (the lower part has exactly the records 1 to `mid` and its last
-    /// hash, computed, is the upper part's anchor). `None` when not sure.
-    pub(crate) fn join(
-        self,
-        lower: Result<Verified, AuditError>,
-        upper: Result<(String, Verified), AuditError>,
-    ) -> Option<Verified> {
-        let (lower, (anchor, upper)) = (lower.ok()?, upper.ok()?);
-        let head = lower.head?;
-        (lower.records == self.mid && head.seq == self.mid && head.hash == anchor).then_some(upper)
     }
 }
 
@@ -428,65 +510,117 @@ mod tests {
         }
     }
 
-    /// The verdict of the two parts (as the SQLite store reads them), `None` when not sure.
-    fn in_two_parts(
+    /// The verdict of the parts (as the SQLite store reads them: the rows from each part's
+    /// anchor to its last `seq`, the index rows after the anchor to its last `seq`), `None`
+    /// when not sure.
+    fn in_parts(
         rows: &[Row],
         refs: &[(i64, RefKey)],
         checkpoint: Option<Checkpoint>,
+        parts: usize,
     ) -> Option<Verified> {
         let head = rows.iter().filter_map(|r| r[0].as_ref().ok()).max()?;
-        let split = Split::at_head(u64::try_from(*head).ok()?)?;
-        let mid = split.mid as i64;
-        let (lower_checkpoint, upper_checkpoint) = split.checkpoints(checkpoint);
-        let part = |keep: &dyn Fn(i64) -> bool| -> Vec<&Row> {
-            rows.iter()
-                .filter(|r| matches!(r[0], Ok(seq) if keep(seq)))
-                .collect()
-        };
-        let (lower_refs, upper_refs): (Vec<_>, Vec<_>) =
-            refs.iter().cloned().partition(|(seq, _)| *seq <= mid);
-        let lower = verify_here(
-            IndexedVerifier::new(lower_checkpoint, lower_refs),
-            emit_all(part(&|seq| seq <= mid)),
-        );
-        let upper = split.verify_upper(
-            upper_checkpoint,
-            upper_refs,
-            emit_all(part(&|seq| seq >= mid)),
-        );
-        split.join(lower, upper)
+        let split = Split::in_parts(u64::try_from(*head).ok()?, parts)?;
+        let verdicts: Vec<_> = split
+            .parts()
+            .into_iter()
+            .zip(split.checkpoints(checkpoint))
+            .map(|(part, checkpoint)| {
+                let after = part.after.map_or(i64::MIN, |s| s as i64);
+                let upto = part.upto.map_or(i64::MAX, |s| s as i64);
+                let part_rows: Vec<&Row> = rows
+                    .iter()
+                    .filter(|r| matches!(r[0], Ok(seq) if seq >= after && seq <= upto))
+                    .collect();
+                let part_refs: Vec<_> = refs
+                    .iter()
+                    .filter(|(seq, _)| {
+                        part.after.is_none_or(|a| *seq > a as i64)
+                            && part.upto.is_none_or(|u| *seq <= u as i64)
+                    })
+                    .cloned()
+                    .collect();
+                part.verify(checkpoint, part_refs, emit_all(part_rows))
+            })
+            .collect();
+        split.join(verdicts)
     }
 
-    /// Verifies `rows` in two parts and in one pass: the two parts accept only what one pass
-    /// accepts, with the same verdict. Returns the two parts' verdict.
+    /// Verifies `rows` in `parts` parts and in one pass: the parts accept only what one pass
+    /// accepts, with the same verdict. Returns the parts' verdict.
     fn both_ways(
         rows: &[Row],
         refs: &[(i64, RefKey)],
         checkpoint: Option<Checkpoint>,
+        parts: usize,
     ) -> Option<Verified> {
         let rows = sql_order(rows);
-        let two = in_two_parts(&rows, refs, checkpoint.clone());
+        let split = in_parts(&rows, refs, checkpoint.clone(), parts);
         let mut verifier = IndexedVerifier::new(checkpoint, refs.to_vec());
         let one = rows
             .iter()
             .try_for_each(|row| verifier.push_cells(&cells(row)))
             .and_then(|()| verifier.finish())
             .map_err(|e| e.to_string());
-        if let Some(two) = &two {
+        if let Some(split) = &split {
             assert_eq!(
-                Ok(two),
+                Ok(split),
                 one.as_ref(),
-                "two parts accepted what one pass did not"
+                "parts accepted what one pass did not"
             );
         }
-        two
+        split
     }
 
     #[test]
-    fn two_parts_accept_only_what_one_pass_accepts() {
-        for n in [5, 6, 40, 41] {
+    fn splits_cover_the_chain_in_ascending_parts() {
+        assert_eq!(Split::at_head(3), None);
+        assert_eq!(Split::in_parts(4, 8).map(|s| s.cuts), Some(vec![2]));
+        assert_eq!(Split::in_parts(10, 2).map(|s| s.cuts), Some(vec![5]));
+        assert_eq!(Split::in_parts(10, 1).map(|s| s.cuts), Some(vec![5]));
+        assert_eq!(
+            Split::in_parts(20_000, 4).map(|s| s.cuts),
+            Some(vec![5_000, 10_000, 15_000])
+        );
+        assert_eq!(
+            Split::in_parts(u64::MAX, 2).map(|s| s.cuts),
+            Some(vec![u64::MAX / 2])
+        );
+        let split = Split::in_parts(41, 3).unwrap();
+        assert_eq!(
+            split.parts(),
+            [
+                Part {
+                    after: None,
+                    upto: Some(13)
+                },
+                Part {
+                    after: Some(13),
+                    upto: Some(27)
+                },
+                Part {
+                    after: Some(27),
+                    upto: None
+                },
+            ]
+        );
+        let cp = |seq| {
+            Some(Checkpoint {
+                seq,
+                hash: String::new(),
+            })
+        };
+        assert_eq!(split.checkpoints(cp(13)), [cp(13), None, None]);
+        assert_eq!(split.checkpoints(cp(14)), [None, cp(14), None]);
+        assert_eq!(split.checkpoints(cp(99)), [None, None, cp(99)]);
+        assert_eq!(split.checkpoints(None), [None, None, None]);
+    }
+
+    #[test]
+    fn parts_accept_only_what_one_pass_accepts() {
+        for (n, parts) in [(5, 2), (6, 3), (40, 2), (41, 3), (41, 4)] {
             let (intact, refs) = chain_with_refs(n);
-            let mid = Split::at_head(n).unwrap().mid;
+            let cuts = Split::in_parts(n, parts).unwrap().cuts;
             let hash = |seq: u64| match &intact[seq as usize - 1][15] {
                 Err(Some(h)) => String::from_utf8(h.clone()).unwrap(),
                 _ => unreachable!(),
@@ -497,33 +631,37 @@ mod tests {
                     hash: hash(seq),
                 })
             };
-            // Intact: accepted, with or without a checkpoint on either side of the split.
-            for checkpoint in [None, at(1), at(mid), at(mid + 1), at(n)] {
-                let verified = both_ways(&intact, &refs, checkpoint);
+            // Intact: accepted, with or without a checkpoint on either side of each cut.
+            let mut checkpoints = vec![None, at(1), at(n)];
+            for &cut in &cuts {
+                checkpoints.extend([at(cut), at(cut + 1)]);
+            }
+            for checkpoint in checkpoints {
+                let verified = both_ways(&intact, &refs, checkpoint, parts);
                 assert_eq!(verified.map(|v| v.records), Some(n));
             }
-            assert_eq!(Split::at_head(3), None);
             // A wrong or unreached checkpoint.
-            for checkpoint in [
-                Some(Checkpoint {
-                    seq: mid,
-                    hash: hash(1),
-                }),
-                Some(Checkpoint {
+            let mut wrong = vec![
+                Checkpoint {
                     seq: n,
                     hash: hash(1),
-                }),
-                Some(Checkpoint {
+                },
+                Checkpoint {
                     seq: n + 1,
                     hash: hash(n),
-                }),
-            ] {
-                assert_eq!(both_ways(&intact, &refs, checkpoint), None);
+                },
+            ];
+            wrong.extend(cuts.iter().map(|&seq| Checkpoint { seq, hash: hash(1) }));
+            for checkpoint in wrong {
+                assert_eq!(both_ways(&intact, &refs, Some(checkpoint), parts), None);
             }
-            let places: Vec<u64> = [1, mid - 1, mid, mid + 1, n]
-                .into_iter()
-                .filter(|&seq| (1..=n).contains(&seq))
-                .collect();
+            let mut places = vec![1, n];
+            for &cut in &cuts {
+                places.extend([cut - 1, cut, cut + 1]);
+            }
+            places.retain(|seq| (1..=n).contains(seq));
+            places.sort_unstable();
+            places.dedup();
             let mut rejected = 0;
             for &seq in &places {
                 let i = seq as usize - 1;
@@ -546,28 +684,28 @@ mod tests {
                     for edit in edits {
                         let mut rows = intact.clone();
                         rows[i][column] = edit;
-                        rejected += usize::from(both_ways(&rows, &refs, None).is_none());
+                        rejected += usize::from(both_ways(&rows, &refs, None, parts).is_none());
                     }
                 }
                 // The row deleted; its contents moved to the next `seq`.
                 let mut rows = intact.clone();
                 rows.remove(i);
-                rejected += usize::from(both_ways(&rows, &refs, None).is_none());
+                rejected += usize::from(both_ways(&rows, &refs, None, parts).is_none());
                 if seq < n {
                     let mut rows = intact.clone();
                     let (a, b) = (rows[i].clone(), rows[i + 1].clone());
                     rows[i][1..].clone_from_slice(&b[1..]);
                     rows[i + 1][1..].clone_from_slice(&a[1..]);
-                    rejected += usize::from(both_ways(&rows, &refs, None).is_none());
+                    rejected += usize::from(both_ways(&rows, &refs, None, parts).is_none());
                 }
                 // An index row missing, or one too many.
                 let mut fewer = refs.clone();
                 fewer.retain(|(s, _)| *s as u64 != seq);
-                both_ways(&intact, &fewer, None);
-                for extra in [0, seq as i64, n as i64 + 1] {
+                both_ways(&intact, &fewer, None, parts);
+                for extra in [0, i64::MIN, seq as i64, n as i64 + 1] {
                     let mut more = refs.clone();
                     more.push((extra, ("crm".into(), "issue".into(), "X".into())));
-                    rejected += usize::from(both_ways(&intact, &more, None).is_none());
+                    rejected += usize::from(both_ways(&intact, &more, None, parts).is_none());
                 }
             }
             // The tail cut with its index rows: a shorter chain, good without a checkpoint.
@@ -576,51 +714,69 @@ mod tests {
                 .filter(|(s, _)| *s < n as i64)
                 .cloned()
                 .collect();
-            let verified = both_ways(&intact[..n as usize - 1], &cut, None);
+            let verified = both_ways(&intact[..n as usize - 1], &cut, None, parts);
             assert_eq!(verified.map(|v| v.records), Some(n - 1));
             assert!(rejected > 100, "{rejected}");
         }
     }
 
     /// Parts that read different histories (a record rewritten between their snapshots) do
-    /// not join: the upper part continues from another hash than the lower part ends with.
+    /// not join: a part continues from another hash than the part before it ends with.
     #[test]
     fn parts_that_disagree_on_the_anchor_do_not_join() {
-        let (rows, refs) = chain_with_refs(10);
+        let (rows, refs) = chain_with_refs(15);
         // The same records sealed at another time.
         let other = loop {
             std::thread::sleep(std::time::Duration::from_millis(2));
-            let (other, _) = chain_with_refs(10);
-            if other[4][15] != rows[4][15] {
+            let (other, _) = chain_with_refs(15);
+            if other[4][15] != rows[4][15] && other[9][15] != rows[9][15] {
                 break other;
             }
         };
-        let split = Split::at_head(10).unwrap();
-        let (lower_refs, upper_refs): (Vec<_>, Vec<_>) =
-            refs.iter().cloned().partition(|(seq, _)| *seq <= 5);
-        let lower = || {
-            verify_here(
-                IndexedVerifier::new(None, lower_refs.clone()),
-                emit_all(&rows[..5]),
-            )
+        let split = Split::in_parts(15, 3).unwrap();
+        assert_eq!(split.cuts, [5, 10]);
+        let parts = split.parts();
+        let refs_of = |part: Part| -> Vec<(i64, RefKey)> {
+            refs.iter()
+                .filter(|(seq, _)| {
+                    part.after.is_none_or(|a| *seq > a as i64)
+                        && part.upto.is_none_or(|u| *seq <= u as i64)
+                })
+                .cloned()
+                .collect()
         };
-        let upper = |rows: &[Row]| {
-            split.verify_upper(
+        // Part `i` over `rows` (index 0 is `seq` 1).
+        let run = |i: usize, rows: &[Row]| {
+            let part = parts[i];
+            let from = part.after.map_or(0, |a| a as usize - 1);
+            let to = part.upto.map_or(rows.len(), |u| u as usize);
+            part.verify(
                 None,
-                upper_refs.clone(),
-                emit_all(rows[4..].to_vec().iter()),
+                refs_of(part),
+                emit_all(rows[from..to].to_vec().iter()),
             )
         };
-        assert_eq!(
-            split.join(lower(), upper(&rows)).map(|v| v.records),
-            Some(10)
+        let good = || [run(0, &rows), run(1, &rows), run(2, &rows)];
+        assert_eq!(split.join(good()).map(|v| v.records), Some(15));
+        // Another history from an anchor on: each part is good on its own.
+        for i in 1..3 {
+            assert!(run(i, &other).is_ok());
+            let mut verdicts = good();
+            verdicts[i] = run(i, &other);
+            assert_eq!(split.join(verdicts), None, "part {i}");
+        }
+        // A part without its anchor.
+        let mut verdicts = good();
+        verdicts[1] = parts[1].verify(
+            None,
+            refs_of(parts[1]),
+            emit_all(rows[5..10].to_vec().iter()),
         );
-        // Another history from the anchor on: each part is good on its own.
-        assert!(upper(&other).is_ok());
-        assert_eq!(split.join(lower(), upper(&other)), None);
-        // No anchor at all.
-        assert!(upper(&rows[1..]).is_err());
-        assert_eq!(split.join(lower(), upper(&rows[1..])), None);
+        assert!(verdicts[1].is_err());
+        assert_eq!(split.join(verdicts), None);
+        // A verdict missing, or one too many.
+        assert_eq!(split.join(good().into_iter().take(2)), None);
+        assert_eq!(split.join(good().into_iter().chain([run(2, &rows)])), None);
     }
 
     #[test]

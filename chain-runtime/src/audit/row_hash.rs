@@ -66,9 +66,35 @@ enum Kind {
     Event,
 }
 
-/// The hashed members in canonical (sorted) order: the text before the value (separator and
-/// key), the column, what it must hold. Every column but `hash`.
-const CANONICAL_ORDER: [(&str, usize, Kind); COLUMNS.len() - 1] = [
+/// Declares [`CANONICAL_ORDER`] and [`write_members`] from one list, so that the writer is
+/// unrolled member by member (each prefix a constant, each column's kind known) and cannot
+/// drift from the table the tests check.
+macro_rules! canonical_order {
+    ($(($prefix:literal, $column:expr, $kind:expr)),* $(,)?) => {
+        /// The hashed members in canonical (sorted) order: the text before the value
+        /// (separator and key), the column, what it must hold. Every column but `hash`.
+        #[cfg_attr(not(test), allow(dead_code))]
+        const CANONICAL_ORDER: [(&str, usize, Kind); COLUMNS.len() - 1] =
+            [$(($prefix, $column, $kind)),*];
+
+        /// Writes every member of [`CANONICAL_ORDER`] (see [`write_row`]).
+        fn write_members(
+            cells: &Cells<'_>,
+            out: &mut Vec<u8>,
+            refs: &mut Vec<RefRanges>,
+        ) -> bool {
+            $(
+                out.extend_from_slice($prefix.as_bytes());
+                if !write_member(cells[$column], $kind, out, refs) {
+                    return false;
+                }
+            )*
+            true
+        }
+    };
+}
+
+canonical_order![
     ("{\"account_id\":", 7, Kind::OptText),
     (",\"connector\":", 6, Kind::OptText),
     (",\"event\":", EVENT, Kind::Event),
@@ -131,54 +157,57 @@ pub(crate) fn records_text<'a>(cells: &Cells<'a>) -> &'a [u8] {
 /// sure: the caller takes the record-object road.
 pub(crate) fn write_row(cells: &Cells<'_>, out: &mut Vec<u8>, refs: &mut Vec<RefRanges>) -> bool {
     out.clear();
-    for &(prefix, column, kind) in &CANONICAL_ORDER {
-        out.extend_from_slice(prefix.as_bytes());
-        let ok = match (cells[column], kind) {
-            (Cell::Null, Kind::OptText) => {
-                out.extend_from_slice(b"null");
-                true
-            }
-            (Cell::Int(v), Kind::Int) => {
-                out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
-                true
-            }
-            (Cell::Int(v), Kind::Format) if v == i64::from(FORMAT_VERSION) => {
-                out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
-                true
-            }
-            (Cell::Text(bytes), Kind::Text | Kind::OptText) => {
-                write_string_bytes(bytes, out);
-                true
-            }
-            (Cell::Text(bytes), Kind::Outcome) => match bytes {
-                b"attempted" | b"succeeded" | b"failed" | b"info" => {
-                    out.push(b'"');
-                    out.extend_from_slice(bytes);
-                    out.push(b'"');
-                    true
-                }
-                _ => false,
-            },
-            (Cell::Text(bytes), Kind::Scopes | Kind::Records | Kind::Event) => {
-                let typed = match kind {
-                    Kind::Scopes => typed_text::scopes(bytes),
-                    Kind::Records => typed_text::records(bytes, refs),
-                    _ => typed_text::event(bytes),
-                };
-                out.extend_from_slice(bytes);
-                typed
-            }
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
+    if !write_members(cells, out, refs) {
+        return false;
     }
     out.push(b'}');
     // The row's text is what the record-object road reads only if it is UTF-8 (that road
     // reads invalid bytes as U+FFFD). Every column's bytes sit between ASCII bytes here, so the
-    // whole is UTF-8 exactly when each column is: one check for the row.
-    std::str::from_utf8(out).is_ok()
+    // whole is UTF-8 exactly when each column is: one check for the row (all ASCII, the usual
+    // case, is the quicker test).
+    out.is_ascii() || std::str::from_utf8(out).is_ok()
+}
+
+/// Writes one member's value (see [`write_row`]); `false` when not sure.
+#[inline(always)]
+fn write_member(cell: Cell<'_>, kind: Kind, out: &mut Vec<u8>, refs: &mut Vec<RefRanges>) -> bool {
+    match (cell, kind) {
+        (Cell::Null, Kind::OptText) => {
+            out.extend_from_slice(b"null");
+            true
+        }
+        (Cell::Int(v), Kind::Int) => {
+            out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
+            true
+        }
+        (Cell::Int(v), Kind::Format) if v == i64::from(FORMAT_VERSION) => {
+            out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
+            true
+        }
+        (Cell::Text(bytes), Kind::Text | Kind::OptText) => {
+            write_string_bytes(bytes, out);
+            true
+        }
+        (Cell::Text(bytes), Kind::Outcome) => match bytes {
+            b"attempted" | b"succeeded" | b"failed" | b"info" => {
+                out.push(b'"');
+                out.extend_from_slice(bytes);
+                out.push(b'"');
+                true
+            }
+            _ => false,
+        },
+        (Cell::Text(bytes), Kind::Scopes | Kind::Records | Kind::Event) => {
+            let typed = match kind {
+                Kind::Scopes => typed_text::scopes(bytes),
+                Kind::Records => typed_text::records(bytes, refs),
+                _ => typed_text::event(bytes),
+            };
+            out.extend_from_slice(bytes);
+            typed
+        }
+        _ => false,
+    }
 }
 
 /// Appends `s` as a canonical JSON string (see [`write_string`]), byte for byte: bytes that
@@ -207,6 +236,16 @@ fn write_string_bytes(s: &[u8], out: &mut Vec<u8>) {
     }
     out.extend_from_slice(rest);
     out.push(b'"');
+}
+
+/// `bytes` in lowercase hexadecimal (as [`blake3::Hash::to_hex`] writes a hash).
+pub(crate) fn hex(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0; 64];
+    for (pair, &b) in out.as_chunks_mut::<2>().0.iter_mut().zip(bytes) {
+        *pair = [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]];
+    }
+    out
 }
 
 /// `v` in decimal, written into `buf`.
@@ -287,6 +326,14 @@ mod tests {
             let mut bytes = Vec::new();
             write_string_bytes(s.as_bytes(), &mut bytes);
             assert_eq!(bytes, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn hex_is_blake3s_hex() {
+        for input in [&b""[..], b"a", b"record"] {
+            let hash = blake3::hash(input);
+            assert_eq!(&hex(hash.as_bytes())[..], hash.to_hex().as_bytes());
         }
     }
 

@@ -173,8 +173,14 @@ impl IndexedVerifier {
         {
             return false;
         }
-        let computed = blake3::hash(&self.buf).to_hex();
-        if computed.as_bytes() != stored || !self.verifier.checkpoint_allows(seq, &computed) {
+        let hex = row_hash::hex(blake3::hash(&self.buf).as_bytes());
+        if hex[..] != *stored {
+            return false;
+        }
+        let Ok(computed) = std::str::from_utf8(&hex) else {
+            return false;
+        };
+        if !self.verifier.checkpoint_allows(seq, computed) {
             return false;
         }
         let Ok(key) = i64::try_from(seq) else {
@@ -184,7 +190,7 @@ impl IndexedVerifier {
             return false;
         }
         self.index.remove(&key);
-        self.verifier.accept(&computed);
+        self.verifier.accept(computed);
         true
     }
 

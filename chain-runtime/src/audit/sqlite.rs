@@ -31,7 +31,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::chain_hash::GENESIS_HASH;
-use super::pipeline::{self, Split};
+use super::pipeline::{self, Part, PartVerdict, Split};
 use super::record::{AuditRecord, Authorization, Checkpoint, NewRecord};
 use super::row_hash::{Cell, Cells, cells_to_value};
 use super::rows::{
@@ -276,20 +276,22 @@ fn insert_record(
     Ok(())
 }
 
-/// The `audit_record_refs` rows whose `seq` passes `filter` (with `?1` bound to `seq`), or all.
+/// The `audit_record_refs` rows whose `seq` is above `after` (if given) and at most `upto` (if
+/// given).
 fn read_refs(
     conn: &Connection,
-    filter: Option<(&str, i64)>,
+    after: Option<i64>,
+    upto: Option<i64>,
 ) -> Result<Vec<(i64, RefKey)>, AuditError> {
     let sql = "SELECT seq, connector, kind, record_id FROM audit_record_refs";
-    let mut stmt = match filter {
-        Some((filter, _)) => conn.prepare(&format!("{sql} WHERE {filter}"))?,
-        None => conn.prepare(sql)?,
+    let sql = match (after, upto) {
+        (None, None) => sql.to_owned(),
+        (Some(a), None) => format!("{sql} WHERE seq > {a}"),
+        (None, Some(u)) => format!("{sql} WHERE seq <= {u}"),
+        (Some(a), Some(u)) => format!("{sql} WHERE seq > {a} AND seq <= {u}"),
     };
-    let mut rows = match filter {
-        Some((_, seq)) => stmt.query([seq])?,
-        None => stmt.query([])?,
-    };
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
     let mut refs = Vec::new();
     while let Some(row) = rows.next()? {
         refs.push((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)));
@@ -297,14 +299,19 @@ fn read_refs(
     Ok(refs)
 }
 
-/// Gives `emit` the rows of `stmt` (selected with [`select_columns`], `?1` bound to `seq`)
+/// Gives `emit` the `audit_records` rows with `seq` from `first` to `last`, in `seq` order,
 /// until it returns `false`.
 fn read_rows(
-    stmt: &mut rusqlite::Statement<'_>,
-    seq: i64,
+    conn: &Connection,
+    first: i64,
+    last: i64,
     emit: &mut dyn FnMut(&Cells<'_>) -> bool,
 ) -> Result<(), AuditError> {
-    let mut rows = stmt.query([seq])?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM audit_records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+        select_columns()
+    ))?;
+    let mut rows = stmt.query([first, last])?;
     while let Some(row) = rows.next()? {
         if !emit(&row_cells(row)?) {
             break;
@@ -313,15 +320,15 @@ fn read_rows(
     Ok(())
 }
 
-/// The `audit_records` rows whose `seq` passes `filter` (`?1`), in `seq` order.
-fn select_rows<'c>(
-    conn: &'c Connection,
-    filter: &str,
-) -> Result<rusqlite::Statement<'c>, AuditError> {
-    Ok(conn.prepare(&format!(
-        "SELECT {} FROM audit_records WHERE {filter} ORDER BY seq",
-        select_columns()
-    ))?)
+/// How much of the database file a verifying connection maps into memory: SQLite then reads
+/// the pages of the main file in place instead of copying each through a `read` call into its
+/// page cache (pages still in the `-wal` file are read as before). The setting stays with the
+/// pooled connection; the mapping is only address space (the kernel's page cache backs it).
+const SCAN_MMAP_BYTES: i64 = 1 << 30;
+
+/// Prepares `conn` for reading the whole table in order (see [`SCAN_MMAP_BYTES`]).
+fn map_for_scan(conn: &Connection) -> Result<(), AuditError> {
+    Ok(conn.pragma_update(None, "mmap_size", SCAN_MMAP_BYTES)?)
 }
 
 /// Verifies the whole chain in one pass (see [`pipeline::verify`]).
@@ -329,46 +336,35 @@ fn verify_blocking(
     conn: &mut Connection,
     checkpoint: Option<Checkpoint>,
 ) -> Result<Verified, AuditError> {
+    map_for_scan(conn)?;
     // One read transaction: a consistent snapshot even while others append.
     let tx = conn.transaction()?;
-    let verifier = IndexedVerifier::new(checkpoint, read_refs(&tx, None)?);
-    let mut stmt = select_rows(&tx, "seq >= ?1")?;
+    let verifier = IndexedVerifier::new(checkpoint, read_refs(&tx, None, None)?);
     // Reading (here) and checking (on a second thread) overlap.
-    pipeline::verify(verifier, |emit| read_rows(&mut stmt, i64::MIN, emit))
+    pipeline::verify(verifier, |emit| read_rows(&tx, i64::MIN, i64::MAX, emit))
 }
 
-/// The lower part of a chain verified in two parts: the records up to `split.mid`.
-fn verify_lower(
+/// One part of a chain verified in parts (see [`Part::verify`]), in its own read transaction.
+fn verify_part(
     conn: &mut Connection,
-    split: Split,
+    part: Part,
     checkpoint: Option<Checkpoint>,
-) -> Result<Verified, AuditError> {
-    let mid = seq_to_sql(split.mid)?;
+) -> Result<PartVerdict, AuditError> {
+    let after = part.after.map(seq_to_sql).transpose()?;
+    let upto = part.upto.map(seq_to_sql).transpose()?;
+    map_for_scan(conn)?;
     let tx = conn.transaction()?;
-    let verifier = IndexedVerifier::new(checkpoint, read_refs(&tx, Some(("seq <= ?1", mid)))?);
-    let mut stmt = select_rows(&tx, "seq <= ?1")?;
-    pipeline::verify_here(verifier, |emit| read_rows(&mut stmt, mid, emit))
-}
-
-/// The upper part of a chain verified in two parts: the records after `split.mid`, chained
-/// from the stored hash of the record at `split.mid`.
-fn verify_upper(
-    conn: &mut Connection,
-    split: Split,
-    checkpoint: Option<Checkpoint>,
-) -> Result<(String, Verified), AuditError> {
-    let mid = seq_to_sql(split.mid)?;
-    let tx = conn.transaction()?;
-    let refs = read_refs(&tx, Some(("seq > ?1", mid)))?;
-    let mut stmt = select_rows(&tx, "seq >= ?1")?;
-    split.verify_upper(checkpoint, refs, |emit| read_rows(&mut stmt, mid, emit))
+    let refs = read_refs(&tx, after, upto)?;
+    // The anchor row (at `after`) is read too: the part chains from its stored hash.
+    let (first, last) = (after.unwrap_or(i64::MIN), upto.unwrap_or(i64::MAX));
+    part.verify(checkpoint, refs, |emit| read_rows(&tx, first, last, emit))
 }
 
 impl SqliteAuditStore {
     /// Verifies against `checkpoint` a chain whose head was at `head` (`seq`) before: long
-    /// enough, in two parts on two connections and threads ([`Split`]), else (or when the
+    /// enough, in parts on as many connections and threads ([`Split`]), else (or when the
     /// parts are not sure) in one pass. The rows up to that head are the same in every later
-    /// snapshot (records are only appended): both parts see them.
+    /// snapshot (records are only appended): every part sees them.
     async fn verify_chain(
         &self,
         checkpoint: Option<Checkpoint>,
@@ -378,12 +374,15 @@ impl SqliteAuditStore {
             .and_then(|seq| u64::try_from(seq).ok())
             .and_then(Split::at_head);
         if let Some(split) = split {
-            let (lower_checkpoint, upper_checkpoint) = split.checkpoints(checkpoint.clone());
-            let (lower, upper) = tokio::join!(
-                self.blocking(move |conn| verify_lower(conn, split, lower_checkpoint)),
-                self.blocking(move |conn| verify_upper(conn, split, upper_checkpoint)),
-            );
-            if let Some(verified) = split.join(lower, upper) {
+            let parts = split
+                .parts()
+                .into_iter()
+                .zip(split.checkpoints(checkpoint.clone()));
+            let verdicts = futures::future::join_all(parts.map(|(part, checkpoint)| {
+                self.blocking(move |conn| verify_part(conn, part, checkpoint))
+            }))
+            .await;
+            if let Some(verified) = split.join(verdicts) {
                 return Ok(verified);
             }
         }
