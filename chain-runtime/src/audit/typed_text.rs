@@ -217,11 +217,12 @@ pub(crate) fn event(b: &[u8]) -> bool {
         if n == MAX_MEMBERS {
             return false;
         }
-        let start = pos + 1;
-        if !string(b, &mut pos, true) {
+        // The key up to the next quote, unchecked: pass 2 compares every key with a member
+        // name (plain ASCII, no quote, backslash or control) and refuses the object unless
+        // all match, so a key with an escape or another odd byte never gets through.
+        let Some(key) = raw_key(b, &mut pos) else {
             return false;
-        }
-        let key = &b[start..pos - 1];
+        };
         if n > 0 && key <= members[n - 1].0 {
             return false;
         }
@@ -270,6 +271,18 @@ pub(crate) fn event(b: &[u8]) -> bool {
         }
     }
     rest.next().is_none()
+}
+
+/// Reads `"…"` at `pos` up to the first quote after the opening one: the bytes between, as
+/// they are (see [`event`]).
+fn raw_key<'b>(b: &'b [u8], pos: &mut usize) -> Option<&'b [u8]> {
+    if b.get(*pos) != Some(&b'"') {
+        return None;
+    }
+    let start = *pos + 1;
+    let len = b.get(start..)?.iter().position(|&c| c == b'"')?;
+    *pos = start + len + 1;
+    Some(&b[start..start + len])
 }
 
 /// Whether the canonical value `v` (checked canonical already) is of type `ty`.

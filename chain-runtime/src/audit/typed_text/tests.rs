@@ -257,6 +257,15 @@ fn non_canonical_or_foreign_texts_are_not_accepted() {
         r#"{"reason":"r","type":"resum\u0065d"}"#,
         r#"{"reason":"r","type":"resumed"}x"#,
         r#"{"reason":"r","type":"resumed"#,
+        // Keys spelled with escapes, or holding bytes no member name has.
+        r#"{"reason":"r","typ\u0065":"resumed"}"#,
+        r#"{"reaso\u006e":"r","type":"resumed"}"#,
+        r#"{"reason\"":"r","type":"resumed"}"#,
+        r#"{"rea\"son":"r","type":"resumed"}"#,
+        "{\"reason\u{1}\":\"r\",\"type\":\"resumed\"}",
+        "{\"reason\":\"r\",\"type\u{e9}\":\"resumed\"}",
+        r#"{"":"r","type":"resumed"}"#,
+        r#"{"reason":"r","type":"resumed",""#,
     ] {
         assert!(!event_text(text), "{text}");
     }
