@@ -12,9 +12,6 @@
 
 use super::canonical_text::{string, value};
 
-/// At most this many members in an event object (the widest event has 7).
-const MAX_MEMBERS: usize = 12;
-
 /// What an event member holds, as its Rust type.
 #[derive(Clone, Copy, Debug)]
 enum Ty {
@@ -205,84 +202,74 @@ const EVENTS: &[(&str, &[Field])] = &[
 ];
 
 /// Whether `b` is the canonical form of an [`super::AuditEvent`].
+///
+/// The variant is guessed from the last `"type":"…"` in the text; then one pass reads the
+/// members that variant has, `type` among them, in canonical order, each key spelled exactly
+/// and each value canonical and of its member's type. A wrong guess only fails that pass.
 pub(crate) fn event(b: &[u8]) -> bool {
-    // Pass 1: the object's members (key, value range), each value canonical, keys ascending.
-    let mut members: [(&[u8], usize, usize); MAX_MEMBERS] = [(&[], 0, 0); MAX_MEMBERS];
-    let mut n = 0;
+    const TYPE_KEY: &[u8] = br#""type":""#;
+    let Some(at) = b.windows(TYPE_KEY.len()).rposition(|w| w == TYPE_KEY) else {
+        return false;
+    };
+    let rest = &b[at + TYPE_KEY.len()..];
+    let Some(tag_len) = rest.iter().position(|&c| c == b'"') else {
+        return false;
+    };
+    let tag = &rest[..tag_len];
+    let Some((_, fields)) = EVENTS.iter().find(|(name, _)| name.as_bytes() == tag) else {
+        return false;
+    };
+    // The members in canonical order: `type` goes before the first member named after it.
+    let type_at = fields
+        .iter()
+        .position(|f| f.name > "type")
+        .unwrap_or(fields.len());
+    let (before, after) = fields.split_at(type_at);
     if b.first() != Some(&b'{') {
         return false;
     }
     let mut pos = 1;
-    loop {
-        if n == MAX_MEMBERS {
+    let mut first = true;
+    for field in before {
+        if !member(b, &mut pos, &mut first, field) {
             return false;
-        }
-        // The key up to the next quote, unchecked: pass 2 compares every key with a member
-        // name (plain ASCII, no quote, backslash or control) and refuses the object unless
-        // all match, so a key with an escape or another odd byte never gets through.
-        let Some(key) = raw_key(b, &mut pos) else {
-            return false;
-        };
-        if n > 0 && key <= members[n - 1].0 {
-            return false;
-        }
-        if b.get(pos) != Some(&b':') {
-            return false;
-        }
-        pos += 1;
-        let begin = pos;
-        if !value(b, &mut pos, 1) {
-            return false;
-        }
-        members[n] = (key, begin, pos);
-        n += 1;
-        match b.get(pos) {
-            Some(b',') => pos += 1,
-            Some(b'}') => break,
-            _ => return false,
         }
     }
-    if pos + 1 != b.len() {
+    // `"type":"<tag>"`, the tag read above.
+    if !(key(b, &mut pos, &mut first, "type")
+        && expect(b, &mut pos, b"\"")
+        && expect(b, &mut pos, tag)
+        && expect(b, &mut pos, b"\""))
+    {
         return false;
     }
-    let members = &members[..n];
-    // Pass 2: the variant named by `type`, and each member's type.
-    let Some(&(_, tag_begin, tag_end)) = members.iter().find(|m| m.0 == b"type") else {
-        return false;
-    };
-    let tag = &b[tag_begin..tag_end];
-    let Some((_, fields)) = EVENTS
-        .iter()
-        .find(|(name, _)| tag.len() == name.len() + 2 && &tag[1..tag.len() - 1] == name.as_bytes())
-    else {
-        return false;
-    };
-    let mut rest = members.iter().filter(|m| m.0 != b"type").peekable();
-    for field in *fields {
-        match rest.peek() {
-            Some(&&(key, begin, end)) if key == field.name.as_bytes() => {
-                if !holds(field.ty, &b[begin..end]) {
-                    return false;
-                }
-                rest.next();
-            }
-            _ if field.may_be_absent => {}
-            _ => return false,
+    for field in after {
+        if !member(b, &mut pos, &mut first, field) {
+            return false;
         }
     }
-    rest.next().is_none()
+    pos + 1 == b.len() && b[pos] == b'}'
 }
 
-/// Reads `"…"` at `pos` up to the first quote after the opening one: the bytes between, as
-/// they are (see [`event`]).
-fn raw_key<'b>(b: &'b [u8], pos: &mut usize) -> Option<&'b [u8]> {
-    if b.get(*pos) != Some(&b'"') {
-        return None;
+/// Reads the member `field` at `pos` (a separator unless `first`, its key, a canonical value
+/// of its type); when it is not there, `true` without reading if it may be absent.
+fn member(b: &[u8], pos: &mut usize, first: &mut bool, field: &Field) -> bool {
+    let start = (*pos, *first);
+    if !key(b, pos, first, field.name) {
+        (*pos, *first) = start;
+        return field.may_be_absent;
     }
-    let start = *pos + 1;
-    let len = b.get(start..)?.iter().position(|&c| c == b'"')?;
-    *pos = start + len + 1;
-    Some(&b[start..start + len])
+    let begin = *pos;
+    value(b, pos, 1) && holds(field.ty, &b[begin..*pos])
+}
+
+/// Reads `,"name":` (or `"name":` when `first`, which it clears) at `pos`.
+fn key(b: &[u8], pos: &mut usize, first: &mut bool, name: &str) -> bool {
+    if !*first && !expect(b, pos, b",") {
+        return false;
+    }
+    *first = false;
+    expect(b, pos, b"\"") && expect(b, pos, name.as_bytes()) && expect(b, pos, b"\":")
 }
 
 /// Whether the canonical value `v` (checked canonical already) is of type `ty`.
