@@ -33,6 +33,7 @@ mod journal;
 mod leases;
 mod migrate;
 mod ops;
+mod order;
 mod runs;
 mod vault;
 mod writer;
