@@ -143,6 +143,11 @@ async fn raw_writer(
 ) {
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
+    // As the engine's writer: plans made while the tables were small must not scan them whole.
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
     let audit = client
         .prepare(
             "INSERT INTO audit_records (seq, format, time_unix_ms, run_id, step_id, \

@@ -853,7 +853,16 @@ async fn a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_st
     assert_eq!(log(&t), ["s1", "look"]);
 
     let env = open_engine(&dir, grants).await;
-    let runs = env.engine.list_runs().await.unwrap();
+    // The read's intent is deferred: queued before the "crash" (the task aborted, the process
+    // alive), it may commit just after it, on PostgreSQL through the old handle's writer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let runs = loop {
+        let runs = env.engine.list_runs().await.unwrap();
+        if runs.len() != 1 || runs[0].node == 4 || std::time::Instant::now() > deadline {
+            break runs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].state, RunState::Running);
     assert_eq!(runs[0].node, 4, "the run is at `look`");

@@ -137,6 +137,68 @@ async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() 
     other.write_entry(&taken, entry(0), 1).await.unwrap();
 }
 
+// A unit that fails (its step id holds a NUL byte, which PostgreSQL's text refuses) takes
+// with it the later units of its run queued before its failure was answered, and only those:
+// the units of a run commit in queue order or not at all.
+#[tokio::test]
+async fn a_failed_unit_fails_the_later_units_of_its_run_queued_before_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "shared").await;
+    let journal = db.journal().await;
+    let audit = db.audit().await;
+    assert!(journal.ordered_commits());
+    let a = journal.create_run(run("a"), "worker-1").await.unwrap();
+    let b = journal.create_run(run("b"), "worker-1").await.unwrap();
+    let (head, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let earlier = tokio::spawn({
+        let (journal, b) = (std::sync::Arc::clone(&journal), b.clone());
+        async move { journal.commit(Some(&b), step_unit(0, "b")).await }
+    });
+    until_someone_waits(&head).await;
+
+    let mut bad = entry(0);
+    bad.step_id = "demo/st\0ep#0".into();
+    let failing = Unit::of([JournalWrite::Entry {
+        entry: bad,
+        node: 1,
+    }])
+    .audit(record("a", 0))
+    .deferred();
+    let (failed, after, other, ()) = tokio::join!(
+        journal.commit(Some(&a), failing),
+        journal.commit(Some(&a), step_unit(1, "a")),
+        journal.commit(Some(&b), step_unit(1, "b")),
+        async { head.batch_execute("ROLLBACK").await.unwrap() },
+    );
+    assert!(earlier.await.unwrap().unwrap().applied);
+    let failed = failed.unwrap_err().to_string();
+    let after = after.unwrap_err().to_string();
+    assert!(
+        after.contains("an earlier unit of this run failed"),
+        "{after}"
+    );
+    assert!(failed.contains("invalid byte sequence"), "{failed}");
+    assert!(after.contains("invalid byte sequence"), "{after}");
+    assert!(other.unwrap().applied);
+    assert!(journal.journal("a").await.unwrap().is_empty());
+    assert!(audit.run_history("a").await.unwrap().is_empty());
+    assert_eq!(journal.journal("b").await.unwrap().len(), 2);
+    // A unit queued once the failure was answered commits.
+    assert!(
+        journal
+            .commit(Some(&a), step_unit(1, "a"))
+            .await
+            .unwrap()
+            .applied
+    );
+    assert_eq!(journal.journal("a").await.unwrap().len(), 1);
+    assert_eq!(audit.verify(None).await.unwrap().records, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_units_of_two_processes_form_one_chain() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use super::flight::{Flight, Reply, fly};
 use super::leases::LOCK_CLASS;
 use super::ops::{EntryRow, Op};
-use super::writer::Job;
+use super::writer::{Job, Order};
 use crate::audit::AuditRecord;
 use crate::audit::rows::{self, select_columns, seq_to_sql};
 use crate::sqlite::DbError;
@@ -46,13 +46,17 @@ impl Conn {
     }
 
     async fn connect(config: &tokio_postgres::Config, setup: &str) -> Result<Self, DbError> {
+        // Every statement of the writer's reaches a few rows by their primary keys: a plan
+        // made while a table was small (a sequential scan, a hash join over one) would scan
+        // the whole table on every batch as it grows.
+        let setup = format!("{setup}; SET enable_seqscan = off");
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a PostgreSQL writer connection ended");
             }
         });
-        client.batch_execute(setup).await?;
+        client.batch_execute(&setup).await?;
         Ok(Self {
             client,
             prepared: HashMap::new(),
@@ -113,6 +117,8 @@ const CONTENDED: u32 = 4;
 pub(crate) enum Refusal {
     LeaseLost,
     NotApplied,
+    /// An earlier unit of its run failed (see [`super::order`]).
+    Shared(DbError),
 }
 
 /// How a try ended.
@@ -225,12 +231,15 @@ fn nodes(jobs: &[Job]) -> (Vec<&str>, Vec<i64>) {
 
 /// One try at committing `jobs` in one transaction on `conn`; `on_head` is told once the
 /// chain head is locked and the batch goes on to commit, unless `pace` says the head is
-/// contended (it is then dropped by the caller once the batch is done). See the module docs.
+/// contended (it is then dropped by the caller once the batch is done). It commits only after
+/// the previous batch settled, and without the units that share an earlier failure of their
+/// run (`order`). See the module docs.
 pub(crate) async fn attempt(
     conn: &mut Conn,
     jobs: &mut [Job],
     on_head: &mut Option<tokio::sync::oneshot::Sender<()>>,
     pace: &Pace,
+    order: &mut Order,
 ) -> Outcome {
     // Every statement prepared (once per connection) before the flight, so that no request of
     // the flight waits for a prepare and the flight keeps its order.
@@ -348,8 +357,14 @@ pub(crate) async fn attempt(
             .collect(),
         _ => HashMap::new(),
     };
-    // Per job: lease current, precondition held.
+    // The previous batch's failures are known once it settled (it committed, or failed,
+    // before this one could lock the head).
+    if let Some(previous) = order.after.take() {
+        let _ = previous.await;
+    }
+    // Per job: lease current, precondition held, no earlier failure of its run to share.
     let mut verdicts = Vec::with_capacity(jobs.len());
+    let mut shared = Vec::new();
     for job in jobs.iter() {
         let lease_ok = job.lease.as_ref().is_none_or(|(run, token)| {
             current
@@ -371,7 +386,16 @@ pub(crate) async fn attempt(
                 }
             }
         }
-        verdicts.push((lease_ok, held));
+        let failed = job
+            .lease
+            .as_ref()
+            .and_then(|(run, _)| order.failures.of(run, job.order));
+        if let Some(e) = failed {
+            shared.push((verdicts.len(), Refusal::Shared(e)));
+            verdicts.push((lease_ok, false, true));
+        } else {
+            verdicts.push((lease_ok, held, false));
+        }
     }
     let head_row = if has_audit {
         match next() {
@@ -388,13 +412,15 @@ pub(crate) async fn attempt(
     let mut refused: Vec<(usize, Refusal)> = verdicts
         .iter()
         .enumerate()
-        .filter(|(_, (lease_ok, _))| !lease_ok)
+        .filter(|(_, (lease_ok, _, shares))| !lease_ok && !shares)
         .map(|(i, _)| (i, Refusal::LeaseLost))
         .collect();
+    refused.extend(shared);
     // A failed precondition is certain only when every unit before it passed (it may depend
     // on their writes); the others are retried.
-    if let Some(first) = verdicts.iter().position(|(l, h)| !(*l && *h))
+    if let Some(first) = verdicts.iter().position(|(l, h, _)| !(*l && *h))
         && verdicts[first].0
+        && !verdicts[first].2
     {
         refused.push((first, Refusal::NotApplied));
     }

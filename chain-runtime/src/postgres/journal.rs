@@ -192,7 +192,7 @@ impl PgJournal {
             ops.extend(super::ops::ops_of(run_id, write)?);
         }
         if release && let Some(lease) = lease {
-            ops.extend(super::runs::release_ops(lease));
+            ops.push(super::runs::release_op(lease));
         }
         let sync = unit.durability == Durability::Sync;
         self.inner.db.write(lease, ops, audit, sync).await
@@ -282,8 +282,12 @@ impl RunJournal for PgJournal {
 
     fn release_run<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            super::runs::release(&client, lease).await?;
+            // Through the writer, after the units queued before it (the op checks the token).
+            let release = super::runs::release_op(lease);
+            self.inner
+                .db
+                .write(None, vec![release], Vec::new(), false)
+                .await?;
             self.inner.wakeups.notify();
             Ok(())
         })
@@ -398,6 +402,13 @@ impl RunJournal for PgJournal {
             }
             Ok(committed)
         })
+    }
+
+    /// A commit encodes its unit and queues it to the database's writer at its first poll,
+    /// without awaiting anything before; the writer commits the queue in order (see
+    /// `super::writer`).
+    fn ordered_commits(&self) -> bool {
+        true
     }
 
     fn database(&self) -> Option<DatabaseId> {

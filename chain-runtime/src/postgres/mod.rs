@@ -10,9 +10,10 @@
 //!   and its audit records) is atomic: the lease check (the fencing token compared in the
 //!   transaction under the run's lease lock, a transaction-level advisory lock taken shared,
 //!   so a concurrent claim, which takes it exclusively, waits for the commit), the journal
-//!   writes, then the audit records sealed on the chain head. The units
-//!   a process has queued at a moment commit together (group commit, one transaction, one
-//!   head lock, two pipelined round trips; a unit whose lease is lost fails alone; see the
+//!   writes, then the audit records sealed on the chain head. The units a process has queued
+//!   at a moment commit together (group commit, one transaction, one head lock, two pipelined
+//!   round trips; a unit whose lease is lost fails alone), and units commit in queue order,
+//!   also across batches and failures, so the engine need not wait for deferred ones (see the
 //!   `writer` module). The batch commits with `synchronous_commit = off`, so the chain head's
 //!   row lock is released at commit, not after the fsync; a synchronous unit is answered only
 //!   after a WAL flush that follows the commit (flushes of many batches and workers share
@@ -33,6 +34,7 @@ mod journal;
 mod leases;
 mod migrate;
 mod ops;
+mod order;
 mod runs;
 mod vault;
 mod writer;

@@ -1,6 +1,7 @@
-//! A run's start and its lease's release, each one pipelined flight (see [`super::flight`]):
-//! creating a run is `BEGIN`, one statement that inserts the run row and its lease row, and
-//! `COMMIT`; releasing is `BEGIN`, the lease row, the notification, `COMMIT`.
+//! A run's start and its lease's release: creating a run is one pipelined flight (see
+//! [`super::flight`]), `BEGIN`, one statement that inserts the run row and its lease row, and
+//! `COMMIT` (or one statement of a writer's unit); a release is one statement of a writer's
+//! unit, so that it commits after every unit queued before it.
 
 use deadpool_postgres::Object;
 use futures::future::BoxFuture;
@@ -33,11 +34,12 @@ const CREATE: &str = "WITH r AS (INSERT INTO run_runs (run_id, chain, chain_vers
 const FIRST_LEASE: &str = "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
      VALUES ($1, $2, $3, 1, $4) ON CONFLICT (run_id) DO NOTHING";
 
-const RELEASE: &str = "UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1 AND token = $2";
-
-/// Tells the listening workers, at commit, when the released run is runnable (a run that
-/// ended, or waits for a person or a consent, is claimed by nobody: no worker need wake up).
-const NOTIFY: &str = "SELECT pg_notify($1, '') FROM run_runs WHERE run_id = $2 \
+/// A lease given back if it is still the current one ($1 run, $2 token), and the listening
+/// workers told ($3 channel), at commit, when the run is runnable (a run that ended, or waits
+/// for a person or a consent, is claimed by nobody: no worker need wake up).
+const RELEASE: &str = "WITH l AS (UPDATE run_leases SET expires_ms = 0 \
+     WHERE run_id = $1 AND token = $2 RETURNING 1) \
+     SELECT pg_notify($3, '') FROM run_runs WHERE run_id = $1 \
      AND state_kind IN ('running', 'compensating')";
 
 /// `BEGIN` without waiting for the WAL flush at commit.
@@ -256,57 +258,17 @@ pub(crate) fn create_op(
     })
 }
 
-/// The writes of [`release`], for a unit of the writer's (the run's end state and the release
-/// in one transaction).
-pub(crate) fn release_ops(lease: &Lease) -> [Op; 2] {
+/// The write that releases `lease` (see [`RELEASE`]), for a unit of the writer's: alone, or
+/// with the run's end state in one transaction.
+pub(crate) fn release_op(lease: &Lease) -> Op {
     let token = i64::try_from(lease.token).unwrap_or(-1);
-    let statement = |sql, params| Op::Statement {
-        sql,
-        params,
+    Op::Statement {
+        sql: RELEASE,
+        params: vec![
+            Box::new(lease.run_id.clone()),
+            Box::new(token),
+            Box::new(leases::CHANNEL),
+        ],
         must_change_one: false,
-    };
-    [
-        statement(
-            RELEASE,
-            vec![Box::new(lease.run_id.clone()), Box::new(token)],
-        ),
-        statement(
-            NOTIFY,
-            vec![Box::new(leases::CHANNEL), Box::new(lease.run_id.clone())],
-        ),
-    ]
-}
-
-/// Releases `lease` if it is still the current one and, when its run is runnable, tells the
-/// listening workers, in one flight.
-pub(crate) async fn release(client: &Object, lease: &Lease) -> Result<(), JournalError> {
-    let update = client.prepare_cached(RELEASE).await.map_err(db)?;
-    let notify = client.prepare_cached(NOTIFY).await.map_err(db)?;
-    let token = i64::try_from(lease.token).unwrap_or(-1);
-    let flight: Flight<'_> = vec![
-        begin_deferred(client),
-        Box::pin(async {
-            client
-                .execute(&update, &[&lease.run_id, &token])
-                .await
-                .map(Reply::Count)
-        }),
-        Box::pin(async {
-            client
-                .query(&notify, &[&leases::CHANNEL, &lease.run_id])
-                .await
-                .map(Reply::Rows)
-        }),
-        // Commits, or rolls back when a statement before it failed.
-        Box::pin(async {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map(|()| Reply::Nothing)
-        }),
-    ];
-    match fly(flight).await.into_iter().find_map(Result::err) {
-        Some(e) => Err(db(e)),
-        None => Ok(()),
     }
 }

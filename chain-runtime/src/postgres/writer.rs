@@ -19,6 +19,14 @@
 //! is retried one unit per transaction, so a failing unit fails alone. Nothing is retried once
 //! `COMMIT` was sent.
 //!
+//! Order: units commit in queue order, also across batches and failures (so the engine need
+//! not wait for a deferred unit before queueing the next one, see
+//! [`crate::journal::RunJournal::ordered_commits`]). A batch commits only once the batch before
+//! it is settled (every unit of it answered), and only its last try lets the next batch be
+//! formed, so a batch retried unit by unit commits wholly before the next one; a unit queued
+//! after a failed unit of the same run, before that failure was answered, fails with it (see
+//! [`super::order`]).
+//!
 //! Durability: the batch commits without waiting for the WAL flush (the head's lock is released
 //! at commit, not after the fsync); deferred units are answered then. Its synchronous units go
 //! to the writer's flushers, which wait for the WAL flush (a tiny synchronous transaction, see
@@ -36,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{self, Conn, Outcome, Pace, Refusal};
 use super::ops::Op;
+use super::order::Failures;
 use crate::audit::seal::Presealed;
 use crate::journal::{Committed, JournalError, Lease, WriterStats};
 use crate::sqlite::DbError;
@@ -53,6 +62,8 @@ pub(crate) struct Job {
     pub(crate) audit: Vec<Presealed>,
     /// Whether the unit must be on disk when it is answered.
     pub(crate) sync: bool,
+    /// Its place in the writer's queue (see [`Failures`]).
+    pub(crate) order: u64,
     reply: oneshot::Sender<Result<Committed, JournalError>>,
 }
 
@@ -71,6 +82,7 @@ impl Job {
             ops,
             audit,
             sync,
+            order: 0,
             reply,
         };
         (job, rx)
@@ -89,16 +101,19 @@ struct Stats {
 pub(crate) struct Writer {
     tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     stats: Arc<Stats>,
+    failures: Arc<Failures>,
 }
 
 impl Writer {
     /// Queues `job` for the writer of the database at `config`; the answer comes on the job's
     /// receiver (an error when the writer cannot run).
-    pub(crate) fn submit(&self, config: &tokio_postgres::Config, job: Job) {
+    pub(crate) fn submit(&self, config: &tokio_postgres::Config, mut job: Job) {
         let mut tx = self
             .tx
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Numbered under the lock: in queue order.
+        job.order = self.failures.next();
         let job = match tx.as_ref().filter(|s| !s.is_closed()) {
             Some(sender) => match sender.send(job) {
                 Ok(()) => return,
@@ -108,6 +123,7 @@ impl Writer {
         };
         let (sender, rx) = mpsc::unbounded_channel();
         let (config, stats) = (config.clone(), Arc::clone(&self.stats));
+        let failures = Arc::clone(&self.failures);
         let started = std::thread::Builder::new()
             .name("pg-writer".into())
             .spawn(move || {
@@ -115,7 +131,9 @@ impl Writer {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(writer_loop(config, stats, rx)),
+                    Ok(runtime) => {
+                        runtime.block_on(writer_loop(config, stats, failures, rx));
+                    }
                     Err(e) => tracing::error!(error = %e, "PostgreSQL writer: no runtime"),
                 }
             });
@@ -202,6 +220,7 @@ async fn flusher(
 async fn writer_loop(
     config: tokio_postgres::Config,
     stats: Arc<Stats>,
+    failures: Arc<Failures>,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     let idle: Idle = Arc::default();
@@ -217,6 +236,8 @@ async fn writer_loop(
     }
     let mut batches = tokio::task::JoinSet::new();
     let mut previous: Option<oneshot::Receiver<()>> = None;
+    // The previous batch's end: a batch commits only after it (see the module docs).
+    let mut previous_settled: Option<oneshot::Receiver<()>> = None;
     let pace = Arc::new(Pace::default());
     loop {
         // The next batch is formed once the previous one holds the chain head (or ended), so
@@ -232,12 +253,19 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
+        failures.prune(jobs[0].order);
         let (signal, head) = oneshot::channel();
         previous = Some(head);
+        let (settled, settled_rx) = oneshot::channel::<()>();
+        let order = Order {
+            after: previous_settled.replace(settled_rx),
+            failures: Arc::clone(&failures),
+        };
         let (config, idle, stats) = (config.clone(), Arc::clone(&idle), Arc::clone(&stats));
         let (to_flush, pace) = (to_flush.clone(), Arc::clone(&pace));
         batches.spawn(async move {
-            let waiting = commit_jobs(&config, &idle, &stats, &pace, jobs, signal).await;
+            let waiting = commit_jobs(&config, &idle, &stats, &pace, jobs, signal, order).await;
+            drop(settled);
             if !waiting.is_empty() {
                 // Answered with an error (the replies dropped) if the flusher is gone.
                 let _ = to_flush.send(waiting);
@@ -273,9 +301,29 @@ fn put_back(idle: &Idle, conn: Conn) {
     }
 }
 
+/// What a batch commits after: the previous batch's end (its sender dropped then), and the
+/// failures its units may share.
+pub(crate) struct Order {
+    /// Awaited (once) before the batch commits.
+    pub(crate) after: Option<oneshot::Receiver<()>>,
+    pub(crate) failures: Arc<Failures>,
+}
+
+/// Answers `jobs` with `error`, remembering the failure for the later units of their runs.
+fn fail_all(jobs: Vec<Job>, error: &DbError, failures: &Failures) {
+    for job in &jobs {
+        if let Some((run, _)) = &job.lease {
+            failures.record(run, job.order, error);
+        }
+    }
+    for job in jobs {
+        let _ = job.reply.send(Err(error.clone().into()));
+    }
+}
+
 /// Commits `jobs` (see the module docs); `on_head` is told when the committing transaction
-/// holds the chain head, or dropped when there is none or when the batch is done (the head
-/// contended, see [`Pace`]). Answers every unit but the committed
+/// of the batch's last try holds the chain head, or dropped when there is none or when the
+/// batch is done (the head contended, see [`Pace`]). Answers every unit but the committed
 /// synchronous ones, which it returns (they wait for the WAL flush).
 async fn commit_jobs(
     config: &tokio_postgres::Config,
@@ -284,6 +332,7 @@ async fn commit_jobs(
     pace: &Pace,
     jobs: Vec<Job>,
     on_head: oneshot::Sender<()>,
+    mut order: Order,
 ) -> Waiting {
     let mut on_head = Some(on_head);
     let mut queue = vec![(jobs, false)];
@@ -295,12 +344,20 @@ async fn commit_jobs(
             None => match connection(config, idle).await {
                 Ok(c) => c,
                 Err(e) => {
-                    fail_all(jobs, &e);
+                    fail_all(jobs, &e, &order.failures);
                     continue;
                 }
             },
         };
-        match batch::attempt(&mut c, &mut jobs, &mut on_head, pace).await {
+        // Only the last try lets the next batch form: a later try of this batch must not
+        // queue for the chain head behind the next batch.
+        let mut not_last = None;
+        let signal = if queue.is_empty() {
+            &mut on_head
+        } else {
+            &mut not_last
+        };
+        match batch::attempt(&mut c, &mut jobs, signal, pace, &mut order).await {
             Outcome::Done(sealed) => {
                 stats.units.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +386,9 @@ async fn commit_jobs(
                         Some(Refusal::NotApplied) => {
                             let _ = job.reply.send(Ok(Committed::default()));
                         }
+                        Some(Refusal::Shared(error)) => {
+                            let _ = job.reply.send(Err(error.into()));
+                        }
                         None => rest.push(job),
                     }
                 }
@@ -345,7 +405,7 @@ async fn commit_jobs(
                     // In reverse: the queue is a stack, and the units keep their order.
                     queue.extend(jobs.into_iter().rev().map(|job| (vec![job], true)));
                 } else {
-                    fail_all(jobs, &error);
+                    fail_all(jobs, &error, &order.failures);
                 }
             }
         }
@@ -354,10 +414,4 @@ async fn commit_jobs(
         put_back(idle, c);
     }
     waiting
-}
-
-fn fail_all(jobs: Vec<Job>, error: &DbError) {
-    for job in jobs {
-        let _ = job.reply.send(Err(error.clone().into()));
-    }
 }
