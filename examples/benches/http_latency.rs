@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench -p examples --bench http_latency            # 300 runs of each
 //! HTTP_LATENCY_RUNS=1000 cargo bench -p examples --bench http_latency
+//! HTTP_LATENCY_ONLY=engine cargo bench -p examples --bench http_latency   # one loop alone (to profile)
 //! ```
 //!
 //! Prints the median (p50) and p90 per run of each loop, and the time the engine adds per
@@ -55,6 +56,32 @@ async fn main() -> Result<(), BoxError> {
         run_chain(&demo).await?;
         raw.run().await?;
         commits.run(&raw).await?;
+    }
+    // `HTTP_LATENCY_ONLY=engine` (or `raw`): that loop alone, for a profiler (`perf record`).
+    if let Ok(only) = std::env::var("HTTP_LATENCY_ONLY") {
+        let mut cpu = Duration::ZERO;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(match only.as_str() {
+                "engine" => timed(run_chain(&demo), &mut cpu).await?,
+                "raw" => timed(raw.run(), &mut cpu).await?,
+                other => return Err(format!("HTTP_LATENCY_ONLY={other}: engine or raw").into()),
+            });
+        }
+        println!(
+            "{runs} runs of {only} alone: {}; CPU per run {:.3} ms",
+            Summary::of(times),
+            ms(cpu) / runs as f64
+        );
+        if let Ok(keep) = std::env::var("HTTP_LATENCY_KEEP") {
+            for ext in ["", "-wal"] {
+                std::fs::copy(
+                    format!("{}{ext}", db_path.display()),
+                    format!("{keep}{ext}"),
+                )?;
+            }
+        }
+        return Ok(());
     }
     let (mut chain, mut plain, mut committed) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu = [Duration::ZERO; 3];

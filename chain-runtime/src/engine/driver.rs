@@ -8,13 +8,13 @@ use serde_json::Value;
 
 pub(crate) use super::outcome::{alert, audit_failure, commit, conclude, create_run};
 use super::outcome::{is_invalid_client, suspends};
-use super::pending::Sent;
+use super::pending::{Held, Sent};
 use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
 use super::{Engine, EngineError, compensate, idempotency_key};
 use crate::audit::{AuditEvent, Effect as AuditEffect, NewRecord, Outcome};
 use crate::chain::{AuthFailurePolicy, ChainError, ChainMeta, HandoffRequest, RunDriver};
 use crate::future::BoxFuture;
-use crate::journal::{EntryKind, JournalEntry, JournalWrite, Lease, RunRecord, RunState, Unit};
+use crate::journal::{EntryKind, JournalEntry, Lease, RunRecord, RunState};
 use crate::step::{ErasedStepCall, RecordRef, StepEnv, StepError, StepMeta};
 
 /// Why the run cannot go on by itself.
@@ -42,17 +42,26 @@ pub(super) struct State {
     pub(super) awaiting: Option<crate::approval::PendingApproval>,
     /// Deferred units queued and not answered yet, in order (see `pending`).
     pub(super) sent: Vec<Sent>,
+    /// Deferred units not queued yet, merged into one (see `pending`).
+    pub(super) held: Option<Held>,
+}
+
+impl State {
+    /// Whether the run is halted for an operator.
+    pub(super) fn is_halted(&self) -> bool {
+        self.halt.is_some()
+    }
 }
 
 pub(crate) struct Driver {
     pub(super) engine: Engine,
     pub(super) meta: &'static ChainMeta,
     pub(super) run: Arc<RunRecord>,
-    lease: Lease,
+    pub(super) lease: Lease,
     state: Mutex<State>,
     /// The journal queues units in call order and carries the audit records: deferred units
     /// are not waited for (see `pending`).
-    pipelined: bool,
+    pub(super) pipelined: bool,
 }
 
 fn runtime(e: impl std::fmt::Display) -> StepError {
@@ -82,6 +91,7 @@ impl Driver {
                 failure: None,
                 awaiting: None,
                 sent: Vec::new(),
+                held: None,
             }),
             run: Arc::new(run),
             lease,
@@ -161,42 +171,6 @@ impl Driver {
         )
     }
 
-    /// Commits `entry` (moving the run to `node`) with `audit`, and tells the cursor. A
-    /// deferred unit is only queued when the journal allows it (see `pending`); any other
-    /// unit is waited for, and then the answers of the units queued before it.
-    pub(super) async fn journal(
-        &self,
-        entry: JournalEntry,
-        node: u32,
-        audit: Vec<NewRecord>,
-        durability: crate::journal::Durability,
-        what: &'static str,
-    ) -> Result<(), StepError> {
-        let unit = Unit {
-            writes: vec![JournalWrite::Entry {
-                entry: entry.clone(),
-                node,
-            }],
-            audit,
-            durability,
-        };
-        if self.pipelined && durability == crate::journal::Durability::Deferred {
-            let (engine, lease) = (self.engine.clone(), self.lease.clone());
-            let answer = Box::pin(async move { commit(&engine, Some(&lease), unit).await });
-            match Sent::send(answer, what) {
-                Ok(answered) => answered.map(drop).map_err(|e| self.store_failed(what, e))?,
-                Err(sent) => self.state().sent.push(sent),
-            }
-        } else {
-            let committed = commit(&self.engine, Some(&self.lease), unit).await;
-            let settled = self.settle().await;
-            committed.map_err(|e| self.store_failed(what, e))?;
-            settled?;
-        }
-        self.state().replay.journaled(entry);
-        Ok(())
-    }
-
     /// `record` with the run, connector, and the connected account in use right now (account,
     /// upstream subject, grant and scopes at call time).
     pub(super) async fn account_record(&self, record: NewRecord, connector: &str) -> NewRecord {
@@ -261,26 +235,26 @@ impl Driver {
         // attempt's count; whatever the run does with the answer outside the run goes through
         // a later synchronous intent, whose fsync covers it.
         let intent = replay::entry(&next, EntryKind::Step, meta.name.to_owned(), attempt, None);
-        // Asked for before the intent commits: the vault reads the account for the first
-        // request meanwhile.
-        let access = self
-            .engine
-            .inner
-            .credentials
-            .connector_access(&self.run.principal_id, meta.connector);
         let durability = if meta.effect.is_write() {
             Sync
         } else {
             Deferred
         };
-        self.journal(
+        let queued = self.queue(
             intent.clone(),
             node,
             vec![attempt_record],
             durability,
             "journaling an intent",
-        )
-        .await?;
+        );
+        // Asked for once the intent is queued, before it commits: the vault reads the account
+        // for the first request meanwhile, behind the intent.
+        let access = self
+            .engine
+            .inner
+            .credentials
+            .connector_access(&self.run.principal_id, meta.connector);
+        self.journaled(queued).await?;
         self.state().node = node;
 
         let mut env = StepEnv::new(
@@ -302,6 +276,8 @@ impl Driver {
             );
             env = env.with_access(access.observed(audit));
         }
+        // Nothing of the run waits in memory while its step calls out.
+        self.flush_held();
         let result = call(env.clone(), mode).await;
         if matches!(result, Err(StepError::OutcomeUnknown { .. })) {
             // The write got no answer and may have been committed: the intent stays without a
@@ -383,6 +359,7 @@ impl Driver {
             Decision::Halt(cause) => return Err(self.halted(&next, cause, "")),
             Decision::Execute { attempt, .. } => attempt,
         };
+        self.flush_held();
         let result = produce.await;
         let entry = replay::entry(
             &next,
@@ -452,6 +429,7 @@ impl Driver {
             "journaling a handoff",
         )
         .await?;
+        self.flush_held();
         let result = match self
             .engine
             .run_child(&request, child_run_id.clone(), &self.run.run_id)
@@ -493,8 +471,8 @@ impl Driver {
         &self,
         body: Result<Value, ChainError>,
     ) -> Result<RunState, EngineError> {
-        // A deferred unit that did not commit halts the run (the journal lacks it).
-        let _ = self.settle().await;
+        // The units held for the run ride with its end when it completes (see `pending`).
+        let held = self.held_for_the_end(body.is_ok()).await;
         let (halt, failure, awaiting) = {
             let mut s = self.state();
             (s.halt.take(), s.failure.take(), s.awaiting.take())
@@ -543,7 +521,7 @@ impl Driver {
                 }
             }
         };
-        conclude(&self.engine, &self.run, &self.lease, state).await
+        super::outcome::conclude_with(&self.engine, &self.run, &self.lease, state, held).await
     }
 
     /// An invalid client is never the user's to fix (no consent request): the operator is

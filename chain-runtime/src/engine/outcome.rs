@@ -194,10 +194,25 @@ pub(crate) async fn conclude(
     lease: &Lease,
     state: RunState,
 ) -> Result<RunState, EngineError> {
+    conclude_with(engine, run, lease, state, None).await
+}
+
+/// [`conclude`], with `before` (units the driver held, see `pending`) first in the same unit.
+pub(crate) async fn conclude_with(
+    engine: &Engine,
+    run: &RunRecord,
+    lease: &Lease,
+    state: RunState,
+    before: Option<Unit>,
+) -> Result<RunState, EngineError> {
     let mut unit = Unit::of([JournalWrite::State {
         expected: None,
         state: state.clone(),
     }]);
+    if let Some(before) = before {
+        unit.writes.splice(0..0, before.writes);
+        unit.audit = before.audit;
+    }
     if !matches!(
         state,
         RunState::Suspended { .. } | RunState::AwaitingApproval(_)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::attempts::flush_attempts;
 use super::driver::Driver;
+use super::pending::FlushWhenPending;
 use super::{Engine, EngineError};
 use crate::chain::ChainMeta;
 use crate::journal::{JournalEntry, JournalError, Lease, RunJournal, RunRecord, RunState};
@@ -105,7 +106,11 @@ async fn drive_leased(
     ));
     let body = (meta.run)(driver.clone(), &principal, &input)
         .map_err(|e| EngineError::Codec(format!("run `{run_id}`: {e}")))?;
-    let body = body.await;
+    let body = FlushWhenPending {
+        body,
+        driver: &driver,
+    }
+    .await;
     // The answers of the units the run did not wait for (a failure halts the run).
     let settled = driver.settle().await;
     if (body.is_err() || settled.is_err()) && lease_lost(store.as_ref(), lease).await {

@@ -95,11 +95,41 @@ impl Vault {
             .inner
             .store
             .get_account(principal_id, connector)
-            .await?
-            .ok_or_else(|| VaultError::NotConnected {
-                principal_id: principal_id.to_owned(),
-                connector: connector.to_owned(),
-            })?;
+            .await?;
+        self.loaded(stored, principal_id, connector).await
+    }
+
+    /// [`Vault::load_active`] for a step's call: read as the store reads a row right behind
+    /// the intent the engine just queued (see [`AccountStore::get_account_for_call`]).
+    ///
+    /// [`AccountStore::get_account_for_call`]: super::AccountStore::get_account_for_call
+    pub(super) async fn load_active_for_call(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<StoredAccount, VaultError> {
+        let stored = self
+            .inner
+            .store
+            .get_account_for_call(principal_id, connector)
+            .await?;
+        let account = self.loaded(stored, principal_id, connector).await?;
+        self.check_status(&account)?;
+        Ok(account)
+    }
+
+    /// The account just read from the store, with the tokens this vault retained for it
+    /// (see `pending`), noted as seen; `NotConnected` when there is none.
+    async fn loaded(
+        &self,
+        stored: Option<StoredAccount>,
+        principal_id: &str,
+        connector: &str,
+    ) -> Result<StoredAccount, VaultError> {
+        let stored = stored.ok_or_else(|| VaultError::NotConnected {
+            principal_id: principal_id.to_owned(),
+            connector: connector.to_owned(),
+        })?;
         let account = self.with_pending(stored).await;
         self.saw(&account);
         Ok(account)

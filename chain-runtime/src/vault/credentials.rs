@@ -182,31 +182,50 @@ struct VaultTokenSource {
 }
 
 /// How long an account read ahead of a step's first request may stand in for reading it when
-/// the request is sent. The engine asks for a step's access while the step's intent commits,
-/// so the read is a few fsyncs old at most; a step that waits longer before its first request
-/// reads the account again.
+/// the request is sent. The engine asks for a step's access right after it queues the step's
+/// intent, so the read is a few fsyncs old at most; a step that waits longer before its first
+/// request reads the account again.
 const PREFETCH_TTL: Duration = Duration::from_millis(500);
 
 /// The account of a step's first request, read while the engine commits the step's intent
 /// (off its critical path) instead of after it. The row is read from the store all the same,
-/// once per step, so a revocation or a refresh by another process is seen as before: what
-/// changes is only that the read can come a few hundred microseconds before the send.
-#[derive(Debug)]
+/// once per step, so a revocation or a refresh by another process is seen as before: on the
+/// SQLite store the read is queued to the writer right behind the intent, so it sees
+/// everything committed before the intent. No task is spawned for it: the read's future is
+/// polled once here (which queues it) and awaited by the first request.
 struct Prefetch {
     started: Instant,
-    read: tokio::task::JoinHandle<Option<StoredAccount>>,
+    /// The read, in flight (or answered at once, then a ready future).
+    read: BoxFuture<'static, Option<StoredAccount>>,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Prefetch {
-    /// Starts reading the account (`None` outside a Tokio runtime).
+    /// Queues the read of the account (`None` outside a Tokio runtime, which a store's
+    /// future may need).
     fn start(vault: &Vault, principal_id: &str, connector: &str) -> Option<Self> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        tokio::runtime::Handle::try_current().ok()?;
         let (vault, principal_id, connector) =
             (vault.clone(), principal_id.to_owned(), connector.to_owned());
-        let read = runtime.spawn(async move {
+        let mut read: BoxFuture<'static, Option<StoredAccount>> = Box::pin(async move {
             // A failure (not connected, revoked) is found again by the request's own read.
-            vault.load_active(&principal_id, &connector).await.ok()
+            vault
+                .load_active_for_call(&principal_id, &connector)
+                .await
+                .ok()
         });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(account) = read.as_mut().poll(&mut cx) {
+            // A finished `async` block must not be polled again.
+            read = Box::pin(std::future::ready(account));
+        }
         Some(Self {
             started: Instant::now(),
             read,
@@ -216,10 +235,9 @@ impl Prefetch {
     /// The account read, if it is recent enough to send with.
     async fn take(self) -> Option<StoredAccount> {
         if self.started.elapsed() > PREFETCH_TTL {
-            self.read.abort();
             return None;
         }
-        self.read.await.ok().flatten()
+        self.read.await
     }
 }
 

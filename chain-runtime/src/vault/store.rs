@@ -152,6 +152,19 @@ pub trait AccountStore: Send + Sync + 'static {
         connector: &str,
     ) -> StoreFuture<'_, Option<StoredAccount>>;
 
+    /// [`AccountStore::get_account`] for a step's call, which the engine asks for right after
+    /// it queues the step's intent: a store that applies its writes in queue order may read
+    /// the row there, behind the intent (in its transaction, or right after it), instead of
+    /// on a round trip of its own. The row is read from the store either way. The default is
+    /// `get_account`.
+    fn get_account_for_call(
+        &self,
+        principal_id: &str,
+        connector: &str,
+    ) -> StoreFuture<'_, Option<StoredAccount>> {
+        self.get_account(principal_id, connector)
+    }
+
     /// The accounts of `principal_id` (any status), at least those on `connectors`, read
     /// together: what a run's preflight needs, in one round trip where the store can. The
     /// default reads them one by one with [`AccountStore::get_account`].
