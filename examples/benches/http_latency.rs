@@ -19,7 +19,8 @@
 //! them: the CPU time per run of each loop (every thread of the process: the engine's writer
 //! thread and blocking pool, the emulators, the HTTP client; from
 //! `/proc/self/task/*/schedstat`, Linux only), and the engine's database writes per run (jobs
-//! of the writer thread, transactions, fsyncs).
+//! of the writer thread, transactions, fsyncs). The writer's jobs include the read of each
+//! step's account, which the SQLite vault queues behind the step's intent.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -121,7 +122,8 @@ async fn main() -> Result<(), BoxError> {
     }
     let count = |after: u64, before: u64| after.saturating_sub(before) as f64 / runs as f64;
     println!(
-        "  engine database writes per run: {:.1} writer jobs, {:.1} transactions, {:.1} fsyncs",
+        "  engine database writes per run: {:.1} writer jobs (the steps' account reads included), \
+         {:.1} transactions, {:.1} fsyncs",
         count(writes_after.writes, writes_before.writes),
         count(writes_after.commits, writes_before.commits),
         count(writes_after.syncs, writes_before.syncs)

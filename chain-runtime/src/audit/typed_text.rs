@@ -259,8 +259,17 @@ fn member(b: &[u8], pos: &mut usize, first: &mut bool, field: &Field) -> bool {
         (*pos, *first) = start;
         return field.may_be_absent;
     }
-    let begin = *pos;
-    value(b, pos, 1) && holds(field.ty, &b[begin..*pos])
+    // The commonest types read straight as what they must be; the others as a canonical value,
+    // then checked for their type.
+    match field.ty {
+        Str => string(b, pos, false),
+        OptStr => expect(b, pos, b"null") || string(b, pos, false),
+        Effect => expect(b, pos, br#""read""#) || expect(b, pos, br#""write""#),
+        ty => {
+            let begin = *pos;
+            value(b, pos, 1) && holds(ty, &b[begin..*pos])
+        }
+    }
 }
 
 /// Reads `,"name":` (or `"name":` when `first`, which it clears) at `pos`.
