@@ -47,6 +47,37 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
 }
 
 #[tokio::test]
+async fn a_database_at_an_older_version_is_migrated_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "older").await;
+    PgDatabase::connect(&db.location).await.unwrap();
+    let client = raw(&db.location).await;
+    // Back to version 1, as a database written by the first release: no index on the
+    // reference rows by record.
+    client
+        .batch_execute("DROP INDEX audit_record_refs_by_seq; UPDATE chain_schema SET version = 1;")
+        .await
+        .unwrap();
+    let other_url = format!("{}?application_name=upgrade", db.location);
+    PgDatabase::connect(&other_url).await.unwrap();
+    let version: i32 = client
+        .query_one("SELECT version FROM chain_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+    let indexed: bool = client
+        .query_one(
+            "SELECT to_regclass('audit_record_refs_by_seq') IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(indexed, "migration 2 did not run");
+}
+
+#[tokio::test]
 async fn an_empty_database_is_not_a_runtime_database_for_tools() {
     let dir = tempfile::tempdir().unwrap();
     let db = Backend::Postgres.database(dir.path(), "empty").await;

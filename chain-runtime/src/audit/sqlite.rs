@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS audit_record_refs (
 );
 CREATE INDEX IF NOT EXISTS audit_record_refs_lookup
     ON audit_record_refs (connector, record_id, seq);
+CREATE INDEX IF NOT EXISTS audit_record_refs_by_seq ON audit_record_refs (seq);
 ";
 
 /// An audit store in a SQLite file; see the module docs. Clones share the database.
