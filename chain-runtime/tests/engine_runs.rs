@@ -867,7 +867,16 @@ async fn a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_st
     assert_eq!(runs[0].state, RunState::Running);
     assert_eq!(runs[0].node, 4, "the run is at `look`");
     env.engine.register::<with_read>();
-    let recovered = env.engine.recover().await.unwrap();
+    // The abandoned run's lease is given back by a task of the old engine's (on PostgreSQL
+    // through its writer, after the units queued before), and its holder's session may take a
+    // moment to end: until one of them happened, the run is not yet recoverable.
+    let recovered = loop {
+        let recovered = env.engine.recover().await.unwrap();
+        if !recovered.is_empty() || std::time::Instant::now() > deadline {
+            break recovered;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(recovered.len(), 1);
     assert!(
         matches!(recovered[0].1, Ok(RunState::Completed { .. })),
