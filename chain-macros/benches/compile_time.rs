@@ -138,6 +138,9 @@ struct Bench {
     target: PathBuf,
     steps: usize,
     salt: u64,
+    /// `CT_MACRO_OPT`: the `opt-level` of the macros and their parser in the generated
+    /// workspace's dev profile (unset: the default, unoptimized, as a user gets it).
+    macro_opt: Option<String>,
 }
 
 impl Bench {
@@ -173,6 +176,16 @@ impl Bench {
                     ),
                 )?;
                 self.write_source(variant, incremental, self.salt)?;
+            }
+        }
+        if let Some(level) = &self.macro_opt {
+            // What a user can add to their own manifest: the macros (and the parser they run)
+            // compiled with optimizations in debug builds.
+            for name in ["chain-macros", "syn", "proc-macro2", "quote"] {
+                let _ = writeln!(
+                    overrides,
+                    "[profile.dev.package.{name}]\nopt-level = {level}\n"
+                );
             }
         }
         std::fs::write(
@@ -214,11 +227,27 @@ impl Bench {
     }
 
     /// Builds one package and returns the wall time and the CPU time of cargo and rustc.
-    fn build(&self, name: &str) -> Timing {
+    ///
+    /// Every build runs through the bench as rustc wrapper, which turns incremental
+    /// compilation on for the incremental packages itself: a `build.incremental = false` in the
+    /// cargo configuration (or `CARGO_INCREMENTAL`) would otherwise override the profile for
+    /// every package, and setting either for one build would change the fingerprints of the
+    /// dependencies and rebuild them.
+    fn build(&self, name: &str, incremental: bool) -> Timing {
+        let wrapper = std::env::current_exe()
+            .unwrap_or_else(|e| panic!("cannot find the bench executable: {e}"));
+        let mode = if incremental {
+            let dir = self.target.join("debug").join("incremental");
+            format!("{INCREMENTAL_PREFIX}{}", dir.display())
+        } else {
+            "build".to_owned()
+        };
         let cpu_before = children_cpu();
         let started = Instant::now();
         let status = self
             .cargo(&["build", "--quiet", "-p", name])
+            .env("RUSTC_WORKSPACE_WRAPPER", wrapper)
+            .env(AS_WRAPPER, mode)
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
         let wall = started.elapsed();
@@ -238,7 +267,7 @@ impl Bench {
         let output = self
             .cargo(&["rustc", "--quiet", "-p", &name, "--", "-Zunpretty=expanded"])
             .env("RUSTC_WORKSPACE_WRAPPER", wrapper)
-            .env(AS_WRAPPER, "1")
+            .env(AS_WRAPPER, "expand")
             .stderr(Stdio::inherit())
             .output()
             .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
@@ -254,7 +283,7 @@ impl Bench {
         if let Err(e) = self.write_source(variant, incremental, self.salt) {
             panic!("cannot write the source: {e}");
         }
-        self.build(&package(variant, incremental))
+        self.build(&package(variant, incremental), incremental)
     }
 }
 
@@ -302,26 +331,43 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-/// Set when the bench runs as cargo's rustc wrapper.
+/// Set when the bench runs as cargo's rustc wrapper: `expand` (allow unstable flags), `build`
+/// (run rustc as cargo asked) or `incremental:DIR` (compile incrementally into DIR).
 const AS_WRAPPER: &str = "CTBENCH_AS_RUSTC_WRAPPER";
 
-/// Runs `rustc ARGS...` (the wrapper's arguments) with unstable flags allowed.
-fn run_as_wrapper() -> ! {
+const INCREMENTAL_PREFIX: &str = "incremental:";
+
+/// Runs `rustc ARGS...` (the wrapper's arguments) as the mode in `AS_WRAPPER` says.
+fn run_as_wrapper(mode: &str) -> ! {
     let mut args = std::env::args_os().skip(1);
     let rustc = args
         .next()
         .unwrap_or_else(|| panic!("the rustc wrapper expects the rustc path"));
-    let status = Command::new(rustc)
-        .args(args)
-        .env("RUSTC_BOOTSTRAP", "1")
+    let args: Vec<std::ffi::OsString> = args.collect();
+    let mut cmd = Command::new(rustc);
+    cmd.args(&args);
+    if mode == "expand" {
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    } else if let Some(dir) = mode.strip_prefix(INCREMENTAL_PREFIX) {
+        // Cargo passes `-C incremental=...` itself when nothing disables it; and the
+        // `cargo -vV` probe (no input file) must not get the flag.
+        let has_flag = args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("incremental="));
+        let compiles = args.iter().any(|a| a.to_string_lossy().ends_with(".rs"));
+        if compiles && !has_flag {
+            cmd.arg("-C").arg(format!("incremental={dir}"));
+        }
+    }
+    let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run rustc: {e}"));
     std::process::exit(status.code().unwrap_or(1));
 }
 
 fn main() {
-    if std::env::var_os(AS_WRAPPER).is_some() {
-        run_as_wrapper();
+    if let Some(mode) = std::env::var_os(AS_WRAPPER) {
+        run_as_wrapper(&mode.to_string_lossy());
     }
     // `cargo bench` passes `--bench`; anything else (a filter) is ignored.
     let steps = env_number("CT_STEPS", 100);
@@ -344,6 +390,7 @@ fn main() {
         target,
         steps,
         salt: 1_000,
+        macro_opt: std::env::var("CT_MACRO_OPT").ok().filter(|v| !v.is_empty()),
     };
     if let Err(e) = bench.write() {
         panic!("cannot write {}: {e}", bench.dir.display());
@@ -353,10 +400,13 @@ fn main() {
         steps / 2,
         bench.dir.display()
     );
+    if let Some(level) = &bench.macro_opt {
+        println!("the macros and syn, proc-macro2 and quote built with opt-level = {level}");
+    }
     println!("warming up (the first build compiles the dependencies)...");
     for variant in BOTH {
         for incremental in [true, false] {
-            bench.build(&package(variant, incremental));
+            bench.build(&package(variant, incremental), incremental);
         }
     }
 

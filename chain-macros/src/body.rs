@@ -428,16 +428,17 @@ impl VisitMut for Walker<'_> {
     }
 }
 
-/// `quote_spanned!` helper for edge kinds, used by the chain expansion.
+/// `quote_spanned!` helper for edge kinds, used inside the chain expansion's `const` block
+/// (where `__cr` names `::chain_runtime::__private`).
 pub(crate) fn edge_kind_tokens(kind: &EdgeKind, span: Span) -> TokenStream {
     match kind {
-        EdgeKind::Next => quote_spanned!(span=> ::chain_runtime::__private::EdgeKind::Next),
+        EdgeKind::Next => quote_spanned!(span=> __cr::EdgeKind::Next),
         EdgeKind::Branch(label) => {
-            quote_spanned!(span=> ::chain_runtime::__private::EdgeKind::Branch(#label))
+            quote_spanned!(span=> __cr::EdgeKind::Branch(#label))
         }
-        EdgeKind::Loop => quote_spanned!(span=> ::chain_runtime::__private::EdgeKind::Loop),
-        EdgeKind::Return => quote_spanned!(span=> ::chain_runtime::__private::EdgeKind::Return),
-        EdgeKind::Error => quote_spanned!(span=> ::chain_runtime::__private::EdgeKind::Error),
+        EdgeKind::Loop => quote_spanned!(span=> __cr::EdgeKind::Loop),
+        EdgeKind::Return => quote_spanned!(span=> __cr::EdgeKind::Return),
+        EdgeKind::Error => quote_spanned!(span=> __cr::EdgeKind::Error),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Code generation. Everything here has been parsed and checked already; it only quotes.
 //!
 //! Generated items refer to the runtime by absolute paths under
-//! `::chain_runtime::__private`, never to the user's imports or prelude.
+//! `::chain_runtime::__private`, never to the user's imports or prelude. Inside the
+//! `const _: () = { ... };` block of an expansion that module is imported once as `__cr`
+//! (shorter paths: fewer tokens for the macro to build and the compiler to parse and resolve);
+//! items outside the block spell the paths out.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -49,7 +52,7 @@ fn principal_item(principal: &Type) -> TokenStream {
 
 fn ok_type(output: &Type, trait_name: &str) -> TokenStream {
     let trait_ident = Ident::new(trait_name, Span::call_site());
-    quote_spanned!(output.span()=> <#output as ::chain_runtime::__private::#trait_ident>::Ok)
+    quote_spanned!(output.span()=> <#output as __cr::#trait_ident>::Ok)
 }
 
 fn text(tokens: &impl quote::ToTokens) -> String {
@@ -63,8 +66,8 @@ fn text(tokens: &impl quote::ToTokens) -> String {
 /// `Some("doc")` or `None`, for metadata.
 fn description(item: &ItemFn) -> TokenStream {
     match ast::doc_text(&item.attrs) {
-        Some(text) => quote!(::core::option::Option::Some(#text)),
-        None => quote!(::core::option::Option::None),
+        Some(text) => quote!(__cr::Some(#text)),
+        None => quote!(__cr::None),
     }
 }
 
@@ -76,12 +79,12 @@ fn tool_schemas(name: &Ident, trait_name: &str, inputs: &[Input]) -> TokenStream
     let f = mixed("__tool_schemas");
     let tr = Ident::new(trait_name, Span::call_site());
     quote! {{
-        fn #f() -> ::core::option::Option<::chain_runtime::__private::ToolSchemas> {
+        fn #f() -> __cr::Option<__cr::ToolSchemas> {
             #[allow(unused_imports)]
-            use ::chain_runtime::__private::{ProbeNoSchemas as _, ProbeSchemas as _};
-            (&&::chain_runtime::__private::ToolProbe::<
-                <#name as ::chain_runtime::__private::#tr>::Input,
-                <#name as ::chain_runtime::__private::#tr>::Output,
+            use __cr::{ProbeNoSchemas as _, ProbeSchemas as _};
+            (&&__cr::ToolProbe::<
+                <#name as __cr::#tr>::Input,
+                <#name as __cr::#tr>::Output,
             >::NEW)
                 .schemas(&[#(#names),*])
         }
@@ -128,29 +131,29 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                 None => quote!(#output_ok),
             };
             (
-                quote_spanned!(path.span()=> ::chain_runtime::__private::Effect::Compensated {
-                    compensator: &<#path as ::chain_runtime::__private::Compensator>::META
+                quote_spanned!(path.span()=> __cr::Effect::Compensated {
+                    compensator: &<#path as __cr::Compensator>::META
                 }),
-                quote_spanned!(path.span()=> ::core::option::Option::Some(<#path as ::chain_runtime::__private::Compensator>::run_erased)),
+                quote_spanned!(path.span()=> __cr::Some(<#path as __cr::Compensator>::run_erased)),
                 quote_spanned! {path.span()=>
-                    const _: () = <#path as ::chain_runtime::__private::Undoes<#out_ty, #principal>>::CHECKED;
+                    const _: () = <#path as __cr::Undoes<#out_ty, #principal>>::CHECKED;
                 },
             )
         }
         Some(EffectArg::Irreversible(reason)) => (
-            quote!(::chain_runtime::__private::Effect::Irreversible { reason: #reason }),
-            quote!(::core::option::Option::None),
+            quote!(__cr::Effect::Irreversible { reason: #reason }),
+            quote!(__cr::None),
             TokenStream::new(),
         ),
         Some(EffectArg::Read) | None => (
-            quote!(::chain_runtime::__private::Effect::Read),
-            quote!(::core::option::Option::None),
+            quote!(__cr::Effect::Read),
+            quote!(__cr::None),
             TokenStream::new(),
         ),
     };
     // The step body, called with a context built from the environment and the inputs.
     let run_body = quote_spanned!(output.span()=>
-        ::chain_runtime::__private::run_step(env, input, #body_name)
+        __cr::run_step(env, input, #body_name)
     );
     let (reconcile_name, reconcile_fn, reconcile_const) = match reconcile {
         Some(path) => {
@@ -159,47 +162,43 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                 .replace(' ', "");
             let clones = args.iter().map(|a| quote!(::core::clone::Clone::clone(#a)));
             let found = quote_spanned! {path.span()=>
-                let found: ::core::option::Option<#output_ok> = {
+                let found: __cr::Option<#output_ok> = {
                     let (#(#args,)*) = &input;
                     #path(&ctx, #(#clones),*).await?
                 };
             };
             let call_body = quote_spanned!(output.span()=>
-                ::chain_runtime::__private::step_result(#body_name(ctx, input).await));
+                __cr::step_result(#body_name(&ctx, input).await));
             let f = mixed("__chain_reconcile");
             (
-                quote!(::core::option::Option::Some(#name)),
+                quote!(__cr::Some(#name)),
                 quote! {
                     fn #f(
-                        env: ::chain_runtime::__private::StepEnv,
+                        env: __cr::StepEnv,
                         input: (#(#tys,)*),
-                    ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<#output_ok, ::chain_runtime::__private::StepError>> {
-                        ::chain_runtime::__private::Box::pin(async move {
-                            let ctx = ::chain_runtime::__private::StepCtx::<#principal>::__from_env(env)?;
+                    ) -> __cr::BoxFuture<'static, __cr::Result<#output_ok, __cr::StepError>> {
+                        __cr::Box::pin(async move {
+                            let ctx = __cr::StepCtx::<#principal>::__from_env(env)?;
                             #found
                             match found {
-                                ::core::option::Option::Some(output) => ::core::result::Result::Ok(output),
-                                ::core::option::Option::None => #call_body,
+                                __cr::Some(output) => __cr::Ok(output),
+                                __cr::None => #call_body,
                             }
                         })
                     }
                 },
                 quote! {
-                    const RECONCILE: ::core::option::Option<::chain_runtime::__private::StepRun<Self::Input, Self::Output>> =
-                        ::core::option::Option::Some(#f);
+                    const RECONCILE: __cr::Option<__cr::StepRun<Self::Input, Self::Output>> =
+                        __cr::Some(#f);
                 },
             )
         }
-        None => (
-            quote!(::core::option::Option::None),
-            TokenStream::new(),
-            TokenStream::new(),
-        ),
+        None => (quote!(__cr::None), TokenStream::new(), TokenStream::new()),
     };
     let principal_item = principal_item(principal);
     let description = description(item);
     let documented = if ast::doc_text(&item.attrs).is_some() {
-        quote!(impl ::chain_runtime::__private::Documented for #name {})
+        quote!(impl __cr::Documented for #name {})
     } else {
         TokenStream::new()
     };
@@ -220,13 +219,14 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
         #vis struct #name {}
 
         const _: () = {
+            use ::chain_runtime::__private as __cr;
             #body
 
-            impl ::chain_runtime::__private::Step for #name {
+            impl __cr::Step for #name {
                 #principal_item
                 type Input = (#(#tys,)*);
                 type Output = #output_ok;
-                const META: ::chain_runtime::__private::StepMeta = ::chain_runtime::__private::StepMeta {
+                const META: __cr::StepMeta = __cr::StepMeta {
                     name: #name_str,
                     module: ::core::module_path!(),
                     connector: #connector,
@@ -245,9 +245,9 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
                 };
 
                 fn run(
-                    env: ::chain_runtime::__private::StepEnv,
+                    env: __cr::StepEnv,
                     input: Self::Input,
-                ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::StepError>> {
+                ) -> __cr::BoxFuture<'static, __cr::Result<Self::Output, __cr::StepError>> {
                     #run_body
                 }
 
@@ -258,10 +258,10 @@ pub(crate) fn step(plan: StepPlan<'_>) -> TokenStream {
             #reconcile_fn
             #approval_fn
 
-            impl ::chain_runtime::__private::StepFor<#principal> for #name {}
+            impl __cr::StepFor<#principal> for #name {}
 
-            ::chain_runtime::__private::inventory::submit! {
-                ::chain_runtime::__private::StepRegistration(&<#name as ::chain_runtime::__private::Step>::META)
+            __cr::inventory::submit! {
+                __cr::StepRegistration(&<#name as __cr::Step>::META)
             }
 
             #compensator_check
@@ -279,33 +279,29 @@ fn approval_items(
     inputs: &[Input],
 ) -> (TokenStream, TokenStream, TokenStream) {
     let Some(reason) = approval else {
-        return (
-            quote!(::core::option::Option::None),
-            TokenStream::new(),
-            TokenStream::new(),
-        );
+        return (quote!(__cr::None), TokenStream::new(), TokenStream::new());
     };
     let args = arg_idents(inputs);
     let tys = inputs.iter().map(|i| &i.ty);
     let encoded = inputs.iter().zip(&args).map(|(input, arg)| {
         let ty = &input.ty;
-        quote_spanned!(ty.span()=> ::chain_runtime::__private::approval_argument::<#ty>(#arg)?)
+        quote_spanned!(ty.span()=> __cr::approval_argument::<#ty>(#arg)?)
     });
     let input = mixed("__input");
     let f = mixed("__chain_approval_arguments");
     (
-        quote!(::core::option::Option::Some(#reason)),
+        quote!(__cr::Some(#reason)),
         quote! {
             fn #f(
                 #input: &(#(#tys,)*),
-            ) -> ::core::result::Result<::chain_runtime::__private::Vec<::chain_runtime::__private::serde_json::Value>, ::chain_runtime::__private::StepError> {
+            ) -> __cr::Result<__cr::Vec<__cr::serde_json::Value>, __cr::StepError> {
                 let (#(#args,)*) = #input;
-                ::core::result::Result::Ok(::chain_runtime::__private::vec![#(#encoded),*])
+                __cr::Ok(__cr::vec![#(#encoded),*])
             }
         },
         quote! {
-            const APPROVAL: ::core::option::Option<::chain_runtime::__private::ApprovalArguments<Self::Input>> =
-                ::core::option::Option::Some(#f);
+            const APPROVAL: __cr::Option<__cr::ApprovalArguments<Self::Input>> =
+                __cr::Some(#f);
         },
     )
 }
@@ -341,7 +337,7 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
     let body = owned_body(item, &body_name, output, BodyInputs::Single);
     let principal_item = principal_item(principal);
     let run_body = quote_spanned!(output.span()=>
-        ::chain_runtime::__private::run_compensator(env, input, #body_name)
+        __cr::run_compensator(env, input, #body_name)
     );
 
     quote! {
@@ -350,12 +346,13 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
         #vis struct #name {}
 
         const _: () = {
+            use ::chain_runtime::__private as __cr;
             #body
 
-            impl ::chain_runtime::__private::Compensator for #name {
+            impl __cr::Compensator for #name {
                 #principal_item
                 type Input = #input_ty;
-                const META: ::chain_runtime::__private::CompensatorMeta = ::chain_runtime::__private::CompensatorMeta {
+                const META: __cr::CompensatorMeta = __cr::CompensatorMeta {
                     name: #name_str,
                     module: ::core::module_path!(),
                     connector: #connector,
@@ -365,17 +362,17 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
                 };
 
                 fn run(
-                    env: ::chain_runtime::__private::StepEnv,
+                    env: __cr::StepEnv,
                     input: Self::Input,
-                ) -> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<(), ::chain_runtime::__private::StepError>> {
+                ) -> __cr::BoxFuture<'static, __cr::Result<(), __cr::StepError>> {
                     #run_body
                 }
             }
 
-            impl ::chain_runtime::__private::Undoes<#input_ty, #principal> for #name {}
+            impl __cr::Undoes<#input_ty, #principal> for #name {}
 
-            ::chain_runtime::__private::inventory::submit! {
-                ::chain_runtime::__private::CompensatorRegistration(&<#name as ::chain_runtime::__private::Compensator>::META)
+            __cr::inventory::submit! {
+                __cr::CompensatorRegistration(&<#name as __cr::Compensator>::META)
             }
 
         };
@@ -413,9 +410,9 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
     let tys: Vec<&Type> = shape.inputs.iter().map(|i| &i.ty).collect();
     let output_ok = ok_type(output, "ChainReturn");
     let policy = if compensate_on_auth_failure {
-        quote!(::chain_runtime::__private::AuthFailurePolicy::Compensate)
+        quote!(__cr::AuthFailurePolicy::Compensate)
     } else {
-        quote!(::chain_runtime::__private::AuthFailurePolicy::Suspend)
+        quote!(__cr::AuthFailurePolicy::Suspend)
     };
 
     // The static step list: each distinct callee once, in order of first call.
@@ -426,25 +423,25 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
             distinct.push((key, callee));
         }
     }
-    let steps = distinct.iter().map(|(_, path)| {
-        quote_spanned!(path.span()=> &<#path as ::chain_runtime::__private::Step>::META)
-    });
+    let steps = distinct
+        .iter()
+        .map(|(_, path)| quote_spanned!(path.span()=> &<#path as __cr::Step>::META));
     let nodes = analysis.sites.iter().enumerate().map(|(i, site)| {
         let id = 3 + i as u32;
         let line = site.line;
         let Some(path) = &site.callee else {
             return quote! {
-                ::chain_runtime::__private::Node {
+                __cr::Node {
                     id: #id,
-                    kind: ::chain_runtime::__private::NodeKind::ModelChoice { line: #line },
+                    kind: __cr::NodeKind::ModelChoice { line: #line },
                 }
             };
         };
         quote_spanned! {path.span()=>
-            ::chain_runtime::__private::Node {
+            __cr::Node {
                 id: #id,
-                kind: ::chain_runtime::__private::NodeKind::Step {
-                    step: &<#path as ::chain_runtime::__private::Step>::META,
+                kind: __cr::NodeKind::Step {
+                    step: &<#path as __cr::Step>::META,
                     line: #line,
                 },
             }
@@ -452,17 +449,16 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
     });
     let edges = analysis.edges.iter().map(|(from, to, kind)| {
         let kind = body::edge_kind_tokens(kind, Span::call_site());
-        quote!(::chain_runtime::__private::Edge { from: #from, to: #to, kind: #kind })
+        quote!(__cr::Edge { from: #from, to: #to, kind: #kind })
     });
     let (start, end, fail) = (body::START, body::END, body::FAIL);
-    let run_output = quote_spanned!(output.span()=> ::chain_runtime::__private::BoxFuture<'static, ::core::result::Result<Self::Output, ::chain_runtime::__private::ChainError>>);
+    let run_output = quote_spanned!(output.span()=> __cr::BoxFuture<'static, __cr::Result<Self::Output, __cr::ChainError>>);
     let principal_item = principal_item(principal);
     // Spanned at the context's principal type: a chain whose context names another principal
     // than `principal = ...` fails here, naming both types.
     let ctx_arg = quote_spanned!(ctx_principal.span()=> &*ctx);
     let returned = mixed("__returned");
-    let returned_check =
-        quote_spanned!(output.span()=> ::chain_runtime::__private::chain_result(#returned));
+    let returned_check = quote_spanned!(output.span()=> __cr::chain_result(#returned));
     let call_body = quote! {
         let #returned = #name(#ctx_arg, #(#args),*).await;
         #returned_check
@@ -484,50 +480,51 @@ pub(crate) fn chain(plan: ChainPlan<'_>) -> TokenStream {
         #vis struct #name {}
 
         const _: () = {
-            impl ::chain_runtime::__private::Chain for #name {
+            use ::chain_runtime::__private as __cr;
+            impl __cr::Chain for #name {
                 #principal_item
                 type Input = (#(#tys,)*);
                 type Output = #output_ok;
-                const META: ::chain_runtime::__private::ChainMeta = ::chain_runtime::__private::ChainMeta {
+                const META: __cr::ChainMeta = __cr::ChainMeta {
                     name: #name_str,
                     module: ::core::module_path!(),
                     principal: #principal_text,
                     on_auth_failure: #policy,
                     steps: &[#(#steps),*],
-                    graph: ::chain_runtime::__private::DecisionGraph {
+                    graph: __cr::DecisionGraph {
                         nodes: &[
-                            ::chain_runtime::__private::Node { id: #start, kind: ::chain_runtime::__private::NodeKind::Start },
-                            ::chain_runtime::__private::Node { id: #end, kind: ::chain_runtime::__private::NodeKind::End },
-                            ::chain_runtime::__private::Node { id: #fail, kind: ::chain_runtime::__private::NodeKind::Fail },
+                            __cr::Node { id: #start, kind: __cr::NodeKind::Start },
+                            __cr::Node { id: #end, kind: __cr::NodeKind::End },
+                            __cr::Node { id: #fail, kind: __cr::NodeKind::Fail },
                             #(#nodes,)*
                         ],
                         edges: &[#(#edges),*],
                     },
-                    run: ::chain_runtime::__private::run_erased::<Self>,
+                    run: __cr::run_erased::<Self>,
                     description: #description,
                     params: &[#(#params),*],
                     tool: #tool,
                     tool_limits: {
                         #[allow(unused_mut)]
-                        let mut limits = ::chain_runtime::__private::ToolLimits::DEFAULT;
+                        let mut limits = __cr::ToolLimits::DEFAULT;
                         #(#limits)*
                         limits
                     },
                 };
 
                 fn run(
-                    ctx: ::chain_runtime::__private::Arc<::chain_runtime::ChainCtx<#principal>>,
+                    ctx: __cr::Arc<::chain_runtime::ChainCtx<#principal>>,
                     input: Self::Input,
                 ) -> #run_output {
-                    ::chain_runtime::__private::Box::pin(async move {
+                    __cr::Box::pin(async move {
                         let (#(#args,)*) = input;
                         #call_body
                     })
                 }
             }
 
-            ::chain_runtime::__private::inventory::submit! {
-                ::chain_runtime::__private::ChainRegistration(&<#name as ::chain_runtime::__private::Chain>::META)
+            __cr::inventory::submit! {
+                __cr::ChainRegistration(&<#name as __cr::Chain>::META)
             }
 
         };

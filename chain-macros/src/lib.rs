@@ -12,6 +12,7 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
 use syn::ItemFn;
+use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 
 mod ast;
@@ -41,7 +42,7 @@ use ctxt::Ctxt;
 #[proc_macro_attribute]
 pub fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let item: TokenStream2 = item.into();
-    expand_with(item.clone(), |fun| step_impl(args.into(), fun)).into()
+    expand_lazy(item, |fun| step_impl(args.into(), fun)).into()
 }
 
 /// Declares the undo of a compensated step: `#[compensator(connector = "name", scopes = [...])]`
@@ -49,7 +50,7 @@ pub fn step(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn compensator(args: TokenStream, item: TokenStream) -> TokenStream {
     let item: TokenStream2 = item.into();
-    expand_with(item.clone(), |fun| compensator_impl(args.into(), fun)).into()
+    expand_lazy(item, |fun| compensator_impl(args.into(), fun)).into()
 }
 
 /// Declares a chain: `#[chain(principal = Type)]` on
@@ -70,6 +71,45 @@ fn expand_with(item: TokenStream2, expand: impl FnOnce(ItemFn) -> TokenStream2) 
                 .into_compile_error();
             quote!(#item #error)
         }
+    }
+}
+
+/// Like [`expand_with`] for a step or compensator, whose body the macro only copies: the
+/// signature is parsed, the body is kept as the tokens it is (one verbatim statement inside
+/// its braces) instead of being parsed with the full expression grammar and printed again.
+/// That is most of a step's expansion time in a debug build of the macro; a syntax error in
+/// the body is then reported by the compiler, at the same tokens.
+fn expand_lazy(item: TokenStream2, expand: impl FnOnce(ItemFn) -> TokenStream2) -> TokenStream2 {
+    match syn::parse2::<LazyFn>(item.clone()) {
+        Ok(LazyFn(fun)) => expand(fun),
+        Err(_) => expand_with(item, expand),
+    }
+}
+
+/// An `ItemFn` whose block holds its statements unparsed (see [`expand_lazy`]).
+struct LazyFn(ItemFn);
+
+impl Parse for LazyFn {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut attrs = input.call(syn::Attribute::parse_outer)?;
+        let vis: syn::Visibility = input.parse()?;
+        let sig: syn::Signature = input.parse()?;
+        let content;
+        let brace_token = syn::braced!(content in input);
+        attrs.extend(content.call(syn::Attribute::parse_inner)?);
+        let body: TokenStream2 = content.parse()?;
+        let stmts = if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![syn::Stmt::Item(syn::Item::Verbatim(body))]
+        };
+        Ok(LazyFn(ItemFn {
+            attrs,
+            vis,
+            modifiers: syn::FnModifiers::default(),
+            sig,
+            block: Box::new(syn::Block { brace_token, stmts }),
+        }))
     }
 }
 

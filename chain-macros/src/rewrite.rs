@@ -20,12 +20,14 @@ pub(crate) enum BodyInputs {
     Single,
 }
 
-/// The user's function, renamed and rewritten to take its context and its inputs by value
-/// and to return its future boxed: `fn body(ctx: StepCtx<P>, input: I) -> BoxFuture<R>`, a
-/// plain function pointer for the runtime's generic `run_step` / `run_compensator`, so no
-/// glue is compiled per step. The user's parameter patterns are bound at the top of the
-/// `async` block and the user's block is kept verbatim inside it, so errors in it point at
-/// the user's code as usual.
+/// The user's function, renamed and rewritten to borrow its context, take its inputs by
+/// value and return its future boxed: `fn body<'a>(ctx: &'a StepCtx<P>, input: I) ->
+/// BoxFuture<'a, R>`, a plain function pointer for the runtime's generic `run_step` /
+/// `run_compensator`, which own the context, so no glue is compiled per step and the body's
+/// future does not own (or drop) the context. The user's parameter patterns are bound at the
+/// top of the `async` block and the user's block is kept verbatim inside it, so errors in it
+/// point at the user's code as usual. It goes inside an expansion's `const` block, where
+/// `__cr` names `::chain_runtime::__private`.
 pub(crate) fn owned_body(
     item: &ItemFn,
     name: &Ident,
@@ -69,19 +71,20 @@ pub(crate) fn owned_body(
         }
     };
     let attrs = &item.attrs;
-    let (generics, where_clause) = (&item.sig.generics, &item.sig.generics.where_clause);
+    let (params, where_clause) = (&item.sig.generics.params, &item.sig.generics.where_clause);
     let block = &item.block;
     // Spanned at the function's name: a body whose future is not `Send` is reported there.
     let boxed = quote_spanned!(item.sig.ident.span()=>
-        ::chain_runtime::__private::boxed::<#output, _>);
+        __cr::boxed::<#output, _>);
+    let lt = syn::Lifetime::new("'__chain", Span::mixed_site());
     quote! {
         #[allow(clippy::all, clippy::pedantic, dead_code)]
         #(#attrs)*
-        fn #name #generics(#owned_ctx: #ctx_ty, #owned_input: #input_ty)
-            -> ::chain_runtime::__private::BoxFuture<'static, #output> #where_clause
+        fn #name<#lt, #params>(#owned_ctx: &#lt #ctx_ty, #owned_input: #input_ty)
+            -> __cr::BoxFuture<#lt, #output> #where_clause
         {
             #boxed(async move {
-                let #ctx_pat: #ctx_ref = &#owned_ctx;
+                let #ctx_pat: #ctx_ref = #owned_ctx;
                 #bind_inputs
                 #block
             })

@@ -92,7 +92,8 @@ pub mod __private {
     pub use crate::tool::{
         ProbeNoSchemas, ProbeSchemas, ToolLimits, ToolProbe, ToolSchemas, no_schemas,
     };
-    pub use ::core::result::Result;
+    pub use ::core::option::Option::{self, None, Some};
+    pub use ::core::result::Result::{self, Ok};
     pub use ::std::boxed::Box;
     pub use ::std::sync::Arc;
     pub use ::std::vec;
@@ -110,18 +111,11 @@ pub mod __private {
         type Ok;
         /// The value as a `Result`.
         fn into_result(self) -> ::core::result::Result<Self::Ok, StepError>;
-        /// A body's future of the value, as a future of the `Result` (the same future).
-        fn into_result_future(
-            future: BoxFuture<'static, Self>,
-        ) -> BoxFuture<'static, ::core::result::Result<Self::Ok, StepError>>;
     }
     impl<T> StepReturn for ::core::result::Result<T, StepError> {
         type Ok = T;
         fn into_result(self) -> Self {
             self
-        }
-        fn into_result_future(future: BoxFuture<'static, Self>) -> BoxFuture<'static, Self> {
-            future
         }
     }
 

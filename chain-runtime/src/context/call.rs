@@ -211,29 +211,32 @@ impl<O: DeserializeOwned> Future for StepFuture<'_, O> {
     }
 }
 
-/// A step or compensator body as `#[step]` and `#[compensator]` rewrite it: it takes its
-/// context and its inputs by value and returns its future boxed.
-pub type Body<P, I, R> = fn(StepCtx<P>, I) -> BoxFuture<'static, R>;
+/// A step or compensator body as `#[step]` and `#[compensator]` rewrite it: it borrows its
+/// context, takes its inputs by value and returns its future boxed. The context is owned by
+/// the runtime's future around it ([`run_step`], [`run_compensator`]), one generic future per
+/// principal, input and output types, so the body's own future (compiled per step) neither
+/// owns nor drops it.
+pub type Body<P, I, R> = for<'a> fn(&'a StepCtx<P>, I) -> BoxFuture<'a, R>;
 
 /// Boxes the future of a rewritten body. The bound gives the body's `async` block its output
 /// type (so `?` and `return` in it work as in the `async fn` the user wrote).
 #[doc(hidden)]
-pub fn boxed<R, F>(future: F) -> BoxFuture<'static, R>
+pub fn boxed<'a, R, F>(future: F) -> BoxFuture<'a, R>
 where
-    F: Future<Output = R> + Send + 'static,
+    F: Future<Output = R> + Send + 'a,
 {
     Box::pin(future)
 }
 
 /// Runs a step body with a context built from `env`.
 #[doc(hidden)]
-pub fn run_step<P: Principal, I, R: StepReturn<Ok: Send + 'static>>(
+pub fn run_step<P: Principal, I: Send + 'static, R: StepReturn<Ok: Send + 'static> + 'static>(
     env: StepEnv,
     input: I,
     body: Body<P, I, R>,
 ) -> BoxFuture<'static, Result<R::Ok, StepError>> {
     match StepCtx::<P>::__from_env(env) {
-        Ok(ctx) => R::into_result_future(body(ctx, input)),
+        Ok(ctx) => Box::pin(async move { body(&ctx, input).await.into_result() }),
         Err(e) => failed(e),
     }
 }
@@ -241,30 +244,14 @@ pub fn run_step<P: Principal, I, R: StepReturn<Ok: Send + 'static>>(
 /// Runs a compensator body with a context built from `env`, discarding the value it returns
 /// on success.
 #[doc(hidden)]
-pub fn run_compensator<P: Principal, I, R: StepReturn<Ok: 'static>>(
+pub fn run_compensator<P: Principal, I: Send + 'static, R: StepReturn<Ok: 'static> + 'static>(
     env: StepEnv,
     input: I,
     body: Body<P, I, R>,
 ) -> BoxFuture<'static, Result<(), StepError>> {
     match StepCtx::<P>::__from_env(env) {
-        Ok(ctx) => Box::pin(Discard {
-            inner: R::into_result_future(body(ctx, input)),
-        }),
+        Ok(ctx) => Box::pin(async move { body(&ctx, input).await.into_result().map(drop) }),
         Err(e) => failed(e),
-    }
-}
-
-/// A compensator's result without its value.
-struct Discard<T> {
-    inner: BoxFuture<'static, Result<T, StepError>>,
-}
-
-impl<T> Future for Discard<T> {
-    type Output = Result<(), StepError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = ready!(self.inner.as_mut().poll(cx));
-        Poll::Ready(result.map(drop))
     }
 }
 
