@@ -13,7 +13,8 @@
 //!   (`raw_batched_insert`, measured before and after the engine cases: fsync latency on a
 //!   shared disk drifts).
 //! - `audit`: sealing one record (canonical JSON + BLAKE3), and verifying a stored chain of
-//!   `CHAIN` records. Baselines: BLAKE3 alone over the same bytes (`blake3_same_bytes` per
+//!   `CHAIN` records (`verify`: most of them still in the `-wal` file; `verify_checkpointed`:
+//!   the same chain after a checkpoint, in the database file). Baselines: BLAKE3 alone over the same bytes (`blake3_same_bytes` per
 //!   record, `blake3_chain_bytes` per chain) and reading every column of the chain's rows
 //!   (`scan_columns`); references: sealing and verifying through one `serde_json::Value` per
 //!   record (`seal_via_value`, `verify_via_values`: how it was done before).
@@ -742,6 +743,26 @@ fn audit(c: &mut Criterion) {
         for _ in 0..CHAIN {
             black_box(blake3::hash(black_box(canonical.as_bytes())));
         }
+    });
+    // The same chain once checkpointed into the database file (a trail's records mostly are:
+    // `verify/20000` above reads most of them from the `-wal` file).
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(busy, 0, "the checkpoint could not complete");
+    group.bench_function(BenchmarkId::new("verify_checkpointed", CHAIN), |b| {
+        b.to_async(&rt).iter(|| async {
+            let verified = store.verify(None).await.unwrap();
+            assert_eq!(verified.records, CHAIN);
+        });
+    });
+    cpu_per_record(&format!("verify_checkpointed/{CHAIN}"), CHAIN, 20, || {
+        rt.block_on(async {
+            let verified = store.verify(None).await.unwrap();
+            assert_eq!(verified.records, CHAIN);
+        });
     });
     group.finish();
 }

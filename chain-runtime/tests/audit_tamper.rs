@@ -6,8 +6,8 @@ mod audit_support;
 
 use audit_support::simulate_run;
 use chain_runtime::audit::{
-    AuditError, AuditStore, BreakProblem, ChainBreak, Checkpoint, SqliteAuditStore, record_hash,
-    verify_jsonl,
+    AuditError, AuditStore, BreakProblem, ChainBreak, Checkpoint, SqliteAuditStore, canonical_json,
+    record_hash, verify_jsonl,
 };
 use std::sync::Arc;
 
@@ -444,6 +444,44 @@ async fn editing_the_lookup_index_is_caught(backend: Backend) {
 }
 
 // ---- JSON Lines exports tampered directly ----
+
+/// A text column holding a byte that is not UTF-8, with the record's hash forged over the
+/// column's bytes as they are: verification reads the text as the record object does (the byte
+/// becomes U+FFFD), so the record does not hash to its stored hash. Were the bytes hashed as
+/// stored, the record would pass and the chain would only break at its successor.
+#[tokio::test]
+async fn a_column_that_is_not_utf8_is_caught_even_when_hashed_as_stored() {
+    let f = fixture().await;
+    let value = f.store.scan_raw(Some(3), 1).await.unwrap().remove(0);
+    assert_eq!(value["seq"], 4);
+    let principal = value["principal"].as_str().unwrap().to_owned();
+    let mut object = value.clone();
+    object.as_object_mut().unwrap().remove("hash");
+    let canonical = canonical_json(&object);
+    let member = format!("\"principal\":\"{principal}\"");
+    assert_eq!(canonical.matches(&member).count(), 1);
+    let mut edited = principal.into_bytes();
+    edited[1] = 0xff;
+    let at = canonical.find(&member).unwrap() + "\"principal\":\"".len();
+    let mut forged = canonical.as_bytes().to_vec();
+    forged.splice(at..at + edited.len(), edited.iter().copied());
+    let hash = blake3::hash(&forged).to_hex().to_string();
+    let hex: String = edited.iter().map(|b| format!("{b:02x}")).collect();
+    tamper(
+        &f.db,
+        &format!(
+            "UPDATE audit_records SET principal = CAST(x'{hex}' AS TEXT), hash = '{hash}' \
+             WHERE seq = 4"
+        ),
+    )
+    .await;
+    let b = broken(&f.db, None).await;
+    assert_eq!((b.position, b.seq), (4, Some(4)));
+    match b.problem {
+        BreakProblem::HashMismatch { stored, .. } => assert_eq!(stored, hash),
+        other => panic!("{other:?}"),
+    }
+}
 
 async fn exported_lines() -> (Vec<String>, Checkpoint) {
     let f = fixture().await;

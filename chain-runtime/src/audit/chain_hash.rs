@@ -91,29 +91,60 @@ pub(crate) const ESCAPED: [bool; 256] = {
 
 /// The index of the first byte of `s` that a canonical JSON string escapes ([`ESCAPED`]), if
 /// any. Eight bytes at a time: a word is looked into only when it holds such a byte.
+#[inline]
 pub(crate) fn first_escaped(s: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether some byte of `w` is zero (exact for the word as a whole).
-    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
-    let (words, _) = s.as_chunks::<8>();
-    let mut start = 0;
-    for word in words {
-        let w = u64::from_ne_bytes(*word);
-        // A control (a byte below 0x20: the test is exact for the word as a whole), `"` or `\`.
-        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-        if control
-            || has_zero(w ^ (ONES * u64::from(b'"')))
-            || has_zero(w ^ (ONES * u64::from(b'\\')))
-        {
-            break;
+    // Whether `w` holds a control (a byte below 0x20), `"` or `\\`: a byte below 0x20, or zero
+    // once xor'ed with `"` or `\\`, borrows into its top bit. One test for the three (their
+    // top bits are those of `w`, as `"` and `\\` are ASCII), exact for the word as a whole: a
+    // borrow only ever comes from a byte that holds one of them.
+    let escapes = |w: u64| {
+        let below = w.wrapping_sub(ONES * 0x20);
+        let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+        let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+        (below | quote | backslash) & !w & HIGH != 0
+    };
+    let found_from = |start: usize| {
+        s[start..]
+            .iter()
+            .position(|&b| ESCAPED[usize::from(b)])
+            .map(|i| start + i)
+    };
+    let (words, tail) = s.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        if escapes(u64::from_ne_bytes(*word)) {
+            return found_from(i * 8);
         }
-        start += 8;
     }
-    s[start..]
-        .iter()
-        .position(|&b| ESCAPED[usize::from(b)])
-        .map(|i| start + i)
+    // The last bytes as one word too, instead of one by one (without a loop whose end depends
+    // on the length): the last eight bytes (those before the tail were found plain already);
+    // in a shorter string, its first and last four bytes, or its first, middle and last byte
+    // padded with spaces (never escaped).
+    let last = if let Some(last) = s.last_chunk::<8>() {
+        u64::from_ne_bytes(*last)
+    } else if let (Some(first), Some(last)) = (s.first_chunk::<4>(), s.last_chunk::<4>()) {
+        u64::from(u32::from_ne_bytes(*first)) | u64::from(u32::from_ne_bytes(*last)) << 32
+    } else {
+        match tail {
+            [] => return None,
+            [a, ..] => u64::from_ne_bytes([
+                *a,
+                tail[tail.len() / 2],
+                tail[tail.len() - 1],
+                b' ',
+                b' ',
+                b' ',
+                b' ',
+                b' ',
+            ]),
+        }
+    };
+    if escapes(last) {
+        found_from(words.len() * 8)
+    } else {
+        None
+    }
 }
 
 /// Appends `s` as a canonical JSON string.

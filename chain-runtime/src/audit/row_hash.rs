@@ -165,7 +165,17 @@ pub(crate) fn write_row(cells: &Cells<'_>, out: &mut Vec<u8>, refs: &mut Vec<Ref
     // reads invalid bytes as U+FFFD). Every column's bytes sit between ASCII bytes here, so the
     // whole is UTF-8 exactly when each column is: one check for the row (all ASCII, the usual
     // case, is the quicker test).
-    out.is_ascii() || std::str::from_utf8(out).is_ok()
+    is_ascii(out) || std::str::from_utf8(out).is_ok()
+}
+
+/// Whether every byte of `b` is ASCII: all bytes or'ed together eight at a time, without a
+/// branch per byte or per word (rows are nearly always ASCII).
+fn is_ascii(b: &[u8]) -> bool {
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let (words, tail) = b.as_chunks::<8>();
+    let words = words.iter().fold(0, |acc, w| acc | u64::from_ne_bytes(*w));
+    let tail = tail.iter().fold(0, |acc, &c| acc | c);
+    words & HIGH == 0 && tail.is_ascii()
 }
 
 /// Writes one member's value (see [`write_row`]); `false` when not sure.
@@ -177,11 +187,11 @@ fn write_member(cell: Cell<'_>, kind: Kind, out: &mut Vec<u8>, refs: &mut Vec<Re
             true
         }
         (Cell::Int(v), Kind::Int) => {
-            out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
+            write_int(v, out);
             true
         }
         (Cell::Int(v), Kind::Format) if v == i64::from(FORMAT_VERSION) => {
-            out.extend_from_slice(itoa(v, &mut [0; 20]).as_bytes());
+            write_int(v, out);
             true
         }
         (Cell::Text(bytes), Kind::Text | Kind::OptText) => {
@@ -213,6 +223,7 @@ fn write_member(cell: Cell<'_>, kind: Kind, out: &mut Vec<u8>, refs: &mut Vec<Re
 /// Appends `s` as a canonical JSON string (see [`write_string`]), byte for byte: bytes that
 /// are not UTF-8 are copied as they are (the caller checks).
 fn write_string_bytes(s: &[u8], out: &mut Vec<u8>) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
     let mut rest = s;
     while let Some(i) = first_escaped(rest) {
@@ -250,21 +261,49 @@ pub(crate) fn hex(bytes: &[u8; 32]) -> [u8; 64] {
 
 /// `v` in decimal, written into `buf`.
 pub(crate) fn itoa(v: i64, buf: &mut [u8; 20]) -> &str {
+    let at = digits(v, buf);
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// Appends `v` in decimal.
+#[inline]
+fn write_int(v: i64, out: &mut Vec<u8>) {
+    let mut buf = [0; 20];
+    let at = digits(v, &mut buf);
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Writes `v` in decimal at the end of `buf`, two digits at a time; returns where it starts.
+fn digits(v: i64, buf: &mut [u8; 20]) -> usize {
+    const PAIRS: &[u8; 200] = b"\
+        0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let pair = |n: u64| {
+        let i = (n as usize) * 2;
+        [PAIRS[i], PAIRS[i + 1]]
+    };
     let mut n = v.unsigned_abs();
     let mut at = buf.len();
-    loop {
+    while n >= 100 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&pair(n % 100));
+        n /= 100;
+    }
+    if n >= 10 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&pair(n));
+    } else {
         at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[at] = b'0' + n as u8;
     }
     if v < 0 {
         at -= 1;
         buf[at] = b'-';
     }
-    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+    at
 }
 
 #[cfg(test)]
@@ -339,8 +378,32 @@ mod tests {
 
     #[test]
     fn itoa_writes_decimal() {
-        for v in [0, 7, -7, 1234567890123, i64::MIN, i64::MAX] {
+        let mut values = vec![0, 7, -7, 1234567890123, i64::MIN, i64::MAX, i64::MIN + 1];
+        for p in 0..19 {
+            let t = 10i64.pow(p);
+            values.extend([t - 1, t, t + 1, -t + 1, -t, -t - 1]);
+        }
+        values.extend((0..1000).map(|i| i * 7919 - 3000));
+        for v in values {
             assert_eq!(itoa(v, &mut [0; 20]), v.to_string());
+            let mut out = b"x".to_vec();
+            write_int(v, &mut out);
+            assert_eq!(out, format!("x{v}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn is_ascii_looks_at_every_byte() {
+        for len in 0..40 {
+            let plain = vec![b'a'; len];
+            assert!(is_ascii(&plain));
+            for at in 0..len {
+                for b in [0x80, 0xc3, 0xff, 0x7f, 0] {
+                    let mut s = plain.clone();
+                    s[at] = b;
+                    assert_eq!(is_ascii(&s), s.is_ascii(), "{s:?}");
+                }
+            }
         }
     }
 }

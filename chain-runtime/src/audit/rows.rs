@@ -174,7 +174,7 @@ impl IndexedVerifier {
             return false;
         }
         let hex = row_hash::hex(blake3::hash(&self.buf).as_bytes());
-        if hex[..] != *stored {
+        if <&[u8; 64]>::try_from(stored).map_or(true, |stored| *stored != hex) {
             return false;
         }
         let Ok(computed) = std::str::from_utf8(&hex) else {

@@ -49,25 +49,53 @@ enum Ty {
 /// members serialized with `skip_serializing_if`).
 #[derive(Clone, Copy, Debug)]
 struct Field {
+    /// The member's name (the tests check `key` and `after_type` against it).
+    #[cfg_attr(not(test), allow(dead_code))]
     name: &'static str,
+    /// `"name":`, as the text spells the key.
+    key: &'static [u8],
+    /// Whether the name sorts after `type` (so the member follows the `type` tag).
+    after_type: bool,
     ty: Ty,
     may_be_absent: bool,
 }
 
-const fn f(name: &'static str, ty: Ty) -> Field {
-    Field {
-        name,
-        ty,
-        may_be_absent: false,
+impl Field {
+    const fn new(name: &'static str, key: &'static str, ty: Ty, may_be_absent: bool) -> Self {
+        Self {
+            name,
+            key: key.as_bytes(),
+            after_type: sorts_after(name.as_bytes(), b"type"),
+            ty,
+            may_be_absent,
+        }
     }
 }
 
-const fn absent_ok(name: &'static str, ty: Ty) -> Field {
-    Field {
-        name,
-        ty,
-        may_be_absent: true,
+/// Whether `a` sorts after `b` (byte order, as `str`'s `>`), at compile time.
+const fn sorts_after(a: &[u8], b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < a.len() && i < b.len() {
+        if a[i] != b[i] {
+            return a[i] > b[i];
+        }
+        i += 1;
     }
+    a.len() > b.len()
+}
+
+/// A member that is always present.
+macro_rules! f {
+    ($name:literal, $ty:expr) => {
+        Field::new($name, concat!("\"", $name, "\":"), $ty, false)
+    };
+}
+
+/// A member that may be absent.
+macro_rules! absent_ok {
+    ($name:literal, $ty:expr) => {
+        Field::new($name, concat!("\"", $name, "\":"), $ty, true)
+    };
 }
 
 use Ty::*;
@@ -78,127 +106,127 @@ const EVENTS: &[(&str, &[Field])] = &[
     (
         "run_started",
         &[
-            f("chain", Str),
-            f("chain_version", Str),
-            f("preflight", Preflight),
+            f!("chain", Str),
+            f!("chain_version", Str),
+            f!("preflight", Preflight),
         ],
     ),
     (
         "preflight_refused",
         &[
-            f("chain", Str),
-            f("connected", Bool),
-            f("missing_scopes", Strs),
+            f!("chain", Str),
+            f!("connected", Bool),
+            f!("missing_scopes", Strs),
         ],
     ),
     (
         "step_attempt",
         &[
-            f("attempt", U32),
-            f("effect", Effect),
-            f("idempotency_key", OptStr),
-            f("step", Str),
+            f!("attempt", U32),
+            f!("effect", Effect),
+            f!("idempotency_key", OptStr),
+            f!("step", Str),
         ],
     ),
     (
         "http_attempt",
         &[
-            f("failure_class", OptStr),
-            f("http_attempt", U32),
-            f("method", Str),
-            f("status", U16),
-            f("step", Str),
-            f("wait_ms", OptU64),
+            f!("failure_class", OptStr),
+            f!("http_attempt", U32),
+            f!("method", Str),
+            f!("status", U16),
+            f!("step", Str),
+            f!("wait_ms", OptU64),
         ],
     ),
     (
         "step_outcome",
         &[
-            f("attempt", U32),
-            f("detail", OptStr),
-            f("effect", Effect),
-            f("failure_class", OptStr),
-            f("step", Str),
+            f!("attempt", U32),
+            f!("detail", OptStr),
+            f!("effect", Effect),
+            f!("failure_class", OptStr),
+            f!("step", Str),
         ],
     ),
     (
         "compensation_attempt",
         &[
-            f("attempt", U32),
-            f("compensates_step_id", Str),
-            f("compensator", Str),
+            f!("attempt", U32),
+            f!("compensates_step_id", Str),
+            f!("compensator", Str),
         ],
     ),
     (
         "compensation_outcome",
         &[
-            f("attempt", U32),
-            f("compensates_step_id", Str),
-            f("compensator", Str),
-            f("detail", OptStr),
-            f("failure_class", OptStr),
+            f!("attempt", U32),
+            f!("compensates_step_id", Str),
+            f!("compensator", Str),
+            f!("detail", OptStr),
+            f!("failure_class", OptStr),
         ],
     ),
     (
         "suspended",
         &[
-            f("failure_class", OptStr),
-            f("missing_scopes", Strs),
-            f("reason", Str),
+            f!("failure_class", OptStr),
+            f!("missing_scopes", Strs),
+            f!("reason", Str),
         ],
     ),
-    ("resumed", &[f("reason", Str)]),
+    ("resumed", &[f!("reason", Str)]),
     (
         "handoff",
         &[
-            f("child_chain", Str),
-            f("child_principal", Str),
-            f("child_run_id", Str),
-            f("reason", Str),
+            f!("child_chain", Str),
+            f!("child_principal", Str),
+            f!("child_run_id", Str),
+            f!("reason", Str),
         ],
     ),
     (
         "consent_completed",
-        &[f("reconsent", Bool), f("requested_scopes", Strs)],
+        &[f!("reconsent", Bool), f!("requested_scopes", Strs)],
     ),
     (
         "token_refresh",
         &[
-            absent_ok("error_code", OptStr),
-            f("expires_at_unix_ms", OptI64),
-            f("failure_class", OptStr),
-            absent_ok("http_status", OptU16),
+            absent_ok!("error_code", OptStr),
+            f!("expires_at_unix_ms", OptI64),
+            f!("failure_class", OptStr),
+            absent_ok!("http_status", OptU16),
         ],
     ),
     (
         "consent_failed",
-        &[f("error_code", OptStr), f("reason", Str)],
+        &[f!("error_code", OptStr), f!("reason", Str)],
     ),
-    ("account_removed", &[f("reason", Str)]),
+    ("account_removed", &[f!("reason", Str)]),
     (
         "operator_alert",
-        &[f("message", Str), f("severity", Severity)],
+        &[f!("message", Str), f!("severity", Severity)],
     ),
     (
         "approval_requested",
         &[
-            f("approval_id", Str),
-            f("arguments_digest", Str),
-            f("expires_at_unix_ms", I64),
-            f("reason", Str),
-            f("step", Str),
+            f!("approval_id", Str),
+            f!("arguments_digest", Str),
+            f!("expires_at_unix_ms", I64),
+            f!("reason", Str),
+            f!("step", Str),
         ],
     ),
     (
         "approval_decided",
         &[
-            f("approval_id", Str),
-            f("decided_by", Str),
-            f("decision", Str),
-            f("step", Str),
+            f!("approval_id", Str),
+            f!("decided_by", Str),
+            f!("decision", Str),
+            f!("step", Str),
         ],
     ),
-    ("run_finished", &[f("state", Str)]),
+    ("run_finished", &[f!("state", Str)]),
 ];
 
 /// Whether `b` is the canonical form of an [`super::AuditEvent`].
@@ -222,7 +250,7 @@ pub(crate) fn event(b: &[u8]) -> bool {
     // The members in canonical order: `type` goes before the first member named after it.
     let type_at = fields
         .iter()
-        .position(|f| f.name > "type")
+        .position(|f| f.after_type)
         .unwrap_or(fields.len());
     let (before, after) = fields.split_at(type_at);
     if b.first() != Some(&b'{') {
@@ -236,7 +264,7 @@ pub(crate) fn event(b: &[u8]) -> bool {
         }
     }
     // `"type":"<tag>"`, the tag read above.
-    if !(key(b, &mut pos, &mut first, "type")
+    if !(key(b, &mut pos, &mut first, br#""type":"#)
         && expect(b, &mut pos, b"\"")
         && expect(b, &mut pos, tag)
         && expect(b, &mut pos, b"\""))
@@ -255,7 +283,7 @@ pub(crate) fn event(b: &[u8]) -> bool {
 /// of its type); when it is not there, `true` without reading if it may be absent.
 fn member(b: &[u8], pos: &mut usize, first: &mut bool, field: &Field) -> bool {
     let start = (*pos, *first);
-    if !key(b, pos, first, field.name) {
+    if !key(b, pos, first, field.key) {
         (*pos, *first) = start;
         return field.may_be_absent;
     }
@@ -272,13 +300,13 @@ fn member(b: &[u8], pos: &mut usize, first: &mut bool, field: &Field) -> bool {
     }
 }
 
-/// Reads `,"name":` (or `"name":` when `first`, which it clears) at `pos`.
-fn key(b: &[u8], pos: &mut usize, first: &mut bool, name: &str) -> bool {
+/// Reads `,` and `key` (`"name":`; without the comma when `first`, which it clears) at `pos`.
+fn key(b: &[u8], pos: &mut usize, first: &mut bool, key: &[u8]) -> bool {
     if !*first && !expect(b, pos, b",") {
         return false;
     }
     *first = false;
-    expect(b, pos, b"\"") && expect(b, pos, name.as_bytes()) && expect(b, pos, b"\":")
+    expect(b, pos, key)
 }
 
 /// Whether the canonical value `v` (checked canonical already) is of type `ty`.
@@ -319,12 +347,36 @@ fn whole(v: &[u8], check: fn(&[u8], &mut usize) -> bool) -> bool {
 }
 
 /// Reads `lit` at `pos`.
+#[inline]
 fn expect(b: &[u8], pos: &mut usize, lit: &[u8]) -> bool {
-    if b[*pos..].starts_with(lit) {
-        *pos += lit.len();
-        true
-    } else {
-        false
+    match b.get(*pos..).and_then(|rest| rest.get(..lit.len())) {
+        Some(here) if same_bytes(here, lit) => {
+            *pos += lit.len();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `a == b` for slices of the same length, without a call for the short ones (keys and
+/// literals): their first and last bytes compared as overlapping words.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn ends<const N: usize>(s: &[u8]) -> ([u8; N], [u8; N]) {
+        match (s.first_chunk::<N>(), s.last_chunk::<N>()) {
+            (Some(first), Some(last)) => (*first, *last),
+            _ => ([0; N], [0; N]),
+        }
+    }
+    match a.len() {
+        _ if a.len() != b.len() => false,
+        0 => true,
+        1..=3 => {
+            a[0] == b[0] && a[a.len() / 2] == b[b.len() / 2] && a[a.len() - 1] == b[b.len() - 1]
+        }
+        4..=7 => ends::<4>(a) == ends::<4>(b),
+        8..=16 => ends::<8>(a) == ends::<8>(b),
+        _ => a == b,
     }
 }
 

@@ -117,6 +117,29 @@ fn samples() -> Vec<AuditEvent> {
 }
 
 #[test]
+fn short_byte_comparisons_compare_every_byte() {
+    for len in 0..40usize {
+        let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        assert!(same_bytes(&a, &a));
+        assert!(!same_bytes(&a, &a[..len.saturating_sub(1)]) || len == 0);
+        for at in 0..len {
+            let mut b = a.clone();
+            b[at] ^= 0x20;
+            assert!(!same_bytes(&a, &b), "{len} {at}");
+            let mut pos = 0;
+            assert!(!expect(&a, &mut pos, &b));
+            assert_eq!(pos, 0);
+        }
+        let mut pos = 0;
+        assert!(expect(&a, &mut pos, &a));
+        assert_eq!(pos, len);
+        // Past the end: not there.
+        assert!(!expect(&a, &mut pos, b"x"));
+        assert!(!expect(&a[..len / 2], &mut 0, &a) || len < 2);
+    }
+}
+
+#[test]
 fn every_event_variant_is_listed_with_its_members_sorted() {
     let samples = samples();
     for (name, fields) in EVENTS {
@@ -128,6 +151,10 @@ fn every_event_variant_is_listed_with_its_members_sorted() {
             fields.windows(2).all(|w| w[0].name < w[1].name),
             "{name}: members not in canonical order"
         );
+        for field in *fields {
+            assert_eq!(field.key, format!("\"{}\":", field.name).as_bytes());
+            assert_eq!(field.after_type, field.name > "type", "{}", field.name);
+        }
     }
     for event in &samples {
         assert!(
