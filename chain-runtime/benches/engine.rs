@@ -354,7 +354,7 @@ fn raw_batched_insert(
         "PRAGMA synchronous = FULL;
          CREATE TABLE journal_entries (run_id TEXT NOT NULL, seq INTEGER NOT NULL,
              step_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-             attempt INTEGER NOT NULL, result TEXT, PRIMARY KEY (run_id, seq));
+             attempt INTEGER NOT NULL, result TEXT, PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
          CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, format INTEGER NOT NULL,
              time_unix_ms INTEGER NOT NULL, run_id TEXT, step_id TEXT, principal TEXT NOT NULL,
              connector TEXT, account_id TEXT, upstream_subject TEXT, grant_id TEXT,

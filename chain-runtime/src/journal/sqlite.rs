@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS journal_entries (
     attempt INTEGER NOT NULL,
     result  TEXT,
     PRIMARY KEY (run_id, seq)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal_compensations (
     run_id      TEXT NOT NULL,
     step_id     TEXT NOT NULL,

@@ -11,9 +11,14 @@
 //!   transaction (a failing write rolls back alone) and commits once, then answers each
 //!   caller. A caller's write is committed when its future resolves. A write that checks
 //!   whatever can refuse it before its first change may skip its savepoint
-//!   (`Database::write_checked_first`; the run journal's units of work do);
+//!   (`Database::write_checked_first`; the run journal's units of work do). When the writer
+//!   is idle (nothing queued, no synchronous write waiting for its fsync), a caller commits
+//!   its write itself, on its own thread, with the writer's connection, in the same order
+//!   (see `writer::Writer`): a single run's path wakes no thread for its commits;
 //! - one **reader pool**: reads run on the blocking thread pool on pooled connections and
-//!   never wait for the writer (WAL readers see the last commit);
+//!   never wait for the writer (WAL readers see the last commit); a run's short reads (a
+//!   step's account, a preflight's accounts) go through the writer instead
+//!   (`Database::read_via_writer`);
 //! - one set of counters ([`WriterStats`]).
 //!
 //! Because the stores share the writer, a write of one store can carry another store's rows in
@@ -26,7 +31,8 @@
 //! writer commits every batch without an fsync (`synchronous=NORMAL`) and answers its deferred
 //! writes at once; its `Sync` writes are answered only after an fsync of the `-wal` file that
 //! follows the commit (made by the writer when nothing else is queued, else by a syncer thread
-//! while the writer goes on, one fsync for every batch committed meanwhile; see `syncer`). The WAL is one
+//! while the writer goes on, one fsync for every batch committed meanwhile; see `syncer`; a
+//! caller that committed its own write makes the fsync itself). The WAL is one
 //! sequential file, so an fsync makes every earlier frame durable too: a deferred write is
 //! lost only by a power failure (or OS crash) before the next synchronous write's fsync, never
 //! by the process dying. (A file SQLite cannot put in WAL mode commits every batch with an
@@ -50,14 +56,14 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rusqlite::Connection;
 
 pub use witness::read_head_witness;
 pub(crate) use writer::Tx;
-use writer::{Isolation, Job, writer_loop};
+use writer::{Core, Isolation, Job, Writer};
 
 /// How long a connection waits for another process holding the database's write lock.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,6 +157,10 @@ pub(crate) struct Stats {
     writes: AtomicU64,
     commits: AtomicU64,
     syncs: AtomicU64,
+    /// Writes queued for the writer thread and not answered yet (the synchronous ones until
+    /// their fsync): while there are any, callers queue their writes instead of committing
+    /// them themselves (see `writer::Writer`).
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Stats {
@@ -167,9 +177,9 @@ struct Shared {
     id: DatabaseId,
     path: PathBuf,
     stats: Arc<Stats>,
-    /// Dropping the last handle closes the channel; the writer drains the queue and ends.
+    /// Dropping the last handle closes the writer's queue; the writer drains it and ends.
     /// `None`: opened read-only, every write is refused.
-    writer: Option<mpsc::Sender<Job>>,
+    writer: Option<Writer>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -342,23 +352,25 @@ impl Database {
         {
             return Ok(Self { shared });
         }
-        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
-        let writer_stats = Arc::clone(&stats);
         let witness = witness::HeadWitness::new(&canonical);
         let wal: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
-        let syncer = wal
-            .eq_ignore_ascii_case("wal")
-            .then(|| syncer::Syncer::start(&canonical, Arc::clone(&stats)));
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_stats, witness, syncer))
-            .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
+        // In WAL mode commits skip the fsync; the writer makes synchronous writes durable
+        // itself (see the module docs).
+        let syncer = (wal.eq_ignore_ascii_case("wal")
+            && conn.execute_batch("PRAGMA synchronous = NORMAL").is_ok())
+        .then(|| syncer::Syncer::start(&canonical, Arc::clone(&stats)));
+        let writer = Writer::start(
+            Core::new(conn, witness),
+            &canonical,
+            Arc::clone(&stats),
+            syncer,
+        )?;
         let shared = Arc::new(Shared {
             id: DatabaseId::fresh(),
             path: canonical.clone(),
             stats,
-            writer: Some(tx),
+            writer: Some(writer),
             readers: Mutex::new(Vec::new()),
         });
         open.push((canonical, Arc::downgrade(&shared)));
@@ -437,11 +449,38 @@ impl Database {
             )))
         })?;
         writer
-            .send(Job::new(durability, isolation, apply, reply))
+            .submit(Job::new(durability, isolation, apply, reply))
             .map_err(|_| E::from(DbError::other("the database writer thread stopped")))?;
         answer
             .await
             .map_err(|_| E::from(DbError::other("the database writer dropped the write")))?
+    }
+
+    /// A short read of rows the writer keeps warm, for a run's path: on the calling thread
+    /// with the writer's connection when the writer is idle (no thread hop), else queued to
+    /// the writer as a write that changes nothing (behind the writes queued before it, in the
+    /// writer's page cache, no fsync). Either way it sees every write this process committed
+    /// or queued before it.
+    pub(crate) async fn read_via_writer<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let Some(writer) = self.shared.writer.as_ref() else {
+            return self.read(move |conn| f(conn)).await;
+        };
+        let mut f = Some(f);
+        if let Some(Some(answer)) = writer.read_if_idle(|conn| f.take().map(|f| f(conn))) {
+            return answer;
+        }
+        let Some(f) = f else {
+            return Err(E::from(DbError::other("a database read ran twice")));
+        };
+        self.queue(Durability::Deferred, Isolation::CheckedFirst, move |tx| {
+            f(tx.conn())
+        })
+        .await
     }
 
     /// Runs `f` on a pooled read connection on the blocking thread pool.

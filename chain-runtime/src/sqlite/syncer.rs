@@ -4,7 +4,8 @@
 //! that follows the commit. While the writer has more writes queued, it hands them to the
 //! syncer thread and goes on with the next one, so one fsync covers every batch committed
 //! meanwhile (and the fsync's latency overlaps the next batch's work); with nothing queued it
-//! syncs and answers itself (no thread hop on a single run's path).
+//! syncs and answers itself. (A write committed by its caller, the writer being idle, is
+//! synced by that caller: see `writer::Writer`.)
 //!
 //! Why that is as durable as committing with `synchronous=FULL`: the WAL is one file appended
 //! in order, each frame checksummed on the ones before it, so an fsync of the file after a
@@ -38,7 +39,7 @@ impl WalFile {
     }
 
     /// Flushes the WAL to disk.
-    fn sync(&mut self) -> Result<(), DbError> {
+    pub(crate) fn sync(&mut self) -> Result<(), DbError> {
         let file = match &mut self.file {
             Some(file) => file,
             slot => slot.insert(File::open(&self.path).map_err(|e| {
@@ -69,27 +70,27 @@ impl Done {
 
     /// Answers the writes that need no fsync (deferred ones, and every write of a batch that
     /// did not commit) at once and keeps the others; returns whether any are left.
-    pub(crate) fn answer_unsynced(&mut self) -> bool {
+    pub(crate) fn answer_unsynced(&mut self, stats: &Stats) -> bool {
         let keep = |job: &Job| self.outcome.is_ok() && job.durability() == Durability::Sync;
         if self.jobs.iter().all(keep) {
             return !self.jobs.is_empty();
         }
         let (kept, now): (Vec<Job>, Vec<Job>) = self.jobs.drain(..).partition(keep);
         for job in now {
-            job.finish(self.outcome.as_ref().map(|_| ()));
+            job.finish_queued(self.outcome.as_ref().map(|_| ()), stats);
         }
         self.jobs = kept;
         !self.jobs.is_empty()
     }
 
     /// Answers every write: a synchronous one gets `synced`'s failure, if any.
-    fn answer(self, synced: Option<&Result<(), DbError>>) {
+    fn answer(self, synced: Option<&Result<(), DbError>>, stats: &Stats) {
         for job in self.jobs {
             let answer = match (&self.outcome, synced) {
                 (Ok(()), Some(Err(e))) if job.durability() == Durability::Sync => Err(e),
                 (outcome, _) => outcome.as_ref().map(|_| ()),
             };
-            job.finish(answer);
+            job.finish_queued(answer, stats);
         }
     }
 }
@@ -101,7 +102,7 @@ fn settle(batches: Vec<Done>, wal: &mut WalFile, stats: &Stats) {
         stats.syncs.fetch_add(1, Ordering::Relaxed);
     }
     for done in batches {
-        done.answer(synced.as_ref());
+        done.answer(synced.as_ref(), stats);
     }
 }
 
@@ -141,7 +142,7 @@ impl Syncer {
     /// resolves when it is committed, whatever else its batch holds); the synchronous ones on
     /// the syncer thread when `busy` (the writer has more to do), else here.
     pub(crate) fn settle(&mut self, mut done: Done, busy: bool) {
-        if !done.answer_unsynced() {
+        if !done.answer_unsynced(&self.stats) {
             return;
         }
         let done = match (&self.queue, busy) {

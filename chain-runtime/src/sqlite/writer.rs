@@ -2,14 +2,13 @@
 //! checks everything that can refuse it before its first change ([`Isolation`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::syncer::{Done, Syncer};
+use super::syncer::{Done, Syncer, WalFile};
 use super::witness::HeadWitness;
 use super::{DbError, Durability, MAX_BATCH, Stats};
 
@@ -167,6 +166,13 @@ impl Job {
         self.work.finish(failed);
     }
 
+    /// [`Job::finish`] for a job the writer thread took from its queue: no longer counted in
+    /// flight (first, so that the caller it wakes may find the writer idle).
+    pub(crate) fn finish_queued(self, failed: Result<(), &DbError>, stats: &Stats) {
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.work.finish(failed);
+    }
+
     pub(crate) fn new<T, E, F>(
         durability: Durability,
         isolation: Isolation,
@@ -253,20 +259,179 @@ fn apply_batch(
     Ok(tx.chain_head)
 }
 
-/// Drains the queue in batches, one transaction per batch, until every handle is dropped.
-/// `wal`: the database is in WAL mode, so commits skip the fsync and the [`Syncer`] makes
-/// synchronous batches durable; otherwise every commit syncs (`synchronous=FULL`).
-pub(crate) fn writer_loop(
+/// What the writer's transactions use, behind one lock: the write connection, the [`Memo`] and
+/// the head witness. The writer thread takes it for each batch; a caller that finds the writer
+/// idle takes it to commit its own write on its own thread (see [`Writer::submit`]).
+pub(crate) struct Core {
     conn: Connection,
-    rx: mpsc::Receiver<Job>,
+    memo: Memo,
+    witness: HeadWitness,
+}
+
+impl Core {
+    pub(crate) fn new(conn: Connection, witness: HeadWitness) -> Self {
+        Self {
+            conn,
+            memo: Memo::default(),
+            witness,
+        }
+    }
+
+    /// Commits `jobs` as one transaction (see [`apply_batch`]); the outcome as the callers are
+    /// told. Counts the writes and the commit.
+    fn commit(&mut self, jobs: &mut [Job], stats: &Stats) -> Result<(), DbError> {
+        self.abandon_open_transaction();
+        let outcome = apply_batch(&self.conn, jobs, &mut self.memo);
+        if outcome.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if let Ok(Some(head)) = &outcome {
+            self.witness.record(head);
+        }
+        stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        if outcome.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome.map(drop).map_err(|e| {
+            DbError::other(format!(
+                "the transaction this write was in did not commit, nothing of it was stored: {e}"
+            ))
+        })
+    }
+
+    /// Rolls back a transaction a panicking write left open (its caller's thread unwound
+    /// while it held the lock), forgetting what the memo knew.
+    fn abandon_open_transaction(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.memo = Memo::default();
+        }
+    }
+}
+
+/// The writer's core, locked whether or not a panic poisoned it (see
+/// [`Core::abandon_open_transaction`]).
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The handle every [`super::Database`] clone shares on the writer: its queue and its core.
+///
+/// A write is committed by the writer thread, in queue order, unless the writer is idle:
+/// nothing queued and no synchronous write waiting for its fsync
+/// ([`Stats::in_flight`](super::Stats)). Then the caller commits it itself, on its own thread,
+/// in a transaction of its own (and, for a synchronous write, fsyncs the WAL before it
+/// returns): no thread is woken and none wakes it, which is what a single run's path costs
+/// most. The order of writes is kept: a write is counted in flight from before it is queued
+/// until it is committed, so a caller never commits ahead of a write queued before.
+pub(crate) struct Writer {
+    queue: mpsc::Sender<Job>,
+    core: Arc<Mutex<Core>>,
     stats: Arc<Stats>,
-    mut witness: HeadWitness,
+    /// The inline path's handle on the `-wal` file; `None`: not in WAL mode (every commit
+    /// syncs, `synchronous=FULL`).
+    wal: Option<Mutex<WalFile>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `core` (`syncer`: WAL mode, see [`writer_loop`]).
+    pub(crate) fn start(
+        core: Core,
+        db: &std::path::Path,
+        stats: Arc<Stats>,
+        syncer: Option<Syncer>,
+    ) -> Result<Self, DbError> {
+        let (tx, rx) = mpsc::channel();
+        let wal = syncer.is_some().then(|| Mutex::new(WalFile::new(db)));
+        let core = Arc::new(Mutex::new(core));
+        let (thread_core, thread_stats) = (Arc::clone(&core), Arc::clone(&stats));
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(&thread_core, &rx, &thread_stats, syncer))
+            .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            queue: tx,
+            core,
+            stats,
+            wal,
+        })
+    }
+
+    /// The core, when the writer is idle (see the type's docs).
+    fn idle_core(&self) -> Option<MutexGuard<'_, Core>> {
+        if self.stats.in_flight.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        // Checked again under the lock: the writer thread counts its queue down only after
+        // it committed, under the same lock.
+        (self.stats.in_flight.load(Ordering::SeqCst) == 0).then_some(core)
+    }
+
+    /// Commits `job`: on the calling thread when the writer is idle, else queued for the
+    /// writer thread. `Err` gives the job back when the writer thread is gone.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        if let Some(mut core) = self.idle_core() {
+            let mut jobs = [job];
+            let outcome = core.commit(&mut jobs, &self.stats);
+            drop(core);
+            let [job] = jobs;
+            let answer = match (&outcome, &self.wal) {
+                (Ok(()), Some(wal)) if job.durability() == Durability::Sync => {
+                    // Counted in flight while it syncs: other writes go to the writer thread
+                    // meanwhile, where one fsync can cover several.
+                    self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let synced = lock_wal(wal).sync();
+                    self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    if synced.is_ok() {
+                        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    synced
+                }
+                (Ok(()), None) => {
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    outcome
+                }
+                _ => outcome,
+            };
+            job.finish(answer.as_ref().map(|_| ()));
+            return Ok(());
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.queue.send(job).map_err(|mpsc::SendError(job)| {
+            self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            job
+        })
+    }
+
+    /// Runs `read` on the writer's connection, outside any transaction, when the writer is
+    /// idle (no thread hop, and the writer's page cache is warm); `None` otherwise.
+    pub(crate) fn read_if_idle<T>(&self, read: impl FnOnce(&Connection) -> T) -> Option<T> {
+        let mut core = self.idle_core()?;
+        core.abandon_open_transaction();
+        Some(read(&core.conn))
+    }
+}
+
+fn lock_wal(wal: &Mutex<WalFile>) -> MutexGuard<'_, WalFile> {
+    wal.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drains the queue in batches, one transaction per batch, until every handle is dropped.
+/// `syncer`: the database is in WAL mode, so commits skip the fsync and the [`Syncer`] makes
+/// synchronous batches durable; otherwise every commit syncs (`synchronous=FULL`).
+fn writer_loop(
+    core: &Mutex<Core>,
+    rx: &mpsc::Receiver<Job>,
+    stats: &Stats,
     mut syncer: Option<Syncer>,
 ) {
-    if syncer.is_some() && exec(&conn, "PRAGMA synchronous = NORMAL").is_err() {
-        syncer = None;
-    }
-    let mut memo = Memo::default();
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -283,28 +448,13 @@ pub(crate) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let outcome = apply_batch(&conn, &mut jobs, &mut memo);
-        if outcome.is_err() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        if let Ok(Some(head)) = &outcome {
-            witness.record(head);
-        }
-        stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        if outcome.is_ok() {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        let outcome = outcome.map(drop).map_err(|e| {
-            DbError::other(format!(
-                "the transaction this write was in did not commit, nothing of it was stored: {e}"
-            ))
-        });
+        let outcome = lock(core).commit(&mut jobs, stats);
         let Some(syncer) = syncer.as_mut() else {
             if outcome.is_ok() {
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
             for job in jobs {
-                job.finish(outcome.as_ref().map(|_| ()));
+                job.finish_queued(outcome.as_ref().map(|_| ()), stats);
             }
             continue;
         };

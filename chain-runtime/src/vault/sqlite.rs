@@ -100,6 +100,16 @@ impl SqliteStore {
         Box::pin(async move { db.write(Durability::Sync, move |tx| f(tx.conn())).await })
     }
 
+    /// Runs `f` through the writer (see [`Database::read_via_writer`]).
+    fn read_via_writer<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        Box::pin(async move { db.read_via_writer(f).await })
+    }
+
     /// Runs `f` on a pooled read connection.
     fn read<T, F>(&self, f: F) -> StoreFuture<'static, T>
     where
@@ -222,18 +232,12 @@ impl AccountStore for SqliteStore {
         principal_id: &str,
         connector: &str,
     ) -> StoreFuture<'_, Option<StoredAccount>> {
-        // On the writer thread, in queue order with the run's intent (usually in its batch):
-        // no thread of its own to wake, and the writer's page cache is warm where a pooled
-        // reader's is emptied by every commit. It changes nothing, so it is refused nothing
-        // and needs no fsync.
+        // Through the writer (see `Database::read_via_writer`): on the calling thread when the
+        // writer is idle, else in queue order with the run's intent (usually in its batch); no
+        // thread of its own to wake, and the writer's page cache is warm where a pooled
+        // reader's is emptied by every commit.
         let (principal_id, connector) = (principal_id.to_owned(), connector.to_owned());
-        let db = self.db.clone();
-        Box::pin(async move {
-            db.write_checked_first(Durability::Deferred, move |tx| {
-                select_account(tx.conn(), &principal_id, &connector)
-            })
-            .await
-        })
+        self.read_via_writer(move |conn| select_account(conn, &principal_id, &connector))
     }
 
     fn principal_accounts<'a>(
@@ -242,7 +246,8 @@ impl AccountStore for SqliteStore {
         _connectors: &'a [String],
     ) -> StoreFuture<'a, Vec<StoredAccount>> {
         let principal_id = principal_id.to_owned();
-        self.read(move |conn| {
+        // A new run's preflight: through the writer, as a step's account read.
+        self.read_via_writer(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {ACCOUNT_COLUMNS} FROM vault_accounts WHERE principal_id = ?1 ORDER BY connector"
