@@ -16,6 +16,10 @@
 //!
 //! Builds alternate macro, plain, macro, plain, ... so that both see the same machine load;
 //! `CT_RUNS` (default 3) sets how many of each, and the medians and their ratio are printed.
+//! Incremental compilation is switched on by the bench's rustc wrapper for the incremental
+//! crates only, so a `build.incremental = false` in the cargo configuration does not skew the
+//! figures. `CT_MACRO_OPT=3` builds the macros and syn, proc-macro2 and quote with that
+//! `opt-level` in the generated workspace (what a user can set in their own manifest).
 //! Only the generated crate is rebuilt each time (its dependencies are fresh), so the times
 //! are those of compiling the user's code. Nothing here is asserted: see BENCHMARKS.md.
 

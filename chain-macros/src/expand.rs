@@ -371,9 +371,6 @@ pub(crate) fn compensator(plan: CompensatorPlan<'_>) -> TokenStream {
 
             impl __cr::Undoes<#input_ty, #principal> for #name {}
 
-            __cr::inventory::submit! {
-                __cr::CompensatorRegistration(&<#name as __cr::Compensator>::META)
-            }
 
         };
     }

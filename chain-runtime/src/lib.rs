@@ -87,7 +87,7 @@ pub mod __private {
     pub use crate::error::{ChainError, StepError};
     pub use crate::future::BoxFuture;
     pub use crate::graph::{DecisionGraph, Edge, EdgeKind, Node, NodeKind};
-    pub use crate::registry::{ChainRegistration, CompensatorRegistration, StepRegistration};
+    pub use crate::registry::{ChainRegistration, StepRegistration};
     pub use crate::step::{CompensatorMeta, Effect, ErasedCompensate, StepEnv, StepMeta};
     pub use crate::tool::{
         ProbeNoSchemas, ProbeSchemas, ToolLimits, ToolProbe, ToolSchemas, no_schemas,

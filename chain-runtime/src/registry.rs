@@ -1,5 +1,7 @@
 //! The global view of every step and chain linked into the binary, collected with
-//! `inventory` by `#[step]`, `#[compensator]` and `#[chain]`.
+//! `inventory` by `#[step]` and `#[chain]`. A compensator is reached through the steps it
+//! undoes (each step's metadata points at its compensator's), so `#[compensator]` registers
+//! nothing of its own: one registration fewer per compensated step in every build.
 //!
 //! Each chain also carries its own static step list ([`crate::ChainMeta::steps`]), which does
 //! not depend on the linker; [`check_consistency`] cross-checks the two views.
@@ -15,15 +17,11 @@ use crate::step::{CompensatorMeta, StepMeta};
 /// A step registration, submitted by `#[step]`.
 #[doc(hidden)]
 pub struct StepRegistration(pub &'static StepMeta);
-/// A compensator registration, submitted by `#[compensator]`.
-#[doc(hidden)]
-pub struct CompensatorRegistration(pub &'static CompensatorMeta);
 /// A chain registration, submitted by `#[chain]`.
 #[doc(hidden)]
 pub struct ChainRegistration(pub &'static ChainMeta);
 
 inventory::collect!(StepRegistration);
-inventory::collect!(CompensatorRegistration);
 inventory::collect!(ChainRegistration);
 
 /// Every step in the binary, sorted by path.
@@ -36,13 +34,12 @@ pub fn steps() -> Vec<&'static StepMeta> {
     steps
 }
 
-/// Every compensator in the binary, sorted by path.
+/// Every compensator of a step in the binary (each once), sorted by path. A compensator no
+/// step names undoes nothing and is not listed.
 pub fn compensators() -> Vec<&'static CompensatorMeta> {
-    let mut all: Vec<_> = inventory::iter::<CompensatorRegistration>
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+    let mut all: Vec<_> = steps().iter().filter_map(|s| s.compensator()).collect();
     all.sort_by_key(|c| (c.module, c.name));
+    all.dedup_by_key(|c| (c.module, c.name));
     all
 }
 
