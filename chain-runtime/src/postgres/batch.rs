@@ -31,7 +31,9 @@ use crate::sqlite::DbError;
 /// flusher's connection waits for it.
 pub(crate) struct Conn {
     pub(crate) client: Client,
-    prepared: HashMap<&'static str, Statement>,
+    /// Statements prepared on this connection, by the address and length of their (static)
+    /// text.
+    prepared: Vec<((usize, usize), Statement)>,
 }
 
 impl Conn {
@@ -59,16 +61,19 @@ impl Conn {
         client.batch_execute(&setup).await?;
         Ok(Self {
             client,
-            prepared: HashMap::new(),
+            prepared: Vec::new(),
         })
     }
 
     async fn prepare(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.prepared.get(sql) {
+        // A handful of texts per connection: found by address, never hashed (a text at two
+        // addresses is prepared twice).
+        let key = (sql.as_ptr() as usize, sql.len());
+        if let Some((_, s)) = self.prepared.iter().find(|(k, _)| *k == key) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql).await?;
-        self.prepared.insert(sql, s.clone());
+        self.prepared.push((key, s.clone()));
         Ok(s)
     }
 

@@ -192,7 +192,7 @@ impl PgJournal {
             ops.extend(super::ops::ops_of(run_id, write)?);
         }
         if release && let Some(lease) = lease {
-            ops.push(super::runs::release_op(lease));
+            super::runs::release_into(&mut ops, lease);
         }
         let sync = unit.durability == Durability::Sync;
         self.inner.db.write(lease, ops, audit, sync).await

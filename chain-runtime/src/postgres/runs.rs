@@ -42,6 +42,15 @@ const RELEASE: &str = "WITH l AS (UPDATE run_leases SET expires_ms = 0 \
      SELECT pg_notify($3, '') FROM run_runs WHERE run_id = $1 \
      AND state_kind IN ('running', 'compensating')";
 
+/// A run's end state stored ($1-$4 as in [`super::ops::STATE`]: it must change the run's row)
+/// and its lease given back ($5 token), with the listening workers told ($6 channel) when the
+/// new state is runnable, as [`RELEASE`]: one statement; one row when the state was stored.
+const END: &str = "WITH s AS (UPDATE run_runs SET state = $2, state_kind = $3 \
+     WHERE run_id = $1 AND ($4::text IS NULL OR state_kind = $4) RETURNING state_kind), \
+     l AS (UPDATE run_leases SET expires_ms = 0 WHERE run_id = $1 AND token = $5 RETURNING 1) \
+     SELECT CASE WHEN s.state_kind IN ('running', 'compensating') THEN pg_notify($6, '') END \
+     FROM s";
+
 /// `BEGIN` without waiting for the WAL flush at commit.
 const BEGIN_DEFERRED: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
@@ -271,4 +280,24 @@ pub(crate) fn release_op(lease: &Lease) -> Op {
         ],
         must_change_one: false,
     }
+}
+
+/// Appends the release of `lease` to a unit's `ops` (see [`release_op`]); when the unit's last
+/// write stores the run's state (the run's end), both become one statement ([`END`]).
+pub(crate) fn release_into(ops: &mut Vec<Op>, lease: &Lease) {
+    let token = i64::try_from(lease.token).unwrap_or(-1);
+    if let Some(Op::Statement {
+        sql,
+        params,
+        must_change_one: true,
+    }) = ops.last_mut()
+        && *sql == super::ops::STATE
+        && params.len() == 4
+    {
+        *sql = END;
+        params.push(Box::new(token));
+        params.push(Box::new(leases::CHANNEL));
+        return;
+    }
+    ops.push(release_op(lease));
 }
