@@ -247,8 +247,9 @@ impl Driver {
             durability,
             "journaling an intent",
         );
-        // Asked for once the intent is queued, before it commits: the vault reads the account
-        // for the first request meanwhile, behind the intent.
+        // Asked for once the intent is queued: the vault reads the account for the first
+        // request behind the intent (right after it, on this thread, when the database's
+        // writer was idle and the intent committed at once; else in the writer's queue).
         let access = self
             .engine
             .inner

@@ -38,7 +38,9 @@ impl WalFile {
         }
     }
 
-    /// Flushes the WAL to disk.
+    /// Flushes the WAL to disk: its data and what reading it back needs (its size), as
+    /// `fdatasync` does; not its timestamps, which a journal commit of the file system would
+    /// otherwise write at every sync.
     pub(crate) fn sync(&mut self) -> Result<(), DbError> {
         let file = match &mut self.file {
             Some(file) => file,
@@ -46,7 +48,7 @@ impl WalFile {
                 DbError::other(format!("cannot open `{}`: {e}", self.path.display()))
             })?),
         };
-        file.sync_all().map_err(|e| {
+        file.sync_data().map_err(|e| {
             DbError::other(format!(
                 "committed, but could not be made durable: the fsync of `{}` failed: {e}",
                 self.path.display()

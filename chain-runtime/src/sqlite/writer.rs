@@ -207,8 +207,11 @@ fn apply_batch(
     conn: &Connection,
     jobs: &mut [Job],
     memo: &mut Memo,
+    begun: bool,
 ) -> Result<Option<(u64, String)>, DbError> {
-    exec(conn, "BEGIN IMMEDIATE")?;
+    if !begun {
+        exec(conn, "BEGIN IMMEDIATE")?;
+    }
     // Read under the write lock: nobody else can commit until this transaction ends.
     let version: i64 = conn
         .prepare_cached("PRAGMA data_version")?
@@ -279,9 +282,11 @@ impl Core {
 
     /// Commits `jobs` as one transaction (see [`apply_batch`]); the outcome as the callers are
     /// told. Counts the writes and the commit.
-    fn commit(&mut self, jobs: &mut [Job], stats: &Stats) -> Result<(), DbError> {
-        self.abandon_open_transaction();
-        let outcome = apply_batch(&self.conn, jobs, &mut self.memo);
+    fn commit(&mut self, jobs: &mut [Job], stats: &Stats, begun: bool) -> Result<(), DbError> {
+        if !begun {
+            self.abandon_open_transaction();
+        }
+        let outcome = apply_batch(&self.conn, jobs, &mut self.memo, begun);
         if outcome.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -297,6 +302,22 @@ impl Core {
                 "the transaction this write was in did not commit, nothing of it was stored: {e}"
             ))
         })
+    }
+
+    /// Begins the write transaction only if no other connection holds the write lock now
+    /// (a caller's thread must not wait out the busy timeout: the writer thread does).
+    fn begin_now(&mut self) -> bool {
+        self.abandon_open_transaction();
+        if self.conn.busy_timeout(std::time::Duration::ZERO).is_err() {
+            return false;
+        }
+        let begun = exec(&self.conn, "BEGIN IMMEDIATE").is_ok();
+        let restored = self.conn.busy_timeout(super::BUSY_TIMEOUT).is_ok();
+        if begun && !restored {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return false;
+        }
+        begun
     }
 
     /// Rolls back a transaction a panicking write left open (its caller's thread unwound
@@ -376,9 +397,11 @@ impl Writer {
     /// Commits `job`: on the calling thread when the writer is idle, else queued for the
     /// writer thread. `Err` gives the job back when the writer thread is gone.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
-        if let Some(mut core) = self.idle_core() {
+        if let Some(mut core) = self.idle_core()
+            && core.begin_now()
+        {
             let mut jobs = [job];
-            let outcome = core.commit(&mut jobs, &self.stats);
+            let outcome = core.commit(&mut jobs, &self.stats, true);
             drop(core);
             let [job] = jobs;
             let answer = match (&outcome, &self.wal) {
@@ -448,7 +471,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let outcome = lock(core).commit(&mut jobs, stats);
+        let outcome = lock(core).commit(&mut jobs, stats, false);
         let Some(syncer) = syncer.as_mut() else {
             if outcome.is_ok() {
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
