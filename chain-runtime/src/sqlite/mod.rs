@@ -161,6 +161,12 @@ pub(crate) struct Stats {
     /// their fsync): while there are any, callers queue their writes instead of committing
     /// them themselves (see `writer::Writer`).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Writes ever queued for the writer thread.
+    queued: AtomicU64,
+    /// How many writes the latest commit served or saw arrive (its batch; for a caller's own
+    /// commit, 1 and the writes queued meanwhile): a caller commits its own write only while
+    /// it is at most 1 (see `writer::Writer`).
+    recent_group: std::sync::atomic::AtomicUsize,
 }
 
 impl Stats {
@@ -470,12 +476,9 @@ impl Database {
         let Some(writer) = self.shared.writer.as_ref() else {
             return self.read(move |conn| f(conn)).await;
         };
-        let mut f = Some(f);
-        if let Some(Some(answer)) = writer.read_if_idle(|conn| f.take().map(|f| f(conn))) {
-            return answer;
-        }
-        let Some(f) = f else {
-            return Err(E::from(DbError::other("a database read ran twice")));
+        let f = match writer.read_if_idle(f) {
+            Ok(answer) => return answer,
+            Err(f) => f,
         };
         self.queue(Durability::Deferred, Isolation::CheckedFirst, move |tx| {
             f(tx.conn())

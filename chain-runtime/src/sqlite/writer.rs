@@ -201,17 +201,13 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Applies `jobs` in one transaction, each in a savepoint, and commits. Returns the hash
+/// Applies `jobs` in the open transaction, each in a savepoint, and commits. Returns the hash
 /// chain's new head when the batch appended to it. `memo` is left empty when the batch fails.
 fn apply_batch(
     conn: &Connection,
     jobs: &mut [Job],
     memo: &mut Memo,
-    begun: bool,
 ) -> Result<Option<(u64, String)>, DbError> {
-    if !begun {
-        exec(conn, "BEGIN IMMEDIATE")?;
-    }
     // Read under the write lock: nobody else can commit until this transaction ends.
     let version: i64 = conn
         .prepare_cached("PRAGMA data_version")?
@@ -280,13 +276,10 @@ impl Core {
         }
     }
 
-    /// Commits `jobs` as one transaction (see [`apply_batch`]); the outcome as the callers are
-    /// told. Counts the writes and the commit.
-    fn commit(&mut self, jobs: &mut [Job], stats: &Stats, begun: bool) -> Result<(), DbError> {
-        if !begun {
-            self.abandon_open_transaction();
-        }
-        let outcome = apply_batch(&self.conn, jobs, &mut self.memo, begun);
+    /// Commits `jobs` in the transaction [`Core::begin`] or [`Core::begin_now`] opened (see
+    /// [`apply_batch`]); the outcome as the callers are told. Counts the writes and the commit.
+    fn commit(&mut self, jobs: &mut [Job], stats: &Stats) -> Result<(), DbError> {
+        let outcome = apply_batch(&self.conn, jobs, &mut self.memo);
         if outcome.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -297,11 +290,14 @@ impl Core {
         if outcome.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
         }
-        outcome.map(drop).map_err(|e| {
-            DbError::other(format!(
-                "the transaction this write was in did not commit, nothing of it was stored: {e}"
-            ))
-        })
+        outcome.map(drop).map_err(not_committed)
+    }
+
+    /// Begins the write transaction, waiting out another connection's write lock up to the
+    /// busy timeout (the writer thread's way).
+    fn begin(&mut self) -> Result<(), DbError> {
+        self.abandon_open_transaction();
+        exec(&self.conn, "BEGIN IMMEDIATE")
     }
 
     /// Begins the write transaction only if no other connection holds the write lock now
@@ -330,6 +326,13 @@ impl Core {
     }
 }
 
+/// What the callers of a batch that did not commit are told.
+fn not_committed(e: DbError) -> DbError {
+    DbError::other(format!(
+        "the transaction this write was in did not commit, nothing of it was stored: {e}"
+    ))
+}
+
 /// The writer's core, locked whether or not a panic poisoned it (see
 /// [`Core::abandon_open_transaction`]).
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -346,6 +349,15 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 /// returns): no thread is woken and none wakes it, which is what a single run's path costs
 /// most. The order of writes is kept: a write is counted in flight from before it is queued
 /// until it is committed, so a caller never commits ahead of a write queued before.
+///
+/// Under concurrent writes the idle moments are short (the writer answered one batch, the
+/// callers it woke are about to write again), and a caller that commits there makes a commit
+/// and an fsync of its own, on a runtime thread, while the others wait for the lock: so a
+/// caller commits its own write only when the latest commit served at most one write (the
+/// writer thread's last batch held one, or a caller's own commit saw no write queued
+/// meanwhile). Concurrent writers then join the group commits, and a lone writer goes back to
+/// committing its own writes after one batch of one. (That gate only chooses the path; it
+/// is read without any ordering and cannot break the order of writes.)
 pub(crate) struct Writer {
     queue: mpsc::Sender<Job>,
     core: Arc<Mutex<Core>>,
@@ -379,6 +391,15 @@ impl Writer {
         })
     }
 
+    /// The core, when the writer is idle and was not busy with concurrent writes lately (see
+    /// the type's docs).
+    fn own_commit_core(&self) -> Option<MutexGuard<'_, Core>> {
+        if self.stats.recent_group.load(Ordering::Relaxed) > 1 {
+            return None;
+        }
+        self.idle_core()
+    }
+
     /// The core, when the writer is idle (see the type's docs).
     fn idle_core(&self) -> Option<MutexGuard<'_, Core>> {
         if self.stats.in_flight.load(Ordering::SeqCst) != 0 {
@@ -397,11 +418,12 @@ impl Writer {
     /// Commits `job`: on the calling thread when the writer is idle, else queued for the
     /// writer thread. `Err` gives the job back when the writer thread is gone.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
-        if let Some(mut core) = self.idle_core()
+        if let Some(mut core) = self.own_commit_core()
             && core.begin_now()
         {
+            let queued = self.stats.queued.load(Ordering::Relaxed);
             let mut jobs = [job];
-            let outcome = core.commit(&mut jobs, &self.stats, true);
+            let outcome = core.commit(&mut jobs, &self.stats);
             drop(core);
             let [job] = jobs;
             let answer = match (&outcome, &self.wal) {
@@ -422,9 +444,17 @@ impl Writer {
                 }
                 _ => outcome,
             };
+            let arrived = self
+                .stats
+                .queued
+                .load(Ordering::Relaxed)
+                .wrapping_sub(queued);
+            let group = usize::try_from(arrived).map_or(usize::MAX, |n| n.saturating_add(1));
+            self.stats.recent_group.store(group, Ordering::Relaxed);
             job.finish(answer.as_ref().map(|_| ()));
             return Ok(());
         }
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
         self.queue.send(job).map_err(|mpsc::SendError(job)| {
             self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -433,11 +463,16 @@ impl Writer {
     }
 
     /// Runs `read` on the writer's connection, outside any transaction, when the writer is
-    /// idle (no thread hop, and the writer's page cache is warm); `None` otherwise.
-    pub(crate) fn read_if_idle<T>(&self, read: impl FnOnce(&Connection) -> T) -> Option<T> {
-        let mut core = self.idle_core()?;
+    /// idle (no thread hop, and the writer's page cache is warm); else hands `read` back.
+    pub(crate) fn read_if_idle<T, R>(&self, read: R) -> Result<T, R>
+    where
+        R: FnOnce(&Connection) -> T,
+    {
+        let Some(mut core) = self.idle_core() else {
+            return Err(read);
+        };
         core.abandon_open_transaction();
-        Some(read(&core.conn))
+        Ok(read(&core.conn))
     }
 }
 
@@ -471,7 +506,17 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let outcome = lock(core).commit(&mut jobs, stats, false);
+        stats.recent_group.store(jobs.len(), Ordering::Relaxed);
+        let outcome = {
+            let mut core = lock(core);
+            match core.begin() {
+                Ok(()) => core.commit(&mut jobs, stats),
+                Err(e) => {
+                    stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                    Err(not_committed(e))
+                }
+            }
+        };
         let Some(syncer) = syncer.as_mut() else {
             if outcome.is_ok() {
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
