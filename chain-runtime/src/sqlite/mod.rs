@@ -558,6 +558,74 @@ mod tests {
         assert!(stats.commits >= 2 && stats.writes >= 3 && stats.syncs >= 1);
     }
 
+    /// The name of the thread a write ran on (the caller's own, or the writer thread's).
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("").to_owned()
+    }
+
+    /// A write that reports its thread and waits for `release` (if any) before inserting `k`.
+    fn traced(
+        db: &Database,
+        k: i64,
+        started: std::sync::mpsc::Sender<String>,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> impl std::future::Future<Output = Result<String, DbError>> + Send + '_ {
+        db.write(Durability::Deferred, move |tx| {
+            let _ = started.send(thread_name());
+            if let Some(release) = release {
+                let _ = release.recv();
+            }
+            tx.conn().execute("INSERT INTO t (k) VALUES (?1)", [k])?;
+            Ok::<_, DbError>(thread_name())
+        })
+    }
+
+    #[test]
+    fn after_concurrent_writes_a_caller_joins_the_writer_until_a_batch_of_one() {
+        use futures::FutureExt;
+        use std::sync::mpsc::channel;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(async {
+            let db = Database::open(dir.path().join("db.sqlite")).await.unwrap();
+            db.ensure_schema("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY);")
+                .await
+                .unwrap();
+            db
+        });
+        let (started, ran) = channel();
+        // A lone write commits on its caller's thread; this one holds the writer's core.
+        let (release_a, hold_a) = channel();
+        let a = std::thread::spawn({
+            let (db, started) = (db.clone(), started.clone());
+            move || futures::executor::block_on(traced(&db, 1, started, Some(hold_a)))
+        });
+        let a_thread = ran.recv().unwrap();
+        assert_ne!(a_thread, "sqlite-writer");
+        // Queued meanwhile (the core is taken): the writer thread applies it and waits.
+        let (release_b, hold_b) = channel();
+        let mut b = traced(&db, 2, started.clone(), Some(hold_b)).boxed();
+        assert!((&mut b).now_or_never().is_none());
+        release_a.send(()).unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), a_thread);
+        assert_eq!(ran.recv().unwrap(), "sqlite-writer");
+        // Two more queued while the writer is busy: its next batch holds both.
+        let mut c = traced(&db, 3, started.clone(), None).boxed();
+        let mut d = traced(&db, 4, started.clone(), None).boxed();
+        assert!((&mut c).now_or_never().is_none());
+        assert!((&mut d).now_or_never().is_none());
+        release_b.send(()).unwrap();
+        for write in [b, c, d] {
+            assert_eq!(futures::executor::block_on(write).unwrap(), "sqlite-writer");
+        }
+        // The writer is idle, but its latest batch held two writes: the next write joins the
+        // writer thread; after that batch of one, a caller commits its own write again.
+        let e = futures::executor::block_on(traced(&db, 5, started.clone(), None)).unwrap();
+        assert_eq!(e, "sqlite-writer");
+        let f = futures::executor::block_on(traced(&db, 6, started, None)).unwrap();
+        assert_eq!(f, thread_name());
+    }
+
     #[tokio::test]
     async fn a_checked_first_write_refused_before_a_change_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
