@@ -290,3 +290,38 @@ async fn a_run_created_over_a_lease_row_that_outlived_its_run_takes_the_lease_on
         .get(0);
     assert_eq!(holders, 1);
 }
+
+/// A handle dropped in this process frees its runs for a claim however long PostgreSQL takes
+/// to see its session end (here: held past the end by another session, as a slow server
+/// would): the claim waits for the end instead of guessing how long it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_handle_dropped_in_this_process_is_claimed_once_its_session_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "dropped").await;
+    let first = db.journal().await;
+    let second = db.journal().await;
+    first.create_run(run("r1"), "worker-1").await.unwrap();
+    let client = raw(&db.location).await;
+    let holder: String = client
+        .query_one("SELECT holder FROM run_leases WHERE run_id = 'r1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key: i64 = holder.trim_start_matches("pg-holder-").parse().unwrap();
+    drop(first);
+    // Granted once the dropped handle's session ended; held a while longer.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await
+            .unwrap();
+    });
+    let taken = second.claim_run("r1", "worker-2").await.unwrap();
+    assert_eq!(taken.token, 2);
+    release.await.unwrap();
+}
