@@ -95,7 +95,7 @@ fn dropped() -> std::sync::MutexGuard<'static, VecDeque<i64>> {
 impl Drop for Holder {
     /// Its session closes after this, when its connection task runs and PostgreSQL sees the
     /// session end; until then its lock looks alive. Remembered, so that a claim in this
-    /// process waits for that instead of guessing (see [`is_gone_soon`]).
+    /// process waits for that instead of guessing (see [`watch`]).
     fn drop(&mut self) {
         let mut keys = dropped();
         if keys.len() >= DROPPED_KEPT {
@@ -142,28 +142,44 @@ const GONE_GRACE: Duration = Duration::from_millis(500);
 /// so this bounds a hang, it is not a guess.
 const DROPPED_WAIT: Duration = Duration::from_secs(60);
 
-/// Whether `other` is gone, watching it for up to [`GONE_GRACE`], or until its session ended
-/// when it is a holder this process dropped ([`DROPPED_WAIT`]).
-async fn is_gone_soon(
-    tx: &impl GenericClient,
-    holder: &Holder,
-    other: &str,
-) -> Result<bool, JournalError> {
-    let Some(key) = key_of(holder, other) else {
-        return Ok(false);
-    };
-    let wait = if dropped().contains(&key) {
-        DROPPED_WAIT
-    } else {
-        GONE_GRACE
-    };
-    let deadline = tokio::time::Instant::now() + wait;
+/// Before a claim takes `run_id`'s lock: while its lease is held by another holder that looks
+/// alive, re-reads the lease until it is released or expired or its holder is gone, for up to
+/// [`GONE_GRACE`] ([`DROPPED_WAIT`] for a holder dropped in this process). Without the lock:
+/// the holder's last writes and its release take the run's lock shared, so a claim watching
+/// under its exclusive lock would hold off the very release it waits for (an engine whose run
+/// was abandoned releases it from a task of its own, which outlives the engine's handle).
+async fn watch(tx: &impl GenericClient, holder: &Holder, run_id: &str) -> Result<(), JournalError> {
+    let started = tokio::time::Instant::now();
     loop {
-        if is_gone(tx, holder, other).await? {
-            return Ok(true);
+        let Some(row) = tx
+            .query_opt(
+                "SELECT holder, expires_ms FROM run_leases WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+            .map_err(DbError::from)?
+        else {
+            return Ok(());
+        };
+        let held_in: String = row.try_get(0).map_err(DbError::from)?;
+        let expires_ms: i64 = row.try_get(1).map_err(DbError::from)?;
+        if expires_ms == 0 || expires_ms < crate::audit::now_unix_ms() {
+            return Ok(());
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(false);
+        // This holder's own lease, or not a holder's: decided under the lock.
+        let Some(key) = key_of(holder, &held_in) else {
+            return Ok(());
+        };
+        if is_gone(tx, holder, &held_in).await? {
+            return Ok(());
+        }
+        let wait = if dropped().contains(&key) {
+            DROPPED_WAIT
+        } else {
+            GONE_GRACE
+        };
+        if started.elapsed() >= wait {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -179,6 +195,8 @@ pub(crate) async fn claim(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<(Lease, bool), JournalError> {
+    watch(tx, holder, run_id).await?;
+    let now_ms = now_ms.max(crate::audit::now_unix_ms());
     let expires = now_ms.saturating_add(ttl_ms);
     lock_exclusive(tx, run_id).await?;
     let current = tx
@@ -212,9 +230,8 @@ pub(crate) async fn claim(
             let held_in: String = row.try_get(1).map_err(DbError::from)?;
             let token: i64 = row.try_get(2).map_err(DbError::from)?;
             let expires_ms: i64 = row.try_get(3).map_err(DbError::from)?;
-            let free = expires_ms == 0
-                || expires_ms < now_ms
-                || is_gone_soon(tx, holder, &held_in).await?;
+            let free =
+                expires_ms == 0 || expires_ms < now_ms || is_gone(tx, holder, &held_in).await?;
             if !free {
                 return Err(JournalError::Claimed {
                     run_id: run_id.to_owned(),
