@@ -290,3 +290,128 @@ async fn a_run_created_over_a_lease_row_that_outlived_its_run_takes_the_lease_on
         .get(0);
     assert_eq!(holders, 1);
 }
+
+/// A handle dropped in this process frees its runs for a claim however long PostgreSQL takes
+/// to see its session end (here: held past the end by another session, as a slow server
+/// would): the claim waits for the end instead of guessing how long it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_handle_dropped_in_this_process_is_claimed_once_its_session_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "dropped").await;
+    let first = db.journal().await;
+    let second = db.journal().await;
+    first.create_run(run("r1"), "worker-1").await.unwrap();
+    let client = raw(&db.location).await;
+    let holder: String = client
+        .query_one("SELECT holder FROM run_leases WHERE run_id = 'r1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key: i64 = holder.trim_start_matches("pg-holder-").parse().unwrap();
+    drop(first);
+    // Granted once the dropped handle's session ended; held a while longer.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await
+            .unwrap();
+    });
+    let taken = second.claim_run("r1", "worker-2").await.unwrap();
+    assert_eq!(taken.token, 2);
+    release.await.unwrap();
+}
+
+/// One renewal of several leases moves the expiry of the current ones only, and tells which
+/// were superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_extends_current_leases_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "renew").await;
+    let journal = db.journal().await;
+    let a = journal.create_run(run("a"), "worker-1").await.unwrap();
+    let b = journal.create_run(run("b"), "worker-1").await.unwrap();
+    let client = raw(&db.location).await;
+    let expiry = |run: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT expires_ms FROM run_leases WHERE run_id = $1",
+                    &[&run],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    // `b` superseded (its token moved on, as a claim elsewhere would), `a` about to expire.
+    client
+        .batch_execute(
+            "UPDATE run_leases SET token = token + 1 WHERE run_id = 'b'; \
+             UPDATE run_leases SET expires_ms = 1 WHERE run_id = 'a'",
+        )
+        .await
+        .unwrap();
+    let b_before = expiry("b").await;
+    let renewed = journal.renew_leases(&[b.clone(), a.clone()]).await.unwrap();
+    assert_eq!(renewed, [false, true]);
+    assert!(expiry("a").await > 1);
+    assert_eq!(expiry("b").await, b_before);
+}
+
+/// A claim that watches a live-looking holder does not hold off that holder's release: it
+/// watches without the run's lock (the release takes that lock shared, a claim exclusively),
+/// and takes the run as soon as the release commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_watching_a_holder_lets_its_release_commit() {
+    const LOCK_CLASS: i32 = 0x6368_6c73;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "watched").await;
+    let first = db.journal().await;
+    let second = db.journal().await;
+    let lease = first.create_run(run("r1"), "worker-1").await.unwrap();
+    let session = raw(&db.location).await;
+    let holder: String = session
+        .query_one("SELECT holder FROM run_leases WHERE run_id = 'r1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key: i64 = holder.trim_start_matches("pg-holder-").parse().unwrap();
+    // The holder's handle is gone, its session lives on (held by `session` from its end).
+    drop(first);
+    session
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let claim = tokio::spawn(async move { second.claim_run("r1", "worker-2").await });
+    // The claim is watching by now (or starts after the release: it then finds the run free).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The holder's release, as its writer commits it: the run's lease lock taken shared.
+    let mut releaser = raw(&db.location).await;
+    let tx = releaser.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext('r1'))",
+        &[&LOCK_CLASS],
+    )
+    .await
+    .unwrap();
+    let token = i64::try_from(lease.token).unwrap();
+    tx.execute(
+        "UPDATE run_leases SET expires_ms = 0 WHERE run_id = 'r1' AND token = $1",
+        &[&token],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let taken = claim.await.unwrap().unwrap();
+    assert_eq!(taken.token, lease.token + 1);
+    session
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+}

@@ -363,18 +363,12 @@ impl RunJournal for PgJournal {
         leases: &'a [Lease],
     ) -> BoxFuture<'a, Result<Vec<bool>, JournalError>> {
         Box::pin(async move {
-            let mut client = self.client().await?;
-            let tx = begin(&mut client, Durability::Deferred).await?;
-            let expires = crate::audit::now_unix_ms().saturating_add(self.inner.ttl_ms());
-            let mut out = vec![false; leases.len()];
-            // In run order, as every other multi-row lease update.
-            let mut order: Vec<usize> = (0..leases.len()).collect();
-            order.sort_by(|&a, &b| leases[a].run_id.cmp(&leases[b].run_id));
-            for i in order {
-                out[i] = leases::renew_one(&tx, &leases[i], expires).await?;
+            if leases.is_empty() {
+                return Ok(Vec::new());
             }
-            tx.commit().await.map_err(db)?;
-            Ok(out)
+            let client = self.client().await?;
+            let expires = crate::audit::now_unix_ms().saturating_add(self.inner.ttl_ms());
+            leases::renew_many(&client, leases, expires).await
         })
     }
 

@@ -12,6 +12,10 @@
 //! holder's last heartbeat), which also covers a holder that is alive but partitioned or
 //! paused.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use deadpool_postgres::GenericClient;
 
 use crate::journal::{JournalError, Lease};
@@ -78,24 +82,50 @@ impl Holder {
     }
 }
 
+/// Holders dropped in this process, by key, the newest last (at most [`DROPPED_KEPT`]).
+static DROPPED: Mutex<VecDeque<i64>> = Mutex::new(VecDeque::new());
+const DROPPED_KEPT: usize = 1024;
+
+fn dropped() -> std::sync::MutexGuard<'static, VecDeque<i64>> {
+    DROPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Holder {
+    /// Its session closes after this, when its connection task runs and PostgreSQL sees the
+    /// session end; until then its lock looks alive. Remembered, so that a claim in this
+    /// process waits for that instead of guessing (see [`watch`]).
+    fn drop(&mut self) {
+        let mut keys = dropped();
+        if keys.len() >= DROPPED_KEPT {
+            keys.pop_front();
+        }
+        keys.push_back(self.key);
+    }
+}
+
+/// The advisory lock key of the holder id `other`, unless it is `holder` itself or not a
+/// holder this backend writes.
+fn key_of(holder: &Holder, other: &str) -> Option<i64> {
+    if other == holder.id {
+        return None;
+    }
+    other
+        .strip_prefix(PREFIX)
+        .and_then(|k| k.parse::<i64>().ok())
+        .filter(|k| *k != holder.key)
+}
+
 async fn is_gone(
     tx: &impl GenericClient,
     holder: &Holder,
     other: &str,
 ) -> Result<bool, JournalError> {
-    if other == holder.id {
-        return Ok(false);
-    }
-    let Some(key) = other
-        .strip_prefix(PREFIX)
-        .and_then(|k| k.parse::<i64>().ok())
-    else {
-        // Not a holder this backend writes: only expiry frees it.
+    // Not a holder this backend writes: only expiry frees it.
+    let Some(key) = key_of(holder, other) else {
         return Ok(false);
     };
-    if key == holder.key {
-        return Ok(false);
-    }
     let row = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
         .await
@@ -103,25 +133,55 @@ async fn is_gone(
     Ok(row.try_get::<_, bool>(0).map_err(DbError::from)?)
 }
 
-/// How long a claim watches a live-looking holder: a handle dropped a moment ago still holds
-/// its lock until PostgreSQL has seen its session end.
-const GONE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a claim watches a live-looking holder of another process: one that was dropped
+/// or killed a moment ago still holds its lock until PostgreSQL has seen its session end.
+const GONE_GRACE: Duration = Duration::from_millis(500);
 
-/// Whether `other` is gone, watching it for up to [`GONE_GRACE`].
-async fn is_gone_soon(
-    tx: &impl GenericClient,
-    holder: &Holder,
-    other: &str,
-) -> Result<bool, JournalError> {
-    let deadline = tokio::time::Instant::now() + GONE_GRACE;
+/// How long a claim waits for the session of a holder dropped in this process to end: that
+/// it ends is certain, only not when (its connection task must run, the server must see it),
+/// so this bounds a hang, it is not a guess.
+const DROPPED_WAIT: Duration = Duration::from_secs(60);
+
+/// Before a claim takes `run_id`'s lock: while its lease is held by another holder that looks
+/// alive, re-reads the lease until it is released or expired or its holder is gone, for up to
+/// [`GONE_GRACE`] ([`DROPPED_WAIT`] for a holder dropped in this process). Without the lock:
+/// the holder's last writes and its release take the run's lock shared, so a claim watching
+/// under its exclusive lock would hold off the very release it waits for (an engine whose run
+/// was abandoned releases it from a task of its own, which outlives the engine's handle).
+async fn watch(tx: &impl GenericClient, holder: &Holder, run_id: &str) -> Result<(), JournalError> {
+    let started = tokio::time::Instant::now();
     loop {
-        if is_gone(tx, holder, other).await? {
-            return Ok(true);
+        let Some(row) = tx
+            .query_opt(
+                "SELECT holder, expires_ms FROM run_leases WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+            .map_err(DbError::from)?
+        else {
+            return Ok(());
+        };
+        let held_in: String = row.try_get(0).map_err(DbError::from)?;
+        let expires_ms: i64 = row.try_get(1).map_err(DbError::from)?;
+        if expires_ms == 0 || expires_ms < crate::audit::now_unix_ms() {
+            return Ok(());
         }
-        if other == holder.id || tokio::time::Instant::now() >= deadline {
-            return Ok(false);
+        // This holder's own lease, or not a holder's: decided under the lock.
+        let Some(key) = key_of(holder, &held_in) else {
+            return Ok(());
+        };
+        if is_gone(tx, holder, &held_in).await? {
+            return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        let wait = if dropped().contains(&key) {
+            DROPPED_WAIT
+        } else {
+            GONE_GRACE
+        };
+        if started.elapsed() >= wait {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -135,6 +195,8 @@ pub(crate) async fn claim(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<(Lease, bool), JournalError> {
+    watch(tx, holder, run_id).await?;
+    let now_ms = now_ms.max(crate::audit::now_unix_ms());
     let expires = now_ms.saturating_add(ttl_ms);
     lock_exclusive(tx, run_id).await?;
     let current = tx
@@ -168,9 +230,8 @@ pub(crate) async fn claim(
             let held_in: String = row.try_get(1).map_err(DbError::from)?;
             let token: i64 = row.try_get(2).map_err(DbError::from)?;
             let expires_ms: i64 = row.try_get(3).map_err(DbError::from)?;
-            let free = expires_ms == 0
-                || expires_ms < now_ms
-                || is_gone_soon(tx, holder, &held_in).await?;
+            let free =
+                expires_ms == 0 || expires_ms < now_ms || is_gone(tx, holder, &held_in).await?;
             if !free {
                 return Err(JournalError::Claimed {
                     run_id: run_id.to_owned(),
@@ -228,48 +289,53 @@ pub(crate) async fn notify(tx: &impl GenericClient) -> Result<(), JournalError> 
     Ok(())
 }
 
-/// Renews one lease if it is still current; returns false only when another claim superseded
-/// it (a lease its holder released is not renewed, and not superseded either). Never waits: a
-/// lease row another transaction has locked is only read (and renewed next time).
-pub(crate) async fn renew_one(
-    tx: &impl GenericClient,
-    lease: &Lease,
+/// Renews `leases` if still current; see [`renew_many`].
+const RENEW_MANY: &str = "WITH x AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS x(run_id, token)), \
+     k AS (SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1) \
+     ORDER BY run_id FOR UPDATE SKIP LOCKED), \
+     r AS (UPDATE run_leases l SET expires_ms = $3 FROM x, k \
+     WHERE l.run_id = x.run_id AND k.run_id = x.run_id AND k.token = x.token \
+     AND k.expires_ms > 0 RETURNING 1) \
+     SELECT x.run_id, COALESCE(k.token, l.token) FROM x \
+     LEFT JOIN k ON k.run_id = x.run_id LEFT JOIN run_leases l ON l.run_id = x.run_id";
+
+/// Renews each of `leases` that is still current, `expires_ms` being its new expiry; per
+/// lease, false only when another claim superseded it (a lease its holder released is not
+/// renewed, and not superseded either). One statement, so no lock outlives it even when this
+/// process stops in the middle (SIGSTOP, a long pause): a claimer then never waits for a
+/// paused worker's renewal, only for its lease to expire. Never waits either: a lease row
+/// another transaction has locked is only read (and renewed next time).
+pub(crate) async fn renew_many(
+    client: &impl GenericClient,
+    leases: &[Lease],
     expires_ms: i64,
-) -> Result<bool, JournalError> {
-    let token = i64::try_from(lease.token).unwrap_or(-1);
-    let locked = tx
-        .query_opt(
-            "SELECT token, expires_ms FROM run_leases WHERE run_id = $1 FOR UPDATE SKIP LOCKED",
-            &[&lease.run_id],
-        )
+) -> Result<Vec<bool>, JournalError> {
+    let runs: Vec<&str> = leases.iter().map(|l| l.run_id.as_str()).collect();
+    let tokens: Vec<i64> = leases
+        .iter()
+        .map(|l| i64::try_from(l.token).unwrap_or(-1))
+        .collect();
+    let stmt = client
+        .prepare_cached(RENEW_MANY)
         .await
         .map_err(DbError::from)?;
-    let current = match locked {
-        Some(row) => {
-            let current: i64 = row.try_get(0).map_err(DbError::from)?;
-            let expires: i64 = row.try_get(1).map_err(DbError::from)?;
-            if current == token && expires > 0 {
-                tx.execute(
-                    "UPDATE run_leases SET expires_ms = $2 WHERE run_id = $1",
-                    &[&lease.run_id, &expires_ms],
-                )
-                .await
-                .map_err(DbError::from)?;
-            }
-            Some(current)
-        }
-        None => tx
-            .query_opt(
-                "SELECT token FROM run_leases WHERE run_id = $1",
-                &[&lease.run_id],
-            )
-            .await
-            .map_err(DbError::from)?
-            .map(|row| row.try_get::<_, i64>(0))
-            .transpose()
-            .map_err(DbError::from)?,
-    };
-    Ok(current == Some(token))
+    let rows = client
+        .query(&stmt, &[&runs, &tokens, &expires_ms])
+        .await
+        .map_err(DbError::from)?;
+    let mut current: std::collections::HashMap<String, Option<i64>> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        current.insert(
+            row.try_get(0).map_err(DbError::from)?,
+            row.try_get(1).map_err(DbError::from)?,
+        );
+    }
+    Ok(leases
+        .iter()
+        .zip(&tokens)
+        .map(|(l, token)| current.get(&l.run_id).copied().flatten() == Some(*token))
+        .collect())
 }
 
 /// Claims `run_id` (whose run row the transaction has locked) for `owner` if its lease is
