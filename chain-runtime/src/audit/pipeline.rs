@@ -217,7 +217,7 @@ impl Part {
     /// whose stored hash the rest chains from; from the first row when `None`) up to `seq`
     /// [`Part::upto`], in `seq` order (see [`verify`]); `refs` are the index rows of the
     /// records after the anchor up to `upto`. Returns the anchor's stored hash with the
-    /// verdict.
+    /// verdict. An error only means "not sure" (see [`verify_here`]).
     pub(crate) fn verify<R>(
         self,
         checkpoint: Option<Checkpoint>,
@@ -237,7 +237,7 @@ impl Part {
         let mut verifier: Option<IndexedVerifier> = None;
         let read_result = read(&mut |cells| {
             if let Some(verifier) = verifier.as_mut() {
-                return match verifier.push_cells(cells) {
+                return match verifier.push_row_deferred(cells) {
                     Ok(()) => true,
                     Err(e) => {
                         broken = Some(e);
@@ -277,13 +277,15 @@ impl Part {
 }
 
 /// Runs `verifier` over the rows `read` produces (see [`verify`]), on this thread, without
-/// copying them.
+/// keeping them: hashes are checked a few rows later, several at once
+/// ([`IndexedVerifier::push_row_deferred`]), so an error only means "not sure" (a row whose
+/// hash differs is not named); [`verify`] names the first break.
 pub(crate) fn verify_here<R>(mut verifier: IndexedVerifier, read: R) -> Result<Verified, AuditError>
 where
     R: FnOnce(&mut dyn FnMut(&Cells<'_>) -> bool) -> Result<(), AuditError>,
 {
     let mut broken = None;
-    let read_result = read(&mut |cells| match verifier.push_cells(cells) {
+    let read_result = read(&mut |cells| match verifier.push_row_deferred(cells) {
         Ok(()) => true,
         Err(e) => {
             broken = Some(e);
@@ -298,7 +300,7 @@ where
 }
 
 /// Runs `verifier` over the rows `read` produces, reading on this thread and checking on
-/// another. `read` calls its `emit` argument once per row, in `seq` order, and returns
+/// another, and names the first break ([`IndexedVerifier::push_rows`]). `read` calls its `emit` argument once per row, in `seq` order, and returns
 /// `Ok(false)` to stop early (the checker gave up: a break was found).
 pub(crate) fn verify<R>(mut verifier: IndexedVerifier, read: R) -> Result<Verified, AuditError>
 where
@@ -315,9 +317,7 @@ where
             .name("audit-verify".into())
             .spawn_scoped(scope, move || -> Result<IndexedVerifier, AuditError> {
                 while let Ok(mut batch) = full_rx.recv() {
-                    for i in 0..batch.rows() {
-                        verifier.push_cells(&batch.row(i))?;
-                    }
+                    verifier.push_rows(batch.rows(), |i| batch.row(i))?;
                     batch.clear();
                     // The reader may have stopped already.
                     let _ = empty_tx.send(batch);
@@ -359,6 +359,7 @@ mod tests {
     use super::*;
     use crate::audit::GENESIS_HASH;
     use crate::audit::record::{AuditEvent, NewRecord, Outcome, RecordRef};
+    use crate::audit::rows::HASHED_TOGETHER;
     use crate::audit::seal::Presealed;
 
     /// A stored row: integers, text as bytes, `None` for `NULL`.
@@ -795,5 +796,147 @@ mod tests {
         let mut edited = intact.clone();
         edited[3][5] = Err(Some(b"mallory".to_vec()));
         assert!(failing(&edited).unwrap_err().contains("position 4"));
+    }
+
+    /// Verifies on two threads (rows hashed [`HASHED_TOGETHER`] at a time) and row by row
+    /// ([`IndexedVerifier::push_cells`]) with the index rows `refs`: the same verdict.
+    fn both_passes(rows: &[Row], refs: &[(i64, RefKey)]) -> Result<Verified, String> {
+        let two = verify(IndexedVerifier::new(None, refs.to_vec()), emit_all(rows))
+            .map_err(|e| e.to_string());
+        let mut verifier = IndexedVerifier::new(None, refs.to_vec());
+        let one = rows
+            .iter()
+            .try_for_each(|row| verifier.push_cells(&cells(row)))
+            .and_then(|()| verifier.finish())
+            .map_err(|e| e.to_string());
+        assert_eq!(two, one);
+        two
+    }
+
+    /// A break anywhere in a queue of rows hashed together (first, late, last), in the second
+    /// queue and in the second batch of rows, of any kind (found when hashed, or when queued),
+    /// is named where it is, as row by row.
+    #[test]
+    fn rows_hashed_together_name_the_first_break_where_it_is() {
+        let h = HASHED_TOGETHER as u64;
+        let n = BATCH_ROWS as u64 + 2 * h + 3;
+        let (intact, refs) = chain_with_refs(n);
+        assert_eq!(both_passes(&intact, &refs).map(|v| v.records), Ok(n));
+        let places = [
+            1,
+            2,
+            h - 1,
+            h,
+            h + 1,
+            2 * h - 1,
+            2 * h,
+            2 * h + 1,
+            BATCH_ROWS as u64 - 1,
+            BATCH_ROWS as u64,
+            BATCH_ROWS as u64 + 1,
+            BATCH_ROWS as u64 + h,
+            n - 1,
+            n,
+        ];
+        for seq in places {
+            let i = seq as usize - 1;
+            let mut edits: Vec<(&str, Vec<Row>, Vec<(i64, RefKey)>)> = Vec::new();
+            // Found when hashed: contents or the stored hash edited.
+            let mut rows = intact.clone();
+            rows[i][5] = Err(Some(b"mallory".to_vec()));
+            edits.push(("principal", rows, refs.clone()));
+            let mut rows = intact.clone();
+            rows[i][2] = Ok(7);
+            edits.push(("time", rows, refs.clone()));
+            let mut rows = intact.clone();
+            rows[i][15] = Err(Some(vec![b'0'; 64]));
+            edits.push(("hash", rows, refs.clone()));
+            // Found when queued: the link, the order, the event's spelling, the index.
+            let mut rows = intact.clone();
+            rows[i][14] = Err(Some(vec![b'1'; 64]));
+            edits.push(("prev_hash", rows, refs.clone()));
+            if seq < n {
+                let mut rows = intact.clone();
+                rows.remove(i);
+                edits.push(("deleted", rows, refs.clone()));
+            }
+            let mut rows = intact.clone();
+            rows[i][13] = Err(Some(br#"{"reason":"x", "type":"resumed"}"#.to_vec()));
+            edits.push(("event", rows, refs.clone()));
+            let mut fewer = refs.clone();
+            fewer.retain(|(s, _)| *s != seq as i64);
+            if fewer.len() < refs.len() {
+                edits.push(("index", intact.clone(), fewer));
+            }
+            for (what, rows, refs) in edits {
+                let result = both_passes(&rows, &refs);
+                let error = result.expect_err(what);
+                assert!(
+                    error.contains(&format!("position {seq} ")),
+                    "{what} at {seq}: {error}"
+                );
+            }
+        }
+    }
+
+    /// Of two breaks, the earlier is named: in one queue of rows hashed together (either kind
+    /// first), in two queues, in two batches of rows.
+    #[test]
+    fn an_earlier_break_wins_over_a_later_one() {
+        let h = HASHED_TOGETHER as u64;
+        let n = BATCH_ROWS as u64 + 2 * h + 3;
+        let (intact, refs) = chain_with_refs(n);
+        let contents = |rows: &mut Vec<Row>, seq: u64| {
+            rows[seq as usize - 1][5] = Err(Some(b"mallory".to_vec()));
+        };
+        let link = |rows: &mut Vec<Row>, seq: u64| {
+            rows[seq as usize - 1][14] = Err(Some(vec![b'1'; 64]));
+        };
+        type Edit = fn(&mut Vec<Row>, u64);
+        let pairs: [(u64, u64); 5] = [
+            (h + 3, 2 * h - 2),
+            (h + 3, h + 4),
+            (3, h + 3),
+            (BATCH_ROWS as u64 - 2, BATCH_ROWS as u64 + 2),
+            (2, n),
+        ];
+        let edits: [(Edit, Edit); 4] = [
+            (contents, contents),
+            (contents, link),
+            (link, contents),
+            (link, link),
+        ];
+        for (early, late) in pairs {
+            for (first, second) in edits {
+                let mut rows = intact.clone();
+                first(&mut rows, early);
+                second(&mut rows, late);
+                let error = both_passes(&rows, &refs).unwrap_err();
+                assert!(
+                    error.contains(&format!("position {early} ")),
+                    "{early} before {late}: {error}"
+                );
+            }
+        }
+    }
+
+    /// Parts whose rows are hashed together accept an intact chain and reject every break
+    /// (one pass then names it), wherever it is in their queues.
+    #[test]
+    fn parts_hashing_rows_together_reject_every_break() {
+        let h = HASHED_TOGETHER as u64;
+        let n = 4 * h + 9;
+        let (intact, refs) = chain_with_refs(n);
+        assert_eq!(
+            both_ways(&intact, &refs, None, 2).map(|v| v.records),
+            Some(n)
+        );
+        for seq in [1, h - 1, h, h + 1, 2 * h - 1, 2 * h + 4, 3 * h, n - 1, n] {
+            let mut rows = intact.clone();
+            rows[seq as usize - 1][5] = Err(Some(b"mallory".to_vec()));
+            assert_eq!(both_ways(&rows, &refs, None, 2), None, "{seq}");
+            let one = both_passes(&rows, &refs).unwrap_err();
+            assert!(one.contains(&format!("position {seq} ")), "{one}");
+        }
     }
 }
