@@ -840,7 +840,8 @@ mod tests {
         ];
         for seq in places {
             let i = seq as usize - 1;
-            let mut edits: Vec<(&str, Vec<Row>, Vec<(i64, RefKey)>)> = Vec::new();
+            type Edited = (&'static str, Vec<Row>, Vec<(i64, RefKey)>);
+            let mut edits: Vec<Edited> = Vec::new();
             // Found when hashed: contents or the stored hash edited.
             let mut rows = intact.clone();
             rows[i][5] = Err(Some(b"mallory".to_vec()));
