@@ -40,7 +40,6 @@
 //! embedded implementation. Its tables are prefixed `audit_` so that other modules can share the
 //! database file.
 
-mod batch_hash;
 mod canonical;
 mod canonical_text;
 mod chain_hash;

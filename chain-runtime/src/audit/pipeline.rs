@@ -217,7 +217,7 @@ impl Part {
     /// whose stored hash the rest chains from; from the first row when `None`) up to `seq`
     /// [`Part::upto`], in `seq` order (see [`verify`]); `refs` are the index rows of the
     /// records after the anchor up to `upto`. Returns the anchor's stored hash with the
-    /// verdict. An error only means "not sure" (see [`verify_here`]).
+    /// verdict.
     pub(crate) fn verify<R>(
         self,
         checkpoint: Option<Checkpoint>,
@@ -237,7 +237,7 @@ impl Part {
         let mut verifier: Option<IndexedVerifier> = None;
         let read_result = read(&mut |cells| {
             if let Some(verifier) = verifier.as_mut() {
-                return match verifier.push_row_deferred(cells) {
+                return match verifier.push_cells(cells) {
                     Ok(()) => true,
                     Err(e) => {
                         broken = Some(e);
@@ -277,15 +277,13 @@ impl Part {
 }
 
 /// Runs `verifier` over the rows `read` produces (see [`verify`]), on this thread, without
-/// keeping them: hashes are checked a few rows later, several at once
-/// ([`IndexedVerifier::push_row_deferred`]), so an error only means "not sure" (a row whose
-/// hash differs is not named); [`verify`] names the first break.
+/// copying them.
 pub(crate) fn verify_here<R>(mut verifier: IndexedVerifier, read: R) -> Result<Verified, AuditError>
 where
     R: FnOnce(&mut dyn FnMut(&Cells<'_>) -> bool) -> Result<(), AuditError>,
 {
     let mut broken = None;
-    let read_result = read(&mut |cells| match verifier.push_row_deferred(cells) {
+    let read_result = read(&mut |cells| match verifier.push_cells(cells) {
         Ok(()) => true,
         Err(e) => {
             broken = Some(e);
@@ -300,7 +298,7 @@ where
 }
 
 /// Runs `verifier` over the rows `read` produces, reading on this thread and checking on
-/// another, and names the first break ([`IndexedVerifier::push_rows`]). `read` calls its `emit` argument once per row, in `seq` order, and returns
+/// another. `read` calls its `emit` argument once per row, in `seq` order, and returns
 /// `Ok(false)` to stop early (the checker gave up: a break was found).
 pub(crate) fn verify<R>(mut verifier: IndexedVerifier, read: R) -> Result<Verified, AuditError>
 where
@@ -317,7 +315,9 @@ where
             .name("audit-verify".into())
             .spawn_scoped(scope, move || -> Result<IndexedVerifier, AuditError> {
                 while let Ok(mut batch) = full_rx.recv() {
-                    verifier.push_rows(batch.rows(), |i| batch.row(i))?;
+                    for i in 0..batch.rows() {
+                        verifier.push_cells(&batch.row(i))?;
+                    }
                     batch.clear();
                     // The reader may have stopped already.
                     let _ = empty_tx.send(batch);
@@ -359,7 +359,6 @@ mod tests {
     use super::*;
     use crate::audit::GENESIS_HASH;
     use crate::audit::record::{AuditEvent, NewRecord, Outcome, RecordRef};
-    use crate::audit::rows::HASHED_TOGETHER;
     use crate::audit::seal::Presealed;
 
     /// A stored row: integers, text as bytes, `None` for `NULL`.
@@ -798,7 +797,10 @@ mod tests {
         assert!(failing(&edited).unwrap_err().contains("position 4"));
     }
 
-    /// Verifies on two threads (rows hashed [`HASHED_TOGETHER`] at a time) and row by row
+    /// Rows between the places where the tests below put breaks (and multiples of it).
+    const SPAN: usize = 32;
+
+    /// Verifies on two threads (rows copied into batches) and on this thread row by row
     /// ([`IndexedVerifier::push_cells`]) with the index rows `refs`: the same verdict.
     fn both_passes(rows: &[Row], refs: &[(i64, RefKey)]) -> Result<Verified, String> {
         let two = verify(IndexedVerifier::new(None, refs.to_vec()), emit_all(rows))
@@ -813,12 +815,12 @@ mod tests {
         two
     }
 
-    /// A break anywhere in a queue of rows hashed together (first, late, last), in the second
-    /// queue and in the second batch of rows, of any kind (found when hashed, or when queued),
-    /// is named where it is, as row by row.
+    /// A break anywhere (first rows, late in a span of rows, the second span, around and in
+    /// the second batch of rows the reader copies, the last rows), of any kind, is named where
+    /// it is, as row by row.
     #[test]
-    fn rows_hashed_together_name_the_first_break_where_it_is() {
-        let h = HASHED_TOGETHER as u64;
+    fn two_threads_name_the_first_break_where_it_is() {
+        let h = SPAN as u64;
         let n = BATCH_ROWS as u64 + 2 * h + 3;
         let (intact, refs) = chain_with_refs(n);
         assert_eq!(both_passes(&intact, &refs).map(|v| v.records), Ok(n));
@@ -842,7 +844,7 @@ mod tests {
             let i = seq as usize - 1;
             type Edited = (&'static str, Vec<Row>, Vec<(i64, RefKey)>);
             let mut edits: Vec<Edited> = Vec::new();
-            // Found when hashed: contents or the stored hash edited.
+            // Contents or the stored hash edited.
             let mut rows = intact.clone();
             rows[i][5] = Err(Some(b"mallory".to_vec()));
             edits.push(("principal", rows, refs.clone()));
@@ -852,7 +854,7 @@ mod tests {
             let mut rows = intact.clone();
             rows[i][15] = Err(Some(vec![b'0'; 64]));
             edits.push(("hash", rows, refs.clone()));
-            // Found when queued: the link, the order, the event's spelling, the index.
+            // The link, the order, the event's spelling, the index.
             let mut rows = intact.clone();
             rows[i][14] = Err(Some(vec![b'1'; 64]));
             edits.push(("prev_hash", rows, refs.clone()));
@@ -880,11 +882,11 @@ mod tests {
         }
     }
 
-    /// Of two breaks, the earlier is named: in one queue of rows hashed together (either kind
-    /// first), in two queues, in two batches of rows.
+    /// Of two breaks, the earlier is named: close together (either kind first), further apart,
+    /// in two batches of rows.
     #[test]
     fn an_earlier_break_wins_over_a_later_one() {
-        let h = HASHED_TOGETHER as u64;
+        let h = SPAN as u64;
         let n = BATCH_ROWS as u64 + 2 * h + 3;
         let (intact, refs) = chain_with_refs(n);
         let contents = |rows: &mut Vec<Row>, seq: u64| {
@@ -921,11 +923,11 @@ mod tests {
         }
     }
 
-    /// Parts whose rows are hashed together accept an intact chain and reject every break
-    /// (one pass then names it), wherever it is in their queues.
+    /// Parts accept an intact chain and reject every break, wherever it is (one pass then
+    /// names it).
     #[test]
-    fn parts_hashing_rows_together_reject_every_break() {
-        let h = HASHED_TOGETHER as u64;
+    fn parts_reject_every_break_that_one_pass_names() {
+        let h = SPAN as u64;
         let n = 4 * h + 9;
         let (intact, refs) = chain_with_refs(n);
         assert_eq!(

@@ -150,13 +150,13 @@ pub(crate) fn records_text<'a>(cells: &Cells<'a>) -> &'a [u8] {
     }
 }
 
-/// Appends the canonical form of the row's record (all members but `hash`) to `out`, from the
+/// Writes the canonical form of the row's record (all members but `hash`) into `out`, from the
 /// columns as stored, when every column certainly holds what a record of this format holds
 /// (so that the record-object road would read the row as that record, with that canonical
 /// form); fills `refs` with the touched records' ranges in [`records_text`]. `false` when not
-/// sure (what was appended is then partial): the caller takes the record-object road.
+/// sure: the caller takes the record-object road.
 pub(crate) fn write_row(cells: &Cells<'_>, out: &mut Vec<u8>, refs: &mut Vec<RefRanges>) -> bool {
-    let start = out.len();
+    out.clear();
     if !write_members(cells, out, refs) {
         return false;
     }
@@ -165,8 +165,7 @@ pub(crate) fn write_row(cells: &Cells<'_>, out: &mut Vec<u8>, refs: &mut Vec<Ref
     // reads invalid bytes as U+FFFD). Every column's bytes sit between ASCII bytes here, so the
     // whole is UTF-8 exactly when each column is: one check for the row (all ASCII, the usual
     // case, is the quicker test).
-    let row = out.get(start..).unwrap_or_default();
-    is_ascii(row) || std::str::from_utf8(row).is_ok()
+    is_ascii(out) || std::str::from_utf8(out).is_ok()
 }
 
 /// Whether every byte of `b` is ASCII: all bytes or'ed together eight at a time, without a

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::AuditError;
-use super::batch_hash::BatchHasher;
 use super::record::{
     AuditEvent, AuditRecord, Authorization, Checkpoint, Effect, Outcome, RecordRef, WriteKind,
 };
@@ -113,28 +112,7 @@ pub(crate) struct IndexedVerifier {
     buf: Vec<u8>,
     /// The touched records of the row being checked (reused).
     refs: Vec<RefRanges>,
-    /// Rows checked but for their hash, hashed together later (the batched road).
-    queue: HashQueue,
 }
-
-/// Rows of the batched road waiting for their hashes: good records if their contents hash to
-/// their stored `hash`, every other check passed.
-#[derive(Debug, Default)]
-struct HashQueue {
-    /// Their canonical forms, one after another.
-    bytes: Vec<u8>,
-    /// Where each canonical form ends in `bytes`.
-    ends: Vec<usize>,
-    /// Each row's `seq` and stored `hash`.
-    rows: Vec<(u64, [u8; 64])>,
-    /// Their hashes, once computed (reused).
-    hashes: Vec<[u8; 32]>,
-    hasher: BatchHasher,
-}
-
-/// Rows hashed together by the batched road: enough to fill the SIMD lanes several times
-/// over when records differ in length, few enough to stay in the L1 cache.
-pub(crate) const HASHED_TOGETHER: usize = 32;
 
 impl IndexedVerifier {
     /// Verifies against `checkpoint` with the index rows `refs` (seq, key).
@@ -170,7 +148,6 @@ impl IndexedVerifier {
             index,
             buf: Vec::with_capacity(1024),
             refs: Vec::new(),
-            queue: HashQueue::default(),
         }
     }
 
@@ -191,7 +168,6 @@ impl IndexedVerifier {
         let Some((seq, prev_hash, stored)) = row_hash::chain_fields(cells) else {
             return false;
         };
-        self.buf.clear();
         if !self.verifier.is_next(seq, prev_hash)
             || !row_hash::write_row(cells, &mut self.buf, &mut self.refs)
         {
@@ -216,128 +192,6 @@ impl IndexedVerifier {
         self.index.remove(&key);
         self.verifier.accept(computed);
         true
-    }
-
-    /// Checks the rows `row(0)`, …, `row(n - 1)` in order with exactly the verdict of
-    /// [`IndexedVerifier::push_cells`] on each in turn (the same first break), hashing up to
-    /// [`HASHED_TOGETHER`] good rows at once ([`super::batch_hash`]).
-    pub(crate) fn push_rows<'a>(
-        &mut self,
-        n: usize,
-        row: impl Fn(usize) -> Cells<'a>,
-    ) -> Result<(), AuditError> {
-        // The first row of the queue.
-        let mut first = 0;
-        for i in 0..n {
-            let cells = row(i);
-            let queued = self.enqueue(&cells);
-            if queued && self.queue.rows.len() < HASHED_TOGETHER {
-                continue;
-            }
-            if let Some(bad) = self.flush() {
-                // That row and the rest one by one: the same verdict, and its reason.
-                return (first + bad..n).try_for_each(|k| self.push_cells(&row(k)));
-            }
-            if !queued {
-                self.push_cells(&cells)?;
-            }
-            first = i + 1;
-        }
-        match self.flush() {
-            Some(bad) => (first + bad..n).try_for_each(|k| self.push_cells(&row(k))),
-            None => Ok(()),
-        }
-    }
-
-    /// Checks the next row like [`IndexedVerifier::push_cells`], but its hash maybe later,
-    /// together with the rows after it ([`IndexedVerifier::push_rows`] without the rows kept):
-    /// an error is at this row or an earlier one, and when a hash differs it is only "not
-    /// sure" ([`AuditError::Background`]), not the first break. For verifying in parts, whose
-    /// errors only mean "verify in one pass". Call [`IndexedVerifier::end_rows`] after the last.
-    pub(crate) fn push_row_deferred(&mut self, cells: &Cells<'_>) -> Result<(), AuditError> {
-        let queued = self.enqueue(cells);
-        if queued && self.queue.rows.len() < HASHED_TOGETHER {
-            return Ok(());
-        }
-        self.end_rows()?;
-        if queued {
-            Ok(())
-        } else {
-            self.push_cells(cells)
-        }
-    }
-
-    /// Hashes the rows [`IndexedVerifier::push_row_deferred`] left waiting.
-    pub(crate) fn end_rows(&mut self) -> Result<(), AuditError> {
-        match self.flush() {
-            None => Ok(()),
-            Some(_) => Err(AuditError::Background(
-                "a record's contents do not hash to its `hash`".into(),
-            )),
-        }
-    }
-
-    /// Queues the next row for the batched road when it passes every check of
-    /// [`IndexedVerifier::push_fast`] but the hash (its place after the queued rows, its
-    /// canonical form written from the columns, the checkpoint and the index checked against
-    /// its stored hash, which it must hash to). `false` (nothing queued): not sure, the caller
-    /// hashes the queue first, then takes [`IndexedVerifier::push_cells`].
-    fn enqueue(&mut self, cells: &Cells<'_>) -> bool {
-        let Some((seq, prev_hash, stored)) = row_hash::chain_fields(cells) else {
-            return false;
-        };
-        let Ok(stored) = <&[u8; 64]>::try_from(stored) else {
-            return false;
-        };
-        let in_place = match self.queue.rows.last() {
-            Some((last, hash)) => last.checked_add(1) == Some(seq) && prev_hash == hash,
-            None => self.verifier.is_next(seq, prev_hash),
-        };
-        let Ok(key) = i64::try_from(seq) else {
-            return false;
-        };
-        let start = self.queue.bytes.len();
-        let good = in_place
-            && row_hash::write_row(cells, &mut self.queue.bytes, &mut self.refs)
-            && std::str::from_utf8(stored).is_ok_and(|s| self.verifier.checkpoint_allows(seq, s))
-            && self.index_matches(key, row_hash::records_text(cells));
-        if good {
-            self.queue.ends.push(self.queue.bytes.len());
-            self.queue.rows.push((seq, *stored));
-        } else {
-            self.queue.bytes.truncate(start);
-        }
-        good
-    }
-
-    /// Hashes the queued rows and takes them as good up to the first whose hash differs,
-    /// whose index in the queue it returns (that row and those after it are dropped).
-    fn flush(&mut self) -> Option<usize> {
-        let queue = &mut self.queue;
-        if queue.rows.is_empty() {
-            return None;
-        }
-        queue
-            .hasher
-            .hash(&queue.bytes, &queue.ends, &mut queue.hashes);
-        let mut bad = None;
-        for (i, ((seq, stored), hash)) in queue.rows.iter().zip(&queue.hashes).enumerate() {
-            let hex = row_hash::hex(hash);
-            let (Ok(key), Ok(computed)) = (i64::try_from(*seq), std::str::from_utf8(&hex)) else {
-                bad = Some(i);
-                break;
-            };
-            if hex != *stored {
-                bad = Some(i);
-                break;
-            }
-            self.index.remove(&key);
-            self.verifier.accept(computed);
-        }
-        queue.bytes.clear();
-        queue.ends.clear();
-        queue.rows.clear();
-        bad
     }
 
     /// Whether the index rows of `seq` are exactly the touched records in `self.refs` (ranges
@@ -380,8 +234,7 @@ impl IndexedVerifier {
     }
 
     /// Ends the check: the chain's end, and no index rows left without a record.
-    pub(crate) fn finish(mut self) -> Result<Verified, AuditError> {
-        self.end_rows()?;
+    pub(crate) fn finish(self) -> Result<Verified, AuditError> {
         let verified = self.verifier.finish().map_err(AuditError::ChainBroken)?;
         if let Some((&seq, _)) = self.index.iter().next() {
             return Err(AuditError::ChainBroken(ChainBreak {
