@@ -796,4 +796,150 @@ mod tests {
         edited[3][5] = Err(Some(b"mallory".to_vec()));
         assert!(failing(&edited).unwrap_err().contains("position 4"));
     }
+
+    /// Rows between the places where the tests below put breaks (and multiples of it).
+    const SPAN: usize = 32;
+
+    /// Verifies on two threads (rows copied into batches) and on this thread row by row
+    /// ([`IndexedVerifier::push_cells`]) with the index rows `refs`: the same verdict.
+    fn both_passes(rows: &[Row], refs: &[(i64, RefKey)]) -> Result<Verified, String> {
+        let two = verify(IndexedVerifier::new(None, refs.to_vec()), emit_all(rows))
+            .map_err(|e| e.to_string());
+        let mut verifier = IndexedVerifier::new(None, refs.to_vec());
+        let one = rows
+            .iter()
+            .try_for_each(|row| verifier.push_cells(&cells(row)))
+            .and_then(|()| verifier.finish())
+            .map_err(|e| e.to_string());
+        assert_eq!(two, one);
+        two
+    }
+
+    /// A break anywhere (first rows, late in a span of rows, the second span, around and in
+    /// the second batch of rows the reader copies, the last rows), of any kind, is named where
+    /// it is, as row by row.
+    #[test]
+    fn two_threads_name_the_first_break_where_it_is() {
+        let h = SPAN as u64;
+        let n = BATCH_ROWS as u64 + 2 * h + 3;
+        let (intact, refs) = chain_with_refs(n);
+        assert_eq!(both_passes(&intact, &refs).map(|v| v.records), Ok(n));
+        let places = [
+            1,
+            2,
+            h - 1,
+            h,
+            h + 1,
+            2 * h - 1,
+            2 * h,
+            2 * h + 1,
+            BATCH_ROWS as u64 - 1,
+            BATCH_ROWS as u64,
+            BATCH_ROWS as u64 + 1,
+            BATCH_ROWS as u64 + h,
+            n - 1,
+            n,
+        ];
+        for seq in places {
+            let i = seq as usize - 1;
+            type Edited = (&'static str, Vec<Row>, Vec<(i64, RefKey)>);
+            let mut edits: Vec<Edited> = Vec::new();
+            // Contents or the stored hash edited.
+            let mut rows = intact.clone();
+            rows[i][5] = Err(Some(b"mallory".to_vec()));
+            edits.push(("principal", rows, refs.clone()));
+            let mut rows = intact.clone();
+            rows[i][2] = Ok(7);
+            edits.push(("time", rows, refs.clone()));
+            let mut rows = intact.clone();
+            rows[i][15] = Err(Some(vec![b'0'; 64]));
+            edits.push(("hash", rows, refs.clone()));
+            // The link, the order, the event's spelling, the index.
+            let mut rows = intact.clone();
+            rows[i][14] = Err(Some(vec![b'1'; 64]));
+            edits.push(("prev_hash", rows, refs.clone()));
+            if seq < n {
+                let mut rows = intact.clone();
+                rows.remove(i);
+                edits.push(("deleted", rows, refs.clone()));
+            }
+            let mut rows = intact.clone();
+            rows[i][13] = Err(Some(br#"{"reason":"x", "type":"resumed"}"#.to_vec()));
+            edits.push(("event", rows, refs.clone()));
+            let mut fewer = refs.clone();
+            fewer.retain(|(s, _)| *s != seq as i64);
+            if fewer.len() < refs.len() {
+                edits.push(("index", intact.clone(), fewer));
+            }
+            for (what, rows, refs) in edits {
+                let result = both_passes(&rows, &refs);
+                let error = result.expect_err(what);
+                assert!(
+                    error.contains(&format!("position {seq} ")),
+                    "{what} at {seq}: {error}"
+                );
+            }
+        }
+    }
+
+    /// Of two breaks, the earlier is named: close together (either kind first), further apart,
+    /// in two batches of rows.
+    #[test]
+    fn an_earlier_break_wins_over_a_later_one() {
+        let h = SPAN as u64;
+        let n = BATCH_ROWS as u64 + 2 * h + 3;
+        let (intact, refs) = chain_with_refs(n);
+        let contents = |rows: &mut Vec<Row>, seq: u64| {
+            rows[seq as usize - 1][5] = Err(Some(b"mallory".to_vec()));
+        };
+        let link = |rows: &mut Vec<Row>, seq: u64| {
+            rows[seq as usize - 1][14] = Err(Some(vec![b'1'; 64]));
+        };
+        type Edit = fn(&mut Vec<Row>, u64);
+        let pairs: [(u64, u64); 5] = [
+            (h + 3, 2 * h - 2),
+            (h + 3, h + 4),
+            (3, h + 3),
+            (BATCH_ROWS as u64 - 2, BATCH_ROWS as u64 + 2),
+            (2, n),
+        ];
+        let edits: [(Edit, Edit); 4] = [
+            (contents, contents),
+            (contents, link),
+            (link, contents),
+            (link, link),
+        ];
+        for (early, late) in pairs {
+            for (first, second) in edits {
+                let mut rows = intact.clone();
+                first(&mut rows, early);
+                second(&mut rows, late);
+                let error = both_passes(&rows, &refs).unwrap_err();
+                assert!(
+                    error.contains(&format!("position {early} ")),
+                    "{early} before {late}: {error}"
+                );
+            }
+        }
+    }
+
+    /// Parts accept an intact chain and reject every break, wherever it is (one pass then
+    /// names it).
+    #[test]
+    fn parts_reject_every_break_that_one_pass_names() {
+        let h = SPAN as u64;
+        let n = 4 * h + 9;
+        let (intact, refs) = chain_with_refs(n);
+        assert_eq!(
+            both_ways(&intact, &refs, None, 2).map(|v| v.records),
+            Some(n)
+        );
+        for seq in [1, h - 1, h, h + 1, 2 * h - 1, 2 * h + 4, 3 * h, n - 1, n] {
+            let mut rows = intact.clone();
+            rows[seq as usize - 1][5] = Err(Some(b"mallory".to_vec()));
+            assert_eq!(both_ways(&rows, &refs, None, 2), None, "{seq}");
+            let one = both_passes(&rows, &refs).unwrap_err();
+            assert!(one.contains(&format!("position {seq} ")), "{one}");
+        }
+    }
 }

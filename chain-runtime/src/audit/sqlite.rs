@@ -478,6 +478,11 @@ impl AuditStore for SqliteAuditStore {
         Some(self.db.id())
     }
 
+    /// Verifies on several threads: a chain of 4 records or more in about two parts per core
+    /// (each on its own blocking-pool thread and read connection, in its own read
+    /// transaction; 4 parts on 2 cores), joined at each part's anchor hash; when a part is not
+    /// sure (a break, or parts that do not join), in one pass on two threads (one reads the
+    /// rows and copies them into batches, the other checks them), which names the first break.
     fn verify(
         &self,
         checkpoint: Option<Checkpoint>,
