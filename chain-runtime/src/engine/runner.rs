@@ -33,7 +33,15 @@ pub(super) async fn drive_new(
     lease: Lease,
     created_with: Option<NewRecord>,
 ) -> Result<RunState, EngineError> {
-    drive_from(engine, meta, run, lease, None, Start::New(created_with)).await
+    drive_from(
+        engine,
+        meta,
+        run,
+        lease,
+        None,
+        Start::New(created_with.map(Box::new)),
+    )
+    .await
 }
 
 /// Where a driven run's journal comes from.
@@ -42,7 +50,7 @@ enum Start {
     Stored,
     /// A new run: empty. With the run's `run_started` record when the run is created with its
     /// first unit (see [`Driver::new`]).
-    New(Option<NewRecord>),
+    New(Option<Box<NewRecord>>),
 }
 
 /// [`drive`], with the run's journal when the caller knows it (else it is read).
@@ -104,7 +112,7 @@ async fn drive_leased(
 ) -> Result<RunState, EngineError> {
     let store = Arc::clone(&engine.inner.store);
     let (journal, created_with) = match start {
-        Start::New(created_with) => (Vec::new(), created_with),
+        Start::New(created_with) => (Vec::new(), created_with.map(|b| *b)),
         Start::Stored => (store.journal(&run.run_id).await?, None),
     };
     let run_id = run.run_id.clone();
