@@ -290,6 +290,16 @@ async fn with_read(ctx: &ChainCtx<UserId>, tag: Tag) -> Result<String, ChainErro
 }
 
 #[chain(principal = UserId)]
+async fn gives_up(_ctx: &ChainCtx<UserId>, _tag: Tag) -> Result<String, ChainError> {
+    Err(ChainError::domain("gave up before its first step"))
+}
+
+#[chain(principal = UserId)]
+async fn no_steps(_ctx: &ChainCtx<UserId>, _tag: Tag) -> Result<String, ChainError> {
+    Ok("nothing to do".into())
+}
+
+#[chain(principal = UserId)]
 async fn branchy(ctx: &ChainCtx<UserId>, tag: Tag) -> Result<String, ChainError> {
     // Reads mutable state without journaling it: a resumed body can take another path.
     let flag = FLAGS.lock().unwrap().contains(&tag);
@@ -453,6 +463,7 @@ chain_runtime::backend_tests!(
     the_idempotency_key_is_derived_from_run_id_and_step_id,
     webhook_notifier_posts_alerts_as_json,
     a_crash_during_compensation_resumes_the_compensation_on_recovery,
+    a_run_that_journals_nothing_is_stored_with_its_end_and_audit_records,
 );
 
 async fn compensate_policy_undoes_completed_writes_in_reverse_for_failures_at_each_step(
@@ -991,11 +1002,12 @@ async fn fifty_concurrent_runs_on_one_store_complete(backend: Backend) {
     if let (Some(writer), Some(start)) = (&writer, start) {
         let stats = writer.writer_stats();
         let (writes, commits) = (stats.writes - start.writes, stats.commits - start.commits);
-        // 50 runs × (insert + lease + run_started, 3 × (intent + attempt record) each with the
-        // result + outcome record of the step before it, the last result with the final state
-        // + run_finished + lease release): the journal and the audit trail share one writer,
-        // each write carries its audit records, and a step's result rides with the next unit.
-        assert_eq!(writes, 50 * 5);
+        // 50 runs × (3 × (intent + attempt record) each with the result + outcome record of
+        // the step before it, the first with the run's insert + lease + run_started, the last
+        // result with the final state + run_finished + lease release): the journal and the
+        // audit trail share one writer, each write carries its audit records, a step's result
+        // rides with the next unit and a run's creation with its first.
+        assert_eq!(writes, 50 * 4);
         assert!(commits <= writes);
         eprintln!("group commit: {writes} writes in {commits} transactions");
     }
@@ -1171,4 +1183,35 @@ async fn a_crash_during_compensation_resumes_the_compensation_on_recovery(backen
     let comps = env.store.compensations(&runs[0].run_id).await.unwrap();
     let u1 = comps.iter().find(|c| c.compensator == "u1").unwrap();
     assert_eq!((u1.attempt, u1.result.clone()), (2, Some(None)));
+}
+
+/// A SQLite run is created with its first unit; a body that journals nothing (it gives up or
+/// returns at once) still leaves its run stored, ended, with its start and end audited.
+async fn a_run_that_journals_nothing_is_stored_with_its_end_and_audit_records(backend: Backend) {
+    let (_dir, env) = setup(backend).await;
+    let failed = env
+        .engine
+        .start::<gives_up>(alice(), tag("gives-up"))
+        .await
+        .unwrap();
+    let done = env
+        .engine
+        .start::<no_steps>(alice(), tag("no-steps"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(done.state, RunState::Completed { .. }),
+        "{:?}",
+        done.state
+    );
+    for report in [&failed.run_id, &done.run_id] {
+        let stored = env.store.get_run(report).await.unwrap().unwrap();
+        assert!(stored.state.is_terminal(), "{:?}", stored.state);
+        assert!(env.store.journal(report).await.unwrap().is_empty());
+        let events = events(&env, report).await;
+        assert_eq!(count(&events, "run_started"), 1, "{events:?}");
+        assert_eq!(count(&events, "run_finished"), 1, "{events:?}");
+    }
+    let failed_state = env.store.get_run(&failed.run_id).await.unwrap().unwrap();
+    assert_eq!(failed_state.state, failed.state);
 }

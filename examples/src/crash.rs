@@ -606,6 +606,42 @@ impl RunJournal for PausingStore {
         self.inner.database()
     }
 
+    /// As the store it wraps when it pauses nowhere (as [`RunJournal::ordered_commits`]): a new
+    /// run is then created with its first unit, and announced once that unit committed.
+    fn new_run_lease(&self, run_id: &str, owner: &str) -> Option<Lease> {
+        if self.pause.is_some() {
+            return None;
+        }
+        self.inner.new_run_lease(run_id, owner)
+    }
+
+    fn commit_creating<'a>(
+        &'a self,
+        run: RunRecord,
+        lease: &'a Lease,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        let run_id = run.run_id.clone();
+        let entry = unit.writes.iter().find_map(|w| match w {
+            JournalWrite::Entry { entry, .. } => Some(entry.clone()),
+            _ => None,
+        });
+        let committed = self.inner.commit_creating(run, lease, unit);
+        Box::pin(async move {
+            let committed = committed.await?;
+            say("run", &run_id);
+            if let Some(entry) = entry {
+                let what = if entry.result.is_some() {
+                    "result"
+                } else {
+                    "intent"
+                };
+                say(what, &entry.step_id);
+            }
+            Ok(committed)
+        })
+    }
+
     /// As the store it wraps when it pauses nowhere (the kill points the emulators reach), so
     /// those runs take the engine's path that does not wait for deferred units. A pause must
     /// stop the run at its write, which only holds when the engine waits for every commit.

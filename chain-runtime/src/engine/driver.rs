@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
-pub(crate) use super::outcome::{alert, audit_failure, commit, conclude, create_run};
+pub(crate) use super::outcome::{
+    alert, audit_failure, commit, commit_creating, conclude, create_run, first_unit_lease,
+};
 use super::outcome::{is_invalid_client, suspends};
 use super::pending::{Held, Sent};
 use super::replay::{self, Call, Decision, HaltCause, Next, ReplayCursor};
@@ -69,6 +71,9 @@ fn runtime(e: impl std::fmt::Display) -> StepError {
 }
 
 impl Driver {
+    /// A driver of `run` under `lease`. `created_with`: the run is not stored yet; it is
+    /// created with its first unit, which starts with this `run_started` record (see
+    /// [`first_unit_lease`]).
     pub(crate) fn new(
         engine: Engine,
         meta: &'static ChainMeta,
@@ -76,11 +81,13 @@ impl Driver {
         lease: Lease,
         journal: Vec<JournalEntry>,
         retry: Option<String>,
+        created_with: Option<NewRecord>,
     ) -> Self {
         let store = &engine.inner.store;
         let pipelined = store.ordered_commits()
             && store.database().is_some()
             && store.database() == engine.inner.audit.database();
+        let held = created_with.map(Held::creation);
         Self {
             engine,
             meta,
@@ -91,7 +98,7 @@ impl Driver {
                 failure: None,
                 awaiting: None,
                 sent: Vec::new(),
-                held: None,
+                held,
             }),
             run: Arc::new(run),
             lease,

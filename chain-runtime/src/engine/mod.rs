@@ -250,8 +250,12 @@ impl Engine {
         let (run, started) = self
             .prepare_run(meta, run_id, principal, principal_id, input, parent_run_id)
             .await?;
+        // Where the journal can, the run is created with its first unit (one transaction).
+        if let Some(lease) = driver::first_unit_lease(self, &run.run_id) {
+            return runner::drive_new(self.clone(), meta, run, lease, Some(started)).await;
+        }
         let lease = driver::create_run(self, run.clone(), started).await?;
-        runner::drive_new(self.clone(), meta, run, lease).await
+        runner::drive_new(self.clone(), meta, run, lease, None).await
     }
 
     /// A run's stored record (state, node, principal, …).

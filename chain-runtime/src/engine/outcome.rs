@@ -127,6 +127,33 @@ pub(crate) async fn create_run(
     Ok(lease)
 }
 
+/// The lease of a new run that is created with its first unit, in the same transaction
+/// ([`commit_creating`]), instead of on its own: where the journal can
+/// ([`RunJournal::new_run_lease`](crate::journal::RunJournal::new_run_lease)), queues units in
+/// order and carries the audit records. `None`: [`create_run`] first.
+pub(crate) fn first_unit_lease(engine: &Engine, run_id: &str) -> Option<Lease> {
+    let store = &engine.inner.store;
+    let shared = store.ordered_commits()
+        && store.database().is_some()
+        && store.database() == engine.inner.audit.database();
+    if !shared {
+        return None;
+    }
+    store.new_run_lease(run_id, &engine.inner.owner)
+}
+
+/// Creates `run` under `lease` (from [`first_unit_lease`]) and commits `unit`, the run's first
+/// (its `run_started` record first), in one transaction. No HTTP attempt record can be held
+/// for a run before its first unit: every call comes after one.
+pub(crate) async fn commit_creating(
+    engine: &Engine,
+    run: RunRecord,
+    lease: &Lease,
+    unit: Unit,
+) -> Result<Committed, EngineError> {
+    Ok(engine.inner.store.commit_creating(run, lease, unit).await?)
+}
+
 /// The one way to build an operator alert about `run`.
 pub(crate) fn alert(
     run: &RunRecord,

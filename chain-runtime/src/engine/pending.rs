@@ -26,8 +26,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use super::EngineError;
-use super::driver::{Driver, commit};
-use crate::journal::{Committed, Durability, JournalEntry, JournalWrite, Unit};
+use super::driver::{Driver, commit, commit_creating};
+use crate::journal::{Committed, Durability, JournalEntry, JournalWrite, RunRecord, Unit};
 use crate::step::StepError;
 
 /// The answer of a commit, owning what it borrows.
@@ -76,6 +76,20 @@ pub(crate) struct Held {
     unit: Unit,
     /// What the first of them journals, for the error.
     what: &'static str,
+    /// The run is not stored yet: it is created with this unit (its `run_started` record is
+    /// the unit's first), so a kill before this unit's commit leaves no trace of the run.
+    creates: bool,
+}
+
+impl Held {
+    /// The creation of a new run, held for its first unit.
+    pub(crate) fn creation(started: crate::audit::NewRecord) -> Self {
+        Self {
+            unit: Unit::of(Vec::new()).audit(started).deferred(),
+            what: "creating the run",
+            creates: true,
+        }
+    }
 }
 
 /// A unit [`Driver::queue`] took, to hand to [`Driver::journaled`].
@@ -152,9 +166,13 @@ impl Driver {
             s.held = Some(match s.held.take() {
                 Some(held) => Held {
                     unit: merged(held.unit, unit),
-                    what: held.what,
+                    ..held
                 },
-                None => Held { unit, what },
+                None => Held {
+                    unit,
+                    what,
+                    creates: false,
+                },
             });
             return Queued {
                 entry,
@@ -162,12 +180,12 @@ impl Driver {
                 what,
             };
         }
-        let unit = match s.held.take() {
-            Some(held) => merged(held.unit, unit),
-            None => unit,
+        let (unit, creates) = match s.held.take() {
+            Some(held) => (merged(held.unit, unit), held.creates),
+            None => (unit, false),
         };
         drop(s);
-        let sent = self.send(unit, what);
+        let sent = self.send(unit, what, creates);
         Queued {
             entry,
             state: Queueing::Waited(sent),
@@ -175,10 +193,18 @@ impl Driver {
         }
     }
 
-    /// Queues `unit` (the first poll of its commit).
-    fn send(&self, unit: Unit, what: &'static str) -> Result<Result<Committed, EngineError>, Sent> {
+    /// Queues `unit` (the first poll of its commit); `creates`: with the run's creation.
+    fn send(
+        &self,
+        unit: Unit,
+        what: &'static str,
+        creates: bool,
+    ) -> Result<Result<Committed, EngineError>, Sent> {
         let (engine, lease) = (self.engine.clone(), self.lease.clone());
-        let answer = Box::pin(async move { commit(&engine, Some(&lease), unit).await });
+        let answer: Answer = match creates.then(|| RunRecord::clone(&self.run)) {
+            Some(run) => Box::pin(async move { commit_creating(&engine, run, &lease, unit).await }),
+            None => Box::pin(async move { commit(&engine, Some(&lease), unit).await }),
+        };
         Sent::send(answer, what)
     }
 
@@ -222,9 +248,16 @@ impl Driver {
         let Some(held) = self.state().held.take() else {
             return;
         };
-        let sent = self.send(held.unit, held.what);
+        let sent = self.send(held.unit, held.what, held.creates);
         // A failure answered at once halts the run, as when it is read later.
         let _ = self.not_waited(sent, held.what);
+    }
+
+    /// Queues the run's creation if it is still held (with the units held after it).
+    pub(super) fn flush_creation(&self) {
+        if self.state().held.as_ref().is_some_and(|held| held.creates) {
+            self.flush_held();
+        }
     }
 
     /// At the run's end: the units still held, to commit with the end state, when the run
@@ -234,7 +267,9 @@ impl Driver {
     pub(super) async fn held_for_the_end(&self, body_ok: bool) -> Option<Unit> {
         {
             let mut s = self.state();
-            let completes = body_ok && s.sent.is_empty() && !s.is_halted() && s.awaiting.is_none();
+            let creates = s.held.as_ref().is_some_and(|held| held.creates);
+            let completes =
+                body_ok && !creates && s.sent.is_empty() && !s.is_halted() && s.awaiting.is_none();
             if completes {
                 return s.held.take().map(|held| held.unit);
             }

@@ -7,8 +7,9 @@ use super::attempts::flush_attempts;
 use super::driver::Driver;
 use super::pending::FlushWhenPending;
 use super::{Engine, EngineError};
+use crate::audit::NewRecord;
 use crate::chain::ChainMeta;
-use crate::journal::{JournalEntry, JournalError, Lease, RunJournal, RunRecord, RunState};
+use crate::journal::{JournalError, Lease, RunJournal, RunRecord, RunState};
 
 /// Drives `run` of `meta` under `lease` until it completes, suspends, is compensated, blocks
 /// or fails (`retry`: the step a resume retries). The lease is released on every path.
@@ -19,17 +20,37 @@ pub(super) async fn drive(
     lease: Lease,
     retry: Option<String>,
 ) -> Result<RunState, EngineError> {
-    drive_from(engine, meta, run, lease, retry, None).await
+    drive_from(engine, meta, run, lease, retry, Start::Stored).await
 }
 
-/// [`drive`] for a run this engine just created: its journal is empty, nothing to read.
+/// [`drive`] for a run this engine just created, or creates with its first unit when
+/// `created_with` (the run's `run_started` record) is given: its journal is empty, nothing to
+/// read.
 pub(super) async fn drive_new(
     engine: Engine,
     meta: &'static ChainMeta,
     run: RunRecord,
     lease: Lease,
+    created_with: Option<NewRecord>,
 ) -> Result<RunState, EngineError> {
-    drive_from(engine, meta, run, lease, None, Some(Vec::new())).await
+    drive_from(
+        engine,
+        meta,
+        run,
+        lease,
+        None,
+        Start::New(created_with.map(Box::new)),
+    )
+    .await
+}
+
+/// Where a driven run's journal comes from.
+enum Start {
+    /// Read from the store.
+    Stored,
+    /// A new run: empty. With the run's `run_started` record when the run is created with its
+    /// first unit (see [`Driver::new`]).
+    New(Option<Box<NewRecord>>),
 }
 
 /// [`drive`], with the run's journal when the caller knows it (else it is read).
@@ -39,14 +60,14 @@ async fn drive_from(
     run: RunRecord,
     lease: Lease,
     retry: Option<String>,
-    journal: Option<Vec<JournalEntry>>,
+    start: Start,
 ) -> Result<RunState, EngineError> {
     let store = Arc::clone(&engine.inner.store);
     let mut abandoned = ReleaseIfAbandoned {
         engine: engine.clone(),
         lease: Some(lease.clone()),
     };
-    let result = drive_leased(engine.clone(), meta, run, &lease, retry, journal).await;
+    let result = drive_leased(engine.clone(), meta, run, &lease, retry, start).await;
     abandoned.lease = None;
     // Attempt records no commit of the run took (the lease was lost): stored on their own.
     flush_attempts(&engine, &lease.run_id).await;
@@ -87,12 +108,12 @@ async fn drive_leased(
     run: RunRecord,
     lease: &Lease,
     retry: Option<String>,
-    journal: Option<Vec<JournalEntry>>,
+    start: Start,
 ) -> Result<RunState, EngineError> {
     let store = Arc::clone(&engine.inner.store);
-    let journal = match journal {
-        Some(journal) => journal,
-        None => store.journal(&run.run_id).await?,
+    let (journal, created_with) = match start {
+        Start::New(created_with) => (Vec::new(), created_with.map(|b| *b)),
+        Start::Stored => (store.journal(&run.run_id).await?, None),
     };
     let run_id = run.run_id.clone();
     let (principal, input) = (run.principal.clone(), run.input.clone());
@@ -103,6 +124,7 @@ async fn drive_leased(
         lease.clone(),
         journal,
         retry,
+        created_with,
     ));
     let body = (meta.run)(driver.clone(), &principal, &input)
         .map_err(|e| EngineError::Codec(format!("run `{run_id}`: {e}")))?;
@@ -111,6 +133,8 @@ async fn drive_leased(
         driver: &driver,
     }
     .await;
+    // A run whose body returned before its first unit is created now, before anything reads it.
+    driver.flush_creation();
     // The answers of the units the run did not wait for (a failure halts the run).
     let settled = driver.settle().await;
     if (body.is_err() || settled.is_err()) && lease_lost(store.as_ref(), lease).await {

@@ -19,55 +19,14 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::leases::{self, Holder};
 use super::rows::{CompensationRow, EntryRow, RUN_COLUMNS, RunRow, decode};
-use super::sqlite_write::{commit_in, insert_run};
+use super::sqlite_schema::SCHEMA;
+use super::sqlite_write::{commit_creating_in, commit_in, insert_run};
 use super::{
     Alert, BoxFuture, Claim, Committed, CompensationEntry, DatabaseId, Drivable, JournalEntry,
     JournalError, Lease, RunJournal, RunRecord, Unit, Wakeups, WriterStats,
 };
 use crate::audit::{AuditRecord, NewRecord};
 use crate::sqlite::{Database, Durability, Tx};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS run_runs (
-    run_id        TEXT PRIMARY KEY,
-    chain         TEXT NOT NULL,
-    chain_version TEXT NOT NULL,
-    step_versions TEXT NOT NULL,
-    principal     TEXT NOT NULL,
-    principal_id  TEXT NOT NULL,
-    input         TEXT NOT NULL,
-    subjects      TEXT NOT NULL,
-    parent_run_id TEXT,
-    state         TEXT NOT NULL,
-    state_kind    TEXT NOT NULL,
-    node          INTEGER NOT NULL,
-    created_ms    INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS journal_entries (
-    run_id  TEXT NOT NULL,
-    seq     INTEGER NOT NULL,
-    step_id TEXT NOT NULL,
-    kind    TEXT NOT NULL,
-    name    TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    result  TEXT,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS journal_compensations (
-    run_id      TEXT NOT NULL,
-    step_id     TEXT NOT NULL,
-    compensator TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    result      TEXT,
-    PRIMARY KEY (run_id, step_id)
-);
-CREATE TABLE IF NOT EXISTS alert_alerts (
-    id      INTEGER PRIMARY KEY,
-    run_id  TEXT NOT NULL,
-    alert   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alert_alerts_by_run ON alert_alerts (run_id, id);
-";
 
 /// A run journal in a SQLite file; see the module docs. Clones share the handle (and its
 /// leases' holder).
@@ -267,6 +226,39 @@ impl RunJournal for SqliteJournal {
                     let lease = inner.insert_and_claim(tx, &run, &owner)?;
                     let sealed = crate::audit::sqlite::append_in(tx, audit)?;
                     Ok::<_, JournalError>((lease, sealed))
+                })
+                .await
+        })
+    }
+
+    /// A run's first claim has token 1 (see [`leases::claim`]).
+    fn new_run_lease(&self, run_id: &str, owner: &str) -> Option<Lease> {
+        self.inner.holder.as_ref()?;
+        Some(Lease {
+            run_id: run_id.to_owned(),
+            owner: owner.to_owned(),
+            token: 1,
+        })
+    }
+
+    fn commit_creating<'a>(
+        &'a self,
+        run: RunRecord,
+        lease: &'a Lease,
+        unit: Unit,
+    ) -> BoxFuture<'a, Result<Committed, JournalError>> {
+        let inner = Arc::clone(&self.inner);
+        let lease = lease.clone();
+        Box::pin(async move {
+            let audit = crate::audit::sqlite::preseal(unit.audit)?;
+            let writes = unit.writes;
+            // One write: the run, its lease and the unit (queued at the first poll, as a
+            // commit). Checked first: see `commit_creating_in`.
+            self.inner
+                .db
+                .write_checked_first(unit.durability, move |tx| {
+                    let holder = inner.holder()?;
+                    commit_creating_in(tx, holder, inner.ttl_ms(), &run, &lease, &writes, audit)
                 })
                 .await
         })

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::leases;
+use super::leases::{self, Holder};
 use super::rows::{RunText, encode_opt};
 use super::{
     Committed, CompensationEntry, JournalEntry, JournalError, JournalWrite, Lease, RunRecord,
@@ -86,13 +86,9 @@ fn states_expected(
     run_id: Option<&str>,
     writes: &[Encoded<'_>],
 ) -> Result<bool, JournalError> {
-    let mut states = writes.iter().filter_map(|w| match w {
-        Encoded::State { expected, kind, .. } => Some((*expected, *kind)),
-        _ => None,
-    });
-    let Some(first) = states.next() else {
+    if !writes.iter().any(|w| matches!(w, Encoded::State { .. })) {
         return Ok(true);
-    };
+    }
     let current: Option<String> = match run_id {
         Some(run_id) => conn
             .prepare_cached("SELECT state_kind FROM run_runs WHERE run_id = ?1")?
@@ -100,16 +96,22 @@ fn states_expected(
             .optional()?,
         None => None,
     };
-    let Some(mut current) = current else {
-        return Ok(false);
-    };
-    for (expected, kind) in std::iter::once(first).chain(states) {
-        if expected.is_some_and(|e| e != current) {
-            return Ok(false);
+    Ok(current.is_some_and(|current| states_follow(&current, writes)))
+}
+
+/// Whether every state change of `writes`, applied in order from a run in state `current`,
+/// finds the kind it expects.
+fn states_follow(current: &str, writes: &[Encoded<'_>]) -> bool {
+    let mut current = current;
+    for write in writes {
+        if let Encoded::State { expected, kind, .. } = write {
+            if expected.is_some_and(|e| e != current) {
+                return false;
+            }
+            current = kind;
         }
-        current = kind.to_owned();
     }
-    Ok(true)
+    true
 }
 
 /// Applies one checked journal write.
@@ -199,6 +201,55 @@ pub(super) fn commit_in(
     })
 }
 
+/// Inserts `run`, claims it under `lease` (its first claim, token 1) and commits the unit
+/// under that lease, in the writer's transaction: [`commit_in`] for a run that did not exist.
+/// Everything that can refuse it is checked before its first change, as there.
+pub(super) fn commit_creating_in(
+    tx: &mut Tx<'_>,
+    holder: &Holder,
+    ttl_ms: i64,
+    run: &RunRecord,
+    lease: &Lease,
+    writes: &[JournalWrite],
+    audit: Vec<Presealed>,
+) -> Result<Committed, JournalError> {
+    let encoded = encode(Some(&lease.run_id), writes)?;
+    if !states_follow(run.state.kind(), &encoded) {
+        return Ok(Committed::default());
+    }
+    drop(encoded);
+    let conn = tx.conn();
+    let claimed_before = conn
+        .prepare_cached("SELECT 1 FROM run_leases WHERE run_id = ?1")?
+        .exists([&run.run_id])?;
+    if claimed_before {
+        let known = conn
+            .prepare_cached("SELECT 1 FROM run_runs WHERE run_id = ?1")?
+            .exists([&run.run_id])?;
+        return Err(if known {
+            JournalError::Duplicate(run.run_id.clone())
+        } else {
+            JournalError::LeaseLost(run.run_id.clone())
+        });
+    }
+    if lease.run_id != run.run_id || lease.token != 1 {
+        return Err(JournalError::LeaseLost(run.run_id.clone()));
+    }
+    insert_run(conn, run)?;
+    tx.forget(&run.run_id);
+    let now = crate::audit::now_unix_ms();
+    let claimed = leases::claim(conn, holder, &run.run_id, &lease.owner, now, ttl_ms)?;
+    if claimed != *lease {
+        // Not reached: checked above. Fails the write after a change (the batch rolls back).
+        return Err(JournalError::LeaseLost(run.run_id.clone()));
+    }
+    tx.remember(&lease.run_id, |m| {
+        m.token = Some(lease.token);
+        m.node = Some(run.node);
+    });
+    commit_in(tx, Some(lease), writes, audit)
+}
+
 pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
     let text = RunText::of(run)?;
     conn.prepare_cached(
@@ -270,6 +321,61 @@ mod tests {
             },
             node,
         }])
+    }
+
+    /// A run created with its first unit: one transaction for both, the lease the journal
+    /// announced, and nothing stored when the creation is refused.
+    #[tokio::test]
+    async fn a_run_created_with_its_first_unit_commits_both_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let journal = SqliteJournal::open(&path).await.unwrap();
+        let lease = journal.new_run_lease("r1", "w").unwrap();
+        let before = journal.writer_stats().commits;
+        let committed = journal
+            .commit_creating(run("r1"), &lease, unit(0, 1))
+            .await
+            .unwrap();
+        assert!(committed.applied);
+        assert_eq!(journal.writer_stats().commits, before + 1);
+        let stored = journal.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(stored.node, 1);
+        assert_eq!(journal.journal("r1").await.unwrap().len(), 1);
+        // The announced lease is the run's: later units commit under it.
+        assert!(
+            journal
+                .commit(Some(&lease), unit(1, 2))
+                .await
+                .unwrap()
+                .applied
+        );
+
+        // A known run id: refused, nothing written.
+        let again = journal.commit_creating(run("r1"), &lease, unit(2, 3)).await;
+        assert!(
+            matches!(again, Err(JournalError::Duplicate(_))),
+            "{again:?}"
+        );
+        assert_eq!(journal.journal("r1").await.unwrap().len(), 2);
+
+        // A lease row left for the id (the run itself gone): the new run's lease would not be
+        // the announced one, so neither the run nor the unit is stored.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute(
+                "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
+                 VALUES ('r2', 'w', 'gone', 4, 0)",
+                [],
+            )
+            .unwrap();
+        let lease = journal.new_run_lease("r2", "w").unwrap();
+        let stale = journal.commit_creating(run("r2"), &lease, unit(0, 1)).await;
+        assert!(
+            matches!(stale, Err(JournalError::LeaseLost(_))),
+            "{stale:?}"
+        );
+        assert!(journal.get_run("r2").await.unwrap().is_none());
+        assert!(journal.journal("r2").await.unwrap().is_empty());
     }
 
     /// The writer remembers a lease it found current and a run's node between batches; what
