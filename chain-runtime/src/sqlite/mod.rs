@@ -163,10 +163,11 @@ pub(crate) struct Stats {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Writes ever queued for the writer thread.
     queued: AtomicU64,
-    /// How many writes the latest commit served or saw arrive (its batch; for a caller's own
-    /// commit, 1 and the writes queued meanwhile): a caller commits its own write only while
-    /// it is at most 1 (see `writer::Writer`).
-    recent_group: std::sync::atomic::AtomicUsize,
+    /// How many commits in a row served one write with no other write waiting (a batch of
+    /// one with nothing queued behind it; a caller's own commit with nothing queued
+    /// meanwhile): a caller commits its own write only from `writer::LONE_COMMITS` on (see
+    /// `writer::Writer`).
+    lone_commits: std::sync::atomic::AtomicUsize,
 }
 
 impl Stats {
@@ -581,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn after_concurrent_writes_a_caller_joins_the_writer_until_a_batch_of_one() {
+    fn after_concurrent_writes_a_caller_joins_the_writer_until_lone_batches() {
         use futures::FutureExt;
         use std::sync::mpsc::channel;
         let dir = tempfile::tempdir().unwrap();
@@ -618,11 +619,15 @@ mod tests {
         for write in [b, c, d] {
             assert_eq!(futures::executor::block_on(write).unwrap(), "sqlite-writer");
         }
-        // The writer is idle, but its latest batch held two writes: the next write joins the
-        // writer thread; after that batch of one, a caller commits its own write again.
-        let e = futures::executor::block_on(traced(&db, 5, started.clone(), None)).unwrap();
-        assert_eq!(e, "sqlite-writer");
-        let f = futures::executor::block_on(traced(&db, 6, started, None)).unwrap();
+        // The writer is idle, but its latest batch held two writes: the next writes join the
+        // writer thread; after `LONE_COMMITS` batches of one, a caller commits its own write
+        // again.
+        for k in 0..writer::LONE_COMMITS {
+            let k = 5 + i64::try_from(k).unwrap();
+            let e = futures::executor::block_on(traced(&db, k, started.clone(), None)).unwrap();
+            assert_eq!(e, "sqlite-writer");
+        }
+        let f = futures::executor::block_on(traced(&db, 100, started, None)).unwrap();
         assert_eq!(f, thread_name());
     }
 

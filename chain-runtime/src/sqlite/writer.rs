@@ -340,6 +340,10 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How many commits in a row must have served one write alone before a caller commits its
+/// own write (see [`Writer`]).
+pub(crate) const LONE_COMMITS: usize = 3;
+
 /// The handle every [`super::Database`] clone shares on the writer: its queue and its core.
 ///
 /// A write is committed by the writer thread, in queue order, unless the writer is idle:
@@ -353,10 +357,11 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 /// Under concurrent writes the idle moments are short (the writer answered one batch, the
 /// callers it woke are about to write again), and a caller that commits there makes a commit
 /// and an fsync of its own, on a runtime thread, while the others wait for the lock: so a
-/// caller commits its own write only when the latest commit served at most one write (the
-/// writer thread's last batch held one, or a caller's own commit saw no write queued
-/// meanwhile). Concurrent writers then join the group commits, and a lone writer goes back to
-/// committing its own writes after one batch of one. (That gate only chooses the path; it
+/// caller commits its own write only when the latest commits served one write each with no
+/// other waiting (the writer thread's batch held one and nothing was queued behind it, or a
+/// caller's own commit saw no write queued meanwhile), [`LONE_COMMITS`] times in a row.
+/// Concurrent writers then join the group commits, and a lone writer goes back to committing
+/// its own writes after that many batches of one. (That gate only chooses the path; it
 /// is read without any ordering and cannot break the order of writes.)
 pub(crate) struct Writer {
     queue: mpsc::Sender<Job>,
@@ -376,6 +381,8 @@ impl Writer {
         syncer: Option<Syncer>,
     ) -> Result<Self, DbError> {
         let (tx, rx) = mpsc::channel();
+        // A caller may commit its first write itself.
+        stats.lone_commits.store(LONE_COMMITS, Ordering::Relaxed);
         let wal = syncer.is_some().then(|| Mutex::new(WalFile::new(db)));
         let core = Arc::new(Mutex::new(core));
         let (thread_core, thread_stats) = (Arc::clone(&core), Arc::clone(&stats));
@@ -394,7 +401,7 @@ impl Writer {
     /// The core, when the writer is idle and was not busy with concurrent writes lately (see
     /// the type's docs).
     fn own_commit_core(&self) -> Option<MutexGuard<'_, Core>> {
-        if self.stats.recent_group.load(Ordering::Relaxed) > 1 {
+        if self.stats.lone_commits.load(Ordering::Relaxed) < LONE_COMMITS {
             return None;
         }
         self.idle_core()
@@ -444,13 +451,9 @@ impl Writer {
                 }
                 _ => outcome,
             };
-            let arrived = self
-                .stats
-                .queued
-                .load(Ordering::Relaxed)
-                .wrapping_sub(queued);
-            let group = usize::try_from(arrived).map_or(usize::MAX, |n| n.saturating_add(1));
-            self.stats.recent_group.store(group, Ordering::Relaxed);
+            if self.stats.queued.load(Ordering::Relaxed) != queued {
+                self.stats.lone_commits.store(0, Ordering::Relaxed);
+            }
             job.finish(answer.as_ref().map(|_| ()));
             return Ok(());
         }
@@ -506,7 +509,6 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        stats.recent_group.store(jobs.len(), Ordering::Relaxed);
         let outcome = {
             let mut core = lock(core);
             match core.begin() {
@@ -517,7 +519,15 @@ fn writer_loop(
                 }
             }
         };
+        let lone = |more: bool| {
+            if jobs.len() == 1 && !more {
+                stats.lone_commits.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.lone_commits.store(0, Ordering::Relaxed);
+            }
+        };
         let Some(syncer) = syncer.as_mut() else {
+            lone(false);
             if outcome.is_ok() {
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
@@ -528,6 +538,7 @@ fn writer_loop(
         };
         // More writes waiting: the syncer answers this batch while the writer goes on.
         next = rx.try_recv().ok();
+        lone(next.is_some());
         syncer.settle(Done { jobs, outcome }, next.is_some());
     }
 }
