@@ -231,7 +231,7 @@ impl RunJournal for SqliteJournal {
         })
     }
 
-    /// A run's first claim has token 1 (see [`leases::claim`]).
+    /// A run's first claim has token 1 (`journal::leases::claim` counts from 1).
     fn new_run_lease(&self, run_id: &str, owner: &str) -> Option<Lease> {
         self.inner.holder.as_ref()?;
         Some(Lease {
