@@ -98,9 +98,14 @@ async fn commit_unit(
 /// Whether the journal commits `unit` whole: it has no audit records, or the journal and the
 /// audit trail share a database.
 fn in_one_transaction(engine: &Engine, unit: &Unit) -> bool {
+    unit.audit.is_empty() || journal_holds_audit(engine)
+}
+
+/// Whether the journal and the audit trail are in the same database (so one transaction can
+/// hold a journal write and its audit records).
+fn journal_holds_audit(engine: &Engine) -> bool {
     let journal = &engine.inner.store;
-    unit.audit.is_empty()
-        || (journal.database().is_some() && journal.database() == engine.inner.audit.database())
+    journal.database().is_some() && journal.database() == engine.inner.audit.database()
 }
 
 /// Inserts a new `run`, claims it and commits its `run_started` record (deferred: the first
@@ -133,10 +138,7 @@ pub(crate) async fn create_run(
 /// order and carries the audit records. `None`: [`create_run`] first.
 pub(crate) fn first_unit_lease(engine: &Engine, run_id: &str) -> Option<Lease> {
     let store = &engine.inner.store;
-    let shared = store.ordered_commits()
-        && store.database().is_some()
-        && store.database() == engine.inner.audit.database();
-    if !shared {
+    if !(store.ordered_commits() && journal_holds_audit(engine)) {
         return None;
     }
     store.new_run_lease(run_id, &engine.inner.owner)
