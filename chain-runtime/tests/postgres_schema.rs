@@ -17,6 +17,24 @@ async fn raw(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Drops `holder`, the journal handle that holds run `r1`, and takes its session's advisory
+/// lock on `client` as soon as that session ends: the handle is gone, but its session looks
+/// alive to a claim until `client` unlocks the returned key.
+async fn outlive_dropped_holder<J>(client: &tokio_postgres::Client, holder: J) -> i64 {
+    let name: String = client
+        .query_one("SELECT holder FROM run_leases WHERE run_id = 'r1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key: i64 = name.trim_start_matches("pg-holder-").parse().unwrap();
+    drop(holder);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    key
+}
+
 #[tokio::test]
 async fn migrations_run_once_and_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,18 +320,8 @@ async fn a_run_of_a_handle_dropped_in_this_process_is_claimed_once_its_session_e
     let second = db.journal().await;
     first.create_run(run("r1"), "worker-1").await.unwrap();
     let client = raw(&db.location).await;
-    let holder: String = client
-        .query_one("SELECT holder FROM run_leases WHERE run_id = 'r1'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let key: i64 = holder.trim_start_matches("pg-holder-").parse().unwrap();
-    drop(first);
     // Granted once the dropped handle's session ended; held a while longer.
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .unwrap();
+    let key = outlive_dropped_holder(&client, first).await;
     let release = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         client
@@ -376,18 +384,8 @@ async fn a_claim_watching_a_holder_lets_its_release_commit() {
     let second = db.journal().await;
     let lease = first.create_run(run("r1"), "worker-1").await.unwrap();
     let session = raw(&db.location).await;
-    let holder: String = session
-        .query_one("SELECT holder FROM run_leases WHERE run_id = 'r1'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let key: i64 = holder.trim_start_matches("pg-holder-").parse().unwrap();
     // The holder's handle is gone, its session lives on (held by `session` from its end).
-    drop(first);
-    session
-        .execute("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .unwrap();
+    let key = outlive_dropped_holder(&session, first).await;
     let claim = tokio::spawn(async move { second.claim_run("r1", "worker-2").await });
     // The claim is watching by now (or starts after the release: it then finds the run free).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
