@@ -191,8 +191,18 @@ pub(super) fn commit_in(
         tx.roll_back();
         return Ok(Committed::default());
     }
-    for write in &writes {
-        apply(tx, run_id.unwrap_or_default(), write)?;
+    apply_unit(tx, run_id.unwrap_or_default(), &writes, audit)
+}
+
+/// Applies a unit's checked writes, then appends its audit records.
+fn apply_unit(
+    tx: &mut Tx<'_>,
+    run_id: &str,
+    writes: &[Encoded<'_>],
+    audit: Vec<Presealed>,
+) -> Result<Committed, JournalError> {
+    for write in writes {
+        apply(tx, run_id, write)?;
     }
     let audit = crate::audit::sqlite::append_in(tx, audit)?;
     Ok(Committed {
@@ -213,11 +223,10 @@ pub(super) fn commit_creating_in(
     writes: &[JournalWrite],
     audit: Vec<Presealed>,
 ) -> Result<Committed, JournalError> {
-    let encoded = encode(Some(&lease.run_id), writes)?;
-    if !states_follow(run.state.kind(), &encoded) {
+    let writes = encode(Some(&lease.run_id), writes)?;
+    if !states_follow(run.state.kind(), &writes) {
         return Ok(Committed::default());
     }
-    drop(encoded);
     let conn = tx.conn();
     let claimed_before = conn
         .prepare_cached("SELECT 1 FROM run_leases WHERE run_id = ?1")?
@@ -247,7 +256,9 @@ pub(super) fn commit_creating_in(
         m.token = Some(lease.token);
         m.node = Some(run.node);
     });
-    commit_in(tx, Some(lease), writes, audit)
+    // The lease was just taken and the states checked against `run`'s: as `commit_in` would
+    // find them.
+    apply_unit(tx, &lease.run_id, &writes, audit)
 }
 
 pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
