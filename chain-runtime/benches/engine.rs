@@ -660,20 +660,7 @@ fn audit(c: &mut Criterion) {
     });
     group.sample_size(10);
     group.throughput(Throughput::Elements(CHAIN));
-    group.bench_function(BenchmarkId::new("verify", CHAIN), |b| {
-        b.to_async(&rt).iter(|| async {
-            let verified = store.verify(None).await.unwrap();
-            assert_eq!(verified.records, CHAIN);
-        });
-    });
-    // CPU per record, all threads together and each verifying thread apart (a figure that
-    // other load on the machine does not inflate, unlike the wall-clock time above).
-    cpu_per_record(&format!("verify/{CHAIN}"), CHAIN, 20, || {
-        rt.block_on(async {
-            let verified = store.verify(None).await.unwrap();
-            assert_eq!(verified.records, CHAIN);
-        });
-    });
+    verify_case(&mut group, "verify", &rt, &store, CHAIN);
     // Reference: verifying through one `serde_json::Value` per record (how the store verified
     // before), paging with `scan_raw`.
     group.bench_function(BenchmarkId::new("verify_via_values", CHAIN), |b| {
@@ -752,19 +739,30 @@ fn audit(c: &mut Criterion) {
         })
         .unwrap();
     assert_eq!(busy, 0, "the checkpoint could not complete");
-    group.bench_function(BenchmarkId::new("verify_checkpointed", CHAIN), |b| {
-        b.to_async(&rt).iter(|| async {
-            let verified = store.verify(None).await.unwrap();
-            assert_eq!(verified.records, CHAIN);
-        });
-    });
-    cpu_per_record(&format!("verify_checkpointed/{CHAIN}"), CHAIN, 20, || {
-        rt.block_on(async {
-            let verified = store.verify(None).await.unwrap();
-            assert_eq!(verified.records, CHAIN);
-        });
-    });
+    verify_case(&mut group, "verify_checkpointed", &rt, &store, CHAIN);
     group.finish();
+}
+
+/// Verifying the whole stored chain of `records` records: its wall-clock time (`name`), then
+/// its CPU per record, all threads together and each verifying thread apart (a figure that
+/// other load on the machine does not inflate, unlike the wall-clock time).
+fn verify_case(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rt: &Runtime,
+    store: &SqliteAuditStore,
+    records: u64,
+) {
+    let verify = || async {
+        let verified = store.verify(None).await.unwrap();
+        assert_eq!(verified.records, records);
+    };
+    group.bench_function(BenchmarkId::new(name, records), |b| {
+        b.to_async(rt).iter(verify);
+    });
+    cpu_per_record(&format!("{name}/{records}"), records, 20, || {
+        rt.block_on(verify());
+    });
 }
 
 /// CPU time of this process so far (user + system, every thread, ended ones too), from

@@ -195,7 +195,7 @@ fn write_member(cell: Cell<'_>, kind: Kind, out: &mut Vec<u8>, refs: &mut Vec<Re
             true
         }
         (Cell::Text(bytes), Kind::Text | Kind::OptText) => {
-            write_string_bytes(bytes, out);
+            write_text(bytes, out);
             true
         }
         (Cell::Text(bytes), Kind::Outcome) => match bytes {
@@ -218,6 +218,68 @@ fn write_member(cell: Cell<'_>, kind: Kind, out: &mut Vec<u8>, refs: &mut Vec<Re
         }
         _ => false,
     }
+}
+
+/// Appends `s` as a canonical JSON string, as [`write_string_bytes`] does: between quotes as
+/// it is when no byte of it is escaped (nearly always), else escaped.
+#[inline(always)]
+fn write_text(s: &[u8], out: &mut Vec<u8>) {
+    if has_escaped(s) {
+        write_string_bytes(s, out);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+    }
+}
+
+/// Whether a byte of `s` is one a canonical JSON string escapes (a control, `"` or `\\`):
+/// [`first_escaped`]`(s).is_some()`, with the same test of a word (see [`escapes_in`]), but
+/// every word tested and the results or'ed, without a branch per word.
+#[inline(always)]
+fn has_escaped(s: &[u8]) -> bool {
+    let (words, tail) = s.as_chunks::<8>();
+    let mut found = words
+        .iter()
+        .fold(0, |acc, w| acc | escapes_in(u64::from_ne_bytes(*w)));
+    // The bytes after the last whole word, as one word too: the last eight bytes; in a shorter
+    // string, its first and last four bytes, or its first, middle and last byte padded with
+    // spaces (never escaped).
+    let last = if let Some(last) = s.last_chunk::<8>() {
+        u64::from_ne_bytes(*last)
+    } else if let (Some(first), Some(last)) = (s.first_chunk::<4>(), s.last_chunk::<4>()) {
+        u64::from(u32::from_ne_bytes(*first)) | u64::from(u32::from_ne_bytes(*last)) << 32
+    } else {
+        match tail {
+            [] => 0x2020_2020_2020_2020,
+            [a, ..] => u64::from_ne_bytes([
+                *a,
+                tail[tail.len() / 2],
+                tail[tail.len() - 1],
+                b' ',
+                b' ',
+                b' ',
+                b' ',
+                b' ',
+            ]),
+        }
+    };
+    found |= escapes_in(last);
+    found != 0
+}
+
+/// Not zero exactly when the word `w` holds a byte a canonical JSON string escapes: a byte
+/// below 0x20, or zero once xor'ed with `"` or `\\`, borrows into its top bit, and a borrow
+/// only ever comes from a byte that holds one of them (the test of [`first_escaped`]).
+#[inline(always)]
+fn escapes_in(w: u64) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = w.wrapping_sub(ONES * 0x20);
+    let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    (below | quote | backslash) & !w & HIGH
 }
 
 /// Appends `s` as a canonical JSON string (see [`write_string`]), byte for byte: bytes that
@@ -365,6 +427,30 @@ mod tests {
             let mut bytes = Vec::new();
             write_string_bytes(s.as_bytes(), &mut bytes);
             assert_eq!(bytes, text.as_bytes());
+        }
+    }
+
+    /// Every byte value at every place of strings of 0 to 25 bytes, over several
+    /// backgrounds: `has_escaped` says what `first_escaped` finds, and `write_text` writes what
+    /// `write_string_bytes` writes.
+    #[test]
+    fn has_escaped_sees_every_escaped_byte_wherever_it_is() {
+        for background in [b'a', 0x20, b'#', b']', 0x80, 0xa0, 0xdc, 0xff] {
+            for len in 0..26 {
+                let plain = vec![background; len];
+                assert!(!has_escaped(&plain));
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut s = plain.clone();
+                        s[at] = b;
+                        assert_eq!(has_escaped(&s), first_escaped(&s).is_some(), "{s:?}");
+                        let (mut fast, mut slow) = (b"x".to_vec(), b"x".to_vec());
+                        write_text(&s, &mut fast);
+                        write_string_bytes(&s, &mut slow);
+                        assert_eq!(fast, slow, "{s:?}");
+                    }
+                }
+            }
         }
     }
 

@@ -357,11 +357,16 @@ mod tests {
     }
 
     fn chain() -> Vec<Vec<Owned>> {
+        chain_of("alice")
+    }
+
+    /// The stored columns of a two-record chain whose records' principal is `principal`.
+    fn chain_of(principal: &str) -> Vec<Vec<Owned>> {
         let mut prev = GENESIS_HASH.to_owned();
         let mut rows = Vec::new();
         for seq in 1..=2u64 {
             let record = NewRecord::new(
-                "alice",
+                principal,
                 Outcome::Succeeded,
                 AuditEvent::StepOutcome {
                     step: "bump".into(),
@@ -486,6 +491,44 @@ mod tests {
         let (fast, slow) = both_roads(&intact[1..]);
         assert!(fast.is_err());
         assert_eq!(fast, slow);
+    }
+
+    /// Text columns with characters the canonical form escapes (anywhere in short and long
+    /// texts) are hashed escaped on the column road: intact rows take it, and an edit of the
+    /// escaped text is caught.
+    #[test]
+    fn escaped_characters_in_text_columns_take_the_column_road() {
+        for principal in [
+            "\"",
+            "a\\",
+            "al\"ice",
+            "\nalice",
+            "alice\u{1}",
+            "0123456789abcdef\"0123456789abcdef",
+            "0123456789abcdef0123456789abcde\t",
+            "é\u{7f}\u{1f}",
+        ] {
+            let intact = chain_of(principal);
+            let mut verifier = IndexedVerifier::new(None, refs());
+            assert!(verifier.push_fast(&cells(&intact[0])), "{principal:?}");
+            assert!(verifier.push_fast(&cells(&intact[1])), "{principal:?}");
+            let (fast, slow) = both_roads(&intact);
+            assert_eq!(fast.as_ref().map(|v| v.records), Ok(2), "{principal:?}");
+            assert_eq!(fast, slow);
+            // The escaped characters replaced: an edit.
+            let mut rows = intact.clone();
+            rows[1][5] = Owned::Text(
+                principal
+                    .replace(['"', '\\', '\n', '\t', '\u{1}', '\u{1f}'], "_")
+                    .into_bytes(),
+            );
+            let (fast, slow) = both_roads(&rows);
+            assert!(
+                fast.as_ref().is_err_and(|e| e.contains("position 2")),
+                "{fast:?}"
+            );
+            assert_eq!(fast, slow);
+        }
     }
 
     /// A value shifted across the boundary of two columns adjacent in the canonical form (a

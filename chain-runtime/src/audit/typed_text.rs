@@ -235,8 +235,7 @@ const EVENTS: &[(&str, &[Field])] = &[
 /// members that variant has, `type` among them, in canonical order, each key spelled exactly
 /// and each value canonical and of its member's type. A wrong guess only fails that pass.
 pub(crate) fn event(b: &[u8]) -> bool {
-    const TYPE_KEY: &[u8] = br#""type":""#;
-    let Some(at) = b.windows(TYPE_KEY.len()).rposition(|w| w == TYPE_KEY) else {
+    let Some(at) = type_tag_at(b) else {
         return false;
     };
     let rest = &b[at + TYPE_KEY.len()..];
@@ -277,6 +276,24 @@ pub(crate) fn event(b: &[u8]) -> bool {
         }
     }
     pos + 1 == b.len() && b[pos] == b'}'
+}
+
+/// `"type":"`, the key of an event's tag and the quote that opens it.
+const TYPE_KEY: &[u8] = br#""type":""#;
+
+/// Where the last [`TYPE_KEY`] in `b` starts. Most events end with their tag (no member sorts
+/// after `type`): when `b` ends with `"}` and the quote before that closes [`TYPE_KEY`], that
+/// is the last one, found without a search from the end (any later one would need a quote
+/// where that key has a letter).
+fn type_tag_at(b: &[u8]) -> Option<usize> {
+    if let Some(body) = b.strip_suffix(br#""}"#)
+        && let Some(quote) = body.iter().rposition(|&c| c == b'"')
+        && let Some(at) = quote.checked_sub(TYPE_KEY.len() - 1)
+        && b[at..=quote] == *TYPE_KEY
+    {
+        return Some(at);
+    }
+    b.windows(TYPE_KEY.len()).rposition(|w| w == TYPE_KEY)
 }
 
 /// Reads the member `field` at `pos` (a separator unless `first`, its key, a canonical value

@@ -427,3 +427,42 @@ fn raw_key<'b>(b: &'b [u8], pos: &mut usize) -> Option<&'b [u8]> {
     *pos = start + len + 1;
     Some(&b[start..start + len])
 }
+
+/// The quick look for the tag at the end finds the `"type":"` the search from the end finds,
+/// on every sample and on texts that end like an event without being one.
+#[test]
+fn the_tag_is_found_where_the_search_from_the_end_finds_it() {
+    let search = |b: &[u8]| b.windows(TYPE_KEY.len()).rposition(|w| w == TYPE_KEY);
+    let mut texts: Vec<String> = samples().iter().map(|e| to_canonical(e).unwrap()).collect();
+    texts.extend(
+        [
+            r#""}"#,
+            r#"""}"#,
+            r#"type":""}"#,
+            r#""type":""}"#,
+            r#"{"type":""}"#,
+            r#"{"type":"a"}"#,
+            r#"{"type":"a","type":"b"}"#,
+            r#"{"type":"a","x":"type":"b"}"#,
+            r#"{"x":"\"type\":\"a\"}"#,
+            r#"{"type":"a\"}"#,
+            r#"{"type":"a","z":"b"}"#,
+            r#"{"type":"a","z":"type":""}"#,
+            r#"{"a":"type":"}"#,
+            "",
+            "}",
+        ]
+        .map(str::to_owned),
+    );
+    for text in texts {
+        let b = text.as_bytes();
+        assert_eq!(type_tag_at(b), search(b), "{text}");
+        for cut in 0..b.len() {
+            assert_eq!(
+                type_tag_at(&b[cut..]),
+                search(&b[cut..]),
+                "{text} from {cut}"
+            );
+        }
+    }
+}
