@@ -488,6 +488,23 @@ impl PausingStore {
     }
 }
 
+/// The unit's first journal entry (a step's intent or result), if it writes one.
+fn first_entry(unit: &Unit) -> Option<JournalEntry> {
+    unit.writes.iter().find_map(|w| match w {
+        JournalWrite::Entry { entry, .. } => Some(entry.clone()),
+        _ => None,
+    })
+}
+
+/// What the child says once `entry` committed: `result` or `intent`.
+fn entry_event(entry: &JournalEntry) -> &'static str {
+    if entry.result.is_some() {
+        "result"
+    } else {
+        "intent"
+    }
+}
+
 fn say(event: &str, detail: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{event} {detail}");
@@ -576,28 +593,18 @@ impl RunJournal for PausingStore {
                 self.maybe_pause_undo(after, &undo).await;
                 return Ok(committed);
             }
-            let entry = unit.writes.iter().find_map(|w| match w {
-                JournalWrite::Entry { entry, .. } => Some(entry.clone()),
-                _ => None,
-            });
-            let Some(entry) = entry else {
+            let Some(entry) = first_entry(&unit) else {
                 return self.inner.commit(lease, unit).await;
             };
-            let is_result = entry.result.is_some();
-            let before = if is_result {
-                PauseAt::BeforeResult
+            let (before, after) = if entry.result.is_some() {
+                (PauseAt::BeforeResult, PauseAt::AfterResult)
             } else {
-                PauseAt::BeforeIntent
+                (PauseAt::BeforeIntent, PauseAt::AfterIntent)
             };
             self.maybe_pause(before, &entry).await;
             let committed = self.inner.commit(lease, unit).await?;
-            if is_result {
-                say("result", &entry.step_id);
-                self.maybe_pause(PauseAt::AfterResult, &entry).await;
-            } else {
-                say("intent", &entry.step_id);
-                self.maybe_pause(PauseAt::AfterIntent, &entry).await;
-            }
+            say(entry_event(&entry), &entry.step_id);
+            self.maybe_pause(after, &entry).await;
             Ok(committed)
         })
     }
@@ -622,21 +629,13 @@ impl RunJournal for PausingStore {
         unit: Unit,
     ) -> BoxFuture<'a, Result<Committed, JournalError>> {
         let run_id = run.run_id.clone();
-        let entry = unit.writes.iter().find_map(|w| match w {
-            JournalWrite::Entry { entry, .. } => Some(entry.clone()),
-            _ => None,
-        });
+        let entry = first_entry(&unit);
         let committed = self.inner.commit_creating(run, lease, unit);
         Box::pin(async move {
             let committed = committed.await?;
             say("run", &run_id);
             if let Some(entry) = entry {
-                let what = if entry.result.is_some() {
-                    "result"
-                } else {
-                    "intent"
-                };
-                say(what, &entry.step_id);
+                say(entry_event(&entry), &entry.step_id);
             }
             Ok(committed)
         })
