@@ -50,8 +50,13 @@ impl Conn {
     async fn connect(config: &tokio_postgres::Config, setup: &str) -> Result<Self, DbError> {
         // Every statement of the writer's reaches a few rows by their primary keys: a plan
         // made while a table was small (a sequential scan, a hash join over one) would scan
-        // the whole table on every batch as it grows.
-        let setup = format!("{setup}; SET enable_seqscan = off");
+        // the whole table on every batch as it grows. And each is planned once per
+        // connection: a custom plan for the array lengths at hand is the same index lookups,
+        // but planning the multi-row statements anew on every batch cost the server more CPU
+        // than running some of them (the plan cache chose custom plans for most: their
+        // estimated cost is below the generic plan's, which assumes 10 rows per array).
+        let setup =
+            format!("{setup}; SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan");
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -156,7 +161,8 @@ const WRITES: &str = "WITH e AS (INSERT INTO journal_entries \
      FROM unnest($9::text[], $10::bigint[]) AS u(run_id, node) \
      WHERE r.run_id = u.run_id AND r.node <> u.node RETURNING 1) \
      SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1)";
-const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+/// The chain head, locked: see [`super::audit::LOCK_HEAD`].
+const HEAD: &str = super::audit::LOCK_HEAD;
 
 /// The batch's sealed audit records ($1-$16, by column), their references ($17-$20) and the
 /// head moved to the last of them ($21-$22): one statement.
