@@ -44,23 +44,8 @@ fn db(e: tokio_postgres::Error) -> AuditError {
     DbError::from(e).into()
 }
 
-/// The chain head's queue lock: a transaction-level advisory lock on the two keys
-/// `(HEAD_CLASS, 0)`, a class apart from the runs' lease locks (`super::leases::LOCK_CLASS`)
-/// and from the single-key locks of holders and migrations.
-const HEAD_CLASS: i32 = 0x6368_6864;
-
-/// The chain head `(seq, hash)`, locked for the transaction: first the head's queue lock (see
-/// [`HEAD_CLASS`]), then its row `FOR UPDATE`. Appenders wait in the advisory lock's queue,
-/// which the server hands to the next waiter when the holder ends (one backend woken per
-/// append); waiting on the row lock instead wakes two per append (the next one takes the
-/// tuple's lock, the one after it wakes to take the tuple's lock in turn and waits again).
-/// The row lock still makes the chain one line: an appender that takes only the row lock (a
-/// build without the queue lock) waits for the row as before, and a row lock reads the newest
-/// head whatever the statement's snapshot.
-pub(crate) const LOCK_HEAD: &str = "SELECT h.seq, h.hash FROM audit_head h, \
-     pg_advisory_xact_lock(1667786852, 0) q WHERE h.id = 1 FOR UPDATE OF h";
-
-const _: () = assert!(HEAD_CLASS == 1_667_786_852);
+/// The chain head `(seq, hash)`, its row locked for the transaction.
+pub(crate) const LOCK_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
 
 /// Seals `records` in order on the chain head, locked in the open transaction, inserts them
 /// and moves the head.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::flight::{Flight, Reply, fly};
+use super::flight::{Flight, Reply, Tail, fly, fly_then};
 use super::leases::LOCK_CLASS;
 use super::ops::{EntryRow, Op};
 use super::writer::{Job, Order};
@@ -96,6 +96,14 @@ impl Conn {
 /// See [`Conn::flush_wal`].
 const FLUSH: &str = "SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
 
+/// [`FLUSH`] on a batch connection (`synchronous_commit = off` for the session): a
+/// transaction of its own (no `BEGIN`: the statement commits at once) that turns
+/// `synchronous_commit` on for itself, so its commit waits until the WAL is on disk up to its
+/// own record, which follows every commit before it. Sent in the same round trip as a batch's
+/// `COMMIT`, after it: the chain head's lock is released at that `COMMIT`, before the fsync.
+const FLUSH_AFTER: &str = "SELECT set_config('synchronous_commit', 'on', true), \
+     txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
+
 /// Whether the chain head is contended, as a writer has seen it: it then forms its next batch
 /// only once the previous one committed (instead of once it holds the head), so that its units
 /// wait for the head in one larger batch rather than two: every holder of the head keeps it
@@ -133,8 +141,9 @@ pub(crate) enum Refusal {
 
 /// How a try ended.
 pub(crate) enum Outcome {
-    /// Committed (not yet flushed); the sealed records per job.
-    Done(Vec<Vec<AuditRecord>>),
+    /// Committed; the sealed records per job, and when the batch held a synchronous unit, the
+    /// WAL flush that followed its commit (see [`FLUSH`]): `None` when none was sent.
+    Done(Vec<Vec<AuditRecord>>, Option<Result<(), DbError>>),
     /// Nothing committed; answer these jobs and retry the others.
     Refused(Vec<(usize, Refusal)>),
     /// Nothing committed when `retry_alone`; unknown otherwise (`COMMIT` was sent).
@@ -244,17 +253,20 @@ fn nodes(jobs: &[Job]) -> (Vec<&str>, Vec<i64>) {
 /// chain head is locked and the batch goes on to commit, unless `pace` says the head is
 /// contended (it is then dropped by the caller once the batch is done). It commits only after
 /// the previous batch settled, and without the units that share an earlier failure of their
-/// run (`order`). See the module docs.
+/// run (`order`). When it holds a synchronous unit, the WAL flush follows the commit in the
+/// same round trip; `settled` is dropped once the commit is answered, before the flush is.
+/// See the module docs.
 pub(crate) async fn attempt(
     conn: &mut Conn,
     jobs: &mut [Job],
     on_head: &mut Option<tokio::sync::oneshot::Sender<()>>,
     pace: &Pace,
     order: &mut Order,
+    settled: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Outcome {
     // Every statement prepared (once per connection) before the flight, so that no request of
     // the flight waits for a prepare and the flight keeps its order.
-    let fixed = [LOCK_LEASES, WRITES, HEAD, seal_sql()];
+    let fixed = [LOCK_LEASES, WRITES, HEAD, seal_sql(), FLUSH_AFTER];
     let mut prepared = Vec::with_capacity(fixed.len());
     for sql in fixed {
         match conn.prepare(sql).await {
@@ -275,7 +287,7 @@ pub(crate) async fn attempt(
             }
         }
     }
-    let Ok([lock_leases, writes, head, seal]) = <[Statement; 4]>::try_from(prepared) else {
+    let Ok([lock_leases, writes, head, seal, flush]) = <[Statement; 5]>::try_from(prepared) else {
         return failed(DbError::other("statements missing"), false);
     };
     let client = &conn.client;
@@ -445,20 +457,28 @@ pub(crate) async fn attempt(
     {
         let _ = signal.send(());
     }
-    let holding = Instant::now();
-    let outcome = commit(client, jobs, head_row, &seal).await;
-    if has_audit {
-        pace.observe(to_head, holding.elapsed());
-    }
-    outcome
+    let flush = jobs.iter().any(|j| j.sync).then_some(&flush);
+    let held = Held { pace, to_head };
+    commit(client, jobs, head_row, &seal, flush, held, settled).await
 }
 
-/// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits.
+/// How long a batch waited for the chain head, for [`Pace::observe`].
+struct Held<'p> {
+    pace: &'p Pace,
+    to_head: Duration,
+}
+
+/// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits;
+/// then, with `flush`, the WAL flush ([`FLUSH_AFTER`]) in the same round trip, whose answer
+/// is awaited after `settled` was dropped.
 async fn commit(
     client: &Client,
     jobs: &mut [Job],
     head_row: Option<tokio_postgres::Row>,
     seal: &Statement,
+    flush: Option<&Statement>,
+    held: Held<'_>,
+    settled: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Outcome {
     let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
     let mut sealed: Vec<Vec<AuditRecord>> = Vec::with_capacity(jobs.len());
@@ -564,9 +584,32 @@ async fn commit(
             .await
             .map(|()| Reply::Nothing)
     }));
+    let mut tail: Option<Tail<'_>> = flush.map(|flush| {
+        futures::future::maybe_done(Box::pin(async move {
+            client.execute(flush, &[]).await.map(Reply::Count)
+        }) as futures::future::BoxFuture<'_, _>)
+    });
+    let holding = Instant::now();
+    let replies = fly_then(flight, tail.as_mut()).await;
+    if has_audit {
+        held.pace.observe(held.to_head, holding.elapsed());
+    }
     // An error before `COMMIT` aborted the transaction (the `COMMIT` then rolls back).
-    if let Some(Err(e)) = fly(flight).await.into_iter().find(Result::is_err) {
+    if let Some(Err(e)) = replies.into_iter().find(Result::is_err) {
         return failed(e, false);
     }
-    Outcome::Done(sealed)
+    // Committed: the next batch may commit (see `super::writer::Order`).
+    drop(settled.take());
+    let flushed = match tail.as_mut() {
+        Some(tail) => {
+            (&mut *tail).await;
+            Some(match std::pin::Pin::new(tail).take_output() {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(DbError::other("no answer to the WAL flush")),
+            })
+        }
+        None => None,
+    };
+    Outcome::Done(sealed, flushed)
 }
