@@ -22,7 +22,8 @@
 //! Order: units commit in queue order, also across batches and failures (so the engine need
 //! not wait for a deferred unit before queueing the next one, see
 //! [`crate::journal::RunJournal::ordered_commits`]). A batch commits only once the batch before
-//! it is settled (every unit of it answered), and only its last try lets the next batch be
+//! it is settled (committed or failed, every unit of it answered but the synchronous units of
+//! a commit, which wait for its WAL flush), and only its last try lets the next batch be
 //! formed, so a batch retried unit by unit commits wholly before the next one; a unit queued
 //! after a failed unit of the same run, before that failure was answered, fails with it (see
 //! [`super::order`]).
@@ -30,7 +31,7 @@
 //! Durability: the batch commits without waiting for the WAL flush (the head's lock is released
 //! at commit, not after the fsync). A batch holding a synchronous unit sends the flush in the
 //! same round trip, after its `COMMIT`: a tiny transaction of its own that waits for the WAL
-//! up to its own record (see [`batch::Conn::flush_wal`]), so up to the batch's commit; the
+//! up to its own record (see [`Conn::flush_wal`]), so up to the batch's commit; the
 //! batch's units are answered after it. The next batch may commit as soon as the `COMMIT` is
 //! answered (it does not wait for the flush), on another connection; the server shares
 //! fsyncs between the flushes of all batches and workers. The writer's flushers remain for a
@@ -44,7 +45,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{self, Conn, Outcome, Pace, Refusal};
+use super::batch::{self, Outcome, Pace, Refusal};
+use super::conn::Conn;
 use super::ops::Op;
 use super::order::Failures;
 use crate::audit::seal::Presealed;
