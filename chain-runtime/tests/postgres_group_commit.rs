@@ -232,3 +232,41 @@ async fn many_concurrent_units_of_two_processes_form_one_chain() {
     let journal = db.journal().await;
     assert_eq!(journal.journal("w1-r7").await.unwrap().len(), 10);
 }
+
+// A synchronous unit's WAL flush is sent in the round trip of its batch's `COMMIT`, on the
+// batch's session, as a transaction of its own with `synchronous_commit` on (the batch's
+// session commits with it off, so that the chain head is let go before the fsync); no
+// separate flusher session waits for it.
+#[tokio::test]
+async fn a_synchronous_unit_is_flushed_in_its_batchs_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "flush").await;
+    let journal = db.journal().await;
+    let pg = PgDatabase::connect(&db.location).await.unwrap();
+    let a = journal.create_run(run("a"), "worker-1").await.unwrap();
+    let before = pg.writer_stats();
+    let committed = journal.commit(Some(&a), step_unit(0, "a")).await.unwrap();
+    assert!(committed.applied);
+    let stats = pg.writer_stats();
+    assert_eq!(stats.commits - before.commits, 1);
+    assert_eq!(stats.syncs - before.syncs, 1);
+    let (client, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // The last statement of every session of this database that emitted the flush record.
+    let flushes: Vec<String> = client
+        .query(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE '%pg_logical_emit_message%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(flushes.len(), 1, "{flushes:?}");
+    assert!(
+        flushes[0].contains("set_config('synchronous_commit', 'on', true)"),
+        "{flushes:?}"
+    );
+}

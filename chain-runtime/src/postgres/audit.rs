@@ -44,6 +44,9 @@ fn db(e: tokio_postgres::Error) -> AuditError {
     DbError::from(e).into()
 }
 
+/// The chain head `(seq, hash)`, its row locked for the transaction.
+pub(crate) const LOCK_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+
 /// Seals `records` in order on the chain head, locked in the open transaction, inserts them
 /// and moves the head.
 pub(crate) async fn append_in(
@@ -53,10 +56,7 @@ pub(crate) async fn append_in(
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let head = tx
-        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-        .await
-        .map_err(db)?;
+    let head = tx.prepare_cached(LOCK_HEAD).await.map_err(db)?;
     let row = tx.query_one(&head, &[]).await.map_err(db)?;
     let head = rows::checkpoint(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?)?;
     let (mut seq, mut prev_hash) = (head.seq, head.hash);

@@ -16,80 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
-use super::flight::{Flight, Reply, fly};
+use super::conn::{Conn, FLUSH_AFTER};
+use super::flight::{Flight, Reply, Tail, fly, fly_then};
 use super::leases::LOCK_CLASS;
 use super::ops::{EntryRow, Op};
 use super::writer::{Job, Order};
 use crate::audit::AuditRecord;
 use crate::audit::rows::{self, select_columns, seq_to_sql};
 use crate::sqlite::DbError;
-
-/// A connection of the writer's, with the statements it prepared. A batch's transactions
-/// commit without waiting for the WAL flush (`synchronous_commit = off` for the session); a
-/// flusher's connection waits for it.
-pub(crate) struct Conn {
-    pub(crate) client: Client,
-    /// Statements prepared on this connection, by the address and length of their (static)
-    /// text.
-    prepared: Vec<((usize, usize), Statement)>,
-}
-
-impl Conn {
-    /// Connects a batch connection; the connection is driven by a task on the current runtime.
-    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, DbError> {
-        Self::connect(config, "SET synchronous_commit = off").await
-    }
-
-    /// Connects a flusher's connection (see [`Conn::flush_wal`]).
-    pub(crate) async fn open_flusher(config: &tokio_postgres::Config) -> Result<Self, DbError> {
-        Self::connect(config, "SET synchronous_commit = on").await
-    }
-
-    async fn connect(config: &tokio_postgres::Config, setup: &str) -> Result<Self, DbError> {
-        // Every statement of the writer's reaches a few rows by their primary keys: a plan
-        // made while a table was small (a sequential scan, a hash join over one) would scan
-        // the whole table on every batch as it grows.
-        let setup = format!("{setup}; SET enable_seqscan = off");
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "a PostgreSQL writer connection ended");
-            }
-        });
-        client.batch_execute(&setup).await?;
-        Ok(Self {
-            client,
-            prepared: Vec::new(),
-        })
-    }
-
-    async fn prepare(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
-        // A handful of texts per connection: found by address, never hashed (a text at two
-        // addresses is prepared twice).
-        let key = (sql.as_ptr() as usize, sql.len());
-        if let Some((_, s)) = self.prepared.iter().find(|(k, _)| *k == key) {
-            return Ok(s.clone());
-        }
-        let s = self.client.prepare(sql).await?;
-        self.prepared.push((key, s.clone()));
-        Ok(s)
-    }
-
-    /// Waits, on a flusher's connection ([`Conn::open_flusher`]), until the WAL is on disk up
-    /// to at least every commit made before: one statement in a transaction of its own that
-    /// takes a transaction id and writes a WAL record (a non-transactional logical message, no
-    /// table), so its synchronous commit must flush that record and everything before it.
-    pub(crate) async fn flush_wal(&mut self) -> Result<(), DbError> {
-        let flush = self.prepare(FLUSH).await?;
-        self.client.execute(&flush, &[]).await?;
-        Ok(())
-    }
-}
-
-/// See [`Conn::flush_wal`].
-const FLUSH: &str = "SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
 
 /// Whether the chain head is contended, as a writer has seen it: it then forms its next batch
 /// only once the previous one committed (instead of once it holds the head), so that its units
@@ -128,8 +64,9 @@ pub(crate) enum Refusal {
 
 /// How a try ended.
 pub(crate) enum Outcome {
-    /// Committed (not yet flushed); the sealed records per job.
-    Done(Vec<Vec<AuditRecord>>),
+    /// Committed; the sealed records per job, and when the batch held a synchronous unit, the
+    /// WAL flush that followed its commit (see [`FLUSH`]): `None` when none was sent.
+    Done(Vec<Vec<AuditRecord>>, Option<Result<(), DbError>>),
     /// Nothing committed; answer these jobs and retry the others.
     Refused(Vec<(usize, Refusal)>),
     /// Nothing committed when `retry_alone`; unknown otherwise (`COMMIT` was sent).
@@ -156,7 +93,8 @@ const WRITES: &str = "WITH e AS (INSERT INTO journal_entries \
      FROM unnest($9::text[], $10::bigint[]) AS u(run_id, node) \
      WHERE r.run_id = u.run_id AND r.node <> u.node RETURNING 1) \
      SELECT run_id, token, expires_ms FROM run_leases WHERE run_id = ANY($1)";
-const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+/// The chain head, locked: see [`super::audit::LOCK_HEAD`].
+const HEAD: &str = super::audit::LOCK_HEAD;
 
 /// The batch's sealed audit records ($1-$16, by column), their references ($17-$20) and the
 /// head moved to the last of them ($21-$22): one statement.
@@ -238,17 +176,20 @@ fn nodes(jobs: &[Job]) -> (Vec<&str>, Vec<i64>) {
 /// chain head is locked and the batch goes on to commit, unless `pace` says the head is
 /// contended (it is then dropped by the caller once the batch is done). It commits only after
 /// the previous batch settled, and without the units that share an earlier failure of their
-/// run (`order`). See the module docs.
+/// run (`order`). When it holds a synchronous unit, the WAL flush follows the commit in the
+/// same round trip; `settled` is dropped once the commit is answered, before the flush is.
+/// See the module docs.
 pub(crate) async fn attempt(
     conn: &mut Conn,
     jobs: &mut [Job],
     on_head: &mut Option<tokio::sync::oneshot::Sender<()>>,
     pace: &Pace,
     order: &mut Order,
+    settled: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Outcome {
     // Every statement prepared (once per connection) before the flight, so that no request of
     // the flight waits for a prepare and the flight keeps its order.
-    let fixed = [LOCK_LEASES, WRITES, HEAD, seal_sql()];
+    let fixed = [LOCK_LEASES, WRITES, HEAD, seal_sql(), FLUSH_AFTER];
     let mut prepared = Vec::with_capacity(fixed.len());
     for sql in fixed {
         match conn.prepare(sql).await {
@@ -269,7 +210,7 @@ pub(crate) async fn attempt(
             }
         }
     }
-    let Ok([lock_leases, writes, head, seal]) = <[Statement; 4]>::try_from(prepared) else {
+    let Ok([lock_leases, writes, head, seal, flush]) = <[Statement; 5]>::try_from(prepared) else {
         return failed(DbError::other("statements missing"), false);
     };
     let client = &conn.client;
@@ -439,20 +380,28 @@ pub(crate) async fn attempt(
     {
         let _ = signal.send(());
     }
-    let holding = Instant::now();
-    let outcome = commit(client, jobs, head_row, &seal).await;
-    if has_audit {
-        pace.observe(to_head, holding.elapsed());
-    }
-    outcome
+    let flush = jobs.iter().any(|j| j.sync).then_some(&flush);
+    let held = Held { pace, to_head };
+    commit(client, jobs, head_row, &seal, flush, held, settled).await
 }
 
-/// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits.
+/// How long a batch waited for the chain head, for [`Pace::observe`].
+struct Held<'p> {
+    pace: &'p Pace,
+    to_head: Duration,
+}
+
+/// Flight 2: seals the batch's records on the head, inserts them, moves the head, commits;
+/// then, with `flush`, the WAL flush ([`FLUSH_AFTER`]) in the same round trip, whose answer
+/// is awaited after `settled` was dropped.
 async fn commit(
     client: &Client,
     jobs: &mut [Job],
     head_row: Option<tokio_postgres::Row>,
     seal: &Statement,
+    flush: Option<&Statement>,
+    held: Held<'_>,
+    settled: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Outcome {
     let has_audit = jobs.iter().any(|j| !j.audit.is_empty());
     let mut sealed: Vec<Vec<AuditRecord>> = Vec::with_capacity(jobs.len());
@@ -558,9 +507,32 @@ async fn commit(
             .await
             .map(|()| Reply::Nothing)
     }));
+    let mut tail: Option<Tail<'_>> = flush.map(|flush| {
+        futures::future::maybe_done(Box::pin(async move {
+            client.execute(flush, &[]).await.map(Reply::Count)
+        }) as futures::future::BoxFuture<'_, _>)
+    });
+    let holding = Instant::now();
+    let replies = fly_then(flight, tail.as_mut()).await;
+    if has_audit {
+        held.pace.observe(held.to_head, holding.elapsed());
+    }
     // An error before `COMMIT` aborted the transaction (the `COMMIT` then rolls back).
-    if let Some(Err(e)) = fly(flight).await.into_iter().find(Result::is_err) {
+    if let Some(Err(e)) = replies.into_iter().find(Result::is_err) {
         return failed(e, false);
     }
-    Outcome::Done(sealed)
+    // Committed: the next batch may commit (see `super::writer::Order`).
+    drop(settled.take());
+    let flushed = match tail.as_mut() {
+        Some(tail) => {
+            (&mut *tail).await;
+            Some(match std::pin::Pin::new(tail).take_output() {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(DbError::other("no answer to the WAL flush")),
+            })
+        }
+        None => None,
+    };
+    Outcome::Done(sealed, flushed)
 }

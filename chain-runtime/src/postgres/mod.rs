@@ -29,6 +29,7 @@
 
 mod audit;
 mod batch;
+mod conn;
 mod flight;
 mod journal;
 mod leases;

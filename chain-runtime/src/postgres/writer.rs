@@ -22,19 +22,22 @@
 //! Order: units commit in queue order, also across batches and failures (so the engine need
 //! not wait for a deferred unit before queueing the next one, see
 //! [`crate::journal::RunJournal::ordered_commits`]). A batch commits only once the batch before
-//! it is settled (every unit of it answered), and only its last try lets the next batch be
+//! it is settled (committed or failed, every unit of it answered but the synchronous units of
+//! a commit, which wait for its WAL flush), and only its last try lets the next batch be
 //! formed, so a batch retried unit by unit commits wholly before the next one; a unit queued
 //! after a failed unit of the same run, before that failure was answered, fails with it (see
 //! [`super::order`]).
 //!
 //! Durability: the batch commits without waiting for the WAL flush (the head's lock is released
-//! at commit, not after the fsync); deferred units are answered then. Its synchronous units go
-//! to the writer's flushers, which wait for the WAL flush (a tiny synchronous transaction, see
-//! [`batch::Conn::flush_wal`]) and answer them after it, while the writer goes on with the
-//! next batches. A flush takes every unit waiting when it starts, and at most two are in
-//! flight (one fsyncing, the next queued on the server), so the units committed meanwhile
-//! share a flush (and the server shares fsyncs between processes). The WAL is one sequence, so
-//! a flush also makes every earlier deferred commit durable.
+//! at commit, not after the fsync). A batch holding a synchronous unit sends the flush in the
+//! same round trip, after its `COMMIT`: a tiny transaction of its own that waits for the WAL
+//! up to its own record (see [`Conn::flush_wal`]), so up to the batch's commit; the
+//! batch's units are answered after it. The next batch may commit as soon as the `COMMIT` is
+//! answered (it does not wait for the flush), on another connection; the server shares
+//! fsyncs between the flushes of all batches and workers. The writer's flushers remain for a
+//! synchronous unit whose batch sent no flush: a flush takes every unit waiting when it
+//! starts, and at most two are in flight. The WAL is one sequence, so a flush also makes every
+//! earlier deferred commit durable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +45,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{self, Conn, Outcome, Pace, Refusal};
+use super::batch::{self, Outcome, Pace, Refusal};
+use super::conn::Conn;
 use super::ops::Op;
 use super::order::Failures;
 use crate::audit::seal::Presealed;
@@ -264,8 +268,8 @@ async fn writer_loop(
         let (config, idle, stats) = (config.clone(), Arc::clone(&idle), Arc::clone(&stats));
         let (to_flush, pace) = (to_flush.clone(), Arc::clone(&pace));
         batches.spawn(async move {
-            let waiting = commit_jobs(&config, &idle, &stats, &pace, jobs, signal, order).await;
-            drop(settled);
+            let waiting =
+                commit_jobs(&config, &idle, &stats, &pace, jobs, signal, order, settled).await;
             if !waiting.is_empty() {
                 // Answered with an error (the replies dropped) if the flusher is gone.
                 let _ = to_flush.send(waiting);
@@ -323,8 +327,11 @@ fn fail_all(jobs: Vec<Job>, error: &DbError, failures: &Failures) {
 
 /// Commits `jobs` (see the module docs); `on_head` is told when the committing transaction
 /// of the batch's last try holds the chain head, or dropped when there is none or when the
-/// batch is done (the head contended, see [`Pace`]). Answers every unit but the committed
-/// synchronous ones, which it returns (they wait for the WAL flush).
+/// batch is done (the head contended, see [`Pace`]); `settled` is dropped once the last try
+/// committed (before its WAL flush is answered) or failed. Answers every unit, the committed
+/// synchronous ones after the WAL flush that follows their commit in the same round trip, but
+/// those whose batch sent no flush, which it returns (for the flushers).
+#[allow(clippy::too_many_arguments)]
 async fn commit_jobs(
     config: &tokio_postgres::Config,
     idle: &Idle,
@@ -333,8 +340,10 @@ async fn commit_jobs(
     jobs: Vec<Job>,
     on_head: oneshot::Sender<()>,
     mut order: Order,
+    settled: oneshot::Sender<()>,
 ) -> Waiting {
     let mut on_head = Some(on_head);
+    let mut settled = Some(settled);
     let mut queue = vec![(jobs, false)];
     let mut conn: Option<Conn> = None;
     let mut waiting = Vec::new();
@@ -351,25 +360,32 @@ async fn commit_jobs(
         };
         // Only the last try lets the next batch form: a later try of this batch must not
         // queue for the chain head behind the next batch.
-        let mut not_last = None;
-        let signal = if queue.is_empty() {
-            &mut on_head
+        let (mut not_last, mut not_settled) = (None, None);
+        let (signal, settle) = if queue.is_empty() {
+            (&mut on_head, &mut settled)
         } else {
-            &mut not_last
+            (&mut not_last, &mut not_settled)
         };
-        match batch::attempt(&mut c, &mut jobs, signal, pace, &mut order).await {
-            Outcome::Done(sealed) => {
+        match batch::attempt(&mut c, &mut jobs, signal, pace, &mut order, settle).await {
+            Outcome::Done(sealed, flushed) => {
                 stats.units.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
+                if flushed.is_some() {
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                }
                 for (job, audit) in jobs.into_iter().zip(sealed) {
                     let committed = Committed {
                         applied: true,
                         audit,
                     };
-                    if job.sync {
-                        waiting.push((job.reply, committed));
-                    } else {
-                        let _ = job.reply.send(Ok(committed));
+                    match (&flushed, job.sync) {
+                        (Some(Ok(())), _) | (_, false) => {
+                            let _ = job.reply.send(Ok(committed));
+                        }
+                        (Some(Err(e)), true) => {
+                            let _ = job.reply.send(Err(e.clone().into()));
+                        }
+                        (None, true) => waiting.push((job.reply, committed)),
                     }
                 }
                 conn = Some(c);
