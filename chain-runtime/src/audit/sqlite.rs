@@ -177,7 +177,7 @@ pub(crate) fn append_in(
     let mut sealed = Vec::with_capacity(records.len());
     for pre in records {
         let (record, columns) = pre.seal(seq + 1, prev_hash);
-        insert_record(tx.conn(), &record, &columns)?;
+        insert_record(tx, &record, &columns)?;
         seq = record.seq;
         prev_hash = record.hash.clone();
         sealed.push(record);
@@ -233,9 +233,10 @@ fn query_records(
     values.into_iter().map(value_to_record).collect()
 }
 
-/// Inserts one sealed record and its `audit_record_refs` rows.
+/// Inserts one sealed record and its `audit_record_refs` rows (with the statements the batch
+/// keeps, see [`Tx::prepared`]).
 fn insert_record(
-    conn: &Connection,
+    tx: &mut Tx<'_>,
     record: &AuditRecord,
     columns: &Columns,
 ) -> Result<(), AuditError> {
@@ -247,7 +248,7 @@ fn insert_record(
         )
     });
     let seq_sql = seq_to_sql(record.seq)?;
-    conn.prepare_cached(&INSERT)?.execute(params![
+    tx.prepared(INSERT.as_str())?.execute(params![
         seq_sql,
         i64::from(record.format),
         record.time_unix_ms,
@@ -268,7 +269,7 @@ fn insert_record(
     if record.records.is_empty() {
         return Ok(());
     }
-    let mut stmt = conn.prepare_cached(
+    let stmt = tx.prepared(
         "INSERT INTO audit_record_refs (seq, connector, kind, record_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for r in &record.records {

@@ -114,16 +114,16 @@ fn states_follow(current: &str, writes: &[Encoded<'_>]) -> bool {
     true
 }
 
-/// Applies one checked journal write.
+/// Applies one checked journal write (with the statements the batch keeps, see
+/// [`Tx::prepared`]).
 fn apply(tx: &mut Tx<'_>, run_id: &str, write: &Encoded<'_>) -> Result<(), JournalError> {
-    let conn = tx.conn();
     match write {
         Encoded::Entry {
             entry,
             node,
             result,
         } => {
-            conn.prepare_cached(
+            tx.prepared(
                 "INSERT OR REPLACE INTO journal_entries (run_id, seq, step_id, kind, name, attempt, result) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
@@ -138,28 +138,24 @@ fn apply(tx: &mut Tx<'_>, run_id: &str, write: &Encoded<'_>) -> Result<(), Journ
             ])?;
             // The result of a step moves the run to the node its intent did: known here.
             if tx.memo(run_id).node != Some(*node) {
-                conn.prepare_cached(
-                    "UPDATE run_runs SET node = ?2 WHERE run_id = ?1 AND node != ?2",
-                )?
-                .execute(params![run_id, node])?;
+                tx.prepared("UPDATE run_runs SET node = ?2 WHERE run_id = ?1 AND node != ?2")?
+                    .execute(params![run_id, node])?;
                 tx.remember(run_id, |m| m.node = Some(*node));
             }
         }
         Encoded::Compensation { entry, result } => {
-            conn.prepare_cached(
+            tx.prepared(
                 "INSERT OR REPLACE INTO journal_compensations (run_id, step_id, compensator, attempt, result) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![run_id, entry.step_id, entry.compensator, entry.attempt, result])?;
         }
         Encoded::State { kind, state, .. } => {
-            conn.prepare_cached(
-                "UPDATE run_runs SET state = ?2, state_kind = ?3 WHERE run_id = ?1",
-            )?
-            .execute(params![run_id, state, kind])?;
+            tx.prepared("UPDATE run_runs SET state = ?2, state_kind = ?3 WHERE run_id = ?1")?
+                .execute(params![run_id, state, kind])?;
         }
         Encoded::Alert { run_id, alert } => {
-            conn.prepare_cached("INSERT INTO alert_alerts (run_id, alert) VALUES (?1, ?2)")?
+            tx.prepared("INSERT INTO alert_alerts (run_id, alert) VALUES (?1, ?2)")?
                 .execute(params![run_id, alert])?;
         }
     }

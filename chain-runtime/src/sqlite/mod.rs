@@ -631,6 +631,50 @@ mod tests {
         assert_eq!(f, thread_name());
     }
 
+    /// Statements a batch keeps ([`Tx::prepared`]) serve every write of the batch, survive a
+    /// write's rollback to its savepoint and a failed execution, and go back to the cache
+    /// for the next batch.
+    #[tokio::test]
+    async fn statements_kept_for_a_batch_serve_all_its_writes() {
+        const INSERT: &str = "INSERT INTO t (k) VALUES (?1)";
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path().join("db.sqlite")).await.unwrap();
+        db.ensure_schema("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY);")
+            .await
+            .unwrap();
+        let insert = |ks: Vec<i64>| {
+            db.write(Durability::Sync, move |tx| {
+                for k in ks {
+                    tx.prepared(INSERT)?.execute([k])?;
+                }
+                Ok::<_, DbError>(())
+            })
+        };
+        for round in 0..2 {
+            let base = round * 10;
+            // Queued together: one batch (or a few); the failing write rolls back alone.
+            let (a, dup, b) = tokio::join!(
+                insert(vec![base + 1, base + 2]),
+                insert(vec![base + 3, base + 1]),
+                insert(vec![base + 4]),
+            );
+            a.unwrap();
+            assert!(dup.unwrap_err().constraint);
+            b.unwrap();
+        }
+        let keys: Vec<i64> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT k FROM t ORDER BY k")?;
+                let keys = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<i64>, _>>()?;
+                Ok::<_, DbError>(keys)
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![1, 2, 4, 11, 12, 14]);
+    }
+
     #[tokio::test]
     async fn a_checked_first_write_refused_before_a_change_fails_alone() {
         let dir = tempfile::tempdir().unwrap();

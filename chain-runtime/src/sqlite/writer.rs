@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
-use rusqlite::Connection;
+use rusqlite::{CachedStatement, Connection};
 use tokio::sync::oneshot;
 
 use super::syncer::{Done, Syncer, WalFile};
@@ -46,12 +46,41 @@ pub(crate) struct Tx<'c> {
     chain_head: Option<(u64, String)>,
     /// See [`Memo`]; taken from the writer for the batch.
     runs: HashMap<String, RunMemo>,
+    /// The statements [`Tx::prepared`] took from the connection's cache, kept for the batch.
+    statements: Vec<(&'static str, CachedStatement<'c>)>,
 }
 
 impl<'c> Tx<'c> {
     /// The connection, inside the batch's transaction and this write's savepoint.
     pub(crate) fn conn(&self) -> &'c Connection {
         self.conn
+    }
+
+    /// The prepared statement of `sql`, taken from the connection's statement cache at its
+    /// first use in the batch and kept until the batch ends (when it goes back to the cache):
+    /// the batch's later uses find it by the address of `sql`, instead of hashing the text
+    /// and moving the statement out of and back into the cache at each use. Statements
+    /// prepared here must not also be taken with `prepare_cached` during the batch (that would
+    /// prepare a second copy).
+    pub(crate) fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<&mut CachedStatement<'c>, DbError> {
+        let found = self.statements.iter().position(|(text, _)| {
+            text.len() == sql.len() && (std::ptr::eq(text.as_ptr(), sql.as_ptr()) || *text == sql)
+        });
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let statement = self.conn.prepare_cached(sql)?;
+                self.statements.push((sql, statement));
+                self.statements.len() - 1
+            }
+        };
+        match self.statements.get_mut(at) {
+            Some((_, statement)) => Ok(statement),
+            None => Err(DbError::other("a prepared statement went missing")),
+        }
     }
 
     /// Undoes this write's changes when it returns, even if it returns `Ok` (a write whose
@@ -222,6 +251,7 @@ fn apply_batch(
         roll_back: false,
         chain_head: None,
         runs,
+        statements: Vec::new(),
     };
     for job in jobs.iter_mut() {
         let head = tx.chain_head.clone();
