@@ -1,9 +1,6 @@
 //! Sealing a record in two halves: everything but `seq` and `prev_hash` is serialized to its
-//! canonical form (see [`super::chain_hash`]) by the caller, off the writer thread, and the
-//! part of the form before `prev_hash` is already fed to the hasher there (BLAKE3 compresses
-//! every full 64-byte block of it at once); the writer, which alone knows the chain head, only
-//! feeds the two head members and the rest of the form and finalizes. The hash is the same
-//! as of the whole form in one piece.
+//! canonical form (see [`super::chain_hash`]) by the caller, off the writer thread; the writer,
+//! which alone knows the chain head, only splices the two head members in and hashes.
 
 use super::canonical::write_canonical;
 use super::chain_hash::{ESCAPED, write_string};
@@ -20,9 +17,6 @@ pub(crate) struct Presealed {
     canon: String,
     /// Where `"prev_hash":…,` goes in `canon` (after `"outcome":…,`).
     prev_at: usize,
-    /// The hasher fed with `canon[..prev_at]` (boxed: it is about 2 KB, and a `Presealed`
-    /// moves several times between the caller and the writer).
-    prefix: Box<blake3::Hasher>,
     /// Where `"seq":…,` goes in `canon` (after `"scopes":…,`).
     seq_at: usize,
     /// The `scopes` column.
@@ -109,13 +103,10 @@ impl Presealed {
         );
         canon.pop();
         canon.push('}');
-        let mut prefix = Box::new(blake3::Hasher::new());
-        prefix.update(&canon.as_bytes()[..prev_at]);
         Ok(Self {
             record,
             canon,
             prev_at,
-            prefix,
             seq_at,
             scopes_json,
             records_json,
@@ -130,16 +121,16 @@ impl Presealed {
             record: r,
             canon,
             prev_at,
-            prefix: mut hasher,
             seq_at,
             scopes_json,
             records_json,
             event_json,
         } = self;
         // The canonical form is hashed in pieces, the two head members between them: the
-        // same bytes as the whole text, without building it (`hasher` has the part before
-        // `prev_hash`).
+        // same bytes as the whole text, without building it.
         let canon = canon.as_bytes();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&canon[..prev_at]);
         if !prev_hash.bytes().any(|b| ESCAPED[usize::from(b)]) {
             hasher.update(b"\"prev_hash\":\"");
             hasher.update(prev_hash.as_bytes());
