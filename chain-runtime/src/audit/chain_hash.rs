@@ -93,45 +93,57 @@ pub(crate) const ESCAPED: [bool; 256] = {
 /// any. Eight bytes at a time: a word is looked into only when it holds such a byte.
 #[inline]
 pub(crate) fn first_escaped(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether `w` holds a control (a byte below 0x20), `"` or `\\`: a byte below 0x20, or zero
-    // once xor'ed with `"` or `\\`, borrows into its top bit. One test for the three (their
-    // top bits are those of `w`, as `"` and `\\` are ASCII), exact for the word as a whole: a
-    // borrow only ever comes from a byte that holds one of them.
-    let escapes = |w: u64| {
-        let below = w.wrapping_sub(ONES * 0x20);
-        let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
-        let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-        (below | quote | backslash) & !w & HIGH != 0
-    };
     let found_from = |start: usize| {
         s[start..]
             .iter()
             .position(|&b| ESCAPED[usize::from(b)])
             .map(|i| start + i)
     };
-    let (words, tail) = s.as_chunks::<8>();
+    let (words, _) = s.as_chunks::<8>();
     for (i, word) in words.iter().enumerate() {
-        if escapes(u64::from_ne_bytes(*word)) {
+        if escapes_in(u64::from_ne_bytes(*word)) != 0 {
             return found_from(i * 8);
         }
     }
-    // The last bytes as one word too, instead of one by one (without a loop whose end depends
-    // on the length): the last eight bytes (those before the tail were found plain already);
-    // in a shorter string, its first and last four bytes, or its first, middle and last byte
-    // padded with spaces (never escaped).
-    let last = if let Some(last) = s.last_chunk::<8>() {
+    if escapes_in(last_word(s)) != 0 {
+        found_from(words.len() * 8)
+    } else {
+        None
+    }
+}
+
+/// Not zero exactly when the word `w` holds a byte a canonical JSON string escapes: a control
+/// (a byte below 0x20), `"` or `\\`. A byte below 0x20, or zero once xor'ed with `"` or `\\`,
+/// borrows into its top bit. One test for the three (their top bits are those of `w`, as `"`
+/// and `\\` are ASCII), exact for the word as a whole: a borrow only ever comes from a byte
+/// that holds one of them.
+#[inline(always)]
+pub(super) fn escapes_in(w: u64) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = w.wrapping_sub(ONES * 0x20);
+    let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    (below | quote | backslash) & !w & HIGH
+}
+
+/// The bytes after the last whole word of `s` as one word, to test with [`escapes_in`]
+/// instead of one by one (without a loop whose end depends on the length): the last eight
+/// bytes (those before the tail are in whole words); in a shorter string, its first and last
+/// four bytes, or its first, middle and last byte padded with spaces (never escaped).
+#[inline(always)]
+pub(super) fn last_word(s: &[u8]) -> u64 {
+    if let Some(last) = s.last_chunk::<8>() {
         u64::from_ne_bytes(*last)
     } else if let (Some(first), Some(last)) = (s.first_chunk::<4>(), s.last_chunk::<4>()) {
         u64::from(u32::from_ne_bytes(*first)) | u64::from(u32::from_ne_bytes(*last)) << 32
     } else {
-        match tail {
-            [] => return None,
+        match s {
+            [] => 0x2020_2020_2020_2020,
             [a, ..] => u64::from_ne_bytes([
                 *a,
-                tail[tail.len() / 2],
-                tail[tail.len() - 1],
+                s[s.len() / 2],
+                s[s.len() - 1],
                 b' ',
                 b' ',
                 b' ',
@@ -139,11 +151,6 @@ pub(crate) fn first_escaped(s: &[u8]) -> Option<usize> {
                 b' ',
             ]),
         }
-    };
-    if escapes(last) {
-        found_from(words.len() * 8)
-    } else {
-        None
     }
 }
 

@@ -9,9 +9,9 @@
 
 use serde_json::Value;
 
-use super::chain_hash::first_escaped;
 #[cfg(doc)]
 use super::chain_hash::write_string;
+use super::chain_hash::{escapes_in, first_escaped, last_word};
 use super::record::FORMAT_VERSION;
 use super::rows::{COLUMNS, text_value};
 use super::typed_text::{self, RefRanges};
@@ -235,51 +235,15 @@ fn write_text(s: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Whether a byte of `s` is one a canonical JSON string escapes (a control, `"` or `\\`):
-/// [`first_escaped`]`(s).is_some()`, with the same test of a word (see [`escapes_in`]), but
-/// every word tested and the results or'ed, without a branch per word.
+/// [`first_escaped`]`(s).is_some()`, with the same test of a word ([`escapes_in`]), but every
+/// word tested and the results or'ed, without a branch per word.
 #[inline(always)]
 fn has_escaped(s: &[u8]) -> bool {
-    let (words, tail) = s.as_chunks::<8>();
-    let mut found = words
+    let (words, _) = s.as_chunks::<8>();
+    let found = words
         .iter()
         .fold(0, |acc, w| acc | escapes_in(u64::from_ne_bytes(*w)));
-    // The bytes after the last whole word, as one word too: the last eight bytes; in a shorter
-    // string, its first and last four bytes, or its first, middle and last byte padded with
-    // spaces (never escaped).
-    let last = if let Some(last) = s.last_chunk::<8>() {
-        u64::from_ne_bytes(*last)
-    } else if let (Some(first), Some(last)) = (s.first_chunk::<4>(), s.last_chunk::<4>()) {
-        u64::from(u32::from_ne_bytes(*first)) | u64::from(u32::from_ne_bytes(*last)) << 32
-    } else {
-        match tail {
-            [] => 0x2020_2020_2020_2020,
-            [a, ..] => u64::from_ne_bytes([
-                *a,
-                tail[tail.len() / 2],
-                tail[tail.len() - 1],
-                b' ',
-                b' ',
-                b' ',
-                b' ',
-                b' ',
-            ]),
-        }
-    };
-    found |= escapes_in(last);
-    found != 0
-}
-
-/// Not zero exactly when the word `w` holds a byte a canonical JSON string escapes: a byte
-/// below 0x20, or zero once xor'ed with `"` or `\\`, borrows into its top bit, and a borrow
-/// only ever comes from a byte that holds one of them (the test of [`first_escaped`]).
-#[inline(always)]
-fn escapes_in(w: u64) -> u64 {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let below = w.wrapping_sub(ONES * 0x20);
-    let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
-    let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-    (below | quote | backslash) & !w & HIGH
+    found | escapes_in(last_word(s)) != 0
 }
 
 /// Appends `s` as a canonical JSON string (see [`write_string`]), byte for byte: bytes that
