@@ -20,10 +20,13 @@
 //! swing with other disk traffic); two figures load does not move much are printed beside
 //! them: the CPU time per run of each loop (every thread of the process: the engine's writer
 //! thread and blocking pool, the emulators, the HTTP client; from
-//! `/proc/self/task/*/schedstat`, Linux only), and the engine's database writes per run (the
-//! writer's jobs, transactions, fsyncs). A write is counted whether the writer thread or its
-//! caller committed it (a caller commits its own write when the writer is idle, as on this
-//! single run's path); a step's account read counts only when it was queued to a busy writer.
+//! `/proc/self/task/*/schedstat`, Linux only), with the engine's CPU divided by the raw
+//! loop's (both measured run by run in the same process, so the ratio moves least with the
+//! machine's speed, which on a shared virtual machine drifts from one process to the next),
+//! and the engine's database writes per run (the writer's jobs, transactions, fsyncs). A
+//! write is counted whether the writer thread or its caller committed it (a caller commits
+//! its own write when the writer is idle, as on this single run's path); a step's account
+//! read counts only when it was queued to a busy writer.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -132,11 +135,13 @@ async fn main() -> Result<(), BoxError> {
         );
         println!(
             "  runs {from:>5}..{to:<5}: p50 engine {:.3} ms, raw {:.3} ms (added per step {:.3}); \
-             CPU per run engine {engine_cpu:.3} ms, raw {raw_cpu:.3} ms (added per step {:.3})",
+             CPU per run engine {engine_cpu:.3} ms, raw {raw_cpu:.3} ms (added per step {:.3}, \
+             engine ÷ raw {:.2})",
             ms(a.p50),
             ms(b.p50),
             ms(a.p50.saturating_sub(b.p50) / STEPS),
-            (engine_cpu - raw_cpu) / f64::from(STEPS)
+            (engine_cpu - raw_cpu) / f64::from(STEPS),
+            engine_cpu / raw_cpu
         );
     }
     let (chain, plain, committed) = (
@@ -159,11 +164,12 @@ async fn main() -> Result<(), BoxError> {
     if cpu.iter().any(|d| !d.is_zero()) {
         println!(
             "  CPU per run (all threads): engine {:.3} ms, raw {:.3} ms, raw + commit {:.3} ms; \
-             engine adds {:.3} ms per step",
+             engine adds {:.3} ms per step; engine ÷ raw {:.2}",
             per_run(cpu[0]),
             per_run(cpu[1]),
             per_run(cpu[2]),
-            per_run(cpu[0].saturating_sub(cpu[1])) / f64::from(STEPS)
+            per_run(cpu[0].saturating_sub(cpu[1])) / f64::from(STEPS),
+            per_run(cpu[0]) / per_run(cpu[1])
         );
     }
     let count = |after: u64, before: u64| after.saturating_sub(before) as f64 / runs as f64;
