@@ -11,6 +11,8 @@
 //! cargo bench -p examples --bench http_latency            # 300 runs of each
 //! HTTP_LATENCY_RUNS=1000 cargo bench -p examples --bench http_latency
 //! HTTP_LATENCY_ONLY=engine cargo bench -p examples --bench http_latency   # one loop alone (to profile)
+//! HTTP_LATENCY_SEGMENTS=4 ...   # also each quarter of the runs alone (do later runs cost more?)
+//! HTTP_LATENCY_ONLY=engine HTTP_LATENCY_SEGMENTS=4 ...   # and its CPU per run by thread, by quarter
 //! ```
 //!
 //! Prints the median (p50) and p90 per run of each loop, and the time the engine adds per
@@ -18,10 +20,13 @@
 //! swing with other disk traffic); two figures load does not move much are printed beside
 //! them: the CPU time per run of each loop (every thread of the process: the engine's writer
 //! thread and blocking pool, the emulators, the HTTP client; from
-//! `/proc/self/task/*/schedstat`, Linux only), and the engine's database writes per run (the
-//! writer's jobs, transactions, fsyncs). A write is counted whether the writer thread or its
-//! caller committed it (a caller commits its own write when the writer is idle, as on this
-//! single run's path); a step's account read counts only when it was queued to a busy writer.
+//! `/proc/self/task/*/schedstat`, Linux only), with the engine's CPU divided by the raw
+//! loop's (both measured run by run in the same process, so the ratio moves least with the
+//! machine's speed, which on a shared virtual machine drifts from one process to the next),
+//! and the engine's database writes per run (the writer's jobs, transactions, fsyncs). A
+//! write is counted whether the writer thread or its caller committed it (a caller commits
+//! its own write when the writer is idle, as on this single run's path); a step's account
+//! read counts only when it was queued to a busy writer.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -61,14 +66,26 @@ async fn main() -> Result<(), BoxError> {
     }
     // `HTTP_LATENCY_ONLY=engine` (or `raw`): that loop alone, for a profiler (`perf record`).
     if let Ok(only) = std::env::var("HTTP_LATENCY_ONLY") {
+        // `HTTP_LATENCY_SEGMENTS=n`: also the CPU per run of each thread in each of n equal
+        // segments of the runs (does a run cost more as the runs add up, and on which thread).
+        let segments: usize = match std::env::var("HTTP_LATENCY_SEGMENTS") {
+            Ok(n) => n.parse::<usize>()?.max(1),
+            Err(_) => 0,
+        };
         let mut cpu = Duration::ZERO;
         let mut times = Vec::new();
-        for _ in 0..runs {
+        let mut threads = thread_cpu();
+        for i in 0..runs {
             times.push(match only.as_str() {
                 "engine" => timed(run_chain(&demo), &mut cpu).await?,
                 "raw" => timed(raw.run(), &mut cpu).await?,
                 other => return Err(format!("HTTP_LATENCY_ONLY={other}: engine or raw").into()),
             });
+            if segments > 0 && (i + 1) % (runs / segments).max(1) == 0 {
+                let now = thread_cpu();
+                print_segment(i + 1, (runs / segments).max(1), &threads, &now);
+                threads = now;
+            }
         }
         println!(
             "{runs} runs of {only} alone: {}; CPU per run {:.3} ms",
@@ -87,13 +104,46 @@ async fn main() -> Result<(), BoxError> {
     }
     let (mut chain, mut plain, mut committed) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu = [Duration::ZERO; 3];
+    // Per segment (`HTTP_LATENCY_SEGMENTS`): CPU of the engine and raw loops at its start.
+    let segments: usize = match std::env::var("HTTP_LATENCY_SEGMENTS") {
+        Ok(n) => n.parse::<usize>()?.max(1),
+        Err(_) => 1,
+    };
+    let mut marks = vec![(0, cpu)];
     let writes_before = db.writer_stats();
-    for _ in 0..runs {
+    for i in 0..runs {
         chain.push(timed(run_chain(&demo), &mut cpu[0]).await?);
         plain.push(timed(raw.run(), &mut cpu[1]).await?);
         committed.push(timed(commits.run(&raw), &mut cpu[2]).await?);
+        if segments > 1 && (i + 1) % (runs / segments).max(1) == 0 {
+            marks.push((i + 1, cpu));
+        }
     }
     let writes_after = db.writer_stats();
+    for pair in marks.windows(2) {
+        let [(from, cpu_from), (to, cpu_to)] = pair else {
+            continue;
+        };
+        let (a, b) = (
+            Summary::of(chain[*from..*to].to_vec()),
+            Summary::of(plain[*from..*to].to_vec()),
+        );
+        let n = (to - from) as f64;
+        let (engine_cpu, raw_cpu) = (
+            ms(cpu_to[0].saturating_sub(cpu_from[0])) / n,
+            ms(cpu_to[1].saturating_sub(cpu_from[1])) / n,
+        );
+        println!(
+            "  runs {from:>5}..{to:<5}: p50 engine {:.3} ms, raw {:.3} ms (added per step {:.3}); \
+             CPU per run engine {engine_cpu:.3} ms, raw {raw_cpu:.3} ms (added per step {:.3}, \
+             engine ÷ raw {:.2})",
+            ms(a.p50),
+            ms(b.p50),
+            ms(a.p50.saturating_sub(b.p50) / STEPS),
+            (engine_cpu - raw_cpu) / f64::from(STEPS),
+            engine_cpu / raw_cpu
+        );
+    }
     let (chain, plain, committed) = (
         Summary::of(chain),
         Summary::of(plain),
@@ -114,11 +164,12 @@ async fn main() -> Result<(), BoxError> {
     if cpu.iter().any(|d| !d.is_zero()) {
         println!(
             "  CPU per run (all threads): engine {:.3} ms, raw {:.3} ms, raw + commit {:.3} ms; \
-             engine adds {:.3} ms per step",
+             engine adds {:.3} ms per step; engine ÷ raw {:.2}",
             per_run(cpu[0]),
             per_run(cpu[1]),
             per_run(cpu[2]),
-            per_run(cpu[0].saturating_sub(cpu[1])) / f64::from(STEPS)
+            per_run(cpu[0].saturating_sub(cpu[1])) / f64::from(STEPS),
+            per_run(cpu[0]) / per_run(cpu[1])
         );
     }
     let count = |after: u64, before: u64| after.saturating_sub(before) as f64 / runs as f64;
@@ -171,6 +222,52 @@ fn process_cpu() -> Option<Duration> {
         total += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(total))
+}
+
+/// CPU time so far of every live thread, by thread id, with the thread's name.
+fn thread_cpu() -> std::collections::BTreeMap<u64, (String, u64)> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let (Ok(stat), Ok(name)) = (
+            std::fs::read_to_string(task.path().join("schedstat")),
+            std::fs::read_to_string(task.path().join("comm")),
+        ) else {
+            continue; // the thread exited meanwhile
+        };
+        if let Some(ns) = stat.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            threads.insert(tid, (name.trim().to_owned(), ns));
+        }
+    }
+    threads
+}
+
+/// Prints the CPU per run of each thread over the last `runs` runs (up to run `upto`).
+fn print_segment(
+    upto: usize,
+    runs: usize,
+    before: &std::collections::BTreeMap<u64, (String, u64)>,
+    after: &std::collections::BTreeMap<u64, (String, u64)>,
+) {
+    let mut line = format!("  runs to {upto:>6}: CPU per run");
+    let mut total = 0u64;
+    for (tid, (name, ns)) in after {
+        let spent = ns.saturating_sub(before.get(tid).map_or(0, |(_, b)| *b));
+        total += spent;
+        if spent > 0 {
+            line += &format!(" {name}/{tid} {:.3}", spent as f64 / 1e6 / runs as f64);
+        }
+    }
+    println!("{line}; all {:.3} ms", total as f64 / 1e6 / runs as f64);
 }
 
 fn ms(d: Duration) -> f64 {
