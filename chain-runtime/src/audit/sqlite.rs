@@ -529,3 +529,58 @@ impl AuditStore for SqliteAuditStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{AuditEvent, Outcome, RecordRef};
+
+    /// The chunks of an intact chain stored in SQLite are sure on their own (no one pass
+    /// needed), whatever the number of workers; a tampered row makes them not sure (and one
+    /// pass names it).
+    #[tokio::test]
+    async fn chunks_read_from_sqlite_join_without_the_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let store = SqliteAuditStore::open(&path).await.unwrap();
+        let n = 37;
+        for i in 0..n {
+            let mut record = NewRecord::new(
+                "alice",
+                Outcome::Info,
+                AuditEvent::Resumed {
+                    reason: format!("r{i}"),
+                },
+            );
+            if i % 3 == 0 {
+                record = record.touched(RecordRef::new("crm", "issue", &format!("T-{i}")));
+            }
+            store.append(record).await.unwrap();
+        }
+        let chunked = |workers: usize| {
+            let chunks = Chunks::new(Split::in_chunks(n, 8).unwrap(), None);
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        let mut conn = crate::sqlite::open_connection(&path).unwrap();
+                        verify_chunks(&mut conn, &chunks).unwrap();
+                    });
+                }
+            });
+            chunks.join()
+        };
+        assert_eq!(store.verify(None).await.map(|v| v.records).ok(), Some(n));
+        for workers in [1, 2, 3] {
+            assert_eq!(chunked(workers).map(|v| v.records), Some(n), "{workers}");
+        }
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE audit_records SET principal = 'mallory' WHERE seq = 17",
+            [],
+        )
+        .unwrap();
+        assert_eq!(chunked(2), None);
+        let error = store.verify(None).await.unwrap_err().to_string();
+        assert!(error.contains("position 17 "), "{error}");
+    }
+}
