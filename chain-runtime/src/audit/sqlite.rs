@@ -553,7 +553,7 @@ mod tests {
                 },
             );
             if i % 3 == 0 {
-                record = record.touched(RecordRef::new("crm", "issue", &format!("T-{i}")));
+                record = record.touched(RecordRef::new("crm", "issue", format!("T-{i}")));
             }
             store.append(record).await.unwrap();
         }
