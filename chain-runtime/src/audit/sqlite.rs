@@ -498,8 +498,8 @@ impl AuditStore for SqliteAuditStore {
         Some(self.db.id())
     }
 
-    /// Verifies on several threads: a chain of 4 records or more in chunks (at most
-    /// [`pipeline::CHUNK_RECORDS`] records, at least 4 per worker) taken one at a time by one
+    /// Verifies on several threads: a chain of 4 records or more in chunks (at most 256
+    /// records, at least 4 per worker) taken one at a time by one
     /// worker per core (each on its own blocking-pool thread and read connection, in its own
     /// read transaction), joined at each chunk's anchor hash; when a chunk is not
     /// sure (a break, or parts that do not join), in one pass on two threads (one reads the
