@@ -270,3 +270,49 @@ async fn a_synchronous_unit_is_flushed_in_its_batchs_round_trip() {
         "{flushes:?}"
     );
 }
+
+// The leases are read once per batch; a release in the batch must not fence off the units
+// queued before it under the lease it ends (they were written under a current lease), while a
+// batch without other writes reads them with the chain head. Both batches below are formed
+// while the head is held here.
+#[tokio::test]
+async fn a_unit_and_the_release_of_its_lease_in_one_batch_both_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::Postgres.database(dir.path(), "release").await;
+    let journal = db.journal().await;
+    let other = db.journal().await;
+    let audit = db.audit().await;
+    let a = journal.create_run(run("a"), "worker-1").await.unwrap();
+    let b = journal.create_run(run("b"), "worker-1").await.unwrap();
+    let (head, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let earlier = tokio::spawn({
+        let (journal, b) = (std::sync::Arc::clone(&journal), b.clone());
+        async move { journal.commit(Some(&b), step_unit(0, "b")).await }
+    });
+    until_someone_waits(&head).await;
+    let (written, released, after, ()) = tokio::join!(
+        journal.commit(Some(&a), step_unit(0, "a")),
+        journal.release_run(&a),
+        journal.commit(Some(&b), step_unit(1, "b")),
+        async { head.batch_execute("ROLLBACK").await.unwrap() },
+    );
+    assert!(earlier.await.unwrap().unwrap().applied);
+    assert!(written.unwrap().applied);
+    released.unwrap();
+    assert!(after.unwrap().applied);
+    assert_eq!(journal.journal("a").await.unwrap().len(), 1);
+    assert_eq!(journal.journal("b").await.unwrap().len(), 2);
+    // Released: another worker takes the run, and the old lease writes no more.
+    let taken = other.claim_run("a", "worker-2").await.unwrap();
+    assert!(taken.token > a.token);
+    let stale = journal.commit(Some(&a), step_unit(1, "a")).await;
+    assert!(
+        matches!(stale, Err(JournalError::LeaseLost(ref run)) if run == "a"),
+        "{stale:?}"
+    );
+    assert_eq!(audit.verify(None).await.unwrap().records, 3);
+}
