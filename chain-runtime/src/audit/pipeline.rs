@@ -1,20 +1,18 @@
 //! Verification on several threads, two ways.
 //!
-//! - In parts ([`Split`]): the chain cut into ranges of `seq` (chunks of at most
-//!   [`CHUNK_RECORDS`] records, [`Split::at_head`]), checked without copying a row by one
-//!   worker per core, each on its own thread and connection, taking the next chunk as it is
-//!   done with one ([`Chunks`]): every core stays busy to the end however unequally chunks
-//!   cost. The verdicts join when each part ends with the hash the next part starts from (its
-//!   anchor). Records are only ever appended, so the rows up to a head read before the parts
-//!   started are the same for all. When any part is not sure, the caller verifies in one pass,
-//!   which also says what is wrong: the parts never accept a chain one pass rejects.
+//! - In parts ([`Split`]): the chain cut into about two ranges of `seq` per core, each read
+//!   and checked on its own thread on its own connection, without copying a row; the verdicts
+//!   join when each part ends with the hash the next part starts from (its anchor). More parts
+//!   than cores keep every core busy to the end when parts cost unequally. Records are only
+//!   ever appended, so the rows up to a head read before the parts started are the same for
+//!   all. When any part is not sure, the caller verifies in one pass, which also says what is
+//!   wrong: the parts never accept a chain one pass rejects.
 //! - In one pass ([`verify`]): the caller's thread reads rows from the database and copies them
 //!   into [`Batch`]es, a second thread checks them ([`IndexedVerifier::push_cells`]), so that
 //!   reading and hashing overlap. Batches go back and forth on two bounded channels and are
 //!   reused: no allocation per row.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::mpsc;
 
 use super::AuditError;
 use super::record::Checkpoint;
@@ -97,20 +95,13 @@ impl Batch {
 /// Chains whose head `seq` is below this are verified in one pass.
 const SPLIT_FROM_SEQ: u64 = 4;
 
-/// Most parts [`Split::in_parts`] cuts a chain in.
-#[cfg(test)]
+/// Parts per core a long chain is verified in: more parts than cores, so that the cores stay
+/// busy to the end even when some parts cost more than others (pages already in the main
+/// file or still in the `-wal` file, other work on the machine).
+const PARTS_PER_CORE: usize = 2;
+
+/// Most parts a chain is verified in.
 const MAX_PARTS: usize = 16;
-
-/// Most records in a chunk of a chain verified in chunks ([`Split::at_head`]): small enough
-/// that the last chunk leaves little for one core to finish alone (256 records are about
-/// 0.4 ms of one core), large enough that starting a chunk (its index rows' query, a seek,
-/// the anchor row read twice: about 20,000 instructions by callgrind, against about 14,000
-/// per record) costs little next to its records (+0.4 % instructions per record).
-pub(crate) const CHUNK_RECORDS: u64 = 256;
-
-/// Fewest chunks per worker a chain is cut into (shorter chunks than [`CHUNK_RECORDS`] for a
-/// short chain), so that the workers finish at about the same time.
-const CHUNKS_PER_WORKER: u64 = 4;
 
 /// Where a chain is verified in parts: each part checks the records after the previous part's
 /// last `seq` (its anchor, whose stored hash it chains from) up to its own last `seq`, a cut;
@@ -136,39 +127,15 @@ pub(crate) struct Part {
 pub(crate) type PartVerdict = (Option<String>, Verified);
 
 impl Split {
-    /// The split of a chain whose head is at `head_seq` into chunks for one worker per core
-    /// (see [`Chunks`]), with the number of workers; `None` when it is too short to be worth
-    /// two parts.
-    pub(crate) fn at_head(head_seq: u64) -> Option<(Self, usize)> {
+    /// The split of a chain whose head is at `head_seq`, in about two parts per core; `None`
+    /// when it is too short to be worth two parts.
+    pub(crate) fn at_head(head_seq: u64) -> Option<Self> {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let workers = u64::try_from(cores).unwrap_or(1);
-        let len = head_seq
-            .div_ceil(workers.saturating_mul(CHUNKS_PER_WORKER))
-            .clamp(2, CHUNK_RECORDS);
-        let split = Self::in_chunks(head_seq, len)?;
-        let workers = cores.min(split.cuts.len() + 1);
-        Some((split, workers))
-    }
-
-    /// The split of a chain whose head is at `head_seq` in chunks of `len` records (the last
-    /// one up to the chain's end: it also holds what was appended after `head_seq`); one part
-    /// when the chain is not longer than `len`. `None` when it is too short to be worth two
-    /// parts.
-    pub(crate) fn in_chunks(head_seq: u64, len: u64) -> Option<Self> {
-        if head_seq < SPLIT_FROM_SEQ {
-            return None;
-        }
-        let len = len.max(1);
-        let cuts = (1..)
-            .map_while(|i: u64| i.checked_mul(len))
-            .take_while(|&cut| cut < head_seq)
-            .collect();
-        Some(Self { cuts })
+        Self::in_parts(head_seq, cores.saturating_mul(PARTS_PER_CORE))
     }
 
     /// The split of a chain whose head is at `head_seq` in `parts` parts of about equal
     /// length (fewer when the chain is short, at least two, at most [`MAX_PARTS`]).
-    #[cfg(test)]
     pub(crate) fn in_parts(head_seq: u64, parts: usize) -> Option<Self> {
         if head_seq < SPLIT_FROM_SEQ {
             return None;
@@ -242,74 +209,6 @@ impl Split {
             joined = next;
         }
         verdicts.next().is_none().then_some(joined)
-    }
-}
-
-/// The parts of a [`Split`] handed out one at a time to a few workers (each on its own
-/// thread and connection, see [`Chunks::work`]): a worker takes the next part as soon as it is
-/// done with one, so the cores stay busy to the end. The verdicts are kept by part and joined
-/// in [`Split::parts`] order ([`Chunks::join`]), whatever order they came in.
-pub(crate) struct Chunks {
-    split: Split,
-    /// The parts in order, each with the checkpoint it checks.
-    parts: Vec<(Part, Option<Checkpoint>)>,
-    /// The index of the next part to hand out (at or above `parts.len()`: none left).
-    next: AtomicUsize,
-    /// The verdict of each part, by index (`None`: not verified).
-    verdicts: Mutex<Vec<Option<Result<PartVerdict, AuditError>>>>,
-}
-
-impl Chunks {
-    /// The parts of `split`, checking `checkpoint` (see [`Split::checkpoints`]).
-    pub(crate) fn new(split: Split, checkpoint: Option<Checkpoint>) -> Self {
-        let parts: Vec<_> = split
-            .parts()
-            .into_iter()
-            .zip(split.checkpoints(checkpoint))
-            .collect();
-        let verdicts = Mutex::new(parts.iter().map(|_| None).collect());
-        Self {
-            split,
-            parts,
-            next: AtomicUsize::new(0),
-            verdicts,
-        }
-    }
-
-    /// Verifies parts with `verify` until none is left. After a part that is not good, no
-    /// worker takes another: the caller verifies in one pass anyway.
-    pub(crate) fn work(
-        &self,
-        mut verify: impl FnMut(Part, Option<Checkpoint>) -> Result<PartVerdict, AuditError>,
-    ) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some((part, checkpoint)) = self.parts.get(i) else {
-                return;
-            };
-            let verdict = verify(*part, checkpoint.clone());
-            if verdict.is_err() {
-                self.next.store(self.parts.len(), Ordering::Relaxed);
-            }
-            let mut verdicts = self.verdicts.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = verdicts.get_mut(i) {
-                *slot = Some(verdict);
-            }
-        }
-    }
-
-    /// The verdict on the whole chain (see [`Split::join`]); `None` when not sure, which
-    /// includes a part no worker verified. Takes the verdicts: call it once, after the
-    /// workers are done.
-    pub(crate) fn join(&self) -> Option<Verified> {
-        let verdicts =
-            std::mem::take(&mut *self.verdicts.lock().unwrap_or_else(PoisonError::into_inner));
-        if verdicts.len() != self.parts.len() {
-            return None;
-        }
-        self.split.join(verdicts.into_iter().map(|verdict| {
-            verdict.unwrap_or_else(|| Err(AuditError::Background("a part was not verified".into())))
-        }))
     }
 }
 
@@ -878,261 +777,6 @@ mod tests {
         // A verdict missing, or one too many.
         assert_eq!(split.join(good().into_iter().take(2)), None);
         assert_eq!(split.join(good().into_iter().chain([run(2, &rows)])), None);
-    }
-
-    /// The rows and index rows of `part` as the SQLite store reads them: the rows from its
-    /// anchor to its last `seq`, the index rows after the anchor up to its last `seq`.
-    fn part_input<'r>(
-        part: Part,
-        rows: &'r [Row],
-        refs: &[(i64, RefKey)],
-    ) -> (Vec<&'r Row>, Vec<(i64, RefKey)>) {
-        let after = part.after.map_or(i64::MIN, |s| s as i64);
-        let upto = part.upto.map_or(i64::MAX, |s| s as i64);
-        let part_rows = rows
-            .iter()
-            .filter(|r| matches!(r[0], Ok(seq) if seq >= after && seq <= upto))
-            .collect();
-        let part_refs = refs
-            .iter()
-            .filter(|(seq, _)| {
-                part.after.is_none_or(|a| *seq > a as i64)
-                    && part.upto.is_none_or(|u| *seq <= u as i64)
-            })
-            .cloned()
-            .collect();
-        (part_rows, part_refs)
-    }
-
-    /// The verdict of `workers` workers taking chunks of `len` records of `rows` (in SQL
-    /// order) from one [`Chunks`] on their own threads; `history(i)` gives the rows chunk `i`
-    /// reads (`rows` for all: one history). Also returns how many chunks were verified.
-    fn chunked<'r>(
-        rows: &'r [Row],
-        refs: &[(i64, RefKey)],
-        checkpoint: Option<Checkpoint>,
-        len: u64,
-        workers: usize,
-        history: impl Fn(usize) -> &'r [Row] + Sync,
-    ) -> (Option<Verified>, usize) {
-        let Some(head) = rows.iter().filter_map(|r| r[0].as_ref().ok()).max() else {
-            return (None, 0);
-        };
-        let Some(split) = Split::in_chunks(*head as u64, len) else {
-            return (None, 0);
-        };
-        let parts = split.parts();
-        let chunks = Chunks::new(split, checkpoint);
-        let verified = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    chunks.work(|part, checkpoint| {
-                        let i = parts.iter().position(|p| *p == part).unwrap();
-                        verified.fetch_add(1, Ordering::Relaxed);
-                        // Workers finish chunks out of order.
-                        if i % 3 == 0 {
-                            std::thread::yield_now();
-                        }
-                        let (part_rows, part_refs) = part_input(part, history(i), refs);
-                        part.verify(checkpoint, part_refs, emit_all(part_rows))
-                    });
-                });
-            }
-        });
-        (chunks.join(), verified.into_inner())
-    }
-
-    /// Verifies `rows` in chunks of `len` records by `workers` workers and in one pass: the
-    /// chunks accept only what one pass accepts, with the same verdict. Returns the chunks'
-    /// verdict.
-    fn chunks_and_one_pass(
-        rows: &[Row],
-        refs: &[(i64, RefKey)],
-        checkpoint: Option<Checkpoint>,
-        len: u64,
-        workers: usize,
-    ) -> Option<Verified> {
-        let rows = sql_order(rows);
-        let (chunked, _) = chunked(&rows, refs, checkpoint.clone(), len, workers, |_| &rows);
-        let mut verifier = IndexedVerifier::new(checkpoint, refs.to_vec());
-        let one = rows
-            .iter()
-            .try_for_each(|row| verifier.push_cells(&cells(row)))
-            .and_then(|()| verifier.finish())
-            .map_err(|e| e.to_string());
-        if let Some(chunked) = &chunked {
-            assert_eq!(
-                Ok(chunked),
-                one.as_ref(),
-                "chunks accepted what one pass did not"
-            );
-        }
-        chunked
-    }
-
-    #[test]
-    fn chunks_cover_the_chain_up_to_its_end() {
-        assert_eq!(Split::in_chunks(3, 2), None);
-        assert_eq!(Split::in_chunks(4, 2).map(|s| s.cuts), Some(vec![2]));
-        assert_eq!(Split::in_chunks(5, 8).map(|s| s.cuts), Some(vec![]));
-        assert_eq!(Split::in_chunks(8, 8).map(|s| s.cuts), Some(vec![]));
-        assert_eq!(Split::in_chunks(9, 8).map(|s| s.cuts), Some(vec![8]));
-        assert_eq!(Split::in_chunks(16, 8).map(|s| s.cuts), Some(vec![8]));
-        assert_eq!(Split::in_chunks(17, 8).map(|s| s.cuts), Some(vec![8, 16]));
-        assert_eq!(
-            Split::in_chunks(5, 0).map(|s| s.cuts),
-            Some(vec![1, 2, 3, 4])
-        );
-        let huge = Split::in_chunks(u64::MAX, u64::MAX / 2).map(|s| s.cuts);
-        assert_eq!(huge, Some(vec![u64::MAX / 2, u64::MAX / 2 * 2]));
-        let (split, workers) = Split::at_head(20_000).unwrap();
-        assert_eq!(split.cuts.len(), 78);
-        assert_eq!(split.cuts[..2], [CHUNK_RECORDS, 2 * CHUNK_RECORDS]);
-        assert!((1..=split.cuts.len() + 1).contains(&workers));
-        let (split, workers) = Split::at_head(4).unwrap();
-        assert_eq!((split.cuts, workers.min(2)), (vec![2], workers.min(2)));
-        let split = Split::in_chunks(20, 8).unwrap();
-        let parts = split.parts();
-        assert_eq!(parts.len(), 3);
-        assert_eq!(
-            parts[2],
-            Part {
-                after: Some(16),
-                upto: None
-            }
-        );
-    }
-
-    /// Chunks accept an intact chain (any number of workers, a checkpoint anywhere) and reject
-    /// every break one pass rejects, wherever it is: at each place within a chunk, at a
-    /// chunk's last record (the next one's anchor), just after it; in a chain shorter than one
-    /// chunk, and in one exactly one chunk long.
-    #[test]
-    fn chunks_accept_only_what_one_pass_accepts() {
-        const LEN: u64 = 8;
-        for (n, workers) in [
-            (3 * LEN + 3, 2),
-            (3 * LEN, 3),
-            (LEN - 3, 2),
-            (LEN, 2),
-            (17, 1),
-        ] {
-            let (intact, refs) = chain_with_refs(n);
-            let hash = |seq: u64| match &intact[seq as usize - 1][15] {
-                Err(Some(h)) => String::from_utf8(h.clone()).unwrap(),
-                _ => unreachable!(),
-            };
-            for seq in 1..=n {
-                let at = Some(Checkpoint {
-                    seq,
-                    hash: hash(seq),
-                });
-                let verified = chunks_and_one_pass(&intact, &refs, at, LEN, workers);
-                assert_eq!(verified.map(|v| v.records), Some(n), "checkpoint at {seq}");
-                let wrong = Some(Checkpoint {
-                    seq,
-                    hash: hash(1 + seq % n),
-                });
-                assert_eq!(
-                    chunks_and_one_pass(&intact, &refs, wrong, LEN, workers),
-                    None
-                );
-            }
-            let beyond = Some(Checkpoint {
-                seq: n + 1,
-                hash: hash(n),
-            });
-            assert_eq!(
-                chunks_and_one_pass(&intact, &refs, beyond, LEN, workers),
-                None
-            );
-            for seq in 1..=n {
-                let i = seq as usize - 1;
-                // The contents, the stored hash, the link.
-                for (column, edit) in [
-                    (5, Err(Some(b"mallory".to_vec()))),
-                    (15, Err(Some(vec![b'0'; 64]))),
-                    (14, Err(Some(vec![b'1'; 64]))),
-                    (2, Ok(7)),
-                ] {
-                    let mut rows = intact.clone();
-                    rows[i][column] = edit;
-                    let verdict = chunks_and_one_pass(&rows, &refs, None, LEN, workers);
-                    assert_eq!(verdict, None, "column {column} at {seq}");
-                }
-                // The row deleted, or its index row.
-                let mut rows = intact.clone();
-                rows.remove(i);
-                let expected = (seq == n).then_some(n - 1);
-                let fewer_refs: Vec<_> =
-                    refs.iter().filter(|r| r.0 != seq as i64).cloned().collect();
-                let verdict = chunks_and_one_pass(&rows, &fewer_refs, None, LEN, workers);
-                assert_eq!(verdict.map(|v| v.records), expected, "deleted at {seq}");
-                if fewer_refs.len() < refs.len() {
-                    let verdict = chunks_and_one_pass(&intact, &fewer_refs, None, LEN, workers);
-                    assert_eq!(verdict, None, "index row deleted at {seq}");
-                }
-                let mut more = refs.clone();
-                more.push((seq as i64, ("crm".into(), "issue".into(), "X".into())));
-                assert_eq!(
-                    chunks_and_one_pass(&intact, &more, None, LEN, workers),
-                    None
-                );
-            }
-        }
-    }
-
-    /// Chunks that read different histories (the records from a chunk's anchor on sealed at
-    /// another time: each chunk good on its own) do not join, whichever chunk it is; the
-    /// verdicts are joined in chunk order whatever order the workers finish in; a chunk no
-    /// worker verified makes the verdict not sure; after a bad chunk the workers stop.
-    #[test]
-    fn chunks_from_another_history_do_not_join() {
-        const LEN: u64 = 4;
-        let n = 4 * LEN + 2;
-        let (rows, refs) = chain_with_refs(n);
-        let other = loop {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            let (other, _) = chain_with_refs(n);
-            if (1..=n).all(|seq| other[seq as usize - 1][15] != rows[seq as usize - 1][15]) {
-                break other;
-            }
-        };
-        for workers in [1, 2, 3] {
-            let all = chunked(&rows, &refs, None, LEN, workers, |_| &rows);
-            assert_eq!((all.0.map(|v| v.records), all.1), (Some(n), 5));
-            for i in 0..5 {
-                let mixed = chunked(&rows, &refs, None, LEN, workers, |c| {
-                    if c == i { &other } else { &rows }
-                });
-                assert_eq!(mixed.0, None, "chunk {i}, {workers} workers");
-                // From chunk `i` on, the other history: good on their own, no join at `i`.
-                let from = chunked(&rows, &refs, None, LEN, workers, |c| {
-                    if c >= i { &other } else { &rows }
-                });
-                assert_eq!(
-                    from.0.is_some(),
-                    i == 0,
-                    "from chunk {i}, {workers} workers"
-                );
-            }
-            assert_eq!(
-                chunked(&other, &refs, None, LEN, workers, |_| &other)
-                    .0
-                    .map(|v| v.records),
-                Some(n)
-            );
-        }
-        // No worker: nothing verified, not sure.
-        assert_eq!(chunked(&rows, &refs, None, LEN, 0, |_| &rows), (None, 0));
-        // A break in the first chunk: one worker stops there.
-        let mut broken = rows.clone();
-        broken[1][5] = Err(Some(b"mallory".to_vec()));
-        assert_eq!(
-            chunked(&broken, &refs, None, LEN, 1, |_| &broken),
-            (None, 1)
-        );
     }
 
     #[test]

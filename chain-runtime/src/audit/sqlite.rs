@@ -31,7 +31,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::chain_hash::GENESIS_HASH;
-use super::pipeline::{self, Chunks, Part, PartVerdict, Split};
+use super::pipeline::{self, Part, PartVerdict, Split};
 use super::record::{AuditRecord, Authorization, Checkpoint, NewRecord};
 use super::row_hash::{Cell, Cells, cells_to_value};
 use super::rows::{
@@ -279,29 +279,21 @@ fn insert_record(
 }
 
 /// The `audit_record_refs` rows whose `seq` is above `after` (if given) and at most `upto` (if
-/// given), with a statement the connection keeps (one per shape of the bounds).
+/// given).
 fn read_refs(
     conn: &Connection,
     after: Option<i64>,
     upto: Option<i64>,
 ) -> Result<Vec<(i64, RefKey)>, AuditError> {
-    const SQL: &str = "SELECT seq, connector, kind, record_id FROM audit_record_refs";
-    let (mut stmt, bounds) = match (after, upto) {
-        (None, None) => (conn.prepare_cached(SQL)?, vec![]),
-        (Some(a), None) => (
-            conn.prepare_cached(&format!("{SQL} WHERE seq > ?1"))?,
-            vec![a],
-        ),
-        (None, Some(u)) => (
-            conn.prepare_cached(&format!("{SQL} WHERE seq <= ?1"))?,
-            vec![u],
-        ),
-        (Some(a), Some(u)) => (
-            conn.prepare_cached(&format!("{SQL} WHERE seq > ?1 AND seq <= ?2"))?,
-            vec![a, u],
-        ),
+    let sql = "SELECT seq, connector, kind, record_id FROM audit_record_refs";
+    let sql = match (after, upto) {
+        (None, None) => sql.to_owned(),
+        (Some(a), None) => format!("{sql} WHERE seq > {a}"),
+        (None, Some(u)) => format!("{sql} WHERE seq <= {u}"),
+        (Some(a), Some(u)) => format!("{sql} WHERE seq > {a} AND seq <= {u}"),
     };
-    let mut rows = stmt.query(rusqlite::params_from_iter(bounds))?;
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
     let mut refs = Vec::new();
     while let Some(row) = rows.next()? {
         refs.push((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)));
@@ -310,20 +302,17 @@ fn read_refs(
 }
 
 /// Gives `emit` the `audit_records` rows with `seq` from `first` to `last`, in `seq` order,
-/// until it returns `false` (with a statement the connection keeps).
+/// until it returns `false`.
 fn read_rows(
     conn: &Connection,
     first: i64,
     last: i64,
     emit: &mut dyn FnMut(&Cells<'_>) -> bool,
 ) -> Result<(), AuditError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT {} FROM audit_records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
-            select_columns()
-        )
-    });
-    let mut stmt = conn.prepare_cached(SQL.as_str())?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM audit_records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+        select_columns()
+    ))?;
     let mut rows = stmt.query([first, last])?;
     while let Some(row) = rows.next()? {
         if !emit(&row_cells(row)?) {
@@ -357,29 +346,20 @@ fn verify_blocking(
     pipeline::verify(verifier, |emit| read_rows(&tx, i64::MIN, i64::MAX, emit))
 }
 
-/// One worker of a chain verified in chunks (see [`Chunks::work`]): verifies the chunks it
-/// takes, each as a [`Part`], all in one read transaction with the statements the connection
-/// keeps. Every snapshot taken after the head was read holds the same rows up to it.
-fn verify_chunks(conn: &mut Connection, chunks: &Chunks) -> Result<(), AuditError> {
-    map_for_scan(conn)?;
-    let tx = conn.transaction()?;
-    chunks.work(|part, checkpoint| verify_part(&tx, part, checkpoint));
-    Ok(())
-}
-
-/// One part of a chain verified in parts (see [`Part::verify`]), in the open read transaction
-/// of `conn`.
+/// One part of a chain verified in parts (see [`Part::verify`]), in its own read transaction.
 fn verify_part(
-    conn: &Connection,
+    conn: &mut Connection,
     part: Part,
     checkpoint: Option<Checkpoint>,
 ) -> Result<PartVerdict, AuditError> {
     let after = part.after.map(seq_to_sql).transpose()?;
     let upto = part.upto.map(seq_to_sql).transpose()?;
-    let refs = read_refs(conn, after, upto)?;
+    map_for_scan(conn)?;
+    let tx = conn.transaction()?;
+    let refs = read_refs(&tx, after, upto)?;
     // The anchor row (at `after`) is read too: the part chains from its stored hash.
     let (first, last) = (after.unwrap_or(i64::MIN), upto.unwrap_or(i64::MAX));
-    part.verify(checkpoint, refs, |emit| read_rows(conn, first, last, emit))
+    part.verify(checkpoint, refs, |emit| read_rows(&tx, first, last, emit))
 }
 
 impl SqliteAuditStore {
@@ -395,15 +375,16 @@ impl SqliteAuditStore {
         let split = head
             .and_then(|seq| u64::try_from(seq).ok())
             .and_then(Split::at_head);
-        if let Some((split, workers)) = split {
-            let chunks = std::sync::Arc::new(Chunks::new(split, checkpoint.clone()));
-            // A worker that fails leaves its parts to the others, or unverified (not sure).
-            futures::future::join_all((0..workers).map(|_| {
-                let chunks = std::sync::Arc::clone(&chunks);
-                self.blocking(move |conn| verify_chunks(conn, &chunks))
+        if let Some(split) = split {
+            let parts = split
+                .parts()
+                .into_iter()
+                .zip(split.checkpoints(checkpoint.clone()));
+            let verdicts = futures::future::join_all(parts.map(|(part, checkpoint)| {
+                self.blocking(move |conn| verify_part(conn, part, checkpoint))
             }))
             .await;
-            if let Some(verified) = chunks.join() {
+            if let Some(verified) = split.join(verdicts) {
                 return Ok(verified);
             }
         }
@@ -498,10 +479,9 @@ impl AuditStore for SqliteAuditStore {
         Some(self.db.id())
     }
 
-    /// Verifies on several threads: a chain of 4 records or more in chunks (at most 256
-    /// records, at least 4 per worker) taken one at a time by one
-    /// worker per core (each on its own blocking-pool thread and read connection, in its own
-    /// read transaction), joined at each chunk's anchor hash; when a chunk is not
+    /// Verifies on several threads: a chain of 4 records or more in about two parts per core
+    /// (each on its own blocking-pool thread and read connection, in its own read
+    /// transaction; 4 parts on 2 cores), joined at each part's anchor hash; when a part is not
     /// sure (a break, or parts that do not join), in one pass on two threads (one reads the
     /// rows and copies them into batches, the other checks them), which names the first break.
     fn verify(
@@ -527,60 +507,5 @@ impl AuditStore for SqliteAuditStore {
                 .await;
             rows::verify_with_witness(checkpoint, witness, |_| verified)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::record::{AuditEvent, Outcome, RecordRef};
-
-    /// The chunks of an intact chain stored in SQLite are sure on their own (no one pass
-    /// needed), whatever the number of workers; a tampered row makes them not sure (and one
-    /// pass names it).
-    #[tokio::test]
-    async fn chunks_read_from_sqlite_join_without_the_one_pass() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.sqlite");
-        let store = SqliteAuditStore::open(&path).await.unwrap();
-        let n = 37;
-        for i in 0..n {
-            let mut record = NewRecord::new(
-                "alice",
-                Outcome::Info,
-                AuditEvent::Resumed {
-                    reason: format!("r{i}"),
-                },
-            );
-            if i % 3 == 0 {
-                record = record.touched(RecordRef::new("crm", "issue", format!("T-{i}")));
-            }
-            store.append(record).await.unwrap();
-        }
-        let chunked = |workers: usize| {
-            let chunks = Chunks::new(Split::in_chunks(n, 8).unwrap(), None);
-            std::thread::scope(|scope| {
-                for _ in 0..workers {
-                    scope.spawn(|| {
-                        let mut conn = crate::sqlite::open_connection(&path).unwrap();
-                        verify_chunks(&mut conn, &chunks).unwrap();
-                    });
-                }
-            });
-            chunks.join()
-        };
-        assert_eq!(store.verify(None).await.map(|v| v.records).ok(), Some(n));
-        for workers in [1, 2, 3] {
-            assert_eq!(chunked(workers).map(|v| v.records), Some(n), "{workers}");
-        }
-        let conn = Connection::open(&path).unwrap();
-        conn.execute(
-            "UPDATE audit_records SET principal = 'mallory' WHERE seq = 17",
-            [],
-        )
-        .unwrap();
-        assert_eq!(chunked(2), None);
-        let error = store.verify(None).await.unwrap_err().to_string();
-        assert!(error.contains("position 17 "), "{error}");
     }
 }
