@@ -6,6 +6,8 @@
 //!   (through the unknown-outcome rules) and finishes its other runs, every write exactly once;
 //! - a worker SIGSTOPped past its lease, then SIGCONTed: another worker finished its run; the
 //!   paused one cannot write any more (fencing), says so and exits cleanly;
+//! - (PostgreSQL) a worker SIGSTOPped while its batch holds the audit chain's head: the server
+//!   ends that session, and another worker finishes every run while the first stays stopped;
 //! - 1,000 concurrent callers over 4 processes on one expiring account: exactly one refresh
 //!   request reaches the provider;
 //! - a suspended run handed back to the workers after re-consent (`Engine::resume_later`),
@@ -353,6 +355,78 @@ async fn a_worker_paused_past_its_lease_cannot_write_and_exits_cleanly(backend: 
         "{}",
         b.failure("B did not take the run over")
     );
+    verify_runs(&harness, &ids).await.unwrap();
+}
+
+/// Whether a session other than `client`'s holds the audit chain's head row (a batch between
+/// its head read and its `COMMIT`).
+async fn head_is_held(client: &tokio_postgres::Client) -> bool {
+    client.batch_execute("BEGIN").await.unwrap();
+    let held = match client
+        .query("SELECT 1 FROM audit_head FOR UPDATE NOWAIT", &[])
+        .await
+    {
+        Ok(_) => false,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => true,
+        Err(e) => panic!("reading the chain head: {e}"),
+    };
+    client.batch_execute("ROLLBACK").await.unwrap();
+    held
+}
+
+/// Worker A is SIGSTOPped at a moment its batch holds the chain head (retried until one is
+/// caught: A is stopped, and let go again when its head is free). Without a bound on a
+/// session idle in a transaction, every other worker's appends would wait for A until it is
+/// continued; the server ends A's session instead, so worker B finishes every run (A's too,
+/// once their leases expired) while A is still stopped, each write once, one chain.
+#[tokio::test]
+async fn a_worker_stopped_holding_the_chain_head_does_not_stall_the_others() {
+    const LEASE_MS: u64 = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let (harness, db) = harness_on(&dir, Backend::Postgres).await;
+    let (client, connection) = tokio_postgres::connect(&db.location, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let ids = submit_runs(&harness.demo, 200).await.unwrap();
+    let mut a = worker(&harness, 8, Some(LEASE_MS));
+    a.line("claimed ", Instant::now() + WAIT).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        a.signal("STOP").unwrap();
+        // Long enough for a batch in flight to reach the server and stop there.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if head_is_held(&client).await {
+            break;
+        }
+        a.signal("CONT").unwrap();
+        a.drain();
+        assert!(
+            !a.exited() && Instant::now() < deadline,
+            "{}",
+            a.failure("never caught holding the chain head")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut b = worker(&harness, 8, Some(LEASE_MS));
+    wait_terminal(
+        &harness.demo,
+        &ids,
+        Instant::now() + wait_on(Backend::Postgres),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", b.failure("worker B (A stopped)")));
+    assert!(
+        !head_is_held(&client).await,
+        "the stopped worker still holds the head"
+    );
+    let b_report = stop(&mut b).await;
+    assert_eq!(b_report["failed"], 0, "{b_report}");
+
+    a.signal("CONT").unwrap();
+    let a_report = stop(&mut a).await;
+    eprintln!("A: {a_report}; B: {b_report}");
     verify_runs(&harness, &ids).await.unwrap();
 }
 

@@ -32,14 +32,8 @@ impl Conn {
         // the whole table on every batch as it grows. And each is planned once per
         // connection (generic plans: the same index lookups whatever the array lengths),
         // not five times and again after every invalidation by the plan cache's custom plans.
-        // A batch holds the chain head from its first flight to its `COMMIT`, across a round
-        // trip to this process (the records are sealed here). A process that stops in between
-        // (SIGSTOP, a frozen machine, a lost network) would hold it, and so stop every other
-        // worker's appends, until it came back: the server ends such a session instead.
-        let setup = format!(
-            "{setup}; SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan; \
-             SET idle_in_transaction_session_timeout = {IDLE_IN_BATCH_MS}"
-        );
+        let setup =
+            format!("{setup}; SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan");
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -79,14 +73,6 @@ impl Conn {
     }
 }
 
-/// How long (milliseconds) the server lets a writer's session sit inside a transaction
-/// without a statement before it ends the session, rolling the batch back and releasing the
-/// chain head (the writer then opens a new session; the batch's units fail as on any lost
-/// connection). A batch is idle only while this process seals its records, normally well
-/// under a millisecond; a third of the default lease TTL ([`crate::journal::LEASE_TTL`]), so
-/// other workers' appends resume long before a stopped worker's runs can be recovered.
-pub(crate) const IDLE_IN_BATCH_MS: u32 = 10_000;
-
 /// See [`Conn::flush_wal`].
 const FLUSH: &str = "SELECT txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
 
@@ -97,54 +83,3 @@ const FLUSH: &str = "SELECT txid_current(), pg_logical_emit_message(false, 'chai
 /// `COMMIT`, after it: the chain head's lock is released at that `COMMIT`, before the fsync.
 pub(crate) const FLUSH_AFTER: &str = "SELECT set_config('synchronous_commit', 'on', true), \
      txid_current(), pg_logical_emit_message(false, 'chain-runtime', '')";
-
-#[cfg(all(test, feature = "test-util"))]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::*;
-
-    /// A writer's session runs with [`IDLE_IN_BATCH_MS`]; a session stopped inside a
-    /// transaction (its timeout shortened here) is ended by the server, its row lock goes to
-    /// the next session, and the client sees the connection closed (which makes the writer
-    /// open a new one).
-    #[tokio::test]
-    async fn a_writer_session_stopped_inside_a_batch_is_ended_by_the_server() {
-        let url = crate::test_util::postgres::database_url().await;
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        let conn = Conn::open(&config).await.unwrap();
-        let timeout: String = conn
-            .client
-            .query_one("SHOW idle_in_transaction_session_timeout", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(timeout, format!("{}s", IDLE_IN_BATCH_MS / 1000));
-
-        conn.client
-            .batch_execute("CREATE TABLE head (id int PRIMARY KEY); INSERT INTO head VALUES (1)")
-            .await
-            .unwrap();
-        conn.client
-            .batch_execute(
-                "SET idle_in_transaction_session_timeout = 200; \
-                 BEGIN; SELECT id FROM head FOR UPDATE",
-            )
-            .await
-            .unwrap();
-        let (other, connection) = config.connect(NoTls).await.unwrap();
-        tokio::spawn(connection);
-        other
-            .batch_execute("SET lock_timeout = '30s'; SELECT id FROM head FOR UPDATE")
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !conn.client.is_closed() {
-            assert!(
-                Instant::now() < deadline,
-                "the stopped session is still open"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}

@@ -59,6 +59,27 @@ use crate::sqlite::{DatabaseId, DbError, WriterStats};
 /// How many connections one [`PgDatabase`] keeps at most.
 pub const POOL_SIZE: usize = 16;
 
+/// How long (milliseconds) the server lets a session of the runtime's sit inside a
+/// transaction without a statement before it ends the session, rolling the transaction back
+/// and releasing its locks. An append holds the audit chain's head from its read to its
+/// `COMMIT`, across round trips to the process (the records are sealed there); a process that
+/// stops in between (SIGSTOP, a frozen machine, a lost network) would otherwise hold it, and so
+/// stop every other worker's appends, until it came back. The runtime's transactions are idle
+/// only while the process works between statements, normally well under a millisecond; a
+/// third of the default lease TTL ([`crate::journal::LEASE_TTL`]), so other workers' appends
+/// resume long before a stopped worker's runs can be recovered.
+pub const IDLE_IN_TRANSACTION_MS: u32 = 10_000;
+
+/// `config` with the settings every session of the runtime's starts with
+/// ([`IDLE_IN_TRANSACTION_MS`]); options given in the URL come after them, so they win.
+fn session_config(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    let given = config.get_options().unwrap_or_default().to_owned();
+    let options =
+        format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} {given}");
+    config.options(options.trim_end());
+    config
+}
+
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
         let constraint = matches!(
@@ -149,6 +170,7 @@ impl PgDatabase {
             return Ok(Self { inner });
         }
         let config = tokio_postgres::Config::from_str(url)
+            .map(session_config)
             .map_err(|e| DbError::other(format!("not a PostgreSQL connection URL: {e}")))?;
         let manager = Manager::from_config(
             config.clone(),
@@ -289,5 +311,28 @@ impl PgDatabase {
             }
         });
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every session starts with the runtime's settings; options given in the URL come after
+    /// them (PostgreSQL applies `-c` settings in order: the URL's win).
+    #[test]
+    fn options_given_in_the_url_come_after_the_runtimes() {
+        let runtime = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+        let plain = session_config("postgres://u@localhost/db".parse().unwrap());
+        assert_eq!(plain.get_options(), Some(runtime.as_str()));
+        let given = session_config(
+            "postgres://u@localhost/db?options=-c%20idle_in_transaction_session_timeout%3D1s"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            given.get_options(),
+            Some(format!("{runtime} -c idle_in_transaction_session_timeout=1s").as_str())
+        );
     }
 }
