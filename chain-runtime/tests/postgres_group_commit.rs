@@ -2,7 +2,11 @@
 //! head, and a unit whose lease was superseded, or whose state precondition fails, fails alone
 //! without taking its batch with it.
 
-use chain_runtime::journal::{JournalError, JournalWrite, RunState, Unit};
+use std::sync::Arc;
+
+use chain_runtime::journal::{
+    Committed, JournalError, JournalWrite, Lease, RunJournal, RunState, Unit,
+};
 use chain_runtime::postgres::PgDatabase;
 use chain_runtime::test_util::backend::Backend;
 use tokio_postgres::NoTls;
@@ -41,6 +45,32 @@ async fn until_someone_waits(client: &tokio_postgres::Client) {
     }
 }
 
+/// Holds the chain head in a session of its own, then queues `unit` under `lease` and waits
+/// until the writer's batch carrying it waits for the head: the units queued next form the
+/// following batch, whole. Returns the session (`ROLLBACK` lets the head go) and the queued
+/// commit.
+async fn queued_behind_held_head(
+    location: &str,
+    journal: &Arc<dyn RunJournal>,
+    lease: &Lease,
+    unit: Unit,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<Committed, JournalError>>,
+) {
+    let (head, connection) = tokio_postgres::connect(location, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let earlier = tokio::spawn({
+        let (journal, lease) = (Arc::clone(journal), lease.clone());
+        async move { journal.commit(Some(&lease), unit).await }
+    });
+    until_someone_waits(&head).await;
+    (head, earlier)
+}
+
 // The units below are queued while the writer's previous batch waits for the chain head (held
 // here), so they form the next batch, whole: the writer forms a batch once the previous one
 // holds the head.
@@ -61,16 +91,8 @@ async fn a_fenced_out_unit_fails_alone_and_the_rest_of_its_batch_commits_once() 
     let taken = other.claim_run("b", "worker-2").await.unwrap();
     assert!(taken.token > b.token);
     let before = pg.writer_stats();
-    let (head, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-        .await
-        .unwrap();
-    let earlier = tokio::spawn({
-        let journal = std::sync::Arc::clone(&journal);
-        async move { journal.commit(Some(&d), step_unit(0, "d")).await }
-    });
-    until_someone_waits(&head).await;
+    let (head, earlier) =
+        queued_behind_held_head(&db.location, &journal, &d, step_unit(0, "d")).await;
 
     let deferred = step_unit(1, "a").deferred();
     let precondition = Unit::of([
@@ -149,16 +171,8 @@ async fn a_failed_unit_fails_the_later_units_of_its_run_queued_before_its_answer
     assert!(journal.ordered_commits());
     let a = journal.create_run(run("a"), "worker-1").await.unwrap();
     let b = journal.create_run(run("b"), "worker-1").await.unwrap();
-    let (head, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-        .await
-        .unwrap();
-    let earlier = tokio::spawn({
-        let (journal, b) = (std::sync::Arc::clone(&journal), b.clone());
-        async move { journal.commit(Some(&b), step_unit(0, "b")).await }
-    });
-    until_someone_waits(&head).await;
+    let (head, earlier) =
+        queued_behind_held_head(&db.location, &journal, &b, step_unit(0, "b")).await;
 
     let mut bad = entry(0);
     bad.step_id = "demo/st\0ep#0".into();
@@ -208,12 +222,10 @@ async fn many_concurrent_units_of_two_processes_form_one_chain() {
         // Distinct URL spellings: a pool and a writer each, as two processes would have.
         let url = format!("{}?application_name=worker{w}", db.location);
         let pg = PgDatabase::connect(&url).await.unwrap();
-        let journal =
-            std::sync::Arc::new(chain_runtime::postgres::PgJournal::on(pg).await.unwrap());
+        let journal = Arc::new(chain_runtime::postgres::PgJournal::on(pg).await.unwrap());
         for r in 0..8 {
-            let journal = std::sync::Arc::clone(&journal);
+            let journal = Arc::clone(&journal);
             tasks.push(tokio::spawn(async move {
-                use chain_runtime::journal::RunJournal;
                 let id = format!("w{w}-r{r}");
                 let lease = journal.create_run(run(&id), "engine").await.unwrap();
                 for seq in 0..10 {
@@ -284,16 +296,8 @@ async fn a_unit_and_the_release_of_its_lease_in_one_batch_both_commit() {
     let audit = db.audit().await;
     let a = journal.create_run(run("a"), "worker-1").await.unwrap();
     let b = journal.create_run(run("b"), "worker-1").await.unwrap();
-    let (head, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-        .await
-        .unwrap();
-    let earlier = tokio::spawn({
-        let (journal, b) = (std::sync::Arc::clone(&journal), b.clone());
-        async move { journal.commit(Some(&b), step_unit(0, "b")).await }
-    });
-    until_someone_waits(&head).await;
+    let (head, earlier) =
+        queued_behind_held_head(&db.location, &journal, &b, step_unit(0, "b")).await;
     let (written, released, after, ()) = tokio::join!(
         journal.commit(Some(&a), step_unit(0, "a")),
         journal.release_run(&a),
