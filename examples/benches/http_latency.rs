@@ -209,45 +209,43 @@ async fn timed<F: Future<Output = Result<(), BoxError>>>(
     Ok(elapsed)
 }
 
+/// Calls `each` with every live thread's `/proc/self/task` entry and its time on CPU so far
+/// (nanoseconds, from its `schedstat`); `None` when the task list cannot be read. A thread
+/// that exits meanwhile is skipped.
+fn each_thread_cpu(mut each: impl FnMut(&std::fs::DirEntry, u64)) -> Option<()> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // the thread exited meanwhile
+        };
+        if let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            each(&task, ns);
+        }
+    }
+    Some(())
+}
+
 /// CPU time of every live thread of this process so far (`None` where
-/// `/proc/self/task/*/schedstat` cannot be read). Threads that exit take theirs with them; the
+/// `/proc/self/task` cannot be read). Threads that exit take theirs with them; the
 /// runtime's threads live as long as the bench.
 fn process_cpu() -> Option<Duration> {
     let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let path = task.ok()?.path().join("schedstat");
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue; // the thread exited meanwhile
-        };
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
+    each_thread_cpu(|_, ns| total += ns)?;
     Some(Duration::from_nanos(total))
 }
 
 /// CPU time so far of every live thread, by thread id, with the thread's name.
 fn thread_cpu() -> std::collections::BTreeMap<u64, (String, u64)> {
     let mut threads = std::collections::BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return threads;
-    };
-    for task in tasks.flatten() {
-        let Some(tid) = task
+    each_thread_cpu(|task, ns| {
+        let tid = task
             .file_name()
             .to_str()
-            .and_then(|t| t.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let (Ok(stat), Ok(name)) = (
-            std::fs::read_to_string(task.path().join("schedstat")),
-            std::fs::read_to_string(task.path().join("comm")),
-        ) else {
-            continue; // the thread exited meanwhile
-        };
-        if let Some(ns) = stat.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            .and_then(|t| t.parse::<u64>().ok());
+        let name = std::fs::read_to_string(task.path().join("comm"));
+        if let (Some(tid), Ok(name)) = (tid, name) {
             threads.insert(tid, (name.trim().to_owned(), ns));
         }
-    }
+    });
     threads
 }
 
