@@ -11,7 +11,9 @@
 //!   (`raw_insert_commit`), and a raw batched loop writing the rows of a step (journal intent,
 //!   journal result, two audit records) `RAW_STEPS_PER_TX` steps per transaction
 //!   (`raw_batched_insert`, measured before and after the engine cases: fsync latency on a
-//!   shared disk drifts).
+//!   shared disk drifts); and a raw loop writing every row the engine stores for a run (its
+//!   run row, lease, journal entries, every audit record, final state; `raw_engine_rows`,
+//!   see the `engine_rows` module), the floor under the engine's figures.
 //! - `audit`: sealing one record (canonical JSON + BLAKE3), and verifying a stored chain of
 //!   `CHAIN` records (`verify`: most of them still in the `-wal` file; `verify_checkpointed`:
 //!   the same chain after a checkpoint, in the database file). Baselines: BLAKE3 alone over the same bytes (`blake3_same_bytes` per
@@ -44,6 +46,8 @@ use chain_runtime::test_util::StaticGrants;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rusqlite::Connection;
 use tokio::runtime::Runtime;
+
+mod engine_rows;
 
 /// Steps per run in the SQLite groups.
 const SQLITE_STEPS: u32 = 4;
@@ -524,6 +528,28 @@ fn sqlite_durable(c: &mut Criterion) {
         "raw_batched_insert",
         RAW_STEPS_PER_TX,
     );
+    // Every row the engine stores for a run (read back from one run it stored), written by a
+    // bare loop: the floor under the engine's figures.
+    let template = rt.block_on(async {
+        let path = dir.path().join("template.sqlite");
+        let engine = Engine::new(
+            Arc::new(SqliteJournal::open(&path).await.unwrap()),
+            Audit::Sqlite.open(&path).await,
+            grants(),
+        );
+        run_writes(&engine, SQLITE_STEPS).await;
+        engine_rows::RunTemplate::read(&path)
+    });
+    let units_per_step = f64::from(SQLITE_STEPS + 1) / f64::from(SQLITE_STEPS);
+    engine_rows::raw_engine_rows(
+        &mut group,
+        &rt,
+        dir.path(),
+        "raw_engine_rows",
+        &template,
+        CONCURRENT as usize,
+        RAW_STEPS_PER_TX as f64 * units_per_step,
+    );
     let mut engine_steps_per_commit = RAW_STEPS_PER_TX as f64;
     for audit in [Audit::Sqlite, Audit::None] {
         for runs in [1, CONCURRENT] {
@@ -564,6 +590,16 @@ fn sqlite_durable(c: &mut Criterion) {
         dir.path(),
         "raw_batched_insert_after",
         engine_steps_per_commit.round() as u64,
+    );
+    // Every row the engine stores, in transactions of the size it achieved.
+    engine_rows::raw_engine_rows(
+        &mut group,
+        &rt,
+        dir.path(),
+        "raw_engine_rows_after",
+        &template,
+        CONCURRENT as usize,
+        engine_steps_per_commit * units_per_step,
     );
     group.finish();
 }

@@ -63,7 +63,7 @@ impl Inner {
         owner: &str,
     ) -> Result<Lease, JournalError> {
         let holder = self.holder()?;
-        insert_run(tx.conn(), run)?;
+        insert_run(tx.conn(), run, run.node)?;
         tx.forget(&run.run_id);
         leases::claim(
             tx.conn(),
@@ -310,7 +310,7 @@ impl RunJournal for SqliteJournal {
                 .inner
                 .db
                 .write(Durability::Sync, move |tx| {
-                    insert_run(tx.conn(), &run)?;
+                    insert_run(tx.conn(), &run, run.node)?;
                     tx.forget(&run.run_id);
                     Ok::<_, JournalError>(crate::audit::sqlite::append_in(tx, audit)?)
                 })

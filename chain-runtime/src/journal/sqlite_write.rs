@@ -240,7 +240,16 @@ pub(super) fn commit_creating_in(
     if lease.run_id != run.run_id || lease.token != 1 {
         return Err(JournalError::LeaseLost(run.run_id.clone()));
     }
-    insert_run(conn, run)?;
+    // The row is stored at the node the unit moves the run to, not written twice.
+    let node = writes
+        .iter()
+        .rev()
+        .find_map(|w| match w {
+            Encoded::Entry { node, .. } => Some(*node),
+            _ => None,
+        })
+        .unwrap_or(run.node);
+    insert_run(conn, run, node)?;
     tx.forget(&run.run_id);
     let now = crate::audit::now_unix_ms();
     let claimed = leases::claim(conn, holder, &run.run_id, &lease.owner, now, ttl_ms)?;
@@ -250,14 +259,19 @@ pub(super) fn commit_creating_in(
     }
     tx.remember(&lease.run_id, |m| {
         m.token = Some(lease.token);
-        m.node = Some(run.node);
+        m.node = Some(node);
     });
     // The lease was just taken and the states checked against `run`'s: as `commit_in` would
     // find them.
     apply_unit(tx, &lease.run_id, &writes, audit)
 }
 
-pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), JournalError> {
+/// Inserts `run`'s row, at `node` (the run's own, or the one its first unit moves it to).
+pub(super) fn insert_run(
+    conn: &Connection,
+    run: &RunRecord,
+    node: u32,
+) -> Result<(), JournalError> {
     let text = RunText::of(run)?;
     conn.prepare_cached(
         "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, principal, \
@@ -276,7 +290,7 @@ pub(super) fn insert_run(conn: &Connection, run: &RunRecord) -> Result<(), Journ
         run.parent_run_id,
         text.state,
         run.state.kind(),
-        run.node,
+        node,
         run.created_unix_ms,
     ])
     .map_err(|e| {
