@@ -60,9 +60,8 @@ impl RunTemplate {
             )
             .unwrap();
         let final_state = (run[8].clone(), run[9].clone());
-        run[8] = Value::Text(
-            serde_json::to_string(&chain_runtime::journal::RunState::Running).unwrap(),
-        );
+        run[8] =
+            Value::Text(serde_json::to_string(&chain_runtime::journal::RunState::Running).unwrap());
         run[9] = Value::Text("running".into());
         let entries = conn
             .prepare(
