@@ -321,6 +321,22 @@ impl StepEnv {
 
     /// The records the step declared so far.
     pub fn touched(&self) -> Vec<RecordRef> {
-        self.touched.lock().map(|t| t.clone()).unwrap_or_default()
+        self.touched_handle().records()
+    }
+
+    /// A handle on the records the step declares, to read them once the environment itself
+    /// went to the step (instead of keeping a copy of the whole environment).
+    pub(crate) fn touched_handle(&self) -> Touched {
+        Touched(Arc::clone(&self.touched))
+    }
+}
+
+/// The records one step execution declares (see [`StepEnv::touched_handle`]).
+pub(crate) struct Touched(Arc<Mutex<Vec<RecordRef>>>);
+
+impl Touched {
+    /// The records declared so far.
+    pub(crate) fn records(&self) -> Vec<RecordRef> {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use chain_runtime::Runtime;
-use chain_runtime::audit::{AuditStore, SqliteAuditStore};
+use chain_runtime::audit::{AuditEvent, AuditStore, SqliteAuditStore};
 use chain_runtime::classify::FailureClass;
 use chain_runtime::engine::{Engine, EngineError, WebhookNotifier};
 use chain_runtime::journal::{EntryResult, RunJournal, RunState, SqliteJournal};
@@ -516,6 +516,29 @@ async fn compensate_policy_undoes_completed_writes_in_reverse_for_failures_at_ea
             env.engine.run_status(&report.run_id).await.unwrap().state,
             report.state
         );
+        if k > 1 {
+            // The record `s1` touched, and that its compensator `u1` touched undoing it, are
+            // in their outcome records.
+            let deal = vec![RecordRef::new("crm", "Deal", format!("deal-{}", t.0))];
+            let history = env.audit.run_history(&report.run_id).await.unwrap();
+            let touched = |matches: &dyn Fn(&AuditEvent) -> bool| {
+                history
+                    .iter()
+                    .find(|r| matches(&r.event))
+                    .map(|r| r.records.clone())
+            };
+            assert_eq!(
+                touched(&|e| matches!(e, AuditEvent::StepOutcome { step, .. } if step == "s1")),
+                Some(deal.clone())
+            );
+            assert_eq!(
+                touched(&|e| matches!(
+                    e,
+                    AuditEvent::CompensationOutcome { compensator, .. } if compensator == "u1"
+                )),
+                Some(deal)
+            );
+        }
     }
     env.audit.verify(None).await.unwrap();
 }

@@ -177,8 +177,9 @@ pub(crate) async fn compensate(
                     );
                     env = env.with_access(access.observed(audit));
                 }
+                let declared = env.touched_handle();
                 let result = match step.compensate {
-                    Some(undo) => undo(env.clone(), output.clone()).await,
+                    Some(undo) => undo(env, output.clone()).await,
                     None => Err(StepError::Runtime(format!(
                         "step `{}` names compensator `{}` but carries no compensate function",
                         step.name, compensator.name
@@ -201,7 +202,7 @@ pub(crate) async fn compensate(
                     failure_class,
                     detail,
                 };
-                outcome_record.records = env.touched();
+                outcome_record.records = declared.records();
                 // The result and its outcome record: one transaction (deferred durability, as
                 // a step's result; see the driver).
                 let done = CompensationEntry {

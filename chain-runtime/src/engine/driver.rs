@@ -286,14 +286,15 @@ impl Driver {
         }
         // Nothing of the run waits in memory while its step calls out.
         self.flush_held();
-        let result = call(env.clone(), mode).await;
+        let touched = env.touched_handle();
+        let result = call(env, mode).await;
         if matches!(result, Err(StepError::OutcomeUnknown { .. })) {
             // The write got no answer and may have been committed: the intent stays without a
             // result, as after a crash during the call, and the run is blocked for an
             // operator with the idempotency key to look for; never resent blindly.
             return Err(self.halted(&next, HaltCause::UnknownOutcome, meta.connector));
         }
-        let touched = env.touched();
+        let touched = touched.records();
         let (outcome, failure_class, detail) = match &result {
             Ok(_) => (Outcome::Succeeded, None, None),
             Err(e) => {

@@ -2,7 +2,7 @@
 //! chain's version, and the `run_started` audit record, before anything is written.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -25,23 +25,21 @@ impl Engine {
         input: Value,
         parent_run_id: Option<String>,
     ) -> Result<(RunRecord, NewRecord), EngineError> {
-        let manifest = ScopeManifest::for_chain(meta);
+        let facts = facts_of(meta);
         // One lookup: the grants for preflight and the subjects the run records.
-        let connectors: Vec<String> = manifest.connectors.keys().cloned().collect();
         let (grants, subjects) = self
             .inner
             .credentials
-            .grants_and_subjects(&principal_id, &connectors)
+            .grants_and_subjects(&principal_id, &facts.connectors)
             .await?;
-        let pf = preflight_manifest(&manifest, &principal_id, &grants);
-        self.preflight_gate(&meta.path(), &principal_id, None, &pf)
+        let pf = preflight_manifest(&facts.manifest, &principal_id, &grants);
+        self.preflight_gate(&facts.path, &principal_id, None, &pf)
             .await?;
-        let (chain_version, step_versions) = versions_of(meta);
         let run = RunRecord {
             run_id: run_id.clone(),
-            chain: meta.path(),
-            chain_version: chain_version.clone(),
-            step_versions,
+            chain: facts.path.clone(),
+            chain_version: facts.chain_version.clone(),
+            step_versions: facts.step_versions.clone(),
             principal,
             principal_id: principal_id.clone(),
             input,
@@ -55,8 +53,8 @@ impl Engine {
             principal_id,
             Outcome::Info,
             AuditEvent::RunStarted {
-                chain: meta.path(),
-                chain_version,
+                chain: facts.path.clone(),
+                chain_version: facts.chain_version.clone(),
                 preflight: preflight_summary(&pf),
             },
         )
@@ -65,26 +63,38 @@ impl Engine {
     }
 }
 
-/// [`chain_version`] of `meta`, computed once per chain in this process (a chain's metadata
-/// is static, so is its version).
-fn versions_of(meta: &'static ChainMeta) -> (String, BTreeMap<String, String>) {
-    type Versions = HashMap<usize, (String, BTreeMap<String, String>)>;
-    static KNOWN: OnceLock<Mutex<Versions>> = OnceLock::new();
+/// What a new run needs of its chain's static metadata.
+struct ChainFacts {
+    /// [`ChainMeta::path`].
+    path: String,
+    /// The scope manifest, and the connectors it names.
+    manifest: ScopeManifest,
+    connectors: Vec<String>,
+    /// [`chain_version`]: the chain's and its steps' versions.
+    chain_version: String,
+    step_versions: BTreeMap<String, String>,
+}
+
+/// The [`ChainFacts`] of `meta`, computed once per chain in this process (a chain's metadata
+/// is static, so is all of this).
+fn facts_of(meta: &'static ChainMeta) -> Arc<ChainFacts> {
+    static KNOWN: OnceLock<Mutex<HashMap<usize, Arc<ChainFacts>>>> = OnceLock::new();
     let key = std::ptr::from_ref(meta) as usize;
     let known = KNOWN.get_or_init(Mutex::default);
-    let cached = known
+    let mut known = known
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&key)
-        .cloned();
-    cached.unwrap_or_else(|| {
-        let versions = chain_version(meta);
-        known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, versions.clone());
-        versions
-    })
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(known.entry(key).or_insert_with(|| {
+        let manifest = ScopeManifest::for_chain(meta);
+        let (chain_version, step_versions) = chain_version(meta);
+        Arc::new(ChainFacts {
+            path: meta.path(),
+            connectors: manifest.connectors.keys().cloned().collect(),
+            manifest,
+            chain_version,
+            step_versions,
+        })
+    }))
 }
 
 pub(super) fn preflight_summary(pf: &Preflight) -> PreflightSummary {
