@@ -475,10 +475,10 @@ mod tests {
                     opt(&r.account_id),
                     opt(&r.upstream_subject),
                     opt(&r.grant_id),
-                    text(&c.scopes),
-                    text(&c.records),
+                    text(c.scopes()),
+                    text(c.records()),
                     text(r.outcome.as_str()),
-                    text(&c.event),
+                    text(c.event()),
                     text(&r.prev_hash),
                     text(&r.hash),
                 ]

@@ -2,6 +2,8 @@
 //! canonical form (see [`super::chain_hash`]) by the caller, off the writer thread; the writer,
 //! which alone knows the chain head, only splices the two head members in and hashes.
 
+use std::ops::Range;
+
 use super::canonical::write_canonical;
 use super::chain_hash::{ESCAPED, write_string};
 use super::record::{AuditRecord, FORMAT_VERSION, NewRecord};
@@ -19,12 +21,16 @@ pub(crate) struct Presealed {
     prev_at: usize,
     /// Where `"seq":…,` goes in `canon` (after `"scopes":…,`).
     seq_at: usize,
-    /// The `scopes` column.
-    pub(crate) scopes_json: String,
-    /// The `records` column.
-    pub(crate) records_json: String,
-    /// The `event` column.
-    pub(crate) event_json: String,
+    /// Where the JSON columns are in `canon`.
+    columns: ColumnRanges,
+}
+
+/// Where the `scopes`, `records` and `event` members' values are in a canonical form.
+#[derive(Debug)]
+struct ColumnRanges {
+    scopes: Range<usize>,
+    records: Range<usize>,
+    event: Range<usize>,
 }
 
 /// Appends `"key":`.
@@ -44,16 +50,16 @@ fn text_member(out: &mut String, name: &str, text: Option<&str>) {
     out.push(',');
 }
 
-/// Appends `"key":` + the canonical JSON of `value` + `,`; returns the JSON.
+/// Appends `"key":` + the canonical JSON of `value` + `,`; returns where the JSON is.
 fn json_member<T: serde::Serialize + ?Sized>(
     out: &mut String,
     name: &str,
     value: &T,
-) -> Result<String, serde_json::Error> {
+) -> Result<Range<usize>, serde_json::Error> {
     key(out, name);
     let start = out.len();
     write_canonical(value, out)?;
-    let json = out[start..].to_owned();
+    let json = start..out.len();
     out.push(',');
     Ok(json)
 }
@@ -80,7 +86,7 @@ impl Presealed {
         canon.push('{');
         text_member(&mut canon, "account_id", record.account_id.as_deref());
         text_member(&mut canon, "connector", record.connector.as_deref());
-        let event_json = json_member(&mut canon, "event", &record.event)?;
+        let event = json_member(&mut canon, "event", &record.event)?;
         key(&mut canon, "format");
         canon.push_str(decimal(u64::from(FORMAT_VERSION), &mut [0; 20]));
         canon.push(',');
@@ -88,9 +94,9 @@ impl Presealed {
         text_member(&mut canon, "outcome", Some(record.outcome.as_str()));
         let prev_at = canon.len();
         text_member(&mut canon, "principal", Some(&record.principal));
-        let records_json = json_member(&mut canon, "records", &record.records)?;
+        let records = json_member(&mut canon, "records", &record.records)?;
         text_member(&mut canon, "run_id", record.run_id.as_deref());
-        let scopes_json = json_member(&mut canon, "scopes", &record.scopes)?;
+        let scopes = json_member(&mut canon, "scopes", &record.scopes)?;
         let seq_at = canon.len();
         text_member(&mut canon, "step_id", record.step_id.as_deref());
         key(&mut canon, "time_unix_ms");
@@ -108,9 +114,11 @@ impl Presealed {
             canon,
             prev_at,
             seq_at,
-            scopes_json,
-            records_json,
-            event_json,
+            columns: ColumnRanges {
+                scopes,
+                records,
+                event,
+            },
         })
     }
 
@@ -122,15 +130,13 @@ impl Presealed {
             canon,
             prev_at,
             seq_at,
-            scopes_json,
-            records_json,
-            event_json,
+            columns,
         } = self;
         // The canonical form is hashed in pieces, the two head members between them: the
         // same bytes as the whole text, without building it.
-        let canon = canon.as_bytes();
+        let bytes = canon.as_bytes();
         let mut hasher = blake3::Hasher::new();
-        hasher.update(&canon[..prev_at]);
+        hasher.update(&bytes[..prev_at]);
         if !prev_hash.bytes().any(|b| ESCAPED[usize::from(b)]) {
             hasher.update(b"\"prev_hash\":\"");
             hasher.update(prev_hash.as_bytes());
@@ -140,11 +146,11 @@ impl Presealed {
             text_member(&mut member, "prev_hash", Some(&prev_hash));
             hasher.update(member.as_bytes());
         }
-        hasher.update(&canon[prev_at..seq_at]);
+        hasher.update(&bytes[prev_at..seq_at]);
         hasher.update(b"\"seq\":");
         hasher.update(decimal(seq, &mut [0; 20]).as_bytes());
         hasher.update(b",");
-        hasher.update(&canon[seq_at..]);
+        hasher.update(&bytes[seq_at..]);
         let hash = hasher.finalize().to_hex().as_str().to_owned();
         let record = AuditRecord {
             format: FORMAT_VERSION,
@@ -164,20 +170,32 @@ impl Presealed {
             prev_hash,
             hash,
         };
-        let columns = Columns {
-            scopes: scopes_json,
-            records: records_json,
-            event: event_json,
-        };
-        (record, columns)
+        (record, Columns { canon, columns })
     }
 }
 
-/// A sealed record's JSON columns.
+/// A sealed record's JSON columns: slices of its canonical form (which holds them as they are
+/// stored), so that none is copied out of it.
 pub(crate) struct Columns {
-    pub(crate) scopes: String,
-    pub(crate) records: String,
-    pub(crate) event: String,
+    canon: String,
+    columns: ColumnRanges,
+}
+
+impl Columns {
+    /// The `scopes` column.
+    pub(crate) fn scopes(&self) -> &str {
+        &self.canon[self.columns.scopes.clone()]
+    }
+
+    /// The `records` column.
+    pub(crate) fn records(&self) -> &str {
+        &self.canon[self.columns.records.clone()]
+    }
+
+    /// The `event` column.
+    pub(crate) fn event(&self) -> &str {
+        &self.canon[self.columns.event.clone()]
+    }
 }
 
 #[cfg(test)]
@@ -218,9 +236,9 @@ mod tests {
                 let (sealed, columns) = Presealed::new(record.clone()).unwrap().seal(seq, prev);
                 let value = serde_json::to_value(&sealed).unwrap();
                 assert_eq!(sealed.hash, record_hash(&value));
-                assert_eq!(columns.event, canonical_json(&value["event"]));
-                assert_eq!(columns.scopes, canonical_json(&value["scopes"]));
-                assert_eq!(columns.records, canonical_json(&value["records"]));
+                assert_eq!(columns.event(), canonical_json(&value["event"]));
+                assert_eq!(columns.scopes(), canonical_json(&value["scopes"]));
+                assert_eq!(columns.records(), canonical_json(&value["records"]));
             }
         }
         let max = NewRecord::new(
@@ -275,10 +293,10 @@ mod tests {
             text(&sealed.account_id),
             text(&sealed.upstream_subject),
             text(&sealed.grant_id),
-            Cell::Text(columns.scopes.as_bytes()),
-            Cell::Text(columns.records.as_bytes()),
+            Cell::Text(columns.scopes().as_bytes()),
+            Cell::Text(columns.records().as_bytes()),
             Cell::Text(sealed.outcome.as_str().as_bytes()),
-            Cell::Text(columns.event.as_bytes()),
+            Cell::Text(columns.event().as_bytes()),
             Cell::Text(sealed.prev_hash.as_bytes()),
             Cell::Text(sealed.hash.as_bytes()),
         ];
@@ -294,7 +312,7 @@ mod tests {
             vec![["crm", "issue", "T-1"]]
         );
         let old_spelling = serde_json::to_string(&sealed.event).unwrap();
-        assert_ne!(old_spelling, columns.event);
+        assert_ne!(old_spelling, columns.event());
         cells[13] = Cell::Text(old_spelling.as_bytes());
         assert!(!write_row(&cells, &mut buf, &mut refs));
         assert_eq!(record_hash(&cells_to_value(&cells)), sealed.hash);

@@ -259,10 +259,10 @@ fn insert_record(
         record.account_id,
         record.upstream_subject,
         record.grant_id,
-        columns.scopes,
-        columns.records,
+        columns.scopes(),
+        columns.records(),
         record.outcome.as_str(),
-        columns.event,
+        columns.event(),
         record.prev_hash,
         record.hash,
     ])?;

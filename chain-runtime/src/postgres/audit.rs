@@ -80,6 +80,7 @@ pub(crate) async fn append_in(
         let seq_sql = seq_to_sql(record.seq)?;
         let format = i64::from(record.format);
         let outcome = record.outcome.as_str();
+        let (scopes, refs, event) = (columns.scopes(), columns.records(), columns.event());
         let values: [&(dyn ToSql + Sync); 16] = [
             &seq_sql,
             &format,
@@ -91,10 +92,10 @@ pub(crate) async fn append_in(
             &record.account_id,
             &record.upstream_subject,
             &record.grant_id,
-            &columns.scopes,
-            &columns.records,
+            &scopes,
+            &refs,
             &outcome,
-            &columns.event,
+            &event,
             &record.prev_hash,
             &record.hash,
         ];

@@ -453,10 +453,10 @@ async fn commit(
     let (connectors, accounts) = (opt(|r| &r.connector), opt(|r| &r.account_id));
     let (subjects, grants) = (opt(|r| &r.upstream_subject), opt(|r| &r.grant_id));
     let principals: Vec<&str> = all.iter().map(|r| r.principal.as_str()).collect();
-    let scopes: Vec<&str> = columns.iter().map(|c| c.scopes.as_str()).collect();
-    let refs_json: Vec<&str> = columns.iter().map(|c| c.records.as_str()).collect();
+    let scopes: Vec<&str> = columns.iter().map(|c| c.scopes()).collect();
+    let refs_json: Vec<&str> = columns.iter().map(|c| c.records()).collect();
     let outcomes: Vec<&str> = all.iter().map(|r| r.outcome.as_str()).collect();
-    let events: Vec<&str> = columns.iter().map(|c| c.event.as_str()).collect();
+    let events: Vec<&str> = columns.iter().map(|c| c.event()).collect();
     let prevs: Vec<&str> = all.iter().map(|r| r.prev_hash.as_str()).collect();
     let hashes: Vec<&str> = all.iter().map(|r| r.hash.as_str()).collect();
     let mut ref_cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
