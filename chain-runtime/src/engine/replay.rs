@@ -95,8 +95,17 @@ impl ReplayCursor {
 
     /// Takes the next position for a call named `id_prefix` and decides what to do with it.
     pub(crate) fn next(&mut self, id_prefix: &str, call: Call) -> Next {
-        let n = self.counts.entry(id_prefix.to_owned()).or_insert(0);
-        *n += 1;
+        // The name is copied only the first time it is seen.
+        let n = match self.counts.get_mut(id_prefix) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.counts.insert(id_prefix.to_owned(), 1);
+                1
+            }
+        };
         let step_id = format!("{id_prefix}#{n}");
         self.next_as(step_id, call)
     }
