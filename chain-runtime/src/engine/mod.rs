@@ -174,12 +174,23 @@ impl Engine {
     }
 
     fn register_meta(&self, meta: &'static ChainMeta) {
-        self.inner
+        // Every start registers its chain: the common case, a chain already known, takes
+        // neither the write lock nor a copy of the path.
+        let path = &prepare::facts_of(meta).path;
+        let known = self
+            .inner
             .chains
-            .write()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(meta.path())
-            .or_insert(meta);
+            .contains_key(path);
+        if !known {
+            self.inner
+                .chains
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(path.clone())
+                .or_insert(meta);
+        }
     }
 
     /// The chain at `path`: registered with this engine, or in the binary's registry.

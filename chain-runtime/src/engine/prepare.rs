@@ -64,9 +64,9 @@ impl Engine {
 }
 
 /// What a new run needs of its chain's static metadata.
-struct ChainFacts {
+pub(super) struct ChainFacts {
     /// [`ChainMeta::path`].
-    path: String,
+    pub(super) path: String,
     /// The scope manifest, and the connectors it names.
     manifest: ScopeManifest,
     connectors: Vec<String>,
@@ -77,7 +77,7 @@ struct ChainFacts {
 
 /// The [`ChainFacts`] of `meta`, computed once per chain in this process (a chain's metadata
 /// is static, so is all of this).
-fn facts_of(meta: &'static ChainMeta) -> Arc<ChainFacts> {
+pub(super) fn facts_of(meta: &'static ChainMeta) -> Arc<ChainFacts> {
     static KNOWN: OnceLock<Mutex<HashMap<usize, Arc<ChainFacts>>>> = OnceLock::new();
     let key = std::ptr::from_ref(meta) as usize;
     let known = KNOWN.get_or_init(Mutex::default);
