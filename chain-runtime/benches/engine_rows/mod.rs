@@ -11,14 +11,15 @@
 //! - unit n: the last result, the final state, the last outcome, `run_finished`, the lease's
 //!   release.
 //!
-//! Units of `SLOTS` runs in flight are interleaved round robin, as the group commit
-//! interleaves the units of concurrent runs.
+//! Units of the runs in flight are interleaved round robin, as the group commit interleaves the
+//! units of concurrent runs; the statements are prepared once per transaction, as the engine's
+//! writer keeps them for a batch.
 
 use std::path::Path;
 
 use criterion::Throughput;
 use rusqlite::types::Value;
-use rusqlite::{Connection, ToSql, params};
+use rusqlite::{CachedStatement, Connection, ToSql, params};
 
 /// One completed run's rows, as the engine stored them.
 pub struct RunTemplate {
@@ -120,7 +121,9 @@ const INSERT_RUN: &str = "INSERT INTO run_runs (run_id, chain, chain_version, st
      principal, principal_id, input, subjects, parent_run_id, state, state_kind, node, \
      created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 const INSERT_LEASE: &str = "INSERT INTO run_leases (run_id, owner, holder, token, expires_ms) \
-     VALUES (?1, ?2, ?3, ?4, ?5)";
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, holder = excluded.holder, \
+     token = excluded.token, expires_ms = excluded.expires_ms";
 const ENTRY: &str = "INSERT OR REPLACE INTO journal_entries (run_id, seq, step_id, kind, name, \
      attempt, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const STATE: &str = "UPDATE run_runs SET state = ?2, state_kind = ?3 WHERE run_id = ?1";
@@ -129,6 +132,30 @@ const AUDIT: &str = "INSERT INTO audit_records (seq, format, time_unix_ms, run_i
      principal, connector, account_id, upstream_subject, grant_id, scopes, records, outcome, \
      event, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
      ?14, ?15, ?16)";
+
+/// The engine's statements, prepared for one transaction.
+struct Statements<'c> {
+    run: CachedStatement<'c>,
+    lease: CachedStatement<'c>,
+    entry: CachedStatement<'c>,
+    state: CachedStatement<'c>,
+    release: CachedStatement<'c>,
+    audit: CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(conn: &'c Connection) -> Self {
+        let prepare = |sql| conn.prepare_cached(sql).unwrap();
+        Statements {
+            run: prepare(INSERT_RUN),
+            lease: prepare(INSERT_LEASE),
+            entry: prepare(ENTRY),
+            state: prepare(STATE),
+            release: prepare(RELEASE),
+            audit: prepare(AUDIT),
+        }
+    }
+}
 
 /// The loop's position: the runs in flight (one slot each) and the counters.
 struct Replay<'t> {
@@ -163,64 +190,58 @@ impl<'t> Replay<'t> {
     }
 
     /// Writes the next slot's next unit in the open transaction.
-    fn unit(&mut self, conn: &Connection) {
+    fn unit(&mut self, st: &mut Statements<'_>) {
         let at = self.next_slot;
         self.next_slot = (self.next_slot + 1) % self.slots.len();
-        let (run_id, unit) = self.slots[at].clone();
+        let (run_id, unit) = std::mem::take(&mut self.slots[at]);
         let t = self.template;
         let steps = t.steps();
         if unit == 0 {
-            let mut run: Vec<&dyn ToSql> = vec![&run_id];
-            run.extend(t.run.iter().map(|v| v as &dyn ToSql));
-            conn.prepare_cached(INSERT_RUN)
-                .unwrap()
-                .execute(&run[..])
-                .unwrap();
+            let run: [&dyn ToSql; 13] = std::array::from_fn(|i| {
+                if i == 0 {
+                    &run_id as &dyn ToSql
+                } else {
+                    &t.run[i - 1]
+                }
+            });
+            st.run.execute(&run[..]).unwrap();
             let l = &t.lease;
-            conn.prepare_cached(INSERT_LEASE)
-                .unwrap()
+            st.lease
                 .execute(params![run_id, l[0], l[1], l[2], l[3]])
                 .unwrap();
         } else {
-            self.entry(conn, &run_id, unit - 1, true);
+            self.entry(st, &run_id, unit - 1, true);
         }
         if unit < steps {
-            self.entry(conn, &run_id, unit, false);
+            self.entry(st, &run_id, unit, false);
         } else {
             let (state, kind) = &t.final_state;
-            conn.prepare_cached(STATE)
-                .unwrap()
-                .execute(params![run_id, state, kind])
-                .unwrap();
+            st.state.execute(params![run_id, state, kind]).unwrap();
         }
         // run_started + attempt; outcome + attempt; outcome + run_finished.
         for record in &t.audit[2 * unit..2 * unit + 2] {
             self.seq += 1;
-            let mut row: Vec<&dyn ToSql> = record.iter().map(|v| v as &dyn ToSql).collect();
-            row[0] = &self.seq;
-            row[3] = &run_id;
-            conn.prepare_cached(AUDIT)
-                .unwrap()
-                .execute(&row[..])
-                .unwrap();
+            let seq = self.seq;
+            let row: [&dyn ToSql; 16] = std::array::from_fn(|i| match i {
+                0 => &seq as &dyn ToSql,
+                3 => &run_id,
+                _ => &record[i],
+            });
+            st.audit.execute(&row[..]).unwrap();
         }
-        if unit == steps {
-            conn.prepare_cached(RELEASE)
-                .unwrap()
-                .execute(params![run_id, t.lease[2]])
-                .unwrap();
-            self.slots[at] = (self.new_run_id(), 0);
+        self.slots[at] = if unit == steps {
+            st.release.execute(params![run_id, t.lease[2]]).unwrap();
+            (self.new_run_id(), 0)
         } else {
-            self.slots[at].1 += 1;
-        }
+            (run_id, unit + 1)
+        };
     }
 
     /// Step `step`'s journal entry: its intent, or with its result.
-    fn entry(&self, conn: &Connection, run_id: &str, step: usize, with_result: bool) {
+    fn entry(&self, st: &mut Statements<'_>, run_id: &str, step: usize, with_result: bool) {
         let e = &self.template.entries[step];
         let result = if with_result { &e[5] } else { &Value::Null };
-        conn.prepare_cached(ENTRY)
-            .unwrap()
+        st.entry
             .execute(params![run_id, e[0], e[1], e[2], e[3], e[4], result])
             .unwrap();
     }
@@ -264,8 +285,11 @@ pub fn raw_engine_rows(
     group.bench_function(name, |b| {
         b.iter(|| {
             conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            for _ in 0..units {
-                replay.unit(&conn);
+            {
+                let mut statements = Statements::prepare(&conn);
+                for _ in 0..units {
+                    replay.unit(&mut statements);
+                }
             }
             conn.execute_batch("COMMIT").unwrap();
             transactions += 1;
