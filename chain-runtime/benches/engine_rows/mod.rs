@@ -116,7 +116,9 @@ impl RunTemplate {
     }
 }
 
-/// The engine's statements (the same text, so the same plans).
+/// The engine's statements, copied from its writer (`journal/sqlite_write.rs`, `journal/leases.rs`,
+/// `audit/sqlite.rs`, where they are private): the same text, so the same plans. Change them
+/// with the engine's.
 const INSERT_RUN: &str = "INSERT INTO run_runs (run_id, chain, chain_version, step_versions, \
      principal, principal_id, input, subjects, parent_run_id, state, state_kind, node, \
      created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
