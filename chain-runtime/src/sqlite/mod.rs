@@ -9,8 +9,7 @@
 //! - one **writer thread** with group commit: it takes every write queued at the moment (up to
 //!   [`MAX_BATCH`]), applies each in its own savepoint inside ONE `BEGIN IMMEDIATE`
 //!   transaction (a failing write rolls back alone) and commits once, then answers each
-//!   caller; while an fsync of earlier batches is under way it keeps the transaction open for
-//!   the writes that arrive meanwhile (see `group_commit`). A caller's write is committed when its future resolves. A write that checks
+//!   caller. A caller's write is committed when its future resolves. A write that checks
 //!   whatever can refuse it before its first change may skip its savepoint
 //!   (`Database::write_checked_first`; the run journal's units of work do). When the writer
 //!   is idle (nothing queued, no synchronous write waiting for its fsync), a caller commits
@@ -51,7 +50,6 @@
 //! database (backups, moves); deleting both the `-wal` and the witness is not detectable
 //! without a checkpoint kept elsewhere (see [`crate::audit::ChainVerifier`]).
 
-mod group_commit;
 mod syncer;
 mod witness;
 mod writer;
@@ -186,7 +184,7 @@ struct Shared {
     id: DatabaseId,
     path: PathBuf,
     stats: Arc<Stats>,
-    /// Dropping the last handle stops the writer: it commits what is queued and ends.
+    /// Dropping the last handle closes the writer's queue; the writer drains it and ends.
     /// `None`: opened read-only, every write is refused.
     writer: Option<Writer>,
     readers: Mutex<Vec<Connection>>,
@@ -366,13 +364,14 @@ impl Database {
         let wal: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
         // In WAL mode commits skip the fsync; the writer makes synchronous writes durable
         // itself (see the module docs).
-        let wal = wal.eq_ignore_ascii_case("wal")
-            && conn.execute_batch("PRAGMA synchronous = NORMAL").is_ok();
+        let syncer = (wal.eq_ignore_ascii_case("wal")
+            && conn.execute_batch("PRAGMA synchronous = NORMAL").is_ok())
+        .then(|| syncer::Syncer::start(&canonical, Arc::clone(&stats)));
         let writer = Writer::start(
             Core::new(conn, witness),
             &canonical,
             Arc::clone(&stats),
-            wal,
+            syncer,
         )?;
         let shared = Arc::new(Shared {
             id: DatabaseId::fresh(),

@@ -1,12 +1,11 @@
 //! Making committed batches durable: the writer commits without an fsync (`synchronous=NORMAL`)
 //! and answers a batch's deferred writes at once (they wait for no fsync, whatever else the
 //! batch holds); its synchronous writes are answered only after an fsync of the `-wal` file
-//! that follows the commit. While the writer has more writes queued, it hands the batch to the
-//! syncer thread and goes on with the next one, which it keeps open until the syncer is done
-//! (see `group_commit`): one fsync covers what the writer committed before it, and its latency
-//! overlaps the next batch's work. With nothing queued the writer syncs and answers itself. (A
-//! write committed by its caller, the writer being idle, is synced by that caller: see
-//! `writer::Writer`.)
+//! that follows the commit. While the writer has more writes queued, it hands them to the
+//! syncer thread and goes on with the next one, so one fsync covers every batch committed
+//! meanwhile (and the fsync's latency overlaps the next batch's work); with nothing queued it
+//! syncs and answers itself. (A write committed by its caller, the writer being idle, is
+//! synced by that caller: see `writer::Writer`.)
 //!
 //! Why that is as durable as committing with `synchronous=FULL`: the WAL is one file appended
 //! in order, each frame checksummed on the ones before it, so an fsync of the file after a
@@ -20,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
-use super::writer::{Job, Msg};
+use super::writer::Job;
 use super::{DbError, Durability, Stats};
 
 /// The database's `-wal` file, opened on first use, to fsync.
@@ -115,15 +114,11 @@ pub(crate) struct Syncer {
     stats: Arc<Stats>,
     /// `None`: the syncer thread could not start or is gone; the writer settles alone.
     queue: Option<mpsc::Sender<Done>>,
-    /// Batches handed to the syncer thread and not answered yet (it tells the writer's
-    /// queue, [`Msg::Synced`]).
-    handed: usize,
 }
 
 impl Syncer {
-    /// Starts the syncer thread for the database at `db`; it tells `writer` how many batches
-    /// it answered after each fsync.
-    pub(crate) fn start(db: &Path, stats: Arc<Stats>, writer: mpsc::Sender<Msg>) -> Self {
+    /// Starts the syncer thread for the database at `db`.
+    pub(crate) fn start(db: &Path, stats: Arc<Stats>) -> Self {
         let (tx, rx) = mpsc::channel::<Done>();
         let mut wal = WalFile::new(db);
         let thread_stats = Arc::clone(&stats);
@@ -133,10 +128,7 @@ impl Syncer {
                 while let Ok(first) = rx.recv() {
                     let mut batches = vec![first];
                     batches.extend(rx.try_iter());
-                    let answered = batches.len();
                     settle(batches, &mut wal, &thread_stats);
-                    // The writer may be gone (it stops before the syncer drains its queue).
-                    let _ = writer.send(Msg::Synced(answered));
                 }
             })
             .ok()
@@ -145,28 +137,6 @@ impl Syncer {
             wal: WalFile::new(db),
             stats,
             queue,
-            handed: 0,
-        }
-    }
-
-    /// Whether the syncer thread has batches to answer (an fsync under way or about to be).
-    pub(crate) fn busy(&self) -> bool {
-        self.handed > 0
-    }
-
-    /// The syncer thread answered `batches` of those handed to it.
-    pub(crate) fn answered(&mut self, batches: usize) {
-        self.handed = self.handed.saturating_sub(batches);
-    }
-
-    /// A syncer without a thread that has `handed` batches to answer, for tests.
-    #[cfg(test)]
-    pub(crate) fn without_thread(db: &Path, handed: usize) -> Self {
-        Self {
-            wal: WalFile::new(db),
-            stats: Arc::default(),
-            queue: None,
-            handed,
         }
     }
 
@@ -179,10 +149,7 @@ impl Syncer {
         }
         let done = match (&self.queue, busy) {
             (Some(queue), true) => match queue.send(done) {
-                Ok(()) => {
-                    self.handed += 1;
-                    return;
-                }
+                Ok(()) => return,
                 Err(mpsc::SendError(done)) => done,
             },
             _ => done,

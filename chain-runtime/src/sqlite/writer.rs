@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use rusqlite::{CachedStatement, Connection};
 use tokio::sync::oneshot;
 
-use super::group_commit;
-use super::syncer::{Syncer, WalFile};
+use super::syncer::{Done, Syncer, WalFile};
 use super::witness::HeadWitness;
-use super::{DbError, Durability, Stats};
+use super::{DbError, Durability, MAX_BATCH, Stats};
 
 /// What the writer remembers about one run's rows between batches (see [`Memo`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,16 +124,6 @@ impl<'c> Tx<'c> {
     }
 }
 
-/// What the writer thread's queue carries.
-pub(crate) enum Msg {
-    /// A write to commit.
-    Job(Job),
-    /// The syncer thread answered this many batches the writer handed it.
-    Synced(usize),
-    /// The last [`Writer`] handle is gone.
-    Stop,
-}
-
 /// A queued write with its result slot and reply channel, types erased.
 trait Work: Send {
     fn apply(&mut self, tx: &mut Tx<'_>);
@@ -241,15 +230,12 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Applies `jobs` in the open transaction, each in a savepoint (see [`Isolation`]), then
-/// the jobs `more` hands over (given how many the batch holds) until it has none, and
-/// commits. Returns the hash chain's new head when the batch appended to it. `memo` is left
-/// empty when the batch fails.
+/// Applies `jobs` in the open transaction, each in a savepoint, and commits. Returns the hash
+/// chain's new head when the batch appended to it. `memo` is left empty when the batch fails.
 fn apply_batch(
     conn: &Connection,
-    jobs: &mut Vec<Job>,
+    jobs: &mut [Job],
     memo: &mut Memo,
-    more: &mut dyn FnMut(&[Job]) -> Option<Job>,
 ) -> Result<Option<(u64, String)>, DbError> {
     // Read under the write lock: nobody else can commit until this transaction ends.
     let version: i64 = conn
@@ -267,16 +253,7 @@ fn apply_batch(
         runs,
         statements: Vec::new(),
     };
-    for at in 0.. {
-        if at == jobs.len() {
-            match more(jobs) {
-                Some(job) => jobs.push(job),
-                None => break,
-            }
-        }
-        let Some(job) = jobs.get_mut(at) else {
-            break;
-        };
+    for job in jobs.iter_mut() {
         let head = tx.chain_head.clone();
         tx.roll_back = false;
         match job.isolation {
@@ -329,16 +306,10 @@ impl Core {
         }
     }
 
-    /// Commits `jobs`, and those `more` adds, in the transaction [`Core::begin`] or
-    /// [`Core::begin_now`] opened (see [`apply_batch`]); the outcome as the callers are told.
-    /// Counts the writes and the commit.
-    pub(super) fn commit(
-        &mut self,
-        jobs: &mut Vec<Job>,
-        stats: &Stats,
-        more: &mut dyn FnMut(&[Job]) -> Option<Job>,
-    ) -> Result<(), DbError> {
-        let outcome = apply_batch(&self.conn, jobs, &mut self.memo, more);
+    /// Commits `jobs` in the transaction [`Core::begin`] or [`Core::begin_now`] opened (see
+    /// [`apply_batch`]); the outcome as the callers are told. Counts the writes and the commit.
+    fn commit(&mut self, jobs: &mut [Job], stats: &Stats) -> Result<(), DbError> {
+        let outcome = apply_batch(&self.conn, jobs, &mut self.memo);
         if outcome.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -354,7 +325,7 @@ impl Core {
 
     /// Begins the write transaction, waiting out another connection's write lock up to the
     /// busy timeout (the writer thread's way).
-    pub(super) fn begin(&mut self) -> Result<(), DbError> {
+    fn begin(&mut self) -> Result<(), DbError> {
         self.abandon_open_transaction();
         exec(&self.conn, "BEGIN IMMEDIATE")
     }
@@ -386,7 +357,7 @@ impl Core {
 }
 
 /// What the callers of a batch that did not commit are told.
-pub(super) fn not_committed(e: DbError) -> DbError {
+fn not_committed(e: DbError) -> DbError {
     DbError::other(format!(
         "the transaction this write was in did not commit, nothing of it was stored: {e}"
     ))
@@ -394,7 +365,7 @@ pub(super) fn not_committed(e: DbError) -> DbError {
 
 /// The writer's core, locked whether or not a panic poisoned it (see
 /// [`Core::abandon_open_transaction`]).
-pub(super) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     core.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -423,7 +394,7 @@ pub(crate) const LONE_COMMITS: usize = 3;
 /// its own writes after that many batches of one. (That gate only chooses the path; it
 /// is read without any ordering and cannot break the order of writes.)
 pub(crate) struct Writer {
-    queue: mpsc::Sender<Msg>,
+    queue: mpsc::Sender<Job>,
     core: Arc<Mutex<Core>>,
     stats: Arc<Stats>,
     /// The inline path's handle on the `-wal` file; `None`: not in WAL mode (every commit
@@ -432,25 +403,22 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `core`. `wal`: the database is in WAL mode, so commits
-    /// skip the fsync and a syncer thread makes synchronous batches durable (see
-    /// [`group_commit`]); otherwise every commit syncs (`synchronous=FULL`).
+    /// Starts the writer thread on `core` (`syncer`: WAL mode, see [`writer_loop`]).
     pub(crate) fn start(
         core: Core,
         db: &std::path::Path,
         stats: Arc<Stats>,
-        wal: bool,
+        syncer: Option<Syncer>,
     ) -> Result<Self, DbError> {
         let (tx, rx) = mpsc::channel();
         // A caller may commit its first write itself.
         stats.lone_commits.store(LONE_COMMITS, Ordering::Relaxed);
-        let syncer = wal.then(|| Syncer::start(db, Arc::clone(&stats), tx.clone()));
-        let wal = wal.then(|| Mutex::new(WalFile::new(db)));
+        let wal = syncer.is_some().then(|| Mutex::new(WalFile::new(db)));
         let core = Arc::new(Mutex::new(core));
         let (thread_core, thread_stats) = (Arc::clone(&core), Arc::clone(&stats));
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || group_commit::run(&thread_core, &rx, &thread_stats, syncer))
+            .spawn(move || writer_loop(&thread_core, &rx, &thread_stats, syncer))
             .map_err(|e| DbError::other(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             queue: tx,
@@ -485,18 +453,16 @@ impl Writer {
     }
 
     /// Commits `job`: on the calling thread when the writer is idle, else queued for the
-    /// writer thread (`Err` when that thread is gone).
-    pub(crate) fn submit(&self, job: Job) -> Result<(), WriterGone> {
+    /// writer thread. `Err` gives the job back when the writer thread is gone.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
         if let Some(mut core) = self.own_commit_core()
             && core.begin_now()
         {
             let queued = self.stats.queued.load(Ordering::Relaxed);
-            let mut jobs = vec![job];
-            let outcome = core.commit(&mut jobs, &self.stats, &mut |_| None);
+            let mut jobs = [job];
+            let outcome = core.commit(&mut jobs, &self.stats);
             drop(core);
-            let Some(job) = jobs.pop() else {
-                return Ok(());
-            };
+            let [job] = jobs;
             let answer = match (&outcome, &self.wal) {
                 (Ok(()), Some(wal)) if job.durability() == Durability::Sync => {
                     // Counted in flight while it syncs: other writes go to the writer thread
@@ -523,9 +489,9 @@ impl Writer {
         }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.queue.send(Msg::Job(job)).map_err(|_| {
+        self.queue.send(job).map_err(|mpsc::SendError(job)| {
             self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
-            WriterGone
+            job
         })
     }
 
@@ -543,19 +509,66 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
-    /// The last handle is gone: the writer thread commits what is queued and ends (the
-    /// syncer thread holds a sender too, so the queue does not close by itself).
-    fn drop(&mut self) {
-        let _ = self.queue.send(Msg::Stop);
-    }
-}
-
-/// [`Writer::submit`]'s error: the writer thread is gone.
-#[derive(Debug)]
-pub(crate) struct WriterGone;
-
 fn lock_wal(wal: &Mutex<WalFile>) -> MutexGuard<'_, WalFile> {
     wal.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drains the queue in batches, one transaction per batch, until every handle is dropped.
+/// `syncer`: the database is in WAL mode, so commits skip the fsync and the [`Syncer`] makes
+/// synchronous batches durable; otherwise every commit syncs (`synchronous=FULL`).
+fn writer_loop(
+    core: &Mutex<Core>,
+    rx: &mpsc::Receiver<Job>,
+    stats: &Stats,
+    mut syncer: Option<Syncer>,
+) {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = {
+            let mut core = lock(core);
+            match core.begin() {
+                Ok(()) => core.commit(&mut jobs, stats),
+                Err(e) => {
+                    stats.writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                    Err(not_committed(e))
+                }
+            }
+        };
+        let lone = |more: bool| {
+            if jobs.len() == 1 && !more {
+                stats.lone_commits.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.lone_commits.store(0, Ordering::Relaxed);
+            }
+        };
+        let Some(syncer) = syncer.as_mut() else {
+            lone(false);
+            if outcome.is_ok() {
+                stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            for job in jobs {
+                job.finish_queued(outcome.as_ref().map(|_| ()), stats);
+            }
+            continue;
+        };
+        // More writes waiting: the syncer answers this batch while the writer goes on.
+        next = rx.try_recv().ok();
+        lone(next.is_some());
+        syncer.settle(Done { jobs, outcome }, next.is_some());
+    }
 }
