@@ -3,9 +3,13 @@
 //!
 //! `cargo bench -p chain-runtime --bench postgres` (server: `CHAIN_TEST_DATABASE_URL`, or the
 //! throwaway test cluster, see `chain_runtime::test_util::postgres`). Workers are engines with
-//! pools of their own (one per worker, as separate processes would have), each driving
-//! `RUNS_PER_WORKER` concurrent runs of `STEPS` write steps at a time. Prints one table; the
-//! figures go in BENCHMARKS.md.
+//! pools of their own (one per worker, as separate processes would have), each driving a
+//! number of concurrent runs of `STEPS` write steps at a time: 16, and 64 (what the SQLite
+//! bench's `64_runs` case drives in its one process). Prints one table; the figures go in
+//! BENCHMARKS.md.
+//!
+//! Arguments after `--`: worker counts to run (`8`) and runs per worker (`runs=64`); by default
+//! every worker count at both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +30,8 @@ use bench_chain::{User, writes};
 
 /// Steps per run.
 const STEPS: u32 = 10;
-/// Concurrent runs per worker.
-const RUNS_PER_WORKER: u32 = 16;
+/// Concurrent runs per worker, by default.
+const RUNS_PER_WORKER: [u32; 2] = [16, 64];
 /// How long each configuration runs.
 const WINDOW: Duration = Duration::from_secs(8);
 
@@ -37,9 +41,9 @@ fn grants() -> Arc<StaticGrants> {
     grants
 }
 
-/// Runs `RUNS_PER_WORKER` runs at a time on each of `workers` engines for [`WINDOW`];
-/// returns steps per second, units per commit and the server's counters per step.
-async fn engine_steps(workers: usize) -> (f64, f64, String) {
+/// Runs `runs` runs at a time on each of `workers` engines for [`WINDOW`]; returns steps per
+/// second, units per commit and the server's counters per step.
+async fn engine_steps(workers: usize, runs: u32) -> (f64, f64, String) {
     let url = database_url().await;
     let mut engines = Vec::new();
     let mut databases = Vec::new();
@@ -58,7 +62,7 @@ async fn engine_steps(workers: usize) -> (f64, f64, String) {
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for engine in engines {
-        for _ in 0..RUNS_PER_WORKER {
+        for _ in 0..runs {
             let engine = engine.clone();
             set.spawn(async move {
                 let mut steps = 0u64;
@@ -293,7 +297,7 @@ async fn raw_writer(
 /// outcome record, deferred), and an end unit (the end state with its record and the lease's
 /// release, synchronous). No lease check, no chain head, no hashing. Returns steps per second,
 /// units per commit and the server's counters per step.
-async fn raw_steps(workers: usize) -> (f64, f64, String) {
+async fn raw_steps(workers: usize, runs: u32) -> (f64, f64, String) {
     let url = database_url().await;
     // The runtime's tables, created by its migrations, and a sequence for the record numbers.
     PgDatabase::connect(&url).await.unwrap();
@@ -325,7 +329,7 @@ async fn raw_steps(workers: usize) -> (f64, f64, String) {
             Arc::clone(&record),
             Arc::clone(&counts),
         ));
-        for r in 0..RUNS_PER_WORKER {
+        for r in 0..runs {
             let writer = writer.clone();
             set.spawn(async move {
                 let unit = |run_id: &str, unit: RawUnit| {
@@ -468,11 +472,17 @@ fn per_step(before: Counters, after: Counters, steps: u64) -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; other arguments are worker counts to run (default: all).
-    let only: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
+    // `cargo bench` passes `--bench`; other arguments select worker counts (`8`) and runs per
+    // worker (`runs=64`).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let mut runs_per_worker: Vec<u32> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("runs=")?.parse().ok())
         .collect();
+    if runs_per_worker.is_empty() {
+        runs_per_worker = RUNS_PER_WORKER.to_vec();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -484,23 +494,30 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut notes = Vec::new();
-    for workers in [1, 2, 4, 8] {
-        if !only.is_empty() && !only.contains(&workers) {
-            continue;
+    for &runs in &runs_per_worker {
+        for workers in [1, 2, 4, 8] {
+            if !only.is_empty() && !only.contains(&workers) {
+                continue;
+            }
+            let ((engine, engine_batch, engine_note), (raw, raw_batch, raw_note)) = runtime
+                .block_on(async {
+                    let engine = engine_steps(workers, runs).await;
+                    let raw = raw_steps(workers, runs).await;
+                    (engine, raw)
+                });
+            let concurrent = workers as u32 * runs;
+            notes.push(format!(
+                "{workers} workers, {concurrent} runs, engine per step: {engine_note}"
+            ));
+            notes.push(format!(
+                "{workers} workers, {concurrent} runs, raw per step: {raw_note}"
+            ));
+            println!(
+                "| {workers} | {concurrent} | {engine:.0} | {engine_batch:.1} | {raw:.0} | \
+                 {raw_batch:.1} | {:.2} |",
+                engine / raw
+            );
         }
-        let ((engine, engine_batch, engine_note), (raw, raw_batch, raw_note)) =
-            runtime.block_on(async {
-                let engine = engine_steps(workers).await;
-                let raw = raw_steps(workers).await;
-                (engine, raw)
-            });
-        notes.push(format!("{workers} workers, engine per step: {engine_note}"));
-        notes.push(format!("{workers} workers, raw per step: {raw_note}"));
-        println!(
-            "| {workers} | {} | {engine:.0} | {engine_batch:.1} | {raw:.0} | {raw_batch:.1} | {:.2} |",
-            workers as u32 * RUNS_PER_WORKER,
-            engine / raw
-        );
     }
     println!();
     for note in notes {

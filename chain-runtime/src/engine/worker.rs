@@ -57,7 +57,9 @@ pub type EventHook = Arc<dyn Fn(&WorkerEvent) + Send + Sync>;
 /// How a worker runs; see [`Engine::work`].
 #[derive(Clone)]
 pub struct WorkerOptions {
-    /// How many runs it drives at once (at least 1).
+    /// How many runs it drives at once (at least 1; 16 by default). The journal commits the
+    /// writes of all runs waiting at the moment together, so more runs in flight mean larger,
+    /// cheaper batches (see the README's *Scaling out*).
     pub concurrency: usize,
     /// The longest an idle worker waits before looking for runnable runs again.
     pub poll_every: Duration,
