@@ -592,7 +592,16 @@ async fn a_crash_mid_turn_replays_the_journaled_turn_without_asking_the_model_ag
     let audit = Arc::new(SqliteAuditStore::open(&env.path).await.unwrap());
     let engine = Engine::new(store.clone(), audit, env.grants.clone());
     engine.register::<assistant>();
-    let recovered = engine.recover().await.unwrap();
+    // The aborted run's drop spawned a task that releases its lease (the runner's
+    // `ReleaseIfAbandoned`); until it has, the run is claimed and a recovery skips it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let recovered = loop {
+        let recovered = engine.recover().await.unwrap();
+        if !recovered.is_empty() || std::time::Instant::now() > deadline {
+            break recovered;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(recovered.len(), 1);
     let (run, state) = &recovered[0];
     assert!(matches!(state, Ok(RunState::Completed { .. })), "{state:?}");

@@ -871,7 +871,19 @@ async fn crash_at<C: Chain<Principal = UserId, Input = (Tag,)>>(
     gate.entered.notified().await;
     task.abort();
     let _ = task.await;
+    // The aborted run's drop spawned a task that releases its lease (the runner's
+    // `ReleaseIfAbandoned`) and holds the engine until it is done; until then the "crashed"
+    // engine's lease holder is alive, and a recovery would skip the run as claimed.
+    let journal = Arc::downgrade(&env.store);
     drop(env);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while journal.upgrade().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the crashed engine's journal was still in use 30 s after its run was aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     unblock(t, blocked);
 }
 
