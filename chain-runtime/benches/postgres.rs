@@ -2,15 +2,18 @@
 //! writing the same rows in the same transactions, in the same run.
 //!
 //! `cargo bench -p chain-runtime --bench postgres` (server: `CHAIN_TEST_DATABASE_URL`, or the
-//! throwaway test cluster, see `chain_runtime::test_util::postgres`). Workers are engines with
-//! pools of their own (one per worker, as separate processes would have), each driving a
-//! number of concurrent runs of `STEPS` write steps at a time: 16, and 64 (what the SQLite
-//! bench's `64_runs` case drives in its one process). Prints one table; the figures go in
+//! throwaway test cluster, see `chain_runtime::test_util::postgres`). Each worker is a process
+//! of its own (this binary started again with `PG_BENCH_CHILD` set), with its own runtime,
+//! pool and writer, driving a number of concurrent runs of `STEPS` write steps at a time: 16,
+//! and 64 (what the SQLite bench's `64_runs` case drives in its one process). The raw loop
+//! runs in this process, one writer task per worker. Prints one table; the figures go in
 //! BENCHMARKS.md.
 //!
 //! Arguments after `--`: worker counts to run (`8`) and runs per worker (`runs=64`); by default
 //! every worker count at both.
 
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,27 +44,35 @@ fn grants() -> Arc<StaticGrants> {
     grants
 }
 
-/// Runs `runs` runs at a time on each of `workers` engines for [`WINDOW`]; returns steps per
-/// second, units per commit and the server's counters per step.
-async fn engine_steps(workers: usize, runs: u32) -> (f64, f64, String) {
-    let url = database_url().await;
-    let mut engines = Vec::new();
-    let mut databases = Vec::new();
-    for w in 0..workers {
-        let worker_url = format!("{url}?application_name=worker{w}");
-        let runtime = Runtime::postgres(worker_url.clone())
+/// Set in a worker process the bench started: `<database URL>|<runs at a time>`.
+const ENV_CHILD: &str = "PG_BENCH_CHILD";
+
+/// A worker process: opens the runtime, prints `ready`, waits for a line on its stdin, drives
+/// `runs` runs at a time for [`WINDOW`], then prints `done <steps> <units> <commits> <CPU
+/// ticks>` (its writer's units and commits, its own CPU time over the window).
+fn worker_process(spec: &str) {
+    let (url, runs) = spec.rsplit_once('|').unwrap();
+    let runs: u32 = runs.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let engine = Runtime::postgres(url)
             .credentials(grants())
             .open()
             .await
-            .unwrap();
-        engines.push(runtime.engine);
-        // The same handle as the worker's (one per URL in a process): its writer's counters.
-        databases.push(PgDatabase::connect(&worker_url).await.unwrap());
-    }
-    let before = counters(&url).await;
-    let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for engine in engines {
+            .unwrap()
+            .engine;
+        // The same handle as the engine's (one per URL in a process): its writer's counters.
+        let database = PgDatabase::connect(url).await.unwrap();
+        println!("ready");
+        let mut go = String::new();
+        std::io::stdin().read_line(&mut go).unwrap();
+        let cpu_before = own_cpu();
+        let start = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
         for _ in 0..runs {
             let engine = engine.clone();
             set.spawn(async move {
@@ -77,17 +88,67 @@ async fn engine_steps(workers: usize, runs: u32) -> (f64, f64, String) {
                 steps
             });
         }
+        let mut steps = 0;
+        while let Some(done) = set.join_next().await {
+            steps += done.unwrap();
+        }
+        let stats = database.writer_stats();
+        println!(
+            "done {steps} {} {} {}",
+            stats.writes,
+            stats.commits,
+            own_cpu() - cpu_before
+        );
+    });
+}
+
+/// Runs `runs` runs at a time in each of `workers` worker processes for [`WINDOW`]; returns
+/// steps per second, units per commit and the server's counters per step.
+async fn engine_steps(workers: usize, runs: u32) -> (f64, f64, String) {
+    let url = database_url().await;
+    let exe = std::env::current_exe().unwrap();
+    let mut children = Vec::new();
+    for w in 0..workers {
+        let mut child = Command::new(&exe)
+            .env(
+                ENV_CHILD,
+                format!("{url}?application_name=worker{w}|{runs}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        out.read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "a worker process did not start");
+        children.push((child, out));
     }
-    let mut steps = 0;
-    while let Some(done) = set.join_next().await {
-        steps += done.unwrap();
+    let before = counters(&url).await;
+    let start = Instant::now();
+    for (child, _) in &mut children {
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    let (mut steps, mut units, mut commits, mut cpu) = (0, 0, 0, 0);
+    for (child, out) in &mut children {
+        let mut done = String::new();
+        out.read_line(&mut done).unwrap();
+        let fields: Vec<u64> = done
+            .strip_prefix("done ")
+            .unwrap_or_else(|| panic!("a worker process said {done:?}"))
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        steps += fields[0];
+        units += fields[1];
+        commits += fields[2];
+        cpu += fields[3];
+        assert!(child.wait().unwrap().success());
     }
     let rate = steps as f64 / start.elapsed().as_secs_f64();
-    let (units, commits) = databases.iter().fold((0, 0), |(u, c), db| {
-        let stats = db.writer_stats();
-        (u + stats.writes, c + stats.commits)
-    });
-    let note = per_step(before, counters(&url).await, steps);
+    let mut after = counters(&url).await;
+    after.own_cpu += cpu;
+    let note = per_step(before, after, steps);
     (rate, units as f64 / commits.max(1) as f64, note)
 }
 
@@ -395,6 +456,11 @@ fn cpu_ticks(stat: &str, children: bool) -> u64 {
     field(11) + field(12) + if children { field(13) + field(14) } else { 0 }
 }
 
+/// CPU ticks of this process.
+fn own_cpu() -> u64 {
+    std::fs::read_to_string("/proc/self/stat").map_or(0, |s| cpu_ticks(&s, false))
+}
+
 /// The parent process id in a `/proc/<pid>/stat` line.
 fn parent(stat: &str) -> u32 {
     stat.rsplit_once(')')
@@ -406,7 +472,7 @@ fn parent(stat: &str) -> u32 {
 /// with its exited children, and its live processes), when it runs on this machine.
 fn cpu(backend: u32) -> (u64, u64) {
     let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let own = std::fs::read_to_string("/proc/self/stat").map_or(0, |s| cpu_ticks(&s, false));
+    let own = own_cpu();
     let postmaster = parent(&stat(backend));
     if postmaster <= 1 {
         return (own, 0);
@@ -455,13 +521,14 @@ async fn counters(url: &str) -> Counters {
 }
 
 /// Per step between `before` and `after`: WAL records, WAL bytes, fsyncs, commits, CPU time of
-/// the server and of this process (clock ticks of 10 ms).
+/// the server and of the client (the worker processes for the engine, this process for the
+/// raw loop; clock ticks of 10 ms).
 fn per_step(before: Counters, after: Counters, steps: u64) -> String {
     let n = steps.max(1) as f64;
     let us = |ticks: u64| ticks as f64 * 10_000.0 / n;
     format!(
         "{:.1} WAL records, {:.0} WAL bytes, {:.3} WAL fsyncs, {:.2} commits, \
-         CPU {:.0} us server + {:.0} us bench process",
+         CPU {:.0} us server + {:.0} us client",
         (after.wal_records - before.wal_records) as f64 / n,
         (after.wal_bytes - before.wal_bytes) / n,
         (after.wal_syncs - before.wal_syncs) as f64 / n,
@@ -472,6 +539,10 @@ fn per_step(before: Counters, after: Counters, steps: u64) -> String {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(ENV_CHILD) {
+        worker_process(&spec);
+        return;
+    }
     // `cargo bench` passes `--bench`; other arguments select worker counts (`8`) and runs per
     // worker (`runs=64`).
     let args: Vec<String> = std::env::args().skip(1).collect();

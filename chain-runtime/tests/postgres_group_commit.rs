@@ -22,10 +22,20 @@ fn step_unit(seq: u32, run: &str) -> Unit {
     .audit(record(run, i64::from(seq)))
 }
 
-/// Waits (with a deadline) until a session of `client`'s database waits for a lock.
-async fn until_someone_waits(client: &tokio_postgres::Client) {
+/// Waits (with a deadline) until a session of `client`'s database waits for a lock, while
+/// `queued` (the commit expected to wait) is not answered.
+async fn until_someone_waits(
+    client: &tokio_postgres::Client,
+    queued: &mut tokio::task::JoinHandle<Result<Committed, JournalError>>,
+) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
+        if queued.is_finished() {
+            panic!(
+                "the unit was answered without waiting for the chain head: {:?}",
+                queued.await
+            );
+        }
         let row = client
             .query_one(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
@@ -37,10 +47,24 @@ async fn until_someone_waits(client: &tokio_postgres::Client) {
         if row.get::<_, i64>(0) > 0 {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never waited for the chain head"
-        );
+        if std::time::Instant::now() > deadline {
+            let sessions: Vec<String> = client
+                .query(
+                    "SELECT format('%s %s %s/%s xact=%s: %s', pid, state, wait_event_type, \
+                     wait_event, xact_start IS NOT NULL, left(query, 160)) \
+                     FROM pg_stat_activity WHERE datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            panic!(
+                "the writer never waited for the chain head; the database's sessions:\n{}",
+                sessions.join("\n")
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -63,11 +87,11 @@ async fn queued_behind_held_head(
     head.batch_execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
         .await
         .unwrap();
-    let earlier = tokio::spawn({
+    let mut earlier = tokio::spawn({
         let (journal, lease) = (Arc::clone(journal), lease.clone());
         async move { journal.commit(Some(&lease), unit).await }
     });
-    until_someone_waits(&head).await;
+    until_someone_waits(&head, &mut earlier).await;
     (head, earlier)
 }
 
