@@ -22,8 +22,10 @@ fn step_unit(seq: u32, run: &str) -> Unit {
     .audit(record(run, i64::from(seq)))
 }
 
-/// Waits (with a deadline) until a session of `client`'s database waits for a lock, while
-/// `queued` (the commit expected to wait) is not answered.
+/// Waits (with a deadline) until a session waits for a lock `client`'s session holds, while
+/// `queued` (the commit expected to wait) is not answered. `client` is inside the transaction
+/// holding the lock, where `pg_stat_activity` is a snapshot taken at its first use, so the
+/// wait is found through the lock manager (`pg_blocking_pids`), which is always current.
 async fn until_someone_waits(
     client: &tokio_postgres::Client,
     queued: &mut tokio::task::JoinHandle<Result<Committed, JournalError>>,
@@ -38,8 +40,8 @@ async fn until_someone_waits(
         }
         let row = client
             .query_one(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-                 WHERE NOT l.granted AND a.datname = current_database()",
+                "SELECT count(*) FROM pg_locks \
+                 WHERE NOT granted AND pg_backend_pid() = ANY(pg_blocking_pids(pid))",
                 &[],
             )
             .await
@@ -48,6 +50,10 @@ async fn until_someone_waits(
             return;
         }
         if std::time::Instant::now() > deadline {
+            client
+                .batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await
+                .unwrap();
             let sessions: Vec<String> = client
                 .query(
                     "SELECT format('%s %s %s/%s xact=%s: %s', pid, state, wait_event_type, \
