@@ -22,6 +22,17 @@ fn step_unit(seq: u32, run: &str) -> Unit {
     .audit(record(run, i64::from(seq)))
 }
 
+/// The first column of every row `sql` returns, as text.
+async fn texts(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Waits (with a deadline) until a session waits for a lock `client`'s session holds, while
 /// `queued` (the commit expected to wait) is not answered. `client` is inside the transaction
 /// holding the lock, where `pg_stat_activity` is a snapshot taken at its first use, so the
@@ -54,18 +65,13 @@ async fn until_someone_waits(
                 .batch_execute("SELECT pg_stat_clear_snapshot()")
                 .await
                 .unwrap();
-            let sessions: Vec<String> = client
-                .query(
-                    "SELECT format('%s %s %s/%s xact=%s: %s', pid, state, wait_event_type, \
-                     wait_event, xact_start IS NOT NULL, left(query, 160)) \
-                     FROM pg_stat_activity WHERE datname = current_database()",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let sessions = texts(
+                client,
+                "SELECT format('%s %s %s/%s xact=%s: %s', pid, state, wait_event_type, \
+                 wait_event, xact_start IS NOT NULL, left(query, 160)) \
+                 FROM pg_stat_activity WHERE datname = current_database()",
+            )
+            .await;
             panic!(
                 "the writer never waited for the chain head; the database's sessions:\n{}",
                 sessions.join("\n")
@@ -295,17 +301,12 @@ async fn a_synchronous_unit_is_flushed_in_its_batchs_round_trip() {
     let (client, connection) = tokio_postgres::connect(&db.location, NoTls).await.unwrap();
     tokio::spawn(connection);
     // The last statement of every session of this database that emitted the flush record.
-    let flushes: Vec<String> = client
-        .query(
-            "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
-             AND query LIKE '%pg_logical_emit_message%' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let flushes = texts(
+        &client,
+        "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+         AND query LIKE '%pg_logical_emit_message%' AND pid <> pg_backend_pid()",
+    )
+    .await;
     assert_eq!(flushes.len(), 1, "{flushes:?}");
     assert!(
         flushes[0].contains("set_config('synchronous_commit', 'on', true)"),
