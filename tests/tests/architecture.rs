@@ -134,7 +134,7 @@ fn imported_modules(text: &str) -> BTreeSet<String> {
             .next_back()
             .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
         if preceded_by_ident {
-            continue; // `chain_runtime::…` or `super::crate`-like paths are not this crate's root
+            continue; // the end of a longer name (`other_crate::…`), not this crate's root
         }
         let rest = &text[at + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
