@@ -20,6 +20,7 @@ use chain_runtime::sandbox::{ModelFault, ScriptedModel, ScriptedTurn};
 use chain_runtime::test_util::StaticGrants;
 use serde_json::{Value, json};
 use test_support::UserId;
+use test_support::recovery::recover_once_released;
 use tokio::sync::Notify;
 
 /// A note.
@@ -592,16 +593,9 @@ async fn a_crash_mid_turn_replays_the_journaled_turn_without_asking_the_model_ag
     let audit = Arc::new(SqliteAuditStore::open(&env.path).await.unwrap());
     let engine = Engine::new(store.clone(), audit, env.grants.clone());
     engine.register::<assistant>();
-    // The aborted run's drop spawned a task that releases its lease (the runner's
-    // `ReleaseIfAbandoned`); until it has, the run is claimed and a recovery skips it.
+    // The aborted run is claimed until its drop's task has released it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let recovered = loop {
-        let recovered = engine.recover().await.unwrap();
-        if !recovered.is_empty() || std::time::Instant::now() > deadline {
-            break recovered;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let recovered = recover_once_released(&engine, deadline).await;
     assert_eq!(recovered.len(), 1);
     let (run, state) = &recovered[0];
     assert!(matches!(state, Ok(RunState::Completed { .. })), "{state:?}");

@@ -18,6 +18,7 @@ use chain_runtime::journal::{EntryResult, RunJournal, RunState, SqliteJournal};
 use chain_runtime::prelude::*;
 use chain_runtime::test_util::StaticGrants;
 use chain_runtime::test_util::backend::{Backend, TestDatabase};
+use test_support::recovery::recover_once_released;
 use tokio::sync::Notify;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -916,13 +917,7 @@ async fn a_run_left_running_by_a_crash_is_recovered_without_redoing_completed_st
     // The abandoned run's lease is given back by a task of the old engine's (on PostgreSQL
     // through its writer, after the units queued before), and its holder's session may take a
     // moment to end: until one of them happened, the run is not yet recoverable.
-    let recovered = loop {
-        let recovered = env.engine.recover().await.unwrap();
-        if !recovered.is_empty() || std::time::Instant::now() > deadline {
-            break recovered;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let recovered = recover_once_released(&env.engine, deadline).await;
     assert_eq!(recovered.len(), 1);
     assert!(
         matches!(recovered[0].1, Ok(RunState::Completed { .. })),

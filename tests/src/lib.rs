@@ -7,7 +7,8 @@
 //! - [`world`]: the provider emulators, a vault, an audit trail and an engine on one SQLite
 //!   file; [`sleeper`]: a retry sleeper that records waits instead of sleeping;
 //! - [`oauth`]: a real OAuth authorization server with a recording proxy; [`fake`]: scripted
-//!   fake token endpoints; [`tls`]: the TLS provider and a non-redirecting client.
+//!   fake token endpoints; [`tls`]: the TLS provider and a non-redirecting client;
+//! - [`recovery`]: recovering a run a simulated crash left behind, once it is released.
 //!
 //! The cross-crate integration tests themselves live in `tests/tests/`.
 
@@ -16,6 +17,7 @@ pub mod fake;
 pub mod logs;
 pub mod oauth;
 pub mod principal;
+pub mod recovery;
 pub mod sleeper;
 pub mod tls;
 pub mod vault;
