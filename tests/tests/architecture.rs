@@ -190,7 +190,8 @@ fn layer_name(module: &str) -> String {
 
 #[test]
 fn every_import_points_down_the_layers() {
-    let src = repo().join("chain-runtime/src");
+    let root = repo();
+    let src = root.join("chain-runtime/src");
     let mut modules = BTreeSet::new();
     let mut problems = Vec::new();
     for file in rust_files(&src) {
@@ -216,7 +217,7 @@ fn every_import_points_down_the_layers() {
                      only import from the layers below it and from the modules listed before it \
                      in its own layer. Move what both need down a layer, or reach it through a \
                      port (a trait in the lower layer that the upper one implements).",
-                    file.strip_prefix(repo()).unwrap_or(&file).display(),
+                    file.strip_prefix(&root).unwrap_or(&file).display(),
                     layer_name(&imported),
                     layer_name(&module),
                 )),
